@@ -1,0 +1,39 @@
+# Compiler set-up shared by every target: warnings, sanitizers, ccache.
+
+find_program(SAG_CCACHE ccache)
+if(SAG_CCACHE)
+  set(CMAKE_C_COMPILER_LAUNCHER ${SAG_CCACHE})
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${SAG_CCACHE})
+endif()
+
+add_library(sag_build_flags INTERFACE)
+target_compile_options(sag_build_flags INTERFACE -Wall -Wextra -Wpedantic -Wshadow
+                       -Wnon-virtual-dtor -Wcast-align -Wunused -Woverloaded-virtual)
+if(SAG_WERROR)
+  target_compile_options(sag_build_flags INTERFACE -Werror)
+endif()
+if(SAG_SANITIZE)
+  target_compile_options(sag_build_flags INTERFACE -fsanitize=address,undefined
+                         -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  target_link_options(sag_build_flags INTERFACE -fsanitize=address,undefined)
+endif()
+# Boost 1.74's asio/awaitable.hpp uses std::exchange without <utility>; every
+# translation unit gets <utility> first so GCC 12 in C++20 mode compiles it.
+target_compile_options(sag_build_flags INTERFACE -include utility)
+target_compile_definitions(sag_build_flags INTERFACE BOOST_ASIO_NO_DEPRECATED
+                           SAG_VERSION="${PROJECT_VERSION}")
+
+# sag_module(NAME SOURCES... LINKS...) is how a module library is declared,
+# so every module looks the same in CMake.
+function(sag_module name)
+  cmake_parse_arguments(M "" "" "SOURCES;LINKS" ${ARGN})
+  add_library(${name} STATIC ${M_SOURCES})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${name} PUBLIC ${M_LINKS} PRIVATE sag_build_flags)
+endfunction()
+
+function(sag_executable name)
+  cmake_parse_arguments(E "" "" "SOURCES;LINKS" ${ARGN})
+  add_executable(${name} ${E_SOURCES})
+  target_link_libraries(${name} PRIVATE ${E_LINKS} sag_build_flags)
+endfunction()

@@ -1,0 +1,140 @@
+#include "agent/config.h"
+
+#include <gtest/gtest.h>
+
+#include <regex>
+
+#include "tests/support/temp_dir.h"
+
+namespace sag::agent {
+namespace {
+
+const std::filesystem::path kExample = SAG_SOURCE_DIR "/agent/examples/agent.yaml";
+const std::filesystem::path kBad = SAG_SOURCE_DIR "/tests/data/config";
+
+const char* kMinimal = R"(
+identity: {smartag_id: sag-abc, serial_number: sag1, model: sag-100wm}
+pki: {root_ca: /pki/root.pem}
+boot:
+  slots:
+    A: {device: /dev/a}
+    B: {device: /dev/b}
+)";
+
+TEST(Config, ExampleIsValid) {
+  auto c = LoadConfig(kExample);
+  ASSERT_TRUE(c) << c.error().ToString();
+  EXPECT_EQ(c->identity.smartag_id, "sag-0ovhf732a9j1234567");
+  EXPECT_EQ(c->identity.model, "sag-1000");
+  EXPECT_EQ(c->boot.backend, BootBackend::kUBoot);
+  EXPECT_EQ(c->boot.slots.at("B").device, "/dev/mmcblk0p3");
+  EXPECT_EQ(c->boot.trial_attempts, 3);
+  EXPECT_EQ(c->dpi.reload.command.at(0), "/usr/libexec/sag-dpi/reload");
+  EXPECT_EQ(c->dpi.confirm.timeout, std::chrono::seconds(10));
+  ASSERT_EQ(c->health.checks.size(), 1U);
+  EXPECT_TRUE(c->health.require_cloud);
+  EXPECT_EQ(c->log_level, spdlog::level::info);
+  EXPECT_FALSE(DescribeConfig(*c).empty());
+}
+
+TEST(Config, MinimalGetsDefaults) {
+  auto c = ParseConfig(kMinimal, "mini.yaml");
+  ASSERT_TRUE(c) << c.error().ToString();
+  EXPECT_EQ(c->paths.state_dir, "/var/lib/sag-agent");
+  EXPECT_EQ(c->dpi.keep, 2);
+  EXPECT_EQ(c->download.bandwidth_limit, 0U);
+  EXPECT_TRUE(c->cloud.endpoint.empty());
+}
+
+struct BadCase {
+  const char* file;
+  Errc code;
+  const char* location;  // "LINE:COLUMN"
+  const char* mentions;  // a word the message must contain
+};
+
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.file; }
+
+class BadConfig : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(BadConfig, RefusedWithFileLineColumnAndKey) {
+  const auto& bc = GetParam();
+  const auto path = kBad / bc.file;
+  auto c = LoadConfig(path);
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().code(), bc.code) << c.error().ToString();
+  const std::string msg = c.error().message();
+  EXPECT_EQ(msg.rfind(path.string() + ":" + bc.location + ": ", 0), 0U) << msg;
+  EXPECT_NE(msg.find(bc.mentions), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Examples, BadConfig,
+    ::testing::Values(
+        BadCase{"unknown-key.yaml", Errc::kConfigUnknownKey, "14:3", "cloud.hartbeat_s"},
+        BadCase{"wrong-type.yaml", Errc::kConfigType, "30:19", "integer"},
+        BadCase{"out-of-range.yaml", Errc::kConfigRange, "30:19", "between 1 and 9"},
+        BadCase{"invalid-yaml.yaml", Errc::kConfigSyntax, "10:1", "invalid YAML"},
+        BadCase{"missing-key.yaml", Errc::kConfigMissingKey, "6:3", "identity.serial_number"},
+        BadCase{"bad-level.yaml", Errc::kConfigRange, "59:10", "log level"},
+        BadCase{"relative-path.yaml", Errc::kConfigRange, "17:12", "absolute path"},
+        BadCase{"bad-endpoint.yaml", Errc::kConfigRange, "11:13", "wss://"}),
+    [](const auto& test_info) {
+      std::string name = test_info.param.file;
+      name = name.substr(0, name.find('.'));
+      for (auto& ch : name)
+        if (ch == '-') ch = '_';
+      return name;
+    });
+
+TEST(Config, MissingFileSaysWhatToDo) {
+  auto c = LoadConfig("/nonexistent/agent.yaml");
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().code(), Errc::kConfigMissing);
+  EXPECT_NE(c.error().message().find("/nonexistent/agent.yaml"), std::string::npos);
+}
+
+TEST(Config, InlineBadCases) {
+  struct Case {
+    std::string yaml;
+    Errc code;
+  };
+  const std::string ok = kMinimal;
+  const Case cases[] = {
+      {"", Errc::kConfigMissingKey},
+      {"- a\n- b\n", Errc::kConfigType},
+      {ok + "log: {level: [1]}\n", Errc::kConfigType},
+      {ok + "dpi: {keep: 1}\n", Errc::kConfigRange},
+      {ok + "dpi: {keep: 2.5}\n", Errc::kConfigType},
+      {ok + "download: {bandwidth_limit: -1}\n", Errc::kConfigRange},
+      {ok + "health: {require_cloud: maybe}\n", Errc::kConfigType},
+      {ok + "health: {checks: [{name: x, command: []}]}\n", Errc::kConfigType},
+      {ok + "health: {checks: [{name: x}]}\n", Errc::kConfigMissingKey},
+      {ok + "health: {checks: {name: x}}\n", Errc::kConfigType},
+      {ok + "dpi: {hooks: {reload: {command: [x], timeout_s: 0}}}\n", Errc::kConfigRange},
+      {ok + "dpi: {hooks: {restart: {command: [x]}}}\n", Errc::kConfigUnknownKey},
+      {"identity: {smartag_id: abc, serial_number: s, model: m}\n", Errc::kConfigRange},
+      {"identity: {smartag_id: sag-1, serial_number: s, model: m}\npki: {root_ca: /r}\n"
+       "boot: {slots: {A: {device: /d}, B: {device: /d}}}\n",
+       Errc::kConfigRange},
+      {"identity: {smartag_id: sag-1, serial_number: s, model: m}\npki: {root_ca: /r}\n"
+       "boot: {backend: lilo, slots: {A: {device: /a}, B: {device: /b}}}\n",
+       Errc::kConfigRange},
+      {"identity: {smartag_id: sag-1, serial_number: s, model: m}\npki: {root_ca: /r}\n"
+       "boot: {slots: {A: {device: /a}, C: {device: /b}}}\n",
+       Errc::kConfigUnknownKey},
+      {"identity: {smartag_id: sag-1, serial_number: s, model: m}\npki: {root_ca: /r}\n",
+       Errc::kConfigMissingKey},
+  };
+  for (const auto& tc : cases) {
+    auto c = ParseConfig(tc.yaml, "inline.yaml");
+    ASSERT_FALSE(c) << tc.yaml;
+    EXPECT_EQ(c.error().code(), tc.code) << tc.yaml << "\n" << c.error().ToString();
+    EXPECT_TRUE(std::regex_search(c.error().message(), std::regex("^inline\\.yaml(:\\d+:\\d+)?: ")))
+        << c.error().message();
+  }
+}
+
+}  // namespace
+}  // namespace sag::agent

@@ -1,0 +1,88 @@
+#include "common/atomic_file.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <random>
+
+#include "tests/support/temp_dir.h"
+
+namespace sag {
+namespace {
+
+TEST(AtomicFile, WritesAndReplaces) {
+  test::TempDir dir;
+  const auto p = dir / "state.json";
+  ASSERT_TRUE(WriteFileAtomic(p, "one"));
+  EXPECT_EQ(*ReadFile(p), "one");
+  ASSERT_TRUE(WriteFileAtomic(p, "two"));
+  EXPECT_EQ(*ReadFile(p), "two");
+  // No temporary is left behind.
+  int files = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path())) ++files;
+  EXPECT_EQ(files, 1);
+}
+
+TEST(AtomicFile, ReportsMissingDirectory) {
+  test::TempDir dir;
+  auto st = WriteFileAtomic(dir / "no/such/dir/f", "x");
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kIo);
+  EXPECT_NE(st.error().message().find("no/such/dir"), std::string::npos);
+}
+
+TEST(AtomicFile, ReadFileBoundsSize) {
+  test::TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir / "big", std::string(1000, 'x')));
+  EXPECT_EQ(ReadFile(dir / "big", 999).error().code(), Errc::kImageTooLarge);
+  EXPECT_TRUE(ReadFile(dir / "big", 1000));
+  EXPECT_EQ(ReadFile(dir / "missing").error().code(), Errc::kNotFound);
+}
+
+// The content written in generation g: 256 KiB of one byte value, so a torn
+// file (a mix of two generations, or a short one) is easy to recognise.
+std::string Generation(unsigned g) {
+  return {std::string(256U << 10U, static_cast<char>('a' + g % 26))};
+}
+
+bool IsWholeGeneration(const std::string& s) {
+  if (s.size() != (256U << 10U)) return false;
+  return s.find_first_not_of(s[0]) == std::string::npos;
+}
+
+// A writer process is SIGKILLed at random instants while it replaces the file
+// over and over; every time, the file holds one complete generation.
+TEST(AtomicFile, SurvivesSigkillAtRandomPoints) {
+  test::TempDir dir;
+  const auto p = dir / "journal";
+  ASSERT_TRUE(WriteFileAtomic(p, Generation(0)));
+  std::mt19937 rng(12345);
+  std::uniform_int_distribution<int> delay_us(0, 20000);
+  int killed_mid_write = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      for (unsigned g = 1;; ++g) {
+        if (!WriteFileAtomic(p, Generation(g))) ::_exit(1);
+      }
+    }
+    ::usleep(static_cast<useconds_t>(delay_us(rng)));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "writer failed on its own at trial " << trial;
+    ++killed_mid_write;
+    auto content = ReadFile(p, 1U << 20U);
+    ASSERT_TRUE(content) << content.error().ToString();
+    ASSERT_TRUE(IsWholeGeneration(*content))
+        << "torn file at trial " << trial << ", size " << content->size();
+  }
+  EXPECT_EQ(killed_mid_write, 60);
+}
+
+}  // namespace
+}  // namespace sag
