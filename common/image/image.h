@@ -1,0 +1,158 @@
+// The signed image format shared by Device OS images and DPI databases, and
+// its streaming reader. The format is documented in docs/image-format.md.
+//
+// Container: a ustar archive whose entries are, in this order and nothing
+// else: "manifest.json", "manifest.json.sig" (detached CMS signature, DER) and
+// "payload.zst" (the payload as independently zstd-compressed chunks, back to
+// back). The manifest is signed; it lists every chunk's compressed offset and
+// length (relative to the start of payload.zst's data) and the SHA-256 of its
+// uncompressed bytes, so each chunk is verified alone.
+#pragma once
+
+#include <cstdint>
+#include <ctime>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/sha256.h"
+
+namespace sag::image {
+
+enum class ImageType { kDevice, kDpi };
+std::string_view ImageTypeName(ImageType type);  // "Device" | "Dpi"
+
+struct Chunk {
+  std::uint64_t offset = 0;  // of its compressed bytes within payload.zst's data
+  std::uint64_t length = 0;  // compressed length
+  std::uint64_t size = 0;    // uncompressed length (chunk_size, the last may be shorter)
+  Digest sha256{};           // of the uncompressed bytes
+};
+
+struct Manifest {
+  int format = 1;
+  ImageType type = ImageType::kDevice;
+  std::string version;                  // checked with sag::Version for its type
+  std::vector<std::string> compatible;  // hardware models
+  std::string build_time;               // ISO 8601 UTC
+  std::uint64_t payload_size = 0;       // uncompressed
+  Digest payload_sha256{};
+  std::uint64_t chunk_size = 0;
+  std::vector<Chunk> chunks;
+};
+
+// Bounds applied before any allocation that follows a declared size.
+struct Limits {
+  std::uint64_t max_manifest_bytes = 16U << 20U;
+  std::uint64_t max_signature_bytes = 64U << 10U;
+  std::uint64_t max_payload_bytes = 64ULL << 30U;
+  std::uint64_t max_chunks = 1U << 20U;
+  std::uint64_t min_chunk_size = 4U << 10U;
+  std::uint64_t max_chunk_size = 16U << 20U;
+};
+
+struct Trust {
+  std::filesystem::path root_ca;  // PEM; the only anchor (no system store)
+  std::optional<std::time_t> now;  // verification time; unset = current time
+};
+
+struct Signer {
+  std::string subject;    // one-line distinguished name of the signing cert
+  std::string not_after;  // its expiry, human readable
+};
+
+// What a verified header gives the installer. manifest_json and signature_der
+// are kept so that a resumed job can verify them again without the network.
+struct VerifiedHeader {
+  Manifest manifest;
+  Signer signer;
+  std::string manifest_json;
+  std::string signature_der;
+  std::uint64_t payload_offset = 0;  // container offset of payload.zst's first data byte
+};
+
+// Parses and checks a manifest's shape and limits (no signature check).
+Expected<Manifest> ParseManifest(std::string_view json, const Limits& limits = {});
+std::string SerializeManifest(const Manifest& manifest);
+
+// Checks a detached CMS signature over manifest_json against trust, then the
+// manifest itself. Signer problems come back as kSignerUntrusted,
+// kSignerExpired, kSignerNotYetValid or kSignerUsage; a mismatch as
+// kSignatureInvalid.
+Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string signature_der,
+                                      const Trust& trust, const Limits& limits = {});
+
+// Where container bytes come from: a file, a download, a test buffer.
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  // Fills up to buf.size() bytes; returns 0 only at the end of the data.
+  virtual Expected<std::size_t> Read(std::span<std::uint8_t> buf) = 0;
+};
+
+// One verified chunk. `data` is valid until the next call on the reader.
+struct ChunkView {
+  std::size_t index = 0;
+  std::span<const std::uint8_t> data;
+};
+
+// Reads a container from the start. Nothing is yielded before the signature
+// verified; a chunk is yielded only after its hash matched. Memory is bounded
+// by the limits (one compressed and one uncompressed chunk buffer), whatever
+// the image size.
+class ImageReader {
+ public:
+  ImageReader(ByteSource& source, Trust trust, Limits limits = {});
+  ~ImageReader();
+  ImageReader(const ImageReader&) = delete;
+  ImageReader& operator=(const ImageReader&) = delete;
+
+  // Reads and verifies manifest.json and its signature; reads no payload.
+  Expected<const VerifiedHeader*> ReadHeader();
+  // The next verified chunk, or nullopt after the last one, once the payload
+  // hash and the end of the container were checked.
+  Expected<std::optional<ChunkView>> NextChunk();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Reads chunks first_chunk.. of an already verified header from a source
+// positioned at header.payload_offset + manifest.chunks[first_chunk].offset
+// (a resumed download). Each chunk is hash-checked; the whole-payload hash is
+// not (its earlier chunks were not read), the per-chunk hashes being signed.
+class ChunkReader {
+ public:
+  ChunkReader(ByteSource& source, const Manifest& manifest, std::size_t first_chunk,
+              Limits limits = {});
+  ~ChunkReader();
+  ChunkReader(const ChunkReader&) = delete;
+  ChunkReader& operator=(const ChunkReader&) = delete;
+  Expected<std::optional<ChunkView>> Next();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// A ByteSource over a file (sag-image verify, sag-agent install FILE).
+class FileSource final : public ByteSource {
+ public:
+  static Expected<std::unique_ptr<FileSource>> Open(const std::filesystem::path& path,
+                                                    std::uint64_t offset = 0);
+  ~FileSource() override;
+  FileSource(const FileSource&) = delete;
+  FileSource& operator=(const FileSource&) = delete;
+  Expected<std::size_t> Read(std::span<std::uint8_t> buf) override;
+
+ private:
+  explicit FileSource(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  int fd_;
+  std::string path_;
+};
+
+}  // namespace sag::image

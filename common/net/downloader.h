@@ -1,0 +1,53 @@
+// HTTPS downloads for images and DPI packages.
+//
+// One Fetch() delivers the bytes of a URL from a start offset, in order, to a
+// sink, surviving drops: on a broken or stalled connection it reconnects with
+// capped exponential backoff and asks for the rest with a Range request, so
+// the sink sees every byte exactly once. The server must chain to the pinned
+// CA (no system store); redirects are followed up to a bound; an optional
+// bandwidth limit paces the transfer.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "common/error.h"
+
+namespace sag::net {
+
+struct DownloadOptions {
+  std::filesystem::path ca_file;       // PEM; empty = refuse https (tests may use http)
+  std::filesystem::path client_cert;   // optional mutual TLS
+  std::filesystem::path client_key;
+  std::uint64_t bandwidth_limit = 0;   // bytes per second, 0 = unlimited
+  std::chrono::milliseconds connect_timeout{10000};
+  std::chrono::milliseconds stall_timeout{30000};  // no byte for this long = stalled
+  int max_retries = 10;                // consecutive failures without progress
+  std::chrono::milliseconds initial_backoff{500};
+  std::chrono::milliseconds max_backoff{30000};
+  int max_redirects = 5;
+  const std::atomic<bool>* cancel = nullptr;  // set to stop soon with kCancelled
+};
+
+struct DownloadInfo {
+  std::optional<std::uint64_t> total_size;  // from Content-Range / Content-Length
+  int attempts = 0;                          // connections made
+};
+
+// Receives consecutive bytes starting at `offset`; an error stops the fetch
+// and is returned by Fetch as is.
+using Sink = std::function<Status(std::uint64_t offset, std::span<const std::uint8_t> data)>;
+
+// Downloads `url` (https://, or http:// when no CA is configured: loopback
+// tests only) from byte `offset` to the end. Blocking; runs its own event
+// loop on the calling thread.
+Expected<DownloadInfo> Fetch(const std::string& url, std::uint64_t offset, const Sink& sink,
+                             const DownloadOptions& options);
+
+}  // namespace sag::net
