@@ -55,7 +55,7 @@ struct Limits {
 };
 
 struct Trust {
-  std::filesystem::path root_ca;  // PEM; the only anchor (no system store)
+  std::filesystem::path root_ca;   // PEM; the only anchor (no system store)
   std::optional<std::time_t> now;  // verification time; unset = current time
 };
 

@@ -22,13 +22,13 @@
 namespace sag::net {
 
 struct DownloadOptions {
-  std::filesystem::path ca_file;       // PEM; empty = refuse https (tests may use http)
-  std::filesystem::path client_cert;   // optional mutual TLS
+  std::filesystem::path ca_file;      // PEM; empty = refuse https (tests may use http)
+  std::filesystem::path client_cert;  // optional mutual TLS
   std::filesystem::path client_key;
-  std::uint64_t bandwidth_limit = 0;   // bytes per second, 0 = unlimited
+  std::uint64_t bandwidth_limit = 0;  // bytes per second, 0 = unlimited
   std::chrono::milliseconds connect_timeout{10000};
   std::chrono::milliseconds stall_timeout{30000};  // no byte for this long = stalled
-  int max_retries = 10;                // consecutive failures without progress
+  int max_retries = 10;                            // consecutive failures without progress
   std::chrono::milliseconds initial_backoff{500};
   std::chrono::milliseconds max_backoff{30000};
   int max_redirects = 5;
@@ -37,7 +37,7 @@ struct DownloadOptions {
 
 struct DownloadInfo {
   std::optional<std::uint64_t> total_size;  // from Content-Range / Content-Length
-  int attempts = 0;                          // connections made
+  int attempts = 0;                         // connections made
 };
 
 // Receives consecutive bytes starting at `offset`; an error stops the fetch
