@@ -1,0 +1,55 @@
+#include "agent/status.h"
+
+#include <sstream>
+
+#include "common/atomic_file.h"
+#include "firmware/job.h"
+
+namespace sag::agent {
+
+Status StatusFile::Update(const nlohmann::json& fields) {
+  doc_.merge_patch(fields);
+  doc_["updated_at"] = firmware::NowUtc();
+  return WriteFileAtomic(path_, doc_.dump(2) + "\n", 0644);
+}
+
+Expected<nlohmann::json> StatusFile::Read() const {
+  SAG_TRY(const auto text, ReadFile(path_, 1U << 20U));
+  auto doc = nlohmann::json::parse(text, nullptr, false);
+  if (doc.is_discarded()) {
+    return Error(Errc::kIo, path_.string() + " is not JSON");
+  }
+  return doc;
+}
+
+std::string FormatStatus(const nlohmann::json& s) {
+  std::ostringstream out;
+  auto str = [&](const char* key) {
+    return s.contains(key) && s[key].is_string() ? s[key].get<std::string>() : std::string("-");
+  };
+  out << "appliance   " << str("smartag_id") << "  serial " << str("serial_number") << "  model "
+      << str("model") << "\n";
+  out << "agent       " << str("agent_version") << "  " << str("state") << "\n";
+  out << "device OS   " << str("device_version") << "  (booted slot " << str("booted_slot") << ")\n";
+  out << "DPI db      " << str("dpi_version") << "\n";
+  if (s.contains("boot") && s["boot"].is_object()) {
+    const auto& b = s["boot"];
+    out << "boot env    BOOT_ORDER=\"" << b.value("order", "") << "\" A_LEFT=" << b.value("a_left", 0)
+        << " B_LEFT=" << b.value("b_left", 0) << "\n";
+  }
+  if (s.contains("job") && s["job"].is_object()) {
+    const auto& j = s["job"];
+    out << "last job    " << j.value("id", "-") << "  " << j.value("type", "") << " "
+        << j.value("version", "") << "  " << j.value("state", "");
+    if (j.contains("percent")) out << "  " << j["percent"].get<int>() << "%";
+    out << "\n";
+    if (j.contains("error") && j["error"].is_object()) {
+      out << "            E" << j["error"].value("code", 0) << " " << j["error"].value("name", "")
+          << ": " << j["error"].value("message", "") << "\n";
+    }
+  }
+  out << "updated     " << str("updated_at") << "\n";
+  return out.str();
+}
+
+}  // namespace sag::agent

@@ -1,0 +1,669 @@
+#include "firmware/installer.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <sstream>
+#include <thread>
+
+#include "common/atomic_file.h"
+#include "common/base64.h"
+#include "common/bounded_queue.h"
+#include "common/process.h"
+#include "common/stream_source.h"
+#include "common/version.h"
+
+namespace sag::firmware {
+
+namespace {
+
+using platform::Slot;
+
+constexpr std::size_t kHistoryMax = 64;
+constexpr std::uint64_t kMinStateSpace = 1U << 20U;
+
+Expected<Slot> SlotOf(const std::string& name) { return platform::ParseSlot(name); }
+
+}  // namespace
+
+DeviceInstaller::DeviceInstaller(InstallerOptions options, Platform platform, ProgressFn progress)
+    : options_(std::move(options)),
+      platform_(std::move(platform)),
+      progress_(std::move(progress)),
+      journal_(options_.state_dir / "device-job.json") {}
+
+// ---------------------------------------------------------------- records
+
+Status DeviceInstaller::Save(JobRecord& record, JobEvent event) {
+  SAG_TRY(const JobState next, Transition(record.state, event));
+  const JobState prev = record.state;
+  record.state = next;
+  record.updated_at = NowUtc();
+  record.history.push_back(record.updated_at + " " + std::string(JobStateName(next)));
+  if (auto st = journal_.Save(record.ToJson()); !st) {
+    record.state = prev;
+    return std::move(st).error().WithContext("recording job " + record.id);
+  }
+  spdlog::info("job {}: {} -> {}", record.id, JobStateName(prev), JobStateName(next));
+  Report(record, 0, 0);
+  return Ok();
+}
+
+Status DeviceInstaller::SaveProgress(JobRecord& record) {
+  record.updated_at = NowUtc();
+  return journal_.Save(record.ToJson());
+}
+
+Status DeviceInstaller::Fail(JobRecord& record, Error error) {
+  spdlog::error("job {}: {}", record.id, error.ToString());
+  record.error = std::move(error);
+  SAG_TRY_STATUS(Save(record, JobEvent::kFailed));
+  return ArchiveFinished(record);
+}
+
+void DeviceInstaller::Report(const JobRecord& record, std::uint64_t done, std::uint64_t total) {
+  if (progress_) progress_(record, Progress{record.state, done, total});
+}
+
+Expected<std::optional<JobRecord>> DeviceInstaller::LastJob() {
+  SAG_TRY(auto doc, journal_.Load());
+  if (doc) {
+    SAG_TRY(auto rec, JobRecord::FromJson(*doc));
+    return std::optional<JobRecord>(std::move(rec));
+  }
+  const Journal last(journal_.path().string() + ".last");
+  SAG_TRY(auto prev, last.Load());
+  if (!prev) return std::optional<JobRecord>();
+  SAG_TRY(auto rec, JobRecord::FromJson(*prev));
+  return std::optional<JobRecord>(std::move(rec));
+}
+
+// Finished jobs are kept by id (bounded), so a job offered again is answered
+// with its outcome instead of being run twice.
+Status DeviceInstaller::ArchiveFinished(const JobRecord& record) {
+  const auto path = options_.state_dir / "device-jobs.json";
+  nlohmann::json list = nlohmann::json::array();
+  if (auto text = ReadFile(path, 4U << 20U)) {
+    auto doc = nlohmann::json::parse(*text, nullptr, false);
+    if (doc.is_array()) list = std::move(doc);
+  }
+  list.push_back(record.ToJson());
+  while (list.size() > kHistoryMax) list.erase(list.begin());
+  for (auto& j : list) {  // the signed header is only needed while a job runs
+    j.erase("manifest_json");
+    j.erase("signature_der_b64");
+  }
+  SAG_TRY_STATUS(WriteFileAtomic(path, list.dump(1) + "\n", 0600));
+  return journal_.Archive();
+}
+
+Expected<std::optional<JobRecord>> DeviceInstaller::FindInHistory(const std::string& id) {
+  auto text = ReadFile(options_.state_dir / "device-jobs.json", 4U << 20U);
+  if (!text) return std::optional<JobRecord>();
+  auto doc = nlohmann::json::parse(*text, nullptr, false);
+  if (!doc.is_array()) return std::optional<JobRecord>();
+  for (const auto& j : doc) {
+    if (j.value("id", "") != id) continue;
+    auto copy = j;
+    copy["manifest_json"] = "";
+    copy["signature_der_b64"] = "";
+    SAG_TRY(auto rec, JobRecord::FromJson(copy));
+    return std::optional<JobRecord>(std::move(rec));
+  }
+  return std::optional<JobRecord>();
+}
+
+// slots.json: which image each slot holds once committed.
+Status DeviceInstaller::RecordSlot(Slot slot, const JobRecord& record) {
+  const auto path = options_.state_dir / "slots.json";
+  nlohmann::json doc = nlohmann::json::object();
+  if (auto text = ReadFile(path, 1U << 20U)) {
+    auto parsed = nlohmann::json::parse(*text, nullptr, false);
+    if (parsed.is_object()) doc = std::move(parsed);
+  }
+  const std::string name(platform::SlotName(slot));
+  if (record.version.empty()) {
+    doc.erase(name);
+  } else {
+    doc[name] = {{"version", record.version},
+                 {"payload_sha256", record.payload_sha256},
+                 {"payload_size", record.payload_size},
+                 {"job", record.id},
+                 {"committed_at", NowUtc()}};
+  }
+  return WriteFileAtomic(path, doc.dump(2) + "\n", 0644);
+}
+
+Expected<std::string> DeviceInstaller::CurrentVersion() {
+  SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+  if (auto text = ReadFile(options_.state_dir / "slots.json", 1U << 20U)) {
+    auto doc = nlohmann::json::parse(*text, nullptr, false);
+    const std::string name(platform::SlotName(booted));
+    if (doc.is_object() && doc.contains(name) && doc[name].contains("version")) {
+      return doc[name]["version"].get<std::string>();
+    }
+  }
+  auto text = ReadFile(options_.os_release, 64U << 10U);
+  if (!text) {
+    return std::move(text).error().WithContext("no installed version recorded for slot " +
+                                               std::string(platform::SlotName(booted)) +
+                                               " and no VERSION_ID");
+  }
+  std::istringstream in(*text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with("VERSION_ID=")) {
+      std::string v = line.substr(11);
+      if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
+      return v;
+    }
+  }
+  return Error(Errc::kSystemInfo, options_.os_release.string() + " has no VERSION_ID line");
+}
+
+// ---------------------------------------------------------------- start
+
+Status DeviceInstaller::CheckPolicy(const JobSpec& spec, const image::VerifiedHeader& header,
+                                    Slot target) {
+  const auto& m = header.manifest;
+  if (m.type != image::ImageType::kDevice) {
+    return Error(Errc::kWrongType, "the image is a " + std::string(image::ImageTypeName(m.type)) +
+                                       " image; a Device job needs VersionType=Device");
+  }
+  if (std::find(m.compatible.begin(), m.compatible.end(), options_.model) == m.compatible.end()) {
+    std::string list;
+    for (const auto& c : m.compatible) list += (list.empty() ? "" : ", ") + c;
+    return Error(Errc::kIncompatibleModel, "image " + m.version + " is for " + list +
+                                               "; this appliance is a " + options_.model);
+  }
+  SAG_TRY(const auto current_text, CurrentVersion());
+  SAG_TRY(const auto wanted, Version::Parse(VersionKind::kDevice, m.version));
+  auto current = Version::Parse(VersionKind::kDevice, current_text);
+  if (current && wanted <= *current && !spec.allow_downgrade) {
+    return Error(Errc::kVersionTooOld, "image version " + m.version +
+                                           " is not newer than the running " + current_text +
+                                           "; pick a newer version or allow a downgrade");
+  }
+  SAG_TRY(const auto slot_size, platform_.slots.at(target)->Size());
+  if (m.payload_size > slot_size) {
+    return Error(Errc::kSlotTooSmall, "the payload is " + std::to_string(m.payload_size) +
+                                          " bytes but slot " +
+                                          std::string(platform::SlotName(target)) + " (" +
+                                          platform_.slots.at(target)->path().string() + ") holds " +
+                                          std::to_string(slot_size));
+  }
+  SAG_TRY(const auto free, platform_.system->FreeSpace(options_.state_dir));
+  if (free < kMinStateSpace) {
+    return Error(Errc::kNoSpace, options_.state_dir.string() + " has " + std::to_string(free) +
+                                     " bytes free; the job journal needs at least 1 MiB");
+  }
+  return Ok();
+}
+
+Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
+  SAG_TRY(auto current, journal_.Load());
+  if (current) {
+    SAG_TRY(auto rec, JobRecord::FromJson(*current));
+    if (rec.id == spec.id) return rec;
+    return Error(Errc::kJobConflict, "job " + rec.id + " is still " +
+                                         std::string(JobStateName(rec.state)) +
+                                         "; wait for it to finish before starting " + spec.id);
+  }
+  SAG_TRY(auto seen, FindInHistory(spec.id));
+  if (seen) return *seen;
+
+  JobRecord record;
+  record.id = spec.id;
+  record.source = spec.source;
+  record.allow_downgrade = spec.allow_downgrade;
+  record.reboot = spec.reboot;
+  record.started_at = NowUtc();
+  record.updated_at = record.started_at;
+  record.history.push_back(record.started_at + " Pending");
+
+  auto refuse = [&](Error e) -> Expected<JobRecord> {
+    // Nothing was touched; the refusal is remembered under the job id.
+    record.error = e;
+    record.state = JobState::kFailed;
+    spdlog::error("job {} refused: {}", spec.id, e.ToString());
+    if (auto st = ArchiveFinished(record); !st) return std::move(st).error();
+    return record;
+  };
+
+  SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+  const Slot target = platform::OtherSlot(booted);
+  record.from_slot = platform::SlotName(booted);
+  record.target_slot = platform::SlotName(target);
+  if (auto v = CurrentVersion()) record.from_version = *v;
+
+  auto source = OpenStreamSource(spec.source, 0, options_.download);
+  if (!source) return refuse(std::move(source).error().WithContext("opening " + spec.source));
+  image::ImageReader reader(**source, options_.trust, options_.limits);
+  auto header = reader.ReadHeader();
+  if (!header) return refuse(std::move(header).error().WithContext("checking " + spec.source));
+  const image::VerifiedHeader& h = **header;
+  record.version = h.manifest.version;
+  if (auto st = CheckPolicy(spec, h, target); !st) return refuse(std::move(st).error());
+
+  record.manifest_json = h.manifest_json;
+  record.signature_der_b64 = Base64Encode(h.signature_der);
+  record.payload_offset = h.payload_offset;
+  record.chunks_total = h.manifest.chunks.size();
+  record.payload_size = h.manifest.payload_size;
+  record.payload_sha256 = ToHex(h.manifest.payload_sha256);
+  spdlog::info("job {}: Device {} -> {} into slot {} ({} bytes, {} chunks, signed by {})", spec.id,
+               record.from_version, record.version, record.target_slot, record.payload_size,
+               record.chunks_total, h.signer.subject);
+  SAG_TRY_STATUS(journal_.Save(record.ToJson()));
+  if (auto st = StepPrepare(record, h); !st) {
+    if (auto f = Fail(record, std::move(st).error()); !f) return std::move(f).error();
+    return record;
+  }
+  return Run(std::move(record));
+}
+
+// The target slot is made unbootable before its first byte changes (and the
+// running slot committed), so a half-written slot can never be booted.
+Status DeviceInstaller::StepPrepare(JobRecord& record, const image::VerifiedHeader& /*header*/) {
+  SAG_TRY(const Slot target, SlotOf(record.target_slot));
+  SAG_TRY(const Slot from, SlotOf(record.from_slot));
+  SAG_TRY_STATUS(platform_.boot->MarkGood(from, options_.trial_attempts));
+  SAG_TRY_STATUS(platform_.boot->MarkBad(target));
+  JobRecord cleared;  // the target no longer holds what slots.json said
+  SAG_TRY_STATUS(RecordSlot(target, cleared));
+  return Save(record, JobEvent::kSlotPrepared);
+}
+
+// ---------------------------------------------------------------- run
+
+Expected<JobRecord> DeviceInstaller::Run(JobRecord record) {
+  for (int guard = 0; guard < 32 && !IsTerminal(record.state); ++guard) {
+    Status st = Ok();
+    switch (record.state) {
+      case JobState::kPending:
+        st = Error(Errc::kInternal, "a Pending job is prepared by Start");
+        break;
+      case JobState::kWriting:
+        st = StepWrite(record);
+        break;
+      case JobState::kVerifying:
+        st = StepVerify(record);
+        break;
+      case JobState::kActivating:
+        st = StepActivate(record);
+        break;
+      case JobState::kRebooting:
+        st = StepReboot(record);
+        break;
+      case JobState::kHealthChecking:
+        st = StepHealth(record);
+        break;
+      case JobState::kCommitting:
+        st = StepCommit(record);
+        break;
+      case JobState::kRollingBack:
+        st = StepRollingBack(record);
+        break;
+      case JobState::kCommitted:
+      case JobState::kRolledBack:
+      case JobState::kFailed:
+        break;
+    }
+    if (!st) {
+      const Error& e = st.error();
+      if (e.code() == Errc::kCancelled) return record;  // resumes at next start
+      // Failing is possible only before the trial boot is set; later states
+      // are resolved by the boot that follows.
+      if (Transition(record.state, JobEvent::kFailed)) {
+        SAG_TRY_STATUS(Fail(record, e));
+        return record;
+      }
+      return e;
+    }
+    // A step that asked for a reboot (or waits for one) ends this run.
+    if (record.state == JobState::kRebooting || record.state == JobState::kRollingBack) {
+      SAG_TRY(const auto boot_id, platform_.system->BootId());
+      if (boot_id == record.boot_id) return record;
+    }
+  }
+  return record;
+}
+
+Expected<std::optional<JobRecord>> DeviceInstaller::Resume() {
+  SAG_TRY(auto doc, journal_.Load());
+  if (!doc) {
+    // No job: the running slot is the committed one; keep its boot counter
+    // full so the bootloader never gives up on it.
+    SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+    SAG_TRY(const auto state, platform_.boot->ReadState());
+    if (state.Left(booted) < options_.trial_attempts || state.order.front() != booted) {
+      SAG_TRY_STATUS(platform_.boot->MarkGood(booted, options_.trial_attempts));
+    }
+    return std::optional<JobRecord>();
+  }
+  SAG_TRY(auto record, JobRecord::FromJson(*doc));
+  spdlog::info("job {}: resuming in state {}", record.id, JobStateName(record.state));
+  if (record.state == JobState::kPending) {
+    // Cut before the slot was prepared: prepare again from the stored header.
+    SAG_TRY(const auto sig, Base64Decode(record.signature_der_b64));
+    SAG_TRY(const auto header, image::VerifyHeader(record.manifest_json, sig, options_.trust,
+                                                   options_.limits));
+    if (auto st = StepPrepare(record, header); !st) {
+      SAG_TRY_STATUS(Fail(record, std::move(st).error()));
+      return std::optional<JobRecord>(record);
+    }
+  }
+  SAG_TRY(auto done, Run(std::move(record)));
+  return std::optional<JobRecord>(std::move(done));
+}
+
+// ---------------------------------------------------------------- write
+
+Status DeviceInstaller::StepWrite(JobRecord& record) {
+  SAG_TRY(const Slot target, SlotOf(record.target_slot));
+  SAG_TRY(const auto sig, Base64Decode(record.signature_der_b64));
+  SAG_TRY(const auto header,
+          image::VerifyHeader(record.manifest_json, sig, options_.trust, options_.limits));
+  const auto& m = header.manifest;
+  if (record.next_chunk > m.chunks.size()) {
+    return Error(Errc::kJournalCorrupt, "journal says chunk " + std::to_string(record.next_chunk) +
+                                            " of " + std::to_string(m.chunks.size()));
+  }
+  platform::SlotDevice* slot = platform_.slots.at(target);
+  SAG_TRY(auto writer, slot->OpenWriter());
+
+  const std::uint64_t start_chunk = record.next_chunk;
+  const std::uint64_t offset =
+      start_chunk == 0 ? 0 : record.payload_offset + m.chunks[start_chunk].offset;
+  if (start_chunk > 0) {
+    spdlog::info("job {}: resuming the write at chunk {} of {}", record.id, start_chunk,
+                 m.chunks.size());
+  }
+  SAG_TRY(auto source, OpenStreamSource(record.source, offset, options_.download));
+
+  // Three stages overlap: the source (a fetch thread for URLs), this thread
+  // verifying (decompress + hash), and a writer thread. Buffers circulate
+  // between this thread and the writer: memory is kBuffers x chunk size.
+  constexpr std::size_t kBuffers = 4;
+  struct Block {
+    std::size_t index = 0;
+    std::vector<std::uint8_t> data;
+  };
+  BoundedQueue<Block> free_blocks(kBuffers);
+  BoundedQueue<Block> full_blocks(kBuffers);
+  for (std::size_t i = 0; i < kBuffers; ++i) {
+    Block b;
+    b.data.reserve(m.chunk_size);
+    (void)free_blocks.Push(std::move(b));
+  }
+  std::optional<Error> write_error;
+  std::thread writer_thread([&] {
+    std::uint64_t since_checkpoint = 0;
+    while (auto block = full_blocks.Pop()) {
+      const std::uint64_t at = block->index * m.chunk_size;
+      auto st = writer->WriteAt(at, block->data);
+      if (st) {
+        since_checkpoint += block->data.size();
+        const bool last = block->index + 1 == m.chunks.size();
+        if (since_checkpoint >= options_.checkpoint_bytes || last) {
+          // The journal may say "chunk k is done" only once the slot's bytes
+          // up to k are on stable storage.
+          st = writer->Sync();
+          if (st) {
+            record.next_chunk = block->index + 1;
+            st = SaveProgress(record);
+            since_checkpoint = 0;
+          }
+        }
+      }
+      if (!st) {
+        write_error = std::move(st).error().WithContext("writing slot " + record.target_slot);
+        free_blocks.Close();
+        full_blocks.Close();
+        return;
+      }
+      Report(record, block->index + 1, m.chunks.size());
+      (void)free_blocks.Push(std::move(*block));
+    }
+  });
+
+  std::optional<Error> read_error;
+  auto produce = [&](auto& reader) {
+    for (;;) {
+      if (cancel_) {
+        read_error = Error(Errc::kCancelled, "stopped");
+        return;
+      }
+      auto chunk = reader.Next();
+      if (!chunk) {
+        read_error = std::move(chunk).error();
+        return;
+      }
+      if (!*chunk) return;
+      auto block = free_blocks.Pop();
+      if (!block) return;  // the writer failed
+      block->index = (*chunk)->index;
+      block->data.assign((*chunk)->data.begin(), (*chunk)->data.end());
+      if (!full_blocks.Push(std::move(*block))) return;
+    }
+  };
+  if (start_chunk == 0) {
+    image::ImageReader reader(*source, options_.trust, options_.limits);
+    auto h = reader.ReadHeader();
+    if (!h) {
+      read_error = std::move(h).error();
+    } else if ((*h)->manifest_json != record.manifest_json) {
+      read_error = Error(Errc::kImageContainer,
+                         record.source + " changed since the job started; start a new job");
+    } else {
+      struct Adapter {
+        image::ImageReader& r;
+        auto Next() { return r.NextChunk(); }
+      } adapter{reader};
+      produce(adapter);
+    }
+  } else {
+    image::ChunkReader reader(*source, m, start_chunk, options_.limits);
+    produce(reader);
+  }
+  full_blocks.Close();
+  writer_thread.join();
+  if (write_error) return *write_error;
+  if (read_error) return read_error->WithContext("reading " + record.source);
+  if (record.next_chunk != m.chunks.size()) {
+    return Error(Errc::kImageTruncated, record.source + " ended after chunk " +
+                                            std::to_string(record.next_chunk) + " of " +
+                                            std::to_string(m.chunks.size()));
+  }
+  return Save(record, JobEvent::kWritten);
+}
+
+// Reads the slot back and checks every chunk against the signed manifest:
+// what boots next is what was verified, not what was sent to the device.
+Status DeviceInstaller::StepVerify(JobRecord& record) {
+  SAG_TRY(const Slot target, SlotOf(record.target_slot));
+  SAG_TRY(const auto sig, Base64Decode(record.signature_der_b64));
+  SAG_TRY(const auto header,
+          image::VerifyHeader(record.manifest_json, sig, options_.trust, options_.limits));
+  const auto& m = header.manifest;
+  platform::SlotDevice* slot = platform_.slots.at(target);
+  std::vector<std::uint8_t> buf(m.chunk_size);
+  Sha256 chunk_hash;
+  Sha256 whole;
+  std::uint64_t offset = 0;
+  for (std::size_t i = 0; i < m.chunks.size(); ++i) {
+    if (cancel_) return Error(Errc::kCancelled, "stopped");
+    const auto& c = m.chunks[i];
+    std::size_t got = 0;
+    while (got < c.size) {
+      SAG_TRY(const std::size_t n,
+              slot->ReadAt(offset + got, std::span(buf.data() + got, c.size - got)));
+      if (n == 0) break;
+      got += n;
+    }
+    const std::span<const std::uint8_t> data(buf.data(), got);
+    chunk_hash.Update(data);
+    whole.Update(data);
+    if (got != c.size || chunk_hash.Final() != c.sha256) {
+      return Error(Errc::kReadBackMismatch,
+                   "slot " + record.target_slot + " (" + slot->path().string() + ") chunk " +
+                       std::to_string(i) + " at offset " + std::to_string(offset) +
+                       " reads back different from what was written; the storage may be failing");
+    }
+    offset += c.size;
+    if (i % 16 == 15 || i + 1 == m.chunks.size()) Report(record, i + 1, m.chunks.size());
+  }
+  if (whole.Final() != m.payload_sha256) {
+    return Error(Errc::kReadBackMismatch, "slot " + record.target_slot + " payload hash differs");
+  }
+  return Save(record, JobEvent::kVerified);
+}
+
+// ---------------------------------------------------------------- boot
+
+Status DeviceInstaller::StepActivate(JobRecord& record) {
+  SAG_TRY(const Slot target, SlotOf(record.target_slot));
+  SAG_TRY_STATUS(platform_.boot->SetTrial(target, options_.trial_attempts));
+  SAG_TRY(record.boot_id, platform_.system->BootId());
+  SAG_TRY_STATUS(Save(record, JobEvent::kTrialSet));
+  if (record.reboot) {
+    spdlog::info("job {}: trial boot of slot {} set; rebooting", record.id, record.target_slot);
+    return platform_.rebooter->Reboot();
+  }
+  spdlog::info("job {}: trial boot of slot {} set; it runs at the next reboot", record.id,
+               record.target_slot);
+  return Ok();
+}
+
+Status DeviceInstaller::StepReboot(JobRecord& record) {
+  SAG_TRY(const auto boot_id, platform_.system->BootId());
+  if (boot_id == record.boot_id) {
+    // Same boot: the agent restarted before the reboot happened.
+    if (record.reboot) return platform_.rebooter->Reboot();
+    return Ok();
+  }
+  return StepAfterBoot(record);
+}
+
+Status DeviceInstaller::StepAfterBoot(JobRecord& record) {
+  SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+  SAG_TRY(const Slot target, SlotOf(record.target_slot));
+  if (booted == target) {
+    spdlog::info("job {}: booted the new slot {}; running health checks", record.id,
+                 record.target_slot);
+    SAG_TRY_STATUS(Save(record, JobEvent::kBootedNew));
+    return StepHealth(record);
+  }
+  record.error = Error(Errc::kRolledBack,
+                       "the trial boot of slot " + record.target_slot + " (version " +
+                           record.version + ") did not come up within " +
+                           std::to_string(options_.trial_attempts) +
+                           " attempts; the bootloader fell back to slot " +
+                           std::string(platform::SlotName(booted)) + " (" + record.from_version + ")");
+  SAG_TRY_STATUS(platform_.boot->MarkGood(booted, options_.trial_attempts));
+  SAG_TRY_STATUS(Save(record, JobEvent::kBootedOld));
+  spdlog::warn("job {}: rolled back: {}", record.id, record.error->message());
+  return ArchiveFinished(record);
+}
+
+Status DeviceInstaller::StepHealth(JobRecord& record) {
+  SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+  if (std::string(platform::SlotName(booted)) != record.target_slot) {
+    // Power was lost during the health check and the bootloader gave up.
+    return StepAfterBoot(record);
+  }
+  auto health = RunHealthChecks();
+  if (health) {
+    SAG_TRY_STATUS(Save(record, JobEvent::kHealthy));
+    return StepCommit(record);
+  }
+  record.error = Error(Errc::kHealthCheckFailed, health.error().message() +
+                                                     "; returning to slot " + record.from_slot);
+  SAG_TRY(record.boot_id, platform_.system->BootId());
+  SAG_TRY_STATUS(Save(record, JobEvent::kUnhealthy));
+  spdlog::error("job {}: health check failed on slot {}: {}", record.id, record.target_slot,
+                health.error().message());
+  return StepRollingBack(record);
+}
+
+Status DeviceInstaller::RunHealthChecks() {
+  for (const auto& check : options_.health_checks) {
+    CommandOptions opt;
+    opt.timeout = check.timeout;
+    auto st = CheckCommand(check.command, opt);
+    if (!st) return std::move(st).error().WithContext("health check '" + check.name + "'");
+    spdlog::info("health check '{}' passed", check.name);
+  }
+  if (options_.cloud_check) {
+    SAG_TRY_STATUS(options_.cloud_check());
+  }
+  return Ok();
+}
+
+Status DeviceInstaller::StepCommit(JobRecord& record) {
+  SAG_TRY(const Slot target, SlotOf(record.target_slot));
+  SAG_TRY_STATUS(platform_.boot->MarkGood(target, options_.trial_attempts));
+  SAG_TRY_STATUS(RecordSlot(target, record));
+  SAG_TRY_STATUS(Save(record, JobEvent::kMarkedGood));
+  spdlog::info("job {}: committed: slot {} runs {}", record.id, record.target_slot, record.version);
+  return ArchiveFinished(record);
+}
+
+Status DeviceInstaller::StepRollingBack(JobRecord& record) {
+  SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+  SAG_TRY(const auto boot_id, platform_.system->BootId());
+  SAG_TRY(const Slot from, SlotOf(record.from_slot));
+  if (boot_id != record.boot_id && booted == from) {
+    SAG_TRY_STATUS(platform_.boot->MarkGood(from, options_.trial_attempts));
+    SAG_TRY_STATUS(Save(record, JobEvent::kBootedOld));
+    spdlog::warn("job {}: rolled back to slot {} ({})", record.id, record.from_slot,
+                 record.from_version);
+    return ArchiveFinished(record);
+  }
+  if (boot_id != record.boot_id) {
+    // Still on the bad slot after a reboot: mark it bad again and go back.
+    record.boot_id = boot_id;
+    SAG_TRY_STATUS(SaveProgress(record));
+  }
+  SAG_TRY(const Slot target, SlotOf(record.target_slot));
+  SAG_TRY_STATUS(platform_.boot->MarkBad(target));
+  return platform_.rebooter->Reboot();
+}
+
+// ---------------------------------------------------------------- manual
+
+Status DeviceInstaller::MarkGood() {
+  SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+  SAG_TRY(auto doc, journal_.Load());
+  if (doc) {
+    SAG_TRY(auto record, JobRecord::FromJson(*doc));
+    if (record.state == JobState::kHealthChecking && record.target_slot == platform::SlotName(booted)) {
+      SAG_TRY_STATUS(Save(record, JobEvent::kHealthy));
+      return StepCommit(record);
+    }
+  }
+  return platform_.boot->MarkGood(booted, options_.trial_attempts);
+}
+
+Status DeviceInstaller::Rollback() {
+  SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+  SAG_TRY(auto doc, journal_.Load());
+  if (doc) {
+    SAG_TRY(auto record, JobRecord::FromJson(*doc));
+    if (record.state == JobState::kHealthChecking) {
+      record.error = Error(Errc::kRolledBack, "rolled back by the operator");
+      SAG_TRY(record.boot_id, platform_.system->BootId());
+      SAG_TRY_STATUS(Save(record, JobEvent::kUnhealthy));
+      return StepRollingBack(record);
+    }
+    return Error(Errc::kJobConflict, "job " + record.id + " is " +
+                                         std::string(JobStateName(record.state)) +
+                                         "; a manual rollback is possible only after it finished");
+  }
+  const Slot other = platform::OtherSlot(booted);
+  SAG_TRY(const auto state, platform_.boot->ReadState());
+  (void)state;
+  SAG_TRY_STATUS(platform_.boot->MarkGood(other, options_.trial_attempts));
+  return platform_.rebooter->Reboot();
+}
+
+}  // namespace sag::firmware

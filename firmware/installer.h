@@ -1,0 +1,125 @@
+// Device OS installs: stream a signed image into the inactive A/B slot, read
+// it back, set a one-time trial boot, reboot, check health, then commit or
+// roll back. One job at a time, durable in a journal (see job.h).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/image/image.h"
+#include "common/journal.h"
+#include "common/net/downloader.h"
+#include "firmware/job.h"
+#include "platform/boot_control.h"
+#include "platform/rebooter.h"
+#include "platform/slot_device.h"
+#include "platform/system_info.h"
+
+namespace sag::firmware {
+
+struct HealthCheckSpec {
+  std::string name;
+  std::vector<std::string> command;
+  std::chrono::milliseconds timeout{30000};
+};
+
+struct InstallerOptions {
+  std::filesystem::path state_dir;        // journal, slot records
+  std::string model;                      // this appliance's hardware model
+  image::Trust trust;                     // pinned root for image signatures
+  image::Limits limits;
+  net::DownloadOptions download;
+  int trial_attempts = 3;
+  std::vector<HealthCheckSpec> health_checks;
+  // Extra health condition (the control channel is reachable); null = none.
+  std::function<Status()> cloud_check;
+  std::uint64_t checkpoint_bytes = 32U << 20U;  // slot sync + journal every this much
+  std::filesystem::path os_release{"/etc/os-release"};  // VERSION_ID when no slot record
+};
+
+struct JobSpec {
+  std::string id;
+  std::string source;  // file path or http(s) URL
+  bool allow_downgrade = false;
+  bool reboot = true;  // reboot as soon as the trial boot is set
+};
+
+// Progress of long steps, for logs, status.json and the cloud.
+struct Progress {
+  JobState state;
+  std::uint64_t done = 0;
+  std::uint64_t total = 0;
+};
+using ProgressFn = std::function<void(const JobRecord&, const Progress&)>;
+
+struct Platform {
+  platform::BootControl* boot = nullptr;
+  std::map<platform::Slot, platform::SlotDevice*> slots;
+  platform::Rebooter* rebooter = nullptr;
+  platform::SystemInfo* system = nullptr;
+};
+
+class DeviceInstaller {
+ public:
+  DeviceInstaller(InstallerOptions options, Platform platform, ProgressFn progress = {});
+
+  // Starts a job and runs it as far as it goes in this boot: to Rebooting
+  // (reboot requested) or to Failed. A job id seen before is answered with
+  // its recorded state and not run again; another job in progress is
+  // kJobConflict.
+  Expected<JobRecord> Start(const JobSpec& spec);
+
+  // At agent start: continues whatever job the journal holds (a download cut
+  // by power loss, a trial boot to check, a commit to finish). Returns the
+  // record as it stands afterwards, or nullopt when there is no job.
+  Expected<std::optional<JobRecord>> Resume();
+
+  // The version of the running OS: the record of the booted slot, else
+  // VERSION_ID of os_release.
+  Expected<std::string> CurrentVersion();
+
+  // Manual control (sag-agent mark-good / rollback).
+  Status MarkGood();
+  Status Rollback();  // make the other slot boot next, then reboot
+
+  // The last job (current or finished), if any.
+  Expected<std::optional<JobRecord>> LastJob();
+
+  void Cancel() { cancel_ = true; }
+
+ private:
+  Expected<JobRecord> Run(JobRecord record);
+  Status Save(JobRecord& record, JobEvent event);
+  Status SaveProgress(JobRecord& record);
+  Status Fail(JobRecord& record, Error error);
+  Status StepPrepare(JobRecord& record, const image::VerifiedHeader& header);
+  Status StepWrite(JobRecord& record);
+  Status StepVerify(JobRecord& record);
+  Status StepActivate(JobRecord& record);
+  Status StepReboot(JobRecord& record);
+  Status StepAfterBoot(JobRecord& record);
+  Status StepHealth(JobRecord& record);
+  Status StepCommit(JobRecord& record);
+  Status StepRollingBack(JobRecord& record);
+  Status CheckPolicy(const JobSpec& spec, const image::VerifiedHeader& header,
+                     platform::Slot target);
+  Status RunHealthChecks();
+  Status RecordSlot(platform::Slot slot, const JobRecord& record);
+  Expected<std::optional<JobRecord>> FindInHistory(const std::string& id);
+  Status ArchiveFinished(const JobRecord& record);
+  void Report(const JobRecord& record, std::uint64_t done, std::uint64_t total);
+
+  InstallerOptions options_;
+  Platform platform_;
+  ProgressFn progress_;
+  Journal journal_;
+  std::atomic<bool> cancel_{false};
+};
+
+}  // namespace sag::firmware

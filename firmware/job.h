@@ -1,0 +1,96 @@
+// The Device OS job: its states, the one table of transitions between them,
+// and its durable record.
+//
+//   Pending ──SlotPrepared──▶ Writing ──Written──▶ Verifying ──Verified──▶ Activating
+//   Activating ──TrialSet──▶ Rebooting ──BootedNew──▶ HealthChecking ──Healthy──▶ Committing
+//   Committing ──MarkedGood──▶ Committed
+//   HealthChecking ──Unhealthy──▶ RollingBack ──BootedOld──▶ RolledBack
+//   Rebooting | HealthChecking ──BootedOld──▶ RolledBack      (the bootloader fell back)
+//   Pending | Writing | Verifying | Activating ──Failed──▶ Failed
+//
+// Every transition is written to the journal before the step it leads to is
+// taken, so after a power cut the record names the step to redo; each step is
+// idempotent. Until Activating completes, the target slot is marked not
+// bootable and the running slot stays first: nothing before that point can
+// change what boots.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace sag::firmware {
+
+enum class JobState {
+  kPending,
+  kWriting,
+  kVerifying,
+  kActivating,
+  kRebooting,
+  kHealthChecking,
+  kCommitting,
+  kRollingBack,
+  kCommitted,
+  kRolledBack,
+  kFailed,
+};
+
+enum class JobEvent {
+  kSlotPrepared,
+  kWritten,
+  kVerified,
+  kTrialSet,
+  kBootedNew,
+  kBootedOld,
+  kHealthy,
+  kUnhealthy,
+  kMarkedGood,
+  kFailed,
+};
+
+std::string_view JobStateName(JobState state);
+std::string_view JobEventName(JobEvent event);
+Expected<JobState> ParseJobState(std::string_view name);
+[[nodiscard]] bool IsTerminal(JobState state);
+
+// The transition table's lookup: the next state, or kInternal when the event
+// is not allowed in `from` (a bug, never a runtime condition).
+Expected<JobState> Transition(JobState from, JobEvent event);
+
+// Everything the job needs to resume after a power cut.
+struct JobRecord {
+  std::string id;
+  JobState state = JobState::kPending;
+  std::string source;           // file path or URL of the image
+  std::string version;          // the image's version
+  std::string from_version;     // what ran when the job started
+  std::string target_slot;      // "A" | "B"
+  std::string from_slot;
+  bool allow_downgrade = false;
+  bool reboot = true;           // reboot as soon as the trial is set
+  std::uint64_t next_chunk = 0;     // first chunk not yet durably in the slot
+  std::uint64_t chunks_total = 0;
+  std::uint64_t payload_size = 0;
+  std::string payload_sha256;
+  std::string manifest_json;        // the signed header, verified again on resume
+  std::string signature_der_b64;
+  std::uint64_t payload_offset = 0;
+  std::string boot_id;              // of the boot that requested the reboot
+  std::optional<Error> error;       // why it failed or rolled back
+  std::string started_at;
+  std::string updated_at;
+  std::vector<std::string> history;  // "time state" lines, one per transition
+
+  [[nodiscard]] nlohmann::json ToJson() const;
+  static Expected<JobRecord> FromJson(const nlohmann::json& j);
+};
+
+std::string NowUtc();  // 2026-11-27T20:00:00Z
+
+}  // namespace sag::firmware
