@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <ctime>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -74,9 +75,21 @@ struct VerifiedHeader {
   std::uint64_t payload_offset = 0;  // container offset of payload.zst's first data byte
 };
 
-// Parses and checks a manifest's shape and limits (no signature check).
+// Parses and checks a manifest's shape and limits (no signature check):
+// known format version, type, a version valid for that type, compatible
+// models, sizes within `limits`, a chunk table that tiles the payload
+// (contiguous offsets from 0, chunk_size bytes each but the last, lengths no
+// larger than zstd's bound). Errors: kManifestMalformed, kManifestVersion,
+// kManifestLimits.
 Expected<Manifest> ParseManifest(std::string_view json, const Limits& limits = {});
 std::string SerializeManifest(const Manifest& manifest);
+
+// The container's fixed names and layout.
+inline constexpr std::string_view kManifestName = "manifest.json";
+inline constexpr std::string_view kSignatureName = "manifest.json.sig";
+inline constexpr std::string_view kPayloadName = "payload.zst";
+inline constexpr int kFormatVersion = 1;
+inline constexpr std::uint64_t kDefaultChunkSize = 1U << 20U;
 
 // Checks a detached CMS signature over manifest_json against trust, then the
 // manifest itself. Signer problems come back as kSignerUntrusted,
@@ -84,6 +97,23 @@ std::string SerializeManifest(const Manifest& manifest);
 // kSignatureInvalid.
 Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string signature_der,
                                       const Trust& trust, const Limits& limits = {});
+
+// Reads and signs nothing: the container's first two entries and the offset
+// of the payload, checked strictly but NOT verified (sag-image inspect).
+struct UnverifiedHeader {
+  std::string manifest_json;
+  std::string signature_der;
+  std::uint64_t payload_offset = 0;
+  std::uint64_t payload_stored_size = 0;  // size of payload.zst
+};
+class ByteSource;
+Expected<UnverifiedHeader> ReadUnverifiedHeader(ByteSource& source, const Limits& limits = {});
+// The subject of the certificate that made a CMS signature, read without
+// verifying anything (for display).
+Expected<std::string> SignerSubjectUnverified(std::string_view signature_der);
+// Total container size for a manifest and signature of these sizes.
+std::uint64_t ContainerSize(std::uint64_t manifest_bytes, std::uint64_t signature_bytes,
+                            std::uint64_t payload_stored_bytes);
 
 // Where container bytes come from: a file, a download, a test buffer.
 class ByteSource {

@@ -1,0 +1,788 @@
+#include "common/image/image.h"
+
+#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_getFrameHeader: strict frame checks
+#include <fcntl.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/atomic_file.h"
+#include "common/image/ossl.h"
+#include "common/version.h"
+
+namespace sag::image {
+
+std::string_view ImageTypeName(ImageType type) {
+  return type == ImageType::kDevice ? "Device" : "Dpi";
+}
+
+// ---------------------------------------------------------------------------
+// Manifest
+
+namespace {
+
+using nlohmann::json;
+
+constexpr std::size_t kMaxCompatible = 64;
+constexpr std::size_t kMaxModelName = 64;
+constexpr int kMaxJsonDepth = 4;
+
+Error Malformed(const std::string& what) {
+  return {Errc::kManifestMalformed, "manifest: " + what + "; rebuild the image with sag-image"};
+}
+
+Error TooLarge(const std::string& what) {
+  return {Errc::kManifestLimits, "manifest: " + what + "; the image is corrupt or hostile"};
+}
+
+bool ValidModel(std::string_view m) {
+  if (m.empty() || m.size() > kMaxModelName) return false;
+  return std::all_of(m.begin(), m.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+  });
+}
+
+bool ValidBuildTime(std::string_view t) {
+  // YYYY-MM-DDTHH:MM:SSZ
+  static constexpr std::string_view kShape = "dddd-dd-ddTdd:dd:ddZ";
+  if (t.size() != kShape.size()) return false;
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    if (kShape[i] == 'd' ? (t[i] < '0' || t[i] > '9') : t[i] != kShape[i]) return false;
+  }
+  return true;
+}
+
+Expected<std::uint64_t> GetU64(const json& obj, const char* key) {
+  const auto it = obj.find(key);
+  if (it == obj.end()) return Malformed(std::string("missing \"") + key + "\"");
+  if (!it->is_number_unsigned()) {
+    return Malformed(std::string("\"") + key + "\" must be a non-negative integer");
+  }
+  return it->get<std::uint64_t>();
+}
+
+Expected<std::string> GetString(const json& obj, const char* key) {
+  const auto it = obj.find(key);
+  if (it == obj.end()) return Malformed(std::string("missing \"") + key + "\"");
+  if (!it->is_string()) return Malformed(std::string("\"") + key + "\" must be a string");
+  return it->get<std::string>();
+}
+
+Status OnlyKeys(const json& obj, std::initializer_list<std::string_view> keys,
+                std::string_view where) {
+  for (const auto& [k, v] : obj.items()) {
+    if (std::find(keys.begin(), keys.end(), k) == keys.end()) {
+      return Malformed("unknown key \"" + k + "\" in " + std::string(where));
+    }
+  }
+  return Ok();
+}
+
+Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
+  if (!j.is_object()) return Malformed("top level must be an object");
+  // The format version first: a newer format may change everything else.
+  const auto fmt = j.find("format");
+  if (fmt == j.end() || !fmt->is_number_integer()) {
+    return Malformed("missing or non-integer \"format\"");
+  }
+  if (fmt->get<std::int64_t>() != kFormatVersion) {
+    return Error(Errc::kManifestVersion,
+                 "manifest: unknown format version " + fmt->dump() + " (this reader knows " +
+                     std::to_string(kFormatVersion) + "); update the agent first");
+  }
+  SAG_TRY_STATUS(OnlyKeys(
+      j, {"format", "type", "version", "compatible", "build_time", "payload", "chunks"}, "manifest"));
+  Manifest m;
+  m.format = kFormatVersion;
+  SAG_TRY(const auto type, GetString(j, "type"));
+  if (type == "Device") {
+    m.type = ImageType::kDevice;
+  } else if (type == "Dpi") {
+    m.type = ImageType::kDpi;
+  } else {
+    return Malformed("\"type\" must be \"Device\" or \"Dpi\", got \"" + type + "\"");
+  }
+  SAG_TRY(m.version, GetString(j, "version"));
+  const auto parsed = Version::Parse(
+      m.type == ImageType::kDevice ? VersionKind::kDevice : VersionKind::kDpi, m.version);
+  if (!parsed) return Malformed(parsed.error().message());
+
+  const auto compat = j.find("compatible");
+  if (compat == j.end() || !compat->is_array() || compat->empty()) {
+    return Malformed("\"compatible\" must be a non-empty array of hardware models");
+  }
+  if (compat->size() > kMaxCompatible) {
+    return TooLarge(std::to_string(compat->size()) + " compatible models (at most " +
+                    std::to_string(kMaxCompatible) + ")");
+  }
+  for (const auto& c : *compat) {
+    if (!c.is_string() || !ValidModel(c.get_ref<const std::string&>())) {
+      return Malformed("compatible model " + c.dump() +
+                       " is not 1-64 characters of [a-z0-9._-] (like sag-1000)");
+    }
+    m.compatible.push_back(c.get<std::string>());
+  }
+  SAG_TRY(m.build_time, GetString(j, "build_time"));
+  if (!ValidBuildTime(m.build_time)) {
+    return Malformed("\"build_time\" must be UTC like 2026-11-27T20:00:00Z, got \"" +
+                     m.build_time + "\"");
+  }
+
+  const auto payload = j.find("payload");
+  if (payload == j.end() || !payload->is_object()) return Malformed("missing \"payload\" object");
+  SAG_TRY_STATUS(OnlyKeys(*payload, {"size", "sha256", "chunk_size", "compression"}, "payload"));
+  SAG_TRY(m.payload_size, GetU64(*payload, "size"));
+  SAG_TRY(m.chunk_size, GetU64(*payload, "chunk_size"));
+  SAG_TRY(const auto sha, GetString(*payload, "sha256"));
+  auto digest = DigestFromHex(sha);
+  if (!digest) return Malformed("payload.sha256: " + digest.error().message());
+  m.payload_sha256 = *digest;
+  SAG_TRY(const auto compression, GetString(*payload, "compression"));
+  if (compression != "zstd") {
+    return Malformed("payload.compression must be \"zstd\", got \"" + compression + "\"");
+  }
+
+  if (m.payload_size == 0) return TooLarge("empty payload");
+  if (m.payload_size > limits.max_payload_bytes) {
+    return TooLarge("payload of " + std::to_string(m.payload_size) + " bytes (limit " +
+                    std::to_string(limits.max_payload_bytes) + ")");
+  }
+  if (m.chunk_size < limits.min_chunk_size || m.chunk_size > limits.max_chunk_size) {
+    return TooLarge("chunk_size " + std::to_string(m.chunk_size) + " outside [" +
+                    std::to_string(limits.min_chunk_size) + ", " +
+                    std::to_string(limits.max_chunk_size) + "]");
+  }
+  const std::uint64_t count = (m.payload_size + m.chunk_size - 1) / m.chunk_size;
+  if (count > limits.max_chunks) {
+    return TooLarge(std::to_string(count) + " chunks (limit " + std::to_string(limits.max_chunks) +
+                    ")");
+  }
+  const auto chunks = j.find("chunks");
+  if (chunks == j.end() || !chunks->is_array()) return Malformed("missing \"chunks\" array");
+  if (chunks->size() != count) {
+    return TooLarge("chunk table has " + std::to_string(chunks->size()) + " entries, payload of " +
+                    std::to_string(m.payload_size) + " bytes in chunks of " +
+                    std::to_string(m.chunk_size) + " needs " + std::to_string(count));
+  }
+  m.chunks.reserve(count);
+  std::uint64_t offset = 0;
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const auto& c = (*chunks)[i];
+    const auto where = "chunk " + std::to_string(i);
+    if (!c.is_object()) return Malformed(where + " must be an object");
+    SAG_TRY_STATUS(OnlyKeys(c, {"offset", "length", "sha256"}, where));
+    Chunk chunk;
+    SAG_TRY(chunk.offset, GetU64(c, "offset"));
+    SAG_TRY(chunk.length, GetU64(c, "length"));
+    SAG_TRY(const auto csha, GetString(c, "sha256"));
+    auto cd = DigestFromHex(csha);
+    if (!cd) return Malformed(where + ".sha256: " + cd.error().message());
+    chunk.sha256 = *cd;
+    chunk.size = i + 1 < count ? m.chunk_size : m.payload_size - (count - 1) * m.chunk_size;
+    if (chunk.offset != offset) {
+      return Malformed(where + " starts at " + std::to_string(chunk.offset) + ", expected " +
+                       std::to_string(offset) + " (chunks are stored back to back)");
+    }
+    if (chunk.length == 0 || chunk.length > ZSTD_compressBound(chunk.size)) {
+      return TooLarge(where + " length " + std::to_string(chunk.length) +
+                      " is not a zstd frame of " + std::to_string(chunk.size) + " bytes");
+    }
+    offset += chunk.length;
+    m.chunks.push_back(chunk);
+  }
+  return m;
+}
+
+}  // namespace
+
+Expected<Manifest> ParseManifest(std::string_view text, const Limits& limits) {
+  if (text.size() > limits.max_manifest_bytes) {
+    return TooLarge("manifest of " + std::to_string(text.size()) + " bytes (limit " +
+                    std::to_string(limits.max_manifest_bytes) + ")");
+  }
+  json j;
+  try {
+    // The depth bound keeps hostile nesting from costing stack or memory.
+    j = json::parse(text, [](int depth, json::parse_event_t /*event*/, json& /*value*/) {
+      if (depth > kMaxJsonDepth) throw std::invalid_argument("nesting deeper than 4");
+      return true;
+    });
+  } catch (const std::exception& e) {
+    return Malformed(std::string("not valid JSON: ") + e.what());
+  }
+  return ParseManifestJson(j, limits);
+}
+
+std::string SerializeManifest(const Manifest& m) {
+  json chunks = json::array();
+  for (const auto& c : m.chunks) {
+    chunks.push_back(json{{"offset", c.offset}, {"length", c.length}, {"sha256", ToHex(c.sha256)}});
+  }
+  const json j = {
+      {"format", m.format},
+      {"type", ImageTypeName(m.type)},
+      {"version", m.version},
+      {"compatible", m.compatible},
+      {"build_time", m.build_time},
+      {"payload",
+       {{"size", m.payload_size},
+        {"sha256", ToHex(m.payload_sha256)},
+        {"chunk_size", m.chunk_size},
+        {"compression", "zstd"}}},
+      {"chunks", chunks},
+  };
+  return j.dump(1) + "\n";
+}
+
+// ---------------------------------------------------------------------------
+// Signature
+
+namespace {
+
+std::string NameOneLine(X509_NAME* name) {
+  ossl::BioPtr bio(BIO_new(BIO_s_mem()));
+  X509_NAME_print_ex(bio.get(), name, 0, XN_FLAG_RFC2253);
+  return ossl::BioText(bio.get());
+}
+
+std::string TimeText(const ASN1_TIME* t) {
+  ossl::BioPtr bio(BIO_new(BIO_s_mem()));
+  ASN1_TIME_print(bio.get(), t);
+  return ossl::BioText(bio.get());
+}
+
+Expected<ossl::CmsPtr> ParseCms(std::string_view der) {
+  ossl::BioPtr bio = ossl::MemBio(der);
+  ossl::CmsPtr cms(d2i_CMS_bio(bio.get(), nullptr));
+  if (!cms) return ossl::Fail(Errc::kSignatureInvalid, "signature is not a DER CMS structure");
+  return cms;
+}
+
+Expected<ossl::X509Ptr> LoadRoot(const std::filesystem::path& path) {
+  auto pem = ReadFile(path, 1U << 20U);
+  if (!pem) return pem.error().WithContext("reading the pinned root CA");
+  ossl::BioPtr bio = ossl::MemBio(*pem);
+  ossl::X509Ptr root(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (!root) {
+    return ossl::Fail(Errc::kKeyInvalid,
+                      "the pinned root CA " + path.string() + " is not a PEM certificate");
+  }
+  return root;
+}
+
+Errc MapVerifyError(int err) {
+  switch (err) {
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+      return Errc::kSignerExpired;
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+      return Errc::kSignerNotYetValid;
+    default:
+      return Errc::kSignerUntrusted;
+  }
+}
+
+}  // namespace
+
+Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string signature_der,
+                                      const Trust& trust, const Limits& limits) {
+  if (manifest_json.size() > limits.max_manifest_bytes) {
+    return TooLarge("manifest of " + std::to_string(manifest_json.size()) + " bytes");
+  }
+  if (signature_der.size() > limits.max_signature_bytes) {
+    return Error(Errc::kManifestLimits,
+                 "signature of " + std::to_string(signature_der.size()) + " bytes (limit " +
+                     std::to_string(limits.max_signature_bytes) + ")");
+  }
+  ERR_clear_error();
+  SAG_TRY(auto root, LoadRoot(trust.root_ca));
+  SAG_TRY(auto cms, ParseCms(signature_der));
+  if (CMS_is_detached(cms.get()) != 1) {
+    return Error(Errc::kSignatureInvalid, "signature embeds its content; expected detached CMS");
+  }
+  STACK_OF(CMS_SignerInfo)* infos = CMS_get0_SignerInfos(cms.get());
+  if (infos == nullptr || sk_CMS_SignerInfo_num(infos) != 1) {
+    return Error(Errc::kSignatureInvalid, "signature must have exactly one signer");
+  }
+  ossl::StorePtr store(X509_STORE_new());
+  if (!store || X509_STORE_add_cert(store.get(), root.get()) != 1) {
+    return ossl::Fail(Errc::kInternal, "building the trust store");
+  }
+  // Step 1: the signature over the manifest bytes. The chain is checked
+  // separately below so that each failure gets its own code.
+  ossl::BioPtr content = ossl::MemBio(manifest_json);
+  if (CMS_verify(cms.get(), nullptr, store.get(), content.get(), nullptr,
+                 CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY) != 1) {
+    return ossl::Fail(Errc::kSignatureInvalid,
+                      "the CMS signature does not match manifest.json; the image was altered");
+  }
+  ossl::X509StackPtr signers(CMS_get0_signers(cms.get()));
+  if (!signers || sk_X509_num(signers.get()) != 1) {
+    return Error(Errc::kSignatureInvalid, "signature has no signer certificate");
+  }
+  X509* signer = sk_X509_value(signers.get(), 0);
+  const std::string subject = NameOneLine(X509_get_subject_name(signer));
+
+  // Step 2: the chain, with the pinned root as the only anchor.
+  ossl::X509StackPtr certs(CMS_get1_certs(cms.get()));
+  ossl::StoreCtxPtr ctx(X509_STORE_CTX_new());
+  if (!ctx || X509_STORE_CTX_init(ctx.get(), store.get(), signer, certs.get()) != 1) {
+    return ossl::Fail(Errc::kInternal, "building the verification context");
+  }
+  if (trust.now) X509_STORE_CTX_set_time(ctx.get(), 0, *trust.now);
+  if (X509_verify_cert(ctx.get()) != 1) {
+    const int err = X509_STORE_CTX_get_error(ctx.get());
+    ERR_clear_error();
+    return Error(MapVerifyError(err),
+                 "signer \"" + subject + "\": " + X509_verify_cert_error_string(err) +
+                     " (checked against the pinned root " + trust.root_ca.string() + ")");
+  }
+  // Step 3: the signer must be a code-signing certificate. OpenSSL 3.0 has no
+  // code-signing purpose, so the extension is read here; a certificate
+  // without any EKU extension does not count as code signing.
+  const std::uint32_t flags = X509_get_extension_flags(signer);
+  if ((flags & EXFLAG_XKUSAGE) == 0U || (X509_get_extended_key_usage(signer) & XKU_CODE_SIGN) == 0U) {
+    return Error(Errc::kSignerUsage, "signer \"" + subject +
+                                         "\" lacks the codeSigning extended key usage; sign "
+                                         "with a code-signing certificate");
+  }
+  if ((flags & EXFLAG_KUSAGE) != 0U && (X509_get_key_usage(signer) & KU_DIGITAL_SIGNATURE) == 0U) {
+    return Error(Errc::kSignerUsage,
+                 "signer \"" + subject + "\" key usage does not allow digitalSignature");
+  }
+
+  VerifiedHeader h;
+  SAG_TRY(h.manifest, ParseManifest(manifest_json, limits));
+  h.signer.subject = subject;
+  h.signer.not_after = TimeText(X509_get0_notAfter(signer));
+  h.manifest_json = std::move(manifest_json);
+  h.signature_der = std::move(signature_der);
+  return h;
+}
+
+Expected<std::string> SignerSubjectUnverified(std::string_view signature_der) {
+  ERR_clear_error();
+  SAG_TRY(auto cms, ParseCms(signature_der));
+  STACK_OF(CMS_SignerInfo)* infos = CMS_get0_SignerInfos(cms.get());
+  ossl::X509StackPtr certs(CMS_get1_certs(cms.get()));
+  if (infos == nullptr || sk_CMS_SignerInfo_num(infos) < 1 || !certs) {
+    return Error(Errc::kSignatureInvalid, "signature has no signer");
+  }
+  CMS_SignerInfo* si = sk_CMS_SignerInfo_value(infos, 0);
+  for (int i = 0; i < sk_X509_num(certs.get()); ++i) {
+    X509* c = sk_X509_value(certs.get(), i);
+    if (CMS_SignerInfo_cert_cmp(si, c) == 0) return NameOneLine(X509_get_subject_name(c));
+  }
+  return Error(Errc::kSignatureInvalid, "signature does not carry its signer certificate");
+}
+
+// ---------------------------------------------------------------------------
+// Container: strict ustar
+
+namespace {
+
+constexpr std::size_t kBlock = 512;
+using Block = std::array<std::uint8_t, kBlock>;
+
+std::uint64_t Padded(std::uint64_t n) { return (n + kBlock - 1) / kBlock * kBlock; }
+
+// Reads exactly buf.size() bytes; counts the container offset.
+class Input {
+ public:
+  explicit Input(ByteSource& source) : source_(source) {}
+  Status Read(std::span<std::uint8_t> buf, std::string_view what) {
+    std::size_t got = 0;
+    while (got < buf.size()) {
+      SAG_TRY(const auto n, source_.Read(buf.subspan(got)));
+      if (n == 0) {
+        return Error(Errc::kImageTruncated,
+                     "image ends at offset " + std::to_string(offset_ + got) + " while reading " +
+                         std::string(what) + " (" + std::to_string(buf.size() - got) +
+                         " more bytes expected); download it again");
+      }
+      if (n > buf.size() - got) return Error(Errc::kInternal, "byte source overfilled a buffer");
+      got += n;
+    }
+    offset_ += got;
+    return Ok();
+  }
+  // True when the source has no more bytes.
+  Expected<bool> AtEnd() {
+    std::uint8_t b = 0;
+    SAG_TRY(const auto n, source_.Read(std::span<std::uint8_t>(&b, 1)));
+    return n == 0;
+  }
+  [[nodiscard]] std::uint64_t offset() const { return offset_; }
+
+ private:
+  ByteSource& source_;
+  std::uint64_t offset_ = 0;
+};
+
+Error ContainerError(std::uint64_t offset, const std::string& what) {
+  return {Errc::kImageContainer, "image container at offset " + std::to_string(offset) + ": " +
+                                     what + "; it is not an image made by sag-image"};
+}
+
+bool AllZero(std::span<const std::uint8_t> b) {
+  return std::all_of(b.begin(), b.end(), [](std::uint8_t x) { return x == 0; });
+}
+
+// Parses an octal field of exactly `digits` digits.
+std::optional<std::uint64_t> Octal(std::span<const std::uint8_t> field, std::size_t digits) {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < digits; ++i) {
+    if (field[i] < '0' || field[i] > '7') return std::nullopt;
+    v = v * 8 + (field[i] - '0');
+  }
+  return v;
+}
+
+// Checks one ustar header as libarchive writes it for a regular file and
+// returns the entry's size. Every byte is covered: the checksum catches a
+// changed byte anywhere, and the fields that matter are parsed strictly.
+Expected<std::uint64_t> ParseHeader(const Block& h, std::string_view name, std::uint64_t offset) {
+  if (AllZero(h)) return ContainerError(offset, "entry \"" + std::string(name) + "\" missing");
+  // chksum: six octal digits, NUL, space; computed with itself as spaces.
+  const auto stored = Octal(std::span(h).subspan(148, 8), 6);
+  if (!stored || h[154] != 0 || h[155] != ' ') {
+    return ContainerError(offset, "malformed tar header checksum field");
+  }
+  std::uint64_t sum = 0;
+  for (std::size_t i = 0; i < kBlock; ++i) sum += (i >= 148 && i < 156) ? ' ' : h[i];
+  if (sum != *stored) return ContainerError(offset, "tar header checksum mismatch");
+  if (std::memcmp(&h[257], "ustar\0" "00", 8) != 0) {
+    return ContainerError(offset, "not a ustar header");
+  }
+  const std::string_view got(reinterpret_cast<const char*>(h.data()),
+                             strnlen(reinterpret_cast<const char*>(h.data()), 100));
+  if (got != name || !AllZero(std::span(h).subspan(got.size(), 100 - got.size())) ||
+      !AllZero(std::span(h).subspan(345, 155))) {
+    return ContainerError(offset, "expected entry \"" + std::string(name) + "\", found \"" +
+                                      std::string(got) + "\" (entries missing or out of order)");
+  }
+  if (h[156] != '0') return ContainerError(offset, "entry \"" + std::string(name) + "\" is not a regular file");
+  if (!AllZero(std::span(h).subspan(157, 100))) {
+    return ContainerError(offset, "entry \"" + std::string(name) + "\" has a link name");
+  }
+  const auto size = Octal(std::span(h).subspan(124, 12), 11);
+  if (!size || h[135] != ' ') return ContainerError(offset, "malformed size of \"" + std::string(name) + "\"");
+  return *size;
+}
+
+struct Entry {
+  std::uint64_t size = 0;
+};
+
+Expected<Entry> ReadEntryHeader(Input& in, std::string_view name) {
+  Block h{};
+  const auto at = in.offset();
+  SAG_TRY_STATUS(in.Read(h, "the header of " + std::string(name)));
+  SAG_TRY(const auto size, ParseHeader(h, name, at));
+  return Entry{size};
+}
+
+Status ReadPadding(Input& in, std::uint64_t size, std::string_view name) {
+  const auto pad = Padded(size) - size;
+  if (pad == 0) return Ok();
+  Block b{};
+  const auto at = in.offset();
+  SAG_TRY_STATUS(in.Read(std::span(b).first(pad), "the padding of " + std::string(name)));
+  if (!AllZero(std::span(b).first(pad))) {
+    return ContainerError(at, "non-zero padding after \"" + std::string(name) + "\"");
+  }
+  return Ok();
+}
+
+Expected<std::string> ReadSmallEntry(Input& in, std::string_view name, std::uint64_t limit) {
+  SAG_TRY(const auto e, ReadEntryHeader(in, name));
+  if (e.size > limit) {
+    return Error(Errc::kManifestLimits, std::string(name) + " of " + std::to_string(e.size) +
+                                            " bytes exceeds the limit of " +
+                                            std::to_string(limit));
+  }
+  std::string data(e.size, '\0');
+  SAG_TRY_STATUS(in.Read(
+      std::span(reinterpret_cast<std::uint8_t*>(data.data()), data.size()), std::string(name)));
+  SAG_TRY_STATUS(ReadPadding(in, e.size, name));
+  return data;
+}
+
+// After payload.zst: two zero blocks, then nothing.
+Status ReadTrailer(Input& in) {
+  std::array<std::uint8_t, 2 * kBlock> t{};
+  const auto at = in.offset();
+  SAG_TRY_STATUS(in.Read(t, "the end-of-archive blocks"));
+  if (!AllZero(std::span(t).first(kBlock))) {
+    return ContainerError(at, "an extra entry after \"payload.zst\"");
+  }
+  if (!AllZero(std::span(t).subspan(kBlock))) {
+    return ContainerError(at + kBlock, "malformed end-of-archive block");
+  }
+  SAG_TRY(const bool end, in.AtEnd());
+  if (!end) return ContainerError(in.offset(), "data after the end of the archive");
+  return Ok();
+}
+
+}  // namespace
+
+std::uint64_t ContainerSize(std::uint64_t manifest_bytes, std::uint64_t signature_bytes,
+                            std::uint64_t payload_stored_bytes) {
+  return 3 * kBlock + Padded(manifest_bytes) + Padded(signature_bytes) +
+         Padded(payload_stored_bytes) + 2 * kBlock;
+}
+
+Expected<UnverifiedHeader> ReadUnverifiedHeader(ByteSource& source, const Limits& limits) {
+  Input in(source);
+  UnverifiedHeader h;
+  SAG_TRY(h.manifest_json, ReadSmallEntry(in, kManifestName, limits.max_manifest_bytes));
+  SAG_TRY(h.signature_der, ReadSmallEntry(in, kSignatureName, limits.max_signature_bytes));
+  SAG_TRY(const auto e, ReadEntryHeader(in, kPayloadName));
+  h.payload_offset = in.offset();
+  h.payload_stored_size = e.size;
+  return h;
+}
+
+// ---------------------------------------------------------------------------
+// Chunks
+
+namespace {
+
+// Decodes and verifies one chunk at a time with two fixed buffers.
+class ChunkDecoder {
+ public:
+  explicit ChunkDecoder(const Manifest& m)
+      : dctx_(ZSTD_createDCtx()),
+        in_(ZSTD_compressBound(m.chunk_size)),
+        out_(m.chunk_size) {}
+  ~ChunkDecoder() { ZSTD_freeDCtx(dctx_); }
+  ChunkDecoder(const ChunkDecoder&) = delete;
+  ChunkDecoder& operator=(const ChunkDecoder&) = delete;
+
+  std::span<std::uint8_t> InputFor(const Chunk& c) { return std::span(in_).first(c.length); }
+
+  // Decompresses the bytes in InputFor(c) and checks them against c. When
+  // `whole` is given it is fed the chunk in parallel with the chunk hash
+  // (on a second core) so that verifying costs about one SHA-256 pass.
+  Expected<std::span<const std::uint8_t>> Decode(const Chunk& c, std::size_t index,
+                                                 Sha256* whole) {
+    const auto where = "chunk " + std::to_string(index);
+    const auto src = std::span<const std::uint8_t>(in_).first(c.length);
+    SAG_TRY_STATUS(CheckFrame(src, c, where));
+    const std::size_t n =
+        ZSTD_decompressDCtx(dctx_, out_.data(), c.size, src.data(), src.size());
+    if (ZSTD_isError(n) != 0U || n != c.size) {
+      return Error(Errc::kDecompress,
+                   where + ": zstd frame does not decompress to " + std::to_string(c.size) +
+                       " bytes (" +
+                       (ZSTD_isError(n) != 0U ? ZSTD_getErrorName(n) : std::to_string(n)) +
+                       "); the image is corrupt");
+    }
+    const auto data = std::span<const std::uint8_t>(out_).first(c.size);
+    Digest digest{};
+    if (whole != nullptr && data.size() >= kParallelMin) {
+      std::thread t([&] { whole->Update(data); });
+      digest = Sha256::Of(data);
+      t.join();
+    } else {
+      if (whole != nullptr) whole->Update(data);
+      digest = Sha256::Of(data);
+    }
+    if (digest != c.sha256) {
+      return Error(Errc::kChunkHashMismatch, where + ": SHA-256 " + ToHex(digest) +
+                                                 " does not match the signed " +
+                                                 ToHex(c.sha256) + "; the image is corrupt");
+    }
+    return data;
+  }
+
+ private:
+  static constexpr std::size_t kParallelMin = 256U << 10U;
+
+  // One zstd frame exactly as sag-image writes it: single segment, content
+  // size equal to the chunk size in its shortest encoding, no dictionary,
+  // no checksum, reserved bits clear, nothing after the frame. zstd itself
+  // ignores some of these bits; checking them means a changed byte there is
+  // refused too instead of passing unnoticed.
+  static Status CheckFrame(std::span<const std::uint8_t> src, const Chunk& c,
+                           const std::string& where) {
+    ZSTD_frameHeader fh{};
+    const std::size_t r = ZSTD_getFrameHeader(&fh, src.data(), src.size());
+    const std::size_t fcs_bytes = c.size < 256 ? 1 : c.size < 65536 + 256 ? 2 : c.size <= 0xFFFFFFFFU ? 4 : 8;
+    const std::uint8_t fcs_flag = fcs_bytes == 1 ? 0 : fcs_bytes == 2 ? 1 : fcs_bytes == 4 ? 2 : 3;
+    const bool ok = r == 0 && fh.frameType == ZSTD_frame && fh.frameContentSize == c.size &&
+                    fh.dictID == 0 && fh.checksumFlag == 0 && src.size() > 4 &&
+                    src[4] == static_cast<std::uint8_t>((fcs_flag << 6U) | 0x20U) &&
+                    fh.headerSize == 5 + fcs_bytes &&
+                    ZSTD_findFrameCompressedSize(src.data(), src.size()) == src.size();
+    if (!ok) {
+      return Error(Errc::kDecompress, where + ": not a single canonical zstd frame of " +
+                                          std::to_string(c.size) + " bytes; the image is corrupt");
+    }
+    return Ok();
+  }
+
+  ZSTD_DCtx* dctx_;
+  std::vector<std::uint8_t> in_;
+  std::vector<std::uint8_t> out_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// ImageReader
+
+struct ImageReader::Impl {
+  Impl(ByteSource& s, Trust t, Limits l) : in(s), trust(std::move(t)), limits(l) {}
+  Input in;
+  Trust trust;
+  Limits limits;
+  std::optional<VerifiedHeader> header;
+  std::unique_ptr<ChunkDecoder> decoder;
+  Sha256 whole;
+  std::size_t next = 0;
+  bool done = false;
+  std::optional<Error> failed;  // sticky: a reader that failed stays failed
+
+  Expected<const VerifiedHeader*> ReadHeader() {
+    SAG_TRY(auto manifest, ReadSmallEntry(in, kManifestName, limits.max_manifest_bytes));
+    SAG_TRY(auto sig, ReadSmallEntry(in, kSignatureName, limits.max_signature_bytes));
+    SAG_TRY(auto h, VerifyHeader(std::move(manifest), std::move(sig), trust, limits));
+    const auto at = in.offset();
+    SAG_TRY(const auto e, ReadEntryHeader(in, kPayloadName));
+    const auto& chunks = h.manifest.chunks;
+    const std::uint64_t stored = chunks.back().offset + chunks.back().length;
+    if (e.size != stored) {
+      return ContainerError(at, "payload.zst holds " + std::to_string(e.size) +
+                                    " bytes, the signed chunk table " + std::to_string(stored));
+    }
+    h.payload_offset = in.offset();
+    header = std::move(h);
+    decoder = std::make_unique<ChunkDecoder>(header->manifest);
+    return &*header;
+  }
+
+  Expected<std::optional<ChunkView>> Next() {
+    if (!header) SAG_TRY_STATUS(ReadHeader());
+    const auto& m = header->manifest;
+    if (done) return std::optional<ChunkView>();
+    const std::size_t i = next;
+    const Chunk& c = m.chunks[i];
+    SAG_TRY_STATUS(in.Read(decoder->InputFor(c), "chunk " + std::to_string(i)));
+    SAG_TRY(const auto data, decoder->Decode(c, i, &whole));
+    ++next;
+    if (next == m.chunks.size()) {
+      // The last chunk is released only once the whole payload and the end
+      // of the container checked out.
+      if (const auto d = whole.Final(); d != m.payload_sha256) {
+        return Error(Errc::kPayloadHashMismatch,
+                     "payload SHA-256 " + ToHex(d) + " does not match the signed " +
+                         ToHex(m.payload_sha256));
+      }
+      const auto stored = c.offset + c.length;
+      SAG_TRY_STATUS(ReadPadding(in, stored, kPayloadName));
+      SAG_TRY_STATUS(ReadTrailer(in));
+      done = true;
+    }
+    return std::optional<ChunkView>(ChunkView{i, data});
+  }
+};
+
+ImageReader::ImageReader(ByteSource& source, Trust trust, Limits limits)
+    : impl_(std::make_unique<Impl>(source, std::move(trust), limits)) {}
+ImageReader::~ImageReader() = default;
+
+Expected<const VerifiedHeader*> ImageReader::ReadHeader() {
+  if (impl_->failed) return *impl_->failed;
+  if (impl_->header) return &*impl_->header;
+  auto r = impl_->ReadHeader();
+  if (!r) impl_->failed = r.error();
+  return r;
+}
+
+Expected<std::optional<ChunkView>> ImageReader::NextChunk() {
+  if (impl_->failed) return *impl_->failed;
+  auto r = impl_->Next();
+  if (!r) impl_->failed = r.error();
+  return r;
+}
+
+// ---------------------------------------------------------------------------
+// ChunkReader
+
+struct ChunkReader::Impl {
+  Impl(ByteSource& s, const Manifest& m, std::size_t first) : in(s), manifest(m), next(first) {}
+  Input in;
+  const Manifest& manifest;
+  std::unique_ptr<ChunkDecoder> decoder;
+  std::size_t next;
+  std::optional<Error> failed;
+};
+
+ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size_t first_chunk,
+                         Limits limits)
+    : impl_(std::make_unique<Impl>(source, manifest, first_chunk)) {
+  // The manifest was verified by VerifyHeader with these limits; checking the
+  // chunk size again keeps a caller's mistake from becoming a huge buffer.
+  if (manifest.chunk_size < limits.min_chunk_size || manifest.chunk_size > limits.max_chunk_size ||
+      first_chunk > manifest.chunks.size()) {
+    impl_->failed = Error(Errc::kInvalidArgument, "ChunkReader: chunk size or first chunk out of range");
+  } else {
+    impl_->decoder = std::make_unique<ChunkDecoder>(manifest);
+  }
+}
+ChunkReader::~ChunkReader() = default;
+
+Expected<std::optional<ChunkView>> ChunkReader::Next() {
+  auto& s = *impl_;
+  if (s.failed) return *s.failed;
+  if (s.next >= s.manifest.chunks.size()) return std::optional<ChunkView>();
+  const std::size_t i = s.next;
+  const Chunk& c = s.manifest.chunks[i];
+  if (auto st = s.in.Read(s.decoder->InputFor(c), "chunk " + std::to_string(i)); !st) {
+    s.failed = st.error();
+    return *s.failed;
+  }
+  auto data = s.decoder->Decode(c, i, nullptr);
+  if (!data) {
+    s.failed = data.error();
+    return *s.failed;
+  }
+  ++s.next;
+  return std::optional<ChunkView>(ChunkView{i, *data});
+}
+
+// ---------------------------------------------------------------------------
+// FileSource
+
+Expected<std::unique_ptr<FileSource>> FileSource::Open(const std::filesystem::path& path,
+                                                       std::uint64_t offset) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return MakeErrno(errno == ENOENT ? Errc::kNotFound : Errc::kIo, "open image " + path.string());
+  }
+  if (offset != 0 && ::lseek(fd, static_cast<off_t>(offset), SEEK_SET) < 0) {
+    auto err = MakeErrno(Errc::kIo, "seek in " + path.string());
+    ::close(fd);
+    return err;
+  }
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  return std::unique_ptr<FileSource>(new FileSource(fd, path.string()));
+}
+
+FileSource::~FileSource() { ::close(fd_); }
+
+Expected<std::size_t> FileSource::Read(std::span<std::uint8_t> buf) {
+  for (;;) {
+    const ssize_t n = ::read(fd_, buf.data(), buf.size());
+    if (n >= 0) return static_cast<std::size_t>(n);
+    if (errno != EINTR) return MakeErrno(Errc::kIo, "read " + path_);
+  }
+}
+
+}  // namespace sag::image

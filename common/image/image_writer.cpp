@@ -1,0 +1,341 @@
+#include "common/image/image_writer.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <openssl/pem.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include <cerrno>
+#include <ctime>
+#include <random>
+
+#include "common/atomic_file.h"
+#include "common/image/ossl.h"
+
+namespace sag::image {
+
+namespace {
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  [[nodiscard]] int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
+
+// Removes a temporary file unless released.
+class TempFile {
+ public:
+  explicit TempFile(std::filesystem::path p) : path_(std::move(p)) {}
+  ~TempFile() {
+    if (!path_.empty()) ::unlink(path_.c_str());
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+  void Release() { path_.clear(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+std::filesystem::path TempNameFor(const std::filesystem::path& out, std::string_view tag) {
+  std::random_device rd;
+  const auto dir = out.has_parent_path() ? out.parent_path() : std::filesystem::path(".");
+  return dir / ("." + out.filename().string() + "." + std::string(tag) + std::to_string(rd()));
+}
+
+Status WriteAll(int fd, std::span<const std::uint8_t> data, const std::string& what) {
+  while (!data.empty()) {
+    const ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return MakeErrno(errno == ENOSPC ? Errc::kNoSpace : Errc::kIo, "write " + what);
+    }
+    data = data.subspan(static_cast<std::size_t>(n));
+  }
+  return Ok();
+}
+
+// Fills buf completely unless the file ends; returns the bytes read.
+Expected<std::size_t> ReadFull(int fd, std::span<std::uint8_t> buf, const std::string& what) {
+  std::size_t got = 0;
+  while (got < buf.size()) {
+    const ssize_t n = ::read(fd, buf.data() + got, buf.size() - got);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return MakeErrno(Errc::kIo, "read " + what);
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  return got;
+}
+
+std::string NowIso() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::time_t ParseIso(const std::string& s) {
+  std::tm tm{};
+  if (strptime(s.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm) == nullptr) return 0;
+  return timegm(&tm);
+}
+
+Expected<ossl::X509StackPtr> LoadChain(const std::filesystem::path& path) {
+  ossl::X509StackPtr stack(sk_X509_new_null());
+  if (path.empty()) return stack;
+  SAG_TRY(const auto pem, ReadFile(path, 1U << 20U));
+  ossl::BioPtr bio = ossl::MemBio(pem);
+  while (X509* c = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
+    sk_X509_push(stack.get(), c);
+  }
+  ERR_clear_error();  // the loop ends on "no start line"
+  if (sk_X509_num(stack.get()) == 0) {
+    return Error(Errc::kKeyInvalid, "chain " + path.string() + " holds no PEM certificate");
+  }
+  return stack;
+}
+
+class ArchiveWriter {
+ public:
+  ArchiveWriter() : a_(archive_write_new()) {}
+  ~ArchiveWriter() { archive_write_free(a_); }
+  ArchiveWriter(const ArchiveWriter&) = delete;
+  ArchiveWriter& operator=(const ArchiveWriter&) = delete;
+
+  Status Open(int fd) {
+    // ustar: fixed 512-byte headers, so the payload offset is a function of
+    // the manifest and signature sizes. No padding after the two
+    // end-of-archive blocks: the reader checks the end exactly.
+    if (archive_write_set_format_ustar(a_) != ARCHIVE_OK ||
+        archive_write_add_filter_none(a_) != ARCHIVE_OK ||
+        archive_write_set_bytes_in_last_block(a_, 1) != ARCHIVE_OK ||
+        archive_write_open_fd(a_, fd) != ARCHIVE_OK) {
+      return Fail("opening the archive");
+    }
+    return Ok();
+  }
+
+  Status Begin(std::string_view name, std::uint64_t size, std::time_t mtime) {
+    archive_entry* e = archive_entry_new();
+    archive_entry_set_pathname(e, std::string(name).c_str());
+    archive_entry_set_size(e, static_cast<la_int64_t>(size));
+    archive_entry_set_filetype(e, AE_IFREG);
+    archive_entry_set_perm(e, 0644);
+    archive_entry_set_mtime(e, mtime, 0);
+    const int r = archive_write_header(a_, e);
+    archive_entry_free(e);
+    if (r != ARCHIVE_OK) return Fail("writing the header of " + std::string(name));
+    return Ok();
+  }
+
+  Status Data(std::span<const std::uint8_t> data) {
+    while (!data.empty()) {
+      const la_ssize_t n = archive_write_data(a_, data.data(), data.size());
+      if (n <= 0) return Fail("writing entry data");
+      data = data.subspan(static_cast<std::size_t>(n));
+    }
+    return Ok();
+  }
+
+  Status Close() {
+    if (archive_write_close(a_) != ARCHIVE_OK) return Fail("closing the archive");
+    return Ok();
+  }
+
+ private:
+  Error Fail(const std::string& what) {
+    const char* msg = archive_error_string(a_);
+    return {Errc::kIo, what + ": " + (msg != nullptr ? msg : "libarchive error")};
+  }
+  archive* a_;
+};
+
+std::span<const std::uint8_t> Bytes(std::string_view s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+constexpr std::uint64_t kUstarMaxSize = 077777777777ULL;  // 11 octal digits
+
+Status WriteContainerAt(int out_fd, const std::string& out_name, std::string_view manifest_json,
+                        std::string_view signature_der, int zst_fd, std::uint64_t zst_size,
+                        std::time_t mtime) {
+  if (zst_size > kUstarMaxSize) {
+    return Error(Errc::kImageTooLarge, "payload.zst of " + std::to_string(zst_size) +
+                                           " bytes exceeds ustar's 8 GiB entry limit");
+  }
+  ArchiveWriter w;
+  SAG_TRY_STATUS(w.Open(out_fd));
+  SAG_TRY_STATUS(w.Begin(kManifestName, manifest_json.size(), mtime));
+  SAG_TRY_STATUS(w.Data(Bytes(manifest_json)));
+  SAG_TRY_STATUS(w.Begin(kSignatureName, signature_der.size(), mtime));
+  SAG_TRY_STATUS(w.Data(Bytes(signature_der)));
+  SAG_TRY_STATUS(w.Begin(kPayloadName, zst_size, mtime));
+  std::vector<std::uint8_t> buf(1U << 20U);
+  std::uint64_t left = zst_size;
+  while (left > 0) {
+    SAG_TRY(const auto n, ReadFull(zst_fd, std::span(buf).first(std::min<std::uint64_t>(left, buf.size())), "payload.zst"));
+    if (n == 0) return Error(Errc::kIo, "payload.zst shrank while writing " + out_name);
+    SAG_TRY_STATUS(w.Data(std::span(buf).first(n)));
+    left -= n;
+  }
+  return w.Close();
+}
+
+// fsync, close, rename over the target, fsync the directory.
+Status Commit(Fd& fd, TempFile& tmp, const std::filesystem::path& output) {
+  if (::fsync(fd.get()) != 0) return MakeErrno(Errc::kIo, "fsync " + tmp.path().string());
+  if (::close(fd.release()) != 0) return MakeErrno(Errc::kIo, "close " + tmp.path().string());
+  if (::rename(tmp.path().c_str(), output.c_str()) != 0) {
+    return MakeErrno(Errc::kIo, "rename to " + output.string());
+  }
+  tmp.Release();
+  return FsyncDir(output.has_parent_path() ? output.parent_path() : ".");
+}
+
+}  // namespace
+
+Expected<std::string> SignManifest(std::string_view content, const std::filesystem::path& key,
+                                   const std::filesystem::path& cert,
+                                   const std::filesystem::path& chain) {
+  ERR_clear_error();
+  SAG_TRY(const auto key_pem, ReadFile(key, 1U << 20U));
+  SAG_TRY(const auto cert_pem, ReadFile(cert, 1U << 20U));
+  auto kb = ossl::MemBio(key_pem);
+  ossl::PkeyPtr pkey(PEM_read_bio_PrivateKey(kb.get(), nullptr, nullptr, nullptr));
+  if (!pkey) return ossl::Fail(Errc::kKeyInvalid, "key " + key.string() + " is not a PEM private key");
+  auto cb = ossl::MemBio(cert_pem);
+  ossl::X509Ptr x(PEM_read_bio_X509(cb.get(), nullptr, nullptr, nullptr));
+  if (!x) return ossl::Fail(Errc::kKeyInvalid, "certificate " + cert.string() + " is not PEM");
+  if (X509_check_private_key(x.get(), pkey.get()) != 1) {
+    return ossl::Fail(Errc::kKeyInvalid,
+                      "key " + key.string() + " does not belong to " + cert.string());
+  }
+  SAG_TRY(auto loaded, LoadChain(chain));
+  // A chain file may start with the signer itself (NAME-chain.pem does).
+  ossl::X509StackPtr certs(sk_X509_new_null());
+  while (sk_X509_num(loaded.get()) > 0) {
+    X509* c = sk_X509_shift(loaded.get());
+    if (X509_cmp(c, x.get()) == 0) {
+      X509_free(c);
+    } else {
+      sk_X509_push(certs.get(), c);
+    }
+  }
+  auto data = ossl::MemBio(content);
+  ossl::CmsPtr cms(CMS_sign(x.get(), pkey.get(), certs.get(), data.get(),
+                            CMS_BINARY | CMS_DETACHED | CMS_NOSMIMECAP));
+  if (!cms) return ossl::Fail(Errc::kKeyInvalid, "CMS_sign failed");
+  ossl::BioPtr out(BIO_new(BIO_s_mem()));
+  if (i2d_CMS_bio(out.get(), cms.get()) != 1) return ossl::Fail(Errc::kInternal, "encoding CMS");
+  return ossl::BioText(out.get());
+}
+
+Status WriteContainer(const std::filesystem::path& output, std::string_view manifest_json,
+                      std::string_view signature_der, const std::filesystem::path& payload_zst) {
+  Fd zst(::open(payload_zst.c_str(), O_RDONLY | O_CLOEXEC));
+  if (zst.get() < 0) return MakeErrno(Errc::kIo, "open " + payload_zst.string());
+  struct stat st {};
+  if (::fstat(zst.get(), &st) != 0) return MakeErrno(Errc::kIo, "stat " + payload_zst.string());
+  TempFile tmp(TempNameFor(output, "tmp"));
+  Fd out(::open(tmp.path().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (out.get() < 0) return MakeErrno(Errc::kIo, "create " + tmp.path().string());
+  SAG_TRY_STATUS(WriteContainerAt(out.get(), output.string(), manifest_json, signature_der,
+                                  zst.get(), static_cast<std::uint64_t>(st.st_size), 0));
+  return Commit(out, tmp, output);
+}
+
+Status CreateImage(const CreateParams& p, const Limits& limits) {
+  const auto bad = [](const std::string& what) { return Error(Errc::kInvalidArgument, what); };
+  if (p.output.empty()) return bad("no output file given");
+  if (p.chunk_size < limits.min_chunk_size || p.chunk_size > limits.max_chunk_size) {
+    return bad("chunk size " + std::to_string(p.chunk_size) + " outside [" +
+               std::to_string(limits.min_chunk_size) + ", " +
+               std::to_string(limits.max_chunk_size) + "]");
+  }
+  if (p.zstd_level < 1 || p.zstd_level > ZSTD_maxCLevel()) {
+    return bad("zstd level " + std::to_string(p.zstd_level) + " outside [1, " +
+               std::to_string(ZSTD_maxCLevel()) + "]");
+  }
+  Fd in(::open(p.payload.c_str(), O_RDONLY | O_CLOEXEC));
+  if (in.get() < 0) {
+    return MakeErrno(errno == ENOENT ? Errc::kNotFound : Errc::kIo,
+                     "open payload " + p.payload.string());
+  }
+  ::posix_fadvise(in.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+
+  Manifest m;
+  m.type = p.type;
+  m.version = p.version;
+  m.compatible = p.compatible;
+  m.build_time = p.build_time.value_or(NowIso());
+  m.chunk_size = p.chunk_size;
+
+  // Pass 1: compress chunk by chunk into a temporary payload.zst.
+  TempFile zst_tmp(TempNameFor(p.output, "zst"));
+  Fd zst(::open(zst_tmp.path().c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (zst.get() < 0) return MakeErrno(Errc::kIo, "create " + zst_tmp.path().string());
+  std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), ZSTD_freeCCtx);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, p.zstd_level);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_checksumFlag, 0);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_contentSizeFlag, 1);
+  std::vector<std::uint8_t> raw(p.chunk_size);
+  std::vector<std::uint8_t> packed(ZSTD_compressBound(p.chunk_size));
+  Sha256 whole;
+  std::uint64_t offset = 0;
+  for (;;) {
+    SAG_TRY(const auto n, ReadFull(in.get(), raw, p.payload.string()));
+    if (n == 0) break;
+    const auto data = std::span<const std::uint8_t>(raw).first(n);
+    const std::size_t z =
+        ZSTD_compress2(cctx.get(), packed.data(), packed.size(), data.data(), data.size());
+    if (ZSTD_isError(z) != 0U) {
+      return Error(Errc::kInternal, std::string("zstd compression failed: ") + ZSTD_getErrorName(z));
+    }
+    SAG_TRY_STATUS(WriteAll(zst.get(), std::span(packed).first(z), zst_tmp.path().string()));
+    whole.Update(data);
+    m.chunks.push_back(Chunk{offset, z, n, Sha256::Of(data)});
+    offset += z;
+    m.payload_size += n;
+    if (m.chunks.size() > limits.max_chunks || m.payload_size > limits.max_payload_bytes) {
+      return Error(Errc::kImageTooLarge, "payload " + p.payload.string() + " exceeds the limits");
+    }
+    if (n < raw.size()) break;
+  }
+  m.payload_sha256 = whole.Final();
+
+  // The manifest must pass the reader's own checks before it is signed.
+  const std::string json = SerializeManifest(m);
+  if (auto check = ParseManifest(json, limits); !check) {
+    return Error(Errc::kInvalidArgument, check.error().message());
+  }
+  SAG_TRY(const auto sig, SignManifest(json, p.key, p.cert, p.chain));
+
+  // Pass 2: the container.
+  if (::lseek(zst.get(), 0, SEEK_SET) != 0) return MakeErrno(Errc::kIo, "rewind payload.zst");
+  TempFile out_tmp(TempNameFor(p.output, "tmp"));
+  Fd out(::open(out_tmp.path().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (out.get() < 0) return MakeErrno(Errc::kIo, "create " + out_tmp.path().string());
+  SAG_TRY_STATUS(WriteContainerAt(out.get(), p.output.string(), json, sig, zst.get(), offset,
+                                  ParseIso(m.build_time)));
+  return Commit(out, out_tmp, p.output);
+}
+
+}  // namespace sag::image
