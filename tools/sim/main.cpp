@@ -80,7 +80,7 @@ int Fail(const Error& e) {
 }
 
 int Usage(const std::string& problem) {
-  std::cerr << "sag-sim: " << problem << "\n\n" << kUsage;
+  std::cerr << "sag-sim: " << problem << " (sag-sim --help for usage)\n";
   return 2;
 }
 
