@@ -33,4 +33,9 @@ Status FlagFileRebooter::Reboot() {
   return Ok();
 }
 
+std::unique_ptr<Rebooter> MakeRebooter(const std::filesystem::path& flag_file) {
+  if (!flag_file.empty()) return std::make_unique<FlagFileRebooter>(flag_file);
+  return std::make_unique<SystemdRebooter>();
+}
+
 }  // namespace sag::platform

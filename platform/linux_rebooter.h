@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,5 +44,10 @@ class FlagFileRebooter : public Rebooter {
   std::filesystem::path flag_;
   bool terminate_self_;
 };
+
+// The composition root's choice: FlagFileRebooter when `flag_file` is set
+// (the simulator passes it in FlagFileRebooter::kRebootFlagEnv),
+// SystemdRebooter otherwise.
+std::unique_ptr<Rebooter> MakeRebooter(const std::filesystem::path& flag_file);
 
 }  // namespace sag::platform

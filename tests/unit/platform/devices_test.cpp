@@ -116,6 +116,8 @@ TEST(Rebooter, CommandAndFlagFile) {
   EXPECT_TRUE(std::filesystem::exists(dir / "reboot"));
   EXPECT_EQ(FlagFileRebooter(dir / "no/such/dir/reboot", false).Reboot().error().code(),
             Errc::kRebootFailed);
+  EXPECT_NE(dynamic_cast<FlagFileRebooter*>(MakeRebooter(dir / "flag").get()), nullptr);
+  EXPECT_NE(dynamic_cast<SystemdRebooter*>(MakeRebooter({}).get()), nullptr);
 }
 
 TEST(Rebooter, FlagFileTerminatesItselfLikeSystemdWould) {
