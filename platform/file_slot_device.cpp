@@ -1,0 +1,165 @@
+#include "platform/file_slot_device.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace sag::platform {
+
+namespace {
+
+Expected<std::uint64_t> SizeOf(int fd, const std::filesystem::path& path) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return MakeErrno(Errc::kSlotIo, "stat slot device " + path.string());
+  if (S_ISREG(st.st_mode)) return static_cast<std::uint64_t>(st.st_size);
+  if (S_ISBLK(st.st_mode)) {
+    std::uint64_t size = 0;
+    if (::ioctl(fd, BLKGETSIZE64, &size) != 0) {
+      return MakeErrno(Errc::kSlotIo, "BLKGETSIZE64 on " + path.string());
+    }
+    return size;
+  }
+  return Error(Errc::kSlotIo,
+               "slot device " + path.string() + " is neither a block device nor a regular file");
+}
+
+class FileSlotWriter : public SlotWriter {
+ public:
+  FileSlotWriter(int fd, std::uint64_t size, std::filesystem::path path)
+      : fd_(fd), size_(size), path_(std::move(path)) {}
+  ~FileSlotWriter() override { ::close(fd_); }
+  FileSlotWriter(const FileSlotWriter&) = delete;
+  FileSlotWriter& operator=(const FileSlotWriter&) = delete;
+
+  Status WriteAt(std::uint64_t offset, std::span<const std::uint8_t> data) override {
+    if (offset > size_ || data.size() > size_ - offset) {
+      return Error(Errc::kSlotSize, "write of " + std::to_string(data.size()) + " bytes at " +
+                                        std::to_string(offset) + " goes past the end of slot " +
+                                        path_.string() + " (" + std::to_string(size_) +
+                                        " bytes); nothing written");
+    }
+    while (!data.empty()) {
+      const ssize_t n = ::pwrite(fd_, data.data(), data.size(), static_cast<off_t>(offset));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return MakeErrno(Errc::kSlotIo, "write to slot " + path_.string() + " at " +
+                                            std::to_string(offset));
+      }
+      data = data.subspan(static_cast<std::size_t>(n));
+      offset += static_cast<std::uint64_t>(n);
+    }
+    return Ok();
+  }
+
+  Status Sync() override {
+    // Until this returns, the written data may sit in the page cache: a power
+    // cut would lose it while the slot already looks written.
+    if (::fsync(fd_) != 0) return MakeErrno(Errc::kSlotIo, "fsync slot " + path_.string());
+    return Ok();
+  }
+
+ private:
+  int fd_;
+  std::uint64_t size_;
+  std::filesystem::path path_;
+};
+
+}  // namespace
+
+FileSlotDevice::FileSlotDevice(std::filesystem::path path) : path_(std::move(path)) {}
+
+FileSlotDevice::~FileSlotDevice() {
+  if (read_fd_ >= 0) ::close(read_fd_);
+}
+
+Expected<std::uint64_t> FileSlotDevice::Size() {
+  const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    return MakeErrno(err == ENOENT ? Errc::kNotFound : Errc::kSlotIo,
+                     "open slot device " + path_.string(), err);
+  }
+  auto size = SizeOf(fd, path_);
+  ::close(fd);
+  return size;
+}
+
+Expected<std::unique_ptr<SlotWriter>> FileSlotDevice::OpenWriter() {
+  struct stat st {};
+  if (::stat(path_.c_str(), &st) != 0) {
+    const int err = errno;
+    return MakeErrno(err == ENOENT ? Errc::kNotFound : Errc::kSlotIo,
+                     "slot device " + path_.string(), err);
+  }
+  if (S_ISREG(st.st_mode) && (st.st_mode & 0222) == 0) {
+    return Error(Errc::kSlotReadOnly,
+                 "slot file " + path_.string() + " is read-only (no write permission bits)");
+  }
+  // No O_CREAT, no O_TRUNC: a slot is never created or shrunk by writing it.
+  const int fd = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    const bool ro = err == EROFS || err == EACCES || err == EPERM;
+    return MakeErrno(ro ? Errc::kSlotReadOnly : Errc::kSlotIo,
+                     "open slot device " + path_.string() + " for writing", err);
+  }
+  if (S_ISBLK(st.st_mode)) {
+    int ro = 0;
+    if (::ioctl(fd, BLKROGET, &ro) == 0 && ro != 0) {
+      ::close(fd);
+      return Error(Errc::kSlotReadOnly,
+                   "block device " + path_.string() + " is read-only (blockdev --getro)");
+    }
+  }
+  auto size = SizeOf(fd, path_);
+  if (!size) {
+    ::close(fd);
+    return std::move(size).error();
+  }
+  return std::unique_ptr<SlotWriter>(std::make_unique<FileSlotWriter>(fd, *size, path_));
+}
+
+Expected<std::size_t> FileSlotDevice::ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) {
+  if (read_fd_ < 0) {
+    read_fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (read_fd_ < 0) return MakeErrno(Errc::kSlotIo, "open slot device " + path_.string());
+  }
+  std::size_t done = 0;
+  while (done < buf.size()) {
+    const ssize_t n = ::pread(read_fd_, buf.data() + done, buf.size() - done,
+                              static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return MakeErrno(Errc::kSlotIo, "read slot " + path_.string() + " at " +
+                                          std::to_string(offset + done));
+    }
+    if (n == 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  return done;
+}
+
+Expected<std::unique_ptr<SlotDevice>> OpenSlotDevice(std::string_view slot_name,
+                                                     const std::filesystem::path& path,
+                                                     std::optional<std::uint64_t> expected_size) {
+  auto dev = std::make_unique<FileSlotDevice>(path);
+  auto size = dev->Size();
+  if (!size) return std::move(size).error().WithContext("slot " + std::string(slot_name));
+  if (*size == 0) {
+    return Error(Errc::kSlotSize, "slot " + std::string(slot_name) + " device " + path.string() +
+                                      " is empty; a slot file must be pre-allocated to the "
+                                      "slot's size");
+  }
+  if (expected_size && *size != *expected_size) {
+    return Error(Errc::kSlotSize, "slot " + std::string(slot_name) + " device " + path.string() +
+                                      " has " + std::to_string(*size) + " bytes, expected " +
+                                      std::to_string(*expected_size));
+  }
+  return std::unique_ptr<SlotDevice>(std::move(dev));
+}
+
+}  // namespace sag::platform

@@ -1,0 +1,136 @@
+// Slot devices, system information and rebooters.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "common/atomic_file.h"
+#include "platform/file_slot_device.h"
+#include "platform/linux_rebooter.h"
+#include "platform/linux_system_info.h"
+#include "tests/support/temp_dir.h"
+
+namespace sag::platform {
+namespace {
+
+std::vector<std::uint8_t> Bytes(std::string_view s) { return {s.begin(), s.end()}; }
+
+class SlotDeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_ / "slot-b.img";
+    std::ofstream(path_, std::ios::binary) << std::string(4096, '\0');
+  }
+  sag::test::TempDir dir_;
+  std::filesystem::path path_;
+};
+
+TEST_F(SlotDeviceTest, WritesWithinSizeSyncsAndReadsBack) {
+  auto dev = OpenSlotDevice("B", path_, 4096);
+  ASSERT_TRUE(dev) << dev.error().ToString();
+  EXPECT_EQ(*(*dev)->Size(), 4096U);
+  auto w = (*dev)->OpenWriter();
+  ASSERT_TRUE(w) << w.error().ToString();
+  ASSERT_TRUE((*w)->WriteAt(0, Bytes("hello")));
+  ASSERT_TRUE((*w)->WriteAt(4091, Bytes("world")));  // exactly up to the end
+  ASSERT_TRUE((*w)->Sync());
+  std::vector<std::uint8_t> buf(5);
+  EXPECT_EQ(*(*dev)->ReadAt(4091, buf), 5U);
+  EXPECT_EQ(std::string(buf.begin(), buf.end()), "world");
+  EXPECT_EQ(*(*dev)->ReadAt(4094, buf), 2U);  // short only at the end
+  EXPECT_EQ(std::filesystem::file_size(path_), 4096U);
+}
+
+TEST_F(SlotDeviceTest, NeverWritesPastTheEnd) {
+  FileSlotDevice dev(path_);
+  auto w = dev.OpenWriter();
+  ASSERT_TRUE(w);
+  for (const std::uint64_t off : {std::uint64_t{4092}, std::uint64_t{4096}, ~std::uint64_t{0}}) {
+    const auto st = (*w)->WriteAt(off, Bytes("12345"));
+    ASSERT_FALSE(st);
+    EXPECT_EQ(st.error().code(), Errc::kSlotSize);
+    EXPECT_NE(st.error().message().find(path_.string()), std::string::npos);
+  }
+  EXPECT_EQ(std::filesystem::file_size(path_), 4096U);
+  std::vector<std::uint8_t> buf(4);
+  ASSERT_EQ(*dev.ReadAt(4092, buf), 4U);
+  EXPECT_EQ(buf, std::vector<std::uint8_t>(4, 0));  // nothing written
+}
+
+TEST_F(SlotDeviceTest, ReadOnlySlotIsRefused) {
+  ::chmod(path_.c_str(), 0444);
+  FileSlotDevice dev(path_);
+  auto w = dev.OpenWriter();
+  ASSERT_FALSE(w);
+  EXPECT_EQ(w.error().code(), Errc::kSlotReadOnly);
+  EXPECT_NE(w.error().message().find(path_.string()), std::string::npos);
+}
+
+TEST_F(SlotDeviceTest, BadSlotsAreNamed) {
+  auto wrong = OpenSlotDevice("B", path_, 8192);
+  ASSERT_FALSE(wrong);
+  EXPECT_EQ(wrong.error().code(), Errc::kSlotSize);
+  EXPECT_NE(wrong.error().message().find("slot B"), std::string::npos);
+  EXPECT_NE(wrong.error().message().find("4096"), std::string::npos);
+  std::ofstream(dir_ / "empty.img");
+  EXPECT_EQ(OpenSlotDevice("A", dir_ / "empty.img").error().code(), Errc::kSlotSize);
+  EXPECT_EQ(OpenSlotDevice("A", dir_ / "nope.img").error().code(), Errc::kNotFound);
+  EXPECT_EQ(OpenSlotDevice("A", dir_.path()).error().code(), Errc::kSlotIo);  // a directory
+  EXPECT_EQ(FileSlotDevice(dir_ / "nope.img").OpenWriter().error().code(), Errc::kNotFound);
+}
+
+TEST(SystemInfo, ValuesFilesBootIdAndFreeSpace) {
+  sag::test::TempDir dir;
+  ASSERT_TRUE(WriteFileAtomic(dir / "serial", std::string("sag233abcd\n\0", 12)));
+  ASSERT_TRUE(WriteFileAtomic(dir / "boot_id", "0f6c8e4e-1111-2222-3333-444455556666\n"));
+  SystemInfoOptions o;
+  o.serial_file = dir / "serial";
+  o.model = "sag-1000";
+  o.model_file = dir / "missing";
+  o.boot_id_file = dir / "boot_id";
+  LinuxSystemInfo info(o);
+  EXPECT_EQ(*info.SerialNumber(), "sag233abcd");
+  EXPECT_EQ(*info.HardwareModel(), "sag-1000");
+  EXPECT_EQ(*info.BootId(), "0f6c8e4e-1111-2222-3333-444455556666");
+  auto free = info.FreeSpace(dir.path());
+  ASSERT_TRUE(free);
+  EXPECT_GT(*free, 0U);
+  EXPECT_EQ(info.FreeSpace(dir / "missing").error().code(), Errc::kSystemInfo);
+  o.model.clear();
+  auto model = LinuxSystemInfo(o).HardwareModel();
+  ASSERT_FALSE(model);
+  EXPECT_EQ(model.error().code(), Errc::kSystemInfo);
+  EXPECT_NE(model.error().message().find("missing"), std::string::npos);
+  // The real boot id file exists on Linux and is a UUID.
+  EXPECT_EQ(LinuxSystemInfo({}).BootId()->size(), 36U);
+}
+
+TEST(Rebooter, CommandAndFlagFile) {
+  EXPECT_TRUE(CommandRebooter({"true"}).Reboot());
+  const auto st = CommandRebooter({"false"}).Reboot();
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kRebootFailed);
+  sag::test::TempDir dir;
+  ASSERT_TRUE(FlagFileRebooter(dir / "reboot", false).Reboot());
+  EXPECT_TRUE(std::filesystem::exists(dir / "reboot"));
+  EXPECT_EQ(FlagFileRebooter(dir / "no/such/dir/reboot", false).Reboot().error().code(),
+            Errc::kRebootFailed);
+  EXPECT_NE(dynamic_cast<FlagFileRebooter*>(MakeRebooter(dir / "flag").get()), nullptr);
+  EXPECT_NE(dynamic_cast<SystemdRebooter*>(MakeRebooter({}).get()), nullptr);
+}
+
+TEST(Rebooter, FlagFileTerminatesItselfLikeSystemdWould) {
+  sag::test::TempDir dir;
+  const auto flag = dir / "reboot";
+  EXPECT_EXIT(
+      {
+        (void)FlagFileRebooter(flag).Reboot();
+        ::pause();
+      },
+      ::testing::KilledBySignal(SIGTERM), "");
+  EXPECT_TRUE(std::filesystem::exists(flag));
+}
+
+}  // namespace
+}  // namespace sag::platform

@@ -1,0 +1,542 @@
+// sag-sim: plays bootloader and power supply around a real sag-agent.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/atomic_file.h"
+#include "platform/boot_env.h"
+#include "platform/bootloader.h"
+#include "platform/env_boot_control.h"
+#include "platform/file_slot_device.h"
+#include "platform/linux_rebooter.h"
+#include "platform/linux_system_info.h"
+#include "tools/sim/appliance.h"
+
+namespace {
+
+using sag::Errc;
+using sag::Error;
+using sag::Expected;
+using sag::Status;
+using sag::platform::Slot;
+using sag::sim::Appliance;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kUsage = R"(usage: sag-sim COMMAND DIR [OPTIONS]
+
+The device simulator: one directory is one appliance (slots A and B as files,
+a redundant U-Boot environment, the kernel command line, a boot id).
+
+commands:
+  init DIR --slot-size BYTES [--model M] [--serial S] [--smartag-id ID]
+           [--endpoint wss://..] [--root-ca PEM] [--slot-a FILE]
+      create the appliance; slot A holds FILE (optional), BOOT_ORDER="A B",
+      BOOT_A_LEFT=3, BOOT_B_LEFT=0
+  boot DIR [--agent PATH] [--max-boots N] [--cut-after-ms MS | --cut-random MAXMS]
+           [--seed S] [--cuts K] [-- AGENT ARGS...]
+      power on: run the boot script (platform/bootloader/boot.cmd), write the
+      command line and a new boot id, start the agent (default: sag-agent run
+      --config DIR/agent.yaml); reboot when it asks to (marker
+      run/reboot-requested), stop when it exits without asking. A power cut
+      SIGKILLs the agent after MS (or a random time below MAXMS) on each of
+      the first K boots that start it (default 1), then powers on again.
+  env DIR [NAME=VALUE|NAME= ...]
+      print the environment; with arguments, set (or unset) raw variables the
+      way fw_setenv does
+  fault DIR --slot A|B unhealthy|unbootable|none
+      unhealthy: the health check fails on that slot; unbootable: its kernel
+      never comes up (the try is counted, the board resets)
+  cut-env DIR [--trials N] [--seed S] [--max-us US]
+      power cuts during environment writes: SIGKILL a writer process at random
+      instants, on half the trials also garble the newest copy from a random
+      byte on (a write cut mid-way); each time the environment must read back
+      valid with a bootable slot
+
+exit status: 0 success, 1 failure, 2 bad usage.
+)";
+
+void Say(const std::string& line) {
+  std::fputs(("[sim] " + line + "\n").c_str(), stdout);
+  std::fflush(stdout);
+}
+
+int Fail(const Error& e) {
+  std::fprintf(stderr, "sag-sim: %s\n", e.ToString().c_str());
+  return 1;
+}
+
+int Usage(const std::string& problem) {
+  std::cerr << "sag-sim: " << problem << " (sag-sim --help for usage)\n";
+  return 2;
+}
+
+// Options as "--name value" pairs after the directory; "--" ends them.
+struct Args {
+  std::map<std::string, std::string> opts;
+  std::vector<std::string> positional;
+  std::vector<std::string> rest;  // after --
+  bool has_rest = false;
+};
+
+Expected<Args> ParseArgs(const std::vector<std::string>& args, const std::set<std::string>& known) {
+  Args out;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--") {
+      out.has_rest = true;
+      out.rest.assign(args.begin() + static_cast<std::ptrdiff_t>(i) + 1, args.end());
+      break;
+    }
+    if (a.starts_with("--")) {
+      const std::string name = a.substr(2);
+      if (known.count(name) == 0) return Error(Errc::kInvalidArgument, "unknown option " + a);
+      if (i + 1 >= args.size()) return Error(Errc::kInvalidArgument, a + " needs a value");
+      out.opts[name] = args[++i];
+    } else {
+      out.positional.push_back(a);
+    }
+  }
+  return out;
+}
+
+Expected<std::uint64_t> Number(const Args& a, const std::string& name, std::uint64_t def) {
+  const auto it = a.opts.find(name);
+  if (it == a.opts.end()) return def;
+  try {
+    std::size_t used = 0;
+    const auto v = std::stoull(it->second, &used);
+    if (used != it->second.size()) throw std::invalid_argument(it->second);
+    return static_cast<std::uint64_t>(v);
+  } catch (const std::exception&) {
+    return Error(Errc::kInvalidArgument, "--" + name + " needs a number, got '" + it->second + "'");
+  }
+}
+
+std::string Get(const Args& a, const std::string& name, const std::string& def = {}) {
+  const auto it = a.opts.find(name);
+  return it == a.opts.end() ? def : it->second;
+}
+
+std::string Var(const sag::platform::EnvVars& env, const char* name) {
+  const auto it = env.find(name);
+  return it == env.end() ? "<unset>" : it->second;
+}
+
+std::string Describe(const sag::platform::EnvVars& env) {
+  return "BOOT_ORDER=\"" + Var(env, sag::platform::kVarOrder) +
+         "\" A_LEFT=" + Var(env, sag::platform::kVarALeft) +
+         " B_LEFT=" + Var(env, sag::platform::kVarBLeft);
+}
+
+fs::path SelfExe() { return fs::read_symlink("/proc/self/exe"); }
+
+// --- init -------------------------------------------------------------------
+
+Expected<int> CmdInit(const Args& a) {
+  if (a.positional.size() != 1) return Error(Errc::kInvalidArgument, "init needs exactly one DIR");
+  sag::sim::InitOptions o;
+  SAG_TRY(o.slot_size, Number(a, "slot-size", 0));
+  if (o.slot_size == 0) return Error(Errc::kInvalidArgument, "init needs --slot-size BYTES (> 0)");
+  o.model = Get(a, "model", o.model);
+  o.serial = Get(a, "serial", o.serial);
+  o.smartag_id = Get(a, "smartag-id");
+  o.endpoint = Get(a, "endpoint", o.endpoint);
+  o.root_ca = Get(a, "root-ca");
+  o.slot_a = Get(a, "slot-a");
+  Appliance app(a.positional[0]);
+  SAG_TRY_STATUS(app.Init(o));
+  Say("created appliance " + app.dir().string() + ": slots of " + std::to_string(o.slot_size) +
+      " bytes, model " + o.model + ", serial " + o.serial + ", BOOT_ORDER=\"A B\" A_LEFT=3 B_LEFT=0");
+  return 0;
+}
+
+// --- env and fault ----------------------------------------------------------
+
+Expected<int> CmdEnv(const Args& a) {
+  if (a.positional.empty()) return Error(Errc::kInvalidArgument, "env needs DIR");
+  Appliance app(a.positional[0]);
+  SAG_TRY_STATUS(app.Load());
+  sag::platform::UBootEnv env(app.Path("fw_env.config"));
+  if (a.positional.size() > 1) {
+    sag::platform::EnvVars set;
+    sag::platform::EnvVars unset;
+    for (std::size_t i = 1; i < a.positional.size(); ++i) {
+      const auto& kv = a.positional[i];
+      const auto eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        return Error(Errc::kInvalidArgument, "expected NAME=VALUE, got '" + kv + "'");
+      }
+      set[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+    SAG_TRY(auto vars, env.Load());
+    for (const auto& [n, v] : set) {
+      if (v.empty()) {
+        vars.erase(n);
+      } else {
+        vars[n] = v;
+      }
+    }
+    SAG_TRY_STATUS(env.Format(vars));
+  }
+  SAG_TRY(const auto vars, env.Load());
+  for (const auto& [n, v] : vars) std::printf("%s=%s\n", n.c_str(), v.c_str());
+  auto state = sag::platform::ParseBootVars(vars, env.name());
+  if (!state) {
+    std::printf("# the agent would refuse this environment: %s\n", state.error().message().c_str());
+  } else if (auto next = state->NextBoot()) {
+    std::printf("# next boot: slot %s\n", std::string(sag::platform::SlotName(*next)).c_str());
+  } else {
+    std::printf("# next boot: no slot has tries left (the script resets both to 3)\n");
+  }
+  return 0;
+}
+
+Expected<int> CmdFault(const Args& a) {
+  if (a.positional.size() != 2) {
+    return Error(Errc::kInvalidArgument, "fault needs DIR and unhealthy|unbootable|none");
+  }
+  Appliance app(a.positional[0]);
+  SAG_TRY_STATUS(app.Load());
+  SAG_TRY(const Slot slot, sag::platform::ParseSlot(Get(a, "slot")));
+  const std::string kind = a.positional[1];
+  if (kind != "unhealthy" && kind != "unbootable" && kind != "none") {
+    return Error(Errc::kInvalidArgument, "unknown fault '" + kind + "': unhealthy|unbootable|none");
+  }
+  std::error_code ec;
+  fs::remove(app.FaultPath(slot, "unhealthy"), ec);
+  fs::remove(app.FaultPath(slot, "unbootable"), ec);
+  if (kind != "none") SAG_TRY_STATUS(sag::WriteFileAtomic(app.FaultPath(slot, kind), kind + "\n"));
+  Say("slot " + std::string(sag::platform::SlotName(slot)) + ": fault " + kind);
+  return 0;
+}
+
+// --- boot -------------------------------------------------------------------
+
+std::string NewBootId() {
+  auto id = sag::ReadFile("/proc/sys/kernel/random/uuid", 64);
+  std::string s = id ? *id : "00000000-0000-4000-8000-000000000000\n";
+  return s;
+}
+
+fs::path DefaultAgent() {
+  const fs::path self = SelfExe().parent_path();
+  std::error_code ec;
+  for (const fs::path& p : {self / "sag-agent", self / ".." / ".." / "agent" / "sag-agent"}) {
+    if (fs::exists(p, ec)) return fs::weakly_canonical(p, ec);
+  }
+  return "sag-agent";  // PATH
+}
+
+// fork + exec in its own process group; -1 on failure.
+pid_t Spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env_add) {
+  std::vector<std::string> env_storage;
+  for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
+  env_storage.insert(env_storage.end(), env_add.begin(), env_add.end());
+  std::vector<char*> args;
+  for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
+  args.push_back(nullptr);
+  std::vector<char*> envp;
+  for (auto& s : env_storage) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::fflush(stdout);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    ::execvpe(args[0], args.data(), envp.data());
+    std::fprintf(stderr, "sag-sim: cannot start %s\n", args[0]);
+    ::_exit(127);
+  }
+  if (pid > 0) ::setpgid(pid, pid);
+  return pid;
+}
+
+std::string ExitText(int status) {
+  if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return "signal " + std::to_string(WTERMSIG(status));
+  return "status " + std::to_string(status);
+}
+
+Expected<int> CmdBoot(const Args& a) {
+  if (a.positional.size() != 1) return Error(Errc::kInvalidArgument, "boot needs exactly one DIR");
+  Appliance app(a.positional[0]);
+  SAG_TRY_STATUS(app.Load());
+  SAG_TRY(const auto max_boots, Number(a, "max-boots", 10));
+  SAG_TRY(const auto cut_after, Number(a, "cut-after-ms", 0));
+  SAG_TRY(const auto cut_random, Number(a, "cut-random", 0));
+  SAG_TRY(const auto seed, Number(a, "seed", 1));
+  SAG_TRY(std::uint64_t cuts_left, Number(a, "cuts", 1));
+  if (a.opts.count("cut-after-ms") != 0 && a.opts.count("cut-random") != 0) {
+    return Error(Errc::kInvalidArgument, "give --cut-after-ms or --cut-random, not both");
+  }
+  const bool cutting = a.opts.count("cut-after-ms") != 0 || cut_random > 0;
+  if (!cutting) cuts_left = 0;
+  std::mt19937_64 rng(seed);
+
+  // The hardware must be what the simulator created: same slot sizes.
+  for (const Slot s : {Slot::kA, Slot::kB}) {
+    SAG_TRY(auto dev, sag::platform::OpenSlotDevice(sag::platform::SlotName(s), app.SlotPath(s),
+                                                   app.slot_size()));
+  }
+  const fs::path agent = a.opts.count("agent") != 0 ? fs::path(Get(a, "agent")) : DefaultAgent();
+  std::vector<std::string> argv{agent.string()};
+  if (a.has_rest) {
+    argv.insert(argv.end(), a.rest.begin(), a.rest.end());
+  } else {
+    argv.insert(argv.end(), {"run", "--config", app.Path("agent.yaml").string()});
+  }
+  sag::platform::UBootEnv env(app.Path("fw_env.config"));
+  const fs::path flag = app.Path("run/reboot-requested");
+
+  for (std::uint64_t n = 1; n <= max_boots; ++n) {
+    const std::string head = "boot #" + std::to_string(n) + ": ";
+    // The bootloader: read the environment (U-Boot uses its built-in default
+    // when no copy is valid), run the script, saveenv.
+    auto loaded = env.Load();
+    sag::platform::EnvVars before;
+    if (loaded) {
+      before = *loaded;
+    } else {
+      Say(head + "no valid environment (" + loaded.error().message() +
+          "): U-Boot continues with its default environment");
+    }
+    sag::platform::BootStep step = sag::platform::RunBootScript(before);
+    auto saved = loaded ? env.Update([&](const sag::platform::EnvVars&) -> Expected<sag::platform::EnvVars> {
+      return step.env;
+    })
+                        : env.Format(step.env);
+    if (!saved) return saved.error().WithContext("bootloader saveenv");
+    if (!step.slot) {
+      Say(head + Describe(before) + " -> no slot has tries left: A_LEFT=3 B_LEFT=3, board reset");
+      continue;
+    }
+    const Slot slot = *step.slot;
+    const std::string name(sag::platform::SlotName(slot));
+    const std::string left = Var(step.env, std::string(sag::platform::LeftVar(slot)).c_str());
+    Say(head + Describe(before) + " -> slot " + name + (step.fallback ? " (fallback)" : "") +
+        ", " + left + " tries left");
+    std::error_code ec;
+    if (fs::exists(app.FaultPath(slot, "unbootable"), ec)) {
+      Say("boot #" + std::to_string(n) + ": kernel of slot " + name +
+          " does not come up (fault unbootable); watchdog reset");
+      continue;
+    }
+    SAG_TRY_STATUS(sag::WriteFileAtomic(
+        app.Path("cmdline"), "console=ttyS0 root=" + app.SlotPath(slot).string() +
+                                 " rootwait sag.slot=" + name + "\n"));
+    SAG_TRY_STATUS(sag::WriteFileAtomic(app.Path("boot_id"), NewBootId()));
+    fs::remove(flag, ec);
+
+    const pid_t pid = Spawn(
+        argv, {std::string(sag::platform::FlagFileRebooter::kRebootFlagEnv) + "=" + flag.string(),
+               std::string(sag::platform::LinuxSystemInfo::kBootIdEnv) + "=" +
+                   app.Path("boot_id").string(),
+               "SAG_SIM_DIR=" + app.dir().string(), "SAG_SIM_SLOT=" + name,
+               "SAG_SIM_BOOT=" + std::to_string(n),
+               "SAG_SIM_CONFIG=" + app.Path("agent.yaml").string()});
+    if (pid < 0) return sag::MakeErrno(Errc::kIo, "fork for " + argv[0]);
+    std::optional<std::chrono::milliseconds> cut_in;
+    if (cuts_left > 0) {
+      cut_in = std::chrono::milliseconds(
+          cut_random > 0 ? std::uniform_int_distribution<std::uint64_t>(0, cut_random - 1)(rng)
+                         : cut_after);
+      --cuts_left;
+    }
+    const auto started = Clock::now();
+    int status = 0;
+    bool cut = false;
+    for (;;) {
+      const pid_t w = ::waitpid(pid, &status, WNOHANG);
+      if (w == pid) break;
+      if (w < 0 && errno != EINTR) return sag::MakeErrno(Errc::kIo, "waitpid for the agent");
+      if (cut_in && Clock::now() - started >= *cut_in) {
+        ::kill(-pid, SIGKILL);
+        while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        cut = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (cut) {
+      const auto ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
+      Say("power cut " + std::to_string(ms) + " ms after slot " + name +
+          " started (agent killed with SIGKILL)");
+      ::kill(-pid, SIGKILL);  // anything the agent left behind in its group
+      continue;
+    }
+    ::kill(-pid, SIGKILL);  // power goes away for the agent's children too
+    if (fs::exists(flag, ec)) {
+      Say("agent asked for a reboot (" + ExitText(status) + ")");
+      continue;
+    }
+    Say("agent exited (" + ExitText(status) + ") without asking for a reboot; the simulated "
+        "device stops here");
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+  }
+  Say("stopping after " + std::to_string(max_boots) + " boots (--max-boots)");
+  return 0;
+}
+
+// --- power cuts during environment writes -----------------------------------
+
+// The writer: valid transitions in a loop, as fast as it can, until killed.
+// It writes one byte to stdout after its first write so the parent knows it
+// got past start-up.
+Expected<int> CmdEnvWriter(const Args& a) {
+  if (a.positional.size() != 1) return Error(Errc::kInvalidArgument, "env-writer needs DIR");
+  Appliance app(a.positional[0]);
+  SAG_TRY_STATUS(app.Load());
+  sag::platform::EnvBootControl control(
+      std::make_unique<sag::platform::UBootEnv>(app.Path("fw_env.config")), app.Path("cmdline"),
+      "sag.slot");
+  for (unsigned i = 0;; ++i) {
+    const int n = static_cast<int>(1 + i % 9);
+    SAG_TRY_STATUS(control.MarkGood(Slot::kA, n));
+    SAG_TRY_STATUS(control.SetTrial(Slot::kB, 1 + (n % 9)));
+    SAG_TRY_STATUS(control.MarkGood(Slot::kB, n));
+    SAG_TRY_STATUS(control.MarkBad(Slot::kA));
+    SAG_TRY_STATUS(control.SetTrial(Slot::kA, n));
+    if (i == 0) {
+      std::fputs("w", stdout);
+      std::fflush(stdout);
+    }
+  }
+}
+
+// Garbles the newest copy (higher flag byte) from a random byte to its end.
+Status TearNewest(const Appliance& app, std::mt19937_64& rng, int& copy_out) {
+  SAG_TRY(std::string image, sag::ReadFile(app.Path("uboot.env"), 1U << 20U));
+  const auto f0 = static_cast<unsigned char>(image[4]);
+  const auto f1 = static_cast<unsigned char>(image[sag::sim::kEnvSize + 4]);
+  // Incremental flags wrap: 0 after 255 is newer.
+  const bool second_newer = (f1 == static_cast<unsigned char>(f0 + 1)) ||
+                            (f1 > f0 && !(f0 == 0 && f1 == 255));
+  copy_out = second_newer ? 1 : 0;
+  const std::size_t base = second_newer ? sag::sim::kEnvSize : 0;
+  const std::size_t from =
+      base + std::uniform_int_distribution<std::size_t>(5, sag::sim::kEnvSize - 1)(rng);
+  for (std::size_t i = from; i < base + sag::sim::kEnvSize; ++i) image[i] = static_cast<char>(image[i] ^ 0xA5);
+  // In place, like the interrupted write it stands for.
+  std::fstream out(app.Path("uboot.env"), std::ios::in | std::ios::out | std::ios::binary);
+  out.seekp(0);
+  out.write(image.data(), static_cast<std::streamsize>(image.size()));
+  out.flush();
+  if (!out) return Error(Errc::kIo, "rewrite " + app.Path("uboot.env").string());
+  return sag::Ok();
+}
+
+Expected<int> CmdCutEnv(const Args& a) {
+  if (a.positional.size() != 1) return Error(Errc::kInvalidArgument, "cut-env needs exactly one DIR");
+  Appliance app(a.positional[0]);
+  SAG_TRY_STATUS(app.Load());
+  SAG_TRY(const auto trials, Number(a, "trials", 100));
+  SAG_TRY(const auto seed, Number(a, "seed", 1));
+  SAG_TRY(const auto max_us, Number(a, "max-us", 5000));
+  std::mt19937_64 rng(seed);
+  sag::platform::UBootEnv env(app.Path("fw_env.config"));
+  std::uint64_t valid = 0;
+  std::uint64_t torn = 0;
+  for (std::uint64_t t = 1; t <= trials; ++t) {
+    int pipefd[2];
+    if (::pipe2(pipefd, O_CLOEXEC) != 0) return sag::MakeErrno(Errc::kIo, "pipe");
+    std::fflush(stdout);
+    const pid_t pid = ::fork();
+    if (pid < 0) return sag::MakeErrno(Errc::kIo, "fork");
+    if (pid == 0) {
+      ::dup2(pipefd[1], STDOUT_FILENO);
+      const std::string self = SelfExe().string();
+      const std::string dir = app.dir().string();
+      ::execl(self.c_str(), self.c_str(), "env-writer", dir.c_str(), nullptr);
+      ::_exit(127);
+    }
+    ::close(pipefd[1]);
+    pollfd pfd{pipefd[0], POLLIN, 0};
+    char c = 0;
+    const bool ready = ::poll(&pfd, 1, 20000) == 1 && ::read(pipefd[0], &c, 1) == 1;
+    ::close(pipefd[0]);
+    const auto delay = std::uniform_int_distribution<std::uint64_t>(0, max_us)(rng);
+    if (ready) std::this_thread::sleep_for(std::chrono::microseconds(delay));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    std::string what = "writer killed after " + std::to_string(delay) + " us";
+    if (!ready || !WIFSIGNALED(status)) {
+      Say("cut-env trial " + std::to_string(t) + ": the writer failed before the cut (" +
+          ExitText(status) + ")");
+      continue;
+    }
+    if (rng() % 2 == 0) {
+      int copy = 0;
+      SAG_TRY_STATUS(TearNewest(app, rng, copy));
+      what += ", newest copy (" + std::to_string(copy) + ") garbled";
+      ++torn;
+    }
+    auto vars = env.Load();
+    auto state = vars ? sag::platform::ParseBootVars(*vars, env.name())
+                      : Expected<sag::platform::BootState>(vars.error());
+    if (state && state->NextBoot()) {
+      ++valid;
+      if (t % 10 == 0 || t == 1) Say("cut-env trial " + std::to_string(t) + ": " + what + ": " +
+                                     sag::platform::DescribeState(*state) + " ok");
+    } else {
+      Say("cut-env trial " + std::to_string(t) + ": " + what + ": INVALID: " +
+          (state ? "no bootable slot" : state.error().ToString()));
+      // Restore a valid environment so the next trials still measure something.
+      SAG_TRY_STATUS(env.Format(sag::platform::FormatBootVars({{Slot::kA, Slot::kB}, 3, 0})));
+    }
+  }
+  Say("cut-env: " + std::to_string(valid) + " of " + std::to_string(trials) +
+      " power cuts left a valid environment (" + std::to_string(torn) + " with a garbled copy)");
+  return valid == trials ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) return Usage("missing command");
+  const std::string& cmd = args[0];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    std::cout << kUsage;
+    return 0;
+  }
+  static const std::map<std::string, std::pair<std::set<std::string>,
+                                               Expected<int> (*)(const Args&)>>
+      commands = {
+          {"init",
+           {{"slot-size", "model", "serial", "smartag-id", "endpoint", "root-ca", "slot-a"},
+            CmdInit}},
+          {"boot", {{"agent", "max-boots", "cut-after-ms", "cut-random", "seed", "cuts"}, CmdBoot}},
+          {"env", {{}, CmdEnv}},
+          {"fault", {{"slot"}, CmdFault}},
+          {"cut-env", {{"trials", "seed", "max-us"}, CmdCutEnv}},
+          {"env-writer", {{}, CmdEnvWriter}},
+      };
+  const auto it = commands.find(cmd);
+  if (it == commands.end()) return Usage("unknown command '" + cmd + "'");
+  auto parsed = ParseArgs({args.begin() + 1, args.end()}, it->second.first);
+  if (!parsed) return Usage(parsed.error().message());
+  if (parsed->has_rest && cmd != "boot") return Usage("'--' is only for boot");
+  auto r = it->second.second(*parsed);
+  if (!r) {
+    if (r.error().code() == Errc::kInvalidArgument) return Usage(r.error().message());
+    return Fail(r.error());
+  }
+  return *r;
+}
