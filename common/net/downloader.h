@@ -38,6 +38,7 @@ struct DownloadOptions {
 struct DownloadInfo {
   std::optional<std::uint64_t> total_size;  // from Content-Range / Content-Length
   int attempts = 0;                         // connections made
+  std::uint64_t bytes = 0;                  // delivered to the sink by this call
 };
 
 // Receives consecutive bytes starting at `offset`; an error stops the fetch
@@ -47,6 +48,21 @@ using Sink = std::function<Status(std::uint64_t offset, std::span<const std::uin
 // Downloads `url` (https://, or http:// when no CA is configured: loopback
 // tests only) from byte `offset` to the end. Blocking; runs its own event
 // loop on the calling thread.
+//
+// Errors (docs/download.md has the full policy):
+//   kInvalidArgument      bad URL, https without a CA, http with a CA
+//   kNetTls               CA/client key unusable, server not trusted by the
+//                         pinned CA or not valid for the host (not retried)
+//   kNetHttpStatus        4xx other than 408/429 (not retried), or 408/429/5xx
+//                         still failing after max_retries
+//   kNetConnect, kNetStalled  connection failures/stalls after max_retries
+//   kNetTooManyRedirects  more than max_redirects hops, or a redirect loop
+//   kNetRangeUnsupported  the server answered a Range request with another
+//                         start, the offset is past the end, or the file
+//                         changed between attempts
+//   kNetProtocol          a malformed or unexpected response
+//   kCancelled            options.cancel was set
+//   anything the sink returns, unchanged
 Expected<DownloadInfo> Fetch(const std::string& url, std::uint64_t offset, const Sink& sink,
                              const DownloadOptions& options);
 

@@ -1,0 +1,505 @@
+#include "common/net/downloader.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <thread>
+
+#include "common/sha256.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/test_http_server.h"
+
+namespace sag::net {
+namespace {
+
+using std::chrono::milliseconds;
+using test::Faults;
+using test::TestHttpServer;
+using Clock = std::chrono::steady_clock;
+
+std::string MakeContent(std::size_t n) {
+  std::mt19937 rng(42);
+  std::string out(n, '\0');
+  for (auto& c : out) c = static_cast<char>(rng() & 0xffU);
+  return out;
+}
+
+// What the sink saw; it checks that bytes come in order and exactly once.
+struct Collected {
+  std::string data;
+  std::uint64_t start = 0;
+  std::size_t calls = 0;
+  std::size_t max_chunk = 0;
+  bool in_order = true;
+};
+
+Sink CollectInto(Collected& c, std::uint64_t start) {
+  c.start = start;
+  return [&c](std::uint64_t offset, std::span<const std::uint8_t> data) -> Status {
+    if (offset != c.start + c.data.size()) c.in_order = false;
+    c.data.append(reinterpret_cast<const char*>(data.data()), data.size());
+    c.max_chunk = std::max(c.max_chunk, data.size());
+    ++c.calls;
+    return Ok();
+  };
+}
+
+// Small timeouts and backoffs so that failure paths run in well under a second.
+DownloadOptions Fast() {
+  DownloadOptions o;
+  o.connect_timeout = milliseconds(2000);
+  o.stall_timeout = milliseconds(300);
+  o.initial_backoff = milliseconds(10);
+  o.max_backoff = milliseconds(100);
+  o.max_retries = 3;
+  return o;
+}
+
+std::string Hex(std::string_view s) { return ToHex(Sha256::Of(s)); }
+
+bool Contains(const std::string& haystack, std::string_view needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// --- plain HTTP on loopback: the transfer logic ---------------------------
+
+TEST(Downloader, FullDownload) {
+  const std::string content = MakeContent(1U << 20U);
+  TestHttpServer server(content);
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), Fast());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(Hex(got.data), Hex(content));
+  EXPECT_TRUE(got.in_order);
+  EXPECT_EQ(info->total_size, content.size());
+  EXPECT_EQ(info->bytes, content.size());
+  EXPECT_EQ(info->attempts, 1);
+  EXPECT_LE(got.max_chunk, 64U << 10U);  // streamed through a fixed buffer
+  EXPECT_EQ(server.ranges(), std::vector<std::string>{""});
+}
+
+TEST(Downloader, ResumesFromOffset) {
+  const std::string content = MakeContent(200000);
+  TestHttpServer server(content);
+  Collected got;
+  auto info = Fetch(server.Url(), 12345, CollectInto(got, 12345), Fast());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(got.data, content.substr(12345));
+  EXPECT_TRUE(got.in_order);
+  EXPECT_EQ(info->total_size, content.size());
+  EXPECT_EQ(server.ranges(), std::vector<std::string>{"bytes=12345-"});
+}
+
+TEST(Downloader, DropMidTransferResumesWithRange) {
+  const std::string content = MakeContent(1U << 20U);
+  TestHttpServer server(content);
+  server.SetFaults({.drop_after = 300000, .drop_times = 2});
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), Fast());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(Hex(got.data), Hex(content));
+  EXPECT_TRUE(got.in_order);
+  EXPECT_EQ(info->attempts, 3);
+  EXPECT_EQ(server.ranges(), (std::vector<std::string>{"", "bytes=300000-", "bytes=600000-"}));
+}
+
+TEST(Downloader, ServerIgnoringRangeIsSkippedNotDuplicated) {
+  const std::string content = MakeContent(500000);
+  TestHttpServer server(content);
+  // A resume from an offset, and a drop, against a server that always
+  // answers 200 with the whole file.
+  server.SetFaults({.drop_after = 300000, .drop_times = 1, .ignore_range = true});
+  Collected got;
+  auto info = Fetch(server.Url(), 100000, CollectInto(got, 100000), Fast());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(Hex(got.data), Hex(content.substr(100000)));
+  EXPECT_TRUE(got.in_order);
+  EXPECT_EQ(server.ranges(), (std::vector<std::string>{"bytes=100000-", "bytes=300000-"}));
+}
+
+TEST(Downloader, StallTimesOutAndRetries) {
+  const std::string content = MakeContent(400000);
+  TestHttpServer server(content);
+  server.SetFaults({.stall_after = 100000, .stall_for = milliseconds(5000), .stall_times = 1});
+  Collected got;
+  const auto start = Clock::now();
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), Fast());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_LT(Clock::now() - start, milliseconds(3000));  // did not wait for the server
+  EXPECT_EQ(Hex(got.data), Hex(content));
+  EXPECT_EQ(server.ranges(), (std::vector<std::string>{"", "bytes=100000-"}));
+}
+
+TEST(Downloader, StallWithoutProgressGivesUpAsStalled) {
+  TestHttpServer server(MakeContent(100000));
+  server.SetFaults({.stall_after = 0, .stall_for = milliseconds(5000), .stall_times = 100});
+  auto o = Fast();
+  o.max_retries = 1;
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), o);
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetStalled) << info.error().ToString();
+  EXPECT_EQ(server.requests(), 2);
+}
+
+TEST(Downloader, PersistentServerErrorGivesUpAfterMaxRetries) {
+  TestHttpServer server(MakeContent(1000));
+  server.SetFaults({.fail_status = 503, .fail_times = -1});
+  auto o = Fast();
+  o.max_retries = 2;
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), o);
+  ASSERT_FALSE(info);
+  const Error& e = info.error();
+  EXPECT_EQ(e.code(), Errc::kNetHttpStatus);
+  EXPECT_TRUE(Contains(e.message(), "503")) << e.message();
+  EXPECT_TRUE(Contains(e.message(), "after 3 consecutive failed attempts")) << e.message();
+  EXPECT_TRUE(Contains(e.message(), "retry the job")) << e.message();
+  EXPECT_EQ(server.requests(), 3);
+}
+
+TEST(Downloader, TransientStatusesAreRetried) {
+  const std::string content = MakeContent(5000);
+  for (const int status : {408, 429, 500, 502}) {
+    TestHttpServer server(content);
+    server.SetFaults({.fail_status = status, .fail_times = 2});
+    Collected got;
+    auto info = Fetch(server.Url(), 0, CollectInto(got, 0), Fast());
+    ASSERT_TRUE(info) << status << ": " << info.error().ToString();
+    EXPECT_EQ(got.data, content);
+    EXPECT_EQ(server.requests(), 3) << status;
+  }
+}
+
+TEST(Downloader, RetryAfterIsCappedByMaxBackoff) {
+  const std::string content = MakeContent(5000);
+  TestHttpServer server(content);
+  server.SetFaults({.fail_status = 503, .fail_times = 1, .retry_after = "3600"});
+  Collected got;
+  const auto start = Clock::now();
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), Fast());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_LT(Clock::now() - start, milliseconds(2000));
+}
+
+TEST(Downloader, ClientErrorsAreNotRetried) {
+  for (const int status : {404, 403, 400}) {
+    TestHttpServer server(MakeContent(1000));
+    server.SetFaults({.fail_status = status, .fail_times = -1});
+    Collected got;
+    auto info = Fetch(server.Url(), 0, CollectInto(got, 0), Fast());
+    ASSERT_FALSE(info);
+    EXPECT_EQ(info.error().code(), Errc::kNetHttpStatus);
+    EXPECT_TRUE(Contains(info.error().message(), "HTTP " + std::to_string(status)))
+        << info.error().message();
+    EXPECT_EQ(server.requests(), 1) << status;
+  }
+}
+
+TEST(Downloader, FollowsRedirects) {
+  const std::string content = MakeContent(70000);
+  TestHttpServer server(content);
+  // Relative, absolute-path and absolute Locations.
+  server.SetFaults({.redirects = {{"/dir/a", "b"}, {"/dir/b", "/c"}, {"/c", server.Url("/file")}}});
+  Collected got;
+  auto info = Fetch(server.Url("/dir/a"), 0, CollectInto(got, 0), Fast());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(got.data, content);
+  EXPECT_EQ(server.requests(), 4);
+  EXPECT_EQ(info->attempts, 4);
+}
+
+TEST(Downloader, RedirectLoopIsRefused) {
+  TestHttpServer server(MakeContent(1000));
+  server.SetFaults({.redirects = {{"/a", "/b"}, {"/b", "/a"}}});
+  Collected got;
+  auto info = Fetch(server.Url("/a"), 0, CollectInto(got, 0), Fast());
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetTooManyRedirects);
+  EXPECT_TRUE(Contains(info.error().message(), "loop")) << info.error().message();
+  EXPECT_EQ(server.requests(), 2);  // not retried
+}
+
+TEST(Downloader, TooManyRedirectsAreRefused) {
+  const std::string content = MakeContent(1000);
+  TestHttpServer server(content);
+  Faults f;
+  for (int i = 0; i < 6; ++i) {
+    f.redirects["/r" + std::to_string(i)] = i == 5 ? "/file" : "/r" + std::to_string(i + 1);
+  }
+  server.SetFaults(f);
+  auto o = Fast();
+  o.max_redirects = 5;
+  Collected got;
+  auto info = Fetch(server.Url("/r0"), 0, CollectInto(got, 0), o);
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetTooManyRedirects);
+  EXPECT_EQ(server.requests(), 6);
+
+  o.max_redirects = 6;
+  Collected got2;
+  auto ok = Fetch(server.Url("/r0"), 0, CollectInto(got2, 0), o);
+  ASSERT_TRUE(ok) << ok.error().ToString();
+  EXPECT_EQ(got2.data, content);
+}
+
+TEST(Downloader, WrongContentRangeIsRefused) {
+  TestHttpServer server(MakeContent(10000));
+  server.SetFaults({.range_start_shift = 1});
+  Collected got;
+  auto info = Fetch(server.Url(), 500, CollectInto(got, 500), Fast());
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetRangeUnsupported);
+  EXPECT_EQ(server.requests(), 1);
+  EXPECT_TRUE(got.data.empty());
+}
+
+TEST(Downloader, OffsetAtTheEndIsCompleteAndPastTheEndIsRefused) {
+  TestHttpServer server(MakeContent(10000));
+  Collected got;
+  auto info = Fetch(server.Url(), 10000, CollectInto(got, 10000), Fast());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(info->bytes, 0U);
+  EXPECT_EQ(info->total_size, 10000U);
+
+  auto past = Fetch(server.Url(), 10001, CollectInto(got, 10001), Fast());
+  ASSERT_FALSE(past);
+  EXPECT_EQ(past.error().code(), Errc::kNetRangeUnsupported);
+}
+
+TEST(Downloader, FileChangedBetweenAttemptsIsRefused) {
+  const std::string content = MakeContent(300000);
+  TestHttpServer server(content);
+  server.SetFaults({.drop_after = 100000, .drop_times = 1});
+  Collected got;
+  const Sink collect = CollectInto(got, 0);
+  bool changed = false;
+  // The file is republished while the first response is in flight.
+  const Sink sink = [&](std::uint64_t offset, std::span<const std::uint8_t> data) {
+    if (!changed) {
+      changed = true;
+      server.SetFaults({.etag = "\"sag-test-2\""});
+    }
+    return collect(offset, data);
+  };
+  auto info = Fetch(server.Url(), 0, sink, Fast());
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetRangeUnsupported);
+  EXPECT_TRUE(Contains(info.error().message(), "changed")) << info.error().message();
+}
+
+TEST(Downloader, SinkErrorStopsTheFetchUnchanged) {
+  TestHttpServer server(MakeContent(500000));
+  std::size_t calls = 0;
+  const Sink sink = [&](std::uint64_t, std::span<const std::uint8_t>) -> Status {
+    if (++calls == 2) return Error(Errc::kNoSpace, "slot full");
+    return Ok();
+  };
+  auto info = Fetch(server.Url(), 0, sink, Fast());
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNoSpace);
+  EXPECT_EQ(info.error().message(), "slot full");
+  EXPECT_EQ(calls, 2U);
+  EXPECT_EQ(server.requests(), 1);
+}
+
+TEST(Downloader, CancelDuringAStalledRead) {
+  TestHttpServer server(MakeContent(200000));
+  server.SetFaults({.stall_after = 50000, .stall_for = milliseconds(8000), .stall_times = 1});
+  std::atomic<bool> cancel{false};
+  auto o = Fast();
+  o.stall_timeout = milliseconds(6000);
+  o.cancel = &cancel;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(milliseconds(300));
+    cancel = true;
+  });
+  Collected got;
+  const auto start = Clock::now();
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), o);
+  canceller.join();
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kCancelled);
+  EXPECT_LT(Clock::now() - start, milliseconds(2000));
+  EXPECT_EQ(got.data.size(), 50000U);
+}
+
+TEST(Downloader, CancelDuringBackoff) {
+  TestHttpServer server(MakeContent(1000));
+  server.SetFaults({.fail_status = 503, .fail_times = -1});
+  std::atomic<bool> cancel{false};
+  auto o = Fast();
+  o.initial_backoff = milliseconds(10000);
+  o.max_backoff = milliseconds(10000);
+  o.cancel = &cancel;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(milliseconds(300));
+    cancel = true;
+  });
+  Collected got;
+  const auto start = Clock::now();
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), o);
+  canceller.join();
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kCancelled);
+  EXPECT_LT(Clock::now() - start, milliseconds(2000));
+  EXPECT_EQ(server.requests(), 1);
+}
+
+TEST(Downloader, BandwidthLimitPacesTheTransfer) {
+  // 300 KB at 200 KB/s is 1.5 s; the band is loose so it cannot flake on a
+  // loaded machine. bench/download_rate.cpp measures the 10 s accuracy.
+  const std::string content = MakeContent(300000);
+  TestHttpServer server(content);
+  auto o = Fast();
+  o.bandwidth_limit = 200000;
+  Collected got;
+  const auto start = Clock::now();
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), o);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(got.data, content);
+  EXPECT_GT(seconds, 1.5 * 0.75);
+  EXPECT_LT(seconds, 1.5 * 1.25);
+}
+
+TEST(Downloader, RefusesBadUrlsAndSchemeCaMismatch) {
+  Collected got;
+  DownloadOptions o = Fast();
+  EXPECT_EQ(Fetch("ftp://127.0.0.1/x", 0, CollectInto(got, 0), o).error().code(),
+            Errc::kInvalidArgument);
+  EXPECT_EQ(Fetch("http://127.0.0.1:99999/x", 0, CollectInto(got, 0), o).error().code(),
+            Errc::kInvalidArgument);
+  EXPECT_EQ(Fetch("http://user@127.0.0.1/x", 0, CollectInto(got, 0), o).error().code(),
+            Errc::kInvalidArgument);
+  // https needs the pinned CA; http is refused once a CA is configured.
+  EXPECT_EQ(Fetch("https://127.0.0.1/x", 0, CollectInto(got, 0), o).error().code(),
+            Errc::kInvalidArgument);
+  o.ca_file = "/nonexistent/ca.pem";
+  EXPECT_EQ(Fetch("http://127.0.0.1/x", 0, CollectInto(got, 0), o).error().code(),
+            Errc::kInvalidArgument);
+  const auto missing_ca = Fetch("https://127.0.0.1/x", 0, CollectInto(got, 0), o);
+  EXPECT_EQ(missing_ca.error().code(), Errc::kNetTls);
+  EXPECT_TRUE(Contains(missing_ca.error().message(), "/nonexistent/ca.pem"));
+}
+
+TEST(Downloader, ConnectionRefusedIsRetriedThenReported) {
+  std::uint16_t port = 0;
+  {
+    const TestHttpServer gone("");
+    port = gone.port();
+  }
+  auto o = Fast();
+  o.max_retries = 1;
+  Collected got;
+  auto info =
+      Fetch("http://127.0.0.1:" + std::to_string(port) + "/file", 0, CollectInto(got, 0), o);
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetConnect) << info.error().ToString();
+  EXPECT_TRUE(Contains(info.error().message(), "2 consecutive")) << info.error().message();
+}
+
+// --- TLS: trust, host names, client certificates ---------------------------
+
+class DownloaderTls : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto pki = test::MakeTestPki(dir_.path());
+    ASSERT_TRUE(pki) << pki.error().ToString();
+    pki_ = *pki;
+  }
+  [[nodiscard]] DownloadOptions Options() const {
+    DownloadOptions o = Fast();
+    o.ca_file = pki_.ca_cert;
+    return o;
+  }
+
+  test::TempDir dir_;
+  test::TestPki pki_;
+};
+
+TEST_F(DownloaderTls, DownloadsFromTrustedServerAndResumesAfterDrops) {
+  const std::string content = MakeContent(1U << 20U);
+  TestHttpServer server(content, test::ServerTls{pki_.server_cert, pki_.server_key, {}});
+  server.SetFaults({.drop_after = 400000, .drop_times = 2});
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), Options());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(Hex(got.data), Hex(content));
+  EXPECT_TRUE(got.in_order);
+  EXPECT_EQ(server.ranges(), (std::vector<std::string>{"", "bytes=400000-", "bytes=800000-"}));
+  EXPECT_EQ(server.last_sni(), "");  // no SNI for an IP address
+}
+
+TEST_F(DownloaderTls, HostNameIsVerifiedAndSentAsSni) {
+  const std::string content = MakeContent(10000);
+  TestHttpServer server(content, test::ServerTls{pki_.server_cert, pki_.server_key, {}});
+  Collected got;
+  auto info = Fetch(server.Url("/file", "localhost"), 0, CollectInto(got, 0), Options());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(got.data, content);
+  EXPECT_EQ(server.last_sni(), "localhost");
+}
+
+TEST_F(DownloaderTls, UntrustedServerIsRefusedWithoutRetry) {
+  // A server whose chain ends at an unrelated CA (as a system store might
+  // trust); only the pinned CA counts.
+  TestHttpServer server(MakeContent(1000),
+                        test::ServerTls{pki_.rogue_server_cert, pki_.rogue_server_key, {}});
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), Options());
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetTls);
+  EXPECT_TRUE(Contains(info.error().message(), "not trusted")) << info.error().message();
+  EXPECT_EQ(server.connections(), 1);
+  EXPECT_EQ(server.requests(), 0);
+}
+
+TEST_F(DownloaderTls, CertificateForAnotherHostIsRefused) {
+  TestHttpServer server(MakeContent(1000),
+                        test::ServerTls{pki_.wrong_host_cert, pki_.wrong_host_key, {}});
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), Options());
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetTls);
+  EXPECT_TRUE(Contains(info.error().message(), "not valid for '127.0.0.1'"))
+      << info.error().message();
+  EXPECT_EQ(server.connections(), 1);
+  EXPECT_EQ(server.requests(), 0);
+}
+
+TEST_F(DownloaderTls, MutualTls) {
+  const std::string content = MakeContent(10000);
+  TestHttpServer server(content,
+                        test::ServerTls{pki_.server_cert, pki_.server_key, pki_.ca_cert});
+  auto o = Options();
+  Collected without;
+  auto refused = Fetch(server.Url(), 0, CollectInto(without, 0), o);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code(), Errc::kNetTls) << refused.error().ToString();
+  EXPECT_TRUE(Contains(refused.error().message(), "rejected the device's certificate"))
+      << refused.error().message();
+  EXPECT_EQ(server.connections(), 1);  // not retried
+  EXPECT_EQ(server.requests(), 0);
+
+  o.client_cert = pki_.client_cert;
+  o.client_key = pki_.client_key;
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), o);
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(got.data, content);
+}
+
+TEST_F(DownloaderTls, StallOverTlsTimesOutAndResumes) {
+  const std::string content = MakeContent(300000);
+  TestHttpServer server(content, test::ServerTls{pki_.server_cert, pki_.server_key, {}});
+  server.SetFaults({.stall_after = 70000, .stall_for = milliseconds(5000), .stall_times = 1});
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), Options());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(Hex(got.data), Hex(content));
+  EXPECT_EQ(server.ranges(), (std::vector<std::string>{"", "bytes=70000-"}));
+}
+
+}  // namespace
+}  // namespace sag::net
