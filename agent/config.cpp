@@ -229,7 +229,8 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
 
   SAG_TRY_STATUS(Optional(
       root, r, "boot",
-      {"backend", "uboot_config", "grubenv", "cmdline", "cmdline_key", "trial_attempts", "slots"},
+      {"backend", "uboot_config", "grubenv", "cmdline", "cmdline_key", "os_release", "trial_attempts",
+       "slots"},
       [&](const YAML::Node& n) -> Status {
         std::string backend = "uboot";
         SAG_TRY_STATUS(r.String(n, "boot", "backend", backend));
@@ -245,6 +246,7 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
         SAG_TRY_STATUS(r.Path(n, "boot", "grubenv", c.boot.grubenv));
         SAG_TRY_STATUS(r.Path(n, "boot", "cmdline", c.boot.cmdline));
         SAG_TRY_STATUS(r.String(n, "boot", "cmdline_key", c.boot.cmdline_key));
+        SAG_TRY_STATUS(r.Path(n, "boot", "os_release", c.boot.os_release));
         SAG_TRY_STATUS(r.Integer(n, "boot", "trial_attempts", c.boot.trial_attempts, 1, 9));
         const auto slots = n["slots"];
         if (!slots) return r.Missing(n, "boot.slots", "slots A and B, each with a device");

@@ -57,6 +57,9 @@ struct BootConfig {
   std::filesystem::path grubenv{"/boot/grub/grubenv"};
   std::filesystem::path cmdline{"/proc/cmdline"};
   std::string cmdline_key{"sag.slot"};
+  // VERSION_ID of the running OS, used until the agent has installed a
+  // version itself (then its slot record in state_dir says).
+  std::filesystem::path os_release{"/etc/os-release"};
   int trial_attempts = 3;                   // BOOT_x_LEFT given to a slot on trial
   std::map<std::string, SlotConfig> slots;  // exactly "A" and "B"
 };

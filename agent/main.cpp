@@ -1,13 +1,13 @@
 // sag-agent: the upgrade daemon of a Smart Access Gateway appliance, and its
 // local subcommands. This file is the composition root: the only place that
 // picks real backends.
-#include <signal.h>
-
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "agent/agent.h"
 #include "agent/config.h"
 #include "common/log.h"
 
@@ -18,8 +18,18 @@ constexpr const char* kUsage = R"(usage: sag-agent COMMAND [OPTIONS]
 The upgrade agent of a Smart Access Gateway appliance.
 
 commands:
-  run [--config FILE]        run the daemon (default config /etc/sag-agent/agent.yaml)
+  run                        run the daemon
+  install FILE|URL           install a signed image (Device OS or DPI database)
+      [--allow-downgrade]    accept a version not newer than the running one
+      [--no-reboot]          set the trial boot but leave the reboot to the operator
+      [--id ID] [--json]     job id (default generated); print the outcome as JSON
+  status [--json]            what runs, what boots next, the last job
+  mark-good                  commit the booted slot (ends a trial boot as healthy)
+  rollback                   boot the other slot next and reboot
   check-config [FILE]        validate a configuration file and exit
+
+options of every command:
+  --config FILE              default /etc/sag-agent/agent.yaml
   --help, -h                 show this help
   --version                  print the version
 
@@ -48,22 +58,15 @@ int CheckConfig(const std::string& path) {
   return 0;
 }
 
-int Run(const std::string& path) {
+// Loads the configuration and sets up logging for a command.
+std::optional<sag::agent::Config> Load(const std::string& path) {
   auto config = sag::agent::LoadConfig(path);
-  if (!config) return ConfigError(config.error());
+  if (!config) {
+    ConfigError(config.error());
+    return std::nullopt;
+  }
   sag::SetupLogging(config->log_level);
-  spdlog::info("sag-agent {} starting", SAG_VERSION);
-  for (const auto& line : sag::agent::DescribeConfig(*config)) spdlog::info("{}", line);
-
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  int sig = 0;
-  sigwait(&set, &sig);
-  spdlog::info("received {}, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-  return 0;
+  return std::move(*config);
 }
 
 }  // namespace
@@ -81,26 +84,61 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::string config_path = sag::agent::kDefaultConfigPath;
-  auto option_config = [&](std::size_t from) -> bool {
-    for (std::size_t i = from; i < args.size(); ++i) {
-      if (args[i] == "--config" && i + 1 < args.size()) {
-        config_path = args[++i];
-      } else if (args[i].starts_with("--config=")) {
-        config_path = args[i].substr(9);
-      } else {
-        return false;
-      }
+  std::vector<std::string> rest;
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--config" && i + 1 < args.size()) {
+      config_path = args[++i];
+    } else if (args[i].starts_with("--config=")) {
+      config_path = args[i].substr(9);
+    } else {
+      rest.push_back(args[i]);
     }
-    return true;
-  };
+  }
   if (cmd == "check-config") {
-    if (args.size() == 2 && !args[1].starts_with("--")) return CheckConfig(args[1]);
-    if (!option_config(1)) return Usage("check-config takes one FILE or --config FILE");
+    if (rest.size() == 1 && !rest[0].starts_with("--")) return CheckConfig(rest[0]);
+    if (!rest.empty()) return Usage("check-config takes one FILE or --config FILE");
     return CheckConfig(config_path);
   }
-  if (cmd == "run") {
-    if (!option_config(1)) return Usage("run takes only --config FILE");
-    return Run(config_path);
+  if (cmd == "run" || cmd == "mark-good" || cmd == "rollback") {
+    if (!rest.empty()) return Usage(cmd + " takes only --config FILE");
+    auto config = Load(config_path);
+    if (!config) return 2;
+    if (cmd == "run") return sag::agent::CmdRun(*config);
+    if (cmd == "mark-good") return sag::agent::CmdMarkGood(*config);
+    return sag::agent::CmdRollback(*config);
+  }
+  if (cmd == "status") {
+    bool json = false;
+    for (const auto& a : rest) {
+      if (a != "--json") return Usage("status takes only --json and --config FILE");
+      json = true;
+    }
+    auto config = sag::agent::LoadConfig(config_path);
+    if (!config) return ConfigError(config.error());
+    return sag::agent::CmdStatus(*config, json);
+  }
+  if (cmd == "install") {
+    sag::agent::InstallArgs ia;
+    for (std::size_t i = 0; i < rest.size(); ++i) {
+      const auto& a = rest[i];
+      if (a == "--allow-downgrade") {
+        ia.allow_downgrade = true;
+      } else if (a == "--no-reboot") {
+        ia.reboot = false;
+      } else if (a == "--json") {
+        ia.json = true;
+      } else if (a == "--id" && i + 1 < rest.size()) {
+        ia.id = rest[++i];
+      } else if (!a.starts_with("--") && ia.source.empty()) {
+        ia.source = a;
+      } else {
+        return Usage("install: unexpected argument '" + a + "'");
+      }
+    }
+    if (ia.source.empty()) return Usage("install needs an image FILE or URL");
+    auto config = Load(config_path);
+    if (!config) return 2;
+    return sag::agent::CmdInstall(*config, ia);
   }
   return Usage("unknown command '" + cmd + "'");
 }

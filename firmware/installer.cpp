@@ -659,9 +659,16 @@ Status DeviceInstaller::Rollback() {
                                          std::string(JobStateName(record.state)) +
                                          "; a manual rollback is possible only after it finished");
   }
+  // Only to a slot that holds a committed image: an empty or half-written
+  // slot would just fall back again.
   const Slot other = platform::OtherSlot(booted);
-  SAG_TRY(const auto state, platform_.boot->ReadState());
-  (void)state;
+  const std::string other_name(platform::SlotName(other));
+  auto slots = ReadFile(options_.state_dir / "slots.json", 1U << 20U);
+  const auto recorded = slots ? nlohmann::json::parse(*slots, nullptr, false) : nlohmann::json();
+  if (!recorded.is_object() || !recorded.contains(other_name)) {
+    return Error(Errc::kInvalidArgument, "slot " + other_name +
+                                             " holds no committed image; nothing to roll back to");
+  }
   SAG_TRY_STATUS(platform_.boot->MarkGood(other, options_.trial_attempts));
   return platform_.rebooter->Reboot();
 }

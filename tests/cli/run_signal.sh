@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# sag-agent run starts, logs its configuration summary and stops cleanly
-# (exit 0) on SIGTERM and on SIGINT.
+# sag-agent run on a simulated appliance starts, logs its configuration
+# summary, writes status.json and stops cleanly (exit 0) on SIGTERM and SIGINT.
 set -uo pipefail
-agent="$1"; src="$2"
+agent="$1"; sim="$2"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+"$sim" init "$tmp/dev" --slot-size 1048576 >/dev/null || exit 1
 fail=0
 for sig in TERM INT; do
-  "$agent" run --config "$src/agent/examples/agent.yaml" 2>"$tmp/log" &
-  pid=$!
-  for _ in $(seq 100); do grep -q 'download:' "$tmp/log" && break; sleep 0.05; done
-  kill -s "$sig" "$pid"; wait "$pid"; rc=$?
-  if [[ $rc -ne 0 ]] || ! grep -q "received SIG$sig, stopping" "$tmp/log" || ! grep -q 'identity: sag-' "$tmp/log"; then
+  "$sim" boot "$tmp/dev" --agent "$agent" --max-boots 1 >"$tmp/log" 2>&1 &
+  simpid=$!
+  pid=
+  for _ in $(seq 200); do
+    pid=$(cat "$tmp/dev/run/agent.pid" 2>/dev/null) && [[ -n "$pid" ]] && grep -q '"state": "idle"' "$tmp/dev/run/status.json" 2>/dev/null && break
+    sleep 0.05
+  done
+  kill -s "$sig" "$pid" 2>/dev/null
+  wait "$simpid"; rc=$?
+  if [[ $rc -ne 0 ]] || ! grep -q "received SIG$sig, stopping" "$tmp/log" || ! grep -q 'identity: sag-' "$tmp/log" \
+     || ! "$agent" status --config "$tmp/dev/agent.yaml" | grep -q 'stopped'; then
     echo "FAIL SIG$sig rc=$rc"; cat "$tmp/log"; fail=1
   else
     echo "ok SIG$sig"

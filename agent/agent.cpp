@@ -1,0 +1,394 @@
+#include "agent/agent.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "agent/sd_notify.h"
+#include "agent/status.h"
+#include "common/atomic_file.h"
+#include "common/log.h"
+#include "common/stream_source.h"
+#include "firmware/installer.h"
+#include "platform/env_boot_control.h"
+#include "platform/file_slot_device.h"
+#include "platform/linux_rebooter.h"
+#include "platform/linux_system_info.h"
+
+namespace sag::agent {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// The real objects, built once from the configuration.
+struct Runtime {
+  std::unique_ptr<platform::BootControl> boot;
+  std::unique_ptr<platform::SlotDevice> slot_a;
+  std::unique_ptr<platform::SlotDevice> slot_b;
+  std::unique_ptr<platform::Rebooter> rebooter;
+  std::unique_ptr<platform::SystemInfo> system;
+  std::unique_ptr<firmware::DeviceInstaller> device;
+  std::unique_ptr<StatusFile> status;
+  std::mutex status_mu;
+  int last_percent = -1;
+  std::string last_state;
+};
+
+std::string Getenv(const char* name) {
+  const char* v = std::getenv(name);  // NOLINT(concurrency-mt-unsafe)
+  return v == nullptr ? std::string() : std::string(v);
+}
+
+json JobJson(const firmware::JobRecord& r, int percent) {
+  json j = {{"id", r.id},     {"type", "Device"},     {"version", r.version},
+            {"state", firmware::JobStateName(r.state)}, {"percent", percent},
+            {"from_version", r.from_version}, {"target_slot", r.target_slot}};
+  if (r.error) {
+    j["error"] = {{"code", r.error->number()}, {"name", ErrcName(r.error->code())},
+                  {"message", r.error->message()}};
+  } else {
+    j["error"] = nullptr;
+  }
+  return j;
+}
+
+void OnProgress(Runtime& rt, const firmware::JobRecord& r, const firmware::Progress& p) {
+  const int percent = p.total == 0 ? (firmware::IsTerminal(r.state) ? 100 : 0)
+                                   : static_cast<int>(100 * p.done / p.total);
+  const std::string state(firmware::JobStateName(r.state));
+  const std::lock_guard lock(rt.status_mu);
+  if (percent == rt.last_percent && state == rt.last_state) return;
+  const bool log_it = state != rt.last_state || percent % 10 == 0;
+  rt.last_percent = percent;
+  rt.last_state = state;
+  if (log_it && p.total != 0) {
+    spdlog::info("job {}: {} {}% ({}/{})", r.id, state, percent, p.done, p.total);
+  }
+  if (rt.status) (void)rt.status->Update({{"job", JobJson(r, percent)}});
+}
+
+Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
+  auto rt = std::make_unique<Runtime>();
+  platform::BootOptions bo;
+  bo.backend = c.boot.backend == BootBackend::kGrub ? platform::BootOptions::Backend::kGrub
+                                                    : platform::BootOptions::Backend::kUBoot;
+  bo.uboot_config = c.boot.uboot_config;
+  bo.grubenv = c.boot.grubenv;
+  bo.cmdline = c.boot.cmdline;
+  bo.cmdline_key = c.boot.cmdline_key;
+  SAG_TRY(rt->boot, platform::MakeBootControl(bo));
+  SAG_TRY(rt->slot_a, platform::OpenSlotDevice("A", c.boot.slots.at("A").device));
+  SAG_TRY(rt->slot_b, platform::OpenSlotDevice("B", c.boot.slots.at("B").device));
+  // The simulator plays the power supply: it asks for a flag file instead of
+  // a real reboot, and gives each simulated boot its own boot id.
+  if (const auto flag = Getenv(platform::FlagFileRebooter::kRebootFlagEnv); !flag.empty()) {
+    rt->rebooter = std::make_unique<platform::FlagFileRebooter>(flag);
+  } else {
+    rt->rebooter = std::make_unique<platform::SystemdRebooter>();
+  }
+  platform::SystemInfoOptions si;
+  si.serial_number = c.identity.serial_number;
+  si.model = c.identity.model;
+  if (const auto boot_id = Getenv(platform::LinuxSystemInfo::kBootIdEnv); !boot_id.empty()) {
+    si.boot_id_file = boot_id;
+  }
+  rt->system = std::make_unique<platform::LinuxSystemInfo>(si);
+
+  std::error_code ec;
+  fs::create_directories(c.paths.state_dir, ec);
+  if (ec) return Error(Errc::kIo, "create " + c.paths.state_dir.string() + ": " + ec.message());
+  fs::create_directories(c.paths.runtime_dir, ec);
+  if (ec) return Error(Errc::kIo, "create " + c.paths.runtime_dir.string() + ": " + ec.message());
+
+  firmware::InstallerOptions io;
+  io.state_dir = c.paths.state_dir;
+  io.model = c.identity.model;
+  io.trust.root_ca = c.pki.root_ca;
+  io.download.ca_file = c.pki.root_ca;
+  io.download.client_cert = c.pki.device_cert;
+  io.download.client_key = c.pki.device_key;
+  io.download.bandwidth_limit = c.download.bandwidth_limit;
+  io.download.stall_timeout = c.download.stall_timeout;
+  io.download.max_retries = c.download.max_retries;
+  io.trial_attempts = c.boot.trial_attempts;
+  for (const auto& hc : c.health.checks) {
+    io.health_checks.push_back({hc.name, hc.command, hc.timeout});
+  }
+  if (!c.boot.os_release.empty()) io.os_release = c.boot.os_release;
+  firmware::Platform p{rt->boot.get(),
+                       {{platform::Slot::kA, rt->slot_a.get()}, {platform::Slot::kB, rt->slot_b.get()}},
+                       rt->rebooter.get(),
+                       rt->system.get()};
+  Runtime* raw = rt.get();
+  rt->device = std::make_unique<firmware::DeviceInstaller>(
+      std::move(io), p,
+      [raw](const firmware::JobRecord& r, const firmware::Progress& pr) { OnProgress(*raw, r, pr); });
+  return rt;
+}
+
+// What status.json says about the appliance, refreshed at start and after jobs.
+void RefreshStatus(Runtime& rt, const Config& c, const std::string& state) {
+  json s = {{"agent_version", SAG_VERSION},
+            {"smartag_id", c.identity.smartag_id},
+            {"serial_number", c.identity.serial_number},
+            {"model", c.identity.model},
+            {"state", state},
+            {"pid", ::getpid()}};
+  if (auto v = rt.device->CurrentVersion()) {
+    s["device_version"] = *v;
+  } else {
+    s["device_version"] = nullptr;
+  }
+  if (auto b = rt.boot->BootedSlot()) s["booted_slot"] = std::string(platform::SlotName(*b));
+  if (auto st = rt.boot->ReadState()) {
+    std::string order;
+    for (auto slot : st->order) order += (order.empty() ? "" : " ") + std::string(platform::SlotName(slot));
+    s["boot"] = {{"order", order}, {"a_left", st->a_left}, {"b_left", st->b_left}};
+  }
+  if (auto last = rt.device->LastJob(); last && *last) {
+    const int pct = firmware::IsTerminal((*last)->state) ? 100 : rt.last_percent;
+    s["job"] = JobJson(**last, std::max(pct, 0));
+  }
+  const std::lock_guard lock(rt.status_mu);
+  if (auto st = rt.status->Update(s); !st) spdlog::warn("status: {}", st.error().ToString());
+}
+
+std::string NewJobId() {
+  std::random_device rd;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "local-%08x", rd());
+  return buf;
+}
+
+fs::path InboxDir(const Config& c) { return c.paths.state_dir / "inbox"; }
+fs::path PidFile(const Config& c) { return c.paths.runtime_dir / "agent.pid"; }
+
+// The pid of a running daemon for this configuration, if any.
+std::optional<pid_t> RunningDaemon(const Config& c) {
+  auto text = ReadFile(PidFile(c), 64);
+  if (!text) return std::nullopt;
+  const pid_t pid = std::atoi(text->c_str());
+  if (pid <= 0 || pid == ::getpid() || ::kill(pid, 0) != 0) return std::nullopt;
+  return pid;
+}
+
+int PrintJobOutcome(const firmware::JobRecord& r, bool as_json) {
+  if (as_json) {
+    std::cout << r.ToJson().dump(2) << "\n";
+  } else if (r.error) {
+    std::cout << "job " << r.id << " " << firmware::JobStateName(r.state) << ": "
+              << r.error->ToString() << "\n";
+  } else {
+    std::cout << "job " << r.id << " " << firmware::JobStateName(r.state) << " (version "
+              << r.version << " in slot " << r.target_slot << ")\n";
+  }
+  return r.state == firmware::JobState::kFailed ? 1 : 0;
+}
+
+sigset_t StopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
+}
+
+}  // namespace
+
+int CmdRun(const Config& c) {
+  // Block the stop signals in every thread; the main thread collects them.
+  const sigset_t stop = StopSignals();
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  spdlog::info("sag-agent {} starting", SAG_VERSION);
+  for (const auto& line : DescribeConfig(c)) spdlog::info("{}", line);
+  auto built = BuildRuntime(c);
+  if (!built) {
+    spdlog::critical("cannot start: {}", built.error().ToString());
+    return 1;
+  }
+  Runtime& rt = **built;
+  rt.status = std::make_unique<StatusFile>(c.paths.runtime_dir / "status.json");
+  if (auto st = WriteFileAtomic(PidFile(c), std::to_string(::getpid()) + "\n"); !st) {
+    spdlog::warn("{}", st.error().ToString());
+  }
+  std::error_code ec;
+  fs::create_directories(InboxDir(c), ec);
+  RefreshStatus(rt, c, "starting");
+  SdNotify("READY=1\nSTATUS=checking jobs");
+
+  std::atomic<bool> busy{false};
+  std::thread worker;
+  auto run_in_worker = [&](std::function<void()> fn) {
+    busy = true;
+    worker = std::thread([&, fn = std::move(fn)] {
+      fn();
+      RefreshStatus(rt, c, "idle");
+      busy = false;
+    });
+  };
+  // First: whatever the journal holds (a trial boot to check, a download to
+  // finish).
+  run_in_worker([&] {
+    auto resumed = rt.device->Resume();
+    if (!resumed) spdlog::error("resuming the job: {}", resumed.error().ToString());
+  });
+
+  int exit_code = 0;
+  for (;;) {
+    timespec tick{0, 250'000'000};
+    const int sig = sigtimedwait(&stop, nullptr, &tick);
+    if (sig == SIGTERM || sig == SIGINT) {
+      spdlog::info("received {}, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      SdNotify("STOPPING=1");
+      rt.device->Cancel();
+      break;
+    }
+    SdNotify("WATCHDOG=1");
+    if (busy) continue;
+    if (worker.joinable()) worker.join();
+    // Local jobs (sag-agent install while the daemon runs) arrive as files.
+    for (const auto& entry : fs::directory_iterator(InboxDir(c), ec)) {
+      if (entry.path().extension() != ".json") continue;
+      auto text = ReadFile(entry.path(), 64U << 10U);
+      fs::remove(entry.path(), ec);
+      if (!text) continue;
+      auto req = json::parse(*text, nullptr, false);
+      if (!req.is_object() || !req.contains("id") || !req.contains("source")) {
+        spdlog::error("ignoring malformed job request {}", entry.path().string());
+        continue;
+      }
+      firmware::JobSpec spec{req["id"].get<std::string>(), req["source"].get<std::string>(),
+                             req.value("allow_downgrade", false), req.value("reboot", true)};
+      spdlog::info("job {}: request for {}", spec.id, spec.source);
+      run_in_worker([&rt, spec] {
+        auto r = rt.device->Start(spec);
+        if (!r) spdlog::error("job {}: {}", spec.id, r.error().ToString());
+      });
+      break;
+    }
+  }
+  if (worker.joinable()) worker.join();
+  RefreshStatus(rt, c, "stopped");
+  fs::remove(PidFile(c), ec);
+  return exit_code;
+}
+
+int CmdInstall(const Config& c, const InstallArgs& args) {
+  const std::string id = args.id.empty() ? NewJobId() : args.id;
+  std::string source = args.source;
+  if (!IsUrl(source)) {
+    std::error_code ec;
+    source = fs::absolute(source, ec).string();
+  }
+  if (auto pid = RunningDaemon(c)) {
+    // One writer: the running daemon takes the job; we follow its progress.
+    json req = {{"id", id}, {"source", source}, {"allow_downgrade", args.allow_downgrade},
+                {"reboot", args.reboot}};
+    std::error_code ec;
+    fs::create_directories(InboxDir(c), ec);
+    if (auto st = WriteFileAtomic(InboxDir(c) / (id + ".json"), req.dump()); !st) {
+      std::cerr << "sag-agent: " << st.error().ToString() << "\n";
+      return 1;
+    }
+    std::cout << "job " << id << " handed to the running agent (pid " << *pid << ")\n";
+    const StatusFile status(c.paths.runtime_dir / "status.json");
+    std::string last;
+    for (int i = 0; i < 20 * 60 * 30; ++i) {  // 30 minutes at most
+      ::usleep(50'000);
+      auto s = status.Read();
+      if (!s || !s->contains("job") || !(*s)["job"].is_object()) continue;
+      const auto& j = (*s)["job"];
+      if (j.value("id", "") != id) continue;
+      const std::string state = j.value("state", "");
+      const std::string line = state + " " + std::to_string(j.value("percent", 0)) + "%";
+      if (line != last) {
+        std::cout << "  " << line << "\n" << std::flush;
+        last = line;
+      }
+      if (state == "Rebooting" || state == "Committed" || state == "RolledBack" || state == "Failed") {
+        if (j.contains("error") && j["error"].is_object()) {
+          std::cout << "job " << id << " " << state << ": E" << j["error"].value("code", 0) << " "
+                    << j["error"].value("name", "") << ": " << j["error"].value("message", "") << "\n";
+        }
+        return state == "Failed" ? 1 : 0;
+      }
+      if (!RunningDaemon(c)) {
+        std::cout << "the agent stopped while job " << id << " was " << state << "\n";
+        return state == "Failed" ? 1 : 0;
+      }
+    }
+    std::cerr << "sag-agent: job " << id << " did not finish within 30 minutes\n";
+    return 1;
+  }
+  auto built = BuildRuntime(c);
+  if (!built) {
+    std::cerr << "sag-agent: " << built.error().ToString() << "\n";
+    return 1;
+  }
+  Runtime& rt = **built;
+  rt.status = std::make_unique<StatusFile>(c.paths.runtime_dir / "status.json");
+  firmware::JobSpec spec{id, source, args.allow_downgrade, args.reboot};
+  auto r = rt.device->Start(spec);
+  if (!r) {
+    std::cerr << "sag-agent: " << r.error().ToString() << "\n";
+    return 1;
+  }
+  RefreshStatus(rt, c, "idle");
+  return PrintJobOutcome(*r, args.json);
+}
+
+int CmdStatus(const Config& c, bool as_json) {
+  const StatusFile status(c.paths.runtime_dir / "status.json");
+  auto s = status.Read();
+  if (!s) {
+    std::cerr << "sag-agent: no status yet (" << s.error().message()
+              << "); is the agent running?\n";
+    return 1;
+  }
+  if (as_json) {
+    std::cout << s->dump(2) << "\n";
+  } else {
+    std::cout << FormatStatus(*s);
+  }
+  return 0;
+}
+
+int CmdMarkGood(const Config& c) {
+  auto built = BuildRuntime(c);
+  if (!built) {
+    std::cerr << "sag-agent: " << built.error().ToString() << "\n";
+    return 1;
+  }
+  if (auto st = (*built)->device->MarkGood(); !st) {
+    std::cerr << "sag-agent: " << st.error().ToString() << "\n";
+    return 1;
+  }
+  std::cout << "booted slot marked good\n";
+  return 0;
+}
+
+int CmdRollback(const Config& c) {
+  auto built = BuildRuntime(c);
+  if (!built) {
+    std::cerr << "sag-agent: " << built.error().ToString() << "\n";
+    return 1;
+  }
+  if (auto st = (*built)->device->Rollback(); !st) {
+    std::cerr << "sag-agent: " << st.error().ToString() << "\n";
+    return 1;
+  }
+  std::cout << "the other slot boots next; reboot requested\n";
+  return 0;
+}
+
+}  // namespace sag::agent

@@ -1,0 +1,26 @@
+// The agent's composition root and its commands. Only this file picks real
+// backends (or the simulator's, when sag-sim set the environment for it).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "agent/config.h"
+
+namespace sag::agent {
+
+struct InstallArgs {
+  std::string source;  // file path or http(s) URL
+  std::string id;      // empty = generated
+  bool allow_downgrade = false;
+  bool reboot = true;
+  bool json = false;
+};
+
+int CmdRun(const Config& config);
+int CmdInstall(const Config& config, const InstallArgs& args);
+int CmdStatus(const Config& config, bool json);
+int CmdMarkGood(const Config& config);
+int CmdRollback(const Config& config);
+
+}  // namespace sag::agent

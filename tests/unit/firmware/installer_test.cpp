@@ -1,0 +1,337 @@
+// DeviceInstaller against the platform fakes: a FakeBootControl that runs the
+// bootloader's algorithm on Boot(), file-backed slots, and signed images made
+// with the development PKI.
+#include "firmware/installer.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <random>
+
+#include "common/atomic_file.h"
+#include "common/image/image_writer.h"
+#include "common/image/pki.h"
+#include "platform/fake_boot_control.h"
+#include "platform/file_slot_device.h"
+#include "tests/support/temp_dir.h"
+
+namespace sag::firmware {
+namespace {
+
+namespace fs = std::filesystem;
+using platform::Slot;
+
+constexpr std::uint64_t kSlotSize = 4U << 20U;
+constexpr std::uint64_t kChunk = 64U << 10U;
+
+class FakeSystem final : public platform::SystemInfo {
+ public:
+  Expected<std::string> SerialNumber() override { return std::string("sag-test-1"); }
+  Expected<std::string> HardwareModel() override { return std::string("sag-1000"); }
+  Expected<std::string> BootId() override { return "boot-" + std::to_string(boot); }
+  Expected<std::uint64_t> FreeSpace(const fs::path& /*dir*/) override { return free; }
+  int boot = 1;
+  std::uint64_t free = 1U << 30U;
+};
+
+class FakeRebooter final : public platform::Rebooter {
+ public:
+  Status Reboot() override {
+    ++requests;
+    return Ok();
+  }
+  int requests = 0;
+};
+
+std::string RandomBytes(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// One PKI and a few images for the whole suite (signing is the slow part).
+class Images {
+ public:
+  Images() {
+    EXPECT_TRUE(image::pki::InitDevPki(dir_.path()));
+    payload_101_ = RandomBytes(700'000, 101);
+    payload_102_ = RandomBytes(300'000, 102);
+    Make("1.0.1", payload_101_, image::ImageType::kDevice, {"sag-1000", "sag-100wm"}, "v101");
+    Make("1.0.2", payload_102_, image::ImageType::kDevice, {"sag-1000"}, "v102");
+    Make("0.9.0", payload_102_, image::ImageType::kDevice, {"sag-1000"}, "v090");
+    Make("1.0.3", payload_102_, image::ImageType::kDevice, {"sag-100wm"}, "wrong-model");
+    Make("20201117_1_0-0.0.1", payload_102_, image::ImageType::kDpi, {"sag-1000"}, "dpi");
+    Make("1.1.0", RandomBytes(kSlotSize + 1, 7), image::ImageType::kDevice, {"sag-1000"}, "huge");
+  }
+  void Make(const std::string& version, const std::string& payload, image::ImageType type,
+            std::vector<std::string> models, const std::string& name) {
+    const auto p = dir_ / (name + ".bin");
+    std::ofstream(p, std::ios::binary) << payload;
+    image::CreateParams cp;
+    cp.type = type;
+    cp.version = version;
+    cp.compatible = std::move(models);
+    cp.payload = p;
+    cp.key = dir_ / "signer.key";
+    cp.cert = dir_ / "signer.pem";
+    cp.chain = dir_ / "signer-chain.pem";
+    cp.chunk_size = kChunk;
+    cp.output = dir_ / (name + ".sagimg");
+    auto st = image::CreateImage(cp);
+    EXPECT_TRUE(st) << st.error().ToString();
+  }
+  [[nodiscard]] fs::path Image(const std::string& name) const { return dir_ / (name + ".sagimg"); }
+  [[nodiscard]] fs::path Root() const { return dir_ / "root-ca.pem"; }
+  const std::string& payload_101() const { return payload_101_; }
+  const std::string& payload_102() const { return payload_102_; }
+
+ private:
+  test::TempDir dir_;
+  std::string payload_101_;
+  std::string payload_102_;
+};
+
+Images* g_images = nullptr;
+
+class DeviceInstallerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { g_images = new Images(); }
+  static void TearDownTestSuite() {
+    delete g_images;
+    g_images = nullptr;
+  }
+
+  void SetUp() override {
+    for (const char* s : {"slot-a", "slot-b"}) {
+      std::ofstream(dir_ / s, std::ios::binary) << std::string(kSlotSize, '\0');
+    }
+    ASSERT_TRUE(WriteFileAtomic(dir_ / "os-release", "NAME=SAG\nVERSION_ID=\"1.0.0\"\n"));
+    fs::create_directories(dir_ / "state");
+    slot_a_ = std::move(*platform::OpenSlotDevice("A", dir_ / "slot-a"));
+    slot_b_ = std::move(*platform::OpenSlotDevice("B", dir_ / "slot-b"));
+    boot_.Boot();  // power-on: A
+  }
+
+  std::unique_ptr<DeviceInstaller> MakeInstaller(std::vector<HealthCheckSpec> checks = {}) {
+    InstallerOptions o;
+    o.state_dir = dir_ / "state";
+    o.model = "sag-1000";
+    o.trust.root_ca = g_images->Root();
+    o.trial_attempts = 3;
+    o.health_checks = std::move(checks);
+    o.checkpoint_bytes = 2 * kChunk;
+    o.os_release = dir_ / "os-release";
+    Platform p{&boot_, {{Slot::kA, slot_a_.get()}, {Slot::kB, slot_b_.get()}}, &rebooter_, &system_};
+    return std::make_unique<DeviceInstaller>(
+        std::move(o), p, [this](const JobRecord& r, const Progress& pr) {
+          states_seen_.push_back(r.state);
+          if (cancel_after_ > 0 && r.state == JobState::kWriting && pr.done >= cancel_after_ &&
+              installer_ != nullptr) {
+            installer_->Cancel();
+          }
+        });
+  }
+
+  // Power cycle: the bootloader picks a slot; the agent starts in a new boot.
+  std::optional<Slot> Reboot() {
+    ++system_.boot;
+    return boot_.Boot();
+  }
+
+  std::string SlotContent(const char* name, std::size_t n) {
+    std::ifstream in(dir_ / name, std::ios::binary);
+    std::string s(n, '\0');
+    in.read(s.data(), static_cast<std::streamsize>(n));
+    return s;
+  }
+
+  JobSpec Spec(const std::string& id, const std::string& image) {
+    return JobSpec{id, g_images->Image(image).string(), false, true};
+  }
+
+  void ExpectRefused(const std::string& image, Errc code, bool allow_downgrade = false) {
+    auto inst = MakeInstaller();
+    const auto before = boot_.env();
+    auto spec = Spec("refuse-" + image, image);
+    spec.allow_downgrade = allow_downgrade;
+    auto r = inst->Start(spec);
+    ASSERT_TRUE(r) << r.error().ToString();
+    EXPECT_EQ(r->state, JobState::kFailed);
+    ASSERT_TRUE(r->error);
+    EXPECT_EQ(r->error->code(), code) << r->error->ToString();
+    EXPECT_EQ(boot_.env(), before) << "the boot environment changed";
+    EXPECT_EQ(SlotContent("slot-b", kSlotSize), std::string(kSlotSize, '\0')) << "slot B touched";
+    EXPECT_EQ(rebooter_.requests, 0);
+    EXPECT_EQ(*inst->CurrentVersion(), "1.0.0");
+  }
+
+  test::TempDir dir_;
+  platform::FakeBootControl boot_;
+  std::unique_ptr<platform::SlotDevice> slot_a_;
+  std::unique_ptr<platform::SlotDevice> slot_b_;
+  FakeRebooter rebooter_;
+  FakeSystem system_;
+  std::vector<JobState> states_seen_;
+  std::uint64_t cancel_after_ = 0;
+  DeviceInstaller* installer_ = nullptr;
+};
+
+TEST_F(DeviceInstallerTest, InstallsRebootsChecksHealthAndCommits) {
+  auto inst = MakeInstaller({{"ok", {"true"}, std::chrono::seconds(5)}});
+  EXPECT_EQ(*inst->CurrentVersion(), "1.0.0");
+  auto r = inst->Start(Spec("job-1", "v101"));
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kRebooting);
+  EXPECT_EQ(r->target_slot, "B");
+  EXPECT_EQ(rebooter_.requests, 1);
+  auto st = boot_.ReadState();
+  ASSERT_TRUE(st);
+  EXPECT_EQ(st->order.front(), Slot::kB);
+  EXPECT_EQ(st->b_left, 3);
+  EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
+
+  ASSERT_EQ(Reboot(), Slot::kB);
+  auto inst2 = MakeInstaller({{"ok", {"true"}, std::chrono::seconds(5)}});
+  auto resumed = inst2->Resume();
+  ASSERT_TRUE(resumed) << resumed.error().ToString();
+  ASSERT_TRUE(*resumed);
+  EXPECT_EQ((*resumed)->state, JobState::kCommitted);
+  EXPECT_EQ(*inst2->CurrentVersion(), "1.0.1");
+  st = boot_.ReadState();
+  EXPECT_EQ(st->order.front(), Slot::kB);
+  EXPECT_EQ(st->b_left, 3);
+  // Committed means the next power-on boots B again, for good.
+  EXPECT_EQ(Reboot(), Slot::kB);
+  // The same job offered again is answered, not run again.
+  auto again = inst2->Start(Spec("job-1", "v101"));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->state, JobState::kCommitted);
+  EXPECT_EQ(rebooter_.requests, 1);
+}
+
+TEST_F(DeviceInstallerTest, FailedHealthCheckRollsBack) {
+  auto checks = std::vector<HealthCheckSpec>{{"dataplane", {"sh", "-c", "echo link down; exit 3"},
+                                              std::chrono::seconds(5)}};
+  auto inst = MakeInstaller(checks);
+  ASSERT_EQ(inst->Start(Spec("job-h", "v101"))->state, JobState::kRebooting);
+  ASSERT_EQ(Reboot(), Slot::kB);
+  auto r = MakeInstaller(checks)->Resume();
+  ASSERT_TRUE(r && *r) << (r ? "" : r.error().ToString());
+  EXPECT_EQ((*r)->state, JobState::kRollingBack);
+  EXPECT_EQ(rebooter_.requests, 2);
+  EXPECT_EQ(boot_.ReadState()->b_left, 0);
+  ASSERT_EQ(Reboot(), Slot::kA);
+  auto inst3 = MakeInstaller(checks);
+  r = inst3->Resume();
+  ASSERT_TRUE(r && *r);
+  EXPECT_EQ((*r)->state, JobState::kRolledBack);
+  ASSERT_TRUE((*r)->error);
+  EXPECT_EQ((*r)->error->code(), Errc::kHealthCheckFailed);
+  EXPECT_NE((*r)->error->message().find("link down"), std::string::npos);
+  EXPECT_EQ(*inst3->CurrentVersion(), "1.0.0");
+  EXPECT_EQ(Reboot(), Slot::kA);
+}
+
+TEST_F(DeviceInstallerTest, UnbootableSlotFallsBackAndIsReported) {
+  auto inst = MakeInstaller();
+  ASSERT_EQ(inst->Start(Spec("job-u", "v101"))->state, JobState::kRebooting);
+  // The new kernel never comes up: three tries of B, then the bootloader
+  // falls back to A.
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(Reboot(), Slot::kB);
+  ASSERT_EQ(Reboot(), Slot::kA);
+  auto inst2 = MakeInstaller();
+  auto r = inst2->Resume();
+  ASSERT_TRUE(r && *r);
+  EXPECT_EQ((*r)->state, JobState::kRolledBack);
+  EXPECT_EQ((*r)->error->code(), Errc::kRolledBack);
+  EXPECT_NE((*r)->error->message().find("fell back to slot A"), std::string::npos);
+  EXPECT_EQ(*inst2->CurrentVersion(), "1.0.0");
+  EXPECT_EQ(boot_.ReadState()->a_left, 3);
+}
+
+TEST_F(DeviceInstallerTest, RefusesBeforeTouchingTheSlot) {
+  ExpectRefused("wrong-model", Errc::kIncompatibleModel);
+  ExpectRefused("dpi", Errc::kWrongType);
+  ExpectRefused("v090", Errc::kVersionTooOld);
+  ExpectRefused("huge", Errc::kSlotTooSmall);
+}
+
+TEST_F(DeviceInstallerTest, DowngradeOnlyWhenAllowed) {
+  auto inst = MakeInstaller();
+  auto spec = Spec("down", "v090");
+  spec.allow_downgrade = true;
+  auto r = inst->Start(spec);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kRebooting);
+}
+
+TEST_F(DeviceInstallerTest, RefusesFullStateDisk) {
+  system_.free = 1000;
+  ExpectRefused("v101", Errc::kNoSpace);
+}
+
+TEST_F(DeviceInstallerTest, CorruptChunkLeavesSlotUnbootable) {
+  // Flip a byte deep in the payload: the header verifies, the chunk does not.
+  const auto bad = dir_ / "bad.sagimg";
+  fs::copy_file(g_images->Image("v101"), bad);
+  const auto size = fs::file_size(bad);
+  {
+    std::fstream f(bad, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(size - 5000));
+    f.put('\x5a');
+  }
+  auto inst = MakeInstaller();
+  auto r = inst->Start(JobSpec{"bad", bad.string(), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  EXPECT_TRUE(r->error->code() == Errc::kChunkHashMismatch || r->error->code() == Errc::kDecompress)
+      << r->error->ToString();
+  EXPECT_EQ(rebooter_.requests, 0);
+  auto st = boot_.ReadState();
+  EXPECT_EQ(st->order.front(), Slot::kA);
+  EXPECT_EQ(st->b_left, 0);
+  EXPECT_EQ(Reboot(), Slot::kA);
+}
+
+TEST_F(DeviceInstallerTest, TruncatedImageFails) {
+  const auto cut = dir_ / "cut.sagimg";
+  fs::copy_file(g_images->Image("v101"), cut);
+  fs::resize_file(cut, fs::file_size(cut) / 2);
+  auto r = MakeInstaller()->Start(JobSpec{"cut", cut.string(), false, true});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->state, JobState::kFailed);
+  EXPECT_EQ(r->error->code(), Errc::kImageTruncated) << r->error->ToString();
+  EXPECT_EQ(Reboot(), Slot::kA);
+}
+
+TEST_F(DeviceInstallerTest, InterruptedWriteResumesFromCheckpoint) {
+  auto inst = MakeInstaller();
+  installer_ = inst.get();
+  cancel_after_ = 5;  // stop after 5 of 11 chunks, as SIGTERM would
+  auto r = inst->Start(Spec("job-r", "v101"));
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kWriting);
+  EXPECT_GE(r->next_chunk, 2U);
+  EXPECT_LT(r->next_chunk, r->chunks_total);
+  installer_ = nullptr;
+  cancel_after_ = 0;
+  auto inst2 = MakeInstaller();
+  auto busy = inst2->Start(Spec("other", "v102"));
+  ASSERT_FALSE(busy);
+  EXPECT_EQ(busy.error().code(), Errc::kJobConflict);
+  auto resumed = inst2->Resume();
+  ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
+  EXPECT_EQ((*resumed)->state, JobState::kRebooting);
+  EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
+}
+
+TEST_F(DeviceInstallerTest, MissingSourceIsRefused) {
+  auto r = MakeInstaller()->Start(JobSpec{"nofile", (dir_ / "nope.sagimg").string(), false, true});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->state, JobState::kFailed);
+  EXPECT_NE(r->error->message().find("nope.sagimg"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sag::firmware
