@@ -121,6 +121,7 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   io.download.stall_timeout = c.download.stall_timeout;
   io.download.max_retries = c.download.max_retries;
   io.trial_attempts = c.boot.trial_attempts;
+  io.checkpoint_bytes = c.download.checkpoint_bytes;
   for (const auto& hc : c.health.checks) {
     io.health_checks.push_back({hc.name, hc.command, hc.timeout});
   }
@@ -205,7 +206,7 @@ sigset_t StopSignals() {
 
 }  // namespace
 
-int CmdRun(const Config& c) {
+int CmdRun(const Config& c, bool once) {
   // Block the stop signals in every thread; the main thread collects them.
   const sigset_t stop = StopSignals();
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
@@ -256,6 +257,7 @@ int CmdRun(const Config& c) {
     SdNotify("WATCHDOG=1");
     if (busy) continue;
     if (worker.joinable()) worker.join();
+    bool started = false;
     // Local jobs (sag-agent install while the daemon runs) arrive as files.
     for (const auto& entry : fs::directory_iterator(InboxDir(c), ec)) {
       if (entry.path().extension() != ".json") continue;
@@ -274,6 +276,11 @@ int CmdRun(const Config& c) {
         auto r = rt.device->Start(spec);
         if (!r) spdlog::error("job {}: {}", spec.id, r.error().ToString());
       });
+      started = true;
+      break;
+    }
+    if (once && !started) {
+      spdlog::info("nothing left to do, stopping (--once)");
       break;
     }
   }

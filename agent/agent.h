@@ -17,7 +17,9 @@ struct InstallArgs {
   bool json = false;
 };
 
-int CmdRun(const Config& config);
+// The daemon. With `once`, it exits as soon as the journal's job and the
+// inbox are done (the simulator's test campaigns use it).
+int CmdRun(const Config& config, bool once = false);
 int CmdInstall(const Config& config, const InstallArgs& args);
 int CmdStatus(const Config& config, bool json);
 int CmdMarkGood(const Config& config);

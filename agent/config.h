@@ -93,6 +93,9 @@ struct DownloadConfig {
   std::uint64_t bandwidth_limit = 0;  // bytes per second, 0 = unlimited
   std::chrono::seconds stall_timeout{30};
   int max_retries = 10;
+  // The slot is synced and the journal records progress every this many
+  // bytes: what a resumed install does not fetch and write again.
+  std::uint64_t checkpoint_bytes = 32U << 20U;
 };
 
 struct Config {

@@ -18,7 +18,7 @@ constexpr const char* kUsage = R"(usage: sag-agent COMMAND [OPTIONS]
 The upgrade agent of a Smart Access Gateway appliance.
 
 commands:
-  run                        run the daemon
+  run [--once]               run the daemon (--once: exit when no job is left)
   install FILE|URL           install a signed image (Device OS or DPI database)
       [--allow-downgrade]    accept a version not newer than the running one
       [--no-reboot]          set the trial boot but leave the reboot to the operator
@@ -99,11 +99,17 @@ int main(int argc, char** argv) {
     if (!rest.empty()) return Usage("check-config takes one FILE or --config FILE");
     return CheckConfig(config_path);
   }
-  if (cmd == "run" || cmd == "mark-good" || cmd == "rollback") {
+  if (cmd == "run") {
+    const bool once = rest.size() == 1 && rest[0] == "--once";
+    if (!rest.empty() && !once) return Usage("run takes only --once and --config FILE");
+    auto config = Load(config_path);
+    if (!config) return 2;
+    return sag::agent::CmdRun(*config, once);
+  }
+  if (cmd == "mark-good" || cmd == "rollback") {
     if (!rest.empty()) return Usage(cmd + " takes only --config FILE");
     auto config = Load(config_path);
     if (!config) return 2;
-    if (cmd == "run") return sag::agent::CmdRun(*config);
     if (cmd == "mark-good") return sag::agent::CmdMarkGood(*config);
     return sag::agent::CmdRollback(*config);
   }

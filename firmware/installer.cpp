@@ -342,6 +342,25 @@ Expected<std::optional<JobRecord>> DeviceInstaller::Resume() {
   }
   SAG_TRY(auto record, JobRecord::FromJson(*doc));
   spdlog::info("job {}: resuming in state {}", record.id, JobStateName(record.state));
+  const bool before_trial = record.state == JobState::kPending ||
+                            record.state == JobState::kWriting ||
+                            record.state == JobState::kVerifying ||
+                            record.state == JobState::kActivating;
+  if (before_trial) {
+    SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+    SAG_TRY(const Slot from, SlotOf(record.from_slot));
+    if (booted == from) {
+      // Still on the running slot: the bootloader counted this boot against
+      // it; refill its tries so it stays a safe fallback for the trial.
+      SAG_TRY_STATUS(platform_.boot->MarkGood(from, options_.trial_attempts));
+    } else if (record.state == JobState::kActivating) {
+      // The trial was set but the cut came before it was recorded, and the
+      // bootloader has already started the new slot: record the trial and
+      // take it from there.
+      record.boot_id.clear();
+      SAG_TRY_STATUS(Save(record, JobEvent::kTrialSet));
+    }
+  }
   if (record.state == JobState::kPending) {
     // Cut before the slot was prepared: prepare again from the stored header.
     SAG_TRY(const auto sig, Base64Decode(record.signature_der_b64));
@@ -368,6 +387,9 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     return Error(Errc::kJournalCorrupt, "journal says chunk " + std::to_string(record.next_chunk) +
                                             " of " + std::to_string(m.chunks.size()));
   }
+  // Cut after the last checkpoint but before the transition was recorded:
+  // every chunk is already durable in the slot.
+  if (record.next_chunk == m.chunks.size()) return Save(record, JobEvent::kWritten);
   platform::SlotDevice* slot = platform_.slots.at(target);
   SAG_TRY(auto writer, slot->OpenWriter());
 

@@ -73,6 +73,23 @@ Status Appliance::Load() {
   return Ok();
 }
 
+namespace {
+
+// The DPI engine of the simulated appliance: the fake engine, keeping its
+// state (the loaded version, scripted failures) in DIR/dpi-engine.
+std::string DpiHooks(const std::filesystem::path& engine, const std::string& d) {
+  if (engine.empty()) return "";
+  const std::string e = Quote(engine.string());
+  const std::string state = Quote(d + "/dpi-engine");
+  return "  hooks:\n"
+         "    validate: {command: [" + e + ", --state, " + state + ", validate], timeout_s: 30}\n"
+         "    reload: {command: [" + e + ", --state, " + state + ", --db, " +
+         Quote(d + "/state/dpi/current") + ", reload], timeout_s: 30}\n"
+         "    confirm: {command: [" + e + ", --state, " + state + ", confirm], timeout_s: 10}\n";
+}
+
+}  // namespace
+
 Status Appliance::Init(const InitOptions& o) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -115,6 +132,9 @@ Status Appliance::Init(const InitOptions& o) {
   }
 
   const std::string d = dir_.string();
+  // What the factory image in slot A reports as its version.
+  SAG_TRY_STATUS(WriteFileAtomic(dir_ / "os-release", "NAME=\"SAG OS (simulated)\"\nVERSION_ID=\"" +
+                                                          o.version + "\"\n"));
   SAG_TRY_STATUS(WriteFileAtomic(
       dir_ / "health-check",
       "#!/bin/sh\n"
@@ -153,6 +173,7 @@ Status Appliance::Init(const InitOptions& o) {
       "  uboot_config: " + Quote(d + "/fw_env.config") + "\n"
       "  cmdline: " + Quote(d + "/cmdline") + "\n"
       "  cmdline_key: sag.slot\n"
+      "  os_release: " + Quote(d + "/os-release") + "\n"
       "  trial_attempts: 3\n"
       "  slots:\n"
       "    A:\n"
@@ -161,7 +182,7 @@ Status Appliance::Init(const InitOptions& o) {
       "      device: " + Quote(SlotPath(platform::Slot::kB).string()) + "\n"
       "dpi:\n"
       "  store: " + Quote(d + "/state/dpi") + "\n"
-      "  keep: 2\n"
+      "  keep: 2\n" + DpiHooks(o.dpi_engine, d) +
       "health:\n"
       "  require_cloud: false\n"
       "  checks:\n"

@@ -43,8 +43,11 @@ a redundant U-Boot environment, the kernel command line, a boot id).
 
 commands:
   init DIR --slot-size BYTES [--model M] [--serial S] [--smartag-id ID]
-           [--endpoint wss://..] [--root-ca PEM] [--slot-a FILE]
-      create the appliance; slot A holds FILE (optional), BOOT_ORDER="A B",
+           [--endpoint wss://..] [--root-ca PEM] [--slot-a FILE] [--version V]
+           [--dpi-engine PATH]
+      create the appliance; slot A holds FILE (optional) of version V
+      (default 1.0.0, its os-release VERSION_ID), BOOT_ORDER="A B",
+      DPI hooks on the fake engine PATH when --dpi-engine PATH is given,
       BOOT_A_LEFT=3, BOOT_B_LEFT=0
   boot DIR [--agent PATH] [--max-boots N] [--cut-after-ms MS | --cut-random MAXMS]
            [--seed S] [--cuts K] [-- AGENT ARGS...]
@@ -157,6 +160,8 @@ Expected<int> CmdInit(const Args& a) {
   o.endpoint = Get(a, "endpoint", o.endpoint);
   o.root_ca = Get(a, "root-ca");
   o.slot_a = Get(a, "slot-a");
+  o.version = Get(a, "version", o.version);
+  o.dpi_engine = Get(a, "dpi-engine");
   Appliance app(a.positional[0]);
   SAG_TRY_STATUS(app.Init(o));
   Say("created appliance " + app.dir().string() + ": slots of " + std::to_string(o.slot_size) +
@@ -520,7 +525,8 @@ int main(int argc, char** argv) {
                                                Expected<int> (*)(const Args&)>>
       commands = {
           {"init",
-           {{"slot-size", "model", "serial", "smartag-id", "endpoint", "root-ca", "slot-a"},
+           {{"slot-size", "model", "serial", "smartag-id", "endpoint", "root-ca", "slot-a", "version",
+             "dpi-engine"},
             CmdInit}},
           {"boot", {{"agent", "max-boots", "cut-after-ms", "cut-random", "seed", "cuts"}, CmdBoot}},
           {"env", {{}, CmdEnv}},

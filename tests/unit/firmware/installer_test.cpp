@@ -14,6 +14,7 @@
 #include "platform/fake_boot_control.h"
 #include "platform/file_slot_device.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/test_http_server.h"
 
 namespace sag::firmware {
 namespace {
@@ -83,6 +84,9 @@ class Images {
   }
   [[nodiscard]] fs::path Image(const std::string& name) const { return dir_ / (name + ".sagimg"); }
   [[nodiscard]] fs::path Root() const { return dir_ / "root-ca.pem"; }
+  [[nodiscard]] test::ServerTls Tls() const {
+    return {dir_ / "server-chain.pem", dir_ / "server.key", {}};
+  }
   const std::string& payload_101() const { return payload_101_; }
   const std::string& payload_102() const { return payload_102_; }
 
@@ -115,6 +119,9 @@ class DeviceInstallerTest : public ::testing::Test {
 
   std::unique_ptr<DeviceInstaller> MakeInstaller(std::vector<HealthCheckSpec> checks = {}) {
     InstallerOptions o;
+    o.download.ca_file = g_images->Root();
+    o.download.stall_timeout = std::chrono::milliseconds(2000);
+    o.download.initial_backoff = std::chrono::milliseconds(20);
     o.state_dir = dir_ / "state";
     o.model = "sag-1000";
     o.trust.root_ca = g_images->Root();
@@ -323,6 +330,47 @@ TEST_F(DeviceInstallerTest, InterruptedWriteResumesFromCheckpoint) {
   auto resumed = inst2->Resume();
   ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
   EXPECT_EQ((*resumed)->state, JobState::kRebooting);
+  EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
+}
+
+// Over HTTPS from a server that drops the connection twice mid-image: the
+// downloader resumes with Range requests and the install completes.
+TEST_F(DeviceInstallerTest, DownloadsOverHttpsThroughDrops) {
+  test::TestHttpServer server(*ReadFile(g_images->Image("v101")), g_images->Tls());
+  test::Faults faults;
+  faults.drop_after = 200'000;
+  faults.drop_times = 2;
+  server.SetFaults(faults);
+  auto r = MakeInstaller()->Start(JobSpec{"url", server.Url("/v101.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
+  bool resumed_with_range = false;
+  for (const auto& range : server.ranges()) resumed_with_range |= range.starts_with("bytes=");
+  EXPECT_TRUE(resumed_with_range);
+}
+
+// A job stopped mid-write (SIGTERM, power) continues at its last checkpoint:
+// the resumed download asks only for the rest of the image.
+TEST_F(DeviceInstallerTest, ResumedDownloadAsksForTheRestOnly) {
+  test::TestHttpServer server(*ReadFile(g_images->Image("v101")), g_images->Tls());
+  auto inst = MakeInstaller();
+  installer_ = inst.get();
+  cancel_after_ = 6;
+  auto r = inst->Start(JobSpec{"url-r", server.Url("/v101.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kWriting);
+  ASSERT_GT(r->next_chunk, 0U);
+  installer_ = nullptr;
+  cancel_after_ = 0;
+  const auto before = server.ranges().size();
+  auto resumed = MakeInstaller()->Resume();
+  ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
+  EXPECT_EQ((*resumed)->state, JobState::kRebooting);
+  const auto ranges = server.ranges();
+  ASSERT_GT(ranges.size(), before);
+  EXPECT_TRUE(ranges[before].starts_with("bytes=")) << ranges[before];
+  EXPECT_NE(ranges[before], "bytes=0-");
   EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
 }
 

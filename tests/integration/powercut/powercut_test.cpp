@@ -1,0 +1,223 @@
+// The power-cut campaign: the real sag-agent installs a Device OS image on the
+// simulated appliance while the simulator cuts power (SIGKILL) at random
+// instants on its first boots: during the download/write, the read-back, the
+// trial boot, the health check and the commit. After the cuts it lets the
+// device run. Every trial must end with:
+//   - the job finished: Committed (healthy slot) or RolledBack (unhealthy or
+//     unbootable slot), with a cause, never stuck and never run twice;
+//   - the journal and the job history parsing;
+//   - the device booting a slot whose content is a committed image, and the
+//     bootloader about to boot that same slot again.
+// Four shards run as separate tests so CTest spreads them over the cores.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <random>
+#include <map>
+#include <regex>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/atomic_file.h"
+#include "common/image/image_writer.h"
+#include "common/image/pki.h"
+#include "common/process.h"
+#include "tests/support/temp_dir.h"
+
+namespace sag {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr std::size_t kPayloadSize = 1'200'000;
+constexpr int kShards = 4;
+
+std::string RandomBytes(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+struct Fixture {
+  test::TempDir dir;
+  std::string p100 = RandomBytes(kPayloadSize, 100);
+  std::string p101 = RandomBytes(kPayloadSize, 101);
+  fs::path image;
+
+  Fixture() {
+    EXPECT_TRUE(image::pki::InitDevPki(dir.path()));
+    std::ofstream(dir / "p100", std::ios::binary) << p100;
+    std::ofstream(dir / "p101", std::ios::binary) << p101;
+    image::CreateParams cp;
+    cp.type = image::ImageType::kDevice;
+    cp.version = "1.0.1";
+    cp.compatible = {"sag-1000"};
+    cp.payload = dir / "p101";
+    cp.key = dir / "signer.key";
+    cp.cert = dir / "signer.pem";
+    cp.chain = dir / "signer-chain.pem";
+    cp.chunk_size = 64U << 10U;
+    cp.output = dir / "v101.sagimg";
+    EXPECT_TRUE(image::CreateImage(cp));
+    image = cp.output;
+  }
+};
+
+Fixture* g_fixture = nullptr;
+
+std::string Run(const std::vector<std::string>& argv, int* exit_code = nullptr) {
+  CommandOptions opt;
+  opt.timeout = std::chrono::seconds(120);
+  opt.max_output = 4U << 20U;
+  auto r = RunCommand(argv, opt);
+  EXPECT_TRUE(r) << argv[0];
+  if (!r) return {};
+  if (exit_code != nullptr) *exit_code = r->timed_out ? -1 : r->exit_code;
+  return r->output;
+}
+
+std::string ReadAll(const fs::path& p, std::size_t n = 64U << 20U) {
+  auto t = ReadFile(p, n);
+  return t ? *t : std::string();
+}
+
+enum class Fault { kNone, kUnhealthy, kUnbootable };
+
+struct TrialResult {
+  int cuts = 0;
+  std::map<std::string, int> by_stage;  // what the agent was doing when power went
+};
+
+// Reads the simulator's transcript: the stage is the agent's last logged job
+// state since the boot ("Startup" before any).
+void CountCuts(const std::string& out, TrialResult& result) {
+  std::string stage = "Startup";
+  std::istringstream in(out);
+  const std::regex transition(" -> ([A-Za-z]+)$");
+  for (std::string line; std::getline(in, line);) {
+    std::smatch m;
+    if (line.find("[sim] boot #") != std::string::npos) {
+      stage = "Startup";
+    } else if (line.find("power cut") != std::string::npos) {
+      ++result.cuts;
+      ++result.by_stage[stage];
+    } else if (std::regex_search(line, m, transition)) {
+      stage = m[1].str();
+    } else if (line.find("resuming in state") != std::string::npos) {
+      stage = "Resume";
+    }
+  }
+}
+
+TrialResult RunTrial(int trial, Fault fault, int max_cut_ms) {
+  const Fixture& fx = *g_fixture;
+  test::TempDir t;
+  const fs::path dev = t / "dev";
+  int rc = 0;
+  const std::string init = Run({SAG_SIM_BIN, "init", dev.string(), "--slot-size", "1572864",
+                                "--slot-a", (fx.dir / "p100").string(), "--version", "1.0.0",
+                                "--root-ca", (fx.dir / "root-ca.pem").string()},
+                               &rc);
+  EXPECT_EQ(rc, 0) << init;
+  // Small checkpoints so that cuts during the write resume mid-image.
+  {
+    std::ofstream(dev / "agent.yaml", std::ios::app)
+        << "download:\n  checkpoint_bytes: 196608\n";
+  }
+  std::string cfg = ReadAll(dev / "agent.yaml");
+  cfg = std::regex_replace(cfg, std::regex("level: debug"), "level: info");
+  EXPECT_TRUE(WriteFileAtomic(dev / "agent.yaml", cfg));
+  if (fault != Fault::kNone) {
+    Run({SAG_SIM_BIN, "fault", dev.string(), "--slot", "B",
+         fault == Fault::kUnhealthy ? "unhealthy" : "unbootable"});
+  }
+  const std::string id = "job-" + std::to_string(trial);
+  fs::create_directories(dev / "state" / "inbox");
+  EXPECT_TRUE(WriteFileAtomic(dev / "state" / "inbox" / (id + ".json"),
+                              json{{"id", id}, {"source", fx.image.string()}}.dump()));
+
+  const std::string out =
+      Run({SAG_SIM_BIN, "boot", dev.string(), "--agent", SAG_AGENT_BIN, "--max-boots", "40",
+           "--cut-random", std::to_string(max_cut_ms), "--cuts", "4", "--seed",
+           std::to_string(trial), "--", "run", "--once", "--config", (dev / "agent.yaml").string()},
+          &rc);
+  TrialResult result;
+  CountCuts(out, result);
+  const std::string where = "trial " + std::to_string(trial) + "\n" + out;
+  EXPECT_EQ(rc, 0) << where;
+  EXPECT_NE(out.find("without asking for a reboot"), std::string::npos) << "never settled: " << where;
+
+  // The job finished, once, with the expected outcome and a cause.
+  EXPECT_FALSE(fs::exists(dev / "state" / "device-job.json")) << "job still open: " << where;
+  const auto history = json::parse(ReadAll(dev / "state" / "device-jobs.json"), nullptr, false);
+  EXPECT_TRUE(history.is_array()) << where;
+  int seen = 0;
+  std::string state;
+  for (const auto& j : history.is_array() ? history : json::array()) {
+    if (j.value("id", "") == id) {
+      ++seen;
+      state = j.value("state", "");
+      if (state != "Committed") {
+        EXPECT_TRUE(j.contains("error")) << "no cause recorded: " << where;
+      }
+    }
+  }
+  EXPECT_EQ(seen, 1) << where;
+  EXPECT_EQ(state, fault == Fault::kNone ? "Committed" : "RolledBack") << where;
+
+  // The device runs a committed image and will boot it again.
+  const std::string cmdline = ReadAll(dev / "cmdline");
+  std::smatch m;
+  EXPECT_TRUE(std::regex_search(cmdline, m, std::regex("sag\\.slot=([AB])"))) << cmdline;
+  const std::string booted = m.size() > 1 ? m[1].str() : "?";
+  const std::string content = ReadAll(dev / (booted == "A" ? "slot-a.img" : "slot-b.img"));
+  const std::string& expected = fault == Fault::kNone ? fx.p101 : fx.p100;
+  EXPECT_EQ(booted, fault == Fault::kNone ? "B" : "A") << where;
+  EXPECT_TRUE(content.compare(0, expected.size(), expected) == 0)
+      << "slot " << booted << " does not hold a committed image: " << where;
+  const std::string env = Run({SAG_SIM_BIN, "env", dev.string()});
+  EXPECT_NE(env.find("BOOT_ORDER=" + booted), std::string::npos) << env;
+  return result;
+}
+
+class PowerCut : public ::testing::TestWithParam<int> {
+ protected:
+  static void SetUpTestSuite() { g_fixture = new Fixture(); }
+  static void TearDownTestSuite() {
+    delete g_fixture;
+    g_fixture = nullptr;
+  }
+};
+
+TEST_P(PowerCut, EveryCutEndsCommittedOrRolledBack) {
+  const int shard = GetParam();
+  const int target = (SAG_POWERCUT_KILLS + kShards - 1) / kShards;
+  int cuts = 0;
+  int trials = 0;
+  int by_fault[3] = {0, 0, 0};
+  std::map<std::string, int> by_stage;
+  for (int i = 0; cuts < target && i < target; ++i) {
+    const int trial = shard * 100000 + i;
+    const auto fault = static_cast<Fault>(i % 3);
+    const auto r = RunTrial(trial, fault, 1200);
+    if (::testing::Test::HasFailure()) break;
+    cuts += r.cuts;
+    by_fault[static_cast<int>(fault)] += r.cuts;
+    for (const auto& [stage, n] : r.by_stage) by_stage[stage] += n;
+    ++trials;
+  }
+  std::string stages;
+  for (const auto& [stage, n] : by_stage) stages += " " + stage + "=" + std::to_string(n);
+  std::printf("shard %d: %d power cuts in %d trials (healthy %d, unhealthy %d, unbootable %d);"
+              " cut during:%s\n",
+              shard, cuts, trials, by_fault[0], by_fault[1], by_fault[2], stages.c_str());
+  EXPECT_GE(cuts, target);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shards, PowerCut, ::testing::Range(0, kShards));
+
+}  // namespace
+}  // namespace sag
