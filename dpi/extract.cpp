@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <memory>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -273,7 +272,6 @@ class TreeWriter {
         if (::mkdirat(dir.get(), name, 0755) != 0 && errno != EEXIST) {
           return MakeErrno(Errc::kIo, "create directory " + Join(parts, i + 1));
         }
-        dirty_.insert(Join(parts, i));
         next = Fd(::openat(dir.get(), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
       }
       if (next.get() < 0) {
@@ -298,35 +296,18 @@ class TreeWriter {
     return dir;
   }
 
-  void MarkDirty(const Components& parts) { dirty_.insert(Join(parts, parts.size() - 1)); }
-
-  // fsync of every directory that received an entry, deepest first, so the
-  // names are durable, not only the data.
-  Status SyncDirs() {
-    std::vector<std::string> dirs(dirty_.begin(), dirty_.end());
-    std::sort(dirs.begin(), dirs.end(),
-              [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
-    for (const auto& d : dirs) {
-      Components parts;
-      if (!d.empty()) {
-        std::size_t start = 0;
-        for (;;) {
-          const auto slash = d.find('/', start);
-          parts.push_back(d.substr(start, slash == std::string::npos ? slash : slash - start));
-          if (slash == std::string::npos) break;
-          start = slash + 1;
-        }
-      }
-      SAG_TRY(auto fd, OpenDir(parts, parts.size(), false));
-      if (::fsync(fd.get()) != 0) return MakeErrno(Errc::kIo, "fsync directory '" + d + "'");
-    }
-    if (::fsync(root_.get()) != 0) return MakeErrno(Errc::kIo, "fsync staging directory");
+  // Makes every file and directory written so far durable with one
+  // syncfs(2) of the staging file system: one journal commit for thousands
+  // of files instead of one fsync each (the difference between milliseconds
+  // and minutes on a busy flash). Since Linux 5.8 syncfs reports writeback
+  // errors of the file system, so a failed write is not missed.
+  Status Sync() {
+    if (::syncfs(root_.get()) != 0) return MakeErrno(Errc::kIo, "syncfs of the staging directory");
     return Ok();
   }
 
  private:
   Fd root_;
-  std::set<std::string> dirty_;  // "" is the root
 };
 
 Status CheckLinkTarget(const Components& entry, std::string_view target) {
@@ -392,7 +373,7 @@ class Extractor {
     if (stats_.entries == 0) {
       return Error(Errc::kArchiveMalformed, "the package archive has no entries");
     }
-    SAG_TRY_STATUS(tree_.SyncDirs());
+    SAG_TRY_STATUS(tree_.Sync());
     return stats_;
   }
 
@@ -446,8 +427,7 @@ class Extractor {
     if (parts.empty()) return Ok();  // "./"
     SAG_TRY(auto parent, tree_.OpenDir(parts, parts.size() - 1, true));
     if (::mkdirat(parent.get(), parts.back().c_str(), 0755) == 0) {
-      tree_.MarkDirty(parts);
-      return Ok();
+        return Ok();
     }
     if (errno != EEXIST) return MakeErrno(Errc::kIo, "create directory " + Join(parts, parts.size()));
     struct stat st {};
@@ -491,7 +471,6 @@ class Extractor {
       }
       return MakeErrno(Errc::kIo, "create " + name);
     }
-    tree_.MarkDirty(parts);
     std::uint64_t written = 0;
     for (;;) {
       const void* buf = nullptr;
@@ -524,8 +503,6 @@ class Extractor {
     if (written != declared) {
       return Error(Errc::kArchiveMalformed, "entry '" + name + "' is truncated");
     }
-    // The data must be on disk before the version can ever become current.
-    if (::fsync(fd.get()) != 0) return MakeErrno(Errc::kIo, "fsync " + name);
     ++stats_.files;
     return Ok();
   }
@@ -542,7 +519,6 @@ class Extractor {
       }
       return MakeErrno(Errc::kIo, "create symlink " + name);
     }
-    tree_.MarkDirty(parts);
     return Ok();
   }
 
@@ -577,7 +553,6 @@ class Extractor {
       }
       return MakeErrno(Errc::kIo, "create hard link " + name);
     }
-    tree_.MarkDirty(parts);
     return Ok();
   }
 

@@ -23,9 +23,10 @@
 //     kArchiveRatio, so a small payload cannot expand without bound;
 //   - truncated or not a tar, duplicate entries, sparse entries:
 //     kArchiveMalformed.
-// Ownership, timestamps, xattrs and ACLs in the archive are ignored. Every
-// file is fsynced before it is closed and every directory that received an
-// entry is fsynced at the end, so a complete return means a durable tree.
+// Ownership, timestamps, xattrs and ACLs in the archive are ignored. Before
+// a successful return every file and directory written is made durable (one
+// syncfs(2) of the staging file system), so a complete return means a tree
+// that survives a power cut: only then can it be swapped in.
 //
 // zstd is decoded here (not by libarchive's zstd filter) so that the decoder
 // window, which is the decoder's memory, is capped by zstd_window_log_max:

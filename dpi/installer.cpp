@@ -383,8 +383,13 @@ Status DpiInstaller::StepStage(Job& job, PayloadSource& source) {
 
 Status DpiInstaller::StepValidate(Job& job) {
   if (options_.hooks.validate.command.empty()) return Ok();
-  return RunHook(options_.hooks.validate, "validate", job.version, store_.StagingDir(job.version),
-                 job.id, nullptr);
+  if (auto st = RunHook(options_.hooks.validate, "validate", job.version,
+                        store_.StagingDir(job.version), job.id, nullptr);
+      !st) {
+    return Error(Errc::kDpiValidateFailed,
+                 "the engine refused database " + job.version + ": " + st.error().message());
+  }
+  return Ok();
 }
 
 Status DpiInstaller::StepSwap(Job& job) {
@@ -561,6 +566,10 @@ Expected<std::optional<JobResult>> DpiInstaller::Resume() {
       }
       break;
     case JobState::kRollingBack:
+      if (crashed_in == JobState::kRollingBack && !job.error) {
+        job.error = Error(Errc::kDpiInterrupted, "the agent stopped during a rollback of " +
+                                                     job.version + "; the rollback was finished");
+      }
       RollBack(job, crashed_in == JobState::kRollingBack
                         ? job.error
                         : std::optional<Error>(Error(

@@ -20,6 +20,7 @@
 //   reject           versions (one a line, or "*") that validate and reload refuse
 //   reject-on-reload versions that only reload refuses (validate accepts them)
 //   crash-on-reload  versions whose reload dies by SIGKILL before loading
+//   hang-on-reload   versions whose reload hangs for 30 s before loading
 //   confirm-override lines "LOADED SAID": when LOADED ("*" = any) is loaded,
 //                    confirm prints SAID instead
 //   delay-ms         every command sleeps this long first (slows kill tests)
@@ -171,6 +172,9 @@ int main(int argc, char** argv) {
         std::fputs("fake engine: crashing on reload (as told)\n", stderr);
         std::fflush(stderr);
         ::kill(::getpid(), SIGKILL);
+      }
+      if (head && Listed(state / "hang-on-reload", FirstLine(*head))) {
+        std::this_thread::sleep_for(std::chrono::seconds(30));
       }
       if (!CheckDatabase(state, real, "", true, &version)) return 2;
       loaded = version;
