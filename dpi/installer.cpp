@@ -185,8 +185,12 @@ Status DpiInstaller::Persist(Job& job, JobState to) {
     return std::move(st).error().WithContext("recording DPI job " + job.id + " state " +
                                              std::string(JobStateName(to)));
   }
-  spdlog::info("dpi job {}: {} -> {} (version {})", job.id, JobStateName(from), JobStateName(to),
-               job.version);
+  if (from == to) {
+    spdlog::info("dpi job {}: {} (version {})", job.id, JobStateName(to), job.version);
+  } else {
+    spdlog::info("dpi job {}: {} -> {} (version {})", job.id, JobStateName(from),
+                 JobStateName(to), job.version);
+  }
   return Ok();
 }
 

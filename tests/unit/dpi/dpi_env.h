@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "common/atomic_file.h"
@@ -59,7 +60,14 @@ inline ::testing::AssertionResult IsCompleteDb(const std::filesystem::path& dir,
 
 class DpiEnv {
  public:
-  DpiEnv() {
+  // In a fresh temp dir, removed afterwards.
+  DpiEnv() : owned_(std::in_place), dir_(owned_->path()) { Init(); }
+  // In an existing directory (the kill test's driver process).
+  explicit DpiEnv(std::filesystem::path root) : dir_(std::move(root)) { Init(); }
+  DpiEnv(const DpiEnv&) = delete;
+  DpiEnv& operator=(const DpiEnv&) = delete;
+
+  void Init() {
     std::filesystem::create_directories(engine_state());
     options_.store = dir_ / "store";
     options_.journal = dir_ / "dpi-job.json";
@@ -79,7 +87,7 @@ class DpiEnv {
   [[nodiscard]] std::filesystem::path store() const { return dir_ / "store"; }
   Options& options() { return options_; }
   FakeSystemInfo& system() { return system_; }
-  [[nodiscard]] const std::filesystem::path& path() const { return dir_.path(); }
+  [[nodiscard]] const std::filesystem::path& path() const { return dir_; }
 
   DpiInstaller MakeInstaller() { return DpiInstaller(options_, &system_); }
 
@@ -113,7 +121,8 @@ class DpiEnv {
   }
 
  private:
-  sag::test::TempDir dir_;
+  std::optional<sag::test::TempDir> owned_;
+  std::filesystem::path dir_;
   Options options_;
   FakeSystemInfo system_;
 };
