@@ -3,7 +3,9 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -75,11 +77,11 @@ class Feeder {
   Status CheckRatio(std::uint64_t produced, std::string_view what) const {
     const std::uint64_t base = std::max(stats_.payload_bytes, limits_.ratio_floor_bytes);
     if (limits_.max_ratio > 0 && produced / limits_.max_ratio > base) {
-      return Error(Errc::kArchiveRatio,
-                   std::string(what) + " expands to more than " +
-                       std::to_string(limits_.max_ratio) + " times the " +
-                       std::to_string(stats_.payload_bytes) +
-                       " payload bytes read so far (a decompression bomb?); the package is refused");
+      return Error(
+          Errc::kArchiveRatio,
+          std::string(what) + " expands to more than " + std::to_string(limits_.max_ratio) +
+              " times the " + std::to_string(stats_.payload_bytes) +
+              " payload bytes read so far (a decompression bomb?); the package is refused");
     }
     return Ok();
   }
@@ -239,8 +241,9 @@ Expected<Components> SplitPath(std::string_view path, const ExtractLimits& limit
     const auto end = slash == std::string_view::npos ? path.size() : slash;
     const auto part = path.substr(start, end - start);
     if (part == "..") {
-      return Error(unsafe, std::string(what) + " '" + std::string(path) +
-                               "' has a '..' component; it could reach outside the staging directory");
+      return Error(unsafe,
+                   std::string(what) + " '" + std::string(path) +
+                       "' has a '..' component; it could reach outside the staging directory");
     }
     if (!part.empty() && part != ".") parts.emplace_back(part);
     if (slash == std::string_view::npos) break;
@@ -281,8 +284,7 @@ class TreeWriter {
           if (::fstatat(dir.get(), name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
             return Error(Errc::kArchiveUnsafeLink,
                          "'" + Join(parts, parts.size()) + "' goes through the symlink '" +
-                             Join(parts, i + 1) +
-                             "'; entries are never written through links");
+                             Join(parts, i + 1) + "'; entries are never written through links");
           }
           return Error(Errc::kArchiveMalformed, "'" + Join(parts, parts.size()) + "' needs '" +
                                                     Join(parts, i + 1) +
@@ -301,6 +303,29 @@ class TreeWriter {
   // of files instead of one fsync each (the difference between milliseconds
   // and minutes on a busy flash). Since Linux 5.8 syncfs reports writeback
   // errors of the file system, so a failed write is not missed.
+  // A lexical check cannot see chains (d/up -> .. and e -> ../d/up/..): once
+  // every entry exists, let the kernel resolve each symlink beneath the
+  // staging root. RESOLVE_BENEATH fails with EXDEV on any escape, absolute
+  // targets included; a dangling link (ENOENT) stays inside and is allowed.
+  Status CheckResolvesInside(const std::string& link) {
+    open_how how{};
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    const long fd = ::syscall(SYS_openat2, root_.get(), link.c_str(), &how, sizeof how);
+    if (fd >= 0) {
+      ::close(static_cast<int>(fd));
+      return Ok();
+    }
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) return Ok();
+    if (err == EXDEV || err == ELOOP) {
+      return Error(Errc::kArchiveUnsafeLink,
+                   "symlink '" + link +
+                       "' resolves outside the staging directory (through other links) or loops");
+    }
+    return MakeErrno(Errc::kIo, "resolve symlink " + link, err);
+  }
+
   Status Sync() {
     if (::syncfs(root_.get()) != 0) return MakeErrno(Errc::kIo, "syncfs of the staging directory");
     return Ok();
@@ -314,9 +339,9 @@ Status CheckLinkTarget(const Components& entry, std::string_view target) {
   const std::string name = Join(entry, entry.size());
   if (target.empty()) return Error(Errc::kArchiveMalformed, "symlink '" + name + "' has no target");
   if (target.front() == '/') {
-    return Error(Errc::kArchiveUnsafeLink, "symlink '" + name + "' points to the absolute path '" +
-                                               std::string(target) +
-                                               "'; only relative links inside the package are allowed");
+    return Error(Errc::kArchiveUnsafeLink,
+                 "symlink '" + name + "' points to the absolute path '" + std::string(target) +
+                     "'; only relative links inside the package are allowed");
   }
   // Resolve lexically from the link's directory: the depth must never go
   // below the staging root.
@@ -324,13 +349,11 @@ Status CheckLinkTarget(const Components& entry, std::string_view target) {
   std::size_t start = 0;
   for (;;) {
     const auto slash = target.find('/', start);
-    const auto part =
-        target.substr(start, slash == std::string_view::npos ? std::string_view::npos
-                                                             : slash - start);
+    const auto part = target.substr(
+        start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
     if (part == "..") {
       if (--depth < 0) {
-        return Error(Errc::kArchiveUnsafeLink, "symlink '" + name + "' -> '" +
-                                                   std::string(target) +
+        return Error(Errc::kArchiveUnsafeLink, "symlink '" + name + "' -> '" + std::string(target) +
                                                    "' points outside the staging directory");
       }
     } else if (!part.empty() && part != ".") {
@@ -363,9 +386,9 @@ class Extractor {
         return ArchiveError(a.get(), "reading entry " + std::to_string(stats_.entries + 1));
       }
       if (++stats_.entries > limits_.max_entries) {
-        return Error(Errc::kArchiveTooManyEntries,
-                     "the package archive has more than " + std::to_string(limits_.max_entries) +
-                         " entries; it is refused");
+        return Error(Errc::kArchiveTooManyEntries, "the package archive has more than " +
+                                                       std::to_string(limits_.max_entries) +
+                                                       " entries; it is refused");
       }
       SAG_TRY_STATUS(Entry(a.get(), entry));
     }
@@ -373,6 +396,7 @@ class Extractor {
     if (stats_.entries == 0) {
       return Error(Errc::kArchiveMalformed, "the package archive has no entries");
     }
+    for (const auto& link : symlinks_) SAG_TRY_STATUS(tree_.CheckResolvesInside(link));
     SAG_TRY_STATUS(tree_.Sync());
     return stats_;
   }
@@ -383,9 +407,9 @@ class Extractor {
     // libarchive's "read callback failed".
     if (feeder_.error()) return std::move(*feeder_.error()).WithContext(what);
     const char* msg = archive_error_string(a);
-    return Error(Errc::kArchiveMalformed,
-                 what + ": " + (msg != nullptr ? msg : "not a tar archive or truncated") +
-                     "; the package is damaged or not a DPI package");
+    return {Errc::kArchiveMalformed, what + ": " +
+                                         (msg != nullptr ? msg : "not a tar archive or truncated") +
+                                         "; the package is damaged or not a DPI package"};
   }
 
   Status Entry(struct archive* a, struct archive_entry* entry) {
@@ -427,9 +451,10 @@ class Extractor {
     if (parts.empty()) return Ok();  // "./"
     SAG_TRY(auto parent, tree_.OpenDir(parts, parts.size() - 1, true));
     if (::mkdirat(parent.get(), parts.back().c_str(), 0755) == 0) {
-        return Ok();
+      return Ok();
     }
-    if (errno != EEXIST) return MakeErrno(Errc::kIo, "create directory " + Join(parts, parts.size()));
+    if (errno != EEXIST)
+      return MakeErrno(Errc::kIo, "create directory " + Join(parts, parts.size()));
     struct stat st {};
     if (::fstatat(parent.get(), parts.back().c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
         S_ISDIR(st.st_mode)) {
@@ -453,13 +478,13 @@ class Extractor {
     if (archive_entry_sparse_count(entry) > 0) {
       return Error(Errc::kArchiveMalformed, "entry '" + name + "' is a sparse file; not supported");
     }
-    const auto declared = static_cast<std::uint64_t>(std::max<la_int64_t>(0, archive_entry_size(entry)));
+    const auto declared =
+        static_cast<std::uint64_t>(std::max<la_int64_t>(0, archive_entry_size(entry)));
     if (declared > limits_.max_total_bytes ||
         stats_.file_bytes + declared > limits_.max_total_bytes) {
-      return Error(Errc::kArchiveTooLarge,
-                   "entry '" + name + "' (" + std::to_string(declared) +
-                       " bytes) takes the package above its limit of " +
-                       std::to_string(limits_.max_total_bytes) + " bytes");
+      return Error(Errc::kArchiveTooLarge, "entry '" + name + "' (" + std::to_string(declared) +
+                                               " bytes) takes the package above its limit of " +
+                                               std::to_string(limits_.max_total_bytes) + " bytes");
     }
     SAG_TRY(auto parent, tree_.OpenDir(parts, parts.size() - 1, true));
     Fd fd(::openat(parent.get(), parts.back().c_str(),
@@ -510,15 +535,18 @@ class Extractor {
   Status Symlink(const Components& parts, const char* target) {
     SAG_TRY_STATUS(NeedName(parts, "a symlink"));
     const std::string name = Join(parts, parts.size());
-    if (target == nullptr) return Error(Errc::kArchiveMalformed, "symlink '" + name + "' has no target");
+    if (target == nullptr)
+      return Error(Errc::kArchiveMalformed, "symlink '" + name + "' has no target");
     SAG_TRY_STATUS(CheckLinkTarget(parts, target));
     SAG_TRY(auto parent, tree_.OpenDir(parts, parts.size() - 1, true));
     if (::symlinkat(target, parent.get(), parts.back().c_str()) != 0) {
       if (errno == EEXIST) {
-        return Error(Errc::kArchiveMalformed, "symlink '" + name + "' collides with an earlier entry");
+        return Error(Errc::kArchiveMalformed,
+                     "symlink '" + name + "' collides with an earlier entry");
       }
       return MakeErrno(Errc::kIo, "create symlink " + name);
     }
+    symlinks_.push_back(name);
     return Ok();
   }
 
@@ -549,7 +577,8 @@ class Extractor {
     if (::linkat(tparent->get(), tparts.back().c_str(), parent.get(), parts.back().c_str(), 0) !=
         0) {
       if (errno == EEXIST) {
-        return Error(Errc::kArchiveMalformed, "hard link '" + name + "' collides with an earlier entry");
+        return Error(Errc::kArchiveMalformed,
+                     "hard link '" + name + "' collides with an earlier entry");
       }
       return MakeErrno(Errc::kIo, "create hard link " + name);
     }
@@ -560,6 +589,7 @@ class Extractor {
   ExtractStats stats_;
   Feeder feeder_;
   TreeWriter tree_;
+  std::vector<std::string> symlinks_;  // checked again once the tree is complete
 };
 
 }  // namespace

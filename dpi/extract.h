@@ -8,7 +8,9 @@
 // a path that could be redirected:
 //   - paths: absolute paths and '..' components are refused (kArchiveUnsafePath);
 //   - links: a symlink whose target is absolute or climbs out of the staging
-//     directory, and a hard link whose target is not a regular file extracted
+//     directory (lexically per link, then, once the tree is complete, by the
+//     kernel through chains of links with openat2(RESOLVE_BENEATH)), a link
+//     loop, and a hard link whose target is not a regular file extracted
 //     earlier from the same archive, are refused (kArchiveUnsafeLink). Parent
 //     directories are opened one component at a time with O_NOFOLLOW, so an
 //     entry written "through" a symlink of the archive (even one that points

@@ -141,8 +141,7 @@ struct DpiInstaller::Job {
             {"allow_downgrade", allow_downgrade},
             {"state", std::string(JobStateName(state))},
             {"error", ErrorToJson(error)},
-            {"failed_in",
-             failed_in ? json(std::string(JobStateName(*failed_in))) : json(nullptr)}};
+            {"failed_in", failed_in ? json(std::string(JobStateName(*failed_in))) : json(nullptr)}};
   }
 
   static Expected<Job> FromJson(const json& j) {
@@ -188,8 +187,8 @@ Status DpiInstaller::Persist(Job& job, JobState to) {
   if (from == to) {
     spdlog::info("dpi job {}: {} (version {})", job.id, JobStateName(to), job.version);
   } else {
-    spdlog::info("dpi job {}: {} -> {} (version {})", job.id, JobStateName(from),
-                 JobStateName(to), job.version);
+    spdlog::info("dpi job {}: {} -> {} (version {})", job.id, JobStateName(from), JobStateName(to),
+                 job.version);
   }
   return Ok();
 }
@@ -265,10 +264,10 @@ Expected<JobResult> DpiInstaller::Install(const JobSpec& spec, const PackageInfo
         return r;
       }
       if (!IsTerminal(previous_job.state)) {
-        return Error(Errc::kJobConflict,
-                     "DPI job " + previous_job.id + " is unfinished (state " +
-                         std::string(JobStateName(previous_job.state)) +
-                         "); Resume() must finish it before job " + spec.job_id + " can run");
+        return Error(Errc::kJobConflict, "DPI job " + previous_job.id + " is unfinished (state " +
+                                             std::string(JobStateName(previous_job.state)) +
+                                             "); Resume() must finish it before job " +
+                                             spec.job_id + " can run");
       }
       auto finished = previous_job.ToJson();
       job.history.push_back(std::move(finished));
@@ -329,8 +328,9 @@ Status DpiInstaller::Run(Job& job, PayloadSource& source) {
 
 Status DpiInstaller::StepVerify(Job& job, const JobSpec& spec, const PackageInfo& package) {
   if (package.type != image::ImageType::kDpi) {
-    return Error(Errc::kWrongType,
-                 "the package is a Device image, not a Dpi database; send it as VersionType=Device");
+    return Error(
+        Errc::kWrongType,
+        "the package is a Device image, not a Dpi database; send it as VersionType=Device");
   }
   SAG_TRY(auto version, Version::Parse(VersionKind::kDpi, package.version));
   if (!spec.version.empty() && spec.version != package.version) {
@@ -341,7 +341,8 @@ Status DpiInstaller::StepVerify(Job& job, const JobSpec& spec, const PackageInfo
     auto active = Version::Parse(VersionKind::kDpi, *job.previous);
     if (active) {
       if (version == *active) {
-        return Error(Errc::kVersionTooOld, "DPI database " + package.version + " is already active");
+        return Error(Errc::kVersionTooOld,
+                     "DPI database " + package.version + " is already active");
       }
       if (version < *active && !job.allow_downgrade) {
         return Error(Errc::kVersionTooOld, "DPI database " + package.version +
@@ -419,8 +420,8 @@ Status DpiInstaller::StepConfirm(Job& job) {
                  "the engine could not confirm " + job.version + ": " + st.error().message());
   }
   if (loaded != job.version) {
-    return Error(Errc::kDpiConfirmMismatch, "the engine reports '" + loaded +
-                                                "' loaded after the reload of " + job.version);
+    return Error(Errc::kDpiConfirmMismatch,
+                 "the engine reports '" + loaded + "' loaded after the reload of " + job.version);
   }
   return Ok();
 }
@@ -448,9 +449,8 @@ Status DpiInstaller::RunHook(const Hook& hook, std::string_view stage, const std
                                      OutputTail(r->output));
   }
   if (r->signal != 0) {
-    return Error(Errc::kCommandFailed, what + " was killed by signal " +
-                                           std::to_string(r->signal) + " (did the engine crash?)" +
-                                           OutputTail(r->output));
+    return Error(Errc::kCommandFailed, what + " was killed by signal " + std::to_string(r->signal) +
+                                           " (did the engine crash?)" + OutputTail(r->output));
   }
   if (r->exit_code != 0) {
     return Error(Errc::kCommandFailed, what + " exited with status " +
@@ -510,9 +510,8 @@ void DpiInstaller::Fail(Job& job, Error error) {
 
 void DpiInstaller::RollBack(Job& job, std::optional<Error> error) {
   if (job.state != JobState::kRollingBack) {
-    spdlog::warn("dpi job {} failed in {}, rolling back to {}: {}", job.id,
-                 JobStateName(job.state), job.previous.value_or("(none)"),
-                 error ? error->ToString() : std::string());
+    spdlog::warn("dpi job {} failed in {}, rolling back to {}: {}", job.id, JobStateName(job.state),
+                 job.previous.value_or("(none)"), error ? error->ToString() : std::string());
     job.failed_in = job.state;
     job.error = std::move(error);
     // Recorded before `current` moves back, so a crash during the rollback
@@ -529,10 +528,10 @@ void DpiInstaller::RollBack(Job& job, std::optional<Error> error) {
   }();
   if (!attempt) {
     const std::string original = job.error ? job.error->message() : std::string("interrupted");
-    job.error = Error(job.error ? job.error->code() : attempt.error().code(),
-                      original + "; the rollback to " + job.previous.value_or("(none)") +
-                          " failed too: " + attempt.error().ToString() +
-                          "; the engine needs an operator");
+    job.error =
+        Error(job.error ? job.error->code() : attempt.error().code(),
+              original + "; the rollback to " + job.previous.value_or("(none)") +
+                  " failed too: " + attempt.error().ToString() + "; the engine needs an operator");
     if (auto st = Persist(job, JobState::kFailed); !st) {
       spdlog::error("dpi job {}: {}", job.id, st.error().ToString());
     }
@@ -561,12 +560,11 @@ Expected<std::optional<JobResult>> DpiInstaller::Resume() {
     case JobState::kFailed:
       if (!IsTerminal(crashed_in)) {
         job.failed_in = crashed_in;
-        Fail(job, Error(Errc::kDpiInterrupted,
-                        "the agent stopped while the job was in " +
-                            std::string(JobStateName(crashed_in)) +
-                            "; the staged files were removed and " +
-                            job.previous.value_or("no database") +
-                            " stays active; send the job again"));
+        Fail(job, Error(Errc::kDpiInterrupted, "the agent stopped while the job was in " +
+                                                   std::string(JobStateName(crashed_in)) +
+                                                   "; the staged files were removed and " +
+                                                   job.previous.value_or("no database") +
+                                                   " stays active; send the job again"));
       }
       break;
     case JobState::kRollingBack:
@@ -576,12 +574,12 @@ Expected<std::optional<JobResult>> DpiInstaller::Resume() {
       }
       RollBack(job, crashed_in == JobState::kRollingBack
                         ? job.error
-                        : std::optional<Error>(Error(
-                              Errc::kDpiInterrupted,
-                              "the agent stopped while the job was in " +
-                                  std::string(JobStateName(crashed_in)) +
-                                  ", after the swap and before the engine confirmed " +
-                                  job.version + "; rolled back")));
+                        : std::optional<Error>(
+                              Error(Errc::kDpiInterrupted,
+                                    "the agent stopped while the job was in " +
+                                        std::string(JobStateName(crashed_in)) +
+                                        ", after the swap and before the engine confirmed " +
+                                        job.version + "; rolled back")));
       break;
     case JobState::kCommitted:
       if (auto st = store_.Prune(options_.keep, job.previous); !st) {

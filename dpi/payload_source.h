@@ -22,7 +22,7 @@ namespace sag::dpi {
 // What the installer needs from a verified image header.
 struct PackageInfo {
   image::ImageType type = image::ImageType::kDpi;
-  std::string version;            // the manifest's version, e.g. "20201117_1_0-0.0.1"
+  std::string version;             // the manifest's version, e.g. "20201117_1_0-0.0.1"
   std::uint64_t payload_size = 0;  // uncompressed payload bytes (the tar or tar.zst)
 
   static PackageInfo FromManifest(const image::Manifest& manifest) {

@@ -56,8 +56,9 @@ Expected<std::optional<std::string>> Store::Current() const {
     return Error(Errc::kDpiStore, "stat " + link.string() + ": " + ec.message());
   }
   if (st.type() != fs::file_type::symlink) {
-    return Error(Errc::kDpiStore, link.string() + " is not a symlink; the store was modified by "
-                                                  "hand: point it at versions/<version>");
+    return Error(Errc::kDpiStore, link.string() +
+                                      " is not a symlink; the store was modified by "
+                                      "hand: point it at versions/<version>");
   }
   const auto target = fs::read_symlink(link, ec).string();
   if (ec) return Error(Errc::kDpiStore, "readlink " + link.string() + ": " + ec.message());
@@ -77,19 +78,18 @@ Expected<std::optional<std::string>> Store::Current() const {
 Expected<std::vector<std::string>> Store::List() const {
   std::vector<std::string> out;
   std::error_code ec;
-  for (fs::directory_iterator it(root_ / "versions", ec), end; !ec && it != end;
-       it.increment(ec)) {
+  for (fs::directory_iterator it(root_ / "versions", ec), end; !ec && it != end; it.increment(ec)) {
     out.push_back(it->path().filename().string());
   }
-  if (ec) return Error(Errc::kDpiStore, "list " + (root_ / "versions").string() + ": " + ec.message());
+  if (ec)
+    return Error(Errc::kDpiStore, "list " + (root_ / "versions").string() + ": " + ec.message());
   return out;
 }
 
 Status Store::ClearStaging() const {
   std::error_code ec;
   std::vector<fs::path> entries;
-  for (fs::directory_iterator it(root_ / "staging", ec), end; !ec && it != end;
-       it.increment(ec)) {
+  for (fs::directory_iterator it(root_ / "staging", ec), end; !ec && it != end; it.increment(ec)) {
     entries.push_back(it->path());
   }
   if (ec && ec != std::errc::no_such_file_or_directory) {

@@ -16,7 +16,9 @@
 
 namespace sag::dpi::test {
 
-inline std::string DpiVersion(int n) { return "2026" + std::string("0101_") + std::to_string(n) + "_0-1.0"; }
+inline std::string DpiVersion(int n) {
+  return "2026" + std::string("0101_") + std::to_string(n) + "_0-1.0";
+}
 
 inline std::string RuleContent(const std::string& version, int i) {
   return "rules of " + version + " #" + std::to_string(i) + "\n" + std::string(2000 + i * 37, 'r');
@@ -75,8 +77,8 @@ class DpiEnv {
     const std::string engine = SAG_FAKE_DPI_ENGINE;
     const std::string state = engine_state().string();
     options_.hooks.validate.command = {engine, "--state", state, "validate"};
-    options_.hooks.reload.command = {engine, "--state", state, "--db",
-                                     (dir_ / "store/current").string(), "reload"};
+    options_.hooks.reload.command = {
+        engine, "--state", state, "--db", (dir_ / "store/current").string(), "reload"};
     options_.hooks.confirm.command = {engine, "--state", state, "confirm"};
     options_.hooks.validate.timeout = std::chrono::seconds(20);
     options_.hooks.reload.timeout = std::chrono::seconds(20);
@@ -89,14 +91,12 @@ class DpiEnv {
   FakeSystemInfo& system() { return system_; }
   [[nodiscard]] const std::filesystem::path& path() const { return dir_; }
 
-  DpiInstaller MakeInstaller() { return DpiInstaller(options_, &system_); }
+  DpiInstaller MakeInstaller() { return {options_, &system_}; }
 
   void Control(const std::string& name, const std::string& content) {
     ASSERT_TRUE(WriteFileAtomic(engine_state() / name, content));
   }
-  void ClearControl(const std::string& name) {
-    std::filesystem::remove(engine_state() / name);
-  }
+  void ClearControl(const std::string& name) { std::filesystem::remove(engine_state() / name); }
 
   // What the fake engine says it loaded ("none" when nothing).
   [[nodiscard]] std::string EngineLoaded() const {

@@ -186,9 +186,7 @@ class FakeSystemInfo final : public platform::SystemInfo {
   Expected<std::string> SerialNumber() override { return std::string("sag-test"); }
   Expected<std::string> HardwareModel() override { return std::string("sag-1000"); }
   Expected<std::string> BootId() override { return std::string("boot-1"); }
-  Expected<std::uint64_t> FreeSpace(const std::filesystem::path& /*dir*/) override {
-    return free_;
-  }
+  Expected<std::uint64_t> FreeSpace(const std::filesystem::path& /*dir*/) override { return free_; }
   void SetFree(std::uint64_t free) { free_ = free; }
 
  private:

@@ -3,12 +3,12 @@
 // never follow a link while writing.
 #include "dpi/extract.h"
 
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 
 #include <chrono>
 #include <fstream>
 #include <functional>
-#include <gtest/gtest.h>
 #include <set>
 
 #include "common/atomic_file.h"
@@ -106,7 +106,8 @@ struct HostileCase {
 
 std::vector<HostileCase> HostileCorpus() {
   return {
-      {"ParentTraversal", [] { return TarBuilder().File("../../etc/passwd", "root::0:0").Finish(); },
+      {"ParentTraversal",
+       [] { return TarBuilder().File("../../etc/passwd", "root::0:0").Finish(); },
        Errc::kArchiveUnsafePath},
       {"ParentTraversalInside",
        [] { return TarBuilder().File("rules/../../../sentinel", "x").Finish(); },
@@ -122,18 +123,28 @@ std::vector<HostileCase> HostileCorpus() {
        [] { return TarBuilder().Symlink("etc", "/etc").File("etc/passwd", "pwned").Finish(); },
        Errc::kArchiveUnsafeLink},
       {"SymlinkInsideThenWriteThrough",
-       [] {
-         return TarBuilder().Dir("sub").Symlink("inner", "sub").File("inner/x", "x").Finish();
-       },
+       [] { return TarBuilder().Dir("sub").Symlink("inner", "sub").File("inner/x", "x").Finish(); },
        Errc::kArchiveUnsafeLink},
       {"SymlinkDotDotInTheMiddle",
        [] { return TarBuilder().Symlink("d/l", "x/../../../y").Finish(); },
        Errc::kArchiveUnsafeLink},
       {"FileOverInnerSymlink",
        [] {
-         return TarBuilder().File("target", "t").Symlink("link", "target").File("link", "x").Finish();
+         return TarBuilder()
+             .File("target", "t")
+             .Symlink("link", "target")
+             .File("link", "x")
+             .Finish();
        },
        Errc::kArchiveMalformed},
+      {"SymlinkChainEscape",
+       [] {
+         // Each link passes a lexical check; together they climb out.
+         return TarBuilder().Symlink("d/up", "..").Symlink("e/esc", "../d/up/..").Finish();
+       },
+       Errc::kArchiveUnsafeLink},
+      {"SymlinkLoop", [] { return TarBuilder().Symlink("a", "b").Symlink("b", "a").Finish(); },
+       Errc::kArchiveUnsafeLink},
       {"HardlinkToEtcShadow",
        [] { return TarBuilder().Hardlink("shadow", "/etc/shadow").Finish(); },
        Errc::kArchiveUnsafeLink},
@@ -143,9 +154,7 @@ std::vector<HostileCase> HostileCorpus() {
       {"HardlinkToMissing", [] { return TarBuilder().Hardlink("s", "nothing").Finish(); },
        Errc::kArchiveUnsafeLink},
       {"HardlinkThroughSymlink",
-       [] {
-         return TarBuilder().Symlink("up", "..").Hardlink("s", "up/sentinel").Finish();
-       },
+       [] { return TarBuilder().Symlink("up", "..").Hardlink("s", "up/sentinel").Finish(); },
        Errc::kArchiveUnsafeLink},
       {"CharDevice", [] { return TarBuilder().Special("sda", AE_IFCHR).Finish(); },
        Errc::kArchiveSpecialFile},
@@ -156,8 +165,7 @@ std::vector<HostileCase> HostileCorpus() {
       {"SetuidFile", [] { return TarBuilder().File("sh", "#!", 04755).Finish(); },
        Errc::kArchiveSetId},
       {"SetgidDir", [] { return TarBuilder().Dir("d", 02755).Finish(); }, Errc::kArchiveSetId},
-      {"DuplicateFile",
-       [] { return TarBuilder().File("a", "1").File("a", "2").Finish(); },
+      {"DuplicateFile", [] { return TarBuilder().File("a", "1").File("a", "2").Finish(); },
        Errc::kArchiveMalformed},
       {"NotATar", [] { return std::string(4096, 'x'); }, Errc::kArchiveMalformed},
       {"Empty", [] { return std::string(); }, Errc::kArchiveMalformed},

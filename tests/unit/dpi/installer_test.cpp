@@ -55,10 +55,10 @@ TEST(JobStateTable, TerminalStatesAndTransitions) {
   EXPECT_FALSE(TransitionAllowed(JobState::kReloading, JobState::kFailed));  // must roll back
   EXPECT_FALSE(TransitionAllowed(JobState::kStaging, JobState::kRollingBack));
   EXPECT_FALSE(TransitionAllowed(JobState::kCommitted, JobState::kRollingBack));
-  for (auto s : {JobState::kVerifying, JobState::kStaging, JobState::kValidating,
-                 JobState::kSwapping, JobState::kReloading, JobState::kConfirming,
-                 JobState::kCommitted, JobState::kRollingBack, JobState::kRolledBack,
-                 JobState::kFailed}) {
+  for (auto s :
+       {JobState::kVerifying, JobState::kStaging, JobState::kValidating, JobState::kSwapping,
+        JobState::kReloading, JobState::kConfirming, JobState::kCommitted, JobState::kRollingBack,
+        JobState::kRolledBack, JobState::kFailed}) {
     EXPECT_EQ(ParseJobState(JobStateName(s)), s);
   }
 }
@@ -160,8 +160,7 @@ TEST_F(InstallerTest, RefusesAVersionFileThatDisagreesWithTheManifest) {
 TEST_F(InstallerTest, HostileArchiveLeavesTheActiveDatabaseUntouched) {
   InstallV1();
   int n = 0;
-  for (const auto& [archive, code] :
-       std::vector<std::pair<std::string, Errc>>{
+  for (const auto& [archive, code] : std::vector<std::pair<std::string, Errc>>{
            {test::TarBuilder().File("version", kV2 + "\n").File("../../../x", "x").Finish(),
             Errc::kArchiveUnsafePath},
            {test::TarBuilder().File("version", kV2 + "\n").Hardlink("s", "/etc/shadow").Finish(),
@@ -262,11 +261,12 @@ TEST_F(InstallerTest, SourceErrorFailsCleanly) {
 
 TEST_F(InstallerTest, AnUnfinishedJobBlocksOthersUntilResumed) {
   InstallV1();
-  ASSERT_TRUE(Journal(env_.options().journal)
-                  .Save({{"kind", "dpi"},
-                         {"job",
-                          {{"id", "job-2"}, {"version", kV2}, {"previous", kV1}, {"state", "Staging"}}},
-                         {"history", nlohmann::json::array()}}));
+  ASSERT_TRUE(
+      Journal(env_.options().journal)
+          .Save({{"kind", "dpi"},
+                 {"job",
+                  {{"id", "job-2"}, {"version", kV2}, {"previous", kV1}, {"state", "Staging"}}},
+                 {"history", nlohmann::json::array()}}));
   auto r = env_.Install("job-3", kV3, MakeDb(kV3));
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code(), Errc::kJobConflict);
@@ -286,10 +286,10 @@ TEST_F(InstallerTest, RefusesToRunWithoutReloadAndConfirmHooks) {
 // would have left it.
 struct ResumeCase {
   JobState crashed_in;
-  bool staged;     // staging/v2 exists
-  bool promoted;   // versions/v2 exists
-  bool swapped;    // current -> v2
-  bool reloaded;   // the engine loaded v2
+  bool staged;    // staging/v2 exists
+  bool promoted;  // versions/v2 exists
+  bool swapped;   // current -> v2
+  bool reloaded;  // the engine loaded v2
   JobState expect;
   std::string expect_active;
 };
@@ -320,19 +320,19 @@ TEST_P(ResumeTest, EndsWithOneCompleteDatabaseActiveAndLoaded) {
   }
   nlohmann::json history = nlohmann::json::array();
   const bool rolling = c.crashed_in == JobState::kRollingBack;
-  ASSERT_TRUE(Journal(env_.options().journal)
-                  .Save({{"kind", "dpi"},
-                         {"job",
-                          {{"id", "job-2"},
-                           {"version", kV2},
-                           {"previous", kV1},
-                           {"state", std::string(JobStateName(c.crashed_in))},
-                           // What a rollback started by a reload failure records:
-                           {"error", rolling ? nlohmann::json{{"code", 611}, {"message", "reload"}}
-                                             : nlohmann::json(nullptr)},
-                           {"failed_in", rolling ? nlohmann::json("Reloading")
-                                                 : nlohmann::json(nullptr)}}},
-                         {"history", history}}));
+  ASSERT_TRUE(
+      Journal(env_.options().journal)
+          .Save({{"kind", "dpi"},
+                 {"job",
+                  {{"id", "job-2"},
+                   {"version", kV2},
+                   {"previous", kV1},
+                   {"state", std::string(JobStateName(c.crashed_in))},
+                   // What a rollback started by a reload failure records:
+                   {"error", rolling ? nlohmann::json{{"code", 611}, {"message", "reload"}}
+                                     : nlohmann::json(nullptr)},
+                   {"failed_in", rolling ? nlohmann::json("Reloading") : nlohmann::json(nullptr)}}},
+                 {"history", history}}));
   auto installer = env_.MakeInstaller();
   auto r = installer.Resume();
   ASSERT_TRUE(r) << r.error().ToString();

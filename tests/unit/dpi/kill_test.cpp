@@ -7,6 +7,7 @@
 // spread over every stage; kill instants sweep the measured duration of one
 // install. SAG_DPI_KILLS sets the number of kills (100; the long variant
 // registered under SAG_LONG_TESTS runs 2000).
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/prctl.h>
@@ -16,7 +17,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
-#include <gtest/gtest.h>
 #include <map>
 #include <random>
 #include <sstream>
