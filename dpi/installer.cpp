@@ -170,6 +170,17 @@ DpiInstaller::DpiInstaller(Options options, platform::SystemInfo* system)
       store_(options_.store),
       journal_(options_.journal) {}
 
+Status DpiInstaller::EnsureJournalDir() const {
+  const auto dir = options_.journal.parent_path();
+  if (dir.empty()) return Ok();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    return Error(Errc::kIo, "create the journal's directory " + dir.string() + ": " + ec.message());
+  }
+  return Ok();
+}
+
 Status DpiInstaller::Persist(Job& job, JobState to) {
   if (to != job.state && !TransitionAllowed(job.state, to)) {
     return Error(Errc::kInternal, "DPI job " + job.id + ": transition " +
@@ -278,6 +289,7 @@ Expected<JobResult> DpiInstaller::Install(const JobSpec& spec, const PackageInfo
   while (job.history.size() > options_.history) job.history.erase(job.history.begin());
 
   SAG_TRY_STATUS(store_.Init());
+  SAG_TRY_STATUS(EnsureJournalDir());
   job.id = spec.job_id;
   job.version = package.version;
   job.allow_downgrade = spec.allow_downgrade;

@@ -123,6 +123,7 @@ class DpiInstaller {
 
  private:
   struct Job;
+  Status EnsureJournalDir() const;
   Status Persist(Job& job, JobState to);
   Status Run(Job& job, PayloadSource& source);
   Status StepVerify(Job& job, const JobSpec& spec, const PackageInfo& package);
