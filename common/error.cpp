@@ -80,6 +80,7 @@ std::string_view ErrcName(Errc code) {
     SAG_ERRC_NAME(DpiReloadFailed)
     SAG_ERRC_NAME(DpiConfirmMismatch)
     SAG_ERRC_NAME(DpiStore)
+    SAG_ERRC_NAME(DpiInterrupted)
     SAG_ERRC_NAME(Protocol)
     SAG_ERRC_NAME(ProtocolVersion)
 #undef SAG_ERRC_NAME

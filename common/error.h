@@ -92,6 +92,7 @@ enum class Errc : std::uint16_t {
   kDpiReloadFailed = 611,
   kDpiConfirmMismatch = 612,
   kDpiStore = 613,
+  kDpiInterrupted = 614,  // the agent stopped mid-job; cleaned up or rolled back on resume
   // 7xx: control channel and protocol
   kProtocol = 700,
   kProtocolVersion = 701,

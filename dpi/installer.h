@@ -1,0 +1,151 @@
+// DPI signature database upgrades: verify, stage, validate, swap atomically,
+// reload, confirm, or roll back. The flow and its crash recovery are
+// documented in docs/dpi.md.
+//
+// The job's lifecycle is the table kTransitions in installer.cpp: every state,
+// every way out of it, and what Resume() does when the agent died in it. The
+// job record (common/journal.h) is written at every transition, before the
+// step that the new state guards, so SIGKILL or power loss at any instant
+// leaves a record from which Resume() reaches a state with exactly one
+// complete database active and the engine told to load it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/error.h"
+#include "common/journal.h"
+#include "dpi/extract.h"
+#include "dpi/payload_source.h"
+#include "dpi/store.h"
+#include "platform/system_info.h"
+
+namespace sag::dpi {
+
+enum class JobState {
+  kVerifying,    // type, version policy and free space are being checked
+  kStaging,      // the payload is being extracted into staging/<version>
+  kValidating,   // the validate hook runs against the staged directory
+  kSwapping,     // staging -> versions/<version>, then `current` is switched
+  kReloading,    // the reload hook runs: the engine loads `current`
+  kConfirming,   // the confirm hook must print the new version
+  kCommitted,    // terminal: the new version is active and confirmed
+  kRollingBack,  // `current` goes back to the previous version, reload, confirm
+  kRolledBack,   // terminal: the previous version is active and confirmed again
+  kFailed,       // terminal: refused or interrupted before the swap (active db
+                 // untouched), or a rollback that itself failed
+};
+
+std::string_view JobStateName(JobState state);
+std::optional<JobState> ParseJobState(std::string_view name);
+bool IsTerminal(JobState state);
+// Whether the table allows `from` -> `to` (exposed for tests).
+bool TransitionAllowed(JobState from, JobState to);
+
+// A hook: argv; the installer appends DIR and VERSION (see docs/dpi.md).
+// An empty command means "not configured".
+struct Hook {
+  std::vector<std::string> command;
+  std::chrono::milliseconds timeout{30000};
+};
+
+struct Hooks {
+  Hook validate;  // optional
+  Hook reload;    // required
+  Hook confirm;   // required: its first output line is the loaded version
+};
+
+struct Options {
+  std::filesystem::path store{"/var/lib/sag-agent/dpi"};
+  int keep = 2;  // versions kept on disk, current included (at least 1)
+  Hooks hooks;
+  ExtractLimits limits;
+  std::filesystem::path journal{"/var/lib/sag-agent/dpi-job.json"};
+  // Free space required before extraction: payload size times this margin.
+  double space_margin = 2.0;
+  // Finished jobs remembered (ids and outcomes) so a re-sent job is answered.
+  std::size_t history = 64;
+};
+
+struct JobSpec {
+  std::string job_id;
+  std::string version;  // the version the job asks for; empty = take the package's
+  bool allow_downgrade = false;
+};
+
+struct JobResult {
+  std::string job_id;
+  JobState state = JobState::kFailed;
+  std::string version;                  // the version the job installs
+  std::optional<std::string> previous;  // the version active when the job started
+  std::optional<std::string> active;    // the version active now
+  // Set when the job did not commit: its code tells the stage
+  // (kDpiValidateFailed, kDpiReloadFailed, kDpiConfirmMismatch, kArchive*,
+  // kVersionTooOld, kWrongType, kNoSpace, kDpiInterrupted, ...).
+  std::optional<Error> error;
+  std::optional<JobState> failed_in;  // the state in which the job failed
+  bool replayed = false;              // answered from the journal, not run now
+
+  [[nodiscard]] bool ok() const { return state == JobState::kCommitted; }
+};
+
+// Not thread-safe; one installer per store and journal, used by one thread.
+class DpiInstaller {
+ public:
+  // `system` gives the free space of the store's file system; not owned.
+  DpiInstaller(Options options, platform::SystemInfo* system);
+
+  // Runs a job to a terminal state. A job's outcome, failure included, is a
+  // JobResult; an Error only means the job could not be run or recorded at
+  // all (journal unwritable, kJobConflict when another job is unfinished:
+  // call Resume() first, kInvalidArgument for a bad spec or configuration).
+  // A job id seen before is answered from the journal (replayed = true) and
+  // never run twice. `source` is read to its end only when staging starts.
+  Expected<JobResult> Install(const JobSpec& spec, const PackageInfo& package,
+                              PayloadSource& source);
+
+  // Finishes an interrupted job (call at start-up): before the swap the
+  // staging is removed and the job fails with kDpiInterrupted; after it the
+  // job rolls back to the previous version. nullopt when no job was ever
+  // recorded; a finished job's result otherwise (replayed = true).
+  Expected<std::optional<JobResult>> Resume();
+
+  // The active version; kNotFound when no database is active.
+  Expected<std::string> CurrentVersion() const;
+
+  // The recorded outcome of a job id (current job or history); nullopt if unknown.
+  Expected<std::optional<JobResult>> Lookup(const std::string& job_id) const;
+
+ private:
+  struct Job;
+  Status EnsureJournalDir() const;
+  Status Persist(Job& job, JobState to);
+  Status Run(Job& job, PayloadSource& source);
+  Status StepVerify(Job& job, const JobSpec& spec, const PackageInfo& package);
+  Status StepStage(Job& job, PayloadSource& source);
+  Status StepValidate(Job& job);
+  Status StepSwap(Job& job);
+  Status StepReload(Job& job);
+  Status StepConfirm(Job& job);
+  void Commit(Job& job);
+  void Fail(Job& job, Error error);
+  void RollBack(Job& job, std::optional<Error> error);
+  Status RunHook(const Hook& hook, std::string_view stage, const std::string& version,
+                 const std::filesystem::path& dir, const std::string& job_id,
+                 std::string* first_line);
+  Status ReloadAndConfirm(const std::optional<std::string>& version, const std::string& job_id,
+                          Errc reload_code, Errc confirm_code);
+  JobResult ResultOf(const Job& job) const;
+
+  Options options_;
+  platform::SystemInfo* system_;
+  Store store_;
+  Journal journal_;
+};
+
+}  // namespace sag::dpi

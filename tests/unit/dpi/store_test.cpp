@@ -1,0 +1,109 @@
+#include "dpi/store.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "common/atomic_file.h"
+#include "tests/support/temp_dir.h"
+
+namespace sag::dpi {
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kV1 = "20260101_1_0-1.0";
+const std::string kV2 = "20260102_1_0-1.0";
+const std::string kV3 = "20260103_1_0-1.0";
+
+void Stage(const Store& store, const std::string& v) {
+  auto dir = store.PrepareStaging(v);
+  ASSERT_TRUE(dir) << dir.error().ToString();
+  ASSERT_TRUE(WriteFileAtomic(*dir / "version", v + "\n"));
+  ASSERT_TRUE(store.Promote(v));
+}
+
+TEST(DpiStore, EmptyStoreHasNoCurrent) {
+  sag::test::TempDir dir;
+  Store store(dir / "dpi");
+  ASSERT_TRUE(store.Init());
+  auto cur = store.Current();
+  ASSERT_TRUE(cur);
+  EXPECT_FALSE(cur->has_value());
+}
+
+TEST(DpiStore, ActivateSwapsARelativeSymlink) {
+  sag::test::TempDir dir;
+  Store store(dir / "dpi");
+  ASSERT_TRUE(store.Init());
+  Stage(store, kV1);
+  ASSERT_TRUE(store.Activate(kV1));
+  EXPECT_EQ(fs::read_symlink(store.CurrentLink()), fs::path("versions") / kV1);
+  Stage(store, kV2);
+  ASSERT_TRUE(store.Activate(kV2));
+  EXPECT_EQ(**store.Current(), kV2);
+  EXPECT_EQ(*ReadFile(store.CurrentLink() / "version"), kV2 + "\n");
+  EXPECT_FALSE(fs::exists(store.root() / "current.tmp"));
+  EXPECT_EQ(store.Remove(kV2).error().code(), Errc::kDpiStore);  // active: refused
+  ASSERT_TRUE(store.Activate(std::nullopt));
+  EXPECT_FALSE(store.Current()->has_value());
+}
+
+TEST(DpiStore, ActivateRefusesAMissingVersion) {
+  sag::test::TempDir dir;
+  Store store(dir / "dpi");
+  ASSERT_TRUE(store.Init());
+  EXPECT_EQ(store.Activate(kV1).error().code(), Errc::kDpiStore);
+  EXPECT_FALSE(fs::exists(fs::symlink_status(store.CurrentLink())));
+}
+
+TEST(DpiStore, CurrentRejectsAHandMadeLink) {
+  sag::test::TempDir dir;
+  Store store(dir / "dpi");
+  ASSERT_TRUE(store.Init());
+  fs::create_symlink("/etc", store.CurrentLink());
+  EXPECT_EQ(store.Current().error().code(), Errc::kDpiStore);
+}
+
+TEST(DpiStore, InitRemovesAStaleTmpLink) {
+  sag::test::TempDir dir;
+  Store store(dir / "dpi");
+  ASSERT_TRUE(store.Init());
+  fs::create_symlink("versions/x", store.root() / "current.tmp");
+  ASSERT_TRUE(store.Init());
+  EXPECT_FALSE(fs::exists(fs::symlink_status(store.root() / "current.tmp")));
+}
+
+TEST(DpiStore, PromoteIsIdempotentAndReplacesStaleCopies) {
+  sag::test::TempDir dir;
+  Store store(dir / "dpi");
+  ASSERT_TRUE(store.Init());
+  Stage(store, kV1);
+  ASSERT_TRUE(store.Promote(kV1));  // already promoted: nothing to do
+  auto staged = store.PrepareStaging(kV1);
+  ASSERT_TRUE(staged);
+  ASSERT_TRUE(WriteFileAtomic(*staged / "version", "fresh\n"));
+  ASSERT_TRUE(store.Promote(kV1));
+  EXPECT_EQ(*ReadFile(store.VersionDir(kV1) / "version"), "fresh\n");
+  ASSERT_TRUE(store.Activate(kV1));
+  ASSERT_TRUE(store.PrepareStaging(kV1));
+  EXPECT_EQ(store.Promote(kV1).error().code(), Errc::kDpiStore);  // never replace the active one
+}
+
+TEST(DpiStore, PruneKeepsCurrentPreviousAndNewest) {
+  sag::test::TempDir dir;
+  Store store(dir / "dpi");
+  ASSERT_TRUE(store.Init());
+  for (const auto& v : {kV1, kV2, kV3}) Stage(store, v);
+  fs::create_directories(store.root() / "versions/garbage");
+  ASSERT_TRUE(store.Activate(kV2));
+  ASSERT_TRUE(store.Prune(2, kV1));
+  auto list = *store.List();
+  std::sort(list.begin(), list.end());
+  EXPECT_EQ(list, (std::vector<std::string>{kV1, kV2}));
+  ASSERT_TRUE(store.Prune(1, kV1));
+  EXPECT_EQ(*store.List(), std::vector<std::string>{kV2});
+}
+
+}  // namespace
+}  // namespace sag::dpi
