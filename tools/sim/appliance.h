@@ -40,7 +40,7 @@ struct InitOptions {
 
 class Appliance {
  public:
-  explicit Appliance(std::filesystem::path dir);
+  explicit Appliance(const std::filesystem::path& dir);
 
   // Creates the appliance; DIR must not exist or be empty.
   Status Init(const InitOptions& options);

@@ -10,8 +10,8 @@
 #include <fstream>
 #include <iostream>
 #include <map>
-#include <set>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -160,7 +160,8 @@ Expected<int> CmdInit(const Args& a) {
   Appliance app(a.positional[0]);
   SAG_TRY_STATUS(app.Init(o));
   Say("created appliance " + app.dir().string() + ": slots of " + std::to_string(o.slot_size) +
-      " bytes, model " + o.model + ", serial " + o.serial + ", BOOT_ORDER=\"A B\" A_LEFT=3 B_LEFT=0");
+      " bytes, model " + o.model + ", serial " + o.serial +
+      ", BOOT_ORDER=\"A B\" A_LEFT=3 B_LEFT=0");
   return 0;
 }
 
@@ -247,9 +248,11 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::vector<std::string>
   for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
   env_storage.insert(env_storage.end(), env_add.begin(), env_add.end());
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
   args.push_back(nullptr);
   std::vector<char*> envp;
+  envp.reserve(env_storage.size() + 1);
   for (auto& s : env_storage) envp.push_back(s.data());
   envp.push_back(nullptr);
   std::fflush(stdout);
@@ -289,7 +292,7 @@ Expected<int> CmdBoot(const Args& a) {
   // The hardware must be what the simulator created: same slot sizes.
   for (const Slot s : {Slot::kA, Slot::kB}) {
     SAG_TRY(auto dev, sag::platform::OpenSlotDevice(sag::platform::SlotName(s), app.SlotPath(s),
-                                                   app.slot_size()));
+                                                    app.slot_size()));
   }
   const fs::path agent = a.opts.count("agent") != 0 ? fs::path(Get(a, "agent")) : DefaultAgent();
   std::vector<std::string> argv{agent.string()};
@@ -314,10 +317,11 @@ Expected<int> CmdBoot(const Args& a) {
           "): U-Boot continues with its default environment");
     }
     sag::platform::BootStep step = sag::platform::RunBootScript(before);
-    auto saved = loaded ? env.Update([&](const sag::platform::EnvVars&) -> Expected<sag::platform::EnvVars> {
-      return step.env;
-    })
-                        : env.Format(step.env);
+    auto saved =
+        loaded ? env.Update([&](const sag::platform::EnvVars&) -> Expected<sag::platform::EnvVars> {
+          return step.env;
+        })
+               : env.Format(step.env);
     if (!saved) return saved.error().WithContext("bootloader saveenv");
     if (!step.slot) {
       Say(head + Describe(before) + " -> no slot has tries left: A_LEFT=3 B_LEFT=3, board reset");
@@ -326,8 +330,10 @@ Expected<int> CmdBoot(const Args& a) {
     const Slot slot = *step.slot;
     const std::string name(sag::platform::SlotName(slot));
     const std::string left = Var(step.env, std::string(sag::platform::LeftVar(slot)).c_str());
-    Say(head + Describe(before) + " -> slot " + name + (step.fallback ? " (fallback)" : "") +
-        ", " + left + " tries left");
+    std::string line = head + Describe(before);
+    line.append(" -> slot ").append(name).append(step.fallback ? " (fallback)" : "");
+    line.append(", ").append(left).append(" tries left");
+    Say(line);
     std::error_code ec;
     if (fs::exists(app.FaultPath(slot, "unbootable"), ec)) {
       Say("boot #" + std::to_string(n) + ": kernel of slot " + name +
@@ -335,18 +341,18 @@ Expected<int> CmdBoot(const Args& a) {
       continue;
     }
     SAG_TRY_STATUS(sag::WriteFileAtomic(
-        app.Path("cmdline"), "console=ttyS0 root=" + app.SlotPath(slot).string() +
-                                 " rootwait sag.slot=" + name + "\n"));
+        app.Path("cmdline"),
+        "console=ttyS0 root=" + app.SlotPath(slot).string() + " rootwait sag.slot=" + name + "\n"));
     SAG_TRY_STATUS(sag::WriteFileAtomic(app.Path("boot_id"), NewBootId()));
     fs::remove(flag, ec);
 
     const pid_t pid = Spawn(
-        argv, {std::string(sag::platform::FlagFileRebooter::kRebootFlagEnv) + "=" + flag.string(),
-               std::string(sag::platform::LinuxSystemInfo::kBootIdEnv) + "=" +
-                   app.Path("boot_id").string(),
-               "SAG_SIM_DIR=" + app.dir().string(), "SAG_SIM_SLOT=" + name,
-               "SAG_SIM_BOOT=" + std::to_string(n),
-               "SAG_SIM_CONFIG=" + app.Path("agent.yaml").string()});
+        argv,
+        {std::string(sag::platform::FlagFileRebooter::kRebootFlagEnv) + "=" + flag.string(),
+         std::string(sag::platform::LinuxSystemInfo::kBootIdEnv) + "=" +
+             app.Path("boot_id").string(),
+         "SAG_SIM_DIR=" + app.dir().string(), "SAG_SIM_SLOT=" + name,
+         "SAG_SIM_BOOT=" + std::to_string(n), "SAG_SIM_CONFIG=" + app.Path("agent.yaml").string()});
     if (pid < 0) return sag::MakeErrno(Errc::kIo, "fork for " + argv[0]);
     std::optional<std::chrono::milliseconds> cut_in;
     if (cuts_left > 0) {
@@ -384,7 +390,8 @@ Expected<int> CmdBoot(const Args& a) {
       Say("agent asked for a reboot (" + ExitText(status) + ")");
       continue;
     }
-    Say("agent exited (" + ExitText(status) + ") without asking for a reboot; the simulated "
+    Say("agent exited (" + ExitText(status) +
+        ") without asking for a reboot; the simulated "
         "device stops here");
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
   }
@@ -424,13 +431,14 @@ Status TearNewest(const Appliance& app, std::mt19937_64& rng, int& copy_out) {
   const auto f0 = static_cast<unsigned char>(image[4]);
   const auto f1 = static_cast<unsigned char>(image[sag::sim::kEnvSize + 4]);
   // Incremental flags wrap: 0 after 255 is newer.
-  const bool second_newer = (f1 == static_cast<unsigned char>(f0 + 1)) ||
-                            (f1 > f0 && !(f0 == 0 && f1 == 255));
+  const bool second_newer =
+      (f1 == static_cast<unsigned char>(f0 + 1)) || (f1 > f0 && !(f0 == 0 && f1 == 255));
   copy_out = second_newer ? 1 : 0;
   const std::size_t base = second_newer ? sag::sim::kEnvSize : 0;
   const std::size_t from =
       base + std::uniform_int_distribution<std::size_t>(5, sag::sim::kEnvSize - 1)(rng);
-  for (std::size_t i = from; i < base + sag::sim::kEnvSize; ++i) image[i] = static_cast<char>(image[i] ^ 0xA5);
+  for (std::size_t i = from; i < base + sag::sim::kEnvSize; ++i)
+    image[i] = static_cast<char>(image[i] ^ 0xA5);
   // In place, like the interrupted write it stands for.
   std::fstream out(app.Path("uboot.env"), std::ios::in | std::ios::out | std::ios::binary);
   out.seekp(0);
@@ -441,7 +449,8 @@ Status TearNewest(const Appliance& app, std::mt19937_64& rng, int& copy_out) {
 }
 
 Expected<int> CmdCutEnv(const Args& a) {
-  if (a.positional.size() != 1) return Error(Errc::kInvalidArgument, "cut-env needs exactly one DIR");
+  if (a.positional.size() != 1)
+    return Error(Errc::kInvalidArgument, "cut-env needs exactly one DIR");
   Appliance app(a.positional[0]);
   SAG_TRY_STATUS(app.Load());
   SAG_TRY(const auto trials, Number(a, "trials", 100));
@@ -492,11 +501,12 @@ Expected<int> CmdCutEnv(const Args& a) {
                       : Expected<sag::platform::BootState>(vars.error());
     if (state && state->NextBoot()) {
       ++valid;
-      if (t % 10 == 0 || t == 1) Say("cut-env trial " + std::to_string(t) + ": " + what + ": " +
-                                     sag::platform::DescribeState(*state) + " ok");
+      if (t % 10 == 0 || t == 1)
+        Say("cut-env trial " + std::to_string(t) + ": " + what + ": " +
+            sag::platform::DescribeState(*state) + " ok");
     } else {
-      Say("cut-env trial " + std::to_string(t) + ": " + what + ": INVALID: " +
-          (state ? "no bootable slot" : state.error().ToString()));
+      Say("cut-env trial " + std::to_string(t) + ": " + what +
+          ": INVALID: " + (state ? "no bootable slot" : state.error().ToString()));
       // Restore a valid environment so the next trials still measure something.
       SAG_TRY_STATUS(env.Format(sag::platform::FormatBootVars({{Slot::kA, Slot::kB}, 3, 0})));
     }
@@ -516,8 +526,8 @@ int main(int argc, char** argv) {
     std::cout << kUsage;
     return 0;
   }
-  static const std::map<std::string, std::pair<std::set<std::string>,
-                                               Expected<int> (*)(const Args&)>>
+  static const std::map<std::string,
+                        std::pair<std::set<std::string>, Expected<int> (*)(const Args&)>>
       commands = {
           {"init",
            {{"slot-size", "model", "serial", "smartag-id", "endpoint", "root-ca", "slot-a"},

@@ -130,9 +130,10 @@ TYPED_TEST(BootControlContract, InvalidVariablesAreNamedAndNeverOverwritten) {
     const char* var;
     std::optional<std::string> value;
   };
-  const Case cases[] = {{"BOOT_ORDER", "A C"},    {"BOOT_ORDER", "A A"}, {"BOOT_ORDER", " "},
-                        {"BOOT_ORDER", std::nullopt}, {"BOOT_A_LEFT", "x"}, {"BOOT_A_LEFT", "10"},
-                        {"BOOT_B_LEFT", "-1"},    {"BOOT_B_LEFT", std::nullopt}};
+  const Case cases[] = {{"BOOT_ORDER", "A C"}, {"BOOT_ORDER", "A A"},
+                        {"BOOT_ORDER", " "},   {"BOOT_ORDER", std::nullopt},
+                        {"BOOT_A_LEFT", "x"},  {"BOOT_A_LEFT", "10"},
+                        {"BOOT_B_LEFT", "-1"}, {"BOOT_B_LEFT", std::nullopt}};
   for (const auto& c : cases) {
     this->h_.Provision(State({kA, kB}, 3, 3), kA);
     this->h_.SetRaw(c.var, c.value);
