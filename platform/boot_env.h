@@ -78,6 +78,8 @@ class GrubEnv : public BootEnv {
                                                                           const std::string& where);
 
  private:
+  void RemoveStaleTemps() const;
+
   std::filesystem::path path_;
   std::string name_;
 };

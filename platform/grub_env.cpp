@@ -135,6 +135,7 @@ Status GrubEnv::Update(const ChangeFn& change) {
     }
   }
   SAG_TRY(const std::string text, Serialize(next, name_));
+  RemoveStaleTemps();
   // GRUB itself rewrites the block in place, but a half-written block from
   // our side would be read by GRUB as garbage: replace the whole file
   // atomically so a power cut leaves the old or the new block.
@@ -142,6 +143,18 @@ Status GrubEnv::Update(const ChangeFn& change) {
     return Error(Errc::kBootEnvWrite, name_ + ": " + st.error().message());
   }
   return Ok();
+}
+
+void GrubEnv::RemoveStaleTemps() const {
+  // WriteFileAtomic names its temporary ".NAME.tmpN"; a writer killed before
+  // the rename leaves it behind, and /boot is small. The agent is the only
+  // writer of the block at run time, so any such file is stale.
+  const std::string prefix = "." + path_.filename().string() + ".tmp";
+  std::error_code ec;
+  const auto dir = path_.has_parent_path() ? path_.parent_path() : std::filesystem::path(".");
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    if (e.path().filename().string().starts_with(prefix)) std::filesystem::remove(e.path(), ec);
+  }
 }
 
 Status GrubEnv::Format(const EnvVars& vars) {

@@ -104,6 +104,10 @@ Status Appliance::Init(const InitOptions& o) {
                 static_cast<unsigned long long>(kEnvSize));
   SAG_TRY_STATUS(WriteFileAtomic(dir_ / "fw_env.config", cfg));
   // Factory state: A holds the image and has the tries; B is empty.
+  // A GRUB environment block too, for cut-env --backend grub.
+  SAG_TRY_STATUS(
+      platform::GrubEnv(dir_ / "grubenv")
+          .Format(platform::FormatBootVars({{platform::Slot::kA, platform::Slot::kB}, 3, 0})));
   platform::UBootEnv uboot(dir_ / "fw_env.config");
   SAG_TRY_STATUS(
       uboot.Format(platform::FormatBootVars({{platform::Slot::kA, platform::Slot::kB}, 3, 0})));

@@ -168,6 +168,20 @@ TEST_F(SimTest, PowerCutsDuringEnvironmentWritesLeaveAValidEnvironment) {
   EXPECT_EQ(r->exit_code, 0) << r->output;
 }
 
+TEST_F(SimTest, PowerCutsDuringGrubBlockWritesLeaveAValidBlock) {
+  const Out o =
+      Sim({"cut-env", dev_.string(), "--backend", "grub", "--trials", "30", "--seed", "2"},
+          std::chrono::seconds(120));
+  EXPECT_EQ(o.code, 0) << o.text;
+  EXPECT_NE(o.text.find("30 of 30 power cuts left a valid environment"), std::string::npos)
+      << o.text;
+  auto r = RunCommand({"grub-editenv", (dev_ / "grubenv").string(), "list"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->exit_code, 0) << r->output;
+  EXPECT_NE(r->output.find("BOOT_ORDER="), std::string::npos) << r->output;
+  EXPECT_EQ(std::filesystem::file_size(dev_ / "grubenv"), 1024U);
+}
+
 TEST_F(SimTest, BadInputsGiveClearErrors) {
   Out o = Sim({"boot", (dir_ / "nothing").string()});
   EXPECT_EQ(o.code, 1);

@@ -179,5 +179,32 @@ TYPED_TEST(BootControlContract, CommandLineWithoutKnownSlot) {
   }
 }
 
+TEST(FakeBootControl, InjectedWriteFailureChangesNothing) {
+  FakeBootControl fake;
+  fake.FailNextWrite(Error(Errc::kBootEnvWrite, "injected"));
+  const auto st = fake.SetTrial(kB, 3);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kBootEnvWrite);
+  EXPECT_EQ(fake.writes(), 0);
+  EXPECT_EQ(fake.ReadState()->order, (std::vector<Slot>{kA, kB}));
+  ASSERT_TRUE(fake.SetTrial(kB, 3));  // only the next write fails
+  EXPECT_EQ(fake.writes(), 1);
+  fake.CorruptEnvironment();
+  EXPECT_EQ(fake.Boot(), kA);  // U-Boot's default environment: "A B", 3, 3
+  EXPECT_EQ(fake.ReadState()->a_left, 2);
+}
+
+TEST(GrubEnv, RemovesTemporariesOfKilledWriters) {
+  sag::test::TempDir dir;
+  GrubEnv env(dir / "grubenv");
+  ASSERT_TRUE(env.Format(FormatBootVars(State({kA, kB}, 3, 0))));
+  ASSERT_TRUE(WriteFileAtomic(dir / ".grubenv.tmp12345", "half a block"));
+  ASSERT_TRUE(env.Update([](const EnvVars&) -> Expected<EnvVars> { return EnvVars{{"x", "1"}}; }));
+  EXPECT_FALSE(std::filesystem::exists(dir / ".grubenv.tmp12345"));
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()),
+                          std::filesystem::directory_iterator()),
+            1);
+}
+
 }  // namespace
 }  // namespace sag::platform::test
