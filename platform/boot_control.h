@@ -32,6 +32,12 @@ struct BootState {
   [[nodiscard]] std::optional<Slot> NextBoot() const;
 };
 
+// All writes: `attempts` must be 1..9 (kInvalidArgument otherwise; the boot
+// scripts count with one digit). The environment is read and all three
+// variables validated first; on any error nothing is written. Only the three
+// boot variables are written, and never into a state without a bootable
+// slot. Implementations: EnvBootControl (U-Boot, GRUB; env_boot_control.h),
+// FakeBootControl (tests). docs/boot.md has the whole convention.
 class BootControl {
  public:
   virtual ~BootControl() = default;
@@ -46,11 +52,14 @@ class BootControl {
 
   // Makes `slot` the next boot for `attempts` tries: it goes first in
   // BOOT_ORDER with BOOT_x_LEFT = attempts. The current slot stays second, so
-  // when the tries run out the bootloader falls back to it.
+  // when the tries run out the bootloader falls back to it. Refused with
+  // kBootEnvInvalid when that fallback slot has no tries left (mark the
+  // running slot good first).
   virtual Status SetTrial(Slot slot, int attempts) = 0;
 
   // Commits `slot` (normally the booted one after a healthy trial): first in
-  // BOOT_ORDER, BOOT_x_LEFT reset to `attempts`.
+  // BOOT_ORDER, BOOT_x_LEFT reset to `attempts`. Writes nothing when the
+  // environment already says so, so it can run on every healthy boot.
   virtual Status MarkGood(Slot slot, int attempts) = 0;
 
   // Makes `slot` unbootable: BOOT_x_LEFT = 0 and moved last. Refused with

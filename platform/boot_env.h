@@ -71,13 +71,15 @@ class GrubEnv : public BootEnv {
 
   // The block's text for `vars` in `order` (names not in `order` after them);
   // kBootEnvWrite when it exceeds kBlockSize.
-  static Expected<std::string> Serialize(const std::vector<std::pair<std::string, std::string>>& vars,
-                                         const std::string& where);
+  static Expected<std::string> Serialize(
+      const std::vector<std::pair<std::string, std::string>>& vars, const std::string& where);
   // Parses a block; kBootEnvCorrupt when the size or the header is wrong.
-  static Expected<std::vector<std::pair<std::string, std::string>>> Parse(
-      std::string_view block, const std::string& where);
+  static Expected<std::vector<std::pair<std::string, std::string>>> Parse(std::string_view block,
+                                                                          const std::string& where);
 
  private:
+  void RemoveStaleTemps() const;
+
   std::filesystem::path path_;
   std::string name_;
 };

@@ -1,8 +1,9 @@
+#include "platform/boot_state.h"
+
 #include <algorithm>
 #include <sstream>
 
 #include "platform/boot_control.h"
-#include "platform/boot_state.h"
 
 namespace sag::platform {
 
@@ -103,8 +104,9 @@ EnvVars FormatBootVars(const BootState& state) {
 }
 
 std::string DescribeState(const BootState& state) {
-  return "BOOT_ORDER=\"" + FormatOrder(state.order) + "\" BOOT_A_LEFT=" +
-         std::to_string(state.a_left) + " BOOT_B_LEFT=" + std::to_string(state.b_left);
+  return "BOOT_ORDER=\"" + FormatOrder(state.order) +
+         "\" BOOT_A_LEFT=" + std::to_string(state.a_left) +
+         " BOOT_B_LEFT=" + std::to_string(state.b_left);
 }
 
 Expected<BootState> StateAfterSetTrial(const BootState& state, Slot slot, int attempts) {
@@ -137,10 +139,10 @@ Expected<BootState> StateAfterMarkGood(const BootState& state, Slot slot, int at
 Expected<BootState> StateAfterMarkBad(const BootState& state, Slot slot) {
   const Slot other = OtherSlot(slot);
   if (state.Left(other) == 0) {
-    return Error(Errc::kBootEnvInvalid,
-                 "refusing to mark slot " + std::string(SlotName(slot)) + " bad: slot " +
-                     std::string(SlotName(other)) + " has no tries left either (" +
-                     DescribeState(state) + "), so no slot would be bootable");
+    return Error(Errc::kBootEnvInvalid, "refusing to mark slot " + std::string(SlotName(slot)) +
+                                            " bad: slot " + std::string(SlotName(other)) +
+                                            " has no tries left either (" + DescribeState(state) +
+                                            "), so no slot would be bootable");
   }
   BootState next = state;
   next.order = {other, slot};

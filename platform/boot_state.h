@@ -28,7 +28,7 @@ inline constexpr const char* kVarBLeft = "BOOT_B_LEFT";
 // scripts agree with the agent only for 0..9.
 inline constexpr int kMaxAttempts = 9;
 
-std::string_view LeftVar(Slot slot);  // "BOOT_A_LEFT" | "BOOT_B_LEFT"
+std::string_view LeftVar(Slot slot);                      // "BOOT_A_LEFT" | "BOOT_B_LEFT"
 std::string FormatOrder(const std::vector<Slot>& order);  // "A B"
 
 // Parses and validates the three variables. `where` names the environment in

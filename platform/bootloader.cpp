@@ -17,7 +17,8 @@ long DecimalPrefix(const std::string& s) {
     ++i;
   }
   long v = 0;
-  for (; i < s.size() && s[i] >= '0' && s[i] <= '9' && v < 100000000; ++i) v = v * 10 + (s[i] - '0');
+  for (; i < s.size() && s[i] >= '0' && s[i] <= '9' && v < 100000000; ++i)
+    v = v * 10 + (s[i] - '0');
   return neg ? -v : v;
 }
 

@@ -62,11 +62,11 @@ Expected<std::unique_ptr<BootControl>> MakeBootControl(const BootOptions& option
   const auto& env_path =
       options.backend == BootOptions::Backend::kUBoot ? options.uboot_config : options.grubenv;
   if (!std::filesystem::exists(env_path, ec)) {
-    return Error(Errc::kNotFound,
-                 (options.backend == BootOptions::Backend::kUBoot
-                      ? "U-Boot environment configuration "
-                      : "GRUB environment block ") +
-                     env_path.string() + " does not exist; check boot.uboot_config/boot.grubenv");
+    return Error(
+        Errc::kNotFound,
+        (options.backend == BootOptions::Backend::kUBoot ? "U-Boot environment configuration "
+                                                         : "GRUB environment block ") +
+            env_path.string() + " does not exist; check boot.uboot_config/boot.grubenv");
   }
   if (!std::filesystem::exists(options.cmdline, ec)) {
     return Error(Errc::kNotFound, "kernel command line " + options.cmdline.string() +

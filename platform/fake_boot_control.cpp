@@ -8,7 +8,8 @@ namespace {
 constexpr const char* kWhere = "fake boot environment";
 }
 
-FakeBootControl::FakeBootControl() : FakeBootControl(BootState{{Slot::kA, Slot::kB}, 3, 0}, Slot::kA) {}
+FakeBootControl::FakeBootControl()
+    : FakeBootControl(BootState{{Slot::kA, Slot::kB}, 3, 0}, Slot::kA) {}
 
 FakeBootControl::FakeBootControl(const BootState& state, Slot booted)
     : env_(FormatBootVars(state)), booted_(booted) {}

@@ -46,8 +46,8 @@ class FileSlotWriter : public SlotWriter {
       const ssize_t n = ::pwrite(fd_, data.data(), data.size(), static_cast<off_t>(offset));
       if (n < 0) {
         if (errno == EINTR) continue;
-        return MakeErrno(Errc::kSlotIo, "write to slot " + path_.string() + " at " +
-                                            std::to_string(offset));
+        return MakeErrno(Errc::kSlotIo,
+                         "write to slot " + path_.string() + " at " + std::to_string(offset));
       }
       data = data.subspan(static_cast<std::size_t>(n));
       offset += static_cast<std::uint64_t>(n);
@@ -130,12 +130,12 @@ Expected<std::size_t> FileSlotDevice::ReadAt(std::uint64_t offset, std::span<std
   }
   std::size_t done = 0;
   while (done < buf.size()) {
-    const ssize_t n = ::pread(read_fd_, buf.data() + done, buf.size() - done,
-                              static_cast<off_t>(offset + done));
+    const ssize_t n =
+        ::pread(read_fd_, buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return MakeErrno(Errc::kSlotIo, "read slot " + path_.string() + " at " +
-                                          std::to_string(offset + done));
+      return MakeErrno(Errc::kSlotIo,
+                       "read slot " + path_.string() + " at " + std::to_string(offset + done));
     }
     if (n == 0) break;
     done += static_cast<std::size_t>(n);

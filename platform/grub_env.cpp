@@ -23,12 +23,14 @@ GrubEnv::GrubEnv(std::filesystem::path path)
 Expected<VarList> GrubEnv::Parse(std::string_view block, const std::string& where) {
   if (block.size() != kBlockSize) {
     return Error(Errc::kBootEnvCorrupt,
-                 where + " is " + std::to_string(block.size()) + " bytes, a GRUB environment "
-                 "block is exactly 1024; recreate it with grub-editenv FILE create");
+                 where + " is " + std::to_string(block.size()) +
+                     " bytes, a GRUB environment "
+                     "block is exactly 1024; recreate it with grub-editenv FILE create");
   }
   if (!block.starts_with(kSignature)) {
-    return Error(Errc::kBootEnvCorrupt, where + " does not start with '# GRUB Environment Block'; "
-                                                "recreate it with grub-editenv FILE create");
+    return Error(Errc::kBootEnvCorrupt, where +
+                                            " does not start with '# GRUB Environment Block'; "
+                                            "recreate it with grub-editenv FILE create");
   }
   VarList vars;
   std::size_t i = kSignature.size();
@@ -42,8 +44,8 @@ Expected<VarList> GrubEnv::Parse(std::string_view block, const std::string& wher
     const auto eq = block.find('=', i);
     const auto nl = block.find('\n', i);
     if (eq == std::string_view::npos || (nl != std::string_view::npos && nl < eq)) {
-      return Error(Errc::kBootEnvCorrupt, where + ": line at byte " + std::to_string(i) +
-                                              " is not name=value");
+      return Error(Errc::kBootEnvCorrupt,
+                   where + ": line at byte " + std::to_string(i) + " is not name=value");
     }
     std::string name(block.substr(i, eq - i));
     std::string value;
@@ -61,7 +63,9 @@ Expected<VarList> GrubEnv::Parse(std::string_view block, const std::string& wher
       }
     }
     if (!ended) {
-      return Error(Errc::kBootEnvCorrupt, where + ": variable " + name + " is not terminated");
+      std::string msg = where;
+      msg.append(": variable ").append(name).append(" is not terminated");
+      return Error(Errc::kBootEnvCorrupt, msg);
     }
     vars.emplace_back(std::move(name), std::move(value));
     i = j + 1;
@@ -74,7 +78,9 @@ Expected<std::string> GrubEnv::Serialize(const VarList& vars, const std::string&
   out += kWarning;
   for (const auto& [name, value] : vars) {
     if (name.empty() || name.find_first_of("=\n\\#") != std::string::npos || name[0] == '#') {
-      return Error(Errc::kBootEnvWrite, where + ": invalid variable name '" + name + "'");
+      std::string msg = where;
+      msg.append(": invalid variable name '").append(name).append("'");
+      return Error(Errc::kBootEnvWrite, msg);
     }
     out += name;
     out += '=';
@@ -85,8 +91,7 @@ Expected<std::string> GrubEnv::Serialize(const VarList& vars, const std::string&
     out += '\n';
   }
   if (out.size() > kBlockSize) {
-    return Error(Errc::kBootEnvWrite, where + ": the variables need " +
-                                          std::to_string(out.size()) +
+    return Error(Errc::kBootEnvWrite, where + ": the variables need " + std::to_string(out.size()) +
                                           " bytes, more than the 1024 of a GRUB environment "
                                           "block; nothing was written");
   }
@@ -114,20 +119,23 @@ Status GrubEnv::Update(const ChangeFn& change) {
   // Keep the file's order and any other variables; duplicates collapse to
   // the value GRUB would have used.
   VarList next;
-  for (const auto& [n, v] : list) {
-    if (std::none_of(next.begin(), next.end(), [&](const auto& p) { return p.first == n; })) {
-      next.emplace_back(n, current[n]);
-    }
+  const auto find = [&next](const std::string& name) {
+    return std::find_if(next.begin(), next.end(),
+                        [&name](const auto& p) { return p.first == name; });
+  };
+  for (const auto& entry : list) {
+    if (find(entry.first) == next.end()) next.emplace_back(entry.first, current[entry.first]);
   }
-  for (const auto& [n, v] : set) {
-    auto it = std::find_if(next.begin(), next.end(), [&](const auto& p) { return p.first == n; });
+  for (const auto& entry : set) {
+    auto it = find(entry.first);
     if (it == next.end()) {
-      next.emplace_back(n, v);
+      next.push_back(entry);
     } else {
-      it->second = v;
+      it->second = entry.second;
     }
   }
   SAG_TRY(const std::string text, Serialize(next, name_));
+  RemoveStaleTemps();
   // GRUB itself rewrites the block in place, but a half-written block from
   // our side would be read by GRUB as garbage: replace the whole file
   // atomically so a power cut leaves the old or the new block.
@@ -135,6 +143,18 @@ Status GrubEnv::Update(const ChangeFn& change) {
     return Error(Errc::kBootEnvWrite, name_ + ": " + st.error().message());
   }
   return Ok();
+}
+
+void GrubEnv::RemoveStaleTemps() const {
+  // WriteFileAtomic names its temporary ".NAME.tmpN"; a writer killed before
+  // the rename leaves it behind, and /boot is small. The agent is the only
+  // writer of the block at run time, so any such file is stale.
+  const std::string prefix = "." + path_.filename().string() + ".tmp";
+  std::error_code ec;
+  const auto dir = path_.has_parent_path() ? path_.parent_path() : std::filesystem::path(".");
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    if (e.path().filename().string().starts_with(prefix)) std::filesystem::remove(e.path(), ec);
+  }
 }
 
 Status GrubEnv::Format(const EnvVars& vars) {

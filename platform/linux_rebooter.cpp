@@ -23,7 +23,8 @@ FlagFileRebooter::FlagFileRebooter(std::filesystem::path flag, bool terminate_se
     : flag_(std::move(flag)), terminate_self_(terminate_self) {}
 
 Status FlagFileRebooter::Reboot() {
-  if (auto st = WriteFileAtomic(flag_, "reboot requested by pid " + std::to_string(::getpid()) + "\n");
+  if (auto st =
+          WriteFileAtomic(flag_, "reboot requested by pid " + std::to_string(::getpid()) + "\n");
       !st) {
     return Error(Errc::kRebootFailed, "requesting a reboot: " + st.error().message());
   }

@@ -19,12 +19,15 @@ Expected<std::string> ValueOrFile(const std::string& value, const std::filesyste
     return Error(Errc::kSystemInfo, "reading the " + what + ": " + text.error().message());
   }
   std::string s = *text;
-  const auto junk = [](char c) { return c == '\0' || c == ' ' || c == '\n' || c == '\t' || c == '\r'; };
+  const auto junk = [](char c) {
+    return c == '\0' || c == ' ' || c == '\n' || c == '\t' || c == '\r';
+  };
   while (!s.empty() && junk(s.back())) s.pop_back();
   std::size_t start = 0;
   while (start < s.size() && junk(s[start])) ++start;
   s.erase(0, start);
-  if (s.empty()) return Error(Errc::kSystemInfo, "the " + what + " in " + file.string() + " is empty");
+  if (s.empty())
+    return Error(Errc::kSystemInfo, "the " + what + " in " + file.string() + " is empty");
   return s;
 }
 

@@ -52,8 +52,9 @@ Expected<std::vector<EnvDevice>> ReadDevices(const std::filesystem::path& config
   }
   if (devices.empty() || devices.size() > 2) {
     return Error(Errc::kBootEnvCorrupt,
-                 config.string() + " must name one or two environment copies as 'DEVICE OFFSET "
-                                   "SIZE' lines, found " +
+                 config.string() +
+                     " must name one or two environment copies as 'DEVICE OFFSET "
+                     "SIZE' lines, found " +
                      std::to_string(devices.size()));
   }
   for (const auto& d : devices) {
@@ -140,8 +141,7 @@ class Session {
 
   Status Store(const std::string& name) {
     if (const int r = libuboot_env_store(ctx_); r != 0) {
-      return MakeErrno(Errc::kBootEnvWrite, name + ": storing the environment",
-                       r < 0 ? -r : EIO);
+      return MakeErrno(Errc::kBootEnvWrite, name + ": storing the environment", r < 0 ? -r : EIO);
     }
     return Ok();
   }

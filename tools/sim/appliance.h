@@ -5,6 +5,7 @@
 //   slot-b.img        slot B
 //   uboot.env         U-Boot environment, two redundant copies of kEnvSize
 //   fw_env.config     libubootenv configuration for it (fw_printenv -c works)
+//   grubenv           a GRUB environment block (only cut-env --backend grub)
 //   cmdline           the kernel command line of the current boot (sag.slot=X)
 //   boot_id           renewed on every simulated boot
 //   agent.yaml        configuration for the real sag-agent
@@ -42,7 +43,7 @@ struct InitOptions {
 
 class Appliance {
  public:
-  explicit Appliance(std::filesystem::path dir);
+  explicit Appliance(const std::filesystem::path& dir);
 
   // Creates the appliance; DIR must not exist or be empty.
   Status Init(const InitOptions& options);

@@ -10,8 +10,8 @@
 #include <fstream>
 #include <iostream>
 #include <map>
-#include <set>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -63,11 +63,11 @@ commands:
   fault DIR --slot A|B unhealthy|unbootable|none
       unhealthy: the health check fails on that slot; unbootable: its kernel
       never comes up (the try is counted, the board resets)
-  cut-env DIR [--trials N] [--seed S] [--max-us US]
+  cut-env DIR [--trials N] [--seed S] [--max-us US] [--backend uboot|grub]
       power cuts during environment writes: SIGKILL a writer process at random
-      instants, on half the trials also garble the newest copy from a random
-      byte on (a write cut mid-way); each time the environment must read back
-      valid with a bootable slot
+      instants, on half the trials also garble the newest U-Boot copy from a
+      random byte on (a write cut mid-way); each time the environment must
+      read back valid with a bootable slot. grub: the same on DIR/grubenv
 
 exit status: 0 success, 1 failure, 2 bad usage.
 )";
@@ -165,7 +165,8 @@ Expected<int> CmdInit(const Args& a) {
   Appliance app(a.positional[0]);
   SAG_TRY_STATUS(app.Init(o));
   Say("created appliance " + app.dir().string() + ": slots of " + std::to_string(o.slot_size) +
-      " bytes, model " + o.model + ", serial " + o.serial + ", BOOT_ORDER=\"A B\" A_LEFT=3 B_LEFT=0");
+      " bytes, model " + o.model + ", serial " + o.serial +
+      ", BOOT_ORDER=\"A B\" A_LEFT=3 B_LEFT=0");
   return 0;
 }
 
@@ -252,9 +253,11 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::vector<std::string>
   for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
   env_storage.insert(env_storage.end(), env_add.begin(), env_add.end());
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
   args.push_back(nullptr);
   std::vector<char*> envp;
+  envp.reserve(env_storage.size() + 1);
   for (auto& s : env_storage) envp.push_back(s.data());
   envp.push_back(nullptr);
   std::fflush(stdout);
@@ -294,7 +297,7 @@ Expected<int> CmdBoot(const Args& a) {
   // The hardware must be what the simulator created: same slot sizes.
   for (const Slot s : {Slot::kA, Slot::kB}) {
     SAG_TRY(auto dev, sag::platform::OpenSlotDevice(sag::platform::SlotName(s), app.SlotPath(s),
-                                                   app.slot_size()));
+                                                    app.slot_size()));
   }
   const fs::path agent = a.opts.count("agent") != 0 ? fs::path(Get(a, "agent")) : DefaultAgent();
   std::vector<std::string> argv{agent.string()};
@@ -319,10 +322,11 @@ Expected<int> CmdBoot(const Args& a) {
           "): U-Boot continues with its default environment");
     }
     sag::platform::BootStep step = sag::platform::RunBootScript(before);
-    auto saved = loaded ? env.Update([&](const sag::platform::EnvVars&) -> Expected<sag::platform::EnvVars> {
-      return step.env;
-    })
-                        : env.Format(step.env);
+    auto saved =
+        loaded ? env.Update([&](const sag::platform::EnvVars&) -> Expected<sag::platform::EnvVars> {
+          return step.env;
+        })
+               : env.Format(step.env);
     if (!saved) return saved.error().WithContext("bootloader saveenv");
     if (!step.slot) {
       Say(head + Describe(before) + " -> no slot has tries left: A_LEFT=3 B_LEFT=3, board reset");
@@ -331,8 +335,10 @@ Expected<int> CmdBoot(const Args& a) {
     const Slot slot = *step.slot;
     const std::string name(sag::platform::SlotName(slot));
     const std::string left = Var(step.env, std::string(sag::platform::LeftVar(slot)).c_str());
-    Say(head + Describe(before) + " -> slot " + name + (step.fallback ? " (fallback)" : "") +
-        ", " + left + " tries left");
+    std::string line = head + Describe(before);
+    line.append(" -> slot ").append(name).append(step.fallback ? " (fallback)" : "");
+    line.append(", ").append(left).append(" tries left");
+    Say(line);
     std::error_code ec;
     if (fs::exists(app.FaultPath(slot, "unbootable"), ec)) {
       Say("boot #" + std::to_string(n) + ": kernel of slot " + name +
@@ -340,18 +346,18 @@ Expected<int> CmdBoot(const Args& a) {
       continue;
     }
     SAG_TRY_STATUS(sag::WriteFileAtomic(
-        app.Path("cmdline"), "console=ttyS0 root=" + app.SlotPath(slot).string() +
-                                 " rootwait sag.slot=" + name + "\n"));
+        app.Path("cmdline"),
+        "console=ttyS0 root=" + app.SlotPath(slot).string() + " rootwait sag.slot=" + name + "\n"));
     SAG_TRY_STATUS(sag::WriteFileAtomic(app.Path("boot_id"), NewBootId()));
     fs::remove(flag, ec);
 
     const pid_t pid = Spawn(
-        argv, {std::string(sag::platform::FlagFileRebooter::kRebootFlagEnv) + "=" + flag.string(),
-               std::string(sag::platform::LinuxSystemInfo::kBootIdEnv) + "=" +
-                   app.Path("boot_id").string(),
-               "SAG_SIM_DIR=" + app.dir().string(), "SAG_SIM_SLOT=" + name,
-               "SAG_SIM_BOOT=" + std::to_string(n),
-               "SAG_SIM_CONFIG=" + app.Path("agent.yaml").string()});
+        argv,
+        {std::string(sag::platform::FlagFileRebooter::kRebootFlagEnv) + "=" + flag.string(),
+         std::string(sag::platform::LinuxSystemInfo::kBootIdEnv) + "=" +
+             app.Path("boot_id").string(),
+         "SAG_SIM_DIR=" + app.dir().string(), "SAG_SIM_SLOT=" + name,
+         "SAG_SIM_BOOT=" + std::to_string(n), "SAG_SIM_CONFIG=" + app.Path("agent.yaml").string()});
     if (pid < 0) return sag::MakeErrno(Errc::kIo, "fork for " + argv[0]);
     std::optional<std::chrono::milliseconds> cut_in;
     if (cuts_left > 0) {
@@ -389,7 +395,8 @@ Expected<int> CmdBoot(const Args& a) {
       Say("agent asked for a reboot (" + ExitText(status) + ")");
       continue;
     }
-    Say("agent exited (" + ExitText(status) + ") without asking for a reboot; the simulated "
+    Say("agent exited (" + ExitText(status) +
+        ") without asking for a reboot; the simulated "
         "device stops here");
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
   }
@@ -399,6 +406,29 @@ Expected<int> CmdBoot(const Args& a) {
 
 // --- power cuts during environment writes -----------------------------------
 
+Expected<std::unique_ptr<sag::platform::BootEnv>> OpenEnv(const Appliance& app,
+                                                          const std::string& backend) {
+  if (backend == "uboot") {
+    return std::unique_ptr<sag::platform::BootEnv>(
+        std::make_unique<sag::platform::UBootEnv>(app.Path("fw_env.config")));
+  }
+  if (backend == "grub") {
+    return std::unique_ptr<sag::platform::BootEnv>(
+        std::make_unique<sag::platform::GrubEnv>(app.Path("grubenv")));
+  }
+  return Error(Errc::kInvalidArgument, "--backend must be uboot or grub, got '" + backend + "'");
+}
+
+// Temporary files a killed atomic write of the GRUB block left behind.
+int StaleTemps(const Appliance& app) {
+  int n = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(app.dir(), ec)) {
+    if (e.path().filename().string().starts_with(".grubenv.tmp")) ++n;
+  }
+  return n;
+}
+
 // The writer: valid transitions in a loop, as fast as it can, until killed.
 // It writes one byte to stdout after its first write so the parent knows it
 // got past start-up.
@@ -406,9 +436,8 @@ Expected<int> CmdEnvWriter(const Args& a) {
   if (a.positional.size() != 1) return Error(Errc::kInvalidArgument, "env-writer needs DIR");
   Appliance app(a.positional[0]);
   SAG_TRY_STATUS(app.Load());
-  sag::platform::EnvBootControl control(
-      std::make_unique<sag::platform::UBootEnv>(app.Path("fw_env.config")), app.Path("cmdline"),
-      "sag.slot");
+  SAG_TRY(auto env, OpenEnv(app, Get(a, "backend", "uboot")));
+  sag::platform::EnvBootControl control(std::move(env), app.Path("cmdline"), "sag.slot");
   for (unsigned i = 0;; ++i) {
     const int n = static_cast<int>(1 + i % 9);
     SAG_TRY_STATUS(control.MarkGood(Slot::kA, n));
@@ -429,13 +458,14 @@ Status TearNewest(const Appliance& app, std::mt19937_64& rng, int& copy_out) {
   const auto f0 = static_cast<unsigned char>(image[4]);
   const auto f1 = static_cast<unsigned char>(image[sag::sim::kEnvSize + 4]);
   // Incremental flags wrap: 0 after 255 is newer.
-  const bool second_newer = (f1 == static_cast<unsigned char>(f0 + 1)) ||
-                            (f1 > f0 && !(f0 == 0 && f1 == 255));
+  const bool second_newer =
+      (f1 == static_cast<unsigned char>(f0 + 1)) || (f1 > f0 && !(f0 == 0 && f1 == 255));
   copy_out = second_newer ? 1 : 0;
   const std::size_t base = second_newer ? sag::sim::kEnvSize : 0;
   const std::size_t from =
       base + std::uniform_int_distribution<std::size_t>(5, sag::sim::kEnvSize - 1)(rng);
-  for (std::size_t i = from; i < base + sag::sim::kEnvSize; ++i) image[i] = static_cast<char>(image[i] ^ 0xA5);
+  for (std::size_t i = from; i < base + sag::sim::kEnvSize; ++i)
+    image[i] = static_cast<char>(image[i] ^ 0xA5);
   // In place, like the interrupted write it stands for.
   std::fstream out(app.Path("uboot.env"), std::ios::in | std::ios::out | std::ios::binary);
   out.seekp(0);
@@ -446,14 +476,17 @@ Status TearNewest(const Appliance& app, std::mt19937_64& rng, int& copy_out) {
 }
 
 Expected<int> CmdCutEnv(const Args& a) {
-  if (a.positional.size() != 1) return Error(Errc::kInvalidArgument, "cut-env needs exactly one DIR");
+  if (a.positional.size() != 1)
+    return Error(Errc::kInvalidArgument, "cut-env needs exactly one DIR");
   Appliance app(a.positional[0]);
   SAG_TRY_STATUS(app.Load());
   SAG_TRY(const auto trials, Number(a, "trials", 100));
   SAG_TRY(const auto seed, Number(a, "seed", 1));
   SAG_TRY(const auto max_us, Number(a, "max-us", 5000));
   std::mt19937_64 rng(seed);
-  sag::platform::UBootEnv env(app.Path("fw_env.config"));
+  const std::string backend = Get(a, "backend", "uboot");
+  SAG_TRY(const auto env, OpenEnv(app, backend));
+  const bool grub = backend == "grub";
   std::uint64_t valid = 0;
   std::uint64_t torn = 0;
   for (std::uint64_t t = 1; t <= trials; ++t) {
@@ -466,7 +499,8 @@ Expected<int> CmdCutEnv(const Args& a) {
       ::dup2(pipefd[1], STDOUT_FILENO);
       const std::string self = SelfExe().string();
       const std::string dir = app.dir().string();
-      ::execl(self.c_str(), self.c_str(), "env-writer", dir.c_str(), nullptr);
+      ::execl(self.c_str(), self.c_str(), "env-writer", dir.c_str(), "--backend", backend.c_str(),
+              nullptr);
       ::_exit(127);
     }
     ::close(pipefd[1]);
@@ -486,24 +520,34 @@ Expected<int> CmdCutEnv(const Args& a) {
           ExitText(status) + ")");
       continue;
     }
-    if (rng() % 2 == 0) {
+    // The GRUB block is replaced by rename: there is no copy to garble, but
+    // a killed write may leave its temporary file (removed by the next write).
+    if (grub && StaleTemps(app) > 1) {
+      Say("cut-env trial " + std::to_string(t) + ": " + what + ": stale temporary files pile up");
+      continue;
+    }
+    if (!grub && rng() % 2 == 0) {
       int copy = 0;
       SAG_TRY_STATUS(TearNewest(app, rng, copy));
       what += ", newest copy (" + std::to_string(copy) + ") garbled";
       ++torn;
     }
-    auto vars = env.Load();
-    auto state = vars ? sag::platform::ParseBootVars(*vars, env.name())
+    auto vars = env->Load();
+    auto state = vars ? sag::platform::ParseBootVars(*vars, env->name())
                       : Expected<sag::platform::BootState>(vars.error());
     if (state && state->NextBoot()) {
       ++valid;
-      if (t % 10 == 0 || t == 1) Say("cut-env trial " + std::to_string(t) + ": " + what + ": " +
-                                     sag::platform::DescribeState(*state) + " ok");
+      if (t % 10 == 0 || t == 1)
+        Say("cut-env trial " + std::to_string(t) + ": " + what + ": " +
+            sag::platform::DescribeState(*state) + " ok");
     } else {
-      Say("cut-env trial " + std::to_string(t) + ": " + what + ": INVALID: " +
-          (state ? "no bootable slot" : state.error().ToString()));
+      Say("cut-env trial " + std::to_string(t) + ": " + what +
+          ": INVALID: " + (state ? "no bootable slot" : state.error().ToString()));
       // Restore a valid environment so the next trials still measure something.
-      SAG_TRY_STATUS(env.Format(sag::platform::FormatBootVars({{Slot::kA, Slot::kB}, 3, 0})));
+      SAG_TRY_STATUS(
+          env->Update([](const sag::platform::EnvVars&) -> Expected<sag::platform::EnvVars> {
+            return sag::platform::FormatBootVars({{Slot::kA, Slot::kB}, 3, 0});
+          }));
     }
   }
   Say("cut-env: " + std::to_string(valid) + " of " + std::to_string(trials) +
@@ -521,8 +565,8 @@ int main(int argc, char** argv) {
     std::cout << kUsage;
     return 0;
   }
-  static const std::map<std::string, std::pair<std::set<std::string>,
-                                               Expected<int> (*)(const Args&)>>
+  static const std::map<std::string,
+                        std::pair<std::set<std::string>, Expected<int> (*)(const Args&)>>
       commands = {
           {"init",
            {{"slot-size", "model", "serial", "smartag-id", "endpoint", "root-ca", "slot-a", "version",
@@ -531,8 +575,8 @@ int main(int argc, char** argv) {
           {"boot", {{"agent", "max-boots", "cut-after-ms", "cut-random", "seed", "cuts"}, CmdBoot}},
           {"env", {{}, CmdEnv}},
           {"fault", {{"slot"}, CmdFault}},
-          {"cut-env", {{"trials", "seed", "max-us"}, CmdCutEnv}},
-          {"env-writer", {{}, CmdEnvWriter}},
+          {"cut-env", {{"trials", "seed", "max-us", "backend"}, CmdCutEnv}},
+          {"env-writer", {{"backend"}, CmdEnvWriter}},
       };
   const auto it = commands.find(cmd);
   if (it == commands.end()) return Usage("unknown command '" + cmd + "'");

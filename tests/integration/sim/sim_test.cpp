@@ -19,7 +19,8 @@ struct Out {
   std::string text;
 };
 
-Out Sim(const std::vector<std::string>& args, std::chrono::seconds timeout = std::chrono::seconds(60)) {
+Out Sim(const std::vector<std::string>& args,
+        std::chrono::seconds timeout = std::chrono::seconds(60)) {
   std::vector<std::string> argv{SAG_SIM_BIN};
   argv.insert(argv.end(), args.begin(), args.end());
   CommandOptions o;
@@ -51,7 +52,7 @@ class SimTest : public ::testing::Test {
     ASSERT_EQ(o.code, 0) << o.text;
   }
   std::filesystem::path Agent(const std::string& body) {
-    const auto p = dir_ / ("agent" + std::to_string(++agents_) + ".sh");
+    auto p = dir_ / ("agent" + std::to_string(++agents_) + ".sh");
     EXPECT_TRUE(WriteFileAtomic(p, "#!/bin/sh\n" + body, 0755));
     return p;
   }
@@ -74,9 +75,10 @@ TEST_F(SimTest, InitCreatesAnApplianceTheToolsAndTheAgentAccept) {
   // Initial content for slot A, and refusing to overwrite an appliance.
   ASSERT_TRUE(WriteFileAtomic(dir_ / "image", "rootfs-v1"));
   const auto dev2 = dir_ / "dev2";
-  ASSERT_EQ(Sim({"init", dev2.string(), "--slot-size", "4096", "--slot-a", (dir_ / "image").string()})
-                .code,
-            0);
+  ASSERT_EQ(
+      Sim({"init", dev2.string(), "--slot-size", "4096", "--slot-a", (dir_ / "image").string()})
+          .code,
+      0);
   EXPECT_EQ(ReadFile(dev2 / "slot-a.img")->substr(0, 9), "rootfs-v1");
   const Out again = Sim({"init", dev2.string(), "--slot-size", "4096"});
   EXPECT_EQ(again.code, 2);
@@ -155,7 +157,8 @@ TEST_F(SimTest, PowerCutKillsTheAgentAndBootsAgainWithANewBootId) {
 }
 
 TEST_F(SimTest, PowerCutsDuringEnvironmentWritesLeaveAValidEnvironment) {
-  const Out o = Sim({"cut-env", dev_.string(), "--trials", "100", "--seed", "1"}, std::chrono::seconds(120));
+  const Out o =
+      Sim({"cut-env", dev_.string(), "--trials", "100", "--seed", "1"}, std::chrono::seconds(120));
   EXPECT_EQ(o.code, 0) << o.text;
   EXPECT_NE(o.text.find("100 of 100 power cuts left a valid environment"), std::string::npos)
       << o.text;
@@ -163,6 +166,20 @@ TEST_F(SimTest, PowerCutsDuringEnvironmentWritesLeaveAValidEnvironment) {
   auto r = RunCommand({"fw_printenv", "-c", (dev_ / "fw_env.config").string()});
   ASSERT_TRUE(r);
   EXPECT_EQ(r->exit_code, 0) << r->output;
+}
+
+TEST_F(SimTest, PowerCutsDuringGrubBlockWritesLeaveAValidBlock) {
+  const Out o =
+      Sim({"cut-env", dev_.string(), "--backend", "grub", "--trials", "30", "--seed", "2"},
+          std::chrono::seconds(120));
+  EXPECT_EQ(o.code, 0) << o.text;
+  EXPECT_NE(o.text.find("30 of 30 power cuts left a valid environment"), std::string::npos)
+      << o.text;
+  auto r = RunCommand({"grub-editenv", (dev_ / "grubenv").string(), "list"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->exit_code, 0) << r->output;
+  EXPECT_NE(r->output.find("BOOT_ORDER="), std::string::npos) << r->output;
+  EXPECT_EQ(std::filesystem::file_size(dev_ / "grubenv"), 1024U);
 }
 
 TEST_F(SimTest, BadInputsGiveClearErrors) {
@@ -195,8 +212,8 @@ TEST_F(SimTest, BadInputsGiveClearErrors) {
 // The real sag-agent with the generated configuration: it starts, runs
 // until the power is cut, and starts again on the next boot.
 TEST_F(SimTest, RealAgentRunsUnderTheSimulator) {
-  const Out o = Sim({"boot", dev_.string(), "--max-boots", "2", "--cuts", "2", "--cut-after-ms",
-                     "1500"});
+  const Out o =
+      Sim({"boot", dev_.string(), "--max-boots", "2", "--cuts", "2", "--cut-after-ms", "1500"});
   ASSERT_EQ(o.code, 0) << o.text;
   EXPECT_EQ(Count(o.text, "power cut"), 2) << o.text;
   EXPECT_NE(o.text.find("stopping after 2 boots"), std::string::npos) << o.text;

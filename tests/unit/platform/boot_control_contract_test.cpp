@@ -130,9 +130,10 @@ TYPED_TEST(BootControlContract, InvalidVariablesAreNamedAndNeverOverwritten) {
     const char* var;
     std::optional<std::string> value;
   };
-  const Case cases[] = {{"BOOT_ORDER", "A C"},    {"BOOT_ORDER", "A A"}, {"BOOT_ORDER", " "},
-                        {"BOOT_ORDER", std::nullopt}, {"BOOT_A_LEFT", "x"}, {"BOOT_A_LEFT", "10"},
-                        {"BOOT_B_LEFT", "-1"},    {"BOOT_B_LEFT", std::nullopt}};
+  const Case cases[] = {{"BOOT_ORDER", "A C"}, {"BOOT_ORDER", "A A"},
+                        {"BOOT_ORDER", " "},   {"BOOT_ORDER", std::nullopt},
+                        {"BOOT_A_LEFT", "x"},  {"BOOT_A_LEFT", "10"},
+                        {"BOOT_B_LEFT", "-1"}, {"BOOT_B_LEFT", std::nullopt}};
   for (const auto& c : cases) {
     this->h_.Provision(State({kA, kB}, 3, 3), kA);
     this->h_.SetRaw(c.var, c.value);
@@ -176,6 +177,33 @@ TYPED_TEST(BootControlContract, CommandLineWithoutKnownSlot) {
     ASSERT_FALSE(booted) << cmdline;
     EXPECT_EQ(booted.error().code(), Errc::kUnknownSlot);
   }
+}
+
+TEST(FakeBootControl, InjectedWriteFailureChangesNothing) {
+  FakeBootControl fake;
+  fake.FailNextWrite(Error(Errc::kBootEnvWrite, "injected"));
+  const auto st = fake.SetTrial(kB, 3);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kBootEnvWrite);
+  EXPECT_EQ(fake.writes(), 0);
+  EXPECT_EQ(fake.ReadState()->order, (std::vector<Slot>{kA, kB}));
+  ASSERT_TRUE(fake.SetTrial(kB, 3));  // only the next write fails
+  EXPECT_EQ(fake.writes(), 1);
+  fake.CorruptEnvironment();
+  EXPECT_EQ(fake.Boot(), kA);  // U-Boot's default environment: "A B", 3, 3
+  EXPECT_EQ(fake.ReadState()->a_left, 2);
+}
+
+TEST(GrubEnv, RemovesTemporariesOfKilledWriters) {
+  sag::test::TempDir dir;
+  GrubEnv env(dir / "grubenv");
+  ASSERT_TRUE(env.Format(FormatBootVars(State({kA, kB}, 3, 0))));
+  ASSERT_TRUE(WriteFileAtomic(dir / ".grubenv.tmp12345", "half a block"));
+  ASSERT_TRUE(env.Update([](const EnvVars&) -> Expected<EnvVars> { return EnvVars{{"x", "1"}}; }));
+  EXPECT_FALSE(std::filesystem::exists(dir / ".grubenv.tmp12345"));
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()),
+                          std::filesystem::directory_iterator()),
+            1);
 }
 
 }  // namespace

@@ -1,10 +1,11 @@
 // The boot algorithm, stated once more here in the plainest form, checked
 // against RunBootScript (which the simulator and the fake run) for every
 // combination of order and counters, including unset variables.
+#include "platform/bootloader.h"
+
 #include <gtest/gtest.h>
 
 #include "common/process.h"
-#include "platform/bootloader.h"
 #include "platform/fake_boot_control.h"
 
 namespace sag::platform {
@@ -35,8 +36,8 @@ Expect Stated(const std::optional<std::string>& order, const std::optional<int>&
 }
 
 TEST(BootScript, MatchesTheStatedAlgorithmForAllCombinations) {
-  const std::optional<std::string> orders[] = {std::nullopt, "",   "A B", "B A",
-                                               "A",          "B",  "B",   "A B A"};
+  const std::optional<std::string> orders[] = {std::nullopt, "",  "A B", "B A",
+                                               "A",          "B", "B",   "A B A"};
   std::vector<std::optional<int>> counts = {std::nullopt};
   for (int i = 0; i <= kMaxAttempts; ++i) counts.emplace_back(i);
   int checked = 0;
@@ -49,9 +50,9 @@ TEST(BootScript, MatchesTheStatedAlgorithmForAllCombinations) {
         if (b) env[kVarBLeft] = std::to_string(*b);
         const Expect want = Stated(order, a, b);
         const BootStep got = RunBootScript(env);
-        const std::string ctx = "order=" + order.value_or("<unset>") + " a=" +
-                                (a ? std::to_string(*a) : "-") + " b=" +
-                                (b ? std::to_string(*b) : "-");
+        const std::string ctx = "order=" + order.value_or("<unset>") +
+                                " a=" + (a ? std::to_string(*a) : "-") +
+                                " b=" + (b ? std::to_string(*b) : "-");
         ASSERT_EQ(got.slot.has_value(), want.slot.has_value()) << ctx;
         if (want.slot) {
           EXPECT_EQ(SlotName(*got.slot), *want.slot) << ctx;

@@ -73,7 +73,8 @@ TEST_F(SlotDeviceTest, BadSlotsAreNamed) {
   EXPECT_EQ(wrong.error().code(), Errc::kSlotSize);
   EXPECT_NE(wrong.error().message().find("slot B"), std::string::npos);
   EXPECT_NE(wrong.error().message().find("4096"), std::string::npos);
-  std::ofstream(dir_ / "empty.img");
+  std::ofstream empty(dir_ / "empty.img");
+  empty.close();
   EXPECT_EQ(OpenSlotDevice("A", dir_ / "empty.img").error().code(), Errc::kSlotSize);
   EXPECT_EQ(OpenSlotDevice("A", dir_ / "nope.img").error().code(), Errc::kNotFound);
   EXPECT_EQ(OpenSlotDevice("A", dir_.path()).error().code(), Errc::kSlotIo);  // a directory

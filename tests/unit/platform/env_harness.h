@@ -23,7 +23,7 @@ inline constexpr std::size_t kUBootCopySize = 0x2000;
 inline std::filesystem::path MakeUBootFiles(const std::filesystem::path& dir) {
   const auto env = dir / "uboot.env";
   std::ofstream(env, std::ios::binary) << std::string(2 * kUBootCopySize, '\0');
-  const auto config = dir / "fw_env.config";
+  auto config = dir / "fw_env.config";
   std::ofstream(config) << "# device offset size\n"
                         << env.string() << " 0x0000 0x2000\n"
                         << env.string() << " 0x2000 0x2000\n";
@@ -70,7 +70,7 @@ class FakeHarness : public Harness {
   void BreakCmdline(const std::string& /*cmdline*/) override { fake_->LoseBootedSlot(); }
   std::string Snapshot() override {
     std::string s = std::to_string(fake_->writes());
-    for (const auto& [n, v] : fake_->env()) s += ";" + n + "=" + v;
+    for (const auto& [n, v] : fake_->env()) s.append(";").append(n).append("=").append(v);
     return s;
   }
 

@@ -105,8 +105,8 @@ class GrubInterop : public ::testing::Test {
   void SetUp() override {
     path_ = dir_ / "grubenv";
     ASSERT_TRUE(WriteFileAtomic(dir_ / "cmdline", "sag.slot=A\n"));
-    control_ = std::make_unique<EnvBootControl>(std::make_unique<GrubEnv>(path_),
-                                                dir_ / "cmdline", "sag.slot");
+    control_ = std::make_unique<EnvBootControl>(std::make_unique<GrubEnv>(path_), dir_ / "cmdline",
+                                                "sag.slot");
   }
   sag::test::TempDir dir_;
   std::filesystem::path path_;
@@ -116,7 +116,7 @@ class GrubInterop : public ::testing::Test {
 TEST_F(GrubInterop, BackendReadsGrubEditenvAndGrubEditenvReadsBackend) {
   Tool({"grub-editenv", path_.string(), "create"});
   Tool({"grub-editenv", path_.string(), "set", "saved_entry=1", "BOOT_ORDER=B A", "BOOT_A_LEFT=3",
-       "BOOT_B_LEFT=1", "note=a\\b"});
+        "BOOT_B_LEFT=1", "note=a\\b"});
   auto s = control_->ReadState();
   ASSERT_TRUE(s) << s.error().ToString();
   EXPECT_EQ(s->order, (std::vector<Slot>{Slot::kB, Slot::kA}));
@@ -134,7 +134,7 @@ TEST_F(GrubInterop, BackendReadsGrubEditenvAndGrubEditenvReadsBackend) {
 TEST_F(GrubInterop, SerializationIsByteIdenticalToGrubEditenv) {
   Tool({"grub-editenv", path_.string(), "create"});
   Tool({"grub-editenv", path_.string(), "set", "BOOT_ORDER=A B", "BOOT_A_LEFT=3", "BOOT_B_LEFT=0",
-       "x=multi\nline\\"});
+        "x=multi\nline\\"});
   const std::string theirs = Slurp(path_);
   GrubEnv env(path_);
   auto parsed = GrubEnv::Parse(theirs, "t");
