@@ -470,8 +470,7 @@ TEST_F(DownloaderTls, CertificateForAnotherHostIsRefused) {
 
 TEST_F(DownloaderTls, MutualTls) {
   const std::string content = MakeContent(10000);
-  TestHttpServer server(content,
-                        test::ServerTls{pki_.server_cert, pki_.server_key, pki_.ca_cert});
+  TestHttpServer server(content, test::ServerTls{pki_.server_cert, pki_.server_key, pki_.ca_cert});
   auto o = Options();
   Collected without;
   auto refused = Fetch(server.Url(), 0, CollectInto(without, 0), o);
