@@ -60,9 +60,8 @@ int main(int argc, char** argv) {
   const std::vector<std::uint64_t> limits = {256U << 10U, 1U << 20U, 8U << 20U};
   for (const std::uint64_t limit : limits) {
     const auto size = static_cast<std::size_t>(static_cast<double>(limit) * seconds);
-    const sag::test::TestHttpServer server(std::string(size, 'x'),
-                                           sag::test::ServerTls{pki->server_cert,
-                                                                pki->server_key, {}});
+    const sag::test::TestHttpServer server(
+        std::string(size, 'x'), sag::test::ServerTls{pki->server_cert, pki->server_key, {}});
     options.bandwidth_limit = limit;
     Run run;
     if (!Measure(server, options, run)) return 1;
@@ -73,8 +72,8 @@ int main(int argc, char** argv) {
   }
 
   const std::size_t size = 256U << 20U;
-  const sag::test::TestHttpServer server(std::string(size, 'x'),
-                                         sag::test::ServerTls{pki->server_cert, pki->server_key, {}});
+  const sag::test::TestHttpServer server(
+      std::string(size, 'x'), sag::test::ServerTls{pki->server_cert, pki->server_key, {}});
   options.bandwidth_limit = 0;
   Run run;
   if (!Measure(server, options, run)) return 1;

@@ -9,6 +9,12 @@
 // polls the cancel flag and aborts whatever operation is pending.
 #include "common/net/downloader.h"
 
+// Boost 1.74 enables co_await for clang only with the Coroutines TS; clang 14
+// in C++20 mode (clang-tidy) has standard coroutines, as GCC does.
+#if defined(__clang__) && !defined(BOOST_ASIO_HAS_CO_AWAIT)
+#define BOOST_ASIO_HAS_CO_AWAIT 1
+#endif
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -75,7 +81,8 @@ constexpr std::size_t kMinPacedRead = 512;
 
 bool IEquals(std::string_view a, std::string_view b) {
   return std::equal(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
-    return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+    return std::tolower(static_cast<unsigned char>(x)) ==
+           std::tolower(static_cast<unsigned char>(y));
   });
 }
 
@@ -127,8 +134,9 @@ struct Url {
 
 Expected<Url> ParseUrl(std::string_view text) {
   const auto bad = [&](std::string_view why) {
-    return Error(Errc::kInvalidArgument, "invalid download URL '" + std::string(text) + "': " +
-                                             std::string(why) + "; expected https://host[:port]/path");
+    return Error(Errc::kInvalidArgument, "invalid download URL '" + std::string(text) +
+                                             "': " + std::string(why) +
+                                             "; expected https://host[:port]/path");
   };
   Url url;
   std::string_view rest;
@@ -148,7 +156,7 @@ Expected<Url> ParseUrl(std::string_view text) {
   const std::size_t end_of_authority = rest.find_first_of("/?#");
   const std::string_view authority = rest.substr(0, end_of_authority);
   std::string target(end_of_authority == std::string_view::npos ? std::string_view("/")
-                                                                 : rest.substr(end_of_authority));
+                                                                : rest.substr(end_of_authority));
   target = target.substr(0, target.find('#'));
   if (target.empty() || target.front() != '/') target.insert(0, "/");
   if (authority.empty()) return bad("no host");
@@ -288,8 +296,7 @@ class Fetcher {
  public:
   Fetcher(asio::io_context& io, Url origin, std::uint64_t offset, const Sink& sink,
           const DownloadOptions& options, ssl::context* tls)
-      : io_(io),
-        origin_(std::move(origin)),
+      : origin_(std::move(origin)),
         sink_(sink),
         options_(options),
         tls_(tls),
@@ -334,7 +341,6 @@ class Fetcher {
   [[nodiscard]] Failure TransportFailure(const ErrorCode& ec, const std::string& doing,
                                          Errc timeout_code) const;
 
-  asio::io_context& io_;
   const Url origin_;
   const Sink& sink_;
   const DownloadOptions& options_;
@@ -411,12 +417,12 @@ Failure Fetcher::TransportFailure(const ErrorCode& ec, const std::string& doing,
                                   Errc timeout_code) const {
   if (CancelRequested()) return CancelledFailure();
   if (IsClientCertificateRejected(ec)) {
-    return Fatal(Errc::kNetTls, doing + ": the server rejected the device's certificate (" +
-                                    ec.message() + "); check " +
-                                    (options_.client_cert.empty()
-                                         ? std::string("that a device certificate is configured")
-                                         : options_.client_cert.string() +
-                                               " and that the server trusts its issuer"));
+    return Fatal(
+        Errc::kNetTls,
+        doing + ": the server rejected the device's certificate (" + ec.message() + "); check " +
+            (options_.client_cert.empty()
+                 ? std::string("that a device certificate is configured")
+                 : options_.client_cert.string() + " and that the server trusts its issuer"));
   }
   if (ec == beast::error::timeout) {
     const auto limit =
@@ -471,9 +477,9 @@ asio::awaitable<void> Fetcher::Run() {
         failures = 0;
         continue;
       }
-      failure = Transient(Errc::kNetProtocol, "GET " + origin_.ToString() + ": response ended at byte " +
-                                                  std::to_string(pos_) + " of " +
-                                                  std::to_string(*info_.total_size));
+      failure = Transient(Errc::kNetProtocol,
+                          "GET " + origin_.ToString() + ": response ended at byte " +
+                              std::to_string(pos_) + " of " + std::to_string(*info_.total_size));
     }
     if (failure->error.code() == Errc::kCancelled || CancelRequested()) {
       result_ = CancelledFailure().error;
@@ -489,9 +495,8 @@ asio::awaitable<void> Fetcher::Run() {
       result_ = Error(failure->error.code(),
                       "gave up downloading " + origin_.ToString() + " at byte " +
                           std::to_string(pos_) + " after " + std::to_string(failures) +
-                          " consecutive failed attempts; last error: " +
-                          failure->error.message() + "; check that the device can reach " +
-                          origin_.Authority() +
+                          " consecutive failed attempts; last error: " + failure->error.message() +
+                          "; check that the device can reach " + origin_.Authority() +
                           " and that the server is up, then retry the job (it resumes)");
       break;
     }
@@ -542,11 +547,11 @@ asio::awaitable<MaybeFailure> Fetcher::Attempt() {
     if (loop || static_cast<int>(chain.size()) - 1 > options_.max_redirects) {
       std::string path;
       for (const auto& hop : chain) path += (path.empty() ? "" : " -> ") + hop;
-      co_return Fatal(Errc::kNetTooManyRedirects,
-                      (loop ? std::string("redirect loop: ")
-                            : "more than " + std::to_string(options_.max_redirects) +
-                                  " redirects: ") +
-                          path + "; fix the repository's redirects or the configured URL");
+      co_return Fatal(
+          Errc::kNetTooManyRedirects,
+          (loop ? std::string("redirect loop: ")
+                : "more than " + std::to_string(options_.max_redirects) + " redirects: ") +
+              path + "; fix the repository's redirects or the configured URL");
     }
     url = std::move(*next);
   }
@@ -571,9 +576,8 @@ asio::awaitable<MaybeFailure> Fetcher::Connect(beast::tcp_stream& stream, const 
     }
   });
   ErrorCode ec;
-  const auto endpoints =
-      co_await resolver->async_resolve(url.host, std::to_string(url.port),
-                                       asio::redirect_error(asio::use_awaitable, ec));
+  const auto endpoints = co_await resolver->async_resolve(
+      url.host, std::to_string(url.port), asio::redirect_error(asio::use_awaitable, ec));
   deadline.cancel();
   if (ec) {
     if (CancelRequested()) co_return CancelledFailure();
@@ -597,14 +601,14 @@ asio::awaitable<MaybeFailure> Fetcher::Handshake(SslStream& stream, const Url& u
   // covers both: DNS names against dNSName SANs, addresses against iPAddress.
   if (!url.IsIpLiteral() &&
       SSL_set_tlsext_host_name(stream.native_handle(), url.host.c_str()) != 1) {
-    co_return Fatal(Errc::kNetTls, "TLS with " + where + ": cannot set the server name '" +
-                                       url.host + "' (SNI)");
+    co_return Fatal(Errc::kNetTls,
+                    "TLS with " + where + ": cannot set the server name '" + url.host + "' (SNI)");
   }
   host_mismatch_ = false;
   ErrorCode ec;
   stream.set_verify_callback(
       [this, check = ssl::host_name_verification(url.host)](bool preverified,
-                                                             ssl::verify_context& ctx) {
+                                                            ssl::verify_context& ctx) {
         const bool ok = check(preverified, ctx);
         if (preverified && !ok) host_mismatch_ = true;
         return ok;
@@ -635,8 +639,8 @@ asio::awaitable<MaybeFailure> Fetcher::Handshake(SslStream& stream, const Url& u
   } else {
     msg += ec.message();
     if (!options_.client_cert.empty()) {
-      msg += "; if the server rejected the device certificate, check " +
-             options_.client_cert.string();
+      msg +=
+          "; if the server rejected the device certificate, check " + options_.client_cert.string();
     }
   }
   co_return Fatal(Errc::kNetTls, std::move(msg));
@@ -676,19 +680,18 @@ MaybeFailure Fetcher::CheckPayloadHeaders(const http::response_parser<http::buff
                        " but the server sent Content-Range '" +
                        std::string(Field(res, http::field::content_range)) +
                        "'; the server does not serve byte ranges correctly");
-    } else if (const auto len = parser.content_length();
-               len && *len != cr->last - *cr->first + 1) {
+    } else if (const auto len = parser.content_length(); len && *len != cr->last - *cr->first + 1) {
       return Fatal(Errc::kNetProtocol, where + ": Content-Length " + std::to_string(*len) +
                                            " does not match Content-Range '" +
-                                           std::string(Field(res, http::field::content_range)) + "'");
+                                           std::string(Field(res, http::field::content_range)) +
+                                           "'");
     }
   } else {  // 200: the whole file
     if (const auto len = parser.content_length()) total = *len;
     if (total && *total < pos_) {
       return Fatal(Errc::kNetRangeUnsupported,
                    where + ": offset " + std::to_string(pos_) + " is past the end of the file (" +
-                       std::to_string(*total) +
-                       " bytes); restart the download from the beginning");
+                       std::to_string(*total) + " bytes); restart the download from the beginning");
     }
     // The server ignored Range: read from byte 0 and discard up to pos_ (see
     // docs/download.md: correct with any server, costs the skipped bytes).
@@ -731,7 +734,8 @@ asio::awaitable<Step> Fetcher::Exchange(Stream& stream, const Url& url) {
   ErrorCode ec;
   lowest.expires_after(options_.stall_timeout);
   co_await http::async_write(stream, req, asio::redirect_error(asio::use_awaitable, ec));
-  if (ec) co_return Failed(TransportFailure(ec, where + ": sending the request", Errc::kNetStalled));
+  if (ec)
+    co_return Failed(TransportFailure(ec, where + ": sending the request", Errc::kNetStalled));
 
   beast::flat_buffer buffer(kReadBufferLimit);
   http::response_parser<http::buffer_body> parser;
@@ -767,7 +771,8 @@ asio::awaitable<Step> Fetcher::Exchange(Stream& stream, const Url& url) {
     case 308: {
       const auto location = Field(res, http::field::location);
       if (location.empty()) {
-        co_return Failed(Fatal(Errc::kNetProtocol, where + ": " + status_text + " without Location"));
+        co_return Failed(
+            Fatal(Errc::kNetProtocol, where + ": " + status_text + " without Location"));
       }
       co_return Step{Step::Kind::kRedirect, std::string(location), std::nullopt};
     }
@@ -859,9 +864,9 @@ asio::awaitable<MaybeFailure> Fetcher::ReadBody(Stream& stream, beast::flat_buff
     }
   }
   if (skip > 0) {
-    co_return Fatal(Errc::kNetRangeUnsupported, "GET " + url.ToString() +
-                                                    ": the file ended before offset " +
-                                                    std::to_string(pos_));
+    co_return Fatal(
+        Errc::kNetRangeUnsupported,
+        "GET " + url.ToString() + ": the file ended before offset " + std::to_string(pos_));
   }
   co_return std::nullopt;
 }
@@ -911,8 +916,8 @@ Expected<DownloadInfo> FetchImpl(const std::string& url_text, std::uint64_t offs
                                              "configure the CA");
   }
   if (!url.https && !options.ca_file.empty()) {
-    return Error(Errc::kInvalidArgument, "refusing " + url.ToString() +
-                                             ": plain http while a CA is configured; use https");
+    return Error(Errc::kInvalidArgument,
+                 "refusing " + url.ToString() + ": plain http while a CA is configured; use https");
   }
   if (options.max_retries < 0 || options.max_redirects < 0 ||
       options.stall_timeout <= milliseconds(0) || options.connect_timeout <= milliseconds(0)) {

@@ -2,6 +2,12 @@
 
 #include <openssl/ssl.h>
 
+// Boost 1.74 enables co_await for clang only with the Coroutines TS; clang 14
+// in C++20 mode (clang-tidy) has standard coroutines, as GCC does.
+#if defined(__clang__) && !defined(BOOST_ASIO_HAS_CO_AWAIT)
+#define BOOST_ASIO_HAS_CO_AWAIT 1
+#endif
+
 #include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -163,7 +169,8 @@ std::string TestHttpServer::last_sni() const {
 asio::awaitable<void> TestHttpServer::Impl::Accept() {
   for (;;) {
     ErrorCode ec;
-    tcp::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    tcp::socket socket =
+        co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return;
     {
       const std::lock_guard lock(mu);
@@ -179,21 +186,19 @@ asio::awaitable<void> TestHttpServer::Impl::Session(tcp::socket socket) {
     beast::tcp_stream stream(std::move(socket));
     co_await Serve(stream);
     stream.socket().shutdown(tcp::socket::shutdown_both, ec);
-    co_return;
-  }
-  beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), *tls);
-  beast::get_lowest_layer(stream).expires_after(kIoTimeout);
-  co_await stream.async_handshake(ssl::stream_base::server,
-                                  asio::redirect_error(asio::use_awaitable, ec));
-  if (ec) co_return;
-  if (const char* name = SSL_get_servername(stream.native_handle(), TLSEXT_NAMETYPE_host_name)) {
-    const std::lock_guard lock(mu);
-    sni = name;
   } else {
-    const std::lock_guard lock(mu);
-    sni.clear();
+    beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), *tls);
+    beast::get_lowest_layer(stream).expires_after(kIoTimeout);
+    co_await stream.async_handshake(ssl::stream_base::server,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return;
+    const char* name = SSL_get_servername(stream.native_handle(), TLSEXT_NAMETYPE_host_name);
+    {
+      const std::lock_guard lock(mu);
+      sni = name != nullptr ? name : "";
+    }
+    co_await Serve(stream);
   }
-  co_await Serve(stream);
 }
 
 Plan TestHttpServer::Impl::Decide(const http::request<http::empty_body>& req) {
@@ -208,17 +213,17 @@ Plan TestHttpServer::Impl::Decide(const http::request<http::empty_body>& req) {
 
   if (const auto it = faults.redirects.find(std::string(target.data(), target.size()));
       it != faults.redirects.end()) {
-    plan.header = StatusLine(302) + "Location: " + it->second + "\r\nContent-Length: 0\r\n" +
-                  common + "\r\n";
+    plan.header =
+        StatusLine(302) + "Location: " + it->second + "\r\nContent-Length: 0\r\n" + common + "\r\n";
     return plan;
   }
   if (faults.fail_status != 0 && (faults.fail_times < 0 || fails_done < faults.fail_times)) {
     ++fails_done;
     const std::string body = "failing on purpose\n";
-    plan.header = StatusLine(faults.fail_status) + "Content-Length: " +
-                  std::to_string(body.size()) + "\r\n" + common +
-                  (faults.retry_after.empty() ? "" : "Retry-After: " + faults.retry_after + "\r\n") +
-                  "\r\n" + body;
+    plan.header =
+        StatusLine(faults.fail_status) + "Content-Length: " + std::to_string(body.size()) + "\r\n" +
+        common + (faults.retry_after.empty() ? "" : "Retry-After: " + faults.retry_after + "\r\n") +
+        "\r\n" + body;
     return plan;
   }
 
@@ -234,8 +239,8 @@ Plan TestHttpServer::Impl::Decide(const http::request<http::empty_body>& req) {
     const std::uint64_t last = std::min(range->second.value_or(size - 1), size - 1);
     plan.body_first = range->first;
     plan.body_size = last - range->first + 1;
-    const auto shown_first = static_cast<std::uint64_t>(
-        static_cast<std::int64_t>(range->first) + faults.range_start_shift);
+    const auto shown_first = static_cast<std::uint64_t>(static_cast<std::int64_t>(range->first) +
+                                                        faults.range_start_shift);
     plan.header = StatusLine(206) + "Content-Range: bytes " + std::to_string(shown_first) + "-" +
                   std::to_string(last) + "/" + std::to_string(size) + "\r\n";
   } else {
@@ -313,12 +318,29 @@ Expected<TestPki> MakeTestPki(const std::filesystem::path& dir) {
     cfg << "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = unused\n";
     if (!cfg) return Error(Errc::kIo, "writing " + p("openssl.cnf"));
   }
-  const auto run = [&](std::vector<std::string> argv) { return CheckCommand(argv); };
+  const auto run = [&](const std::vector<std::string>& argv) { return CheckCommand(argv); };
   const auto make_ca = [&](const std::string& name) {
-    return run({"openssl", "req", "-x509", "-config", p("openssl.cnf"), "-newkey", "ec",
-                "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", p(name + ".key"),
-                "-out", p(name + ".pem"), "-days", "2", "-subj", "/CN=" + name, "-addext",
-                "basicConstraints=critical,CA:TRUE", "-addext",
+    return run({"openssl",
+                "req",
+                "-x509",
+                "-config",
+                p("openssl.cnf"),
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                p(name + ".key"),
+                "-out",
+                p(name + ".pem"),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=" + name,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
                 "keyUsage=critical,keyCertSign,cRLSign"});
   };
   const auto make_leaf = [&](const std::string& name, const std::string& ca,
@@ -331,9 +353,9 @@ Expected<TestPki> MakeTestPki(const std::filesystem::path& dir) {
       f << ext;
       if (!f) return Error(Errc::kIo, "writing " + p(name + ".ext"));
     }
-    return run({"openssl", "x509", "-req", "-in", p(name + ".csr"), "-CA", p(ca + ".pem"),
-                "-CAkey", p(ca + ".key"), "-CAcreateserial", "-days", "2", "-out",
-                p(name + ".pem"), "-extfile", p(name + ".ext")});
+    return run({"openssl", "x509", "-req", "-in", p(name + ".csr"), "-CA", p(ca + ".pem"), "-CAkey",
+                p(ca + ".key"), "-CAcreateserial", "-days", "2", "-out", p(name + ".pem"),
+                "-extfile", p(name + ".ext")});
   };
   const std::string server_ext =
       "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
@@ -345,8 +367,8 @@ Expected<TestPki> MakeTestPki(const std::filesystem::path& dir) {
                            "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
                            "subjectAltName=DNS:wrong.example\n"));
   SAG_TRY_STATUS(make_leaf("rogue-server", "rogue-ca", server_ext));
-  SAG_TRY_STATUS(make_leaf("client", "ca",
-                           "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"));
+  SAG_TRY_STATUS(
+      make_leaf("client", "ca", "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"));
   TestPki pki;
   pki.ca_cert = p("ca.pem");
   pki.server_cert = p("server.pem");

@@ -29,17 +29,17 @@ struct ServerTls {
 // Faults count responses: `drop_times = 2` drops the first two responses
 // that carry a body, then the server behaves.
 struct Faults {
-  std::uint64_t drop_after = 0;  // close the TCP connection (no TLS close_notify) after
-  int drop_times = 0;            // this many body bytes, in the next drop_times responses
-  std::uint64_t stall_after = 0;  // stop sending for stall_for after this many body
+  std::uint64_t drop_after = 0;            // close the TCP connection (no TLS close_notify) after
+  int drop_times = 0;                      // this many body bytes, in the next drop_times responses
+  std::uint64_t stall_after = 0;           // stop sending for stall_for after this many body
   std::chrono::milliseconds stall_for{0};  // bytes, in the next stall_times responses
   int stall_times = 0;
-  int fail_status = 0;      // answer fail_status to the next fail_times requests
-  int fail_times = 0;       // (-1: to all of them)
-  std::string retry_after{};  // Retry-After header on those failures, if not empty
-  bool ignore_range = false;           // answer Range requests with 200 and the whole file
-  std::int64_t range_start_shift = 0;  // report start+shift in Content-Range (a lying server)
-  std::string etag = "\"sag-test-1\"";            // empty: no ETag header
+  int fail_status = 0;                  // answer fail_status to the next fail_times requests
+  int fail_times = 0;                   // (-1: to all of them)
+  std::string retry_after{};            // Retry-After header on those failures, if not empty
+  bool ignore_range = false;            // answer Range requests with 200 and the whole file
+  std::int64_t range_start_shift = 0;   // report start+shift in Content-Range (a lying server)
+  std::string etag = "\"sag-test-1\"";  // empty: no ETag header
   std::map<std::string, std::string> redirects{};  // target -> Location (302)
 };
 
@@ -60,10 +60,10 @@ class TestHttpServer {
   [[nodiscard]] std::string Url(std::string_view target = "/file",
                                 std::string_view host = "127.0.0.1") const;
 
-  [[nodiscard]] int connections() const;  // TCP connections accepted
-  [[nodiscard]] int requests() const;     // HTTP requests read
+  [[nodiscard]] int connections() const;                  // TCP connections accepted
+  [[nodiscard]] int requests() const;                     // HTTP requests read
   [[nodiscard]] std::vector<std::string> ranges() const;  // Range header per request, "" if none
-  [[nodiscard]] std::string last_sni() const;              // server name of the last handshake
+  [[nodiscard]] std::string last_sni() const;             // server name of the last handshake
 
  private:
   struct Impl;
@@ -72,10 +72,10 @@ class TestHttpServer {
 
 // A throwaway PKI (EC P-256, valid for 2 days) in `dir`.
 struct TestPki {
-  std::filesystem::path ca_cert;                     // the CA the client pins
-  std::filesystem::path server_cert, server_key;     // SAN IP:127.0.0.1, DNS:localhost
-  std::filesystem::path wrong_host_cert, wrong_host_key;  // same CA, SAN DNS:wrong.example
-  std::filesystem::path rogue_ca_cert;                    // an unrelated CA
+  std::filesystem::path ca_cert;                              // the CA the client pins
+  std::filesystem::path server_cert, server_key;              // SAN IP:127.0.0.1, DNS:localhost
+  std::filesystem::path wrong_host_cert, wrong_host_key;      // same CA, SAN DNS:wrong.example
+  std::filesystem::path rogue_ca_cert;                        // an unrelated CA
   std::filesystem::path rogue_server_cert, rogue_server_key;  // from it, SAN IP:127.0.0.1
   std::filesystem::path client_cert, client_key;              // same CA, clientAuth
 };
