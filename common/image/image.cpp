@@ -276,6 +276,112 @@ Expected<ossl::X509Ptr> LoadRoot(const std::filesystem::path& path) {
   return root;
 }
 
+// A minimal DER reader for CheckCmsShape.
+struct Der {
+  std::span<const std::uint8_t> rest;
+  // The next TLV (whole) and its content; nullopt if malformed.
+  std::optional<std::pair<std::span<const std::uint8_t>, std::span<const std::uint8_t>>> Next() {
+    if (rest.size() < 2) return std::nullopt;
+    std::size_t hl = 2;
+    std::size_t len = rest[1];
+    if ((len & 0x80U) != 0) {
+      const std::size_t n = len & 0x7FU;
+      if (n == 0 || n > 3 || rest.size() < 2 + n) return std::nullopt;
+      len = 0;
+      for (std::size_t i = 0; i < n; ++i) len = (len << 8U) | rest[2 + i];
+      hl += n;
+    }
+    if (rest.size() - hl < len) return std::nullopt;
+    auto whole = rest.first(hl + len);
+    auto content = whole.subspan(hl);
+    rest = rest.subspan(hl + len);
+    return std::pair{whole, content};
+  }
+};
+
+bool Equals(std::span<const std::uint8_t> a, std::initializer_list<std::uint8_t> b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
+
+// OpenSSL's CMS_verify ignores some fields that the signature does not
+// cover (the SignedData and SignerInfo versions, the digestAlgorithms set,
+// the signatureAlgorithm OID, unused certificates). A changed byte there
+// must still be refused, so the structure is checked against what
+// SignManifest writes: DER that re-encodes to itself, version 1, SHA-256,
+// an ECDSA or RSA signature algorithm, no CRLs and no unsigned attributes.
+Status CheckCmsShape(std::string_view der_text, CMS_ContentInfo* cms) {
+  const auto bad = [](const std::string& what) {
+    return Error(Errc::kSignatureInvalid, "signature structure: " + what + "; the image was altered");
+  };
+  const std::span<const std::uint8_t> der(reinterpret_cast<const std::uint8_t*>(der_text.data()),
+                                          der_text.size());
+  unsigned char* re = nullptr;
+  const int re_len = i2d_CMS_ContentInfo(cms, &re);
+  const bool same = re_len == static_cast<int>(der.size()) &&
+                    std::memcmp(re, der.data(), der.size()) == 0;
+  OPENSSL_free(re);
+  if (!same) return bad("not in canonical DER");
+  static constexpr std::initializer_list<std::uint8_t> kVersion1 = {0x02, 0x01, 0x01};
+  static constexpr std::initializer_list<std::uint8_t> kSha256 = {
+      0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01};
+  static constexpr std::initializer_list<std::uint8_t> kData = {
+      0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01};
+  Der top{der};
+  auto ci = top.Next();
+  if (!ci || !top.rest.empty()) return bad("trailing bytes");
+  Der ci_in{ci->second};
+  auto oid = ci_in.Next();
+  auto explicit0 = ci_in.Next();
+  if (!oid || !explicit0) return bad("no SignedData");
+  Der e0{explicit0->second};
+  auto sd = e0.Next();
+  if (!sd) return bad("no SignedData");
+  Der sd_in{sd->second};
+  auto version = sd_in.Next();
+  if (!version || !Equals(version->first, kVersion1)) return bad("SignedData version is not 1");
+  auto digests = sd_in.Next();
+  if (!digests || digests->first[0] != 0x31 || !Equals(digests->second, kSha256)) {
+    return bad("digestAlgorithms is not exactly SHA-256");
+  }
+  auto encap = sd_in.Next();
+  if (!encap || !Equals(encap->first, kData)) return bad("content is not detached id-data");
+  auto next = sd_in.Next();
+  if (next && next->first[0] == 0xa0) next = sd_in.Next();  // certificates
+  if (!next || next->first[0] != 0x31 || !sd_in.rest.empty()) {
+    return bad("CRLs or extra fields present");
+  }
+  Der infos{next->second};
+  auto si = infos.Next();
+  if (!si || !infos.rest.empty()) return bad("not exactly one SignerInfo");
+  Der si_in{si->second};
+  auto si_version = si_in.Next();
+  if (!si_version || !Equals(si_version->first, kVersion1)) return bad("SignerInfo version is not 1");
+  auto sid = si_in.Next();
+  auto digest_alg = si_in.Next();
+  if (!sid || !digest_alg || !Equals(digest_alg->first, kSha256)) {
+    return bad("digestAlgorithm is not SHA-256");
+  }
+  auto attrs = si_in.Next();
+  if (!attrs || attrs->first[0] != 0xa0) return bad("no signed attributes");
+  auto sig_alg = si_in.Next();
+  const bool known_alg =
+      sig_alg &&
+      (Equals(sig_alg->first, {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03,
+                               0x02}) ||  // ecdsa-with-SHA256
+       Equals(sig_alg->first, {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03,
+                               0x03}) ||  // ecdsa-with-SHA384
+       Equals(sig_alg->first, {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01,
+                               0x01, 0x01, 0x05, 0x00}) ||  // rsaEncryption
+       Equals(sig_alg->first, {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01,
+                               0x01, 0x0b, 0x05, 0x00}));  // sha256WithRSAEncryption
+  if (!known_alg) return bad("unknown signatureAlgorithm");
+  auto sig = si_in.Next();
+  if (!sig || sig->first[0] != 0x04 || !si_in.rest.empty()) {
+    return bad("unsigned attributes or extra fields present");
+  }
+  return Ok();
+}
+
 Errc MapVerifyError(int err) {
   switch (err) {
     case X509_V_ERR_CERT_HAS_EXPIRED:
@@ -309,6 +415,7 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
   if (infos == nullptr || sk_CMS_SignerInfo_num(infos) != 1) {
     return Error(Errc::kSignatureInvalid, "signature must have exactly one signer");
   }
+  SAG_TRY_STATUS(CheckCmsShape(signature_der, cms.get()));
   ossl::StorePtr store(X509_STORE_new());
   if (!store || X509_STORE_add_cert(store.get(), root.get()) != 1) {
     return ossl::Fail(Errc::kInternal, "building the trust store");
@@ -326,6 +433,28 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
     return Error(Errc::kSignatureInvalid, "signature has no signer certificate");
   }
   X509* signer = sk_X509_value(signers.get(), 0);
+  // OpenSSL matches the SignerInfo's issuer name to the certificate in
+  // canonical form (case-insensitively); require the exact bytes instead.
+  {
+    ASN1_OCTET_STRING* keyid = nullptr;
+    X509_NAME* sid_issuer = nullptr;
+    ASN1_INTEGER* sid_serial = nullptr;
+    const unsigned char* a = nullptr;
+    const unsigned char* b = nullptr;
+    std::size_t alen = 0;
+    std::size_t blen = 0;
+    if (CMS_SignerInfo_get0_signer_id(sk_CMS_SignerInfo_value(infos, 0), &keyid, &sid_issuer,
+                                      &sid_serial) != 1 ||
+        sid_issuer == nullptr || sid_serial == nullptr ||
+        X509_NAME_get0_der(sid_issuer, &a, &alen) != 1 ||
+        X509_NAME_get0_der(X509_get_issuer_name(signer), &b, &blen) != 1 || alen != blen ||
+        std::memcmp(a, b, alen) != 0 ||
+        ASN1_INTEGER_cmp(sid_serial, X509_get0_serialNumber(signer)) != 0) {
+      ERR_clear_error();
+      return Error(Errc::kSignatureInvalid,
+                   "the signer identifier does not match the signer certificate exactly");
+    }
+  }
   const std::string subject = NameOneLine(X509_get_subject_name(signer));
 
   // Step 2: the chain, with the pinned root as the only anchor.
@@ -341,6 +470,21 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
     return Error(MapVerifyError(err),
                  "signer \"" + subject + "\": " + X509_verify_cert_error_string(err) +
                      " (checked against the pinned root " + trust.root_ca.string() + ")");
+  }
+  // Every certificate carried must be part of the verified chain: an unused
+  // one would be bytes that nothing checks.
+  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());
+  for (int i = 0; i < sk_X509_num(certs.get()); ++i) {
+    X509* c = sk_X509_value(certs.get(), i);
+    bool used = false;
+    for (int k = 0; k < sk_X509_num(chain) && !used; ++k) {
+      used = X509_cmp(c, sk_X509_value(chain, k)) == 0;
+    }
+    if (!used) {
+      return Error(Errc::kSignatureInvalid,
+                   "signature carries a certificate outside the signer's chain: \"" +
+                       NameOneLine(X509_get_subject_name(c)) + "\"");
+    }
   }
   // Step 3: the signer must be a code-signing certificate. OpenSSL 3.0 has no
   // code-signing purpose, so the extension is read here; a certificate
