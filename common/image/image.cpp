@@ -176,7 +176,7 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
     const auto& c = (*chunks)[i];
     const auto where = "chunk " + std::to_string(i);
     if (!c.is_object()) return Malformed(where + " must be an object");
-    SAG_TRY_STATUS(OnlyKeys(c, {"offset", "length", "sha256"}, where));
+    SAG_TRY_STATUS(OnlyKeys(c, {"offset", "length", "sha256", "zsha256"}, where));
     Chunk chunk;
     SAG_TRY(chunk.offset, GetU64(c, "offset"));
     SAG_TRY(chunk.length, GetU64(c, "length"));
@@ -184,6 +184,10 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
     auto cd = DigestFromHex(csha);
     if (!cd) return Malformed(where + ".sha256: " + cd.error().message());
     chunk.sha256 = *cd;
+    SAG_TRY(const auto zsha, GetString(c, "zsha256"));
+    auto zd = DigestFromHex(zsha);
+    if (!zd) return Malformed(where + ".zsha256: " + zd.error().message());
+    chunk.zsha256 = *zd;
     chunk.size = i + 1 < count ? m.chunk_size : m.payload_size - (count - 1) * m.chunk_size;
     if (chunk.offset != offset) {
       return Malformed(where + " starts at " + std::to_string(chunk.offset) + ", expected " +
@@ -222,7 +226,10 @@ Expected<Manifest> ParseManifest(std::string_view text, const Limits& limits) {
 std::string SerializeManifest(const Manifest& m) {
   json chunks = json::array();
   for (const auto& c : m.chunks) {
-    chunks.push_back(json{{"offset", c.offset}, {"length", c.length}, {"sha256", ToHex(c.sha256)}});
+    chunks.push_back(json{{"offset", c.offset},
+                          {"length", c.length},
+                          {"sha256", ToHex(c.sha256)},
+                          {"zsha256", ToHex(c.zsha256)}});
   }
   const json j = {
       {"format", m.format},
@@ -717,7 +724,14 @@ class ChunkDecoder {
                                                  Sha256* whole) {
     const auto where = "chunk " + std::to_string(index);
     const auto src = std::span<const std::uint8_t>(in_).first(c.length);
-    SAG_TRY_STATUS(CheckFrame(src, c, where));
+    SAG_TRY(const bool compressed, CheckFrame(src, c, where));
+    if (compressed) {
+      if (const auto z = Sha256::Of(src); z != c.zsha256) {
+        return Error(Errc::kChunkHashMismatch, where + ": compressed SHA-256 " + ToHex(z) +
+                                                   " does not match the signed " +
+                                                   ToHex(c.zsha256) + "; the image is corrupt");
+      }
+    }
     const std::size_t n =
         ZSTD_decompressDCtx(dctx_, out_.data(), c.size, src.data(), src.size());
     if (ZSTD_isError(n) != 0U || n != c.size) {
@@ -753,8 +767,9 @@ class ChunkDecoder {
   // no checksum, reserved bits clear, nothing after the frame. zstd itself
   // ignores some of these bits; checking them means a changed byte there is
   // refused too instead of passing unnoticed.
-  static Status CheckFrame(std::span<const std::uint8_t> src, const Chunk& c,
-                           const std::string& where) {
+  // Returns whether the frame holds a compressed (entropy-coded) block.
+  static Expected<bool> CheckFrame(std::span<const std::uint8_t> src, const Chunk& c,
+                                   const std::string& where) {
     ZSTD_frameHeader fh{};
     const std::size_t r = ZSTD_getFrameHeader(&fh, src.data(), src.size());
     const std::size_t fcs_bytes = c.size < 256 ? 1 : c.size < 65536 + 256 ? 2 : c.size <= 0xFFFFFFFFU ? 4 : 8;
@@ -768,7 +783,19 @@ class ChunkDecoder {
       return Error(Errc::kDecompress, where + ": not a single canonical zstd frame of " +
                                           std::to_string(c.size) + " bytes; the image is corrupt");
     }
-    return Ok();
+    // Walk the block headers (3 bytes, little endian: last, type, size).
+    std::size_t pos = fh.headerSize;
+    bool compressed = false;
+    for (;;) {
+      if (pos + 3 > src.size()) break;  // cannot happen after findFrameCompressedSize
+      const std::uint32_t bh = src[pos] | (src[pos + 1] << 8U) | (src[pos + 2] << 16U);
+      const std::uint32_t type = (bh >> 1U) & 3U;
+      const std::uint32_t size = bh >> 3U;
+      compressed = compressed || type == 2;
+      pos += 3 + (type == 1 ? 1 : size);
+      if ((bh & 1U) != 0) break;
+    }
+    return compressed;
   }
 
   ZSTD_DCtx* dctx_;

@@ -311,7 +311,7 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
     }
     SAG_TRY_STATUS(WriteAll(zst.get(), std::span(packed).first(z), zst_tmp.path().string()));
     whole.Update(data);
-    m.chunks.push_back(Chunk{offset, z, n, Sha256::Of(data)});
+    m.chunks.push_back(Chunk{offset, z, n, Sha256::Of(data), Sha256::Of(std::span(packed).first(z))});
     offset += z;
     m.payload_size += n;
     if (m.chunks.size() > limits.max_chunks || m.payload_size > limits.max_payload_bytes) {

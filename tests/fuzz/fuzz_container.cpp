@@ -8,6 +8,8 @@
 // directory.
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>

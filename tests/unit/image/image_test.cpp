@@ -7,6 +7,7 @@
 #include <archive_entry.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -317,6 +318,28 @@ TEST_F(ImageTest, FlippedByteAnywhereIsRefused) {
   EXPECT_GT(seen[Errc::kChunkHashMismatch] + seen[Errc::kDecompress], 0);
 }
 
+// zstd ignores a few bits of a compressed block (entropy table details,
+// reserved bits): every bit of a compressed chunk, flipped alone, must still
+// be refused, before zstd sees the bytes.
+TEST_F(ImageTest, EveryBitOfACompressedChunkMatters) {
+  const auto h = Header();
+  const std::size_t k = 6;
+  const auto& c = h.manifest.chunks[k];
+  ASSERT_LT(c.length, c.size / 2) << "chunk 6 is expected to be compressed";
+  const std::string frame = image_->substr(h.payload_offset + c.offset, c.length);
+  for (std::size_t bit = 0; bit < frame.size() * 8; ++bit) {
+    std::string bad = frame;
+    bad[bit / 8] = static_cast<char>(bad[bit / 8] ^ (1U << (bit % 8)));
+    MemSource src(bad);
+    ChunkReader reader(src, h.manifest, k);
+    auto got = reader.Next();
+    ASSERT_FALSE(got) << "bit " << bit << " of chunk " << k << " flipped and accepted";
+    EXPECT_TRUE(got.error().code() == Errc::kChunkHashMismatch ||
+                got.error().code() == Errc::kDecompress)
+        << got.error().ToString();
+  }
+}
+
 TEST_F(ImageTest, TruncationAtAnyOffsetIsRefused) {
   const auto h = Header();
   std::vector<std::size_t> cuts;
@@ -519,7 +542,8 @@ TEST(ManifestParse, RoundTripAndRejects) {
   m.chunk_size = 4096;
   m.payload_sha256 = Sha256::Of("x");
   for (std::uint64_t i = 0; i < 3; ++i) {
-    m.chunks.push_back(Chunk{i * 100, 100, i < 2 ? 4096U : 10000U - 8192U, Sha256::Of("c")});
+    m.chunks.push_back(
+        Chunk{i * 100, 100, i < 2 ? 4096U : 10000U - 8192U, Sha256::Of("c"), Sha256::Of("z")});
   }
   const auto text = SerializeManifest(m);
   auto back = ParseManifest(text);
