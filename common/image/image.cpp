@@ -96,8 +96,9 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
                  "manifest: unknown format version " + fmt->dump() + " (this reader knows " +
                      std::to_string(kFormatVersion) + "); update the agent first");
   }
-  SAG_TRY_STATUS(OnlyKeys(
-      j, {"format", "type", "version", "compatible", "build_time", "payload", "chunks"}, "manifest"));
+  SAG_TRY_STATUS(
+      OnlyKeys(j, {"format", "type", "version", "compatible", "build_time", "payload", "chunks"},
+               "manifest"));
   Manifest m;
   m.format = kFormatVersion;
   SAG_TRY(const auto type, GetString(j, "type"));
@@ -106,7 +107,7 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
   } else if (type == "Dpi") {
     m.type = ImageType::kDpi;
   } else {
-    return Malformed("\"type\" must be \"Device\" or \"Dpi\", got \"" + type + "\"");
+    return Malformed(R"("type" must be "Device" or "Dpi", got ")" + type + "\"");
   }
   SAG_TRY(m.version, GetString(j, "version"));
   const auto parsed = Version::Parse(
@@ -130,8 +131,8 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
   }
   SAG_TRY(m.build_time, GetString(j, "build_time"));
   if (!ValidBuildTime(m.build_time)) {
-    return Malformed("\"build_time\" must be UTC like 2026-11-27T20:00:00Z, got \"" +
-                     m.build_time + "\"");
+    return Malformed(R"("build_time" must be UTC like 2026-11-27T20:00:00Z, got ")" + m.build_time +
+                     "\"");
   }
 
   const auto payload = j.find("payload");
@@ -145,7 +146,7 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
   m.payload_sha256 = *digest;
   SAG_TRY(const auto compression, GetString(*payload, "compression"));
   if (compression != "zstd") {
-    return Malformed("payload.compression must be \"zstd\", got \"" + compression + "\"");
+    return Malformed(R"(payload.compression must be "zstd", got ")" + compression + "\"");
   }
 
   if (m.payload_size == 0) return TooLarge("empty payload");
@@ -318,14 +319,15 @@ bool Equals(std::span<const std::uint8_t> a, std::initializer_list<std::uint8_t>
 // an ECDSA or RSA signature algorithm, no CRLs and no unsigned attributes.
 Status CheckCmsShape(std::string_view der_text, CMS_ContentInfo* cms) {
   const auto bad = [](const std::string& what) {
-    return Error(Errc::kSignatureInvalid, "signature structure: " + what + "; the image was altered");
+    return Error(Errc::kSignatureInvalid,
+                 "signature structure: " + what + "; the image was altered");
   };
   const std::span<const std::uint8_t> der(reinterpret_cast<const std::uint8_t*>(der_text.data()),
                                           der_text.size());
   unsigned char* re = nullptr;
   const int re_len = i2d_CMS_ContentInfo(cms, &re);
-  const bool same = re_len == static_cast<int>(der.size()) &&
-                    std::memcmp(re, der.data(), der.size()) == 0;
+  const bool same =
+      re_len == static_cast<int>(der.size()) && std::memcmp(re, der.data(), der.size()) == 0;
   OPENSSL_free(re);
   if (!same) return bad("not in canonical DER");
   static constexpr std::initializer_list<std::uint8_t> kVersion1 = {0x02, 0x01, 0x01};
@@ -362,7 +364,8 @@ Status CheckCmsShape(std::string_view der_text, CMS_ContentInfo* cms) {
   if (!si || !infos.rest.empty()) return bad("not exactly one SignerInfo");
   Der si_in{si->second};
   auto si_version = si_in.Next();
-  if (!si_version || !Equals(si_version->first, kVersion1)) return bad("SignerInfo version is not 1");
+  if (!si_version || !Equals(si_version->first, kVersion1))
+    return bad("SignerInfo version is not 1");
   auto sid = si_in.Next();
   auto digest_alg = si_in.Next();
   if (!sid || !digest_alg || !Equals(digest_alg->first, kSha256)) {
@@ -408,9 +411,9 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
     return TooLarge("manifest of " + std::to_string(manifest_json.size()) + " bytes");
   }
   if (signature_der.size() > limits.max_signature_bytes) {
-    return Error(Errc::kManifestLimits,
-                 "signature of " + std::to_string(signature_der.size()) + " bytes (limit " +
-                     std::to_string(limits.max_signature_bytes) + ")");
+    return Error(Errc::kManifestLimits, "signature of " + std::to_string(signature_der.size()) +
+                                            " bytes (limit " +
+                                            std::to_string(limits.max_signature_bytes) + ")");
   }
   ERR_clear_error();
   SAG_TRY(auto root, LoadRoot(trust.root_ca));
@@ -497,7 +500,8 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
   // code-signing purpose, so the extension is read here; a certificate
   // without any EKU extension does not count as code signing.
   const std::uint32_t flags = X509_get_extension_flags(signer);
-  if ((flags & EXFLAG_XKUSAGE) == 0U || (X509_get_extended_key_usage(signer) & XKU_CODE_SIGN) == 0U) {
+  if ((flags & EXFLAG_XKUSAGE) == 0U ||
+      (X509_get_extended_key_usage(signer) & XKU_CODE_SIGN) == 0U) {
     return Error(Errc::kSignerUsage, "signer \"" + subject +
                                          "\" lacks the codeSigning extended key usage; sign "
                                          "with a code-signing certificate");
@@ -607,7 +611,10 @@ Expected<std::uint64_t> ParseHeader(const Block& h, std::string_view name, std::
   std::uint64_t sum = 0;
   for (std::size_t i = 0; i < kBlock; ++i) sum += (i >= 148 && i < 156) ? ' ' : h[i];
   if (sum != *stored) return ContainerError(offset, "tar header checksum mismatch");
-  if (std::memcmp(&h[257], "ustar\0" "00", 8) != 0) {
+  if (std::memcmp(&h[257],
+                  "ustar\0"
+                  "00",
+                  8) != 0) {
     return ContainerError(offset, "not a ustar header");
   }
   const std::string_view got(reinterpret_cast<const char*>(h.data()),
@@ -617,12 +624,14 @@ Expected<std::uint64_t> ParseHeader(const Block& h, std::string_view name, std::
     return ContainerError(offset, "expected entry \"" + std::string(name) + "\", found \"" +
                                       std::string(got) + "\" (entries missing or out of order)");
   }
-  if (h[156] != '0') return ContainerError(offset, "entry \"" + std::string(name) + "\" is not a regular file");
+  if (h[156] != '0')
+    return ContainerError(offset, "entry \"" + std::string(name) + "\" is not a regular file");
   if (!AllZero(std::span(h).subspan(157, 100))) {
     return ContainerError(offset, "entry \"" + std::string(name) + "\" has a link name");
   }
   const auto size = Octal(std::span(h).subspan(124, 12), 11);
-  if (!size || h[135] != ' ') return ContainerError(offset, "malformed size of \"" + std::string(name) + "\"");
+  if (!size || h[135] != ' ')
+    return ContainerError(offset, "malformed size of \"" + std::string(name) + "\"");
   return *size;
 }
 
@@ -654,12 +663,11 @@ Expected<std::string> ReadSmallEntry(Input& in, std::string_view name, std::uint
   SAG_TRY(const auto e, ReadEntryHeader(in, name));
   if (e.size > limit) {
     return Error(Errc::kManifestLimits, std::string(name) + " of " + std::to_string(e.size) +
-                                            " bytes exceeds the limit of " +
-                                            std::to_string(limit));
+                                            " bytes exceeds the limit of " + std::to_string(limit));
   }
   std::string data(e.size, '\0');
-  SAG_TRY_STATUS(in.Read(
-      std::span(reinterpret_cast<std::uint8_t*>(data.data()), data.size()), std::string(name)));
+  SAG_TRY_STATUS(in.Read(std::span(reinterpret_cast<std::uint8_t*>(data.data()), data.size()),
+                         std::string(name)));
   SAG_TRY_STATUS(ReadPadding(in, e.size, name));
   return data;
 }
@@ -708,9 +716,7 @@ namespace {
 class ChunkDecoder {
  public:
   explicit ChunkDecoder(const Manifest& m)
-      : dctx_(ZSTD_createDCtx()),
-        in_(ZSTD_compressBound(m.chunk_size)),
-        out_(m.chunk_size) {}
+      : dctx_(ZSTD_createDCtx()), in_(ZSTD_compressBound(m.chunk_size)), out_(m.chunk_size) {}
   ~ChunkDecoder() { ZSTD_freeDCtx(dctx_); }
   ChunkDecoder(const ChunkDecoder&) = delete;
   ChunkDecoder& operator=(const ChunkDecoder&) = delete;
@@ -720,8 +726,7 @@ class ChunkDecoder {
   // Decompresses the bytes in InputFor(c) and checks them against c. When
   // `whole` is given it is fed the chunk in parallel with the chunk hash
   // (on a second core) so that verifying costs about one SHA-256 pass.
-  Expected<std::span<const std::uint8_t>> Decode(const Chunk& c, std::size_t index,
-                                                 Sha256* whole) {
+  Expected<std::span<const std::uint8_t>> Decode(const Chunk& c, std::size_t index, Sha256* whole) {
     const auto where = "chunk " + std::to_string(index);
     const auto src = std::span<const std::uint8_t>(in_).first(c.length);
     SAG_TRY(const bool compressed, CheckFrame(src, c, where));
@@ -732,8 +737,7 @@ class ChunkDecoder {
                                                    ToHex(c.zsha256) + "; the image is corrupt");
       }
     }
-    const std::size_t n =
-        ZSTD_decompressDCtx(dctx_, out_.data(), c.size, src.data(), src.size());
+    const std::size_t n = ZSTD_decompressDCtx(dctx_, out_.data(), c.size, src.data(), src.size());
     if (ZSTD_isError(n) != 0U || n != c.size) {
       return Error(Errc::kDecompress,
                    where + ": zstd frame does not decompress to " + std::to_string(c.size) +
@@ -753,8 +757,8 @@ class ChunkDecoder {
     }
     if (digest != c.sha256) {
       return Error(Errc::kChunkHashMismatch, where + ": SHA-256 " + ToHex(digest) +
-                                                 " does not match the signed " +
-                                                 ToHex(c.sha256) + "; the image is corrupt");
+                                                 " does not match the signed " + ToHex(c.sha256) +
+                                                 "; the image is corrupt");
     }
     return data;
   }
@@ -772,7 +776,10 @@ class ChunkDecoder {
                                    const std::string& where) {
     ZSTD_frameHeader fh{};
     const std::size_t r = ZSTD_getFrameHeader(&fh, src.data(), src.size());
-    const std::size_t fcs_bytes = c.size < 256 ? 1 : c.size < 65536 + 256 ? 2 : c.size <= 0xFFFFFFFFU ? 4 : 8;
+    const std::size_t fcs_bytes = c.size < 256            ? 1
+                                  : c.size < 65536 + 256  ? 2
+                                  : c.size <= 0xFFFFFFFFU ? 4
+                                                          : 8;
     const std::uint8_t fcs_flag = fcs_bytes == 1 ? 0 : fcs_bytes == 2 ? 1 : fcs_bytes == 4 ? 2 : 3;
     const bool ok = r == 0 && fh.frameType == ZSTD_frame && fh.frameContentSize == c.size &&
                     fh.dictID == 0 && fh.checksumFlag == 0 && src.size() > 4 &&
@@ -851,9 +858,9 @@ struct ImageReader::Impl {
       // The last chunk is released only once the whole payload and the end
       // of the container checked out.
       if (const auto d = whole.Final(); d != m.payload_sha256) {
-        return Error(Errc::kPayloadHashMismatch,
-                     "payload SHA-256 " + ToHex(d) + " does not match the signed " +
-                         ToHex(m.payload_sha256));
+        return Error(Errc::kPayloadHashMismatch, "payload SHA-256 " + ToHex(d) +
+                                                     " does not match the signed " +
+                                                     ToHex(m.payload_sha256));
       }
       const auto stored = c.offset + c.length;
       SAG_TRY_STATUS(ReadPadding(in, stored, kPayloadName));
@@ -902,7 +909,8 @@ ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size
   // chunk size again keeps a caller's mistake from becoming a huge buffer.
   if (manifest.chunk_size < limits.min_chunk_size || manifest.chunk_size > limits.max_chunk_size ||
       first_chunk > manifest.chunks.size()) {
-    impl_->failed = Error(Errc::kInvalidArgument, "ChunkReader: chunk size or first chunk out of range");
+    impl_->failed =
+        Error(Errc::kInvalidArgument, "ChunkReader: chunk size or first chunk out of range");
   } else {
     impl_->decoder = std::make_unique<ChunkDecoder>(manifest);
   }

@@ -63,7 +63,7 @@ void Spit(const std::filesystem::path& p, std::string_view data) {
 
 struct Outcome {
   std::optional<Error> error;
-  std::string payload;           // every byte the reader yielded
+  std::string payload;              // every byte the reader yielded
   std::vector<std::size_t> chunks;  // indexes yielded
 };
 
@@ -104,7 +104,8 @@ void WriteTar(const std::filesystem::path& path,
     archive_entry_set_perm(e, 0644);
     ASSERT_EQ(archive_write_header(a, e), ARCHIVE_OK);
     archive_entry_free(e);
-    ASSERT_EQ(archive_write_data(a, data.data(), data.size()), static_cast<la_ssize_t>(data.size()));
+    ASSERT_EQ(archive_write_data(a, data.data(), data.size()),
+              static_cast<la_ssize_t>(data.size()));
   }
   archive_write_close(a);
   archive_write_free(a);
@@ -248,7 +249,8 @@ TEST_F(ImageTest, ReaderWorksWithOneByteReadsAndFromAFile) {
 TEST_F(ImageTest, ChunkReaderResumesAtAnyChunk) {
   const auto h = Header();
   for (std::size_t k : {std::size_t{0}, std::size_t{2}, kTextChunk, h.manifest.chunks.size() - 1}) {
-    auto file = FileSource::Open(Dir() / "good.img", h.payload_offset + h.manifest.chunks[k].offset);
+    auto file =
+        FileSource::Open(Dir() / "good.img", h.payload_offset + h.manifest.chunks[k].offset);
     ASSERT_TRUE(file);
     ChunkReader reader(**file, h.manifest, k);
     std::string got;
@@ -261,7 +263,8 @@ TEST_F(ImageTest, ChunkReaderResumesAtAnyChunk) {
     EXPECT_EQ(got, payload_->substr(k * kChunk)) << k;
   }
   // Positioned one byte off: refused, nothing yielded.
-  auto file = FileSource::Open(Dir() / "good.img", h.payload_offset + h.manifest.chunks[2].offset + 1);
+  auto file =
+      FileSource::Open(Dir() / "good.img", h.payload_offset + h.manifest.chunks[2].offset + 1);
   ASSERT_TRUE(file);
   ChunkReader off(**file, h.manifest, 2);
   auto c = off.Next();
@@ -369,9 +372,15 @@ TEST_F(ImageTest, EntriesMissingDuplicatedReorderedOrExtraAreRefused) {
       {"no payload", {{"manifest.json", m}, {"manifest.json.sig", s}}},
       {"signature first", {{"manifest.json.sig", s}, {"manifest.json", m}, {"payload.zst", zst}}},
       {"manifest twice",
-       {{"manifest.json", m}, {"manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst}}},
+       {{"manifest.json", m},
+        {"manifest.json", m},
+        {"manifest.json.sig", s},
+        {"payload.zst", zst}}},
       {"payload twice",
-       {{"manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst}, {"payload.zst", zst}}},
+       {{"manifest.json", m},
+        {"manifest.json.sig", s},
+        {"payload.zst", zst},
+        {"payload.zst", zst}}},
       {"extra entry in the middle",
        {{"manifest.json", m}, {"manifest.json.sig", s}, {"README", "x"}, {"payload.zst", zst}}},
       {"extra entry at the end",
@@ -390,7 +399,8 @@ TEST_F(ImageTest, EntriesMissingDuplicatedReorderedOrExtraAreRefused) {
   }
   // The same three entries in the right order are fine (the writer is not
   // special), but a tar padded to a 10 KiB record has bytes after its end.
-  WriteTar(Dir() / "ok.tar", {{"manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst}});
+  WriteTar(Dir() / "ok.tar",
+           {{"manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst}});
   EXPECT_FALSE(ReadAll(Slurp(Dir() / "ok.tar"), GoodTrust()).error);
   WriteTar(Dir() / "padded.tar",
            {{"manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst}}, true);
@@ -559,11 +569,11 @@ TEST(ManifestParse, RoundTripAndRejects) {
       {"", Errc::kManifestMalformed},
       {"[]", Errc::kManifestMalformed},
       {"{}", Errc::kManifestMalformed},
-      {"{\"format\": \"1\"}", Errc::kManifestMalformed},
-      {"{\"format\": 0}", Errc::kManifestVersion},
-      {"{\"format\": 99, \"anything\": 1}", Errc::kManifestVersion},
+      {R"({"format": "1"})", Errc::kManifestMalformed},
+      {R"({"format": 0})", Errc::kManifestVersion},
+      {R"({"format": 99, "anything": 1})", Errc::kManifestVersion},
       {std::string(100, '[') + std::string(100, ']'), Errc::kManifestMalformed},
-      {"{\"format\":1,\"x\":[[[[[[[[1]]]]]]]]}", Errc::kManifestMalformed},
+      {R"({"format":1,"x":[[[[[[[[1]]]]]]]]})", Errc::kManifestMalformed},
   };
   for (const auto& [json, code] : bad) {
     auto r = ParseManifest(json);
