@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <system_error>
 #include <thread>
 
 #include "common/atomic_file.h"
@@ -721,7 +722,16 @@ class ChunkDecoder {
   ChunkDecoder(const ChunkDecoder&) = delete;
   ChunkDecoder& operator=(const ChunkDecoder&) = delete;
 
-  std::span<std::uint8_t> InputFor(const Chunk& c) { return std::span(in_).first(c.length); }
+  // The buffer for a chunk's compressed bytes; an error for a chunk that
+  // does not fit the buffers (a manifest that skipped ParseManifest).
+  Expected<std::span<std::uint8_t>> InputFor(const Chunk& c) {
+    if (c.length > in_.size() || c.size > out_.size()) {
+      return Error(Errc::kManifestLimits, "chunk of " + std::to_string(c.length) + "/" +
+                                              std::to_string(c.size) +
+                                              " bytes does not fit the chunk buffers");
+    }
+    return std::span(in_).first(c.length);
+  }
 
   // Decompresses the bytes in InputFor(c) and checks them against c. When
   // `whole` is given it is fed the chunk in parallel with the chunk hash
@@ -748,9 +758,14 @@ class ChunkDecoder {
     const auto data = std::span<const std::uint8_t>(out_).first(c.size);
     Digest digest{};
     if (whole != nullptr && data.size() >= kParallelMin) {
-      std::thread t([&] { whole->Update(data); });
+      std::optional<std::thread> t;
+      try {
+        t.emplace([&] { whole->Update(data); });
+      } catch (const std::system_error&) {  // no thread: hash here instead
+        whole->Update(data);
+      }
       digest = Sha256::Of(data);
-      t.join();
+      if (t) t->join();
     } else {
       if (whole != nullptr) whole->Update(data);
       digest = Sha256::Of(data);
@@ -851,7 +866,8 @@ struct ImageReader::Impl {
     if (done) return std::optional<ChunkView>();
     const std::size_t i = next;
     const Chunk& c = m.chunks[i];
-    SAG_TRY_STATUS(in.Read(decoder->InputFor(c), "chunk " + std::to_string(i)));
+    SAG_TRY(const auto buf, decoder->InputFor(c));
+    SAG_TRY_STATUS(in.Read(buf, "chunk " + std::to_string(i)));
     SAG_TRY(const auto data, decoder->Decode(c, i, &whole));
     ++next;
     if (next == m.chunks.size()) {
@@ -923,7 +939,12 @@ Expected<std::optional<ChunkView>> ChunkReader::Next() {
   if (s.next >= s.manifest.chunks.size()) return std::optional<ChunkView>();
   const std::size_t i = s.next;
   const Chunk& c = s.manifest.chunks[i];
-  if (auto st = s.in.Read(s.decoder->InputFor(c), "chunk " + std::to_string(i)); !st) {
+  auto buf = s.decoder->InputFor(c);
+  if (!buf) {
+    s.failed = buf.error();
+    return *s.failed;
+  }
+  if (auto st = s.in.Read(*buf, "chunk " + std::to_string(i)); !st) {
     s.failed = st.error();
     return *s.failed;
   }
