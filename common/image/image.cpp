@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <system_error>
 #include <thread>
 
 #include "common/atomic_file.h"
@@ -96,8 +97,9 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
                  "manifest: unknown format version " + fmt->dump() + " (this reader knows " +
                      std::to_string(kFormatVersion) + "); update the agent first");
   }
-  SAG_TRY_STATUS(OnlyKeys(
-      j, {"format", "type", "version", "compatible", "build_time", "payload", "chunks"}, "manifest"));
+  SAG_TRY_STATUS(
+      OnlyKeys(j, {"format", "type", "version", "compatible", "build_time", "payload", "chunks"},
+               "manifest"));
   Manifest m;
   m.format = kFormatVersion;
   SAG_TRY(const auto type, GetString(j, "type"));
@@ -106,7 +108,7 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
   } else if (type == "Dpi") {
     m.type = ImageType::kDpi;
   } else {
-    return Malformed("\"type\" must be \"Device\" or \"Dpi\", got \"" + type + "\"");
+    return Malformed(R"("type" must be "Device" or "Dpi", got ")" + type + "\"");
   }
   SAG_TRY(m.version, GetString(j, "version"));
   const auto parsed = Version::Parse(
@@ -130,8 +132,8 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
   }
   SAG_TRY(m.build_time, GetString(j, "build_time"));
   if (!ValidBuildTime(m.build_time)) {
-    return Malformed("\"build_time\" must be UTC like 2026-11-27T20:00:00Z, got \"" +
-                     m.build_time + "\"");
+    return Malformed(R"("build_time" must be UTC like 2026-11-27T20:00:00Z, got ")" + m.build_time +
+                     "\"");
   }
 
   const auto payload = j.find("payload");
@@ -145,7 +147,7 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
   m.payload_sha256 = *digest;
   SAG_TRY(const auto compression, GetString(*payload, "compression"));
   if (compression != "zstd") {
-    return Malformed("payload.compression must be \"zstd\", got \"" + compression + "\"");
+    return Malformed(R"(payload.compression must be "zstd", got ")" + compression + "\"");
   }
 
   if (m.payload_size == 0) return TooLarge("empty payload");
@@ -176,7 +178,7 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
     const auto& c = (*chunks)[i];
     const auto where = "chunk " + std::to_string(i);
     if (!c.is_object()) return Malformed(where + " must be an object");
-    SAG_TRY_STATUS(OnlyKeys(c, {"offset", "length", "sha256"}, where));
+    SAG_TRY_STATUS(OnlyKeys(c, {"offset", "length", "sha256", "zsha256"}, where));
     Chunk chunk;
     SAG_TRY(chunk.offset, GetU64(c, "offset"));
     SAG_TRY(chunk.length, GetU64(c, "length"));
@@ -184,6 +186,10 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
     auto cd = DigestFromHex(csha);
     if (!cd) return Malformed(where + ".sha256: " + cd.error().message());
     chunk.sha256 = *cd;
+    SAG_TRY(const auto zsha, GetString(c, "zsha256"));
+    auto zd = DigestFromHex(zsha);
+    if (!zd) return Malformed(where + ".zsha256: " + zd.error().message());
+    chunk.zsha256 = *zd;
     chunk.size = i + 1 < count ? m.chunk_size : m.payload_size - (count - 1) * m.chunk_size;
     if (chunk.offset != offset) {
       return Malformed(where + " starts at " + std::to_string(chunk.offset) + ", expected " +
@@ -222,7 +228,10 @@ Expected<Manifest> ParseManifest(std::string_view text, const Limits& limits) {
 std::string SerializeManifest(const Manifest& m) {
   json chunks = json::array();
   for (const auto& c : m.chunks) {
-    chunks.push_back(json{{"offset", c.offset}, {"length", c.length}, {"sha256", ToHex(c.sha256)}});
+    chunks.push_back(json{{"offset", c.offset},
+                          {"length", c.length},
+                          {"sha256", ToHex(c.sha256)},
+                          {"zsha256", ToHex(c.zsha256)}});
   }
   const json j = {
       {"format", m.format},
@@ -276,6 +285,114 @@ Expected<ossl::X509Ptr> LoadRoot(const std::filesystem::path& path) {
   return root;
 }
 
+// A minimal DER reader for CheckCmsShape.
+struct Der {
+  std::span<const std::uint8_t> rest;
+  // The next TLV (whole) and its content; nullopt if malformed.
+  std::optional<std::pair<std::span<const std::uint8_t>, std::span<const std::uint8_t>>> Next() {
+    if (rest.size() < 2) return std::nullopt;
+    std::size_t hl = 2;
+    std::size_t len = rest[1];
+    if ((len & 0x80U) != 0) {
+      const std::size_t n = len & 0x7FU;
+      if (n == 0 || n > 3 || rest.size() < 2 + n) return std::nullopt;
+      len = 0;
+      for (std::size_t i = 0; i < n; ++i) len = (len << 8U) | rest[2 + i];
+      hl += n;
+    }
+    if (rest.size() - hl < len) return std::nullopt;
+    auto whole = rest.first(hl + len);
+    auto content = whole.subspan(hl);
+    rest = rest.subspan(hl + len);
+    return std::pair{whole, content};
+  }
+};
+
+bool Equals(std::span<const std::uint8_t> a, std::initializer_list<std::uint8_t> b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
+
+// OpenSSL's CMS_verify ignores some fields that the signature does not
+// cover (the SignedData and SignerInfo versions, the digestAlgorithms set,
+// the signatureAlgorithm OID, unused certificates). A changed byte there
+// must still be refused, so the structure is checked against what
+// SignManifest writes: DER that re-encodes to itself, version 1, SHA-256,
+// an ECDSA or RSA signature algorithm, no CRLs and no unsigned attributes.
+Status CheckCmsShape(std::string_view der_text, CMS_ContentInfo* cms) {
+  const auto bad = [](const std::string& what) {
+    return Error(Errc::kSignatureInvalid,
+                 "signature structure: " + what + "; the image was altered");
+  };
+  const std::span<const std::uint8_t> der(reinterpret_cast<const std::uint8_t*>(der_text.data()),
+                                          der_text.size());
+  unsigned char* re = nullptr;
+  const int re_len = i2d_CMS_ContentInfo(cms, &re);
+  const bool same =
+      re_len == static_cast<int>(der.size()) && std::memcmp(re, der.data(), der.size()) == 0;
+  OPENSSL_free(re);
+  if (!same) return bad("not in canonical DER");
+  static constexpr std::initializer_list<std::uint8_t> kVersion1 = {0x02, 0x01, 0x01};
+  static constexpr std::initializer_list<std::uint8_t> kSha256 = {
+      0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01};
+  static constexpr std::initializer_list<std::uint8_t> kData = {
+      0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01};
+  Der top{der};
+  auto ci = top.Next();
+  if (!ci || !top.rest.empty()) return bad("trailing bytes");
+  Der ci_in{ci->second};
+  auto oid = ci_in.Next();
+  auto explicit0 = ci_in.Next();
+  if (!oid || !explicit0) return bad("no SignedData");
+  Der e0{explicit0->second};
+  auto sd = e0.Next();
+  if (!sd) return bad("no SignedData");
+  Der sd_in{sd->second};
+  auto version = sd_in.Next();
+  if (!version || !Equals(version->first, kVersion1)) return bad("SignedData version is not 1");
+  auto digests = sd_in.Next();
+  if (!digests || digests->first[0] != 0x31 || !Equals(digests->second, kSha256)) {
+    return bad("digestAlgorithms is not exactly SHA-256");
+  }
+  auto encap = sd_in.Next();
+  if (!encap || !Equals(encap->first, kData)) return bad("content is not detached id-data");
+  auto next = sd_in.Next();
+  if (next && next->first[0] == 0xa0) next = sd_in.Next();  // certificates
+  if (!next || next->first[0] != 0x31 || !sd_in.rest.empty()) {
+    return bad("CRLs or extra fields present");
+  }
+  Der infos{next->second};
+  auto si = infos.Next();
+  if (!si || !infos.rest.empty()) return bad("not exactly one SignerInfo");
+  Der si_in{si->second};
+  auto si_version = si_in.Next();
+  if (!si_version || !Equals(si_version->first, kVersion1))
+    return bad("SignerInfo version is not 1");
+  auto sid = si_in.Next();
+  auto digest_alg = si_in.Next();
+  if (!sid || !digest_alg || !Equals(digest_alg->first, kSha256)) {
+    return bad("digestAlgorithm is not SHA-256");
+  }
+  auto attrs = si_in.Next();
+  if (!attrs || attrs->first[0] != 0xa0) return bad("no signed attributes");
+  auto sig_alg = si_in.Next();
+  const bool known_alg =
+      sig_alg &&
+      (Equals(sig_alg->first, {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03,
+                               0x02}) ||  // ecdsa-with-SHA256
+       Equals(sig_alg->first, {0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03,
+                               0x03}) ||  // ecdsa-with-SHA384
+       Equals(sig_alg->first, {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01,
+                               0x01, 0x01, 0x05, 0x00}) ||  // rsaEncryption
+       Equals(sig_alg->first, {0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01,
+                               0x01, 0x0b, 0x05, 0x00}));  // sha256WithRSAEncryption
+  if (!known_alg) return bad("unknown signatureAlgorithm");
+  auto sig = si_in.Next();
+  if (!sig || sig->first[0] != 0x04 || !si_in.rest.empty()) {
+    return bad("unsigned attributes or extra fields present");
+  }
+  return Ok();
+}
+
 Errc MapVerifyError(int err) {
   switch (err) {
     case X509_V_ERR_CERT_HAS_EXPIRED:
@@ -295,9 +412,9 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
     return TooLarge("manifest of " + std::to_string(manifest_json.size()) + " bytes");
   }
   if (signature_der.size() > limits.max_signature_bytes) {
-    return Error(Errc::kManifestLimits,
-                 "signature of " + std::to_string(signature_der.size()) + " bytes (limit " +
-                     std::to_string(limits.max_signature_bytes) + ")");
+    return Error(Errc::kManifestLimits, "signature of " + std::to_string(signature_der.size()) +
+                                            " bytes (limit " +
+                                            std::to_string(limits.max_signature_bytes) + ")");
   }
   ERR_clear_error();
   SAG_TRY(auto root, LoadRoot(trust.root_ca));
@@ -309,6 +426,7 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
   if (infos == nullptr || sk_CMS_SignerInfo_num(infos) != 1) {
     return Error(Errc::kSignatureInvalid, "signature must have exactly one signer");
   }
+  SAG_TRY_STATUS(CheckCmsShape(signature_der, cms.get()));
   ossl::StorePtr store(X509_STORE_new());
   if (!store || X509_STORE_add_cert(store.get(), root.get()) != 1) {
     return ossl::Fail(Errc::kInternal, "building the trust store");
@@ -326,6 +444,28 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
     return Error(Errc::kSignatureInvalid, "signature has no signer certificate");
   }
   X509* signer = sk_X509_value(signers.get(), 0);
+  // OpenSSL matches the SignerInfo's issuer name to the certificate in
+  // canonical form (case-insensitively); require the exact bytes instead.
+  {
+    ASN1_OCTET_STRING* keyid = nullptr;
+    X509_NAME* sid_issuer = nullptr;
+    ASN1_INTEGER* sid_serial = nullptr;
+    const unsigned char* a = nullptr;
+    const unsigned char* b = nullptr;
+    std::size_t alen = 0;
+    std::size_t blen = 0;
+    if (CMS_SignerInfo_get0_signer_id(sk_CMS_SignerInfo_value(infos, 0), &keyid, &sid_issuer,
+                                      &sid_serial) != 1 ||
+        sid_issuer == nullptr || sid_serial == nullptr ||
+        X509_NAME_get0_der(sid_issuer, &a, &alen) != 1 ||
+        X509_NAME_get0_der(X509_get_issuer_name(signer), &b, &blen) != 1 || alen != blen ||
+        std::memcmp(a, b, alen) != 0 ||
+        ASN1_INTEGER_cmp(sid_serial, X509_get0_serialNumber(signer)) != 0) {
+      ERR_clear_error();
+      return Error(Errc::kSignatureInvalid,
+                   "the signer identifier does not match the signer certificate exactly");
+    }
+  }
   const std::string subject = NameOneLine(X509_get_subject_name(signer));
 
   // Step 2: the chain, with the pinned root as the only anchor.
@@ -342,11 +482,27 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
                  "signer \"" + subject + "\": " + X509_verify_cert_error_string(err) +
                      " (checked against the pinned root " + trust.root_ca.string() + ")");
   }
+  // Every certificate carried must be part of the verified chain: an unused
+  // one would be bytes that nothing checks.
+  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());
+  for (int i = 0; i < sk_X509_num(certs.get()); ++i) {
+    X509* c = sk_X509_value(certs.get(), i);
+    bool used = false;
+    for (int k = 0; k < sk_X509_num(chain) && !used; ++k) {
+      used = X509_cmp(c, sk_X509_value(chain, k)) == 0;
+    }
+    if (!used) {
+      return Error(Errc::kSignatureInvalid,
+                   "signature carries a certificate outside the signer's chain: \"" +
+                       NameOneLine(X509_get_subject_name(c)) + "\"");
+    }
+  }
   // Step 3: the signer must be a code-signing certificate. OpenSSL 3.0 has no
   // code-signing purpose, so the extension is read here; a certificate
   // without any EKU extension does not count as code signing.
   const std::uint32_t flags = X509_get_extension_flags(signer);
-  if ((flags & EXFLAG_XKUSAGE) == 0U || (X509_get_extended_key_usage(signer) & XKU_CODE_SIGN) == 0U) {
+  if ((flags & EXFLAG_XKUSAGE) == 0U ||
+      (X509_get_extended_key_usage(signer) & XKU_CODE_SIGN) == 0U) {
     return Error(Errc::kSignerUsage, "signer \"" + subject +
                                          "\" lacks the codeSigning extended key usage; sign "
                                          "with a code-signing certificate");
@@ -456,7 +612,10 @@ Expected<std::uint64_t> ParseHeader(const Block& h, std::string_view name, std::
   std::uint64_t sum = 0;
   for (std::size_t i = 0; i < kBlock; ++i) sum += (i >= 148 && i < 156) ? ' ' : h[i];
   if (sum != *stored) return ContainerError(offset, "tar header checksum mismatch");
-  if (std::memcmp(&h[257], "ustar\0" "00", 8) != 0) {
+  if (std::memcmp(&h[257],
+                  "ustar\0"
+                  "00",
+                  8) != 0) {
     return ContainerError(offset, "not a ustar header");
   }
   const std::string_view got(reinterpret_cast<const char*>(h.data()),
@@ -466,12 +625,14 @@ Expected<std::uint64_t> ParseHeader(const Block& h, std::string_view name, std::
     return ContainerError(offset, "expected entry \"" + std::string(name) + "\", found \"" +
                                       std::string(got) + "\" (entries missing or out of order)");
   }
-  if (h[156] != '0') return ContainerError(offset, "entry \"" + std::string(name) + "\" is not a regular file");
+  if (h[156] != '0')
+    return ContainerError(offset, "entry \"" + std::string(name) + "\" is not a regular file");
   if (!AllZero(std::span(h).subspan(157, 100))) {
     return ContainerError(offset, "entry \"" + std::string(name) + "\" has a link name");
   }
   const auto size = Octal(std::span(h).subspan(124, 12), 11);
-  if (!size || h[135] != ' ') return ContainerError(offset, "malformed size of \"" + std::string(name) + "\"");
+  if (!size || h[135] != ' ')
+    return ContainerError(offset, "malformed size of \"" + std::string(name) + "\"");
   return *size;
 }
 
@@ -503,12 +664,11 @@ Expected<std::string> ReadSmallEntry(Input& in, std::string_view name, std::uint
   SAG_TRY(const auto e, ReadEntryHeader(in, name));
   if (e.size > limit) {
     return Error(Errc::kManifestLimits, std::string(name) + " of " + std::to_string(e.size) +
-                                            " bytes exceeds the limit of " +
-                                            std::to_string(limit));
+                                            " bytes exceeds the limit of " + std::to_string(limit));
   }
   std::string data(e.size, '\0');
-  SAG_TRY_STATUS(in.Read(
-      std::span(reinterpret_cast<std::uint8_t*>(data.data()), data.size()), std::string(name)));
+  SAG_TRY_STATUS(in.Read(std::span(reinterpret_cast<std::uint8_t*>(data.data()), data.size()),
+                         std::string(name)));
   SAG_TRY_STATUS(ReadPadding(in, e.size, name));
   return data;
 }
@@ -557,25 +717,37 @@ namespace {
 class ChunkDecoder {
  public:
   explicit ChunkDecoder(const Manifest& m)
-      : dctx_(ZSTD_createDCtx()),
-        in_(ZSTD_compressBound(m.chunk_size)),
-        out_(m.chunk_size) {}
+      : dctx_(ZSTD_createDCtx()), in_(ZSTD_compressBound(m.chunk_size)), out_(m.chunk_size) {}
   ~ChunkDecoder() { ZSTD_freeDCtx(dctx_); }
   ChunkDecoder(const ChunkDecoder&) = delete;
   ChunkDecoder& operator=(const ChunkDecoder&) = delete;
 
-  std::span<std::uint8_t> InputFor(const Chunk& c) { return std::span(in_).first(c.length); }
+  // The buffer for a chunk's compressed bytes; an error for a chunk that
+  // does not fit the buffers (a manifest that skipped ParseManifest).
+  Expected<std::span<std::uint8_t>> InputFor(const Chunk& c) {
+    if (c.length > in_.size() || c.size > out_.size()) {
+      return Error(Errc::kManifestLimits, "chunk of " + std::to_string(c.length) + "/" +
+                                              std::to_string(c.size) +
+                                              " bytes does not fit the chunk buffers");
+    }
+    return std::span(in_).first(c.length);
+  }
 
   // Decompresses the bytes in InputFor(c) and checks them against c. When
   // `whole` is given it is fed the chunk in parallel with the chunk hash
   // (on a second core) so that verifying costs about one SHA-256 pass.
-  Expected<std::span<const std::uint8_t>> Decode(const Chunk& c, std::size_t index,
-                                                 Sha256* whole) {
+  Expected<std::span<const std::uint8_t>> Decode(const Chunk& c, std::size_t index, Sha256* whole) {
     const auto where = "chunk " + std::to_string(index);
     const auto src = std::span<const std::uint8_t>(in_).first(c.length);
-    SAG_TRY_STATUS(CheckFrame(src, c, where));
-    const std::size_t n =
-        ZSTD_decompressDCtx(dctx_, out_.data(), c.size, src.data(), src.size());
+    SAG_TRY(const bool compressed, CheckFrame(src, c, where));
+    if (compressed) {
+      if (const auto z = Sha256::Of(src); z != c.zsha256) {
+        return Error(Errc::kChunkHashMismatch, where + ": compressed SHA-256 " + ToHex(z) +
+                                                   " does not match the signed " +
+                                                   ToHex(c.zsha256) + "; the image is corrupt");
+      }
+    }
+    const std::size_t n = ZSTD_decompressDCtx(dctx_, out_.data(), c.size, src.data(), src.size());
     if (ZSTD_isError(n) != 0U || n != c.size) {
       return Error(Errc::kDecompress,
                    where + ": zstd frame does not decompress to " + std::to_string(c.size) +
@@ -586,17 +758,22 @@ class ChunkDecoder {
     const auto data = std::span<const std::uint8_t>(out_).first(c.size);
     Digest digest{};
     if (whole != nullptr && data.size() >= kParallelMin) {
-      std::thread t([&] { whole->Update(data); });
+      std::optional<std::thread> t;
+      try {
+        t.emplace([&] { whole->Update(data); });
+      } catch (const std::system_error&) {  // no thread: hash here instead
+        whole->Update(data);
+      }
       digest = Sha256::Of(data);
-      t.join();
+      if (t) t->join();
     } else {
       if (whole != nullptr) whole->Update(data);
       digest = Sha256::Of(data);
     }
     if (digest != c.sha256) {
       return Error(Errc::kChunkHashMismatch, where + ": SHA-256 " + ToHex(digest) +
-                                                 " does not match the signed " +
-                                                 ToHex(c.sha256) + "; the image is corrupt");
+                                                 " does not match the signed " + ToHex(c.sha256) +
+                                                 "; the image is corrupt");
     }
     return data;
   }
@@ -609,11 +786,15 @@ class ChunkDecoder {
   // no checksum, reserved bits clear, nothing after the frame. zstd itself
   // ignores some of these bits; checking them means a changed byte there is
   // refused too instead of passing unnoticed.
-  static Status CheckFrame(std::span<const std::uint8_t> src, const Chunk& c,
-                           const std::string& where) {
+  // Returns whether the frame holds a compressed (entropy-coded) block.
+  static Expected<bool> CheckFrame(std::span<const std::uint8_t> src, const Chunk& c,
+                                   const std::string& where) {
     ZSTD_frameHeader fh{};
     const std::size_t r = ZSTD_getFrameHeader(&fh, src.data(), src.size());
-    const std::size_t fcs_bytes = c.size < 256 ? 1 : c.size < 65536 + 256 ? 2 : c.size <= 0xFFFFFFFFU ? 4 : 8;
+    const std::size_t fcs_bytes = c.size < 256            ? 1
+                                  : c.size < 65536 + 256  ? 2
+                                  : c.size <= 0xFFFFFFFFU ? 4
+                                                          : 8;
     const std::uint8_t fcs_flag = fcs_bytes == 1 ? 0 : fcs_bytes == 2 ? 1 : fcs_bytes == 4 ? 2 : 3;
     const bool ok = r == 0 && fh.frameType == ZSTD_frame && fh.frameContentSize == c.size &&
                     fh.dictID == 0 && fh.checksumFlag == 0 && src.size() > 4 &&
@@ -624,7 +805,19 @@ class ChunkDecoder {
       return Error(Errc::kDecompress, where + ": not a single canonical zstd frame of " +
                                           std::to_string(c.size) + " bytes; the image is corrupt");
     }
-    return Ok();
+    // Walk the block headers (3 bytes, little endian: last, type, size).
+    std::size_t pos = fh.headerSize;
+    bool compressed = false;
+    for (;;) {
+      if (pos + 3 > src.size()) break;  // cannot happen after findFrameCompressedSize
+      const std::uint32_t bh = src[pos] | (src[pos + 1] << 8U) | (src[pos + 2] << 16U);
+      const std::uint32_t type = (bh >> 1U) & 3U;
+      const std::uint32_t size = bh >> 3U;
+      compressed = compressed || type == 2;
+      pos += 3 + (type == 1 ? 1 : size);
+      if ((bh & 1U) != 0) break;
+    }
+    return compressed;
   }
 
   ZSTD_DCtx* dctx_;
@@ -673,16 +866,17 @@ struct ImageReader::Impl {
     if (done) return std::optional<ChunkView>();
     const std::size_t i = next;
     const Chunk& c = m.chunks[i];
-    SAG_TRY_STATUS(in.Read(decoder->InputFor(c), "chunk " + std::to_string(i)));
+    SAG_TRY(const auto buf, decoder->InputFor(c));
+    SAG_TRY_STATUS(in.Read(buf, "chunk " + std::to_string(i)));
     SAG_TRY(const auto data, decoder->Decode(c, i, &whole));
     ++next;
     if (next == m.chunks.size()) {
       // The last chunk is released only once the whole payload and the end
       // of the container checked out.
       if (const auto d = whole.Final(); d != m.payload_sha256) {
-        return Error(Errc::kPayloadHashMismatch,
-                     "payload SHA-256 " + ToHex(d) + " does not match the signed " +
-                         ToHex(m.payload_sha256));
+        return Error(Errc::kPayloadHashMismatch, "payload SHA-256 " + ToHex(d) +
+                                                     " does not match the signed " +
+                                                     ToHex(m.payload_sha256));
       }
       const auto stored = c.offset + c.length;
       SAG_TRY_STATUS(ReadPadding(in, stored, kPayloadName));
@@ -731,7 +925,8 @@ ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size
   // chunk size again keeps a caller's mistake from becoming a huge buffer.
   if (manifest.chunk_size < limits.min_chunk_size || manifest.chunk_size > limits.max_chunk_size ||
       first_chunk > manifest.chunks.size()) {
-    impl_->failed = Error(Errc::kInvalidArgument, "ChunkReader: chunk size or first chunk out of range");
+    impl_->failed =
+        Error(Errc::kInvalidArgument, "ChunkReader: chunk size or first chunk out of range");
   } else {
     impl_->decoder = std::make_unique<ChunkDecoder>(manifest);
   }
@@ -744,7 +939,12 @@ Expected<std::optional<ChunkView>> ChunkReader::Next() {
   if (s.next >= s.manifest.chunks.size()) return std::optional<ChunkView>();
   const std::size_t i = s.next;
   const Chunk& c = s.manifest.chunks[i];
-  if (auto st = s.in.Read(s.decoder->InputFor(c), "chunk " + std::to_string(i)); !st) {
+  auto buf = s.decoder->InputFor(c);
+  if (!buf) {
+    s.failed = buf.error();
+    return *s.failed;
+  }
+  if (auto st = s.in.Read(*buf, "chunk " + std::to_string(i)); !st) {
     s.failed = st.error();
     return *s.failed;
   }

@@ -31,6 +31,11 @@ struct Chunk {
   std::uint64_t length = 0;  // compressed length
   std::uint64_t size = 0;    // uncompressed length (chunk_size, the last may be shorter)
   Digest sha256{};           // of the uncompressed bytes
+  // Of the compressed bytes. Checked before decompressing any chunk that holds
+  // a compressed zstd block: zstd ignores a few bits in its entropy tables,
+  // and a changed bit there must be refused too. (A chunk of raw blocks
+  // only is its content plus block headers that the frame check pins down.)
+  Digest zsha256{};
 };
 
 struct Manifest {

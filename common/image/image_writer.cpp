@@ -191,7 +191,9 @@ Status WriteContainerAt(int out_fd, const std::string& out_name, std::string_vie
   std::vector<std::uint8_t> buf(1U << 20U);
   std::uint64_t left = zst_size;
   while (left > 0) {
-    SAG_TRY(const auto n, ReadFull(zst_fd, std::span(buf).first(std::min<std::uint64_t>(left, buf.size())), "payload.zst"));
+    SAG_TRY(const auto n,
+            ReadFull(zst_fd, std::span(buf).first(std::min<std::uint64_t>(left, buf.size())),
+                     "payload.zst"));
     if (n == 0) return Error(Errc::kIo, "payload.zst shrank while writing " + out_name);
     SAG_TRY_STATUS(w.Data(std::span(buf).first(n)));
     left -= n;
@@ -220,7 +222,8 @@ Expected<std::string> SignManifest(std::string_view content, const std::filesyst
   SAG_TRY(const auto cert_pem, ReadFile(cert, 1U << 20U));
   auto kb = ossl::MemBio(key_pem);
   ossl::PkeyPtr pkey(PEM_read_bio_PrivateKey(kb.get(), nullptr, nullptr, nullptr));
-  if (!pkey) return ossl::Fail(Errc::kKeyInvalid, "key " + key.string() + " is not a PEM private key");
+  if (!pkey)
+    return ossl::Fail(Errc::kKeyInvalid, "key " + key.string() + " is not a PEM private key");
   auto cb = ossl::MemBio(cert_pem);
   ossl::X509Ptr x(PEM_read_bio_X509(cb.get(), nullptr, nullptr, nullptr));
   if (!x) return ossl::Fail(Errc::kKeyInvalid, "certificate " + cert.string() + " is not PEM");
@@ -307,11 +310,13 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
     const std::size_t z =
         ZSTD_compress2(cctx.get(), packed.data(), packed.size(), data.data(), data.size());
     if (ZSTD_isError(z) != 0U) {
-      return Error(Errc::kInternal, std::string("zstd compression failed: ") + ZSTD_getErrorName(z));
+      return Error(Errc::kInternal,
+                   std::string("zstd compression failed: ") + ZSTD_getErrorName(z));
     }
     SAG_TRY_STATUS(WriteAll(zst.get(), std::span(packed).first(z), zst_tmp.path().string()));
     whole.Update(data);
-    m.chunks.push_back(Chunk{offset, z, n, Sha256::Of(data)});
+    m.chunks.push_back(
+        Chunk{offset, z, n, Sha256::Of(data), Sha256::Of(std::span(packed).first(z))});
     offset += z;
     m.payload_size += n;
     if (m.chunks.size() > limits.max_chunks || m.payload_size > limits.max_payload_bytes) {

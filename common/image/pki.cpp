@@ -15,7 +15,7 @@ namespace sag::image::pki {
 
 namespace {
 
-constexpr std::time_t kDay = 24 * 3600;
+constexpr std::time_t kDay = std::time_t{24} * 3600;
 constexpr std::time_t kYear = 365 * kDay;
 
 enum class Role { kRoot, kIntermediate, kCodeSigning, kServer, kClient };
@@ -127,8 +127,9 @@ Expected<Issued> Load(const std::filesystem::path& dir, const std::string& name)
   out.cert.reset(PEM_read_bio_X509(cb.get(), nullptr, nullptr, nullptr));
   out.key.reset(PEM_read_bio_PrivateKey(kb.get(), nullptr, nullptr, nullptr));
   if (!out.cert || !out.key) {
-    return ossl::Fail(Errc::kKeyInvalid, (dir / name).string() + ".pem/.key unusable; run "
-                                                                "sag-image pki init first");
+    return ossl::Fail(Errc::kKeyInvalid, (dir / name).string() +
+                                             ".pem/.key unusable; run "
+                                             "sag-image pki init first");
   }
   return out;
 }
@@ -145,7 +146,8 @@ bool ValidSerial(std::string_view s) {
 Status InitDevPki(const std::filesystem::path& dir, const InitOptions& options) {
   for (const auto& d : options.devices) {
     if (!ValidSerial(d)) {
-      return Error(Errc::kInvalidArgument, "device serial '" + d + "' must be 1-64 of [A-Za-z0-9._-]");
+      return Error(Errc::kInvalidArgument,
+                   "device serial '" + d + "' must be 1-64 of [A-Za-z0-9._-]");
     }
   }
   std::error_code ec;
@@ -157,8 +159,8 @@ Status InitDevPki(const std::filesystem::path& dir, const InitOptions& options) 
                            now + 20 * kYear, nullptr));
   SAG_TRY(auto inter, Issue("sag-agent development intermediate CA", Role::kIntermediate,
                             now - 3 * kYear, now + 15 * kYear, &root));
-  SAG_TRY(auto signer, Issue("sag-agent development code signing", Role::kCodeSigning,
-                             now - kDay, now + 5 * kYear, &inter));
+  SAG_TRY(auto signer, Issue("sag-agent development code signing", Role::kCodeSigning, now - kDay,
+                             now + 5 * kYear, &inter));
   SAG_TRY(auto server, Issue("localhost", Role::kServer, now - kDay, now + 5 * kYear, &inter,
                              "DNS:localhost,IP:127.0.0.1,IP:::1"));
   SAG_TRY_STATUS(Save(dir, "root-ca", root, nullptr));
@@ -190,8 +192,8 @@ Status IssueSigner(const std::filesystem::path& dir, const std::string& name, Si
   const std::time_t now = now_opt.value_or(std::time(nullptr));
   Issued inter;
   if (flaw == SignerFlaw::kOtherRoot) {
-    SAG_TRY(auto root, Issue("another root CA", Role::kRoot, now - 3 * kYear, now + 20 * kYear,
-                             nullptr));
+    SAG_TRY(auto root,
+            Issue("another root CA", Role::kRoot, now - 3 * kYear, now + 20 * kYear, nullptr));
     SAG_TRY(inter, Issue("another intermediate CA", Role::kIntermediate, now - 3 * kYear,
                          now + 15 * kYear, &root));
     SAG_TRY_STATUS(WriteFileAtomic(dir / (name + "-root-ca.pem"), CertPem(root.cert.get())));

@@ -195,12 +195,12 @@ int Inspect(const Args& a) {
   if (!m) return Fail(m.error());
   const auto signer = SignerSubjectUnverified(h->signature_der);
   const std::string subject = signer ? *signer : "(unreadable: " + signer.error().message() + ")";
-  const auto total = ContainerSize(h->manifest_json.size(), h->signature_der.size(),
-                                   h->payload_stored_size);
-  const double ratio = h->payload_stored_size == 0
-                           ? 0.0
-                           : static_cast<double>(m->payload_size) /
-                                 static_cast<double>(h->payload_stored_size);
+  const auto total =
+      ContainerSize(h->manifest_json.size(), h->signature_der.size(), h->payload_stored_size);
+  const double ratio =
+      h->payload_stored_size == 0
+          ? 0.0
+          : static_cast<double>(m->payload_size) / static_cast<double>(h->payload_stored_size);
   if (a.Has("json")) {
     nlohmann::json j;
     j["manifest"] = nlohmann::json::parse(h->manifest_json);

@@ -1,0 +1,622 @@
+// The signed image format: round trip, resume, interop with `openssl cms`,
+// and every way a bad image must be refused. The PKI and the images are made
+// once per suite (SetUpTestSuite) so that the byte-walking tests stay fast.
+#include "common/image/image.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "common/atomic_file.h"
+#include "common/image/image_writer.h"
+#include "common/image/pki.h"
+#include "common/process.h"
+#include "tests/support/temp_dir.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+// The byte-walking tests verify thousands of images; OpenSSL allocates a
+// lot per verification, and recording deep allocation stacks for each
+// dominated their time under ASan. Shallow stacks keep them fast.
+extern "C" const char* __asan_default_options() {  // NOLINT(bugprone-reserved-identifier)
+  return "malloc_context_size=2";
+}
+#endif
+
+namespace sag::image {
+namespace {
+
+constexpr std::uint64_t kChunk = 16384;
+constexpr std::size_t kTextChunk = 3;  // 48-64 KiB: all text, so compressed
+
+// Serves a buffer in uneven pieces, as a network would.
+class MemSource final : public ByteSource {
+ public:
+  explicit MemSource(std::string data, std::size_t max_piece = 777)
+      : data_(std::move(data)), max_piece_(max_piece) {}
+  Expected<std::size_t> Read(std::span<std::uint8_t> buf) override {
+    const std::size_t n = std::min({buf.size(), data_.size() - pos_, max_piece_});
+    std::memcpy(buf.data(), data_.data() + pos_, n);
+    pos_ += n;
+    return n;
+  }
+
+ private:
+  std::string data_;
+  std::size_t max_piece_;
+  std::size_t pos_ = 0;
+};
+
+std::string Slurp(const std::filesystem::path& p) {
+  auto s = ReadFile(p, 64U << 20U);
+  EXPECT_TRUE(s) << p;
+  return s ? *s : std::string();
+}
+
+void Spit(const std::filesystem::path& p, std::string_view data) {
+  std::ofstream(p, std::ios::binary) << data;
+}
+
+struct Outcome {
+  std::optional<Error> error;
+  std::string payload;              // every byte the reader yielded
+  std::vector<std::size_t> chunks;  // indexes yielded
+};
+
+Outcome ReadAll(std::string image, const Trust& trust, const Limits& limits = {}) {
+  MemSource src(std::move(image));
+  ImageReader reader(src, trust, limits);
+  Outcome out;
+  if (auto h = reader.ReadHeader(); !h) {
+    out.error = h.error();
+    return out;
+  }
+  for (;;) {
+    auto c = reader.NextChunk();
+    if (!c) {
+      out.error = c.error();
+      return out;
+    }
+    if (!*c) return out;
+    out.chunks.push_back((*c)->index);
+    out.payload.append(reinterpret_cast<const char*>((*c)->data.data()), (*c)->data.size());
+  }
+}
+
+// A tar with exactly these entries (tests of the container rules).
+void WriteTar(const std::filesystem::path& path,
+              const std::vector<std::pair<std::string, std::string>>& entries,
+              bool pad_record = false) {
+  archive* a = archive_write_new();
+  archive_write_set_format_ustar(a);
+  archive_write_add_filter_none(a);
+  if (!pad_record) archive_write_set_bytes_in_last_block(a, 1);
+  ASSERT_EQ(archive_write_open_filename(a, path.c_str()), ARCHIVE_OK);
+  for (const auto& [name, data] : entries) {
+    archive_entry* e = archive_entry_new();
+    archive_entry_set_pathname(e, name.c_str());
+    archive_entry_set_size(e, static_cast<la_int64_t>(data.size()));
+    archive_entry_set_filetype(e, AE_IFREG);
+    archive_entry_set_perm(e, 0644);
+    ASSERT_EQ(archive_write_header(a, e), ARCHIVE_OK);
+    archive_entry_free(e);
+    ASSERT_EQ(archive_write_data(a, data.data(), data.size()),
+              static_cast<la_ssize_t>(data.size()));
+  }
+  archive_write_close(a);
+  archive_write_free(a);
+}
+
+class ImageTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir();  // NOLINT(cppcoreguidelines-owning-memory)
+    const auto& d = dir_->path();
+    ASSERT_TRUE(pki::InitDevPki(d / "pki"));
+    for (auto [name, flaw] : {std::pair{"expired", pki::SignerFlaw::kExpired},
+                              std::pair{"future", pki::SignerFlaw::kNotYetValid},
+                              std::pair{"nocode", pki::SignerFlaw::kNoCodeSigning},
+                              std::pair{"foreign", pki::SignerFlaw::kOtherRoot}}) {
+      ASSERT_TRUE(pki::IssueSigner(d / "pki", name, flaw));
+    }
+    // Random bytes (zstd stores them raw) around compressible text, with a
+    // short last chunk.
+    std::mt19937 rng(42);
+    std::string payload;
+    for (int i = 0; i < 40000; ++i) payload.push_back(static_cast<char>(rng()));
+    for (int i = 0; payload.size() < 70000; ++i) {
+      payload += "line " + std::to_string(i) + " of the firmware image\n";
+    }
+    for (int i = 0; i < 30123; ++i) payload.push_back(static_cast<char>(rng()));
+    payload_ = new std::string(payload);  // NOLINT(cppcoreguidelines-owning-memory)
+    Spit(d / "payload.bin", payload);
+    ASSERT_TRUE(CreateImage(Params("signer", d / "good.img")));
+    for (const char* bad : {"expired", "future", "nocode", "foreign"}) {
+      ASSERT_TRUE(CreateImage(Params(bad, d / (std::string(bad) + ".img"))));
+    }
+    image_ = new std::string(Slurp(d / "good.img"));  // NOLINT(cppcoreguidelines-owning-memory)
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    delete payload_;
+    delete image_;
+  }
+
+  static CreateParams Params(const std::string& signer, const std::filesystem::path& out) {
+    const auto pki = dir_->path() / "pki";
+    CreateParams p;
+    p.type = ImageType::kDevice;
+    p.version = "2.3.1";
+    p.compatible = {"sag-1000", "sag-100wm"};
+    p.payload = dir_->path() / "payload.bin";
+    p.key = pki / (signer + ".key");
+    p.cert = pki / (signer + ".pem");
+    p.chain = pki / (signer + "-chain.pem");
+    p.chunk_size = kChunk;
+    p.build_time = "2026-11-27T12:00:00Z";
+    p.output = out;
+    return p;
+  }
+
+  static Trust GoodTrust() { return Trust{dir_->path() / "pki" / "root-ca.pem", std::nullopt}; }
+  static const std::filesystem::path& Dir() { return dir_->path(); }
+
+  // The verified header of the good image.
+  static VerifiedHeader Header() {
+    MemSource src(*image_);
+    ImageReader reader(src, GoodTrust());
+    auto h = reader.ReadHeader();
+    EXPECT_TRUE(h);
+    return **h;
+  }
+
+  // Checks the outcome of reading a broken image: the expected error, and
+  // only verified bytes yielded before it.
+  static void ExpectRefused(const Outcome& o, Errc code, const std::string& what) {
+    ASSERT_TRUE(o.error.has_value()) << what << ": accepted";
+    EXPECT_EQ(o.error->code(), code) << what << ": " << o.error->ToString();
+    EXPECT_FALSE(o.error->message().empty());
+    EXPECT_EQ(o.payload, payload_->substr(0, o.payload.size())) << what;
+  }
+
+  static test::TempDir* dir_;
+  static std::string* payload_;
+  static std::string* image_;
+};
+
+test::TempDir* ImageTest::dir_ = nullptr;
+std::string* ImageTest::payload_ = nullptr;
+std::string* ImageTest::image_ = nullptr;
+
+TEST_F(ImageTest, RoundTripYieldsThePayload) {
+  const auto o = ReadAll(*image_, GoodTrust());
+  ASSERT_FALSE(o.error) << o.error->ToString();
+  EXPECT_EQ(o.payload, *payload_);
+  const auto h = Header();
+  EXPECT_EQ(h.manifest.type, ImageType::kDevice);
+  EXPECT_EQ(h.manifest.version, "2.3.1");
+  EXPECT_EQ(h.manifest.compatible, (std::vector<std::string>{"sag-1000", "sag-100wm"}));
+  EXPECT_EQ(h.manifest.payload_size, payload_->size());
+  EXPECT_EQ(h.manifest.payload_sha256, Sha256::Of(*payload_));
+  EXPECT_EQ(h.manifest.chunks.size(), (payload_->size() + kChunk - 1) / kChunk);
+  EXPECT_NE(h.signer.subject.find("code signing"), std::string::npos);
+  // The compressible middle chunks really are compressed, the random ones not.
+  EXPECT_LT(h.manifest.chunks[kTextChunk].length, kChunk / 2);
+  EXPECT_GE(h.manifest.chunks[0].length, kChunk);
+  // payload_offset is the real container offset, and the container has the
+  // size the format predicts.
+  const auto& last = h.manifest.chunks.back();
+  EXPECT_EQ(h.payload_offset % 512, 0U);
+  EXPECT_EQ(image_->size(), ContainerSize(h.manifest_json.size(), h.signature_der.size(),
+                                          last.offset + last.length));
+  EXPECT_EQ(ReadUnverifiedHeader(*std::make_unique<MemSource>(*image_))->payload_offset,
+            h.payload_offset);
+}
+
+TEST_F(ImageTest, ReaderWorksWithOneByteReadsAndFromAFile) {
+  MemSource src(*image_, 1);
+  ImageReader reader(src, GoodTrust());
+  std::string got;
+  for (;;) {
+    auto c = reader.NextChunk();  // ReadHeader is implied
+    ASSERT_TRUE(c) << c.error().ToString();
+    if (!*c) break;
+    got.append(reinterpret_cast<const char*>((*c)->data.data()), (*c)->data.size());
+  }
+  EXPECT_EQ(got, *payload_);
+  // After the end it keeps saying so.
+  auto again = reader.NextChunk();
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(*again);
+
+  auto file = FileSource::Open(Dir() / "good.img");
+  ASSERT_TRUE(file);
+  ImageReader from_file(**file, GoodTrust());
+  std::size_t n = 0;
+  for (;;) {
+    auto c = from_file.NextChunk();
+    ASSERT_TRUE(c) << c.error().ToString();
+    if (!*c) break;
+    ++n;
+  }
+  EXPECT_EQ(n, Header().manifest.chunks.size());
+}
+
+TEST_F(ImageTest, ChunkReaderResumesAtAnyChunk) {
+  const auto h = Header();
+  for (std::size_t k : {std::size_t{0}, std::size_t{2}, kTextChunk, h.manifest.chunks.size() - 1}) {
+    auto file =
+        FileSource::Open(Dir() / "good.img", h.payload_offset + h.manifest.chunks[k].offset);
+    ASSERT_TRUE(file);
+    ChunkReader reader(**file, h.manifest, k);
+    std::string got;
+    for (;;) {
+      auto c = reader.Next();
+      ASSERT_TRUE(c) << c.error().ToString();
+      if (!*c) break;
+      got.append(reinterpret_cast<const char*>((*c)->data.data()), (*c)->data.size());
+    }
+    EXPECT_EQ(got, payload_->substr(k * kChunk)) << k;
+  }
+  // Positioned one byte off: refused, nothing yielded.
+  auto file =
+      FileSource::Open(Dir() / "good.img", h.payload_offset + h.manifest.chunks[2].offset + 1);
+  ASSERT_TRUE(file);
+  ChunkReader off(**file, h.manifest, 2);
+  auto c = off.Next();
+  ASSERT_FALSE(c);
+  EXPECT_TRUE(c.error().code() == Errc::kDecompress || c.error().code() == Errc::kChunkHashMismatch)
+      << c.error().ToString();
+}
+
+TEST_F(ImageTest, OpensslCmsVerifiesTheSignature) {
+  const auto h = Header();
+  Spit(Dir() / "m.json", h.manifest_json);
+  Spit(Dir() / "m.sig", h.signature_der);
+  const auto root = (Dir() / "pki" / "root-ca.pem").string();
+  auto r = RunCommand({"openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",
+                       (Dir() / "m.sig").string(), "-content", (Dir() / "m.json").string(),
+                       "-CAfile", root, "-purpose", "any", "-out", "/dev/null"});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->exit_code, 0) << r->output;
+  EXPECT_NE(r->output.find("Verification successful"), std::string::npos) << r->output;
+  // And it refuses an altered manifest, so the check above means something.
+  Spit(Dir() / "m2.json", h.manifest_json + " ");
+  auto bad = RunCommand({"openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",
+                         (Dir() / "m.sig").string(), "-content", (Dir() / "m2.json").string(),
+                         "-CAfile", root, "-purpose", "any", "-out", "/dev/null"});
+  ASSERT_TRUE(bad);
+  EXPECT_NE(bad->exit_code, 0);
+}
+
+// Every byte of the header region (tar headers, manifest, signature, the
+// start of the payload) and every 97th byte of the rest, each with one bit
+// flipped: refused with a 2xx code, and no unverified byte yielded.
+TEST_F(ImageTest, FlippedByteAnywhereIsRefused) {
+  const auto h = Header();
+  std::vector<std::size_t> offsets;
+  for (std::size_t i = 0; i < h.payload_offset + 64; ++i) offsets.push_back(i);
+  for (std::size_t i = h.payload_offset + 64; i < image_->size(); i += 97) offsets.push_back(i);
+  for (std::size_t i = image_->size() - 1100; i < image_->size(); i += 7) offsets.push_back(i);
+  std::map<Errc, int> seen;
+  for (const auto off : offsets) {
+    std::string bad = *image_;
+    bad[off] = static_cast<char>(bad[off] ^ (1U << (off % 8)));
+    const auto o = ReadAll(std::move(bad), GoodTrust());
+    ASSERT_TRUE(o.error.has_value()) << "flip at offset " << off << " accepted";
+    const int n = o.error->number();
+    EXPECT_TRUE(n >= 200 && n < 300) << off << ": " << o.error->ToString();
+    EXPECT_EQ(o.payload, payload_->substr(0, o.payload.size())) << off;
+    if (off < h.payload_offset) {
+      EXPECT_TRUE(o.chunks.empty()) << off;
+    }
+    ++seen[o.error->code()];
+  }
+  // The walk reached every layer: container, signature, chunks.
+  EXPECT_GT(seen[Errc::kImageContainer], 0);
+  EXPECT_GT(seen[Errc::kSignatureInvalid], 0);
+  EXPECT_GT(seen[Errc::kChunkHashMismatch] + seen[Errc::kDecompress], 0);
+}
+
+// zstd ignores a few bits of a compressed block (entropy table details,
+// reserved bits): every bit of a compressed chunk, flipped alone, must still
+// be refused, before zstd sees the bytes.
+TEST_F(ImageTest, EveryBitOfACompressedChunkMatters) {
+  const auto h = Header();
+  const std::size_t k = kTextChunk;
+  const auto& c = h.manifest.chunks[k];
+  ASSERT_LT(c.length, c.size / 2) << "chunk " << k << " is expected to be compressed";
+  const std::string frame = image_->substr(h.payload_offset + c.offset, c.length);
+  for (std::size_t bit = 0; bit < frame.size() * 8; ++bit) {
+    std::string bad = frame;
+    bad[bit / 8] = static_cast<char>(bad[bit / 8] ^ (1U << (bit % 8)));
+    MemSource src(bad);
+    ChunkReader reader(src, h.manifest, k);
+    auto got = reader.Next();
+    ASSERT_FALSE(got) << "bit " << bit << " of chunk " << k << " flipped and accepted";
+    EXPECT_TRUE(got.error().code() == Errc::kChunkHashMismatch ||
+                got.error().code() == Errc::kDecompress)
+        << got.error().ToString();
+  }
+}
+
+TEST_F(ImageTest, TruncationAtAnyOffsetIsRefused) {
+  const auto h = Header();
+  std::vector<std::size_t> cuts;
+  for (std::size_t i = 0; i < h.payload_offset + 600; i += 11) cuts.push_back(i);
+  for (std::size_t i = h.payload_offset; i < image_->size(); i += 97) cuts.push_back(i);
+  for (std::size_t i = image_->size() - 1100; i < image_->size(); i += 5) cuts.push_back(i);
+  for (const auto cut : cuts) {
+    const auto o = ReadAll(image_->substr(0, cut), GoodTrust());
+    ExpectRefused(o, Errc::kImageTruncated, "cut at " + std::to_string(cut));
+    // Nothing past the cut can have been yielded, the last chunk never.
+    EXPECT_LT(o.chunks.size(), h.manifest.chunks.size()) << cut;
+  }
+}
+
+TEST_F(ImageTest, EntriesMissingDuplicatedReorderedOrExtraAreRefused) {
+  const auto h = Header();
+  const auto u = ReadUnverifiedHeader(*std::make_unique<MemSource>(*image_));
+  ASSERT_TRUE(u);
+  const std::string zst = image_->substr(u->payload_offset, u->payload_stored_size);
+  const auto& m = h.manifest_json;
+  const auto& s = h.signature_der;
+  using Entries = std::vector<std::pair<std::string, std::string>>;
+  const std::vector<std::pair<std::string, Entries>> cases = {
+      {"no signature", {{"manifest.json", m}, {"payload.zst", zst}}},
+      {"no manifest", {{"manifest.json.sig", s}, {"payload.zst", zst}}},
+      {"no payload", {{"manifest.json", m}, {"manifest.json.sig", s}}},
+      {"signature first", {{"manifest.json.sig", s}, {"manifest.json", m}, {"payload.zst", zst}}},
+      {"manifest twice",
+       {{"manifest.json", m},
+        {"manifest.json", m},
+        {"manifest.json.sig", s},
+        {"payload.zst", zst}}},
+      {"payload twice",
+       {{"manifest.json", m},
+        {"manifest.json.sig", s},
+        {"payload.zst", zst},
+        {"payload.zst", zst}}},
+      {"extra entry in the middle",
+       {{"manifest.json", m}, {"manifest.json.sig", s}, {"README", "x"}, {"payload.zst", zst}}},
+      {"extra entry at the end",
+       {{"manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst}, {"README", "x"}}},
+      {"renamed entry", {{"./manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst}}},
+      {"payload of another size",
+       {{"manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst + "x"}}},
+  };
+  for (const auto& [what, entries] : cases) {
+    WriteTar(Dir() / "case.tar", entries);
+    const auto o = ReadAll(Slurp(Dir() / "case.tar"), GoodTrust());
+    ExpectRefused(o, Errc::kImageContainer, what);
+    if (what != "payload twice" && what != "extra entry at the end") {
+      EXPECT_TRUE(o.chunks.empty()) << what;
+    }
+  }
+  // The same three entries in the right order are fine (the writer is not
+  // special), but a tar padded to a 10 KiB record has bytes after its end.
+  WriteTar(Dir() / "ok.tar",
+           {{"manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst}});
+  EXPECT_FALSE(ReadAll(Slurp(Dir() / "ok.tar"), GoodTrust()).error);
+  WriteTar(Dir() / "padded.tar",
+           {{"manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst}}, true);
+  if (Slurp(Dir() / "padded.tar").size() != image_->size()) {
+    ExpectRefused(ReadAll(Slurp(Dir() / "padded.tar"), GoodTrust()), Errc::kImageContainer,
+                  "record padding");
+  }
+  ExpectRefused(ReadAll(*image_ + std::string(512, '\0'), GoodTrust()), Errc::kImageContainer,
+                "trailing zeros");
+  ExpectRefused(ReadAll(*image_ + "x", GoodTrust()), Errc::kImageContainer, "trailing byte");
+}
+
+TEST_F(ImageTest, BadSignersAreRefusedWithTheirOwnCodes) {
+  const std::vector<std::pair<std::string, Errc>> cases = {
+      {"expired", Errc::kSignerExpired},
+      {"future", Errc::kSignerNotYetValid},
+      {"nocode", Errc::kSignerUsage},
+      {"foreign", Errc::kSignerUntrusted},
+  };
+  for (const auto& [name, code] : cases) {
+    const auto o = ReadAll(Slurp(Dir() / (name + ".img")), GoodTrust());
+    ExpectRefused(o, code, name);
+    EXPECT_TRUE(o.chunks.empty());
+  }
+  // The foreign image verifies against its own root: the test images are
+  // otherwise sound.
+  const auto o = ReadAll(Slurp(Dir() / "foreign.img"),
+                         Trust{Dir() / "pki" / "foreign-root-ca.pem", std::nullopt});
+  EXPECT_FALSE(o.error) << o.error->ToString();
+  // Trust::now decides validity.
+  const std::time_t now = std::time(nullptr);
+  ExpectRefused(ReadAll(*image_, Trust{GoodTrust().root_ca, now + 50L * 365 * 86400}),
+                Errc::kSignerExpired, "good signer in 50 years");
+  ExpectRefused(ReadAll(*image_, Trust{GoodTrust().root_ca, now - 10L * 86400}),
+                Errc::kSignerNotYetValid, "good signer 10 days ago");
+  // Another root pinned: untrusted.
+  ExpectRefused(ReadAll(*image_, Trust{Dir() / "pki" / "foreign-root-ca.pem", std::nullopt}),
+                Errc::kSignerUntrusted, "pinned the wrong root");
+  // The intermediate pinned instead of the root is not an anchor either.
+  ExpectRefused(ReadAll(*image_, Trust{Dir() / "pki" / "intermediate-ca.pem", std::nullopt}),
+                Errc::kSignerUntrusted, "pinned the intermediate");
+}
+
+TEST_F(ImageTest, SignatureOverOtherBytesIsRefused) {
+  const auto h = Header();
+  auto alt = h.manifest_json;
+  alt.insert(alt.find("2.3.1"), "1");  // version 12.3.1, still valid JSON
+  auto v = VerifyHeader(alt, h.signature_der, GoodTrust());
+  ASSERT_FALSE(v);
+  EXPECT_EQ(v.error().code(), Errc::kSignatureInvalid);
+  v = VerifyHeader(h.manifest_json, "not DER at all", GoodTrust());
+  ASSERT_FALSE(v);
+  EXPECT_EQ(v.error().code(), Errc::kSignatureInvalid);
+  ASSERT_TRUE(VerifyHeader(h.manifest_json, h.signature_der, GoodTrust()));
+  // A missing root file is a configuration problem, not a bad image.
+  v = VerifyHeader(h.manifest_json, h.signature_der, Trust{Dir() / "nope.pem", std::nullopt});
+  ASSERT_FALSE(v);
+  EXPECT_EQ(v.error().number() / 100, 1);
+}
+
+// Signs `json` with the good signer and wraps it with the good payload.
+std::string SignedImage(const std::filesystem::path& dir, const std::string& json,
+                        const std::string& zst) {
+  auto sig = SignManifest(json, dir / "pki" / "signer.key", dir / "pki" / "signer.pem",
+                          dir / "pki" / "signer-chain.pem");
+  EXPECT_TRUE(sig);
+  Spit(dir / "zst.bin", zst);
+  EXPECT_TRUE(WriteContainer(dir / "signed.img", json, *sig, dir / "zst.bin"));
+  return Slurp(dir / "signed.img");
+}
+
+TEST_F(ImageTest, SignedButAbsurdManifestsAreRefused) {
+  const auto h = Header();
+  const auto u = ReadUnverifiedHeader(*std::make_unique<MemSource>(*image_));
+  const std::string zst = image_->substr(u->payload_offset, u->payload_stored_size);
+  const auto base = nlohmann::json::parse(h.manifest_json);
+  struct Case {
+    std::string what;
+    std::function<void(nlohmann::json&)> edit;
+    Errc code;
+  };
+  const std::vector<Case> cases = {
+      {"payload of 2^63 bytes", [](auto& j) { j["payload"]["size"] = 1ULL << 63U; },
+       Errc::kManifestLimits},
+      {"chunk size 1", [](auto& j) { j["payload"]["chunk_size"] = 1; }, Errc::kManifestLimits},
+      {"chunk size 1 GiB", [](auto& j) { j["payload"]["chunk_size"] = 1ULL << 30U; },
+       Errc::kManifestLimits},
+      {"chunk length 2^40", [](auto& j) { j["chunks"][0]["length"] = 1ULL << 40U; },
+       Errc::kManifestLimits},
+      {"a chunk missing", [](auto& j) { j["chunks"].erase(j["chunks"].size() - 1); },
+       Errc::kManifestLimits},
+      {"format 2", [](auto& j) { j["format"] = 2; }, Errc::kManifestVersion},
+      {"type Bios", [](auto& j) { j["type"] = "Bios"; }, Errc::kManifestMalformed},
+      {"bad version", [](auto& j) { j["version"] = "1.2.3.4.5"; }, Errc::kManifestMalformed},
+      {"gap between chunks", [](auto& j) { j["chunks"][1]["offset"] = 1; },
+       Errc::kManifestMalformed},
+  };
+  for (const auto& c : cases) {
+    auto j = base;
+    c.edit(j);
+    ExpectRefused(ReadAll(SignedImage(Dir(), j.dump(), zst), GoodTrust()), c.code, c.what);
+  }
+  // Signed JSON that is not JSON.
+  ExpectRefused(ReadAll(SignedImage(Dir(), "{\"format\": 1,", zst), GoodTrust()),
+                Errc::kManifestMalformed, "truncated JSON");
+  // A payload hash that does not match the (correct) chunks: found at the end,
+  // before the last chunk is released.
+  auto j = base;
+  j["payload"]["sha256"] = std::string(64, '0');
+  const auto o = ReadAll(SignedImage(Dir(), j.dump(), zst), GoodTrust());
+  ExpectRefused(o, Errc::kPayloadHashMismatch, "payload hash");
+  EXPECT_EQ(o.chunks.size(), h.manifest.chunks.size() - 1);
+  // A wrong chunk hash.
+  j = base;
+  j["chunks"][3]["sha256"] = std::string(64, 'a');
+  const auto o3 = ReadAll(SignedImage(Dir(), j.dump(), zst), GoodTrust());
+  ExpectRefused(o3, Errc::kChunkHashMismatch, "chunk hash");
+  EXPECT_EQ(o3.chunks.size(), 3U);
+}
+
+TEST_F(ImageTest, DeclaredContainerSizesAreBoundedBeforeAllocation) {
+  // A manifest.json header that claims 8 GiB: refused from the header alone.
+  std::string bad = image_->substr(0, 512);
+  std::memcpy(&bad[124], "77777777777", 11);
+  std::memcpy(&bad[148], "        ", 8);
+  unsigned sum = 0;
+  for (char c : bad) sum += static_cast<unsigned char>(c);
+  char chk[8];
+  std::snprintf(chk, sizeof(chk), "%06o", sum);
+  std::memcpy(&bad[148], chk, 7);
+  ExpectRefused(ReadAll(bad, GoodTrust()), Errc::kManifestLimits, "8 GiB manifest");
+  Limits small;
+  small.max_signature_bytes = 100;
+  ExpectRefused(ReadAll(*image_, GoodTrust(), small), Errc::kManifestLimits, "signature limit");
+  small = Limits{};
+  small.max_payload_bytes = 1000;
+  ExpectRefused(ReadAll(*image_, GoodTrust(), small), Errc::kManifestLimits, "payload limit");
+  small = Limits{};
+  small.max_chunks = 3;
+  ExpectRefused(ReadAll(*image_, GoodTrust(), small), Errc::kManifestLimits, "chunk limit");
+}
+
+TEST(ManifestParse, RoundTripAndRejects) {
+  Manifest m;
+  m.type = ImageType::kDpi;
+  m.version = "20201117_1_0-0.0.1";
+  m.compatible = {"sag-vcpe"};
+  m.build_time = "2026-01-02T03:04:05Z";
+  m.payload_size = 10000;
+  m.chunk_size = 4096;
+  m.payload_sha256 = Sha256::Of("x");
+  for (std::uint64_t i = 0; i < 3; ++i) {
+    m.chunks.push_back(
+        Chunk{i * 100, 100, i < 2 ? 4096U : 10000U - 8192U, Sha256::Of("c"), Sha256::Of("z")});
+  }
+  const auto text = SerializeManifest(m);
+  auto back = ParseManifest(text);
+  ASSERT_TRUE(back) << back.error().ToString();
+  EXPECT_EQ(back->type, ImageType::kDpi);
+  EXPECT_EQ(back->version, m.version);
+  EXPECT_EQ(back->chunks.size(), 3U);
+  EXPECT_EQ(back->chunks[2].size, 10000U - 8192U);
+  EXPECT_EQ(SerializeManifest(*back), text);
+
+  const std::vector<std::pair<std::string, Errc>> bad = {
+      {"", Errc::kManifestMalformed},
+      {"[]", Errc::kManifestMalformed},
+      {"{}", Errc::kManifestMalformed},
+      {R"({"format": "1"})", Errc::kManifestMalformed},
+      {R"({"format": 0})", Errc::kManifestVersion},
+      {R"({"format": 99, "anything": 1})", Errc::kManifestVersion},
+      {std::string(100, '[') + std::string(100, ']'), Errc::kManifestMalformed},
+      {R"({"format":1,"x":[[[[[[[[1]]]]]]]]})", Errc::kManifestMalformed},
+  };
+  for (const auto& [json, code] : bad) {
+    auto r = ParseManifest(json);
+    ASSERT_FALSE(r) << json;
+    EXPECT_EQ(r.error().code(), code) << json << ": " << r.error().ToString();
+  }
+  // A Device version on a Dpi image and the reverse are refused.
+  auto j = nlohmann::json::parse(text);
+  j["version"] = "1.2.3";
+  EXPECT_EQ(ParseManifest(j.dump()).error().code(), Errc::kManifestMalformed);
+  // Extra keys are refused: a reader must not ignore what a signer meant.
+  j = nlohmann::json::parse(text);
+  j["payload"]["encrypted"] = true;
+  EXPECT_EQ(ParseManifest(j.dump()).error().code(), Errc::kManifestMalformed);
+  // Limits are the caller's.
+  Limits tight;
+  tight.max_manifest_bytes = 10;
+  EXPECT_EQ(ParseManifest(text, tight).error().code(), Errc::kManifestLimits);
+}
+
+TEST(ImageWriter, RefusesBadParameters) {
+  test::TempDir d;
+  Spit(d / "p", "payload");
+  CreateParams p;
+  p.version = "1.0";
+  p.compatible = {"sag-1000"};
+  p.payload = d / "p";
+  p.key = d / "missing.key";
+  p.cert = d / "missing.pem";
+  p.output = d / "out.img";
+  p.chunk_size = 100;
+  EXPECT_EQ(CreateImage(p).error().code(), Errc::kInvalidArgument);
+  p.chunk_size = kDefaultChunkSize;
+  p.version = "one";
+  EXPECT_EQ(CreateImage(p).error().code(), Errc::kInvalidArgument);
+  p.version = "1.0";
+  EXPECT_EQ(CreateImage(p).error().code(), Errc::kNotFound);  // the key
+  EXPECT_FALSE(std::filesystem::exists(d / "out.img"));
+  // No temporary left behind.
+  std::size_t files = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(d.path())) ++files;
+  EXPECT_EQ(files, 1U);
+}
+
+}  // namespace
+}  // namespace sag::image

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# sag-image end to end: pki init, create, verify, inspect (text and JSON),
+# extract, refusals with exit 1 and the right code, and `openssl cms -verify`
+# on the signature it made.
+#   sag_image_cli.sh PATH/TO/sag-image
+set -euo pipefail
+bin="$1"
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+cd "$dir"
+fail() { echo "FAIL: $*"; exit 1; }
+
+"$bin" pki init pki >/dev/null
+for f in root-ca.pem intermediate-ca.pem signer.pem signer.key signer-chain.pem server.pem \
+         server.key server-chain.pem device-sag-sim-0001.pem device-sag-sim-0001.key; do
+  [[ -s pki/$f ]] || fail "pki init did not write $f"
+done
+[[ $(stat -c %a pki/signer.key) == 600 ]] || fail "signer.key is not mode 600"
+openssl verify -CAfile pki/root-ca.pem -untrusted pki/intermediate-ca.pem pki/server.pem >/dev/null \
+  || fail "server cert does not chain"
+openssl x509 -in pki/server.pem -noout -ext subjectAltName | grep -q 'IP Address:127.0.0.1' \
+  || fail "server cert lacks 127.0.0.1"
+openssl x509 -in pki/signer.pem -noout -ext extendedKeyUsage | grep -q 'Code Signing' \
+  || fail "signer lacks codeSigning"
+
+head -c 300000 /dev/urandom > payload.bin
+seq 1 50000 >> payload.bin
+"$bin" create --type Dpi --version 20201117_1_0-0.0.1 --compatible sag-1000 --compatible sag-vcpe \
+  --payload payload.bin --key pki/signer.key --cert pki/signer.pem --chain pki/signer-chain.pem \
+  --chunk-size 65536 --output db.img >/dev/null
+"$bin" verify --ca pki/root-ca.pem db.img | grep -q '^OK db.img: Dpi 20201117_1_0-0.0.1' \
+  || fail "verify did not accept a good image"
+"$bin" inspect db.img | grep -q 'compatible:   sag-1000, sag-vcpe' || fail "inspect text"
+"$bin" inspect db.img --json | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+assert j["manifest"]["type"] == "Dpi", j
+assert j["chunks"] == 9, j  # 588894 bytes in 64 KiB chunks
+assert "code signing" in j["signer"], j
+assert j["verified"] is False
+'
+"$bin" extract --ca pki/root-ca.pem db.img --output out.bin >/dev/null
+cmp out.bin payload.bin || fail "extract changed the payload"
+
+# Interop: the signature verifies with the openssl command line.
+tar xf db.img manifest.json manifest.json.sig
+openssl cms -verify -binary -inform DER -in manifest.json.sig -content manifest.json \
+  -CAfile pki/root-ca.pem -purpose any -out /dev/null 2>/dev/null || fail "openssl cms -verify"
+
+# A flipped payload byte: verify exits 1 naming the code; extract leaves nothing.
+cp db.img bad.img
+size=$(stat -c %s bad.img)
+printf '\xff' | dd of=bad.img bs=1 seek=$((size - 5000)) conv=notrunc status=none
+set +e
+out=$("$bin" verify --ca pki/root-ca.pem bad.img 2>&1); rc=$?
+set -e
+[[ $rc == 1 ]] || fail "verify of a corrupt image exited $rc"
+[[ $out == *E210* || $out == *E212* ]] || fail "unexpected error: $out"
+if "$bin" extract --ca pki/root-ca.pem bad.img --output bad.bin 2>/dev/null; then fail "extract accepted"; fi
+[[ ! -e bad.bin && ! -e .bad.bin.partial ]] || fail "extract left a file behind"
+
+# Bad signers, each with its own code.
+for flaw in expired:E207 not-yet-valid:E208 no-codesign:E209 other-root:E206; do
+  name=${flaw%%:*}; code=${flaw##*:}
+  "$bin" pki signer pki "$name" --flaw "$name" >/dev/null
+  "$bin" create --type Device --version 1.0.1 --compatible sag-1000 --payload payload.bin \
+    --key "pki/$name.key" --cert "pki/$name.pem" --chain "pki/$name-chain.pem" --output "$name.img" >/dev/null
+  set +e
+  out=$("$bin" verify --ca pki/root-ca.pem "$name.img" 2>&1); rc=$?
+  set -e
+  [[ $rc == 1 && $out == *"$code"* ]] || fail "$name: rc=$rc $out"
+done
+
+# Usage errors exit 2.
+set +e
+"$bin" create --type Bios >/dev/null 2>&1; rc=$?
+set -e
+[[ $rc == 2 ]] || fail "usage error exited $rc"
+echo "sag-image CLI: all checks passed"
