@@ -10,6 +10,7 @@
 #include <iostream>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "agent/sd_notify.h"
@@ -17,6 +18,7 @@
 #include "common/atomic_file.h"
 #include "common/log.h"
 #include "common/stream_source.h"
+#include "dpi/installer.h"
 #include "firmware/installer.h"
 #include "platform/env_boot_control.h"
 #include "platform/file_slot_device.h"
@@ -38,10 +40,14 @@ struct Runtime {
   std::unique_ptr<platform::Rebooter> rebooter;
   std::unique_ptr<platform::SystemInfo> system;
   std::unique_ptr<firmware::DeviceInstaller> device;
+  std::unique_ptr<dpi::DpiInstaller> dpi;
+  image::Trust trust;
+  net::DownloadOptions download;
   std::unique_ptr<StatusFile> status;
   std::mutex status_mu;
   int last_percent = -1;
   std::string last_state;
+  bool last_job_dpi = false;  // status.json's "job" is a DPI job
 };
 
 std::string Getenv(const char* name) {
@@ -50,11 +56,16 @@ std::string Getenv(const char* name) {
 }
 
 json JobJson(const firmware::JobRecord& r, int percent) {
-  json j = {{"id", r.id},     {"type", "Device"},     {"version", r.version},
-            {"state", firmware::JobStateName(r.state)}, {"percent", percent},
-            {"from_version", r.from_version}, {"target_slot", r.target_slot}};
+  json j = {{"id", r.id},
+            {"type", "Device"},
+            {"version", r.version},
+            {"state", firmware::JobStateName(r.state)},
+            {"percent", percent},
+            {"from_version", r.from_version},
+            {"target_slot", r.target_slot}};
   if (r.error) {
-    j["error"] = {{"code", r.error->number()}, {"name", ErrcName(r.error->code())},
+    j["error"] = {{"code", r.error->number()},
+                  {"name", ErrcName(r.error->code())},
                   {"message", r.error->message()}};
   } else {
     j["error"] = nullptr;
@@ -91,11 +102,7 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   SAG_TRY(rt->slot_b, platform::OpenSlotDevice("B", c.boot.slots.at("B").device));
   // The simulator plays the power supply: it asks for a flag file instead of
   // a real reboot, and gives each simulated boot its own boot id.
-  if (const auto flag = Getenv(platform::FlagFileRebooter::kRebootFlagEnv); !flag.empty()) {
-    rt->rebooter = std::make_unique<platform::FlagFileRebooter>(flag);
-  } else {
-    rt->rebooter = std::make_unique<platform::SystemdRebooter>();
-  }
+  rt->rebooter = platform::MakeRebooter(Getenv(platform::FlagFileRebooter::kRebootFlagEnv));
   platform::SystemInfoOptions si;
   si.serial_number = c.identity.serial_number;
   si.model = c.identity.model;
@@ -126,14 +133,26 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
     io.health_checks.push_back({hc.name, hc.command, hc.timeout});
   }
   if (!c.boot.os_release.empty()) io.os_release = c.boot.os_release;
-  firmware::Platform p{rt->boot.get(),
-                       {{platform::Slot::kA, rt->slot_a.get()}, {platform::Slot::kB, rt->slot_b.get()}},
-                       rt->rebooter.get(),
-                       rt->system.get()};
+  firmware::Platform p{
+      rt->boot.get(),
+      {{platform::Slot::kA, rt->slot_a.get()}, {platform::Slot::kB, rt->slot_b.get()}},
+      rt->rebooter.get(),
+      rt->system.get()};
+  rt->trust = io.trust;
+  rt->download = io.download;
+  dpi::Options dopt;
+  dopt.store = c.dpi.store;
+  dopt.keep = c.dpi.keep;
+  dopt.journal = c.paths.state_dir / "dpi-job.json";
+  dopt.hooks.validate = {c.dpi.validate.command, c.dpi.validate.timeout};
+  dopt.hooks.reload = {c.dpi.reload.command, c.dpi.reload.timeout};
+  dopt.hooks.confirm = {c.dpi.confirm.command, c.dpi.confirm.timeout};
+  rt->dpi = std::make_unique<dpi::DpiInstaller>(std::move(dopt), rt->system.get());
   Runtime* raw = rt.get();
   rt->device = std::make_unique<firmware::DeviceInstaller>(
-      std::move(io), p,
-      [raw](const firmware::JobRecord& r, const firmware::Progress& pr) { OnProgress(*raw, r, pr); });
+      std::move(io), p, [raw](const firmware::JobRecord& r, const firmware::Progress& pr) {
+        OnProgress(*raw, r, pr);
+      });
   return rt;
 }
 
@@ -150,13 +169,21 @@ void RefreshStatus(Runtime& rt, const Config& c, const std::string& state) {
   } else {
     s["device_version"] = nullptr;
   }
+  if (auto v = rt.dpi->CurrentVersion()) {
+    s["dpi_version"] = *v;
+  } else {
+    s["dpi_version"] = nullptr;
+  }
   if (auto b = rt.boot->BootedSlot()) s["booted_slot"] = std::string(platform::SlotName(*b));
   if (auto st = rt.boot->ReadState()) {
     std::string order;
-    for (auto slot : st->order) order += (order.empty() ? "" : " ") + std::string(platform::SlotName(slot));
+    for (auto slot : st->order)
+      order += (order.empty() ? "" : " ") + std::string(platform::SlotName(slot));
     s["boot"] = {{"order", order}, {"a_left", st->a_left}, {"b_left", st->b_left}};
   }
-  if (auto last = rt.device->LastJob(); last && *last) {
+  if (rt.last_job_dpi) {
+    // RunJob reported the DPI job itself.
+  } else if (auto last = rt.device->LastJob(); last && *last) {
     const int pct = firmware::IsTerminal((*last)->state) ? 100 : rt.last_percent;
     s["job"] = JobJson(**last, std::max(pct, 0));
   }
@@ -183,17 +210,123 @@ std::optional<pid_t> RunningDaemon(const Config& c) {
   return pid;
 }
 
-int PrintJobOutcome(const firmware::JobRecord& r, bool as_json) {
+int PrintJobOutcome(const firmware::JobRecord& r, bool as_json, std::ostream& out) {
   if (as_json) {
-    std::cout << r.ToJson().dump(2) << "\n";
+    out << r.ToJson().dump(2) << "\n";
   } else if (r.error) {
-    std::cout << "job " << r.id << " " << firmware::JobStateName(r.state) << ": "
-              << r.error->ToString() << "\n";
+    out << "job " << r.id << " " << firmware::JobStateName(r.state) << ": " << r.error->ToString()
+        << "\n";
   } else {
-    std::cout << "job " << r.id << " " << firmware::JobStateName(r.state) << " (version "
-              << r.version << " in slot " << r.target_slot << ")\n";
+    out << "job " << r.id << " " << firmware::JobStateName(r.state) << " (version " << r.version
+        << " in slot " << r.target_slot << ")\n";
   }
   return r.state == firmware::JobState::kFailed ? 1 : 0;
+}
+
+json DpiJobJson(const dpi::JobResult& r) {
+  json j = {{"id", r.job_id},
+            {"type", "Dpi"},
+            {"version", r.version},
+            {"state", dpi::JobStateName(r.state)},
+            {"percent", 100},
+            {"from_version", r.previous ? *r.previous : ""},
+            {"active", r.active ? *r.active : ""}};
+  if (r.error) {
+    j["error"] = {{"code", r.error->number()},
+                  {"name", ErrcName(r.error->code())},
+                  {"message", r.error->message()}};
+  } else {
+    j["error"] = nullptr;
+  }
+  return j;
+}
+
+// A DPI package: verified chunk by chunk as it streams into the installer.
+Expected<dpi::JobResult> RunDpiJob(Runtime& rt, const firmware::JobSpec& spec) {
+  if (auto seen = rt.dpi->Lookup(spec.id); seen && *seen) return **seen;
+  SAG_TRY(auto source, OpenStreamSource(spec.source, 0, rt.download));
+  image::ImageReader reader(*source, rt.trust);
+  SAG_TRY(const image::VerifiedHeader* header, reader.ReadHeader());
+  {
+    const std::lock_guard lock(rt.status_mu);
+    (void)rt.status->Update({{"job",
+                              {{"id", spec.id},
+                               {"type", "Dpi"},
+                               {"version", header->manifest.version},
+                               {"state", "Staging"},
+                               {"percent", 0},
+                               {"error", nullptr}}}});
+  }
+  spdlog::info("job {}: DPI database {} (signed by {})", spec.id, header->manifest.version,
+               header->signer.subject);
+  dpi::CallbackPayloadSource payload(
+      [&reader]() -> Expected<std::optional<std::span<const std::uint8_t>>> {
+        SAG_TRY(auto chunk, reader.NextChunk());
+        if (!chunk) return std::optional<std::span<const std::uint8_t>>();
+        return std::optional<std::span<const std::uint8_t>>(chunk->data);
+      });
+  SAG_TRY(auto result, rt.dpi->Install({spec.id, "", spec.allow_downgrade},
+                                       dpi::PackageInfo::FromManifest(header->manifest), payload));
+  if (result.ok()) {
+    spdlog::info("job {}: DPI database {} active and confirmed by the engine", spec.id,
+                 result.version);
+  } else {
+    spdlog::error("job {}: DPI {} {}: {}", spec.id, result.version, dpi::JobStateName(result.state),
+                  result.error ? result.error->ToString() : std::string("no cause"));
+  }
+  return result;
+}
+
+// What the image says it is decides the installer: the type is part of the
+// signed manifest, so it is read (and verified) first.
+Expected<image::ImageType> ImageTypeOf(Runtime& rt, const std::string& source) {
+  SAG_TRY(auto src, OpenStreamSource(source, 0, rt.download));
+  image::ImageReader reader(*src, rt.trust);
+  SAG_TRY(const image::VerifiedHeader* header, reader.ReadHeader());
+  return header->manifest.type;
+}
+
+// Runs a job of either type to where it goes in this boot; the outcome is
+// in status.json and the logs. Returns the process exit code for `install`.
+enum class Output { kNone, kText, kJson };
+
+int RunJob(Runtime& rt, const firmware::JobSpec& spec, Output output) {
+  const bool as_json = output == Output::kJson;
+  std::ostringstream discard;
+  std::ostream& out = output == Output::kNone ? static_cast<std::ostream&>(discard) : std::cout;
+  auto type = ImageTypeOf(rt, spec.source);
+  rt.last_job_dpi = type && *type == image::ImageType::kDpi;
+  if (rt.last_job_dpi) {
+    auto r = RunDpiJob(rt, spec);
+    if (!r) {
+      spdlog::error("job {}: {}", spec.id, r.error().ToString());
+      if (!as_json) out << "job " << spec.id << " Failed: " << r.error().ToString() << "\n";
+      return 1;
+    }
+    {
+      const std::lock_guard lock(rt.status_mu);
+      (void)rt.status->Update({{"job", DpiJobJson(*r)}});
+    }
+    if (as_json) {
+      out << DpiJobJson(*r).dump(2) << "\n";
+    } else if (r->error) {
+      out << "job " << r->job_id << " " << dpi::JobStateName(r->state) << ": "
+          << r->error->ToString() << "\n";
+    } else {
+      out << "job " << r->job_id << " " << dpi::JobStateName(r->state) << " (DPI database "
+          << r->version << " active)\n";
+    }
+    return r->ok() ? 0 : 1;
+  }
+  // Device images, and anything whose header cannot be read: the Device
+  // installer records the refusal under the job id.
+  auto r = rt.device->Start(spec);
+  if (!r) {
+    spdlog::error("job {}: {}", spec.id, r.error().ToString());
+    if (!as_json) out << "job " << spec.id << ": " << r.error().ToString() << "\n";
+    return 1;
+  }
+  return PrintJobOutcome(*r, as_json, out);
 }
 
 sigset_t StopSignals() {
@@ -241,7 +374,14 @@ int CmdRun(const Config& c, bool once) {
   // finish).
   run_in_worker([&] {
     auto resumed = rt.device->Resume();
-    if (!resumed) spdlog::error("resuming the job: {}", resumed.error().ToString());
+    if (!resumed) spdlog::error("resuming the Device job: {}", resumed.error().ToString());
+    auto dpi_resumed = rt.dpi->Resume();
+    if (!dpi_resumed) {
+      spdlog::error("resuming the DPI job: {}", dpi_resumed.error().ToString());
+    } else if (*dpi_resumed && !(*dpi_resumed)->replayed) {
+      spdlog::warn("DPI job {} was interrupted: {}", (*dpi_resumed)->job_id,
+                   dpi::JobStateName((*dpi_resumed)->state));
+    }
   });
 
   int exit_code = 0;
@@ -272,10 +412,7 @@ int CmdRun(const Config& c, bool once) {
       firmware::JobSpec spec{req["id"].get<std::string>(), req["source"].get<std::string>(),
                              req.value("allow_downgrade", false), req.value("reboot", true)};
       spdlog::info("job {}: request for {}", spec.id, spec.source);
-      run_in_worker([&rt, spec] {
-        auto r = rt.device->Start(spec);
-        if (!r) spdlog::error("job {}: {}", spec.id, r.error().ToString());
-      });
+      run_in_worker([&rt, spec] { (void)RunJob(rt, spec, Output::kNone); });
       started = true;
       break;
     }
@@ -299,7 +436,9 @@ int CmdInstall(const Config& c, const InstallArgs& args) {
   }
   if (auto pid = RunningDaemon(c)) {
     // One writer: the running daemon takes the job; we follow its progress.
-    json req = {{"id", id}, {"source", source}, {"allow_downgrade", args.allow_downgrade},
+    json req = {{"id", id},
+                {"source", source},
+                {"allow_downgrade", args.allow_downgrade},
                 {"reboot", args.reboot}};
     std::error_code ec;
     fs::create_directories(InboxDir(c), ec);
@@ -322,10 +461,12 @@ int CmdInstall(const Config& c, const InstallArgs& args) {
         std::cout << "  " << line << "\n" << std::flush;
         last = line;
       }
-      if (state == "Rebooting" || state == "Committed" || state == "RolledBack" || state == "Failed") {
+      if (state == "Rebooting" || state == "Committed" || state == "RolledBack" ||
+          state == "Failed") {
         if (j.contains("error") && j["error"].is_object()) {
           std::cout << "job " << id << " " << state << ": E" << j["error"].value("code", 0) << " "
-                    << j["error"].value("name", "") << ": " << j["error"].value("message", "") << "\n";
+                    << j["error"].value("name", "") << ": " << j["error"].value("message", "")
+                    << "\n";
         }
         return state == "Failed" ? 1 : 0;
       }
@@ -345,13 +486,9 @@ int CmdInstall(const Config& c, const InstallArgs& args) {
   Runtime& rt = **built;
   rt.status = std::make_unique<StatusFile>(c.paths.runtime_dir / "status.json");
   firmware::JobSpec spec{id, source, args.allow_downgrade, args.reboot};
-  auto r = rt.device->Start(spec);
-  if (!r) {
-    std::cerr << "sag-agent: " << r.error().ToString() << "\n";
-    return 1;
-  }
+  const int rc = RunJob(rt, spec, args.json ? Output::kJson : Output::kText);
   RefreshStatus(rt, c, "idle");
-  return PrintJobOutcome(*r, args.json);
+  return rc;
 }
 
 int CmdStatus(const Config& c, bool as_json) {

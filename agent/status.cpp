@@ -8,7 +8,9 @@
 namespace sag::agent {
 
 Status StatusFile::Update(const nlohmann::json& fields) {
-  doc_.merge_patch(fields);
+  // Top-level keys are replaced whole: a DPI job must not inherit fields of
+  // the Device job reported before it.
+  for (const auto& [key, value] : fields.items()) doc_[key] = value;
   doc_["updated_at"] = firmware::NowUtc();
   return WriteFileAtomic(path_, doc_.dump(2) + "\n", 0644);
 }
@@ -30,12 +32,13 @@ std::string FormatStatus(const nlohmann::json& s) {
   out << "appliance   " << str("smartag_id") << "  serial " << str("serial_number") << "  model "
       << str("model") << "\n";
   out << "agent       " << str("agent_version") << "  " << str("state") << "\n";
-  out << "device OS   " << str("device_version") << "  (booted slot " << str("booted_slot") << ")\n";
+  out << "device OS   " << str("device_version") << "  (booted slot " << str("booted_slot")
+      << ")\n";
   out << "DPI db      " << str("dpi_version") << "\n";
   if (s.contains("boot") && s["boot"].is_object()) {
     const auto& b = s["boot"];
-    out << "boot env    BOOT_ORDER=\"" << b.value("order", "") << "\" A_LEFT=" << b.value("a_left", 0)
-        << " B_LEFT=" << b.value("b_left", 0) << "\n";
+    out << "boot env    BOOT_ORDER=\"" << b.value("order", "")
+        << "\" A_LEFT=" << b.value("a_left", 0) << " B_LEFT=" << b.value("b_left", 0) << "\n";
   }
   if (s.contains("job") && s["job"].is_object()) {
     const auto& j = s["job"];

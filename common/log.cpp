@@ -43,8 +43,17 @@ class JournalFormatter final : public spdlog::formatter {
 
 void SetupLogging(spdlog::level::level_enum level, LogStyle style) {
   if (style == LogStyle::kAuto) {
+    // SAG_LOG_STYLE=terminal|journal overrides the guess (the demo pipes the
+    // agent's stderr but wants it readable).
+    const char* forced = std::getenv("SAG_LOG_STYLE");              // NOLINT(concurrency-mt-unsafe)
     const bool journal = std::getenv("JOURNAL_STREAM") != nullptr;  // NOLINT(concurrency-mt-unsafe)
-    style = (journal || isatty(STDERR_FILENO) == 0) ? LogStyle::kJournal : LogStyle::kTerminal;
+    if (forced != nullptr && std::string_view(forced) == "terminal") {
+      style = LogStyle::kTerminal;
+    } else if (forced != nullptr && std::string_view(forced) == "journal") {
+      style = LogStyle::kJournal;
+    } else {
+      style = (journal || isatty(STDERR_FILENO) == 0) ? LogStyle::kJournal : LogStyle::kTerminal;
+    }
   }
   auto sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
   auto logger = std::make_shared<spdlog::logger>("sag", sink);

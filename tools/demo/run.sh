@@ -5,11 +5,17 @@
 #   2. 1.0.1 installed into slot B, trial boot, health check, commit
 #   3. 1.0.2 into slot A whose trial boot fails its health check: automatic
 #      rollback to 1.0.1
+#   4. DPI signature database 20201117_1_0-0.0.1, then 20201201_1_0-0.0.2:
+#      verified, staged, validated, swapped, reloaded and confirmed by the
+#      (fake) DPI engine without a reboot
+#   5. a DPI database the engine rejects on reload: automatic return to the
+#      previous database
 set -euo pipefail
 build="$(cd "$1" && pwd)"
 agent="$build/agent/sag-agent"
 image="$build/tools/image/sag-image"
 sim="$build/tools/sim/sag-sim"
+engine="$build/dpi/fake_engine/sag-fake-dpi-engine"
 work="${SAG_DEMO_DIR:-$(mktemp -d /tmp/sag-demo.XXXXXX)}"
 dev="$work/appliance"
 cfg="$dev/agent.yaml"
@@ -68,9 +74,12 @@ done
 
 step "A simulated SAG-1000 appliance: Device OS 1.0.0 in slot A (factory state)"
 "$sim" init "$dev" --slot-size $((32 << 20)) --slot-a "$work/rootfs-1.0.0.img" --version 1.0.0 \
-  --root-ca "$work/pki/root-ca.pem" --serial sag32a9034958a --smartag-id sag-0ovhf732a9j1234567
+  --root-ca "$work/pki/root-ca.pem" --serial sag32a9034958a --smartag-id sag-0ovhf732a9j1234567 \
+  --dpi-engine "$engine"
 sed -i 's/level: debug/level: info/' "$cfg"
-"$sim" boot "$dev" --agent "$agent" --max-boots 20 > >(sed -u 's/^/   /') 2>&1 &
+SAG_LOG_STYLE=terminal "$sim" boot "$dev" --agent "$agent" --max-boots 20 \
+  > >(grep --line-buffered -vE ' (configuration|identity:|cloud:|boot:|state|health:|download:) ' |
+      sed -u 's/^/   /') 2>&1 &
 simpid=$!
 wait_status 's.get("state") == "idle"' 30
 "$agent" status --config "$cfg" | sed 's/^/   /'
@@ -88,5 +97,38 @@ wait_status 's["job"]["state"] == "RolledBack" and s.get("state") == "idle"' 90
 printf '%s   rolled back automatically: the appliance runs 1.0.1 again from slot B%s\n' "$green" "$off"
 "$agent" status --config "$cfg" | sed 's/^/   /'
 
-step "Done. The appliance stays in $dev; stop it with: kill \$(cat $dev/run/agent.pid)"
+# DPI databases: a tar.zst of the engine's files with a `version` file.
+make_dpi() {
+  local v="$1" d="$work/dpi-$1"
+  mkdir -p "$d/rules"
+  echo "$v" > "$d/version"
+  for i in $(seq 1 200); do echo "app-$i: port $((1000 + i)) signature $(printf '%08x' $((i * 2654435761 % 4294967296)))" > "$d/rules/app-$i.rule"; done
+  tar --zstd -C "$d" -cf "$work/dpi-$v.tar.zst" .
+  "$image" create --type Dpi --version "$v" --compatible sag-1000 --payload "$work/dpi-$v.tar.zst" \
+    --key "$work/pki/signer.key" --cert "$work/pki/signer.pem" --chain "$work/pki/signer-chain.pem" \
+    --output "$work/sag-dpi-$v.sagimg" >/dev/null
+}
+
+step "DPI signature database 20201117_1_0-0.0.1: verify, stage, validate, swap, reload, confirm"
+make_dpi 20201117_1_0-0.0.1
+"$agent" install "$work/sag-dpi-20201117_1_0-0.0.1.sagimg" --config "$cfg" | sed 's/^/   /'
+wait_status 's.get("dpi_version") == "20201117_1_0-0.0.1" and s.get("state") == "idle"' 60
+printf '%s   the engine confirms it loaded %s%s\n' "$green" "$("$engine" --state "$dev/dpi-engine" confirm | head -1)" "$off"
+
+step "DPI upgrade to 20201201_1_0-0.0.2 (no reboot)"
+make_dpi 20201201_1_0-0.0.2
+"$agent" install "$work/sag-dpi-20201201_1_0-0.0.2.sagimg" --config "$cfg" | sed 's/^/   /'
+wait_status 's.get("dpi_version") == "20201201_1_0-0.0.2" and s.get("state") == "idle"' 60
+printf '%s   the engine confirms it loaded %s%s\n' "$green" "$("$engine" --state "$dev/dpi-engine" confirm | head -1)" "$off"
+ls -l "$dev/state/dpi/current" | sed 's/^/   /'
+
+step "A DPI database the engine rejects on reload: automatic return to the previous one"
+make_dpi 20201215_1_0-0.0.3
+echo 20201215_1_0-0.0.3 > "$dev/dpi-engine/reject-on-reload"
+"$agent" install "$work/sag-dpi-20201215_1_0-0.0.3.sagimg" --config "$cfg" | sed 's/^/   /' || true
+wait_status 's["job"]["state"] == "RolledBack" and s.get("dpi_version") == "20201201_1_0-0.0.2" and s.get("state") == "idle"' 60
+printf '%s   rolled back: the engine runs %s again%s\n' "$green" "$("$engine" --state "$dev/dpi-engine" confirm | head -1)" "$off"
+"$agent" status --config "$cfg" | sed 's/^/   /'
+
+step "Done: the appliance runs Device OS 1.0.1 and DPI database 20201201_1_0-0.0.2 (files in $work)"
 cleanup
