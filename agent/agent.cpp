@@ -129,6 +129,13 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   io.download.max_retries = c.download.max_retries;
   io.trial_attempts = c.boot.trial_attempts;
   io.checkpoint_bytes = c.download.checkpoint_bytes;
+  if (c.health.require_cloud) {
+    // The control channel is not part of this agent yet: say so instead of
+    // passing the check silently.
+    spdlog::warn(
+        "health.require_cloud is set but this agent has no control channel yet; "
+        "trial boots are judged by the command checks only");
+  }
   for (const auto& hc : c.health.checks) {
     io.health_checks.push_back({hc.name, hc.command, hc.timeout});
   }
@@ -401,18 +408,28 @@ int CmdRun(const Config& c, bool once) {
     // Local jobs (sag-agent install while the daemon runs) arrive as files.
     for (const auto& entry : fs::directory_iterator(InboxDir(c), ec)) {
       if (entry.path().extension() != ".json") continue;
-      auto text = ReadFile(entry.path(), 64U << 10U);
-      fs::remove(entry.path(), ec);
-      if (!text) continue;
-      auto req = json::parse(*text, nullptr, false);
-      if (!req.is_object() || !req.contains("id") || !req.contains("source")) {
-        spdlog::error("ignoring malformed job request {}", entry.path().string());
+      // A copy: the worker outlives the directory iterator.
+      const fs::path request = entry.path();  // NOLINT(performance-unnecessary-copy-initialization)
+      auto text = ReadFile(request, 64U << 10U);
+      auto req = text ? json::parse(*text, nullptr, false) : json();
+      if (!req.is_object() || !req.contains("id") || !req["id"].is_string() ||
+          !req.contains("source") || !req["source"].is_string()) {
+        spdlog::error(R"(ignoring malformed job request {}: expected {{"id": ..., "source": ...}})",
+                      request.string());
+        fs::remove(request, ec);
         continue;
       }
       firmware::JobSpec spec{req["id"].get<std::string>(), req["source"].get<std::string>(),
                              req.value("allow_downgrade", false), req.value("reboot", true)};
       spdlog::info("job {}: request for {}", spec.id, spec.source);
-      run_in_worker([&rt, spec] { (void)RunJob(rt, spec, Output::kNone); });
+      // The request is removed only once the job is in its journal: a power
+      // cut before that must not lose it (offered again, a recorded job is
+      // answered with its state, never run twice).
+      run_in_worker([&rt, spec, request] {
+        (void)RunJob(rt, spec, Output::kNone);
+        std::error_code rm;
+        fs::remove(request, rm);
+      });
       started = true;
       break;
     }
@@ -507,32 +524,32 @@ int CmdStatus(const Config& c, bool as_json) {
   return 0;
 }
 
-int CmdMarkGood(const Config& c) {
+namespace {
+
+// Builds the runtime and runs one manual action on the Device installer.
+int ManualAction(const Config& c, Status (firmware::DeviceInstaller::*action)(), const char* done) {
   auto built = BuildRuntime(c);
   if (!built) {
     std::cerr << "sag-agent: " << built.error().ToString() << "\n";
     return 1;
   }
-  if (auto st = (*built)->device->MarkGood(); !st) {
+  if (auto st = ((*built)->device.get()->*action)(); !st) {
     std::cerr << "sag-agent: " << st.error().ToString() << "\n";
     return 1;
   }
-  std::cout << "booted slot marked good\n";
+  std::cout << done << "\n";
   return 0;
 }
 
+}  // namespace
+
+int CmdMarkGood(const Config& c) {
+  return ManualAction(c, &firmware::DeviceInstaller::MarkGood, "booted slot marked good");
+}
+
 int CmdRollback(const Config& c) {
-  auto built = BuildRuntime(c);
-  if (!built) {
-    std::cerr << "sag-agent: " << built.error().ToString() << "\n";
-    return 1;
-  }
-  if (auto st = (*built)->device->Rollback(); !st) {
-    std::cerr << "sag-agent: " << st.error().ToString() << "\n";
-    return 1;
-  }
-  std::cout << "the other slot boots next; reboot requested\n";
-  return 0;
+  return ManualAction(c, &firmware::DeviceInstaller::Rollback,
+                      "the other slot boots next; reboot requested");
 }
 
 }  // namespace sag::agent

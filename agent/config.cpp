@@ -229,8 +229,8 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
 
   SAG_TRY_STATUS(Optional(
       root, r, "boot",
-      {"backend", "uboot_config", "grubenv", "cmdline", "cmdline_key", "os_release", "trial_attempts",
-       "slots"},
+      {"backend", "uboot_config", "grubenv", "cmdline", "cmdline_key", "os_release",
+       "trial_attempts", "slots"},
       [&](const YAML::Node& n) -> Status {
         std::string backend = "uboot";
         SAG_TRY_STATUS(r.String(n, "boot", "backend", backend));
@@ -303,15 +303,16 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
       }));
 
   SAG_TRY_STATUS(
-      Optional(root, r, "download", {"bandwidth_limit", "stall_timeout_s", "max_retries", "checkpoint_bytes"},
+      Optional(root, r, "download",
+               {"bandwidth_limit", "stall_timeout_s", "max_retries", "checkpoint_bytes"},
                [&](const YAML::Node& n) -> Status {
                  SAG_TRY_STATUS(r.Integer(n, "download", "bandwidth_limit",
                                           c.download.bandwidth_limit, 0, 10'000'000'000LL));
                  SAG_TRY_STATUS(r.Seconds(n, "download", "stall_timeout_s",
                                           c.download.stall_timeout, 1, 3600));
-                 SAG_TRY_STATUS(r.Integer(n, "download", "checkpoint_bytes", c.download.checkpoint_bytes,
-                                 64LL << 10, 1LL << 30));
-        return r.Integer(n, "download", "max_retries", c.download.max_retries, 0, 1000);
+                 SAG_TRY_STATUS(r.Integer(n, "download", "checkpoint_bytes",
+                                          c.download.checkpoint_bytes, 64LL << 10, 1LL << 30));
+                 return r.Integer(n, "download", "max_retries", c.download.max_retries, 0, 1000);
                }));
 
   SAG_TRY_STATUS(Optional(root, r, "log", {"level"}, [&](const YAML::Node& n) -> Status {

@@ -7,24 +7,13 @@
 #include <cerrno>
 #include <random>
 
+#include "common/unique_fd.h"
+
 namespace sag {
 
 namespace {
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  [[nodiscard]] int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 Status WriteAll(int fd, std::string_view data, const std::string& what) {
   while (!data.empty()) {

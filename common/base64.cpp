@@ -23,7 +23,7 @@ Expected<std::string> Base64Decode(std::string_view text) {
                                 static_cast<int>(text.size()));
   if (n < 0) return Error(Errc::kInvalidArgument, "not valid base64");
   // EVP_DecodeBlock counts padding as zero bytes; drop them.
-  std::size_t len = static_cast<std::size_t>(n);
+  auto len = static_cast<std::size_t>(n);
   if (!text.empty() && text.back() == '=') --len;
   if (text.size() > 1 && text[text.size() - 2] == '=') --len;
   out.resize(len);

@@ -26,7 +26,8 @@ class UrlSource final : public image::ByteSource {
             // consumer is behind, which is what bounds memory.
             while (!data.empty()) {
               const std::size_t n = std::min(data.size(), kBlock);
-              if (!queue_.Push(Item{std::vector<std::uint8_t>(data.begin(), data.begin() + n), {}})) {
+              if (!queue_.Push(
+                      Item{std::vector<std::uint8_t>(data.begin(), data.begin() + n), {}})) {
                 return Error(Errc::kCancelled, "download stopped by its reader");
               }
               data = data.subspan(n);
@@ -86,7 +87,8 @@ Expected<std::unique_ptr<image::ByteSource>> OpenStreamSource(const std::string&
                                                               std::uint64_t offset,
                                                               const net::DownloadOptions& options) {
   if (IsUrl(location)) {
-    return std::unique_ptr<image::ByteSource>(std::make_unique<UrlSource>(location, offset, options));
+    return std::unique_ptr<image::ByteSource>(
+        std::make_unique<UrlSource>(location, offset, options));
   }
   SAG_TRY(auto file, image::FileSource::Open(location, offset));
   return std::unique_ptr<image::ByteSource>(std::move(file));

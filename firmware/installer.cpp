@@ -87,6 +87,10 @@ Status DeviceInstaller::ArchiveFinished(const JobRecord& record) {
     auto doc = nlohmann::json::parse(*text, nullptr, false);
     if (doc.is_array()) list = std::move(doc);
   }
+  // Idempotent: a cut between this write and the journal's archive repeats it.
+  for (auto it = list.begin(); it != list.end();) {
+    it = (it->is_object() && it->value("id", "") == record.id) ? list.erase(it) : it + 1;
+  }
   list.push_back(record.ToJson());
   while (list.size() > kHistoryMax) list.erase(list.begin());
   for (auto& j : list) {  // the signed header is only needed while a job runs
@@ -204,6 +208,11 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
   if (current) {
     SAG_TRY(auto rec, JobRecord::FromJson(*current));
     if (rec.id == spec.id) return rec;
+    if (IsTerminal(rec.state)) {
+      // A finished job whose move to the history was cut short.
+      SAG_TRY_STATUS(ArchiveFinished(rec));
+      return Start(spec);
+    }
     return Error(Errc::kJobConflict, "job " + rec.id + " is still " +
                                          std::string(JobStateName(rec.state)) +
                                          "; wait for it to finish before starting " + spec.id);
@@ -220,7 +229,7 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
   record.updated_at = record.started_at;
   record.history.push_back(record.started_at + " Pending");
 
-  auto refuse = [&](Error e) -> Expected<JobRecord> {
+  auto refuse = [&](const Error& e) -> Expected<JobRecord> {
     // Nothing was touched; the refusal is remembered under the job id.
     record.error = e;
     record.state = JobState::kFailed;
@@ -341,11 +350,15 @@ Expected<std::optional<JobRecord>> DeviceInstaller::Resume() {
     return std::optional<JobRecord>();
   }
   SAG_TRY(auto record, JobRecord::FromJson(*doc));
+  if (IsTerminal(record.state)) {
+    // Cut between recording the outcome and moving it to the history.
+    SAG_TRY_STATUS(ArchiveFinished(record));
+    return std::optional<JobRecord>(std::move(record));
+  }
   spdlog::info("job {}: resuming in state {}", record.id, JobStateName(record.state));
-  const bool before_trial = record.state == JobState::kPending ||
-                            record.state == JobState::kWriting ||
-                            record.state == JobState::kVerifying ||
-                            record.state == JobState::kActivating;
+  const bool before_trial =
+      record.state == JobState::kPending || record.state == JobState::kWriting ||
+      record.state == JobState::kVerifying || record.state == JobState::kActivating;
   if (before_trial) {
     SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
     SAG_TRY(const Slot from, SlotOf(record.from_slot));
@@ -364,8 +377,8 @@ Expected<std::optional<JobRecord>> DeviceInstaller::Resume() {
   if (record.state == JobState::kPending) {
     // Cut before the slot was prepared: prepare again from the stored header.
     SAG_TRY(const auto sig, Base64Decode(record.signature_der_b64));
-    SAG_TRY(const auto header, image::VerifyHeader(record.manifest_json, sig, options_.trust,
-                                                   options_.limits));
+    SAG_TRY(const auto header,
+            image::VerifyHeader(record.manifest_json, sig, options_.trust, options_.limits));
     if (auto st = StepPrepare(record, header); !st) {
       SAG_TRY_STATUS(Fail(record, std::move(st).error()));
       return std::optional<JobRecord>(record);
@@ -575,12 +588,12 @@ Status DeviceInstaller::StepAfterBoot(JobRecord& record) {
     SAG_TRY_STATUS(Save(record, JobEvent::kBootedNew));
     return StepHealth(record);
   }
-  record.error = Error(Errc::kRolledBack,
-                       "the trial boot of slot " + record.target_slot + " (version " +
-                           record.version + ") did not come up within " +
-                           std::to_string(options_.trial_attempts) +
-                           " attempts; the bootloader fell back to slot " +
-                           std::string(platform::SlotName(booted)) + " (" + record.from_version + ")");
+  record.error =
+      Error(Errc::kRolledBack,
+            "the trial boot of slot " + record.target_slot + " (version " + record.version +
+                ") did not come up within " + std::to_string(options_.trial_attempts) +
+                " attempts; the bootloader fell back to slot " +
+                std::string(platform::SlotName(booted)) + " (" + record.from_version + ")");
   SAG_TRY_STATUS(platform_.boot->MarkGood(booted, options_.trial_attempts));
   SAG_TRY_STATUS(Save(record, JobEvent::kBootedOld));
   spdlog::warn("job {}: rolled back: {}", record.id, record.error->message());
@@ -598,8 +611,8 @@ Status DeviceInstaller::StepHealth(JobRecord& record) {
     SAG_TRY_STATUS(Save(record, JobEvent::kHealthy));
     return StepCommit(record);
   }
-  record.error = Error(Errc::kHealthCheckFailed, health.error().message() +
-                                                     "; returning to slot " + record.from_slot);
+  record.error = Error(Errc::kHealthCheckFailed,
+                       health.error().message() + "; returning to slot " + record.from_slot);
   SAG_TRY(record.boot_id, platform_.system->BootId());
   SAG_TRY_STATUS(Save(record, JobEvent::kUnhealthy));
   spdlog::error("job {}: health check failed on slot {}: {}", record.id, record.target_slot,
@@ -658,7 +671,8 @@ Status DeviceInstaller::MarkGood() {
   SAG_TRY(auto doc, journal_.Load());
   if (doc) {
     SAG_TRY(auto record, JobRecord::FromJson(*doc));
-    if (record.state == JobState::kHealthChecking && record.target_slot == platform::SlotName(booted)) {
+    if (record.state == JobState::kHealthChecking &&
+        record.target_slot == platform::SlotName(booted)) {
       SAG_TRY_STATUS(Save(record, JobEvent::kHealthy));
       return StepCommit(record);
     }
@@ -688,8 +702,8 @@ Status DeviceInstaller::Rollback() {
   auto slots = ReadFile(options_.state_dir / "slots.json", 1U << 20U);
   const auto recorded = slots ? nlohmann::json::parse(*slots, nullptr, false) : nlohmann::json();
   if (!recorded.is_object() || !recorded.contains(other_name)) {
-    return Error(Errc::kInvalidArgument, "slot " + other_name +
-                                             " holds no committed image; nothing to roll back to");
+    return Error(Errc::kInvalidArgument,
+                 "slot " + other_name + " holds no committed image; nothing to roll back to");
   }
   SAG_TRY_STATUS(platform_.boot->MarkGood(other, options_.trial_attempts));
   return platform_.rebooter->Reboot();

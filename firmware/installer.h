@@ -30,16 +30,16 @@ struct HealthCheckSpec {
 };
 
 struct InstallerOptions {
-  std::filesystem::path state_dir;        // journal, slot records
-  std::string model;                      // this appliance's hardware model
-  image::Trust trust;                     // pinned root for image signatures
+  std::filesystem::path state_dir;  // journal, slot records
+  std::string model;                // this appliance's hardware model
+  image::Trust trust;               // pinned root for image signatures
   image::Limits limits;
   net::DownloadOptions download;
   int trial_attempts = 3;
   std::vector<HealthCheckSpec> health_checks;
   // Extra health condition (the control channel is reachable); null = none.
   std::function<Status()> cloud_check;
-  std::uint64_t checkpoint_bytes = 32U << 20U;  // slot sync + journal every this much
+  std::uint64_t checkpoint_bytes = 32U << 20U;          // slot sync + journal every this much
   std::filesystem::path os_release{"/etc/os-release"};  // VERSION_ID when no slot record
 };
 

@@ -33,12 +33,12 @@ constexpr std::array kTable = {
 };
 
 constexpr std::array<std::string_view, 11> kStateNames = {
-    "Pending",        "Writing",    "Verifying",   "Activating", "Rebooting", "HealthChecking",
-    "Committing",     "RollingBack", "Committed",  "RolledBack", "Failed"};
+    "Pending",    "Writing",     "Verifying", "Activating", "Rebooting", "HealthChecking",
+    "Committing", "RollingBack", "Committed", "RolledBack", "Failed"};
 
 constexpr std::array<std::string_view, 10> kEventNames = {
-    "SlotPrepared", "Written",   "Verified",  "TrialSet",   "BootedNew",
-    "BootedOld",    "Healthy",   "Unhealthy", "MarkedGood", "Failed"};
+    "SlotPrepared", "Written", "Verified",  "TrialSet",   "BootedNew",
+    "BootedOld",    "Healthy", "Unhealthy", "MarkedGood", "Failed"};
 
 }  // namespace
 
@@ -131,7 +131,8 @@ Expected<JobRecord> JobRecord::FromJson(const nlohmann::json& j) {
     r.history = j.at("history").get<std::vector<std::string>>();
     if (j.contains("error")) {
       const auto& e = j.at("error");
-      r.error = Error(static_cast<Errc>(e.at("code").get<int>()), e.at("message").get<std::string>());
+      r.error =
+          Error(static_cast<Errc>(e.at("code").get<int>()), e.at("message").get<std::string>());
     }
   } catch (const nlohmann::json::exception& e) {
     return Error(Errc::kJournalCorrupt, std::string("job record: ") + e.what());

@@ -16,12 +16,11 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 
@@ -67,22 +66,22 @@ Expected<JobState> Transition(JobState from, JobEvent event);
 struct JobRecord {
   std::string id;
   JobState state = JobState::kPending;
-  std::string source;           // file path or URL of the image
-  std::string version;          // the image's version
-  std::string from_version;     // what ran when the job started
-  std::string target_slot;      // "A" | "B"
+  std::string source;        // file path or URL of the image
+  std::string version;       // the image's version
+  std::string from_version;  // what ran when the job started
+  std::string target_slot;   // "A" | "B"
   std::string from_slot;
   bool allow_downgrade = false;
-  bool reboot = true;           // reboot as soon as the trial is set
-  std::uint64_t next_chunk = 0;     // first chunk not yet durably in the slot
+  bool reboot = true;            // reboot as soon as the trial is set
+  std::uint64_t next_chunk = 0;  // first chunk not yet durably in the slot
   std::uint64_t chunks_total = 0;
   std::uint64_t payload_size = 0;
   std::string payload_sha256;
-  std::string manifest_json;        // the signed header, verified again on resume
+  std::string manifest_json;  // the signed header, verified again on resume
   std::string signature_der_b64;
   std::uint64_t payload_offset = 0;
-  std::string boot_id;              // of the boot that requested the reboot
-  std::optional<Error> error;       // why it failed or rolled back
+  std::string boot_id;         // of the boot that requested the reboot
+  std::optional<Error> error;  // why it failed or rolled back
   std::string started_at;
   std::string updated_at;
   std::vector<std::string> history;  // "time state" lines, one per transition

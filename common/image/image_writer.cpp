@@ -14,25 +14,13 @@
 
 #include "common/atomic_file.h"
 #include "common/image/ossl.h"
+#include "common/unique_fd.h"
 
 namespace sag::image {
 
 namespace {
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  [[nodiscard]] int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 // Removes a temporary file unless released.
 class TempFile {

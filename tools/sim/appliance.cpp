@@ -83,10 +83,14 @@ std::string DpiHooks(const std::filesystem::path& engine, const std::string& d) 
   const std::string e = Quote(engine.string());
   const std::string state = Quote(d + "/dpi-engine");
   return "  hooks:\n"
-         "    validate: {command: [" + e + ", --state, " + state + ", validate], timeout_s: 30}\n"
-         "    reload: {command: [" + e + ", --state, " + state + ", --db, " +
-         Quote(d + "/state/dpi/current") + ", reload], timeout_s: 30}\n"
-         "    confirm: {command: [" + e + ", --state, " + state + ", confirm], timeout_s: 10}\n";
+         "    validate: {command: [" +
+         e + ", --state, " + state +
+         ", validate], timeout_s: 30}\n"
+         "    reload: {command: [" +
+         e + ", --state, " + state + ", --db, " + Quote(d + "/state/dpi/current") +
+         ", reload], timeout_s: 30}\n"
+         "    confirm: {command: [" +
+         e + ", --state, " + state + ", confirm], timeout_s: 10}\n";
 }
 
 }  // namespace
@@ -139,8 +143,8 @@ Status Appliance::Init(const InitOptions& o) {
 
   const std::string d = dir_.string();
   // What the factory image in slot A reports as its version.
-  SAG_TRY_STATUS(WriteFileAtomic(dir_ / "os-release", "NAME=\"SAG OS (simulated)\"\nVERSION_ID=\"" +
-                                                          o.version + "\"\n"));
+  SAG_TRY_STATUS(WriteFileAtomic(
+      dir_ / "os-release", "NAME=\"SAG OS (simulated)\"\nVERSION_ID=\"" + o.version + "\"\n"));
   SAG_TRY_STATUS(WriteFileAtomic(
       dir_ / "health-check",
       "#!/bin/sh\n"
@@ -206,7 +210,9 @@ Status Appliance::Init(const InitOptions& o) {
       Quote(d + "/cmdline") +
       "\n"
       "  cmdline_key: sag.slot\n"
-      "  os_release: " + Quote(d + "/os-release") + "\n"
+      "  os_release: " +
+      Quote(d + "/os-release") +
+      "\n"
       "  trial_attempts: 3\n"
       "  slots:\n"
       "    A:\n"

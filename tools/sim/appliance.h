@@ -35,9 +35,9 @@ struct InitOptions {
   std::string serial = "sag000sim01";
   std::string smartag_id;  // default sag-sim-<serial>
   std::string endpoint = "wss://127.0.0.1:8443/device/v1";
-  std::filesystem::path root_ca;  // copied to pki/root.pem when given
-  std::filesystem::path slot_a;   // initial content of slot A when given
-  std::string version = "1.0.0";  // VERSION_ID of the factory image in slot A
+  std::filesystem::path root_ca;     // copied to pki/root.pem when given
+  std::filesystem::path slot_a;      // initial content of slot A when given
+  std::string version = "1.0.0";     // VERSION_ID of the factory image in slot A
   std::filesystem::path dpi_engine;  // sag-fake-dpi-engine: configure the DPI hooks with it
 };
 

@@ -569,8 +569,8 @@ int main(int argc, char** argv) {
                         std::pair<std::set<std::string>, Expected<int> (*)(const Args&)>>
       commands = {
           {"init",
-           {{"slot-size", "model", "serial", "smartag-id", "endpoint", "root-ca", "slot-a", "version",
-             "dpi-engine"},
+           {{"slot-size", "model", "serial", "smartag-id", "endpoint", "root-ca", "slot-a",
+             "version", "dpi-engine"},
             CmdInit}},
           {"boot", {{"agent", "max-boots", "cut-after-ms", "cut-random", "seed", "cuts"}, CmdBoot}},
           {"env", {{}, CmdEnv}},

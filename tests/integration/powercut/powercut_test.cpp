@@ -12,12 +12,11 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
-#include <random>
 #include <map>
+#include <nlohmann/json.hpp>
+#include <random>
 #include <regex>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "common/atomic_file.h"
 #include "common/image/image_writer.h"
@@ -123,10 +122,7 @@ TrialResult RunTrial(int trial, Fault fault, int max_cut_ms) {
                                &rc);
   EXPECT_EQ(rc, 0) << init;
   // Small checkpoints so that cuts during the write resume mid-image.
-  {
-    std::ofstream(dev / "agent.yaml", std::ios::app)
-        << "download:\n  checkpoint_bytes: 196608\n";
-  }
+  { std::ofstream(dev / "agent.yaml", std::ios::app) << "download:\n  checkpoint_bytes: 196608\n"; }
   std::string cfg = ReadAll(dev / "agent.yaml");
   cfg = std::regex_replace(cfg, std::regex("level: debug"), "level: info");
   EXPECT_TRUE(WriteFileAtomic(dev / "agent.yaml", cfg));
@@ -148,7 +144,8 @@ TrialResult RunTrial(int trial, Fault fault, int max_cut_ms) {
   CountCuts(out, result);
   const std::string where = "trial " + std::to_string(trial) + "\n" + out;
   EXPECT_EQ(rc, 0) << where;
-  EXPECT_NE(out.find("without asking for a reboot"), std::string::npos) << "never settled: " << where;
+  EXPECT_NE(out.find("without asking for a reboot"), std::string::npos)
+      << "never settled: " << where;
 
   // The job finished, once, with the expected outcome and a cause.
   EXPECT_FALSE(fs::exists(dev / "state" / "device-job.json")) << "job still open: " << where;
@@ -211,9 +208,10 @@ TEST_P(PowerCut, EveryCutEndsCommittedOrRolledBack) {
   }
   std::string stages;
   for (const auto& [stage, n] : by_stage) stages += " " + stage + "=" + std::to_string(n);
-  std::printf("shard %d: %d power cuts in %d trials (healthy %d, unhealthy %d, unbootable %d);"
-              " cut during:%s\n",
-              shard, cuts, trials, by_fault[0], by_fault[1], by_fault[2], stages.c_str());
+  std::printf(
+      "shard %d: %d power cuts in %d trials (healthy %d, unhealthy %d, unbootable %d);"
+      " cut during:%s\n",
+      shard, cuts, trials, by_fault[0], by_fault[1], by_fault[2], stages.c_str());
   EXPECT_GE(cuts, target);
 }
 

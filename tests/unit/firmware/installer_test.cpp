@@ -129,7 +129,8 @@ class DeviceInstallerTest : public ::testing::Test {
     o.health_checks = std::move(checks);
     o.checkpoint_bytes = 2 * kChunk;
     o.os_release = dir_ / "os-release";
-    Platform p{&boot_, {{Slot::kA, slot_a_.get()}, {Slot::kB, slot_b_.get()}}, &rebooter_, &system_};
+    Platform p{
+        &boot_, {{Slot::kA, slot_a_.get()}, {Slot::kB, slot_b_.get()}}, &rebooter_, &system_};
     return std::make_unique<DeviceInstaller>(
         std::move(o), p, [this](const JobRecord& r, const Progress& pr) {
           states_seen_.push_back(r.state);
@@ -218,8 +219,8 @@ TEST_F(DeviceInstallerTest, InstallsRebootsChecksHealthAndCommits) {
 }
 
 TEST_F(DeviceInstallerTest, FailedHealthCheckRollsBack) {
-  auto checks = std::vector<HealthCheckSpec>{{"dataplane", {"sh", "-c", "echo link down; exit 3"},
-                                              std::chrono::seconds(5)}};
+  auto checks = std::vector<HealthCheckSpec>{
+      {"dataplane", {"sh", "-c", "echo link down; exit 3"}, std::chrono::seconds(5)}};
   auto inst = MakeInstaller(checks);
   ASSERT_EQ(inst->Start(Spec("job-h", "v101"))->state, JobState::kRebooting);
   ASSERT_EQ(Reboot(), Slot::kB);

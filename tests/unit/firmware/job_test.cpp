@@ -6,19 +6,19 @@ namespace sag::firmware {
 namespace {
 
 constexpr JobState kAllStates[] = {
-    JobState::kPending,        JobState::kWriting,    JobState::kVerifying, JobState::kActivating,
-    JobState::kRebooting,      JobState::kHealthChecking, JobState::kCommitting,
-    JobState::kRollingBack,    JobState::kCommitted,  JobState::kRolledBack, JobState::kFailed};
+    JobState::kPending,   JobState::kWriting,        JobState::kVerifying,  JobState::kActivating,
+    JobState::kRebooting, JobState::kHealthChecking, JobState::kCommitting, JobState::kRollingBack,
+    JobState::kCommitted, JobState::kRolledBack,     JobState::kFailed};
 constexpr JobEvent kAllEvents[] = {
-    JobEvent::kSlotPrepared, JobEvent::kWritten,   JobEvent::kVerified,  JobEvent::kTrialSet,
-    JobEvent::kBootedNew,    JobEvent::kBootedOld, JobEvent::kHealthy,   JobEvent::kUnhealthy,
+    JobEvent::kSlotPrepared, JobEvent::kWritten,   JobEvent::kVerified, JobEvent::kTrialSet,
+    JobEvent::kBootedNew,    JobEvent::kBootedOld, JobEvent::kHealthy,  JobEvent::kUnhealthy,
     JobEvent::kMarkedGood,   JobEvent::kFailed};
 
 TEST(JobStateMachine, HappyPathEndsCommitted) {
   JobState s = JobState::kPending;
-  for (auto e : {JobEvent::kSlotPrepared, JobEvent::kWritten, JobEvent::kVerified,
-                 JobEvent::kTrialSet, JobEvent::kBootedNew, JobEvent::kHealthy,
-                 JobEvent::kMarkedGood}) {
+  for (auto e :
+       {JobEvent::kSlotPrepared, JobEvent::kWritten, JobEvent::kVerified, JobEvent::kTrialSet,
+        JobEvent::kBootedNew, JobEvent::kHealthy, JobEvent::kMarkedGood}) {
     auto next = Transition(s, e);
     ASSERT_TRUE(next) << next.error().ToString();
     s = *next;

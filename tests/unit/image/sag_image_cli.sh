@@ -50,7 +50,11 @@ openssl cms -verify -binary -inform DER -in manifest.json.sig -content manifest.
 # A flipped payload byte: verify exits 1 naming the code; extract leaves nothing.
 cp db.img bad.img
 size=$(stat -c %s bad.img)
-printf '\xff' | dd of=bad.img bs=1 seek=$((size - 5000)) conv=notrunc status=none
+# Invert the byte (writing a constant would be no change when the byte already holds it).
+at=$((size - 5000))
+byte=$(od -An -tu1 -j "$at" -N1 bad.img | tr -d ' ')
+printf "\\$(printf '%03o' $((byte ^ 0xff)))" | dd of=bad.img bs=1 seek="$at" conv=notrunc status=none
+cmp -s db.img bad.img && fail "the corruption did not change the image"
 set +e
 out=$("$bin" verify --ca pki/root-ca.pem bad.img 2>&1); rc=$?
 set -e
