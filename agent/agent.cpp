@@ -55,6 +55,13 @@ std::string Getenv(const char* name) {
   return v == nullptr ? std::string() : std::string(v);
 }
 
+// A job's error as status.json reports it: code, name, message; or null.
+json ErrorJson(const std::optional<Error>& error) {
+  if (!error) return nullptr;
+  return {
+      {"code", error->number()}, {"name", ErrcName(error->code())}, {"message", error->message()}};
+}
+
 json JobJson(const firmware::JobRecord& r, int percent) {
   json j = {{"id", r.id},
             {"type", "Device"},
@@ -63,13 +70,7 @@ json JobJson(const firmware::JobRecord& r, int percent) {
             {"percent", percent},
             {"from_version", r.from_version},
             {"target_slot", r.target_slot}};
-  if (r.error) {
-    j["error"] = {{"code", r.error->number()},
-                  {"name", ErrcName(r.error->code())},
-                  {"message", r.error->message()}};
-  } else {
-    j["error"] = nullptr;
-  }
+  j["error"] = ErrorJson(r.error);
   return j;
 }
 
@@ -238,13 +239,7 @@ json DpiJobJson(const dpi::JobResult& r) {
             {"percent", 100},
             {"from_version", r.previous ? *r.previous : ""},
             {"active", r.active ? *r.active : ""}};
-  if (r.error) {
-    j["error"] = {{"code", r.error->number()},
-                  {"name", ErrcName(r.error->code())},
-                  {"message", r.error->message()}};
-  } else {
-    j["error"] = nullptr;
-  }
+  j["error"] = ErrorJson(r.error);
   return j;
 }
 
