@@ -14,6 +14,7 @@ agent="$build/agent/sag-agent"; image="$build/tools/image/sag-image"; sim="$buil
 work="${SAG_BENCH_DIR:-$(mktemp -d /var/tmp/sag-bench.XXXXXX)}"
 trap 'rm -rf "$work"' EXIT
 "$image" pki init "$work/pki" >/dev/null
+cat "$work/pki/intermediate-ca.pem" "$work/pki/root-ca.pem" > "$work/ca-chain.pem"
 
 mibps() { python3 -c "import sys; print(f'{$1 / 1048576 / $2:.0f}')"; }
 peak_kib() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1"; }
@@ -73,15 +74,18 @@ PY
     digest=$(sha256sum "$payload" | cut -d' ' -f1)
     truncate -s "$bytes" "$work/swslot"
     cat > "$swu/sw-description" <<SWD
-software = { version = "1.0.1"; images: ( { filename = "rootfs.img"; device = "$work/swslot"; type = "raw"; sha256 = "$digest"; } ); }
+software = { version = "1.0.1"; hardware-compatibility = [ "1.0" ]; images: ( { filename = "rootfs.img"; device = "$work/swslot"; type = "raw"; sha256 = "$digest"; } ); }
 SWD
     openssl cms -sign -in "$swu/sw-description" -out "$swu/sw-description.sig" -signer "$work/pki/signer.pem" \
       -inkey "$work/pki/signer.key" -certfile "$work/pki/intermediate-ca.pem" -outform DER -nosmimecap -binary
     (cd "$swu" && printf '%s\n' sw-description sw-description.sig rootfs.img | cpio -o -H crc --quiet > "$work/update.swu")
     rm -rf "$swu"
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-    if /usr/bin/time -v -o "$work/time-swu" swupdate -k "$work/pki/root-ca.pem" --cert-purpose codeSigning \
-        -M -i "$work/update.swu" >"$work/swu.log" 2>&1; then
+    # SWUpdate checks the signer against the -k file alone (it does not take
+    # intermediates from the CMS), so that file holds the whole chain; -H
+    # gives the board revision that hardware-compatibility names.
+    if /usr/bin/time -v -o "$work/time-swu" swupdate -k "$work/ca-chain.pem" --cert-purpose codeSigning \
+        -H sag-bench:1.0 -M -i "$work/update.swu" >"$work/swu.log" 2>&1; then
       s=$(wall_s "$work/time-swu"); swu_rate=$(mibps "$bytes" "$s"); swu_rss=$(peak_kib "$work/time-swu")
     else
       swu_rate="failed"; swu_rss="-"; tail -3 "$work/swu.log"

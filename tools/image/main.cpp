@@ -18,6 +18,7 @@
 #include "common/image/image.h"
 #include "common/image/image_writer.h"
 #include "common/image/pki.h"
+#include "common/sha256.h"
 
 namespace {
 
@@ -248,7 +249,12 @@ int Extract(const Args& a) {
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return Fail(MakeErrno(Errc::kIo, "create " + tmp.string()));
   ImageReader reader(**src, *trust);
+  // The reader checks every chunk against its signed hash; the extracted
+  // file is also checked against the signed whole-payload hash, so that what
+  // lands on disk is exactly what `sha256sum` of the payload should print.
+  Sha256 whole;
   auto header = VerifyStream(reader, [&](const ChunkView& c) -> Status {
+    whole.Update(c.data);
     auto data = c.data;
     while (!data.empty()) {
       const ssize_t n = ::write(fd, data.data(), data.size());
@@ -262,6 +268,14 @@ int Extract(const Args& a) {
   });
   // The payload gets its real name only once every byte verified.
   Status st = header ? Status() : Status(header.error());
+  if (st) {
+    const auto& m = (*header)->manifest;
+    if (const auto d = whole.Final(); d != m.payload_sha256) {
+      st = Error(Errc::kPayloadHashMismatch,
+                 "payload SHA-256 " + ToHex(d) + " does not match the signed " +
+                     ToHex(m.payload_sha256) + "; the image was signed by a broken tool");
+    }
+  }
   if (st && ::fsync(fd) != 0) st = MakeErrno(Errc::kIo, "fsync " + tmp.string());
   if (::close(fd) != 0 && st) st = MakeErrno(Errc::kIo, "close " + tmp.string());
   if (st && ::rename(tmp.c_str(), out.c_str()) != 0) {

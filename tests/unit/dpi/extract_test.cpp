@@ -248,8 +248,8 @@ TEST_F(ExtractTest, SourceErrorWinsOverArchiveError) {
 }
 
 TEST_F(ExtractTest, SourceIsReadToItsEnd) {
-  // Bytes after the archive's end marker are still pulled, so a reader that
-  // checks the whole-payload hash at the end gets to check it.
+  // Bytes after the archive's end marker are still pulled, so that every
+  // chunk of the image (and the container's end) gets checked.
   auto tar = TarBuilder().File("a", "1").Finish() + std::string(100000, '\0');
   BufferSource src(tar, 4096);
   src.FailAt(tar.size() - 10);
