@@ -1,9 +1,13 @@
 #include "firmware/installer.h"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
+#include <optional>
 #include <sstream>
+#include <system_error>
 #include <thread>
 
 #include "common/atomic_file.h"
@@ -244,26 +248,30 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
   record.target_slot = platform::SlotName(target);
   if (auto v = CurrentVersion()) record.from_version = *v;
 
-  auto source = OpenStreamSource(spec.source, 0, options_.download);
-  if (!source) return refuse(std::move(source).error().WithContext("opening " + spec.source));
-  image::ImageReader reader(**source, options_.trust, options_.limits);
-  auto header = reader.ReadHeader();
-  if (!header) return refuse(std::move(header).error().WithContext("checking " + spec.source));
-  const image::VerifiedHeader& h = **header;
-  record.version = h.manifest.version;
-  if (auto st = CheckPolicy(spec, h, target); !st) return refuse(std::move(st).error());
+  {
+    // Only the header is read here; the reader (and its copy of the manifest)
+    // is gone before the payload is streamed from the start by StepWrite.
+    auto source = OpenStreamSource(spec.source, 0, options_.download);
+    if (!source) return refuse(std::move(source).error().WithContext("opening " + spec.source));
+    image::ImageReader reader(**source, options_.trust, options_.limits);
+    auto header = reader.ReadHeader();
+    if (!header) return refuse(std::move(header).error().WithContext("checking " + spec.source));
+    const image::VerifiedHeader& h = **header;
+    record.version = h.manifest.version;
+    if (auto st = CheckPolicy(spec, h, target); !st) return refuse(std::move(st).error());
 
-  record.manifest_json = h.manifest_json;
-  record.signature_der_b64 = Base64Encode(h.signature_der);
-  record.payload_offset = h.payload_offset;
-  record.chunks_total = h.manifest.chunks.size();
-  record.payload_size = h.manifest.payload_size;
-  record.payload_sha256 = ToHex(h.manifest.payload_sha256);
-  spdlog::info("job {}: Device {} -> {} into slot {} ({} bytes, {} chunks, signed by {})", spec.id,
-               record.from_version, record.version, record.target_slot, record.payload_size,
-               record.chunks_total, h.signer.subject);
-  SAG_TRY_STATUS(journal_.Save(record.ToJson()));
-  if (auto st = StepPrepare(record, h); !st) {
+    record.manifest_json = h.manifest_json;
+    record.signature_der_b64 = Base64Encode(h.signature_der);
+    record.payload_offset = h.payload_offset;
+    record.chunks_total = h.manifest.chunks.size();
+    record.payload_size = h.manifest.payload_size;
+    record.payload_sha256 = ToHex(h.manifest.payload_sha256);
+    spdlog::info("job {}: Device {} -> {} into slot {} ({} bytes, {} chunks, signed by {})",
+                 spec.id, record.from_version, record.version, record.target_slot,
+                 record.payload_size, record.chunks_total, h.signer.subject);
+    SAG_TRY_STATUS(journal_.Save(record.ToJson()));
+  }
+  if (auto st = StepPrepare(record); !st) {
     if (auto f = Fail(record, std::move(st).error()); !f) return std::move(f).error();
     return record;
   }
@@ -272,7 +280,7 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
 
 // The target slot is made unbootable before its first byte changes (and the
 // running slot committed), so a half-written slot can never be booted.
-Status DeviceInstaller::StepPrepare(JobRecord& record, const image::VerifiedHeader& /*header*/) {
+Status DeviceInstaller::StepPrepare(JobRecord& record) {
   SAG_TRY(const Slot target, SlotOf(record.target_slot));
   SAG_TRY(const Slot from, SlotOf(record.from_slot));
   SAG_TRY_STATUS(platform_.boot->MarkGood(from, options_.trial_attempts));
@@ -375,11 +383,9 @@ Expected<std::optional<JobRecord>> DeviceInstaller::Resume() {
     }
   }
   if (record.state == JobState::kPending) {
-    // Cut before the slot was prepared: prepare again from the stored header.
-    SAG_TRY(const auto sig, Base64Decode(record.signature_der_b64));
-    SAG_TRY(const auto header,
-            image::VerifyHeader(record.manifest_json, sig, options_.trust, options_.limits));
-    if (auto st = StepPrepare(record, header); !st) {
+    // Cut before the slot was prepared: prepare again (StepWrite verifies
+    // the stored header before writing).
+    if (auto st = StepPrepare(record); !st) {
       SAG_TRY_STATUS(Fail(record, std::move(st).error()));
       return std::optional<JobRecord>(record);
     }
@@ -415,21 +421,22 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   }
   SAG_TRY(auto source, OpenStreamSource(record.source, offset, options_.download));
 
-  // Three stages overlap: the source (a fetch thread for URLs), this thread
-  // verifying (decompress + hash), and a writer thread. Buffers circulate
-  // between this thread and the writer: memory is kBuffers x chunk size.
-  constexpr std::size_t kBuffers = 4;
+  // The stages overlap: the source (a fetch thread for URLs), this thread
+  // reading and decompressing chunk i+1 while the reader hashes chunk i on
+  // another core, and a writer thread. The writer writes straight from the
+  // reader's chunk buffers: of its kBuffers decoded chunks the reader needs
+  // two (the one it returns, the one it reads ahead), so the writer may hold
+  // kBuffers - 2; a token per chunk it holds keeps the reader from reusing a
+  // buffer too early. Memory: one compressed and kBuffers decoded chunks.
+  constexpr std::size_t kBuffers = 3;
+  constexpr std::size_t kInWriter = kBuffers - 2;
   struct Block {
     std::size_t index = 0;
-    std::vector<std::uint8_t> data;
+    std::span<const std::uint8_t> data;
   };
-  BoundedQueue<Block> free_blocks(kBuffers);
-  BoundedQueue<Block> full_blocks(kBuffers);
-  for (std::size_t i = 0; i < kBuffers; ++i) {
-    Block b;
-    b.data.reserve(m.chunk_size);
-    (void)free_blocks.Push(std::move(b));
-  }
+  BoundedQueue<char> free_blocks(kInWriter);  // tokens
+  BoundedQueue<Block> full_blocks(kInWriter);
+  for (std::size_t i = 0; i < kInWriter; ++i) (void)free_blocks.Push('t');
   std::optional<Error> write_error;
   std::thread writer_thread([&] {
     std::uint64_t since_checkpoint = 0;
@@ -457,7 +464,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         return;
       }
       Report(record, block->index + 1, m.chunks.size());
-      (void)free_blocks.Push(std::move(*block));
+      (void)free_blocks.Push('t');
     }
   });
 
@@ -468,21 +475,26 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         read_error = Error(Errc::kCancelled, "stopped");
         return;
       }
+      // A token first: then the writer holds at most kInWriter - 1 chunks,
+      // all newer than the ones whose buffers Next() reuses.
+      if (!free_blocks.Pop()) return;  // the writer failed
       auto chunk = reader.Next();
       if (!chunk) {
         read_error = std::move(chunk).error();
         return;
       }
       if (!*chunk) return;
-      auto block = free_blocks.Pop();
-      if (!block) return;  // the writer failed
-      block->index = (*chunk)->index;
-      block->data.assign((*chunk)->data.begin(), (*chunk)->data.end());
-      if (!full_blocks.Push(std::move(*block))) return;
+      if (!full_blocks.Push(Block{(*chunk)->index, (*chunk)->data})) return;
     }
   };
+  // The writer writes from the reader's buffers: it is done before the
+  // reader goes away.
+  auto drain = [&] {
+    full_blocks.Close();
+    writer_thread.join();
+  };
   if (start_chunk == 0) {
-    image::ImageReader reader(*source, options_.trust, options_.limits);
+    image::ImageReader reader(*source, options_.trust, options_.limits, kBuffers);
     auto h = reader.ReadHeader();
     if (!h) {
       read_error = std::move(h).error();
@@ -490,18 +502,22 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
       read_error = Error(Errc::kImageContainer,
                          record.source + " changed since the job started; start a new job");
     } else {
+      // Parsing the manifest left its JSON tree's pages free but resident;
+      // give them back before the chunk buffers are allocated, so that the
+      // parse's high-water mark does not add to them.
+      ::malloc_trim(0);
       struct Adapter {
         image::ImageReader& r;
         auto Next() { return r.NextChunk(); }
       } adapter{reader};
       produce(adapter);
     }
+    drain();
   } else {
-    image::ChunkReader reader(*source, m, start_chunk, options_.limits);
+    image::ChunkReader reader(*source, m, start_chunk, options_.limits, kBuffers);
     produce(reader);
+    drain();
   }
-  full_blocks.Close();
-  writer_thread.join();
   if (write_error) return *write_error;
   if (read_error) return read_error->WithContext("reading " + record.source);
   if (record.next_chunk != m.chunks.size()) {
@@ -521,30 +537,48 @@ Status DeviceInstaller::StepVerify(JobRecord& record) {
           image::VerifyHeader(record.manifest_json, sig, options_.trust, options_.limits));
   const auto& m = header.manifest;
   platform::SlotDevice* slot = platform_.slots.at(target);
-  std::vector<std::uint8_t> buf(m.chunk_size);
-  Sha256 chunk_hash;
-  std::uint64_t offset = 0;
-  for (std::size_t i = 0; i < m.chunks.size(); ++i) {
-    if (cancel_) return Error(Errc::kCancelled, "stopped");
-    const auto& c = m.chunks[i];
-    std::size_t got = 0;
-    while (got < c.size) {
-      SAG_TRY(const std::size_t n,
-              slot->ReadAt(offset + got, std::span(buf.data() + got, c.size - got)));
-      if (n == 0) break;
-      got += n;
+  // Two threads (even and odd chunks) so that reading back costs about half
+  // a SHA-256 pass of wall time on a two-core appliance; this one reports.
+  constexpr std::size_t kThreads = 2;
+  std::atomic<bool> failed{false};
+  auto check = [&](std::size_t first, bool report) -> Status {
+    std::vector<std::uint8_t> buf(m.chunk_size);
+    for (std::size_t i = first; i < m.chunks.size(); i += kThreads) {
+      if (cancel_) return Error(Errc::kCancelled, "stopped");
+      if (failed) return Ok();  // the other thread found one
+      const auto& c = m.chunks[i];
+      const std::uint64_t offset = i * m.chunk_size;
+      SAG_TRY(const std::size_t got, slot->ReadAt(offset, std::span(buf.data(), c.size)));
+      if (got != c.size || Sha256::Of(std::span(buf.data(), got)) != c.sha256) {
+        failed = true;
+        return Error(Errc::kReadBackMismatch,
+                     "slot " + record.target_slot + " (" + slot->path().string() + ") chunk " +
+                         std::to_string(i) + " at offset " + std::to_string(offset) +
+                         " reads back different from what was written; the storage may be "
+                         "failing");
+      }
+      if (report && (i % 16 == 14 || i + 2 >= m.chunks.size())) {
+        Report(record, std::min<std::size_t>(i + 2, m.chunks.size()), m.chunks.size());
+      }
     }
-    const std::span<const std::uint8_t> data(buf.data(), got);
-    chunk_hash.Update(data);
-    if (got != c.size || chunk_hash.Final() != c.sha256) {
-      return Error(Errc::kReadBackMismatch,
-                   "slot " + record.target_slot + " (" + slot->path().string() + ") chunk " +
-                       std::to_string(i) + " at offset " + std::to_string(offset) +
-                       " reads back different from what was written; the storage may be failing");
+    return Ok();
+  };
+  Status other;
+  std::optional<std::thread> helper;
+  if (m.chunks.size() > 1) {
+    try {
+      helper.emplace([&] { other = check(1, false); });
+    } catch (const std::system_error&) {  // no thread: this one does all
     }
-    offset += c.size;
-    if (i % 16 == 15 || i + 1 == m.chunks.size()) Report(record, i + 1, m.chunks.size());
   }
+  Status mine = helper ? check(0, true) : Status();
+  if (helper) {
+    helper->join();
+  } else {
+    for (std::size_t t = 0; t < kThreads && mine; ++t) mine = check(t, t == 0);
+  }
+  SAG_TRY_STATUS(mine);
+  SAG_TRY_STATUS(other);
   return Save(record, JobEvent::kVerified);
 }
 

@@ -98,7 +98,7 @@ class DeviceInstaller {
   Status Save(JobRecord& record, JobEvent event);
   Status SaveProgress(JobRecord& record);
   Status Fail(JobRecord& record, Error error);
-  Status StepPrepare(JobRecord& record, const image::VerifiedHeader& header);
+  Status StepPrepare(JobRecord& record);
   Status StepWrite(JobRecord& record);
   Status StepVerify(JobRecord& record);
   Status StepActivate(JobRecord& record);

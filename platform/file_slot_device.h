@@ -6,6 +6,7 @@
 // with EROFS/EACCES/EPERM.
 #pragma once
 
+#include <mutex>
 #include <optional>
 
 #include "platform/slot_device.h"
@@ -26,7 +27,9 @@ class FileSlotDevice : public SlotDevice {
 
  private:
   std::filesystem::path path_;
-  int read_fd_ = -1;
+  std::once_flag read_open_;
+  int read_fd_ = -1;  // set once under read_open_
+  int read_errno_ = 0;
 };
 
 // Opens and checks a slot: it exists, is a regular file or block device, is

@@ -29,7 +29,8 @@ class SlotDevice {
   virtual Expected<std::uint64_t> Size() = 0;
   // kSlotReadOnly when the device cannot be opened for writing.
   virtual Expected<std::unique_ptr<SlotWriter>> OpenWriter() = 0;
-  // Reads up to buf.size() bytes at offset; fewer only at the end.
+  // Reads up to buf.size() bytes at offset; fewer only at the end. Safe to
+  // call from several threads at once.
   virtual Expected<std::size_t> ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) = 0;
 };
 

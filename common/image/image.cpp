@@ -718,12 +718,12 @@ namespace {
 // Decodes and verifies one chunk at a time with two fixed buffers.
 class ChunkDecoder {
  public:
-  // Decoded chunks go to two buffers in turn: chunk i stays valid while
-  // chunk i+1 is decoded.
-  explicit ChunkDecoder(const Manifest& m)
-      : dctx_(ZSTD_createDCtx()),
-        in_(ZSTD_compressBound(m.chunk_size)),
-        out_{std::vector<std::uint8_t>(m.chunk_size), std::vector<std::uint8_t>(m.chunk_size)} {}
+  // Decoded chunks go to `buffers` buffers in turn: chunk i stays valid
+  // while chunks i+1 .. i+buffers-1 are decoded.
+  ChunkDecoder(const Manifest& m, std::size_t buffers)
+      : dctx_(ZSTD_createDCtx()), in_(ZSTD_compressBound(m.chunk_size)), out_(buffers) {
+    for (auto& o : out_) o.resize(m.chunk_size);
+  }
   ~ChunkDecoder() { ZSTD_freeDCtx(dctx_); }
   ChunkDecoder(const ChunkDecoder&) = delete;
   ChunkDecoder& operator=(const ChunkDecoder&) = delete;
@@ -740,7 +740,7 @@ class ChunkDecoder {
   }
 
   // Checks the frame in InputFor(c) and decompresses it into buffer
-  // index % 2. The caller checks the decoded bytes against c.sha256.
+  // index % buffers. The caller checks the decoded bytes against c.sha256.
   Expected<std::span<const std::uint8_t>> Unpack(const Chunk& c, std::size_t index) {
     const auto where = "chunk " + std::to_string(index);
     const auto src = std::span<const std::uint8_t>(in_).first(c.length);
@@ -752,7 +752,7 @@ class ChunkDecoder {
                                                    ToHex(c.zsha256) + "; the image is corrupt");
       }
     }
-    auto& out = out_[index % 2];
+    auto& out = out_[index % out_.size()];
     const std::size_t n = ZSTD_decompressDCtx(dctx_, out.data(), c.size, src.data(), src.size());
     if (ZSTD_isError(n) != 0U || n != c.size) {
       return Error(Errc::kDecompress,
@@ -806,7 +806,7 @@ class ChunkDecoder {
 
   ZSTD_DCtx* dctx_;
   std::vector<std::uint8_t> in_;
-  std::array<std::vector<std::uint8_t>, 2> out_;
+  std::vector<std::vector<std::uint8_t>> out_;
 };
 
 // Hashes decoded chunks on a second core, in the order they are submitted,
@@ -886,10 +886,10 @@ class ChunkHasher {
 // SHA-256 pass. A fault in chunk i+1 is reported when chunk i+1 is asked for.
 class ChunkPipeline {
  public:
-  ChunkPipeline(Input& in, const Manifest& m, std::size_t first)
+  ChunkPipeline(Input& in, const Manifest& m, std::size_t first, std::size_t buffers)
       : in_(in),
         m_(m),
-        decoder_(m),
+        decoder_(m, std::clamp(buffers, kMinChunkBuffers, kMaxChunkBuffers)),
         hasher_(m.chunks.size() - first > 1 && m.chunk_size >= kParallelMin),
         next_(first) {}
 
@@ -939,10 +939,12 @@ class ChunkPipeline {
 // ImageReader
 
 struct ImageReader::Impl {
-  Impl(ByteSource& s, Trust t, Limits l) : in(s), trust(std::move(t)), limits(l) {}
+  Impl(ByteSource& s, Trust t, Limits l, std::size_t b)
+      : in(s), trust(std::move(t)), limits(l), buffers(b) {}
   Input in;
   Trust trust;
   Limits limits;
+  std::size_t buffers;
   std::optional<VerifiedHeader> header;
   std::unique_ptr<ChunkPipeline> pipeline;
   bool done = false;
@@ -970,7 +972,7 @@ struct ImageReader::Impl {
     const auto& m = header->manifest;
     if (done) return std::optional<ChunkView>();
     // The chunk buffers are allocated only by a reader that reads chunks.
-    if (!pipeline) pipeline = std::make_unique<ChunkPipeline>(in, m, 0);
+    if (!pipeline) pipeline = std::make_unique<ChunkPipeline>(in, m, 0, buffers);
     SAG_TRY(const auto view, pipeline->Next());
     if (pipeline->next() == m.chunks.size()) {
       // The last chunk is released only once the end of the container
@@ -985,8 +987,8 @@ struct ImageReader::Impl {
   }
 };
 
-ImageReader::ImageReader(ByteSource& source, Trust trust, Limits limits)
-    : impl_(std::make_unique<Impl>(source, std::move(trust), limits)) {}
+ImageReader::ImageReader(ByteSource& source, Trust trust, Limits limits, std::size_t buffers)
+    : impl_(std::make_unique<Impl>(source, std::move(trust), limits, buffers)) {}
 ImageReader::~ImageReader() = default;
 
 Expected<const VerifiedHeader*> ImageReader::ReadHeader() {
@@ -1015,7 +1017,7 @@ struct ChunkReader::Impl {
 };
 
 ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size_t first_chunk,
-                         Limits limits)
+                         Limits limits, std::size_t buffers)
     : impl_(std::make_unique<Impl>(source)) {
   // The manifest was verified by VerifyHeader with these limits; checking the
   // chunk size again keeps a caller's mistake from becoming a huge buffer.
@@ -1024,7 +1026,7 @@ ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size
     impl_->failed =
         Error(Errc::kInvalidArgument, "ChunkReader: chunk size or first chunk out of range");
   } else {
-    impl_->chunks = std::make_unique<ChunkPipeline>(impl_->in, manifest, first_chunk);
+    impl_->chunks = std::make_unique<ChunkPipeline>(impl_->in, manifest, first_chunk, buffers);
   }
 }
 ChunkReader::~ChunkReader() = default;

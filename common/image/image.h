@@ -128,27 +128,34 @@ class ByteSource {
   virtual Expected<std::size_t> Read(std::span<std::uint8_t> buf) = 0;
 };
 
-// One verified chunk. `data` is valid until the next call on the reader.
+// One verified chunk. `data` stays valid until `buffers - 1` more chunks were
+// asked for (with the default of 2 buffers: until the next call).
 struct ChunkView {
   std::size_t index = 0;
   std::span<const std::uint8_t> data;
 };
 
+// Decoded-chunk buffers a reader keeps (see ChunkView).
+inline constexpr std::size_t kMinChunkBuffers = 2;
+inline constexpr std::size_t kMaxChunkBuffers = 8;
+
 // Reads a container from the start. Nothing is yielded before the signature
-// verified; a chunk is yielded only after its hash matched. Memory is bounded
-// by the limits (one compressed and one uncompressed chunk buffer), whatever
-// the image size.
+// verified; a chunk is yielded only after its hash matched. Memory is one
+// compressed and `buffers` uncompressed chunk buffers (bounded by the limits),
+// whatever the image size; none is allocated before the first chunk. Chunk
+// i is hashed on a second thread while chunk i+1 is read and decompressed.
 class ImageReader {
  public:
-  ImageReader(ByteSource& source, Trust trust, Limits limits = {});
+  ImageReader(ByteSource& source, Trust trust, Limits limits = {},
+              std::size_t buffers = kMinChunkBuffers);
   ~ImageReader();
   ImageReader(const ImageReader&) = delete;
   ImageReader& operator=(const ImageReader&) = delete;
 
   // Reads and verifies manifest.json and its signature; reads no payload.
   Expected<const VerifiedHeader*> ReadHeader();
-  // The next verified chunk, or nullopt after the last one, once the payload
-  // hash and the end of the container were checked.
+  // The next verified chunk, or nullopt after the last one; the last one
+  // only once the end of the container was checked.
   Expected<std::optional<ChunkView>> NextChunk();
 
  private:
@@ -158,12 +165,11 @@ class ImageReader {
 
 // Reads chunks first_chunk.. of an already verified header from a source
 // positioned at header.payload_offset + manifest.chunks[first_chunk].offset
-// (a resumed download). Each chunk is hash-checked; the whole-payload hash is
-// not (its earlier chunks were not read), the per-chunk hashes being signed.
+// (a resumed download). Each chunk is hash-checked, as by ImageReader.
 class ChunkReader {
  public:
   ChunkReader(ByteSource& source, const Manifest& manifest, std::size_t first_chunk,
-              Limits limits = {});
+              Limits limits = {}, std::size_t buffers = kMinChunkBuffers);
   ~ChunkReader();
   ChunkReader(const ChunkReader&) = delete;
   ChunkReader& operator=(const ChunkReader&) = delete;

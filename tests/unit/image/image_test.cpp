@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <deque>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -627,6 +628,62 @@ TEST(ImageWriter, RefusesBadParameters) {
   std::size_t files = 0;
   for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(d.path())) ++files;
   EXPECT_EQ(files, 1U);
+}
+
+// Chunks of 64 KiB and more are hashed on a second thread while the next one
+// is read: each chunk's bytes must stay intact for as long as the `buffers`
+// contract says, and a corrupt chunk must still stop the reader exactly there.
+TEST_F(ImageTest, ThreadedReaderKeepsChunksValidForItsBuffers) {
+  constexpr std::uint64_t kBig = 64U << 10U;
+  std::mt19937 rng(7);
+  std::string payload;
+  while (payload.size() < 20 * kBig + 1000) {
+    payload += (payload.size() / kBig) % 3 == 1 ? std::string(kBig, 'x')  // compressed
+                                                : std::string(1, static_cast<char>(rng()));
+  }
+  Spit(Dir() / "big-payload.bin", payload);
+  auto p = Params("signer", Dir() / "big.img");
+  p.payload = Dir() / "big-payload.bin";
+  p.chunk_size = kBig;
+  ASSERT_TRUE(CreateImage(p));
+  const auto image = Slurp(Dir() / "big.img");
+
+  for (const std::size_t buffers : {kMinChunkBuffers, std::size_t{4}, kMaxChunkBuffers}) {
+    MemSource src(image, 100000);
+    ImageReader reader(src, GoodTrust(), {}, buffers);
+    std::deque<ChunkView> held;  // the views the contract keeps valid
+    std::size_t count = 0;
+    for (;;) {
+      auto c = reader.NextChunk();
+      ASSERT_TRUE(c) << c.error().ToString();
+      if (!*c) break;
+      held.push_back(**c);
+      while (held.size() > buffers - 1) held.pop_front();
+      for (const auto& v : held) {
+        ASSERT_EQ(std::string_view(reinterpret_cast<const char*>(v.data.data()), v.data.size()),
+                  std::string_view(payload).substr(v.index * kBig, v.data.size()))
+            << "chunk " << v.index << " changed " << count - v.index << " calls later with "
+            << buffers << " buffers";
+      }
+      ++count;
+    }
+    EXPECT_EQ(count, 21U);
+  }
+
+  // A flipped byte in chunk 7's stored bytes: chunks 0..6 come out, then
+  // the error, although chunk 7 was read while chunk 6 was being hashed.
+  const auto h = ReadUnverifiedHeader(*std::make_unique<MemSource>(image));
+  ASSERT_TRUE(h);
+  auto m = ParseManifest(h->manifest_json);
+  ASSERT_TRUE(m);
+  std::string bad = image;
+  bad[h->payload_offset + m->chunks[7].offset + m->chunks[7].length / 2] ^= 0x10;
+  const auto o = ReadAll(bad, GoodTrust());
+  ASSERT_TRUE(o.error);
+  EXPECT_TRUE(o.error->code() == Errc::kChunkHashMismatch || o.error->code() == Errc::kDecompress)
+      << o.error->ToString();
+  EXPECT_EQ(o.chunks.size(), 7U);
+  EXPECT_EQ(o.payload, payload.substr(0, 7 * kBig));
 }
 
 }  // namespace
