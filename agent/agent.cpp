@@ -17,6 +17,7 @@
 #include "agent/status.h"
 #include "common/atomic_file.h"
 #include "common/log.h"
+#include "common/net/probe.h"
 #include "common/stream_source.h"
 #include "dpi/installer.h"
 #include "firmware/installer.h"
@@ -131,11 +132,12 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   io.trial_attempts = c.boot.trial_attempts;
   io.checkpoint_bytes = c.download.checkpoint_bytes;
   if (c.health.require_cloud) {
-    // The control channel is not part of this agent yet: say so instead of
-    // passing the check silently.
-    spdlog::warn(
-        "health.require_cloud is set but this agent has no control channel yet; "
-        "trial boots are judged by the command checks only");
+    // After the command checks: the new OS must reach the control channel's
+    // endpoint with this device's certificate within cloud_timeout.
+    io.cloud_check = [endpoint = c.cloud.endpoint, tls = io.download,
+                      deadline = c.health.cloud_timeout] {
+      return net::ProbeEndpoint(endpoint, tls, deadline);
+    };
   }
   for (const auto& hc : c.health.checks) {
     io.health_checks.push_back({hc.name, hc.command, hc.timeout});

@@ -11,6 +11,7 @@
 #include "common/atomic_file.h"
 #include "common/image/image_writer.h"
 #include "common/image/pki.h"
+#include "common/net/probe.h"
 #include "platform/fake_boot_control.h"
 #include "platform/file_slot_device.h"
 #include "tests/support/temp_dir.h"
@@ -117,8 +118,10 @@ class DeviceInstallerTest : public ::testing::Test {
     boot_.Boot();  // power-on: A
   }
 
-  std::unique_ptr<DeviceInstaller> MakeInstaller(std::vector<HealthCheckSpec> checks = {}) {
+  std::unique_ptr<DeviceInstaller> MakeInstaller(std::vector<HealthCheckSpec> checks = {},
+                                                 std::function<Status()> cloud_check = nullptr) {
     InstallerOptions o;
+    o.cloud_check = std::move(cloud_check);
     o.download.ca_file = g_images->Root();
     o.download.stall_timeout = std::chrono::milliseconds(2000);
     o.download.initial_backoff = std::chrono::milliseconds(20);
@@ -239,6 +242,44 @@ TEST_F(DeviceInstallerTest, FailedHealthCheckRollsBack) {
   EXPECT_NE((*r)->error->message().find("link down"), std::string::npos);
   EXPECT_EQ(*inst3->CurrentVersion(), "1.0.0");
   EXPECT_EQ(Reboot(), Slot::kA);
+}
+
+TEST_F(DeviceInstallerTest, UnreachableControlChannelRollsBack) {
+  // The new OS boots and its command checks pass, but it cannot reach the
+  // control channel (nothing listens on the endpoint): rolled back, with the
+  // endpoint and the last error in the job's error.
+  auto checks = std::vector<HealthCheckSpec>{{"ok", {"true"}, std::chrono::seconds(5)}};
+  net::DownloadOptions tls;
+  tls.ca_file = g_images->Root();
+  auto cloud = [tls] {
+    return net::ProbeEndpoint("wss://127.0.0.1:1/device/v1", tls, std::chrono::milliseconds(1500));
+  };
+  ASSERT_EQ(MakeInstaller(checks, cloud)->Start(Spec("job-c", "v101"))->state,
+            JobState::kRebooting);
+  ASSERT_EQ(Reboot(), Slot::kB);
+  auto r = MakeInstaller(checks, cloud)->Resume();
+  ASSERT_TRUE(r && *r) << (r ? "" : r.error().ToString());
+  EXPECT_EQ((*r)->state, JobState::kRollingBack);
+  ASSERT_EQ(Reboot(), Slot::kA);
+  auto inst = MakeInstaller(checks, cloud);
+  r = inst->Resume();
+  ASSERT_TRUE(r && *r);
+  EXPECT_EQ((*r)->state, JobState::kRolledBack);
+  ASSERT_TRUE((*r)->error);
+  EXPECT_EQ((*r)->error->code(), Errc::kHealthCheckFailed);
+  EXPECT_NE((*r)->error->message().find("control channel wss://127.0.0.1:1/device/v1"),
+            std::string::npos)
+      << (*r)->error->message();
+  EXPECT_EQ(*inst->CurrentVersion(), "1.0.0");
+
+  // Reachable: the same job id is finished, a new one commits.
+  auto ok = [] { return Status(); };
+  auto inst2 = MakeInstaller(checks, ok);
+  ASSERT_EQ(inst2->Start(Spec("job-c2", "v101"))->state, JobState::kRebooting);
+  ASSERT_EQ(Reboot(), Slot::kB);
+  r = MakeInstaller(checks, ok)->Resume();
+  ASSERT_TRUE(r && *r);
+  EXPECT_EQ((*r)->state, JobState::kCommitted);
 }
 
 TEST_F(DeviceInstallerTest, UnbootableSlotFallsBackAndIsReported) {
