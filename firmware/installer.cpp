@@ -425,18 +425,19 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // reading and decompressing chunk i+1 while the reader hashes chunk i on
   // another core, and a writer thread. The writer writes straight from the
   // reader's chunk buffers: of its kBuffers decoded chunks the reader needs
-  // two (the one it returns, the one it reads ahead), so the writer may hold
-  // kBuffers - 2; a token per chunk it holds keeps the reader from reusing a
-  // buffer too early. Memory: one compressed and kBuffers decoded chunks.
+  // two during a call (the one it returns, the one it reads ahead), so the
+  // writer may hold kBuffers - 2 meanwhile. It holds one token per chunk, and
+  // this thread takes a token before each call: kBuffers - 1 tokens.
+  // Memory: one compressed and kBuffers decoded chunks.
   constexpr std::size_t kBuffers = 3;
-  constexpr std::size_t kInWriter = kBuffers - 2;
+  constexpr std::size_t kTokens = kBuffers - 1;
   struct Block {
     std::size_t index = 0;
     std::span<const std::uint8_t> data;
   };
-  BoundedQueue<char> free_blocks(kInWriter);  // tokens
-  BoundedQueue<Block> full_blocks(kInWriter);
-  for (std::size_t i = 0; i < kInWriter; ++i) (void)free_blocks.Push('t');
+  BoundedQueue<char> tokens(kTokens);
+  BoundedQueue<Block> full_blocks(kTokens);
+  for (std::size_t i = 0; i < kTokens; ++i) (void)tokens.Push('t');
   std::optional<Error> write_error;
   std::thread writer_thread([&] {
     std::uint64_t since_checkpoint = 0;
@@ -459,12 +460,12 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
       }
       if (!st) {
         write_error = std::move(st).error().WithContext("writing slot " + record.target_slot);
-        free_blocks.Close();
+        tokens.Close();
         full_blocks.Close();
         return;
       }
       Report(record, block->index + 1, m.chunks.size());
-      (void)free_blocks.Push('t');
+      (void)tokens.Push('t');
     }
   });
 
@@ -475,9 +476,9 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         read_error = Error(Errc::kCancelled, "stopped");
         return;
       }
-      // A token first: then the writer holds at most kInWriter - 1 chunks,
-      // all newer than the ones whose buffers Next() reuses.
-      if (!free_blocks.Pop()) return;  // the writer failed
+      // A token first: then the writer holds at most kBuffers - 2 chunks,
+      // the newest ones, whose buffers Next() does not reuse.
+      if (!tokens.Pop()) return;  // the writer failed
       auto chunk = reader.Next();
       if (!chunk) {
         read_error = std::move(chunk).error();
@@ -571,11 +572,11 @@ Status DeviceInstaller::StepVerify(JobRecord& record) {
     } catch (const std::system_error&) {  // no thread: this one does all
     }
   }
-  Status mine = helper ? check(0, true) : Status();
+  Status mine = check(0, true);
   if (helper) {
     helper->join();
-  } else {
-    for (std::size_t t = 0; t < kThreads && mine; ++t) mine = check(t, t == 0);
+  } else if (mine) {
+    other = check(1, false);
   }
   SAG_TRY_STATUS(mine);
   SAG_TRY_STATUS(other);

@@ -715,7 +715,8 @@ Expected<UnverifiedHeader> ReadUnverifiedHeader(ByteSource& source, const Limits
 
 namespace {
 
-// Decodes and verifies one chunk at a time with two fixed buffers.
+// Checks and decompresses one chunk at a time: one buffer for the compressed
+// bytes, a ring of buffers for the decoded ones (hashed by the caller).
 class ChunkDecoder {
  public:
   // Decoded chunks go to `buffers` buffers in turn: chunk i stays valid
