@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <system_error>
@@ -25,6 +26,8 @@ using platform::Slot;
 
 constexpr std::size_t kHistoryMax = 64;
 constexpr std::uint64_t kMinStateSpace = 1U << 20U;
+// Reads back a slot in pieces of this size (a chunk may be far larger).
+constexpr std::size_t kReadBackPiece = 256U << 10U;
 
 Expected<Slot> SlotOf(const std::string& name) { return platform::ParseSlot(name); }
 
@@ -423,12 +426,13 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
 
   // The stages overlap: the source (a fetch thread for URLs), this thread
   // reading and decompressing chunk i+1 while the reader hashes chunk i on
-  // another core, and a writer thread. The writer writes straight from the
-  // reader's chunk buffers: of its kBuffers decoded chunks the reader needs
-  // two during a call (the one it returns, the one it reads ahead), so the
-  // writer may hold kBuffers - 2 meanwhile. It holds one token per chunk, and
-  // this thread takes a token before each call: kBuffers - 1 tokens.
-  // Memory: one compressed and kBuffers decoded chunks.
+  // another core, a writer thread, and a checkpoint thread. The writer writes
+  // straight from the reader's chunk buffers: of its kBuffers decoded chunks
+  // the reader needs two during a call (the one it returns, the one it reads
+  // ahead), so the writer may hold kBuffers - 2 meanwhile. It holds one token
+  // per chunk, and this thread takes a token before each call: kBuffers - 1
+  // tokens. Memory: one compressed and kBuffers decoded chunks, and one
+  // read-back piece.
   constexpr std::size_t kBuffers = 3;
   constexpr std::size_t kTokens = kBuffers - 1;
   struct Block {
@@ -438,33 +442,68 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   BoundedQueue<char> tokens(kTokens);
   BoundedQueue<Block> full_blocks(kTokens);
   for (std::size_t i = 0; i < kTokens; ++i) (void)tokens.Push('t');
+  // Checkpoints (chunk counts) go to their own thread, which syncs the slot,
+  // reads the chunks since the last checkpoint back and checks them against
+  // the manifest, and only then records them in the journal: the journal may
+  // say "chunk k is done" only once the slot's bytes up to k are on stable
+  // storage and read back right. The writer never waits for a sync, so the
+  // disk always has writes queued, and the read-back costs no time of its
+  // own. Two queued checkpoints at most: a slower disk slows the writer.
+  BoundedQueue<std::uint64_t> checkpoints(2);
+  std::mutex record_mu;  // the checkpoint thread updates the record; Report reads it
+  auto stop_all = [&] {
+    tokens.Close();
+    full_blocks.Close();
+    checkpoints.Close();
+  };
   std::optional<Error> write_error;
+  std::optional<Error> checkpoint_error;
+  std::thread checkpoint_thread([&] {
+    std::vector<std::uint8_t> piece(kReadBackPiece);
+    std::uint64_t verified = record.verified_chunk;  // may lag next_chunk after a cut
+    while (auto upto = checkpoints.Pop()) {
+      auto st = writer->Sync();
+      // Bounded work (two checkpoints at most): finished even when stopping.
+      for (; st && verified < *upto; ++verified) {
+        st = ReadBackChunk(record, m, *slot, verified, piece);
+      }
+      if (st) {
+        nlohmann::json doc;
+        {
+          const std::lock_guard lock(record_mu);
+          record.next_chunk = *upto;
+          record.verified_chunk = *upto;
+          record.updated_at = NowUtc();
+          doc = record.ToJson();
+        }
+        st = journal_.Save(doc);
+      }
+      if (!st) {
+        checkpoint_error = std::move(st).error();
+        stop_all();
+        return;
+      }
+    }
+  });
   std::thread writer_thread([&] {
     std::uint64_t since_checkpoint = 0;
     while (auto block = full_blocks.Pop()) {
       const std::uint64_t at = block->index * m.chunk_size;
-      auto st = writer->WriteAt(at, block->data);
-      if (st) {
-        since_checkpoint += block->data.size();
-        const bool last = block->index + 1 == m.chunks.size();
-        if (since_checkpoint >= options_.checkpoint_bytes || last) {
-          // The journal may say "chunk k is done" only once the slot's bytes
-          // up to k are on stable storage.
-          st = writer->Sync();
-          if (st) {
-            record.next_chunk = block->index + 1;
-            st = SaveProgress(record);
-            since_checkpoint = 0;
-          }
-        }
-      }
-      if (!st) {
+      if (auto st = writer->WriteAt(at, block->data); !st) {
         write_error = std::move(st).error().WithContext("writing slot " + record.target_slot);
-        tokens.Close();
-        full_blocks.Close();
+        stop_all();
         return;
       }
-      Report(record, block->index + 1, m.chunks.size());
+      since_checkpoint += block->data.size();
+      const bool last = block->index + 1 == m.chunks.size();
+      if (since_checkpoint >= options_.checkpoint_bytes || last) {
+        if (!checkpoints.Push(block->index + 1)) return;  // the checkpoint failed
+        since_checkpoint = 0;
+      }
+      {
+        const std::lock_guard lock(record_mu);
+        Report(record, block->index + 1, m.chunks.size());
+      }
       (void)tokens.Push('t');
     }
   });
@@ -489,10 +528,12 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     }
   };
   // The writer writes from the reader's buffers: it is done before the
-  // reader goes away.
+  // reader goes away. The last checkpoint is taken before this step ends.
   auto drain = [&] {
     full_blocks.Close();
     writer_thread.join();
+    checkpoints.Close();
+    checkpoint_thread.join();
   };
   if (start_chunk == 0) {
     image::ImageReader reader(*source, options_.trust, options_.limits, kBuffers);
@@ -520,6 +561,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     drain();
   }
   if (write_error) return *write_error;
+  if (checkpoint_error) return *checkpoint_error;
   if (read_error) return read_error->WithContext("reading " + record.source);
   if (record.next_chunk != m.chunks.size()) {
     return Error(Errc::kImageTruncated, record.source + " ended after chunk " +
@@ -529,57 +571,80 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   return Save(record, JobEvent::kWritten);
 }
 
-// Reads the slot back and checks every chunk against the signed manifest:
-// what boots next is what was verified, not what was sent to the device.
+// Reads chunk `index` back from the slot in pieces and checks it against the
+// signed manifest: what boots next is what was verified, not what was sent to
+// the device.
+Status DeviceInstaller::ReadBackChunk(const JobRecord& record, const image::Manifest& m,
+                                      platform::SlotDevice& slot, std::uint64_t index,
+                                      std::span<std::uint8_t> piece) {
+  const auto& c = m.chunks[index];
+  const std::uint64_t offset = index * m.chunk_size;
+  Sha256 sha;
+  std::uint64_t done = 0;
+  while (done < c.size) {
+    const std::size_t want =
+        static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), c.size - done));
+    SAG_TRY(const std::size_t got, slot.ReadAt(offset + done, piece.first(want)));
+    if (got == 0) break;  // the slot ends early
+    sha.Update(piece.first(got));
+    done += got;
+  }
+  if (done != c.size || sha.Final() != c.sha256) {
+    return Error(Errc::kReadBackMismatch,
+                 "slot " + record.target_slot + " (" + slot.path().string() + ") chunk " +
+                     std::to_string(index) + " at offset " + std::to_string(offset) +
+                     " reads back different from what was written; the storage may be failing");
+  }
+  return Ok();
+}
+
+// The write step read back every chunk it checkpointed; this reads back what
+// it did not (a journal written before read-back ran beside the write).
 Status DeviceInstaller::StepVerify(JobRecord& record) {
+  if (record.verified_chunk == record.chunks_total) return Save(record, JobEvent::kVerified);
   SAG_TRY(const Slot target, SlotOf(record.target_slot));
   SAG_TRY(const auto sig, Base64Decode(record.signature_der_b64));
   SAG_TRY(const auto header,
           image::VerifyHeader(record.manifest_json, sig, options_.trust, options_.limits));
   const auto& m = header.manifest;
   platform::SlotDevice* slot = platform_.slots.at(target);
+  const std::uint64_t first = std::min<std::uint64_t>(record.verified_chunk, m.chunks.size());
   // Two threads (even and odd chunks) so that reading back costs about half
   // a SHA-256 pass of wall time on a two-core appliance; this one reports.
   constexpr std::size_t kThreads = 2;
   std::atomic<bool> failed{false};
-  auto check = [&](std::size_t first, bool report) -> Status {
-    std::vector<std::uint8_t> buf(m.chunk_size);
-    for (std::size_t i = first; i < m.chunks.size(); i += kThreads) {
+  auto check = [&](std::uint64_t from, bool report) -> Status {
+    std::vector<std::uint8_t> piece(kReadBackPiece);
+    for (std::uint64_t i = from; i < m.chunks.size(); i += kThreads) {
       if (cancel_) return Error(Errc::kCancelled, "stopped");
       if (failed) return Ok();  // the other thread found one
-      const auto& c = m.chunks[i];
-      const std::uint64_t offset = i * m.chunk_size;
-      SAG_TRY(const std::size_t got, slot->ReadAt(offset, std::span(buf.data(), c.size)));
-      if (got != c.size || Sha256::Of(std::span(buf.data(), got)) != c.sha256) {
+      if (auto st = ReadBackChunk(record, m, *slot, i, piece); !st) {
         failed = true;
-        return Error(Errc::kReadBackMismatch,
-                     "slot " + record.target_slot + " (" + slot->path().string() + ") chunk " +
-                         std::to_string(i) + " at offset " + std::to_string(offset) +
-                         " reads back different from what was written; the storage may be "
-                         "failing");
+        return st;
       }
       if (report && (i % 16 == 14 || i + 2 >= m.chunks.size())) {
-        Report(record, std::min<std::size_t>(i + 2, m.chunks.size()), m.chunks.size());
+        Report(record, std::min<std::uint64_t>(i + 2, m.chunks.size()), m.chunks.size());
       }
     }
     return Ok();
   };
   Status other;
   std::optional<std::thread> helper;
-  if (m.chunks.size() > 1) {
+  if (m.chunks.size() > first + 1) {
     try {
-      helper.emplace([&] { other = check(1, false); });
+      helper.emplace([&] { other = check(first + 1, false); });
     } catch (const std::system_error&) {  // no thread: this one does all
     }
   }
-  Status mine = check(0, true);
+  Status mine = check(first, true);
   if (helper) {
     helper->join();
   } else if (mine) {
-    other = check(1, false);
+    other = check(first + 1, false);
   }
   SAG_TRY_STATUS(mine);
   SAG_TRY_STATUS(other);
+  record.verified_chunk = m.chunks.size();
   return Save(record, JobEvent::kVerified);
 }
 

@@ -1,5 +1,6 @@
 #include "firmware/job.h"
 
+#include <algorithm>
 #include <array>
 #include <ctime>
 
@@ -87,6 +88,7 @@ nlohmann::json JobRecord::ToJson() const {
       {"allow_downgrade", allow_downgrade},
       {"reboot", reboot},
       {"next_chunk", next_chunk},
+      {"verified_chunk", verified_chunk},
       {"chunks_total", chunks_total},
       {"payload_size", payload_size},
       {"payload_sha256", payload_sha256},
@@ -119,6 +121,7 @@ Expected<JobRecord> JobRecord::FromJson(const nlohmann::json& j) {
     r.allow_downgrade = j.at("allow_downgrade").get<bool>();
     r.reboot = j.at("reboot").get<bool>();
     r.next_chunk = j.at("next_chunk").get<std::uint64_t>();
+    r.verified_chunk = std::min(r.next_chunk, j.value("verified_chunk", std::uint64_t{0}));
     r.chunks_total = j.at("chunks_total").get<std::uint64_t>();
     r.payload_size = j.at("payload_size").get<std::uint64_t>();
     r.payload_sha256 = j.at("payload_sha256").get<std::string>();

@@ -74,6 +74,9 @@ struct JobRecord {
   bool allow_downgrade = false;
   bool reboot = true;            // reboot as soon as the trial is set
   std::uint64_t next_chunk = 0;  // first chunk not yet durably in the slot
+  // First chunk not yet read back from the slot and checked; at most
+  // next_chunk. Missing in a record = 0 (everything is read back again).
+  std::uint64_t verified_chunk = 0;
   std::uint64_t chunks_total = 0;
   std::uint64_t payload_size = 0;
   std::string payload_sha256;

@@ -17,8 +17,9 @@ class SlotWriter {
   // Writes at `offset`; kSlotSize when offset + data.size() exceeds Size()
   // (nothing is written then).
   virtual Status WriteAt(std::uint64_t offset, std::span<const std::uint8_t> data) = 0;
-  // Flushes everything written to stable storage. A slot is not written until
-  // Sync() returned success.
+  // Flushes everything written before the call to stable storage. A slot is
+  // not written until Sync() returned success. May be called from another
+  // thread while WriteAt() runs (the install syncs beside its writer).
   virtual Status Sync() = 0;
 };
 

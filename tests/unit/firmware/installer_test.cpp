@@ -36,6 +36,27 @@ class FakeSystem final : public platform::SystemInfo {
   std::uint64_t free = 1U << 30U;
 };
 
+// A slot whose storage returns one wrong bit in one place: what a failing
+// flash chip or a wrong offset in the write path looks like to the read-back.
+class BitRotSlot final : public platform::SlotDevice {
+ public:
+  BitRotSlot(platform::SlotDevice& inner, std::uint64_t at) : inner_(inner), at_(at) {}
+  [[nodiscard]] const fs::path& path() const override { return inner_.path(); }
+  Expected<std::uint64_t> Size() override { return inner_.Size(); }
+  Expected<std::unique_ptr<platform::SlotWriter>> OpenWriter() override {
+    return inner_.OpenWriter();
+  }
+  Expected<std::size_t> ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) override {
+    SAG_TRY(const std::size_t n, inner_.ReadAt(offset, buf));
+    if (at_ >= offset && at_ < offset + n) buf[at_ - offset] ^= 0x10U;
+    return n;
+  }
+
+ private:
+  platform::SlotDevice& inner_;
+  std::uint64_t at_;
+};
+
 class FakeRebooter final : public platform::Rebooter {
  public:
   Status Reboot() override {
@@ -132,8 +153,8 @@ class DeviceInstallerTest : public ::testing::Test {
     o.health_checks = std::move(checks);
     o.checkpoint_bytes = 2 * kChunk;
     o.os_release = dir_ / "os-release";
-    Platform p{
-        &boot_, {{Slot::kA, slot_a_.get()}, {Slot::kB, slot_b_.get()}}, &rebooter_, &system_};
+    platform::SlotDevice* b = slot_b_override_ != nullptr ? slot_b_override_ : slot_b_.get();
+    Platform p{&boot_, {{Slot::kA, slot_a_.get()}, {Slot::kB, b}}, &rebooter_, &system_};
     return std::make_unique<DeviceInstaller>(
         std::move(o), p, [this](const JobRecord& r, const Progress& pr) {
           states_seen_.push_back(r.state);
@@ -181,6 +202,7 @@ class DeviceInstallerTest : public ::testing::Test {
   platform::FakeBootControl boot_;
   std::unique_ptr<platform::SlotDevice> slot_a_;
   std::unique_ptr<platform::SlotDevice> slot_b_;
+  platform::SlotDevice* slot_b_override_ = nullptr;
   FakeRebooter rebooter_;
   FakeSystem system_;
   std::vector<JobState> states_seen_;
@@ -373,6 +395,55 @@ TEST_F(DeviceInstallerTest, InterruptedWriteResumesFromCheckpoint) {
   ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
   EXPECT_EQ((*resumed)->state, JobState::kRebooting);
   EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
+}
+
+// The write reads each checkpointed range back beside the writer: a slot
+// that does not return what was written fails the job before the trial boot
+// is set, and the slot stays unbootable.
+TEST_F(DeviceInstallerTest, ReadBackMismatchFailsBeforeTheTrialBoot) {
+  BitRotSlot rotten(*slot_b_, 5 * kChunk + 123);
+  slot_b_override_ = &rotten;
+  auto r = MakeInstaller()->Start(Spec("rot", "v101"));
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->code(), Errc::kReadBackMismatch) << r->error->ToString();
+  EXPECT_NE(r->error->message().find("chunk 5 "), std::string::npos) << r->error->ToString();
+  EXPECT_EQ(r->verified_chunk, r->next_chunk);
+  EXPECT_LE(r->next_chunk, 5U);
+  EXPECT_EQ(rebooter_.requests, 0);
+  EXPECT_EQ(boot_.ReadState()->b_left, 0);
+  EXPECT_EQ(Reboot(), Slot::kA);
+}
+
+// A journal without verified_chunk (an older agent's, or one whose read-back
+// lagged) has the chunks written before the cut read back on resume too.
+TEST_F(DeviceInstallerTest, ResumeReadsBackChunksWrittenBeforeTheCut) {
+  auto inst = MakeInstaller();
+  installer_ = inst.get();
+  cancel_after_ = 6;
+  auto r = inst->Start(Spec("job-v", "v101"));
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kWriting);
+  ASSERT_GE(r->next_chunk, 2U);
+  EXPECT_EQ(r->verified_chunk, r->next_chunk);
+  installer_ = nullptr;
+  cancel_after_ = 0;
+  const auto journal = dir_ / "state" / "device-job.json";
+  auto doc = nlohmann::json::parse(*ReadFile(journal));
+  doc.erase("verified_chunk");
+  ASSERT_TRUE(WriteFileAtomic(journal, doc.dump()));
+  {  // chunk 0 went bad on the storage after it was written
+    std::fstream f(dir_ / "slot-b", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x5a');
+  }
+  auto resumed = MakeInstaller()->Resume();
+  ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
+  EXPECT_EQ((*resumed)->state, JobState::kFailed);
+  ASSERT_TRUE((*resumed)->error);
+  EXPECT_EQ((*resumed)->error->code(), Errc::kReadBackMismatch) << (*resumed)->error->ToString();
+  EXPECT_EQ(Reboot(), Slot::kA);
 }
 
 // Over HTTPS from a server that drops the connection twice mid-image: the

@@ -85,6 +85,7 @@ TEST(JobRecord, JsonRoundTrip) {
   r.target_slot = "B";
   r.from_slot = "A";
   r.next_chunk = 12;
+  r.verified_chunk = 10;
   r.chunks_total = 40;
   r.payload_offset = 3072;
   r.error = Error(Errc::kNetStalled, "no byte for 30 s");
@@ -94,10 +95,30 @@ TEST(JobRecord, JsonRoundTrip) {
   EXPECT_EQ(back->id, r.id);
   EXPECT_EQ(back->state, JobState::kWriting);
   EXPECT_EQ(back->next_chunk, 12U);
+  EXPECT_EQ(back->verified_chunk, 10U);
   EXPECT_EQ(back->payload_offset, 3072U);
   ASSERT_TRUE(back->error);
   EXPECT_EQ(back->error->code(), Errc::kNetStalled);
   EXPECT_EQ(back->history.size(), 2U);
+}
+
+// A record without verified_chunk (written before the read-back ran beside
+// the write) has every chunk read back again; one that claims more than was
+// written is held to next_chunk.
+TEST(JobRecord, VerifiedChunkDefaultsToNothingVerified) {
+  JobRecord r;
+  r.id = "x";
+  r.next_chunk = 7;
+  r.verified_chunk = 7;
+  auto j = r.ToJson();
+  j.erase("verified_chunk");
+  auto back = JobRecord::FromJson(j);
+  ASSERT_TRUE(back) << back.error().ToString();
+  EXPECT_EQ(back->verified_chunk, 0U);
+  j["verified_chunk"] = 9;
+  EXPECT_EQ(JobRecord::FromJson(j)->verified_chunk, 7U);
+  j["verified_chunk"] = "all";
+  EXPECT_EQ(JobRecord::FromJson(j).error().code(), Errc::kJournalCorrupt);
 }
 
 TEST(JobRecord, RejectsBrokenRecords) {
