@@ -27,7 +27,7 @@ using platform::Slot;
 constexpr std::size_t kHistoryMax = 64;
 constexpr std::uint64_t kMinStateSpace = 1U << 20U;
 // Reads back a slot in pieces of this size (a chunk may be far larger).
-constexpr std::size_t kReadBackPiece = 256U << 10U;
+constexpr std::size_t kReadBackPiece = 64U << 10U;
 
 Expected<Slot> SlotOf(const std::string& name) { return platform::ParseSlot(name); }
 
@@ -100,12 +100,47 @@ Status DeviceInstaller::ArchiveFinished(const JobRecord& record) {
   }
   list.push_back(record.ToJson());
   while (list.size() > kHistoryMax) list.erase(list.begin());
-  for (auto& j : list) {  // the signed header is only needed while a job runs
-    j.erase("manifest_json");
-    j.erase("signature_der_b64");
-  }
   SAG_TRY_STATUS(WriteFileAtomic(path, list.dump(1) + "\n", 0600));
-  return journal_.Archive();
+  SAG_TRY_STATUS(journal_.Archive());
+  // The signed header is only needed while a job runs. A cut before this
+  // leaves a file that the next job replaces.
+  std::error_code ec;
+  std::filesystem::remove(HeaderPath(), ec);
+  return Ok();
+}
+
+// The signed header of the running job, stored once beside the journal (the
+// journal itself is rewritten at every checkpoint and stays small).
+std::filesystem::path DeviceInstaller::HeaderPath() const {
+  return options_.state_dir / "device-job.header.json";
+}
+
+Status DeviceInstaller::SaveHeader(const image::VerifiedHeader& header) {
+  const nlohmann::json doc = {{"manifest_json", header.manifest_json},
+                              {"signature_der_b64", Base64Encode(header.signature_der)}};
+  return WriteFileAtomic(HeaderPath(), doc.dump() + "\n", 0600);
+}
+
+Expected<image::VerifiedHeader> DeviceInstaller::LoadHeader(const JobRecord& record) {
+  const auto path = HeaderPath();
+  auto corrupt = [&](const std::string& what) {
+    return Error(Errc::kJournalCorrupt, "the stored image header of job " + record.id + " (" +
+                                            path.string() + ") " + what +
+                                            "; start the job again with a new id");
+  };
+  const std::uint64_t max =
+      2 * (options_.limits.max_manifest_bytes + options_.limits.max_signature_bytes) + 4096;
+  auto text = ReadFile(path, max);
+  if (!text) return corrupt("cannot be read: " + text.error().message());
+  const auto doc = nlohmann::json::parse(*text, nullptr, false);
+  if (!doc.is_object() || !doc.contains("manifest_json") || !doc["manifest_json"].is_string() ||
+      !doc.contains("signature_der_b64") || !doc["signature_der_b64"].is_string()) {
+    return corrupt("is not a header record");
+  }
+  std::string manifest = doc["manifest_json"].get<std::string>();
+  if (ToHex(Sha256::Of(manifest)) != record.header_sha256) return corrupt("belongs to another job");
+  SAG_TRY(auto sig, Base64Decode(doc["signature_der_b64"].get<std::string>()));
+  return image::VerifyHeader(std::move(manifest), std::move(sig), options_.trust, options_.limits);
 }
 
 Expected<std::optional<JobRecord>> DeviceInstaller::FindInHistory(const std::string& id) {
@@ -115,10 +150,7 @@ Expected<std::optional<JobRecord>> DeviceInstaller::FindInHistory(const std::str
   if (!doc.is_array()) return std::optional<JobRecord>();
   for (const auto& j : doc) {
     if (j.value("id", "") != id) continue;
-    auto copy = j;
-    copy["manifest_json"] = "";
-    copy["signature_der_b64"] = "";
-    SAG_TRY(auto rec, JobRecord::FromJson(copy));
+    SAG_TRY(auto rec, JobRecord::FromJson(j));
     return std::optional<JobRecord>(std::move(rec));
   }
   return std::optional<JobRecord>();
@@ -263,8 +295,7 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
     record.version = h.manifest.version;
     if (auto st = CheckPolicy(spec, h, target); !st) return refuse(std::move(st).error());
 
-    record.manifest_json = h.manifest_json;
-    record.signature_der_b64 = Base64Encode(h.signature_der);
+    record.header_sha256 = ToHex(h.manifest_sha256);
     record.payload_offset = h.payload_offset;
     record.chunks_total = h.manifest.chunks.size();
     record.payload_size = h.manifest.payload_size;
@@ -272,6 +303,8 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
     spdlog::info("job {}: Device {} -> {} into slot {} ({} bytes, {} chunks, signed by {})",
                  spec.id, record.from_version, record.version, record.target_slot,
                  record.payload_size, record.chunks_total, h.signer.subject);
+    // The header first: a journal record always has its header beside it.
+    SAG_TRY_STATUS(SaveHeader(h));
     SAG_TRY_STATUS(journal_.Save(record.ToJson()));
   }
   if (auto st = StepPrepare(record); !st) {
@@ -401,28 +434,61 @@ Expected<std::optional<JobRecord>> DeviceInstaller::Resume() {
 
 Status DeviceInstaller::StepWrite(JobRecord& record) {
   SAG_TRY(const Slot target, SlotOf(record.target_slot));
-  SAG_TRY(const auto sig, Base64Decode(record.signature_der_b64));
-  SAG_TRY(const auto header,
-          image::VerifyHeader(record.manifest_json, sig, options_.trust, options_.limits));
-  const auto& m = header.manifest;
-  if (record.next_chunk > m.chunks.size()) {
+  if (record.next_chunk > record.chunks_total) {
     return Error(Errc::kJournalCorrupt, "journal says chunk " + std::to_string(record.next_chunk) +
-                                            " of " + std::to_string(m.chunks.size()));
+                                            " of " + std::to_string(record.chunks_total));
   }
   // Cut after the last checkpoint but before the transition was recorded:
   // every chunk is already durable in the slot.
-  if (record.next_chunk == m.chunks.size()) return Save(record, JobEvent::kWritten);
+  if (record.next_chunk == record.chunks_total) return Save(record, JobEvent::kWritten);
   platform::SlotDevice* slot = platform_.slots.at(target);
   SAG_TRY(auto writer, slot->OpenWriter());
 
+  // One chunk table in memory: the image's own header when streaming from
+  // the start, the stored header when resuming. Each is verified against the
+  // pinned root, and must be the header this job was started with.
   const std::uint64_t start_chunk = record.next_chunk;
-  const std::uint64_t offset =
-      start_chunk == 0 ? 0 : record.payload_offset + m.chunks[start_chunk].offset;
+  std::optional<image::VerifiedHeader> stored;
+  std::uint64_t offset = 0;
   if (start_chunk > 0) {
+    SAG_TRY(stored, LoadHeader(record));
+    if (stored->manifest.chunks.size() != record.chunks_total) {
+      return Error(Errc::kJournalCorrupt, "the stored header of job " + record.id + " has " +
+                                              std::to_string(stored->manifest.chunks.size()) +
+                                              " chunks, the journal " +
+                                              std::to_string(record.chunks_total));
+    }
+    offset = record.payload_offset + stored->manifest.chunks[start_chunk].offset;
     spdlog::info("job {}: resuming the write at chunk {} of {}", record.id, start_chunk,
-                 m.chunks.size());
+                 record.chunks_total);
   }
   SAG_TRY(auto source, OpenStreamSource(record.source, offset, options_.download));
+
+  constexpr std::size_t kBuffers = 3;  // decoded chunks; see the stages below
+  std::optional<image::ImageReader> image_reader;
+  std::optional<image::ChunkReader> chunk_reader;
+  const image::Manifest* manifest = nullptr;
+  if (start_chunk == 0) {
+    auto& reader = image_reader.emplace(*source, options_.trust, options_.limits, kBuffers);
+    auto h = reader.ReadHeader();
+    if (!h) return std::move(h).error().WithContext("reading " + record.source);
+    if (ToHex((*h)->manifest_sha256) != record.header_sha256) {
+      return Error(Errc::kImageContainer,
+                   record.source + " changed since the job started; start a new job");
+    }
+    manifest = &(*h)->manifest;
+    reader.ReleaseHeaderText();
+  } else {
+    manifest = &stored->manifest;
+    std::string().swap(stored->manifest_json);  // stored; only the table is needed
+    std::string().swap(stored->signature_der);
+    chunk_reader.emplace(*source, *manifest, start_chunk, options_.limits, kBuffers);
+  }
+  // Parsing the manifest left its JSON tree's pages free but resident; give
+  // them back before the chunk buffers are allocated, so that the parse's
+  // high-water mark does not add to them.
+  ::malloc_trim(0);
+  const image::Manifest& m = *manifest;
 
   // The stages overlap: the source (a fetch thread for URLs), this thread
   // reading and decompressing chunk i+1 while the reader hashes chunk i on
@@ -433,7 +499,6 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // per chunk, and this thread takes a token before each call: kBuffers - 1
   // tokens. Memory: one compressed and kBuffers decoded chunks, and one
   // read-back piece.
-  constexpr std::size_t kBuffers = 3;
   constexpr std::size_t kTokens = kBuffers - 1;
   struct Block {
     std::size_t index = 0;
@@ -529,37 +594,19 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   };
   // The writer writes from the reader's buffers: it is done before the
   // reader goes away. The last checkpoint is taken before this step ends.
-  auto drain = [&] {
-    full_blocks.Close();
-    writer_thread.join();
-    checkpoints.Close();
-    checkpoint_thread.join();
-  };
-  if (start_chunk == 0) {
-    image::ImageReader reader(*source, options_.trust, options_.limits, kBuffers);
-    auto h = reader.ReadHeader();
-    if (!h) {
-      read_error = std::move(h).error();
-    } else if ((*h)->manifest_json != record.manifest_json) {
-      read_error = Error(Errc::kImageContainer,
-                         record.source + " changed since the job started; start a new job");
-    } else {
-      // Parsing the manifest left its JSON tree's pages free but resident;
-      // give them back before the chunk buffers are allocated, so that the
-      // parse's high-water mark does not add to them.
-      ::malloc_trim(0);
-      struct Adapter {
-        image::ImageReader& r;
-        auto Next() { return r.NextChunk(); }
-      } adapter{reader};
-      produce(adapter);
-    }
-    drain();
+  if (image_reader) {
+    struct Adapter {
+      image::ImageReader& r;
+      auto Next() { return r.NextChunk(); }
+    } adapter{*image_reader};
+    produce(adapter);
   } else {
-    image::ChunkReader reader(*source, m, start_chunk, options_.limits, kBuffers);
-    produce(reader);
-    drain();
+    produce(*chunk_reader);
   }
+  full_blocks.Close();
+  writer_thread.join();
+  checkpoints.Close();
+  checkpoint_thread.join();
   if (write_error) return *write_error;
   if (checkpoint_error) return *checkpoint_error;
   if (read_error) return read_error->WithContext("reading " + record.source);
@@ -603,9 +650,7 @@ Status DeviceInstaller::ReadBackChunk(const JobRecord& record, const image::Mani
 Status DeviceInstaller::StepVerify(JobRecord& record) {
   if (record.verified_chunk == record.chunks_total) return Save(record, JobEvent::kVerified);
   SAG_TRY(const Slot target, SlotOf(record.target_slot));
-  SAG_TRY(const auto sig, Base64Decode(record.signature_der_b64));
-  SAG_TRY(const auto header,
-          image::VerifyHeader(record.manifest_json, sig, options_.trust, options_.limits));
+  SAG_TRY(const auto header, LoadHeader(record));
   const auto& m = header.manifest;
   platform::SlotDevice* slot = platform_.slots.at(target);
   const std::uint64_t first = std::min<std::uint64_t>(record.verified_chunk, m.chunks.size());

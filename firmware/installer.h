@@ -116,6 +116,9 @@ class DeviceInstaller {
   Status RecordSlot(platform::Slot slot, const JobRecord& record);
   Expected<std::optional<JobRecord>> FindInHistory(const std::string& id);
   Status ArchiveFinished(const JobRecord& record);
+  [[nodiscard]] std::filesystem::path HeaderPath() const;
+  Status SaveHeader(const image::VerifiedHeader& header);
+  Expected<image::VerifiedHeader> LoadHeader(const JobRecord& record);
   void Report(const JobRecord& record, std::uint64_t done, std::uint64_t total);
 
   InstallerOptions options_;

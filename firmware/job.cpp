@@ -92,8 +92,7 @@ nlohmann::json JobRecord::ToJson() const {
       {"chunks_total", chunks_total},
       {"payload_size", payload_size},
       {"payload_sha256", payload_sha256},
-      {"manifest_json", manifest_json},
-      {"signature_der_b64", signature_der_b64},
+      {"header_sha256", header_sha256},
       {"payload_offset", payload_offset},
       {"boot_id", boot_id},
       {"started_at", started_at},
@@ -125,8 +124,7 @@ Expected<JobRecord> JobRecord::FromJson(const nlohmann::json& j) {
     r.chunks_total = j.at("chunks_total").get<std::uint64_t>();
     r.payload_size = j.at("payload_size").get<std::uint64_t>();
     r.payload_sha256 = j.at("payload_sha256").get<std::string>();
-    r.manifest_json = j.at("manifest_json").get<std::string>();
-    r.signature_der_b64 = j.at("signature_der_b64").get<std::string>();
+    r.header_sha256 = j.value("header_sha256", std::string());
     r.payload_offset = j.at("payload_offset").get<std::uint64_t>();
     r.boot_id = j.at("boot_id").get<std::string>();
     r.started_at = j.at("started_at").get<std::string>();

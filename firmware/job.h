@@ -80,8 +80,9 @@ struct JobRecord {
   std::uint64_t chunks_total = 0;
   std::uint64_t payload_size = 0;
   std::string payload_sha256;
-  std::string manifest_json;  // the signed header, verified again on resume
-  std::string signature_der_b64;
+  // SHA-256 of the signed manifest: names the header stored beside the
+  // journal (device-job.header.json), which is verified again on resume.
+  std::string header_sha256;
   std::uint64_t payload_offset = 0;
   std::string boot_id;         // of the boot that requested the reboot
   std::optional<Error> error;  // why it failed or rolled back

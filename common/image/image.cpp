@@ -518,6 +518,7 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
   SAG_TRY(h.manifest, ParseManifest(manifest_json, limits));
   h.signer.subject = subject;
   h.signer.not_after = TimeText(X509_get0_notAfter(signer));
+  h.manifest_sha256 = Sha256::Of(manifest_json);
   h.manifest_json = std::move(manifest_json);
   h.signature_der = std::move(signature_der);
   return h;
@@ -998,6 +999,12 @@ Expected<const VerifiedHeader*> ImageReader::ReadHeader() {
   auto r = impl_->ReadHeader();
   if (!r) impl_->failed = r.error();
   return r;
+}
+
+void ImageReader::ReleaseHeaderText() {
+  if (!impl_->header) return;
+  std::string().swap(impl_->header->manifest_json);
+  std::string().swap(impl_->header->signature_der);
 }
 
 Expected<std::optional<ChunkView>> ImageReader::NextChunk() {

@@ -75,6 +75,7 @@ struct Signer {
 struct VerifiedHeader {
   Manifest manifest;
   Signer signer;
+  Digest manifest_sha256{};  // of manifest_json: names the signed header
   std::string manifest_json;
   std::string signature_der;
   std::uint64_t payload_offset = 0;  // container offset of payload.zst's first data byte
@@ -154,6 +155,9 @@ class ImageReader {
 
   // Reads and verifies manifest.json and its signature; reads no payload.
   Expected<const VerifiedHeader*> ReadHeader();
+  // Frees the header's manifest_json and signature_der (the parsed manifest
+  // stays): for a caller that stored them already and streams a large image.
+  void ReleaseHeaderText();
   // The next verified chunk, or nullopt after the last one; the last one
   // only once the end of the container was checked.
   Expected<std::optional<ChunkView>> NextChunk();

@@ -446,6 +446,43 @@ TEST_F(DeviceInstallerTest, ResumeReadsBackChunksWrittenBeforeTheCut) {
   EXPECT_EQ(Reboot(), Slot::kA);
 }
 
+// The signed header is stored once beside the journal, which is rewritten at
+// every checkpoint and stays small. A resume without it (or with another
+// job's) ends the job with a reason instead of writing unverified chunks.
+TEST_F(DeviceInstallerTest, ResumeNeedsTheStoredHeaderOfItsJob) {
+  const auto header = dir_ / "state" / "device-job.header.json";
+  const auto journal = dir_ / "state" / "device-job.json";
+  for (const bool other_job : {false, true}) {
+    SCOPED_TRACE(other_job ? "another job's header" : "no header");
+    auto inst = MakeInstaller();
+    installer_ = inst.get();
+    cancel_after_ = 5;
+    const std::string id = other_job ? "job-h2" : "job-h1";
+    auto r = inst->Start(Spec(id, "v101"));
+    ASSERT_TRUE(r) << r.error().ToString();
+    ASSERT_EQ(r->state, JobState::kWriting);
+    installer_ = nullptr;
+    cancel_after_ = 0;
+    ASSERT_TRUE(fs::exists(header));
+    EXPECT_LT(fs::file_size(journal), 2048U);
+    if (other_job) {
+      auto doc = nlohmann::json::parse(*ReadFile(header));
+      doc["manifest_json"] = doc["manifest_json"].get<std::string>() + " ";
+      ASSERT_TRUE(WriteFileAtomic(header, doc.dump()));
+    } else {
+      fs::remove(header);
+    }
+    auto resumed = MakeInstaller()->Resume();
+    ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
+    EXPECT_EQ((*resumed)->state, JobState::kFailed);
+    ASSERT_TRUE((*resumed)->error);
+    EXPECT_EQ((*resumed)->error->code(), Errc::kJournalCorrupt) << (*resumed)->error->ToString();
+    EXPECT_NE((*resumed)->error->message().find("device-job.header.json"), std::string::npos);
+    EXPECT_FALSE(fs::exists(header)) << "a finished job leaves no header behind";
+    EXPECT_EQ(Reboot(), Slot::kA);
+  }
+}
+
 // Over HTTPS from a server that drops the connection twice mid-image: the
 // downloader resumes with Range requests and the install completes.
 TEST_F(DeviceInstallerTest, DownloadsOverHttpsThroughDrops) {
