@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -30,6 +31,8 @@ namespace sag::agent {
 
 namespace {
 
+constexpr std::chrono::milliseconds kStatusInterval{500};
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -48,6 +51,7 @@ struct Runtime {
   std::mutex status_mu;
   int last_percent = -1;
   std::string last_state;
+  std::chrono::steady_clock::time_point last_status_write{};
   bool last_job_dpi = false;  // status.json's "job" is a DPI job
 };
 
@@ -81,12 +85,20 @@ void OnProgress(Runtime& rt, const firmware::JobRecord& r, const firmware::Progr
   const std::string state(firmware::JobStateName(r.state));
   const std::lock_guard lock(rt.status_mu);
   if (percent == rt.last_percent && state == rt.last_state) return;
-  const bool log_it = state != rt.last_state || percent % 10 == 0;
+  const bool state_changed = state != rt.last_state;
+  const bool log_it = state_changed || percent % 10 == 0;
   rt.last_percent = percent;
   rt.last_state = state;
   if (log_it && p.total != 0) {
     spdlog::info("job {}: {} {}% ({}/{})", r.id, state, percent, p.done, p.total);
   }
+  // status.json follows every state change and the end of a step, and the
+  // percentage in between at most every kStatusInterval: it is read by people
+  // and the cloud, and a file replacement for every percent would cost the
+  // install real time (it runs on the writer's thread).
+  const auto now = std::chrono::steady_clock::now();
+  if (!state_changed && percent != 100 && now - rt.last_status_write < kStatusInterval) return;
+  rt.last_status_write = now;
   if (rt.status) (void)rt.status->Update({{"job", JobJson(r, percent)}});
 }
 

@@ -12,7 +12,8 @@ Status StatusFile::Update(const nlohmann::json& fields) {
   // the Device job reported before it.
   for (const auto& [key, value] : fields.items()) doc_[key] = value;
   doc_["updated_at"] = firmware::NowUtc();
-  return WriteFileAtomic(path_, doc_.dump(2) + "\n", 0644);
+  // A runtime file, rebuilt at start: replaced untorn, not made durable.
+  return ReplaceFile(path_, doc_.dump(2) + "\n", 0644);
 }
 
 Expected<nlohmann::json> StatusFile::Read() const {

@@ -36,7 +36,10 @@ Status FsyncDir(const std::filesystem::path& dir) {
   return Ok();
 }
 
-Status WriteFileAtomic(const std::filesystem::path& path, std::string_view content, unsigned mode) {
+namespace {
+
+Status Replace(const std::filesystem::path& path, std::string_view content, unsigned mode,
+               bool durable) {
   const auto dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
   // A unique temporary name: a crashed earlier writer may have left its own
   // temporary behind, and two writers must not share one.
@@ -51,7 +54,7 @@ Status WriteFileAtomic(const std::filesystem::path& path, std::string_view conte
   }
   // fsync before rename: otherwise the rename can reach the disk before the
   // data, and a power cut leaves an empty or partial file under the real name.
-  if (::fsync(fd.get()) != 0) {
+  if (durable && ::fsync(fd.get()) != 0) {
     auto err = MakeErrno(Errc::kIo, "fsync " + tmp.string());
     cleanup();
     return err;
@@ -67,7 +70,17 @@ Status WriteFileAtomic(const std::filesystem::path& path, std::string_view conte
     return err;
   }
   // The rename itself lives in the directory: fsync it to make it durable.
-  return FsyncDir(dir);
+  return durable ? FsyncDir(dir) : Ok();
+}
+
+}  // namespace
+
+Status WriteFileAtomic(const std::filesystem::path& path, std::string_view content, unsigned mode) {
+  return Replace(path, content, mode, true);
+}
+
+Status ReplaceFile(const std::filesystem::path& path, std::string_view content, unsigned mode) {
+  return Replace(path, content, mode, false);
 }
 
 Expected<std::string> ReadFile(const std::filesystem::path& path, std::size_t max_size) {

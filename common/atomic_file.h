@@ -17,6 +17,13 @@ namespace sag {
 Status WriteFileAtomic(const std::filesystem::path& path, std::string_view content,
                        unsigned mode = 0644);
 
+// The same replacement without the fsyncs: readers never see a torn file,
+// but after a power cut the old content, the new one or none may be found.
+// For runtime files that are rebuilt at start (status.json, updated with
+// every percent of progress: an fsync each would slow the install).
+Status ReplaceFile(const std::filesystem::path& path, std::string_view content,
+                   unsigned mode = 0644);
+
 // fsync of a directory, so that a rename or create inside it is durable.
 Status FsyncDir(const std::filesystem::path& dir);
 

@@ -26,6 +26,22 @@ TEST(AtomicFile, WritesAndReplaces) {
   EXPECT_EQ(files, 1);
 }
 
+// ReplaceFile: the same untorn replacement for runtime files, without fsync.
+TEST(AtomicFile, ReplaceFileReplacesWithoutLeavingTemporaries) {
+  test::TempDir dir;
+  const auto p = dir / "status.json";
+  ASSERT_TRUE(ReplaceFile(p, "one", 0600));
+  ASSERT_TRUE(ReplaceFile(p, "two"));
+  EXPECT_EQ(*ReadFile(p), "two");
+  EXPECT_EQ(std::filesystem::status(p).permissions(), std::filesystem::perms(0644));
+  int files = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.path())) ++files;
+  EXPECT_EQ(files, 1);
+  auto st = ReplaceFile(dir / "missing" / "status.json", "x");
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message().find("missing"), std::string::npos);
+}
+
 TEST(AtomicFile, ReportsMissingDirectory) {
   test::TempDir dir;
   auto st = WriteFileAtomic(dir / "no/such/dir/f", "x");
