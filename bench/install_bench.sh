@@ -28,13 +28,21 @@ print(s)
 PY
 }
 
-echo "== machine limits (this run; load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores)"
+REPS="${SAG_BENCH_REPS:-3}"
+echo "== $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); each figure the median of $REPS runs"
 sha=$(openssl speed -evp sha256 -bytes 1048576 -seconds 3 2>/dev/null | awk '/^sha256/ {print $NF}' | tr -d k)
 sha_mibps=$(python3 -c "print(f'{float(\"$sha\") * 1000 / 1048576:.0f}')")
 echo "sha256 (openssl speed -evp sha256, 1 MiB blocks): $sha_mibps MiB/s"
-ddout=$( { /usr/bin/time -f '%e' dd if=/dev/zero of="$work/ddtest" bs=1M count=1024 conv=fsync status=none; } 2>&1 )
-write_mibps=$(mibps $((1024 << 20)) "$ddout"); rm -f "$work/ddtest"
-echo "sequential write + fsync (dd 1 GiB, conv=fsync): $write_mibps MiB/s"
+
+# Every writer gets the same target: a file of the slot size whose blocks are
+# already written (as a partition is; a fresh fallocate'd file would charge
+# the first writer with converting its extents), with nothing of it cached,
+# and its input read into the page cache first (in the field the image comes
+# from the network, not from the slot's disk).
+prewrite() { dd if=/dev/zero of="$1" bs=1M count="$2" conv=fsync,notrunc status=none; }
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; cat "$@" >/dev/null; }
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+max() { printf '%s\n' "$@" | sort -n | tail -1; }
 
 for kind in random compressible; do
   for mib in "${sizes[@]}"; do
@@ -59,23 +67,9 @@ PY
     zstd_d=$(echo "$zstd_line" | sed -E 's/.*, *([0-9.]+) MB\/s *$/\1/')
     zstd_mibps=$(python3 -c "print(f'{float(\"$zstd_d\") * 1e6 / 1048576:.0f}')")
 
-    dev="$work/dev-$kind-$mib"
-    "$sim" init "$dev" --slot-size "$bytes" --root-ca "$work/pki/root-ca.pem" >/dev/null
-    echo "console=ttyS0 sag.slot=A" > "$dev/cmdline"
-    sed -i 's/level: debug/level: warn/' "$dev/agent.yaml"
-    # In the field the image arrives over the network, not from the slot's disk: drop the
-    # caches (the slot starts cold), then read the image into the page cache, so that the
-    # disk sees only the slot's writes and reads, for both installers alike.
-    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; cat "$img" >/dev/null
-    /usr/bin/time -v -o "$work/time-sag" "$agent" install "$img" --config "$dev/agent.yaml" \
-      --no-reboot --id "bench-$kind-$mib" >/dev/null
-    s=$(wall_s "$work/time-sag"); sag_rate=$(mibps "$bytes" "$s"); sag_rss=$(peak_kib "$work/time-sag")
-    rm -rf "$dev"
-
     # SWUpdate: a signed .swu (sw-description + CMS signature + the raw image).
     swu="$work/swu-$kind-$mib"; mkdir -p "$swu"; cp "$payload" "$swu/rootfs.img"
     digest=$(sha256sum "$payload" | cut -d' ' -f1)
-    truncate -s "$bytes" "$work/swslot"
     cat > "$swu/sw-description" <<SWD
 software = { version = "1.0.1"; hardware-compatibility = [ "1.0" ]; images: ( { filename = "rootfs.img"; device = "$work/swslot"; type = "raw"; sha256 = "$digest"; } ); }
 SWD
@@ -83,19 +77,48 @@ SWD
       -inkey "$work/pki/signer.key" -certfile "$work/pki/intermediate-ca.pem" -outform DER -nosmimecap -binary
     (cd "$swu" && printf '%s\n' sw-description sw-description.sig rootfs.img | cpio -o -H crc --quiet > "$work/update.swu")
     rm -rf "$swu"
-    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; cat "$work/update.swu" >/dev/null
-    # SWUpdate checks the signer against the -k file alone (it does not take
-    # intermediates from the CMS), so that file holds the whole chain; -H
-    # gives the board revision that hardware-compatibility names.
-    if /usr/bin/time -v -o "$work/time-swu" swupdate -k "$work/ca-chain.pem" --cert-purpose codeSigning \
-        -H sag-bench:1.0 -M -i "$work/update.swu" >"$work/swu.log" 2>&1; then
-      s=$(wall_s "$work/time-swu"); swu_rate=$(mibps "$bytes" "$s"); swu_rss=$(peak_kib "$work/time-swu")
-    else
-      swu_rate="failed"; swu_rss="-"; tail -3 "$work/swu.log"
-    fi
-    rm -f "$work/update.swu" "$work/swslot" "$payload" "$img"
+
+    dev="$work/dev-$kind-$mib"
+    "$sim" init "$dev" --slot-size "$bytes" --root-ca "$work/pki/root-ca.pem" >/dev/null
+    echo "console=ttyS0 sag.slot=A" > "$dev/cmdline"
+    sed -i 's/level: debug/level: warn/' "$dev/agent.yaml"
+    prewrite "$dev/slot-b.img" "$mib"
+    truncate -s "$bytes" "$work/ddslot" "$work/swslot"
+    prewrite "$work/ddslot" "$mib"; prewrite "$work/swslot" "$mib"
+
+    dd_r=(); sag_r=(); sag_m=(); swu_r=(); swu_m=()
+    for ((rep = 1; rep <= REPS; rep++)); do
+      # The machine's sequential write with fsync, same payload, same kind of target.
+      cold "$payload"
+      ddout=$( { /usr/bin/time -f '%e' dd if="$payload" of="$work/ddslot" bs=1M conv=fsync,notrunc status=none; } 2>&1 )
+      dd_r+=("$(mibps "$bytes" "$ddout")")
+
+      rm -rf "$dev/state"; mkdir -p "$dev/state"
+      cold "$img"
+      /usr/bin/time -v -o "$work/time-sag" "$agent" install "$img" --config "$dev/agent.yaml" \
+        --no-reboot --id "bench-$kind-$mib-$rep" >/dev/null
+      sag_r+=("$(mibps "$bytes" "$(wall_s "$work/time-sag")")"); sag_m+=("$(peak_kib "$work/time-sag")")
+
+      # SWUpdate checks the signer against the -k file alone (it does not take
+      # intermediates from the CMS), so that file holds the whole chain; -H
+      # gives the board revision that hardware-compatibility names.
+      cold "$work/update.swu"
+      if /usr/bin/time -v -o "$work/time-swu" swupdate -k "$work/ca-chain.pem" --cert-purpose codeSigning \
+          -H sag-bench:1.0 -M -i "$work/update.swu" >"$work/swu.log" 2>&1; then
+        swu_r+=("$(mibps "$bytes" "$(wall_s "$work/time-swu")")"); swu_m+=("$(peak_kib "$work/time-swu")")
+      else
+        tail -3 "$work/swu.log"; swu_r+=(0); swu_m+=(0)
+      fi
+    done
+    rm -rf "$dev"; rm -f "$work/update.swu" "$work/swslot" "$work/ddslot" "$payload" "$img"
+
+    write_mibps=$(median "${dd_r[@]}"); sag_rate=$(median "${sag_r[@]}"); swu_rate=$(median "${swu_r[@]}")
     slowest=$(printf '%s\n' "$sha_mibps" "$write_mibps" "$zstd_mibps" | sort -n | head -1)
-    printf '%-12s %5d MiB: sag-agent %5s MiB/s, peak RSS %6s KiB | SWUpdate %5s MiB/s, peak RSS %6s KiB | limits: sha256 %s, write+fsync %s, zstd -d %s MiB/s (slowest %s)\n' \
-      "$kind" "$mib" "$sag_rate" "$sag_rss" "$swu_rate" "$swu_rss" "$sha_mibps" "$write_mibps" "$zstd_mibps" "$slowest"
+    printf '%-12s %5d MiB: sag-agent %4s MiB/s (runs %s), peak RSS %5s KiB | SWUpdate %4s MiB/s, peak RSS %5s KiB\n' \
+      "$kind" "$mib" "$sag_rate" "${sag_r[*]}" "$(max "${sag_m[@]}")" "$swu_rate" "$(max "${swu_m[@]}")"
+    printf '%18s limits: sha256 %s, write+fsync %s (runs %s), zstd -d %s MiB/s | sag-agent = %s%% of the slowest (%s), %s x SWUpdate\n' \
+      "" "$sha_mibps" "$write_mibps" "${dd_r[*]}" "$zstd_mibps" \
+      "$(python3 -c "print(round(100 * $sag_rate / $slowest))")" "$slowest" \
+      "$(python3 -c "print(f'{$sag_rate / max($swu_rate, 1):.1f}')")"
   done
 done
