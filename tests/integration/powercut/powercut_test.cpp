@@ -1,8 +1,10 @@
 // The power-cut campaign: the real sag-agent installs a Device OS image on the
 // simulated appliance while the simulator cuts power (SIGKILL) at random
 // instants on its first boots: during the download/write, the read-back, the
-// trial boot, the health check and the commit. After the cuts it lets the
-// device run. Every trial must end with:
+// trial boot, the health check and the commit. Every other three trials take
+// the image over HTTPS from a loopback server, at 4 MiB/s, so that cuts land
+// in the download and the resume continues it with a Range request. After the
+// cuts it lets the device run. Every trial must end with:
 //   - the job finished: Committed (healthy slot) or RolledBack (unhealthy or
 //     unbootable slot), with a cause, never stuck and never run twice;
 //   - the journal and the job history parsing;
@@ -23,6 +25,7 @@
 #include "common/image/pki.h"
 #include "common/process.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/test_http_server.h"
 
 namespace sag {
 namespace {
@@ -45,6 +48,7 @@ struct Fixture {
   std::string p100 = RandomBytes(kPayloadSize, 100);
   std::string p101 = RandomBytes(kPayloadSize, 101);
   fs::path image;
+  std::unique_ptr<test::TestHttpServer> server;
 
   Fixture() {
     EXPECT_TRUE(image::pki::InitDevPki(dir.path()));
@@ -62,6 +66,11 @@ struct Fixture {
     cp.output = dir / "v101.sagimg";
     EXPECT_TRUE(image::CreateImage(cp));
     image = cp.output;
+    auto bytes = ReadFile(image);
+    EXPECT_TRUE(bytes);
+    server = std::make_unique<test::TestHttpServer>(
+        bytes ? *bytes : std::string(),
+        test::ServerTls{dir / "server-chain.pem", dir / "server.key", {}});
   }
 };
 
@@ -92,7 +101,7 @@ struct TrialResult {
 
 // Reads the simulator's transcript: the stage is the agent's last logged job
 // state since the boot ("Startup" before any).
-void CountCuts(const std::string& out, TrialResult& result) {
+void CountCuts(const std::string& out, bool download, TrialResult& result) {
   std::string stage = "Startup";
   std::istringstream in(out);
   const std::regex transition(" -> ([A-Za-z]+)$");
@@ -105,13 +114,14 @@ void CountCuts(const std::string& out, TrialResult& result) {
       ++result.by_stage[stage];
     } else if (std::regex_search(line, m, transition)) {
       stage = m[1].str();
+      if (download && stage == "Writing") stage = "Downloading";
     } else if (line.find("resuming in state") != std::string::npos) {
       stage = "Resume";
     }
   }
 }
 
-TrialResult RunTrial(int trial, Fault fault, int max_cut_ms) {
+TrialResult RunTrial(int trial, Fault fault, bool download, int max_cut_ms) {
   const Fixture& fx = *g_fixture;
   test::TempDir t;
   const fs::path dev = t / "dev";
@@ -121,8 +131,17 @@ TrialResult RunTrial(int trial, Fault fault, int max_cut_ms) {
                                 "--root-ca", (fx.dir / "root-ca.pem").string()},
                                &rc);
   EXPECT_EQ(rc, 0) << init;
-  // Small checkpoints so that cuts during the write resume mid-image.
-  { std::ofstream(dev / "agent.yaml", std::ios::app) << "download:\n  checkpoint_bytes: 196608\n"; }
+  // The device's TLS identity, as provisioning leaves it (the downloader
+  // presents it to the image server).
+  fs::copy_file(fx.dir / "device-sag-sim-0001-chain.pem", dev / "pki" / "device.pem");
+  fs::copy_file(fx.dir / "device-sag-sim-0001.key", dev / "pki" / "device.key");
+  // Small checkpoints so that cuts during the write resume mid-image; a slow
+  // download so that cuts land in it.
+  {
+    std::ofstream cfg(dev / "agent.yaml", std::ios::app);
+    cfg << "download:\n  checkpoint_bytes: 196608\n";
+    if (download) cfg << "  bandwidth_limit: 4194304\n";
+  }
   std::string cfg = ReadAll(dev / "agent.yaml");
   cfg = std::regex_replace(cfg, std::regex("level: debug"), "level: info");
   EXPECT_TRUE(WriteFileAtomic(dev / "agent.yaml", cfg));
@@ -132,8 +151,10 @@ TrialResult RunTrial(int trial, Fault fault, int max_cut_ms) {
   }
   const std::string id = "job-" + std::to_string(trial);
   fs::create_directories(dev / "state" / "inbox");
-  EXPECT_TRUE(WriteFileAtomic(dev / "state" / "inbox" / (id + ".json"),
-                              json{{"id", id}, {"source", fx.image.string()}}.dump()));
+  EXPECT_TRUE(WriteFileAtomic(
+      dev / "state" / "inbox" / (id + ".json"),
+      json{{"id", id}, {"source", download ? fx.server->Url("/v101.sagimg") : fx.image.string()}}
+          .dump()));
 
   const std::string out =
       Run({SAG_SIM_BIN, "boot", dev.string(), "--agent", SAG_AGENT_BIN, "--max-boots", "40",
@@ -141,7 +162,7 @@ TrialResult RunTrial(int trial, Fault fault, int max_cut_ms) {
            std::to_string(trial), "--", "run", "--once", "--config", (dev / "agent.yaml").string()},
           &rc);
   TrialResult result;
-  CountCuts(out, result);
+  CountCuts(out, download, result);
   const std::string where = "trial " + std::to_string(trial) + "\n" + out;
   EXPECT_EQ(rc, 0) << where;
   EXPECT_NE(out.find("without asking for a reboot"), std::string::npos)
@@ -202,7 +223,8 @@ TEST_P(PowerCut, EveryCutEndsCommittedOrRolledBack) {
   for (int i = 0; cuts < target && i < 3 * target; ++i) {
     const int trial = shard * 100000 + i;
     const auto fault = static_cast<Fault>(i % 3);
-    const auto r = RunTrial(trial, fault, 1200);
+    const bool download = (i / 3) % 2 == 1;
+    const auto r = RunTrial(trial, fault, download, 1200);
     if (::testing::Test::HasFailure()) break;
     cuts += r.cuts;
     by_fault[static_cast<int>(fault)] += r.cuts;
@@ -211,10 +233,14 @@ TEST_P(PowerCut, EveryCutEndsCommittedOrRolledBack) {
   }
   std::string stages;
   for (const auto& [stage, n] : by_stage) stages += " " + stage + "=" + std::to_string(n);
+  int resumed = 0;  // downloads continued mid-image after a cut
+  for (const auto& range : g_fixture->server->ranges()) {
+    resumed += static_cast<int>(range.starts_with("bytes=") && range != "bytes=0-");
+  }
   std::printf(
       "shard %d: %d power cuts in %d trials (healthy %d, unhealthy %d, unbootable %d);"
-      " cut during:%s\n",
-      shard, cuts, trials, by_fault[0], by_fault[1], by_fault[2], stages.c_str());
+      " cut during:%s; downloads resumed with a Range request: %d\n",
+      shard, cuts, trials, by_fault[0], by_fault[1], by_fault[2], stages.c_str(), resumed);
   EXPECT_GE(cuts, target);
 }
 
