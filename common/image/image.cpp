@@ -741,9 +741,14 @@ class ChunkDecoder {
     return std::span(in_).first(c.length);
   }
 
+  struct Unpacked {
+    std::span<const std::uint8_t> data;
+    bool compressed = false;  // held a compressed block: zsha256 was checked
+  };
+
   // Checks the frame in InputFor(c) and decompresses it into buffer
   // index % buffers. The caller checks the decoded bytes against c.sha256.
-  Expected<std::span<const std::uint8_t>> Unpack(const Chunk& c, std::size_t index) {
+  Expected<Unpacked> Unpack(const Chunk& c, std::size_t index) {
     const auto where = "chunk " + std::to_string(index);
     const auto src = std::span<const std::uint8_t>(in_).first(c.length);
     SAG_TRY(const bool compressed, CheckFrame(src, c, where));
@@ -763,7 +768,7 @@ class ChunkDecoder {
                        (ZSTD_isError(n) != 0U ? ZSTD_getErrorName(n) : std::to_string(n)) +
                        "); the image is corrupt");
     }
-    return std::span<const std::uint8_t>(out).first(c.size);
+    return Unpacked{std::span<const std::uint8_t>(out).first(c.size), compressed};
   }
 
  private:
@@ -883,16 +888,19 @@ class ChunkHasher {
 };
 
 // Yields the chunks from `first` on, each only once its SHA-256 matched the
-// signed one. While chunk i is hashed on the second core, chunk i+1 is read
-// and decompressed on this one, so verifying runs at about the speed of one
-// SHA-256 pass. A fault in chunk i+1 is reported when chunk i+1 is asked for.
+// signed one (with ContentCheck::kDeferCompressed, a chunk holding a
+// compressed block once its compressed bytes' SHA-256 matched). While chunk i is hashed on the
+// second core, chunk i+1 is read and decompressed on this one, so verifying runs at about the speed
+// of one SHA-256 pass. A fault in chunk i+1 is reported when chunk i+1 is asked for.
 class ChunkPipeline {
  public:
-  ChunkPipeline(Input& in, const Manifest& m, std::size_t first, std::size_t buffers)
+  ChunkPipeline(Input& in, const Manifest& m, std::size_t first, std::size_t buffers,
+                ContentCheck check)
       : in_(in),
         m_(m),
         decoder_(m, std::clamp(buffers, kMinChunkBuffers, kMaxChunkBuffers)),
         hasher_(m.chunks.size() - first > 1 && m.chunk_size >= kParallelMin),
+        check_(check),
         next_(first) {}
 
   [[nodiscard]] std::size_t next() const { return next_; }
@@ -900,39 +908,49 @@ class ChunkPipeline {
   Expected<std::optional<ChunkView>> Next() {
     if (next_ >= m_.chunks.size()) return std::optional<ChunkView>();
     const std::size_t i = next_;
-    auto data = ahead_ ? std::move(*ahead_) : Load(i);
+    auto loaded = ahead_ ? std::move(*ahead_) : Load(i);
     ahead_.reset();
-    if (!data) return data.error();
+    if (!loaded) return loaded.error();
     if (i + 1 < m_.chunks.size()) ahead_ = Load(i + 1);
     const Chunk& c = m_.chunks[i];
-    if (const auto digest = hasher_.Take(); digest != c.sha256) {
-      return Error(Errc::kChunkHashMismatch, "chunk " + std::to_string(i) + ": SHA-256 " +
-                                                 ToHex(digest) + " does not match the signed " +
-                                                 ToHex(c.sha256) + "; the image is corrupt");
+    if (loaded->hashed) {
+      if (const auto digest = hasher_.Take(); digest != c.sha256) {
+        return Error(Errc::kChunkHashMismatch, "chunk " + std::to_string(i) + ": SHA-256 " +
+                                                   ToHex(digest) + " does not match the signed " +
+                                                   ToHex(c.sha256) + "; the image is corrupt");
+      }
     }
     ++next_;
-    return std::optional<ChunkView>(ChunkView{i, *data});
+    return std::optional<ChunkView>(ChunkView{i, loaded->data, loaded->hashed});
   }
 
  private:
   static constexpr std::uint64_t kParallelMin = 64U << 10U;
 
-  // Reads and decodes chunk i and hands it to the hasher.
-  Expected<std::span<const std::uint8_t>> Load(std::size_t i) {
+  struct Loaded {
+    std::span<const std::uint8_t> data;
+    bool hashed = true;  // its content's digest is in the hasher's queue
+  };
+
+  // Reads and decodes chunk i and hands it to the hasher (unless its
+  // compressed bytes were checked and the caller checks the content).
+  Expected<Loaded> Load(std::size_t i) {
     const Chunk& c = m_.chunks[i];
     SAG_TRY(const auto buf, decoder_.InputFor(c));
     SAG_TRY_STATUS(in_.Read(buf, "chunk " + std::to_string(i)));
-    SAG_TRY(const auto data, decoder_.Unpack(c, i));
-    hasher_.Submit(data);
-    return data;
+    SAG_TRY(const auto unpacked, decoder_.Unpack(c, i));
+    const bool hash = !unpacked.compressed || check_ == ContentCheck::kEveryChunk;
+    if (hash) hasher_.Submit(unpacked.data);
+    return Loaded{unpacked.data, hash};
   }
 
   Input& in_;
   const Manifest& m_;
   ChunkDecoder decoder_;
   ChunkHasher hasher_;
+  ContentCheck check_;
   std::size_t next_;
-  std::optional<Expected<std::span<const std::uint8_t>>> ahead_;
+  std::optional<Expected<Loaded>> ahead_;
 };
 
 }  // namespace
@@ -941,12 +959,13 @@ class ChunkPipeline {
 // ImageReader
 
 struct ImageReader::Impl {
-  Impl(ByteSource& s, Trust t, Limits l, std::size_t b)
-      : in(s), trust(std::move(t)), limits(l), buffers(b) {}
+  Impl(ByteSource& s, Trust t, Limits l, std::size_t b, ContentCheck c)
+      : in(s), trust(std::move(t)), limits(l), buffers(b), check(c) {}
   Input in;
   Trust trust;
   Limits limits;
   std::size_t buffers;
+  ContentCheck check;
   std::optional<VerifiedHeader> header;
   std::unique_ptr<ChunkPipeline> pipeline;
   bool done = false;
@@ -974,7 +993,7 @@ struct ImageReader::Impl {
     const auto& m = header->manifest;
     if (done) return std::optional<ChunkView>();
     // The chunk buffers are allocated only by a reader that reads chunks.
-    if (!pipeline) pipeline = std::make_unique<ChunkPipeline>(in, m, 0, buffers);
+    if (!pipeline) pipeline = std::make_unique<ChunkPipeline>(in, m, 0, buffers, check);
     SAG_TRY(const auto view, pipeline->Next());
     if (pipeline->next() == m.chunks.size()) {
       // The last chunk is released only once the end of the container
@@ -989,8 +1008,9 @@ struct ImageReader::Impl {
   }
 };
 
-ImageReader::ImageReader(ByteSource& source, Trust trust, Limits limits, std::size_t buffers)
-    : impl_(std::make_unique<Impl>(source, std::move(trust), limits, buffers)) {}
+ImageReader::ImageReader(ByteSource& source, Trust trust, Limits limits, std::size_t buffers,
+                         ContentCheck check)
+    : impl_(std::make_unique<Impl>(source, std::move(trust), limits, buffers, check)) {}
 ImageReader::~ImageReader() = default;
 
 Expected<const VerifiedHeader*> ImageReader::ReadHeader() {
@@ -1025,7 +1045,7 @@ struct ChunkReader::Impl {
 };
 
 ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size_t first_chunk,
-                         Limits limits, std::size_t buffers)
+                         Limits limits, std::size_t buffers, ContentCheck check)
     : impl_(std::make_unique<Impl>(source)) {
   // The manifest was verified by VerifyHeader with these limits; checking the
   // chunk size again keeps a caller's mistake from becoming a huge buffer.
@@ -1034,7 +1054,8 @@ ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size
     impl_->failed =
         Error(Errc::kInvalidArgument, "ChunkReader: chunk size or first chunk out of range");
   } else {
-    impl_->chunks = std::make_unique<ChunkPipeline>(impl_->in, manifest, first_chunk, buffers);
+    impl_->chunks =
+        std::make_unique<ChunkPipeline>(impl_->in, manifest, first_chunk, buffers, check);
   }
 }
 ChunkReader::~ChunkReader() = default;

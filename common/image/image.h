@@ -134,6 +134,25 @@ class ByteSource {
 struct ChunkView {
   std::size_t index = 0;
   std::span<const std::uint8_t> data;
+  // False only with ContentCheck::kDeferCompressed, for a chunk whose
+  // compressed bytes matched their signed hash and whose content the caller
+  // must still check against `sha256`.
+  bool content_checked = true;
+};
+
+// What a reader checks before it yields a chunk.
+enum class ContentCheck {
+  // The content's SHA-256, always (and, for a chunk holding a compressed zstd
+  // block, the compressed bytes' SHA-256 before decompressing).
+  kEveryChunk,
+  // For a chunk holding a compressed block: its compressed bytes' SHA-256
+  // only, before decompressing; the decompressed content is yielded with
+  // content_checked = false. Chunks of raw blocks are checked as always. For
+  // a caller that checks every chunk's content itself afterwards (the Device
+  // installer reads the slot back): tampering is still refused before the
+  // chunk is yielded (the compressed bytes are authenticated); what is
+  // deferred is a check of the decompressor's own work, one SHA-256 pass.
+  kDeferCompressed,
 };
 
 // Decoded-chunk buffers a reader keeps (see ChunkView).
@@ -148,7 +167,8 @@ inline constexpr std::size_t kMaxChunkBuffers = 8;
 class ImageReader {
  public:
   ImageReader(ByteSource& source, Trust trust, Limits limits = {},
-              std::size_t buffers = kMinChunkBuffers);
+              std::size_t buffers = kMinChunkBuffers,
+              ContentCheck check = ContentCheck::kEveryChunk);
   ~ImageReader();
   ImageReader(const ImageReader&) = delete;
   ImageReader& operator=(const ImageReader&) = delete;
@@ -173,7 +193,8 @@ class ImageReader {
 class ChunkReader {
  public:
   ChunkReader(ByteSource& source, const Manifest& manifest, std::size_t first_chunk,
-              Limits limits = {}, std::size_t buffers = kMinChunkBuffers);
+              Limits limits = {}, std::size_t buffers = kMinChunkBuffers,
+              ContentCheck check = ContentCheck::kEveryChunk);
   ~ChunkReader();
   ChunkReader(const ChunkReader&) = delete;
   ChunkReader& operator=(const ChunkReader&) = delete;

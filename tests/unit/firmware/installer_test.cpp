@@ -416,6 +416,45 @@ TEST_F(DeviceInstallerTest, ReadBackMismatchFailsBeforeTheTrialBoot) {
   EXPECT_EQ(Reboot(), Slot::kA);
 }
 
+// The reader checks compressed chunks by their compressed bytes only; their
+// content is checked by the read-back. An image whose decompressed chunk does
+// not match its signed content hash (what a decompressor fault would give)
+// fails the job before the trial boot, and nothing boots it.
+TEST_F(DeviceInstallerTest, CompressedChunkWithWrongContentFailsAtReadBack) {
+  std::string payload;
+  for (int i = 0; payload.size() < 400'000; ++i) {
+    payload += "line " + std::to_string(i) + " of a compressible root file system\n";
+  }
+  g_images->Make("1.0.5", payload, image::ImageType::kDevice, {"sag-1000"}, "text");
+  const auto good = g_images->Image("text");
+  const auto bytes = *ReadFile(good);
+  auto src = image::FileSource::Open(good);
+  ASSERT_TRUE(src);
+  const auto u = image::ReadUnverifiedHeader(**src);
+  ASSERT_TRUE(u);
+  auto j = nlohmann::json::parse(u->manifest_json);
+  ASSERT_LT(j["chunks"][2]["length"].get<std::uint64_t>(), kChunk) << "chunk 2 is compressed";
+  j["chunks"][2]["sha256"] = std::string(64, 'c');
+  const auto pki = g_images->Root().parent_path();
+  auto sig = image::SignManifest(j.dump(), pki / "signer.key", pki / "signer.pem",
+                                 pki / "signer-chain.pem");
+  ASSERT_TRUE(sig);
+  const auto zst = dir_ / "payload.zst";
+  std::ofstream(zst, std::ios::binary) << bytes.substr(u->payload_offset, u->payload_stored_size);
+  const auto bad = dir_ / "bad-content.sagimg";
+  ASSERT_TRUE(image::WriteContainer(bad, j.dump(), *sig, zst));
+
+  auto r = MakeInstaller()->Start(JobSpec{"content", bad.string(), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->code(), Errc::kReadBackMismatch) << r->error->ToString();
+  EXPECT_NE(r->error->message().find("chunk 2 "), std::string::npos) << r->error->ToString();
+  EXPECT_EQ(rebooter_.requests, 0);
+  EXPECT_EQ(boot_.ReadState()->b_left, 0);
+  EXPECT_EQ(Reboot(), Slot::kA);
+}
+
 // A journal without verified_chunk (an older agent's, or one whose read-back
 // lagged) has the chunks written before the cut read back on resume too.
 TEST_F(DeviceInstallerTest, ResumeReadsBackChunksWrittenBeforeTheCut) {

@@ -66,11 +66,13 @@ struct Outcome {
   std::optional<Error> error;
   std::string payload;              // every byte the reader yielded
   std::vector<std::size_t> chunks;  // indexes yielded
+  std::vector<bool> checked;        // content_checked of each
 };
 
-Outcome ReadAll(std::string image, const Trust& trust, const Limits& limits = {}) {
+Outcome ReadAll(std::string image, const Trust& trust, const Limits& limits = {},
+                ContentCheck check = ContentCheck::kEveryChunk) {
   MemSource src(std::move(image));
-  ImageReader reader(src, trust, limits);
+  ImageReader reader(src, trust, limits, kMinChunkBuffers, check);
   Outcome out;
   if (auto h = reader.ReadHeader(); !h) {
     out.error = h.error();
@@ -84,6 +86,7 @@ Outcome ReadAll(std::string image, const Trust& trust, const Limits& limits = {}
     }
     if (!*c) return out;
     out.chunks.push_back((*c)->index);
+    out.checked.push_back((*c)->content_checked);
     out.payload.append(reinterpret_cast<const char*>((*c)->data.data()), (*c)->data.size());
   }
 }
@@ -531,6 +534,56 @@ TEST_F(ImageTest, SignedButAbsurdManifestsAreRefused) {
   const auto o3 = ReadAll(SignedImage(Dir(), j.dump(), zst), GoodTrust());
   ExpectRefused(o3, Errc::kChunkHashMismatch, "chunk hash");
   EXPECT_EQ(o3.chunks.size(), 3U);
+  // Deferring the content check of compressed chunks changes nothing for a
+  // chunk of raw blocks (chunk 0: random bytes): its content hash is the
+  // only one it has.
+  j = base;
+  j["chunks"][0]["sha256"] = std::string(64, 'a');
+  ExpectRefused(
+      ReadAll(SignedImage(Dir(), j.dump(), zst), GoodTrust(), {}, ContentCheck::kDeferCompressed),
+      Errc::kChunkHashMismatch, "raw chunk hash, deferred mode");
+}
+
+// ContentCheck::kDeferCompressed: a chunk holding a compressed block is
+// yielded once its compressed bytes matched their signed hash, marked for
+// the caller to check its content; its content hash is not computed.
+// Tampering with its bytes is still refused before it is yielded.
+TEST_F(ImageTest, DeferredContentCheckLeavesCompressedChunksToTheCaller) {
+  const auto h = Header();
+  const auto u = ReadUnverifiedHeader(*std::make_unique<MemSource>(*image_));
+  const std::string zst = image_->substr(u->payload_offset, u->payload_stored_size);
+  auto j = nlohmann::json::parse(h.manifest_json);
+  // A chunk shorter than chunk_size holds a compressed block (raw blocks
+  // add headers to the content).
+  const auto chunk_size = j["payload"]["chunk_size"].get<std::uint64_t>();
+  std::size_t k = 0;
+  while (k < j["chunks"].size() && j["chunks"][k]["length"].get<std::uint64_t>() >= chunk_size) {
+    ++k;
+  }
+  ASSERT_LT(k, j["chunks"].size()) << "the test payload has no compressed chunk";
+  // As if the decompressor had produced other bytes than the signer's did:
+  // the signed content hash of chunk k does not match its decompressed bytes.
+  j["chunks"][k]["sha256"] = std::string(64, 'b');
+  const auto img = SignedImage(Dir(), j.dump(), zst);
+  const auto every = ReadAll(img, GoodTrust());
+  ExpectRefused(every, Errc::kChunkHashMismatch, "content hash checked");
+  EXPECT_EQ(every.chunks.size(), k);
+  const auto deferred = ReadAll(img, GoodTrust(), {}, ContentCheck::kDeferCompressed);
+  ASSERT_FALSE(deferred.error) << deferred.error->message();
+  EXPECT_EQ(deferred.payload, *payload_);
+  ASSERT_GT(deferred.checked.size(), k);
+  EXPECT_FALSE(deferred.checked[k]);
+  EXPECT_TRUE(deferred.checked[0]) << "chunk 0 holds random bytes (raw blocks)";
+  // A changed byte inside chunk k's compressed bytes: refused in both modes.
+  auto bad = *image_;
+  bad[u->payload_offset + j["chunks"][k]["offset"].get<std::size_t>() + 20] ^= 0x01;
+  for (const auto check : {ContentCheck::kEveryChunk, ContentCheck::kDeferCompressed}) {
+    const auto o = ReadAll(bad, GoodTrust(), {}, check);
+    ASSERT_TRUE(o.error);
+    EXPECT_TRUE(o.error->code() == Errc::kChunkHashMismatch || o.error->code() == Errc::kDecompress)
+        << o.error->ToString();
+    EXPECT_EQ(o.chunks.size(), k);
+  }
 }
 
 TEST_F(ImageTest, DeclaredContainerSizesAreBoundedBeforeAllocation) {
