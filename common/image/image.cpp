@@ -889,9 +889,10 @@ class ChunkHasher {
 
 // Yields the chunks from `first` on, each only once its SHA-256 matched the
 // signed one (with ContentCheck::kDeferCompressed, a chunk holding a
-// compressed block once its compressed bytes' SHA-256 matched). While chunk i is hashed on the
-// second core, chunk i+1 is read and decompressed on this one, so verifying runs at about the speed
-// of one SHA-256 pass. A fault in chunk i+1 is reported when chunk i+1 is asked for.
+// compressed block once its compressed bytes' SHA-256 matched). While chunk i
+// is hashed on the second core, chunk i+1 is read and decompressed on this
+// one, so verifying runs at about the speed of one SHA-256 pass. A fault in
+// chunk i+1 is reported when chunk i+1 is asked for.
 class ChunkPipeline {
  public:
   ChunkPipeline(Input& in, const Manifest& m, std::size_t first, std::size_t buffers,

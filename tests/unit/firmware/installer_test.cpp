@@ -165,6 +165,18 @@ class DeviceInstallerTest : public ::testing::Test {
         });
   }
 
+  // Starts a job and stops it once `chunks` chunks were written, as SIGTERM
+  // would; the job stays in the journal for a resume.
+  Expected<JobRecord> StartAndStop(const JobSpec& spec, std::uint64_t chunks) {
+    auto inst = MakeInstaller();
+    installer_ = inst.get();
+    cancel_after_ = chunks;
+    auto r = inst->Start(spec);
+    installer_ = nullptr;
+    cancel_after_ = 0;
+    return r;
+  }
+
   // Power cycle: the bootloader picks a slot; the agent starts in a new boot.
   std::optional<Slot> Reboot() {
     ++system_.boot;
@@ -377,16 +389,11 @@ TEST_F(DeviceInstallerTest, TruncatedImageFails) {
 }
 
 TEST_F(DeviceInstallerTest, InterruptedWriteResumesFromCheckpoint) {
-  auto inst = MakeInstaller();
-  installer_ = inst.get();
-  cancel_after_ = 5;  // stop after 5 of 11 chunks, as SIGTERM would
-  auto r = inst->Start(Spec("job-r", "v101"));
+  auto r = StartAndStop(Spec("job-r", "v101"), 5);  // stop after 5 of 11 chunks, as SIGTERM would
   ASSERT_TRUE(r) << r.error().ToString();
   EXPECT_EQ(r->state, JobState::kWriting);
   EXPECT_GE(r->next_chunk, 2U);
   EXPECT_LT(r->next_chunk, r->chunks_total);
-  installer_ = nullptr;
-  cancel_after_ = 0;
   auto inst2 = MakeInstaller();
   auto busy = inst2->Start(Spec("other", "v102"));
   ASSERT_FALSE(busy);
@@ -458,16 +465,11 @@ TEST_F(DeviceInstallerTest, CompressedChunkWithWrongContentFailsAtReadBack) {
 // A journal without verified_chunk (an older agent's, or one whose read-back
 // lagged) has the chunks written before the cut read back on resume too.
 TEST_F(DeviceInstallerTest, ResumeReadsBackChunksWrittenBeforeTheCut) {
-  auto inst = MakeInstaller();
-  installer_ = inst.get();
-  cancel_after_ = 6;
-  auto r = inst->Start(Spec("job-v", "v101"));
+  auto r = StartAndStop(Spec("job-v", "v101"), 6);
   ASSERT_TRUE(r) << r.error().ToString();
   ASSERT_EQ(r->state, JobState::kWriting);
   ASSERT_GE(r->next_chunk, 2U);
   EXPECT_EQ(r->verified_chunk, r->next_chunk);
-  installer_ = nullptr;
-  cancel_after_ = 0;
   const auto journal = dir_ / "state" / "device-job.json";
   auto doc = nlohmann::json::parse(*ReadFile(journal));
   doc.erase("verified_chunk");
@@ -493,15 +495,10 @@ TEST_F(DeviceInstallerTest, ResumeNeedsTheStoredHeaderOfItsJob) {
   const auto journal = dir_ / "state" / "device-job.json";
   for (const bool other_job : {false, true}) {
     SCOPED_TRACE(other_job ? "another job's header" : "no header");
-    auto inst = MakeInstaller();
-    installer_ = inst.get();
-    cancel_after_ = 5;
     const std::string id = other_job ? "job-h2" : "job-h1";
-    auto r = inst->Start(Spec(id, "v101"));
+    auto r = StartAndStop(Spec(id, "v101"), 5);
     ASSERT_TRUE(r) << r.error().ToString();
     ASSERT_EQ(r->state, JobState::kWriting);
-    installer_ = nullptr;
-    cancel_after_ = 0;
     ASSERT_TRUE(fs::exists(header));
     EXPECT_LT(fs::file_size(journal), 2048U);
     if (other_job) {
@@ -543,15 +540,10 @@ TEST_F(DeviceInstallerTest, DownloadsOverHttpsThroughDrops) {
 // the resumed download asks only for the rest of the image.
 TEST_F(DeviceInstallerTest, ResumedDownloadAsksForTheRestOnly) {
   test::TestHttpServer server(*ReadFile(g_images->Image("v101")), g_images->Tls());
-  auto inst = MakeInstaller();
-  installer_ = inst.get();
-  cancel_after_ = 6;
-  auto r = inst->Start(JobSpec{"url-r", server.Url("/v101.sagimg"), false, true});
+  auto r = StartAndStop(JobSpec{"url-r", server.Url("/v101.sagimg"), false, true}, 6);
   ASSERT_TRUE(r) << r.error().ToString();
   ASSERT_EQ(r->state, JobState::kWriting);
   ASSERT_GT(r->next_chunk, 0U);
-  installer_ = nullptr;
-  cancel_after_ = 0;
   const auto before = server.ranges().size();
   auto resumed = MakeInstaller()->Resume();
   ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
