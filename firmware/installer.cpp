@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -33,6 +34,33 @@ constexpr std::size_t kReadBackPiece = 64U << 10U;
 constexpr std::size_t kReadBackLag = 32;
 
 Expected<Slot> SlotOf(const std::string& name) { return platform::ParseSlot(name); }
+
+Error ReadBackMismatch(const JobRecord& record, const platform::SlotDevice& slot,
+                       std::uint64_t index, std::uint64_t offset) {
+  return {Errc::kReadBackMismatch,
+          "slot " + record.target_slot + " (" + slot.path().string() + ") chunk " +
+              std::to_string(index) + " at offset " + std::to_string(offset) +
+              " reads back different from what was written; the storage may be failing"};
+}
+
+// Reads a chunk just written back from the slot in pieces and compares it
+// with the bytes written, which are the bytes whose hash matched the signed
+// manifest: as good a check as hashing the slot's bytes, for a copy and a
+// compare instead of a SHA-256 pass.
+Status CompareBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64_t index,
+                   std::uint64_t offset, std::span<const std::uint8_t> data,
+                   std::span<std::uint8_t> piece) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    const std::size_t want = std::min(piece.size(), data.size() - done);
+    SAG_TRY(const std::size_t got, slot.ReadAt(offset + done, piece.first(want)));
+    if (got == 0 || std::memcmp(piece.data(), data.data() + done, got) != 0) {
+      return ReadBackMismatch(record, slot, index, offset);
+    }
+    done += got;
+  }
+  return Ok();
+}
 
 }  // namespace
 
@@ -513,27 +541,36 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // it returns, the one it reads ahead), so the writer may hold kBuffers - 2
   // meanwhile. It holds one token per chunk, and this thread takes a token
   // before each call: kBuffers - 1 tokens. Memory: one compressed and
-  // kBuffers decoded chunks, and one read-back piece.
+  // kBuffers decoded chunks, and two read-back pieces.
   constexpr std::size_t kTokens = kBuffers - 1;
   struct Block {
     std::size_t index = 0;
     std::span<const std::uint8_t> data;
+    bool content_checked = true;
   };
   BoundedQueue<char> tokens(kTokens);
   BoundedQueue<Block> full_blocks(kTokens);
   for (std::size_t i = 0; i < kTokens; ++i) (void)tokens.Push('t');
-  // Behind the writer: a read-back thread reads each written chunk back and
-  // checks it against the manifest, and a checkpoint thread syncs the slot at
-  // each checkpoint and records it in the journal once the read-back passed
-  // it too. The journal says "chunk k is done" only once the slot's bytes
-  // below k are on stable storage and read back right. Neither holds a chunk
-  // buffer (the read-back reads the slot), the writer never waits for a sync,
-  // and a sync never holds up the read-back, so the disk always has writes
-  // queued and the read-back costs no wall time of its own. Bounded: the
-  // read-back may lag kReadBackLag chunks, two checkpoints may queue; a
-  // slower stage then slows the writer.
-  BoundedQueue<std::uint64_t> written(kReadBackLag);  // chunk indices
-  BoundedQueue<std::uint64_t> checkpoints(2);         // chunk counts
+  // Every chunk is read back from the slot before the journal counts it.
+  // A chunk whose content the reader checked (every raw chunk) the writer
+  // reads back at once and compares with the buffer it wrote from. A chunk
+  // whose content is not checked yet (a decompressed one, see kContentCheck)
+  // a read-back thread behind the writer reads back and hashes against the
+  // manifest; so does it every chunk written before a cut but not yet read
+  // back. A checkpoint thread syncs the slot at each checkpoint and records
+  // it in the journal once the read-back passed it too: the journal says
+  // "chunk k is done" only once the slot's bytes below k are on stable
+  // storage and read back right. Neither thread holds a chunk buffer, the
+  // writer never waits for a sync, and a sync never holds up the read-back,
+  // so the disk always has writes queued. Bounded: the read-back may lag
+  // kReadBackLag chunks, two checkpoints may queue; a slower stage then
+  // slows the writer.
+  struct Written {
+    std::uint64_t index = 0;
+    bool compared = false;  // the writer read it back already
+  };
+  BoundedQueue<Written> written(kReadBackLag);
+  BoundedQueue<std::uint64_t> checkpoints(2);  // chunk counts
   std::mutex verified_mu;
   std::condition_variable verified_cv;
   std::uint64_t verified = record.verified_chunk;  // guarded by verified_mu
@@ -558,9 +595,11 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     // From verified_chunk: chunks written (and synced) before a cut but not
     // read back then come first.
     std::uint64_t next = record.verified_chunk;
-    while (auto index = written.Pop()) {
-      for (; next <= *index; ++next) {
-        if (auto st = ReadBackChunk(record, m, *slot, next, piece); !st) {
+    while (auto chunk = written.Pop()) {
+      for (; next <= chunk->index; ++next) {
+        if (next == chunk->index && chunk->compared) {
+          // read back by the writer
+        } else if (auto st = ReadBackChunk(record, m, *slot, next, piece); !st) {
           verify_error = std::move(st).error();
           stop_all();
           return;
@@ -600,6 +639,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     }
   });
   std::thread writer_thread([&] {
+    std::vector<std::uint8_t> piece(kReadBackPiece);
     std::uint64_t since_checkpoint = 0;
     while (auto block = full_blocks.Pop()) {
       const std::uint64_t at = block->index * m.chunk_size;
@@ -608,7 +648,14 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         stop_all();
         return;
       }
-      if (!written.Push(block->index)) return;  // the read-back failed
+      if (block->content_checked) {
+        if (auto st = CompareBack(record, *slot, block->index, at, block->data, piece); !st) {
+          write_error = std::move(st).error();
+          stop_all();
+          return;
+        }
+      }
+      if (!written.Push(Written{block->index, block->content_checked})) return;  // read-back failed
       since_checkpoint += block->data.size();
       const bool last = block->index + 1 == m.chunks.size();
       if (since_checkpoint >= options_.checkpoint_bytes || last) {
@@ -639,7 +686,9 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         return;
       }
       if (!*chunk) return;
-      if (!full_blocks.Push(Block{(*chunk)->index, (*chunk)->data})) return;
+      if (!full_blocks.Push(Block{(*chunk)->index, (*chunk)->data, (*chunk)->content_checked})) {
+        return;
+      }
     }
   };
   // The writer writes from the reader's buffers: it is done before the
@@ -689,12 +738,8 @@ Status DeviceInstaller::ReadBackChunk(const JobRecord& record, const image::Mani
     sha.Update(piece.first(got));
     done += got;
   }
-  if (done != c.size || sha.Final() != c.sha256) {
-    return Error(Errc::kReadBackMismatch,
-                 "slot " + record.target_slot + " (" + slot.path().string() + ") chunk " +
-                     std::to_string(index) + " at offset " + std::to_string(offset) +
-                     " reads back different from what was written; the storage may be failing");
-  }
+  if (done != c.size || sha.Final() != c.sha256)
+    return ReadBackMismatch(record, slot, index, offset);
   return Ok();
 }
 

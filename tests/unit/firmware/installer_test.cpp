@@ -86,6 +86,11 @@ class Images {
     Make("1.0.3", payload_102_, image::ImageType::kDevice, {"sag-100wm"}, "wrong-model");
     Make("20201117_1_0-0.0.1", payload_102_, image::ImageType::kDpi, {"sag-1000"}, "dpi");
     Make("1.1.0", RandomBytes(kSlotSize + 1, 7), image::ImageType::kDevice, {"sag-1000"}, "huge");
+    std::string text;  // every chunk of it holds a compressed block
+    for (int i = 0; text.size() < 400'000; ++i) {
+      text += "line " + std::to_string(i) + " of a compressible root file system\n";
+    }
+    Make("1.0.5", text, image::ImageType::kDevice, {"sag-1000"}, "text");
   }
   void Make(const std::string& version, const std::string& payload, image::ImageType type,
             std::vector<std::string> models, const std::string& name) {
@@ -404,23 +409,28 @@ TEST_F(DeviceInstallerTest, InterruptedWriteResumesFromCheckpoint) {
   EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
 }
 
-// The write reads each checkpointed range back beside the writer: a slot
-// that does not return what was written fails the job before the trial boot
-// is set, and the slot stays unbootable.
+// Every chunk is read back beside the writer: a slot that does not return
+// what was written fails the job before the trial boot is set, and the slot
+// stays unbootable. Raw chunks (v101, random data) the writer compares with
+// the bytes it wrote; compressed ones (text) the read-back thread hashes.
 TEST_F(DeviceInstallerTest, ReadBackMismatchFailsBeforeTheTrialBoot) {
-  BitRotSlot rotten(*slot_b_, 5 * kChunk + 123);
-  slot_b_override_ = &rotten;
-  auto r = MakeInstaller()->Start(Spec("rot", "v101"));
-  ASSERT_TRUE(r) << r.error().ToString();
-  EXPECT_EQ(r->state, JobState::kFailed);
-  ASSERT_TRUE(r->error);
-  EXPECT_EQ(r->error->code(), Errc::kReadBackMismatch) << r->error->ToString();
-  EXPECT_NE(r->error->message().find("chunk 5 "), std::string::npos) << r->error->ToString();
-  EXPECT_EQ(r->verified_chunk, r->next_chunk);
-  EXPECT_LE(r->next_chunk, 5U);
-  EXPECT_EQ(rebooter_.requests, 0);
-  EXPECT_EQ(boot_.ReadState()->b_left, 0);
-  EXPECT_EQ(Reboot(), Slot::kA);
+  for (const std::string image : {"v101", "text"}) {
+    SCOPED_TRACE(image);
+    BitRotSlot rotten(*slot_b_, 5 * kChunk + 123);
+    slot_b_override_ = &rotten;
+    auto r = MakeInstaller()->Start(Spec("rot-" + image, image));
+    slot_b_override_ = nullptr;
+    ASSERT_TRUE(r) << r.error().ToString();
+    EXPECT_EQ(r->state, JobState::kFailed);
+    ASSERT_TRUE(r->error);
+    EXPECT_EQ(r->error->code(), Errc::kReadBackMismatch) << r->error->ToString();
+    EXPECT_NE(r->error->message().find("chunk 5 "), std::string::npos) << r->error->ToString();
+    EXPECT_EQ(r->verified_chunk, r->next_chunk);
+    EXPECT_LE(r->next_chunk, 5U);
+    EXPECT_EQ(rebooter_.requests, 0);
+    EXPECT_EQ(boot_.ReadState()->b_left, 0);
+    EXPECT_EQ(Reboot(), Slot::kA);
+  }
 }
 
 // The reader checks compressed chunks by their compressed bytes only; their
@@ -428,11 +438,6 @@ TEST_F(DeviceInstallerTest, ReadBackMismatchFailsBeforeTheTrialBoot) {
 // not match its signed content hash (what a decompressor fault would give)
 // fails the job before the trial boot, and nothing boots it.
 TEST_F(DeviceInstallerTest, CompressedChunkWithWrongContentFailsAtReadBack) {
-  std::string payload;
-  for (int i = 0; payload.size() < 400'000; ++i) {
-    payload += "line " + std::to_string(i) + " of a compressible root file system\n";
-  }
-  g_images->Make("1.0.5", payload, image::ImageType::kDevice, {"sag-1000"}, "text");
   const auto good = g_images->Image("text");
   const auto bytes = *ReadFile(good);
   auto src = image::FileSource::Open(good);
