@@ -143,6 +143,7 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   io.download.max_retries = c.download.max_retries;
   io.trial_attempts = c.boot.trial_attempts;
   io.checkpoint_bytes = c.download.checkpoint_bytes;
+  io.checkpoint_interval = c.download.checkpoint_interval;
   if (c.health.require_cloud) {
     // After the command checks: the new OS must reach the control channel's
     // endpoint with this device's certificate within cloud_timeout.

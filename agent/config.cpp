@@ -302,18 +302,22 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
         return Ok();
       }));
 
-  SAG_TRY_STATUS(
-      Optional(root, r, "download",
-               {"bandwidth_limit", "stall_timeout_s", "max_retries", "checkpoint_bytes"},
-               [&](const YAML::Node& n) -> Status {
-                 SAG_TRY_STATUS(r.Integer(n, "download", "bandwidth_limit",
-                                          c.download.bandwidth_limit, 0, 10'000'000'000LL));
-                 SAG_TRY_STATUS(r.Seconds(n, "download", "stall_timeout_s",
-                                          c.download.stall_timeout, 1, 3600));
-                 SAG_TRY_STATUS(r.Integer(n, "download", "checkpoint_bytes",
-                                          c.download.checkpoint_bytes, 64LL << 10, 1LL << 30));
-                 return r.Integer(n, "download", "max_retries", c.download.max_retries, 0, 1000);
-               }));
+  SAG_TRY_STATUS(Optional(
+      root, r, "download",
+      {"bandwidth_limit", "stall_timeout_s", "max_retries", "checkpoint_bytes",
+       "checkpoint_interval_ms"},
+      [&](const YAML::Node& n) -> Status {
+        SAG_TRY_STATUS(r.Integer(n, "download", "bandwidth_limit", c.download.bandwidth_limit, 0,
+                                 10'000'000'000LL));
+        SAG_TRY_STATUS(
+            r.Seconds(n, "download", "stall_timeout_s", c.download.stall_timeout, 1, 3600));
+        SAG_TRY_STATUS(r.Integer(n, "download", "checkpoint_bytes", c.download.checkpoint_bytes,
+                                 64LL << 10, 1LL << 30));
+        std::int64_t interval_ms = c.download.checkpoint_interval.count();
+        SAG_TRY_STATUS(r.Integer(n, "download", "checkpoint_interval_ms", interval_ms, 0, 60'000));
+        c.download.checkpoint_interval = std::chrono::milliseconds(interval_ms);
+        return r.Integer(n, "download", "max_retries", c.download.max_retries, 0, 1000);
+      }));
 
   SAG_TRY_STATUS(Optional(root, r, "log", {"level"}, [&](const YAML::Node& n) -> Status {
     std::string level = "info";

@@ -641,6 +641,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   std::thread writer_thread([&] {
     std::vector<std::uint8_t> piece(kReadBackPiece);
     std::uint64_t since_checkpoint = 0;
+    auto last_checkpoint = std::chrono::steady_clock::now();
     while (auto block = full_blocks.Pop()) {
       const std::uint64_t at = block->index * m.chunk_size;
       if (auto st = writer->WriteAt(at, block->data); !st) {
@@ -658,9 +659,12 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
       if (!written.Push(Written{block->index, block->content_checked})) return;  // read-back failed
       since_checkpoint += block->data.size();
       const bool last = block->index + 1 == m.chunks.size();
-      if (since_checkpoint >= options_.checkpoint_bytes || last) {
+      if (last ||
+          (since_checkpoint >= options_.checkpoint_bytes &&
+           std::chrono::steady_clock::now() - last_checkpoint >= options_.checkpoint_interval)) {
         if (!checkpoints.Push(block->index + 1)) return;  // the checkpoint failed
         since_checkpoint = 0;
+        last_checkpoint = std::chrono::steady_clock::now();
       }
       {
         const std::lock_guard lock(record_mu);

@@ -64,18 +64,24 @@ class FileSlotWriter : public SlotWriter {
   }
 
  private:
-  // Sequential writes: the disk starts on each written range at once instead
-  // of at the next fsync (which then waits for little), and the range
-  // kBehind bytes back is waited for, so that dirty pages stay bounded and
-  // writing, decoding and hashing overlap. Purely a hint: sync_file_range
-  // promises no durability (Sync() does), so its errors are ignored here;
-  // a real I/O error shows at fsync.
+  // Sequential writes: the disk starts on the written data early instead of
+  // at the next fsync (which then waits for little), in batches of kKick
+  // bytes, and the range kBehind bytes back is waited for, so that dirty
+  // pages stay bounded while writing, decoding and hashing overlap. Batches,
+  // not every write, and a deep window: a virtual disk wants large requests
+  // and many in flight (kicking each 1 MiB chunk with 16 MiB in flight gave
+  // 0.75 MiB requests and a 1 GiB install 60 % of dd's speed; 8 MiB batches
+  // with 256 MiB in flight give 3 MiB requests and 80-85 %). Purely a hint:
+  // sync_file_range promises no durability (Sync() does), so its errors are
+  // ignored here; a real I/O error shows at fsync.
   void WriteBehind(std::uint64_t end) {
-    constexpr std::uint64_t kBehind = 16U << 20U;
+    constexpr std::uint64_t kKick = 8U << 20U;
+    constexpr std::uint64_t kBehind = 256U << 20U;
     if (end <= kicked_) {  // not sequential (a resume, a rewrite): no hint
       kicked_ = end;
       return;
     }
+    if (end - kicked_ < kKick) return;
     (void)::sync_file_range(fd_, static_cast<off_t>(kicked_), static_cast<off_t>(end - kicked_),
                             SYNC_FILE_RANGE_WRITE);
     kicked_ = end;

@@ -135,11 +135,11 @@ TrialResult RunTrial(int trial, Fault fault, bool download, int max_cut_ms) {
   // presents it to the image server).
   fs::copy_file(fx.dir / "device-sag-sim-0001-chain.pem", dev / "pki" / "device.pem");
   fs::copy_file(fx.dir / "device-sag-sim-0001.key", dev / "pki" / "device.key");
-  // Small checkpoints so that cuts during the write resume mid-image; a slow
-  // download so that cuts land in it.
+  // Small checkpoints (every 192 KiB, however fast) so that cuts during the
+  // write resume mid-image; a slow download so that cuts land in it.
   {
     std::ofstream cfg(dev / "agent.yaml", std::ios::app);
-    cfg << "download:\n  checkpoint_bytes: 196608\n";
+    cfg << "download:\n  checkpoint_bytes: 196608\n  checkpoint_interval_ms: 0\n";
     if (download) cfg << "  bandwidth_limit: 4194304\n";
   }
   std::string cfg = ReadAll(dev / "agent.yaml");

@@ -43,6 +43,8 @@ TEST(Config, MinimalGetsDefaults) {
   EXPECT_EQ(c->paths.state_dir, "/var/lib/sag-agent");
   EXPECT_EQ(c->dpi.keep, 2);
   EXPECT_EQ(c->download.bandwidth_limit, 0U);
+  EXPECT_EQ(c->download.checkpoint_bytes, 32U << 20U);
+  EXPECT_EQ(c->download.checkpoint_interval, std::chrono::seconds(1));
   EXPECT_TRUE(c->cloud.endpoint.empty());
 }
 
@@ -108,6 +110,8 @@ TEST(Config, InlineBadCases) {
       {ok + "dpi: {keep: 1}\n", Errc::kConfigRange},
       {ok + "dpi: {keep: 2.5}\n", Errc::kConfigType},
       {ok + "download: {bandwidth_limit: -1}\n", Errc::kConfigRange},
+      {ok + "download: {checkpoint_interval_ms: 60001}\n", Errc::kConfigRange},
+      {ok + "download: {checkpoint_interval_ms: soon}\n", Errc::kConfigType},
       {ok + "health: {require_cloud: maybe}\n", Errc::kConfigType},
       {ok + "health: {checks: [{name: x, command: []}]}\n", Errc::kConfigType},
       {ok + "health: {checks: [{name: x}]}\n", Errc::kConfigMissingKey},

@@ -157,6 +157,7 @@ class DeviceInstallerTest : public ::testing::Test {
     o.trial_attempts = 3;
     o.health_checks = std::move(checks);
     o.checkpoint_bytes = 2 * kChunk;
+    o.checkpoint_interval = checkpoint_interval_;
     o.os_release = dir_ / "os-release";
     platform::SlotDevice* b = slot_b_override_ != nullptr ? slot_b_override_ : slot_b_.get();
     Platform p{&boot_, {{Slot::kA, slot_a_.get()}, {Slot::kB, b}}, &rebooter_, &system_};
@@ -220,6 +221,7 @@ class DeviceInstallerTest : public ::testing::Test {
   std::unique_ptr<platform::SlotDevice> slot_a_;
   std::unique_ptr<platform::SlotDevice> slot_b_;
   platform::SlotDevice* slot_b_override_ = nullptr;
+  std::chrono::milliseconds checkpoint_interval_{};
   FakeRebooter rebooter_;
   FakeSystem system_;
   std::vector<JobState> states_seen_;
@@ -406,6 +408,26 @@ TEST_F(DeviceInstallerTest, InterruptedWriteResumesFromCheckpoint) {
   auto resumed = inst2->Resume();
   ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
   EXPECT_EQ((*resumed)->state, JobState::kRebooting);
+  EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
+}
+
+// Checkpoints come every checkpoint_bytes but at most once per interval (each
+// costs three disk flushes): within the interval nothing is recorded as done,
+// so a stop resumes from the last checkpoint (here: the start), and the last
+// chunk is always checkpointed. (Without the floor, as in every other test
+// here, a checkpoint comes every two chunks: see
+// InterruptedWriteResumesFromCheckpoint.)
+TEST_F(DeviceInstallerTest, CheckpointsAreAtMostOnePerInterval) {
+  checkpoint_interval_ = std::chrono::hours(1);
+  auto r = StartAndStop(Spec("job-i", "v101"), 7);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kWriting);
+  EXPECT_EQ(r->next_chunk, 0U);
+  EXPECT_EQ(r->verified_chunk, 0U);
+  auto resumed = MakeInstaller()->Resume();
+  ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
+  EXPECT_EQ((*resumed)->state, JobState::kRebooting);
+  EXPECT_EQ((*resumed)->verified_chunk, (*resumed)->chunks_total);
   EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
 }
 
