@@ -200,8 +200,10 @@ void RefreshStatus(Runtime& rt, const Config& c, const std::string& state) {
   if (auto b = rt.boot->BootedSlot()) s["booted_slot"] = std::string(platform::SlotName(*b));
   if (auto st = rt.boot->ReadState()) {
     std::string order;
-    for (auto slot : st->order)
-      order += (order.empty() ? "" : " ") + std::string(platform::SlotName(slot));
+    for (auto slot : st->order) {
+      if (!order.empty()) order += ' ';
+      order += platform::SlotName(slot);
+    }
     s["boot"] = {{"order", order}, {"a_left", st->a_left}, {"b_left", st->b_left}};
   }
   if (rt.last_job_dpi) {
