@@ -43,22 +43,53 @@ Error ReadBackMismatch(const JobRecord& record, const platform::SlotDevice& slot
               " reads back different from what was written; the storage may be failing"};
 }
 
-// Reads a chunk just written back from the slot in pieces and compares it
-// with the bytes written, which are the bytes whose hash matched the signed
-// manifest: as good a check as hashing the slot's bytes, for a copy and a
-// compare instead of a SHA-256 pass.
-Status CompareBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64_t index,
-                   std::uint64_t offset, std::span<const std::uint8_t> data,
-                   std::span<std::uint8_t> piece) {
-  std::size_t done = 0;
-  while (done < data.size()) {
-    const std::size_t want = std::min(piece.size(), data.size() - done);
+// Reads `size` bytes of the slot from `offset` in pieces and hands each to
+// `take`, which returns false at the first wrong byte. The one read-back
+// loop: a chunk reads back right only if every piece was taken and the slot
+// did not end early.
+template <typename Take>
+Status ReadBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64_t index,
+                std::uint64_t offset, std::uint64_t size, std::span<std::uint8_t> piece,
+                Take take) {
+  std::uint64_t done = 0;
+  while (done < size) {
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), size - done));
     SAG_TRY(const std::size_t got, slot.ReadAt(offset + done, piece.first(want)));
-    if (got == 0 || std::memcmp(piece.data(), data.data() + done, got) != 0) {
+    if (got == 0 || !take(done, piece.first(got))) {
       return ReadBackMismatch(record, slot, index, offset);
     }
     done += got;
   }
+  return Ok();
+}
+
+// Reads a chunk just written back from the slot and compares it with the
+// bytes written, which are the bytes whose hash matched the signed manifest:
+// as good a check as hashing the slot's bytes, for a copy and a compare
+// instead of a SHA-256 pass.
+Status CompareBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64_t index,
+                   std::uint64_t offset, std::span<const std::uint8_t> data,
+                   std::span<std::uint8_t> piece) {
+  return ReadBack(record, slot, index, offset, data.size(), piece,
+                  [&](std::uint64_t at, std::span<const std::uint8_t> got) {
+                    return std::memcmp(got.data(), data.data() + at, got.size()) == 0;
+                  });
+}
+
+// Reads chunk `index` back from the slot and checks it against the signed
+// manifest: what boots next is what was verified, not what was sent to the
+// device.
+Status ReadBackChunk(const JobRecord& record, const image::Manifest& m, platform::SlotDevice& slot,
+                     std::uint64_t index, std::span<std::uint8_t> piece) {
+  const auto& c = m.chunks[index];
+  const std::uint64_t offset = index * m.chunk_size;
+  Sha256 sha;
+  SAG_TRY_STATUS(ReadBack(record, slot, index, offset, c.size, piece,
+                          [&](std::uint64_t /*at*/, std::span<const std::uint8_t> got) {
+                            sha.Update(got);
+                            return true;
+                          }));
+  if (sha.Final() != c.sha256) return ReadBackMismatch(record, slot, index, offset);
   return Ok();
 }
 
@@ -597,9 +628,8 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     std::uint64_t next = record.verified_chunk;
     while (auto chunk = written.Pop()) {
       for (; next <= chunk->index; ++next) {
-        if (next == chunk->index && chunk->compared) {
-          // read back by the writer
-        } else if (auto st = ReadBackChunk(record, m, *slot, next, piece); !st) {
+        const bool compared = next == chunk->index && chunk->compared;  // by the writer
+        if (auto st = compared ? Ok() : ReadBackChunk(record, m, *slot, next, piece); !st) {
           verify_error = std::move(st).error();
           stop_all();
           return;
@@ -722,29 +752,6 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
                                             std::to_string(m.chunks.size()));
   }
   return Save(record, JobEvent::kWritten);
-}
-
-// Reads chunk `index` back from the slot in pieces and checks it against the
-// signed manifest: what boots next is what was verified, not what was sent to
-// the device.
-Status DeviceInstaller::ReadBackChunk(const JobRecord& record, const image::Manifest& m,
-                                      platform::SlotDevice& slot, std::uint64_t index,
-                                      std::span<std::uint8_t> piece) {
-  const auto& c = m.chunks[index];
-  const std::uint64_t offset = index * m.chunk_size;
-  Sha256 sha;
-  std::uint64_t done = 0;
-  while (done < c.size) {
-    const std::size_t want =
-        static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), c.size - done));
-    SAG_TRY(const std::size_t got, slot.ReadAt(offset + done, piece.first(want)));
-    if (got == 0) break;  // the slot ends early
-    sha.Update(piece.first(got));
-    done += got;
-  }
-  if (done != c.size || sha.Final() != c.sha256)
-    return ReadBackMismatch(record, slot, index, offset);
-  return Ok();
 }
 
 // The write step read back every chunk it checkpointed; this reads back what

@@ -107,9 +107,6 @@ class DeviceInstaller {
   Status StepPrepare(JobRecord& record);
   Status StepWrite(JobRecord& record);
   Status StepVerify(JobRecord& record);
-  Status ReadBackChunk(const JobRecord& record, const image::Manifest& m,
-                       platform::SlotDevice& slot, std::uint64_t index,
-                       std::span<std::uint8_t> piece);
   Status StepActivate(JobRecord& record);
   Status StepReboot(JobRecord& record);
   Status StepAfterBoot(JobRecord& record);
