@@ -47,8 +47,8 @@ struct Runtime {
   std::unique_ptr<dpi::DpiInstaller> dpi;
   image::Trust trust;
   net::DownloadOptions download;
-  std::unique_ptr<StatusFile> status;
-  std::mutex status_mu;
+  std::unique_ptr<StatusWriter> status;
+  std::mutex status_mu;  // guards the fields below
   int last_percent = -1;
   std::string last_state;
   std::chrono::steady_clock::time_point last_status_write{};
@@ -95,11 +95,19 @@ void OnProgress(Runtime& rt, const firmware::JobRecord& r, const firmware::Progr
   // status.json follows every state change and the end of a step, and the
   // percentage in between at most every kStatusInterval: it is read by people
   // and the cloud, and a file replacement for every percent would cost the
-  // install real time (it runs on the writer's thread).
+  // install real time. A state change is written before the job goes on (it
+  // is the last word before a reboot); the percentage is posted, because it
+  // comes from the install's writer thread, which must not wait for the file
+  // system.
   const auto now = std::chrono::steady_clock::now();
   if (!state_changed && percent != 100 && now - rt.last_status_write < kStatusInterval) return;
   rt.last_status_write = now;
-  if (rt.status) (void)rt.status->Update({{"job", JobJson(r, percent)}});
+  if (!rt.status) return;
+  if (state_changed) {
+    (void)rt.status->Update({{"job", JobJson(r, percent)}});
+  } else {
+    rt.status->Post({{"job", JobJson(r, percent)}});
+  }
 }
 
 Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
@@ -212,7 +220,6 @@ void RefreshStatus(Runtime& rt, const Config& c, const std::string& state) {
     const int pct = firmware::IsTerminal((*last)->state) ? 100 : rt.last_percent;
     s["job"] = JobJson(**last, std::max(pct, 0));
   }
-  const std::lock_guard lock(rt.status_mu);
   if (auto st = rt.status->Update(s); !st) spdlog::warn("status: {}", st.error().ToString());
 }
 
@@ -266,16 +273,13 @@ Expected<dpi::JobResult> RunDpiJob(Runtime& rt, const firmware::JobSpec& spec) {
   SAG_TRY(auto source, OpenStreamSource(spec.source, 0, rt.download));
   image::ImageReader reader(*source, rt.trust);
   SAG_TRY(const image::VerifiedHeader* header, reader.ReadHeader());
-  {
-    const std::lock_guard lock(rt.status_mu);
-    (void)rt.status->Update({{"job",
-                              {{"id", spec.id},
-                               {"type", "Dpi"},
-                               {"version", header->manifest.version},
-                               {"state", "Staging"},
-                               {"percent", 0},
-                               {"error", nullptr}}}});
-  }
+  (void)rt.status->Update({{"job",
+                            {{"id", spec.id},
+                             {"type", "Dpi"},
+                             {"version", header->manifest.version},
+                             {"state", "Staging"},
+                             {"percent", 0},
+                             {"error", nullptr}}}});
   spdlog::info("job {}: DPI database {} (signed by {})", spec.id, header->manifest.version,
                header->signer.subject);
   dpi::CallbackPayloadSource payload(
@@ -322,10 +326,7 @@ int RunJob(Runtime& rt, const firmware::JobSpec& spec, Output output) {
       if (!as_json) out << "job " << spec.id << " Failed: " << r.error().ToString() << "\n";
       return 1;
     }
-    {
-      const std::lock_guard lock(rt.status_mu);
-      (void)rt.status->Update({{"job", DpiJobJson(*r)}});
-    }
+    (void)rt.status->Update({{"job", DpiJobJson(*r)}});
     if (as_json) {
       out << DpiJobJson(*r).dump(2) << "\n";
     } else if (r->error) {
@@ -370,7 +371,7 @@ int CmdRun(const Config& c, bool once) {
     return 1;
   }
   Runtime& rt = **built;
-  rt.status = std::make_unique<StatusFile>(c.paths.runtime_dir / "status.json");
+  rt.status = std::make_unique<StatusWriter>(c.paths.runtime_dir / "status.json");
   if (auto st = WriteFileAtomic(PidFile(c), std::to_string(::getpid()) + "\n"); !st) {
     spdlog::warn("{}", st.error().ToString());
   }
@@ -513,7 +514,7 @@ int CmdInstall(const Config& c, const InstallArgs& args) {
     return 1;
   }
   Runtime& rt = **built;
-  rt.status = std::make_unique<StatusFile>(c.paths.runtime_dir / "status.json");
+  rt.status = std::make_unique<StatusWriter>(c.paths.runtime_dir / "status.json");
   firmware::JobSpec spec{id, source, args.allow_downgrade, args.reboot};
   const int rc = RunJob(rt, spec, args.json ? Output::kJson : Output::kText);
   RefreshStatus(rt, c, "idle");

@@ -1,6 +1,9 @@
 #include "agent/status.h"
 
+#include <spdlog/spdlog.h>
+
 #include <sstream>
+#include <utility>
 
 #include "common/atomic_file.h"
 #include "firmware/job.h"
@@ -23,6 +26,54 @@ Expected<nlohmann::json> StatusFile::Read() const {
     return Error(Errc::kIo, path_.string() + " is not JSON");
   }
   return doc;
+}
+
+StatusWriter::StatusWriter(std::filesystem::path path)
+    : file_(std::move(path)), thread_([this] { Run(); }) {}
+
+StatusWriter::~StatusWriter() {
+  {
+    const std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void StatusWriter::Post(const nlohmann::json& fields) {
+  {
+    const std::lock_guard lock(mu_);
+    for (const auto& [key, value] : fields.items()) posted_[key] = value;
+  }
+  cv_.notify_all();
+}
+
+nlohmann::json StatusWriter::TakePosted() {
+  const std::lock_guard lock(mu_);
+  return std::exchange(posted_, nlohmann::json::object());
+}
+
+Status StatusWriter::Update(const nlohmann::json& fields) {
+  const std::lock_guard lock(file_mu_);
+  nlohmann::json all = TakePosted();
+  for (const auto& [key, value] : fields.items()) all[key] = value;
+  return file_.Update(all);
+}
+
+void StatusWriter::Run() {
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !posted_.empty(); });
+      if (posted_.empty()) return;  // stopped, nothing left to write
+    }
+    // Taken under file_mu_: an Update() between taking and writing would
+    // otherwise be overwritten by older fields.
+    const std::lock_guard lock(file_mu_);
+    const nlohmann::json posted = TakePosted();
+    if (posted.empty()) continue;  // an Update() wrote it
+    if (auto st = file_.Update(posted); !st) spdlog::warn("status: {}", st.error().ToString());
+  }
 }
 
 std::string FormatStatus(const nlohmann::json& s) {
