@@ -94,10 +94,11 @@ struct DownloadConfig {
   std::chrono::seconds stall_timeout{30};
   int max_retries = 10;
   // The slot is synced and the journal records progress every this many
-  // bytes, but at most once per checkpoint_interval: what a resumed install
-  // does not fetch and write again.
+  // bytes (one checkpoint at a time), and at most once per
+  // checkpoint_interval (0 = no floor): what a resumed install does not fetch
+  // and write again.
   std::uint64_t checkpoint_bytes = 32U << 20U;
-  std::chrono::milliseconds checkpoint_interval{1000};
+  std::chrono::milliseconds checkpoint_interval{0};
 };
 
 struct Config {

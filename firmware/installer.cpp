@@ -591,11 +591,14 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // back. A checkpoint thread syncs the slot at each checkpoint and records
   // it in the journal once the read-back passed it too: the journal says
   // "chunk k is done" only once the slot's bytes below k are on stable
-  // storage and read back right. Neither thread holds a chunk buffer, the
-  // writer never waits for a sync, and a sync never holds up the read-back,
-  // so the disk always has writes queued. Bounded: the read-back may lag
-  // kReadBackLag chunks, two checkpoints may queue; a slower stage then
-  // slows the writer.
+  // storage and read back right. Neither thread holds a chunk buffer, and a
+  // sync never holds up the read-back. One checkpoint at a time: while one
+  // runs, the writer does not queue another but goes on, and starts the next
+  // with the first chunk after it finished (checkpoint_bytes after the last
+  // one at least). So the writer never waits for a sync, however slow, and
+  // the disk always has writes queued and a flush under way (a virtual
+  // disk's host persists only when flushed). Bounded: the read-back may lag
+  // kReadBackLag chunks; a slower read-back slows the writer.
   struct Written {
     std::uint64_t index = 0;
     bool compared = false;  // the writer read it back already
@@ -642,6 +645,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
       }
     }
   });
+  std::atomic<bool> checkpointing{false};  // a checkpoint is queued or running (the last may queue)
   std::thread checkpoint_thread([&] {
     while (auto upto = checkpoints.Pop()) {
       auto st = writer->Sync();
@@ -666,6 +670,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         stop_all();
         return;
       }
+      checkpointing = false;
     }
   });
   std::thread writer_thread([&] {
@@ -690,8 +695,9 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
       since_checkpoint += block->data.size();
       const bool last = block->index + 1 == m.chunks.size();
       if (last ||
-          (since_checkpoint >= options_.checkpoint_bytes &&
+          (!checkpointing && since_checkpoint >= options_.checkpoint_bytes &&
            std::chrono::steady_clock::now() - last_checkpoint >= options_.checkpoint_interval)) {
+        checkpointing = true;
         if (!checkpoints.Push(block->index + 1)) return;  // the checkpoint failed
         since_checkpoint = 0;
         last_checkpoint = std::chrono::steady_clock::now();

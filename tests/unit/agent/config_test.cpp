@@ -44,7 +44,7 @@ TEST(Config, MinimalGetsDefaults) {
   EXPECT_EQ(c->dpi.keep, 2);
   EXPECT_EQ(c->download.bandwidth_limit, 0U);
   EXPECT_EQ(c->download.checkpoint_bytes, 32U << 20U);
-  EXPECT_EQ(c->download.checkpoint_interval, std::chrono::seconds(1));
+  EXPECT_EQ(c->download.checkpoint_interval, std::chrono::milliseconds(0));
   EXPECT_TRUE(c->cloud.endpoint.empty());
 }
 

@@ -5,7 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
 #include <random>
 
 #include "common/atomic_file.h"
@@ -55,6 +59,62 @@ class BitRotSlot final : public platform::SlotDevice {
  private:
   platform::SlotDevice& inner_;
   std::uint64_t at_;
+};
+
+// A slot whose first flush takes until the writer has written `end` bytes
+// (10 s at most): a disk busy with a large backlog. Says whether the writer
+// got there while the flush was held.
+class SlowFlushSlot final : public platform::SlotDevice {
+ public:
+  SlowFlushSlot(platform::SlotDevice& inner, std::uint64_t end) : inner_(inner), end_(end) {}
+  [[nodiscard]] const fs::path& path() const override { return inner_.path(); }
+  Expected<std::uint64_t> Size() override { return inner_.Size(); }
+  Expected<std::unique_ptr<platform::SlotWriter>> OpenWriter() override {
+    SAG_TRY(auto w, inner_.OpenWriter());
+    return std::unique_ptr<platform::SlotWriter>(std::make_unique<Writer>(*this, std::move(w)));
+  }
+  Expected<std::size_t> ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) override {
+    return inner_.ReadAt(offset, buf);
+  }
+  bool writer_got_there = false;  // read after the job
+
+ private:
+  class Writer final : public platform::SlotWriter {
+   public:
+    Writer(SlowFlushSlot& slot, std::unique_ptr<platform::SlotWriter> inner)
+        : slot_(slot), inner_(std::move(inner)) {}
+    Status WriteAt(std::uint64_t offset, std::span<const std::uint8_t> data) override {
+      SAG_TRY_STATUS(inner_->WriteAt(offset, data));
+      {
+        const std::lock_guard lock(slot_.mu_);
+        slot_.written_ = std::max(slot_.written_, offset + data.size());
+      }
+      slot_.cv_.notify_all();
+      return Ok();
+    }
+    Status Sync() override {
+      {
+        std::unique_lock lock(slot_.mu_);
+        if (!slot_.held_) {
+          slot_.held_ = true;
+          slot_.writer_got_there = slot_.cv_.wait_for(lock, std::chrono::seconds(10),
+                                                      [&] { return slot_.written_ >= slot_.end_; });
+        }
+      }
+      return inner_->Sync();
+    }
+
+   private:
+    SlowFlushSlot& slot_;
+    std::unique_ptr<platform::SlotWriter> inner_;
+  };
+
+  platform::SlotDevice& inner_;
+  std::uint64_t end_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::uint64_t written_ = 0;  // guarded by mu_
+  bool held_ = false;          // guarded by mu_
 };
 
 class FakeRebooter final : public platform::Rebooter {
@@ -415,7 +475,7 @@ TEST_F(DeviceInstallerTest, InterruptedWriteResumesFromCheckpoint) {
 // costs three disk flushes): within the interval nothing is recorded as done,
 // so a stop resumes from the last checkpoint (here: the start), and the last
 // chunk is always checkpointed. (Without the floor, as in every other test
-// here, a checkpoint comes every two chunks: see
+// here, a checkpoint comes every two chunks unless one is running: see
 // InterruptedWriteResumesFromCheckpoint.)
 TEST_F(DeviceInstallerTest, CheckpointsAreAtMostOnePerInterval) {
   checkpoint_interval_ = std::chrono::hours(1);
@@ -428,6 +488,22 @@ TEST_F(DeviceInstallerTest, CheckpointsAreAtMostOnePerInterval) {
   ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
   EXPECT_EQ((*resumed)->state, JobState::kRebooting);
   EXPECT_EQ((*resumed)->verified_chunk, (*resumed)->chunks_total);
+  EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
+}
+
+// The writer never waits for a checkpoint: while one is running (its flush
+// can take seconds on a disk with a backlog) no other is queued, and the
+// writer goes on; the next starts once it finished. (Queued behind a slow
+// flush, the writer would stop two checkpoints later, every two chunks here,
+// and the held flush would wait in vain.)
+TEST_F(DeviceInstallerTest, ASlowFlushDoesNotHoldUpTheWriter) {
+  SlowFlushSlot slow(*slot_b_, g_images->payload_101().size());
+  slot_b_override_ = &slow;
+  auto r = MakeInstaller()->Start(Spec("job-f", "v101"));
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_TRUE(slow.writer_got_there) << "the writer stopped behind the held flush";
+  EXPECT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(r->verified_chunk, r->chunks_total);
   EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
 }
 
