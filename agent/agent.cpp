@@ -48,7 +48,7 @@ struct Runtime {
   image::Trust trust;
   net::DownloadOptions download;
   std::unique_ptr<StatusWriter> status;
-  std::mutex status_mu;  // guards the fields below
+  std::mutex status_mu;  // guards the next three (OnProgress's)
   int last_percent = -1;
   std::string last_state;
   std::chrono::steady_clock::time_point last_status_write{};

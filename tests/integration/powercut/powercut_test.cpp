@@ -135,8 +135,9 @@ TrialResult RunTrial(int trial, Fault fault, bool download, int max_cut_ms) {
   // presents it to the image server).
   fs::copy_file(fx.dir / "device-sag-sim-0001-chain.pem", dev / "pki" / "device.pem");
   fs::copy_file(fx.dir / "device-sag-sim-0001.key", dev / "pki" / "device.key");
-  // Small checkpoints (every 192 KiB, however fast) so that cuts during the
-  // write resume mid-image; a slow download so that cuts land in it.
+  // Small checkpoints (every 192 KiB, one at a time, no time floor) so that
+  // cuts during the write resume mid-image; a slow download so that cuts
+  // land in it.
   {
     std::ofstream cfg(dev / "agent.yaml", std::ios::app);
     cfg << "download:\n  checkpoint_bytes: 196608\n  checkpoint_interval_ms: 0\n";

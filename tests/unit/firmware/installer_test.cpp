@@ -40,16 +40,29 @@ class FakeSystem final : public platform::SystemInfo {
   std::uint64_t free = 1U << 30U;
 };
 
-// A slot whose storage returns one wrong bit in one place: what a failing
-// flash chip or a wrong offset in the write path looks like to the read-back.
-class BitRotSlot final : public platform::SlotDevice {
+// A slot that passes everything to another: the faulty slots below change
+// only what they fault.
+class ForwardingSlot : public platform::SlotDevice {
  public:
-  BitRotSlot(platform::SlotDevice& inner, std::uint64_t at) : inner_(inner), at_(at) {}
+  explicit ForwardingSlot(platform::SlotDevice& inner) : inner_(inner) {}
   [[nodiscard]] const fs::path& path() const override { return inner_.path(); }
   Expected<std::uint64_t> Size() override { return inner_.Size(); }
   Expected<std::unique_ptr<platform::SlotWriter>> OpenWriter() override {
     return inner_.OpenWriter();
   }
+  Expected<std::size_t> ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) override {
+    return inner_.ReadAt(offset, buf);
+  }
+
+ protected:
+  platform::SlotDevice& inner_;
+};
+
+// A slot whose storage returns one wrong bit in one place: what a failing
+// flash chip or a wrong offset in the write path looks like to the read-back.
+class BitRotSlot final : public ForwardingSlot {
+ public:
+  BitRotSlot(platform::SlotDevice& inner, std::uint64_t at) : ForwardingSlot(inner), at_(at) {}
   Expected<std::size_t> ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) override {
     SAG_TRY(const std::size_t n, inner_.ReadAt(offset, buf));
     if (at_ >= offset && at_ < offset + n) buf[at_ - offset] ^= 0x10U;
@@ -57,24 +70,19 @@ class BitRotSlot final : public platform::SlotDevice {
   }
 
  private:
-  platform::SlotDevice& inner_;
   std::uint64_t at_;
 };
 
 // A slot whose first flush takes until the writer has written `end` bytes
 // (10 s at most): a disk busy with a large backlog. Says whether the writer
 // got there while the flush was held.
-class SlowFlushSlot final : public platform::SlotDevice {
+class SlowFlushSlot final : public ForwardingSlot {
  public:
-  SlowFlushSlot(platform::SlotDevice& inner, std::uint64_t end) : inner_(inner), end_(end) {}
-  [[nodiscard]] const fs::path& path() const override { return inner_.path(); }
-  Expected<std::uint64_t> Size() override { return inner_.Size(); }
+  SlowFlushSlot(platform::SlotDevice& inner, std::uint64_t end)
+      : ForwardingSlot(inner), end_(end) {}
   Expected<std::unique_ptr<platform::SlotWriter>> OpenWriter() override {
     SAG_TRY(auto w, inner_.OpenWriter());
     return std::unique_ptr<platform::SlotWriter>(std::make_unique<Writer>(*this, std::move(w)));
-  }
-  Expected<std::size_t> ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) override {
-    return inner_.ReadAt(offset, buf);
   }
   bool writer_got_there = false;  // read after the job
 
@@ -109,7 +117,6 @@ class SlowFlushSlot final : public platform::SlotDevice {
     std::unique_ptr<platform::SlotWriter> inner_;
   };
 
-  platform::SlotDevice& inner_;
   std::uint64_t end_;
   std::mutex mu_;
   std::condition_variable cv_;
