@@ -83,6 +83,8 @@ std::string_view ErrcName(Errc code) {
     SAG_ERRC_NAME(DpiInterrupted)
     SAG_ERRC_NAME(Protocol)
     SAG_ERRC_NAME(ProtocolVersion)
+    SAG_ERRC_NAME(ProtocolUnknownType)
+    SAG_ERRC_NAME(ProtocolTooLarge)
 #undef SAG_ERRC_NAME
   }
   return "Unknown";

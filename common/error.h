@@ -96,6 +96,8 @@ enum class Errc : std::uint16_t {
   // 7xx: control channel and protocol
   kProtocol = 700,
   kProtocolVersion = 701,
+  kProtocolUnknownType = 702,  // a message type this protocol version does not define
+  kProtocolTooLarge = 703,     // a message above the size cap
 };
 
 // The stable name of a code ("ImageTruncated"), used in logs and reports.

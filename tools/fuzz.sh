@@ -10,12 +10,15 @@ build=build/fuzz
 tools/deps.sh
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DSAG_FUZZ=ON -DSAG_SANITIZE=ON -DSAG_WERROR=OFF >/dev/null
-ninja -C "$build" -j2 fuzz_manifest fuzz_container sag-image
+ninja -C "$build" -j2 fuzz_manifest fuzz_container fuzz_proto sag-image
 
 # Seeds: real images (small chunks, both types, a bad signer) and their manifests.
 seeds="$build/seeds"
 rm -rf "$seeds"
-mkdir -p "$seeds/work" "$build/corpus/manifest" "$build/corpus/container" "$build/artifacts"
+mkdir -p "$seeds/work" "$build/corpus/manifest" "$build/corpus/container" "$build/corpus/proto" \
+  "$build/artifacts"
+# Seeds for the channel decoder: one message of each type (docs/protocol.md).
+cp "$PWD"/tests/data/proto/*.json "$build/corpus/proto/"
 img="$build/tools/image/sag-image"
 "$img" pki init "$seeds/work/pki" >/dev/null
 "$img" pki signer "$seeds/work/pki" old --flaw expired >/dev/null
@@ -33,7 +36,7 @@ for spec in "Device 1.0.1 random.bin signer" "Dpi 20201117_1_0-0.0.1 text.bin si
   tar -xOf "$build/corpus/container/seed$n.img" manifest.json >"$build/corpus/manifest/seed$n.json"
 done
 
-for target in manifest container; do
+for target in manifest container proto; do
   echo "==> fuzz_$target for ${seconds}s"
   "$build/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 \
     -artifact_prefix="$build/artifacts/$target-" -print_final_stats=1 \

@@ -46,6 +46,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/net/tls.h"
+
 namespace sag::net {
 namespace {
 
@@ -871,42 +873,6 @@ asio::awaitable<MaybeFailure> Fetcher::ReadBody(Stream& stream, beast::flat_buff
   co_return std::nullopt;
 }
 
-// The pinned CA only (no system store), TLS 1.2+, optional client identity.
-Expected<std::unique_ptr<ssl::context>> MakeTlsContext(const DownloadOptions& options) {
-  auto ctx = std::make_unique<ssl::context>(ssl::context::tls_client);
-  ErrorCode ec;
-  if (SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION) != 1) {
-    return Error(Errc::kNetTls, "cannot restrict TLS to version 1.2 and later");
-  }
-  ctx->set_verify_mode(ssl::verify_peer, ec);
-  if (!ec) ctx->load_verify_file(options.ca_file.string(), ec);
-  if (ec) {
-    return Error(Errc::kNetTls, "cannot load the pinned CA " + options.ca_file.string() + ": " +
-                                    ec.message() + "; check the CA file in the configuration");
-  }
-  if (options.client_cert.empty() != options.client_key.empty()) {
-    return Error(Errc::kInvalidArgument,
-                 "mutual TLS needs both a client certificate and a key (got only one); set both "
-                 "or neither");
-  }
-  if (!options.client_cert.empty()) {
-    ctx->use_certificate_chain_file(options.client_cert.string(), ec);
-    if (!ec) ctx->use_private_key_file(options.client_key.string(), ssl::context::pem, ec);
-    if (ec) {
-      return Error(Errc::kNetTls, "cannot load the device certificate " +
-                                      options.client_cert.string() + " / key " +
-                                      options.client_key.string() + ": " + ec.message() +
-                                      "; check the device identity files");
-    }
-    if (SSL_CTX_check_private_key(ctx->native_handle()) != 1) {
-      return Error(Errc::kNetTls, "the device key " + options.client_key.string() +
-                                      " does not match the certificate " +
-                                      options.client_cert.string());
-    }
-  }
-  return ctx;
-}
-
 Expected<DownloadInfo> FetchImpl(const std::string& url_text, std::uint64_t offset,
                                  const Sink& sink, const DownloadOptions& options) {
   SAG_TRY(Url url, ParseUrl(url_text));
@@ -926,7 +892,7 @@ Expected<DownloadInfo> FetchImpl(const std::string& url_text, std::uint64_t offs
   }
   std::unique_ptr<ssl::context> tls;
   if (url.https) {
-    SAG_TRY(tls, MakeTlsContext(options));
+    SAG_TRY(tls, MakeTlsClientContext({options.ca_file, options.client_cert, options.client_key}));
   }
   asio::io_context io(1);
   Fetcher fetcher(io, std::move(url), offset, sink, options, tls.get());
