@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "common/atomic_file.h"
+#include "common/log.h"
 #include "firmware/job.h"
 
 namespace sag::agent {
@@ -229,10 +230,13 @@ std::string ErrorLine(const json& error) {
 }
 
 // One label column: every line of the summary starts with 12 characters.
+// The text went through the log filter: what the file holds came partly from
+// outside (a server's error message, an image URL), and must neither move a
+// terminal's cursor nor show a signed URL's query.
 void Line(std::ostringstream& out, const char* label, const std::string& text) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "%-12s", label);
-  out << buf << text << "\n";
+  out << buf << ScrubLogText(text) << "\n";
 }
 
 void FormatChannel(std::ostringstream& out, const json& ch, Clock::time_point now) {

@@ -266,6 +266,22 @@ TEST(StatusFormat, PartialAndMistypedFieldsAreUnknownNotFatal) {
   EXPECT_FALSE(CheckDaemon(NormalizeStatus(docs[4])).running);
 }
 
+// Strings from outside (a server's error, an image URL) cannot drive the
+// terminal or show a signed URL's query.
+TEST(StatusFormat, ForeignTextIsEscapedAndUrlsRedacted) {
+  json doc = Document();
+  doc["channel"]["state"] = "offline";
+  doc["channel"]["last_error"] = "E500 NetConnect: \x1b[2J\x1b[Hserver says\nhi";
+  doc["job"]["source"] = "https://oss.example/img.sagimg?Expires=1&Signature=s3cret";
+  const std::string out = FormatStatus(doc, Running());
+  EXPECT_EQ(out.find('\x1b'), std::string::npos) << out;
+  EXPECT_EQ(out.find("s3cret"), std::string::npos) << out;
+  EXPECT_NE(out.find("last error: E500 NetConnect: \\x1b[2J\\x1b[Hserver says\\nhi\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("from https://oss.example/img.sagimg?<redacted>\n"), std::string::npos) << out;
+}
+
 // A process named sag-agent (a copy of sleep), so /proc/PID/comm says so.
 class FakeDaemon {
  public:
