@@ -521,20 +521,9 @@ int CmdInstall(const Config& c, const InstallArgs& args) {
   return rc;
 }
 
-int CmdStatus(const Config& c, bool as_json) {
-  const StatusFile status(c.paths.runtime_dir / "status.json");
-  auto s = status.Read();
-  if (!s) {
-    std::cerr << "sag-agent: no status yet (" << s.error().message()
-              << "); is the agent running?\n";
-    return 1;
-  }
-  if (as_json) {
-    std::cout << s->dump(2) << "\n";
-  } else {
-    std::cout << FormatStatus(*s);
-  }
-  return 0;
+int CmdStatus(const Config& c, StatusOptions options) {
+  if (options.file.empty()) options.file = c.paths.runtime_dir / "status.json";
+  return RunStatusCommand(options, std::cout, std::cerr);
 }
 
 namespace {

@@ -9,6 +9,8 @@
 
 namespace sag::agent {
 
+struct StatusOptions;
+
 struct InstallArgs {
   std::string source;  // file path or http(s) URL
   std::string id;      // empty = generated
@@ -21,7 +23,9 @@ struct InstallArgs {
 // inbox are done (the simulator's test campaigns use it).
 int CmdRun(const Config& config, bool once = false);
 int CmdInstall(const Config& config, const InstallArgs& args);
-int CmdStatus(const Config& config, bool json);
+// `sag-agent status`: reads status.json (options.file, by default the one in
+// config.paths.runtime_dir); exit codes in agent/status.h.
+int CmdStatus(const Config& config, StatusOptions options);
 int CmdMarkGood(const Config& config);
 int CmdRollback(const Config& config);
 

@@ -1,6 +1,8 @@
 // sag-agent: the upgrade daemon of a Smart Access Gateway appliance, and its
 // local subcommands. This file is the composition root: the only place that
 // picks real backends.
+#include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -9,6 +11,7 @@
 
 #include "agent/agent.h"
 #include "agent/config.h"
+#include "agent/status.h"
 #include "common/log.h"
 
 namespace {
@@ -23,7 +26,11 @@ commands:
       [--allow-downgrade]    accept a version not newer than the running one
       [--no-reboot]          set the trial boot but leave the reboot to the operator
       [--id ID] [--json]     job id (default generated); print the outcome as JSON
-  status [--json]            what runs, what boots next, the last job
+  status [--json]            the daemon, channel, versions, slots, the job and its
+                             progress, the last result, the report backlog
+      [--watch]              follow the current (or next) job until it ends
+      [--count N] [--timeout S]  with --watch: stop after N frames or S seconds
+      [--file FILE]          read FILE instead of RUNTIME_DIR/status.json
   mark-good                  commit the booted slot (ends a trial boot as healthy)
   rollback                   boot the other slot next and reboot
   check-config [FILE]        validate a configuration file and exit
@@ -33,8 +40,20 @@ options of every command:
   --help, -h                 show this help
   --version                  print the version
 
-exit status: 0 on success, 1 on a runtime error, 2 on bad usage or configuration.
+exit status: 0 on success, 1 on a runtime error, 2 on bad usage or configuration;
+status: 0 the daemon runs, 3 it does not, 1 status.json unreadable
+(--watch: 0 the job committed, 1 it failed or rolled back).
 )";
+
+// A count or a number of seconds for an option: 1 to 1000000.
+std::optional<int> ParseCount(const std::string& text) {
+  int n = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc() || end != text.data() + text.size() || n < 1 || n > 1'000'000) {
+    return std::nullopt;
+  }
+  return n;
+}
 
 int Usage(const std::string& problem) {
   std::cerr << "sag-agent: " << problem << "\n\n" << kUsage;
@@ -114,14 +133,35 @@ int main(int argc, char** argv) {
     return sag::agent::CmdRollback(*config);
   }
   if (cmd == "status") {
-    bool json = false;
-    for (const auto& a : rest) {
-      if (a != "--json") return Usage("status takes only --json and --config FILE");
-      json = true;
+    sag::agent::StatusOptions so;
+    for (std::size_t i = 0; i < rest.size(); ++i) {
+      const auto& a = rest[i];
+      const bool has_value = i + 1 < rest.size();
+      if (a == "--json") {
+        so.json = true;
+      } else if (a == "--watch") {
+        so.watch = true;
+      } else if (a == "--file" && has_value) {
+        so.file = rest[++i];
+      } else if ((a == "--count" || a == "--timeout") && has_value) {
+        const auto n = ParseCount(rest[++i]);
+        if (!n) return Usage("status " + a + " takes a whole number, not '" + rest[i] + "'");
+        if (a == "--count") {
+          so.count = *n;
+        } else {
+          so.timeout = std::chrono::seconds(*n);
+        }
+      } else {
+        return Usage("status: unexpected argument '" + a + "'");
+      }
     }
+    if ((so.count != 0 || so.timeout.count() != 0) && !so.watch) {
+      return Usage("status: --count and --timeout go with --watch");
+    }
+    if (!so.file.empty()) return sag::agent::RunStatusCommand(so, std::cout, std::cerr);
     auto config = sag::agent::LoadConfig(config_path);
     if (!config) return ConfigError(config.error());
-    return sag::agent::CmdStatus(*config, json);
+    return sag::agent::CmdStatus(*config, so);
   }
   if (cmd == "install") {
     sag::agent::InstallArgs ia;

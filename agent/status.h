@@ -3,10 +3,12 @@
 // atomically, so a reader never sees half a file.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <ostream>
 #include <string>
 #include <thread>
 
@@ -63,7 +65,52 @@ class StatusWriter {
   std::thread thread_;
 };
 
-// The human form of a status document.
-std::string FormatStatus(const nlohmann::json& status);
+// --- Reading it: `sag-agent status` (docs/status.md) ------------------------
+
+// The document in schema 1 whatever daemon wrote it: the flat fields older
+// daemons write (state, device_version, dpi_version, booted_slot, boot, job,
+// ...) are mapped onto schema 1's objects, a finished "job" becoming
+// "last_result". A schema-1 document comes back as it is. What neither has
+// stays absent; a field of the wrong type is treated as absent. Never throws.
+nlohmann::json NormalizeStatus(const nlohmann::json& doc);
+
+// Whether the daemon that wrote a (normalized) document is alive: its
+// agent.pid exists (kill(pid, 0)), is still a sag-agent (/proc/PID/comm, when
+// readable: pids are reused), and the document does not say it stopped.
+struct Liveness {
+  bool running = false;
+  std::string reason;  // why not, for people: "no process 1234", ...
+};
+Liveness CheckDaemon(const nlohmann::json& status);
+
+// What the human form needs besides the document.
+struct StatusContext {
+  std::chrono::system_clock::time_point now = std::chrono::system_clock::now();
+  Liveness daemon;
+};
+
+// The human form of a (normalized) status document: identity, channel,
+// versions and slots, the current job with a progress bar, the last result,
+// the outbox; headed by whether the daemon runs and, if not, since when the
+// document is stale.
+std::string FormatStatus(const nlohmann::json& status, const StatusContext& context);
+
+struct StatusOptions {
+  std::filesystem::path file;            // status.json
+  bool json = false;                     // the document (JSON; one line per frame with watch)
+  bool watch = false;                    // follow the current (or next) job until it ends
+  int count = 0;                         // watch: stop after this many frames (0 = no limit)
+  std::chrono::milliseconds timeout{0};  // watch: stop after this long (0 = none)
+};
+
+// Exit codes of `sag-agent status`, as LSB init scripts and `systemctl
+// status` use them.
+inline constexpr int kStatusRunning = 0;     // the daemon runs (watch: the job committed)
+inline constexpr int kStatusFailedJob = 1;   // watch: the job failed or rolled back
+inline constexpr int kStatusUnreadable = 1;  // status.json exists but cannot be read
+inline constexpr int kStatusNotRunning = 3;  // no status.json, or its daemon is gone
+
+// `sag-agent status [--json] [--watch [--count N] [--timeout S]]`.
+int RunStatusCommand(const StatusOptions& options, std::ostream& out, std::ostream& err);
 
 }  // namespace sag::agent

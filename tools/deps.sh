@@ -9,6 +9,7 @@ packages=(
   libarchive-dev libspdlog-dev libyaml-cpp-dev libgtest-dev libgmock-dev
   libubootenv-dev libubootenv-tool libzstd-dev zstd nlohmann-json3-dev
   grub-common clang clang-format clang-tidy libclang-rt-14-dev
+  dpkg-dev fakeroot lintian file systemd
 )
 if [[ "${SAG_DEPS_BENCH:-0}" == 1 ]]; then packages+=(swupdate); fi
 

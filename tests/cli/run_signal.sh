@@ -14,10 +14,14 @@ for sig in TERM INT; do
     pid=$(cat "$tmp/dev/run/agent.pid" 2>/dev/null) && [[ -n "$pid" ]] && grep -q '"state": "idle"' "$tmp/dev/run/status.json" 2>/dev/null && break
     sleep 0.05
   done
+  # sag-agent status: exit 0 while the daemon runs, 3 once it stopped.
+  up=$("$agent" status --config "$tmp/dev/agent.yaml"); up_rc=$?
   kill -s "$sig" "$pid" 2>/dev/null
   wait "$simpid"; rc=$?
+  down=$("$agent" status --config "$tmp/dev/agent.yaml"); down_rc=$?
   if [[ $rc -ne 0 ]] || ! grep -q "received SIG$sig, stopping" "$tmp/log" || ! grep -q 'identity: sag-' "$tmp/log" \
-     || ! "$agent" status --config "$tmp/dev/agent.yaml" | grep -q 'stopped'; then
+     || [[ $up_rc -ne 0 || "$up" != *"running (pid $pid)"* || $down_rc -ne 3 || "$down" != *"NOT RUNNING"*"stopped"* ]]; then
+    echo "status while up (exit $up_rc):"; echo "$up"; echo "status after the stop (exit $down_rc):"; echo "$down"
     echo "FAIL SIG$sig rc=$rc"; cat "$tmp/log"; fail=1
   else
     echo "ok SIG$sig"
