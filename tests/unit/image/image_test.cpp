@@ -326,6 +326,25 @@ TEST_F(ImageTest, FlippedByteAnywhereIsRefused) {
   EXPECT_GT(seen[Errc::kChunkHashMismatch] + seen[Errc::kDecompress], 0);
 }
 
+// The signatureAlgorithm OID's hash is not what CMS_verify checks (it hashes
+// with the digestAlgorithm): ecdsa-with-SHA384, one bit from SHA256, must be
+// refused, or the same content has a second file. The flip walk above hits
+// this byte only when the signature's length puts it on its offsets.
+TEST_F(ImageTest, AnotherHashInTheSignatureAlgorithmIsRefused) {
+  const auto h = Header();
+  const std::string oid("\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02", 10);
+  // The SignerInfo's: the last one before the payload (the certificates
+  // before it carry their own).
+  const auto at = image_->rfind(oid, h.payload_offset);
+  ASSERT_NE(at, std::string::npos);
+  std::string bad = *image_;
+  bad[at + oid.size() - 1] = '\x03';  // ecdsa-with-SHA384
+  const auto o = ReadAll(std::move(bad), GoodTrust());
+  ASSERT_TRUE(o.error.has_value()) << "ecdsa-with-SHA384 accepted";
+  EXPECT_EQ(o.error->code(), Errc::kSignatureInvalid) << o.error->ToString();
+  EXPECT_TRUE(o.chunks.empty());
+}
+
 // zstd ignores a few bits of a compressed block (entropy table details,
 // reserved bits): every bit of a compressed chunk, flipped alone, must still
 // be refused, before zstd sees the bytes.
