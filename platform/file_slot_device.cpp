@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 
 namespace sag::platform {
@@ -52,14 +53,26 @@ class FileSlotWriter : public SlotWriter {
       data = data.subspan(static_cast<std::size_t>(n));
       offset += static_cast<std::uint64_t>(n);
     }
-    WriteBehind(offset);
-    return Ok();
+    return WriteBehind(offset);
   }
 
   Status Sync() override {
     // Until this returns, the written data may sit in the page cache: a power
     // cut would lose it while the slot already looks written.
-    if (::fsync(fd_) != 0) return MakeErrno(Errc::kSlotIo, "fsync slot " + path_.string());
+    if (::fsync(fd_) != 0) {
+      const int err = errno;
+      Remember(err);
+      return MakeErrno(Errc::kSlotIo, "fsync slot " + path_.string(), err);
+    }
+    // The kernel reports a writeback error once per descriptor: when
+    // sync_file_range (or an earlier fsync) saw it, this fsync returns 0
+    // although the data never reached the medium. The slot stays failed.
+    if (const int err = failed_.load(); err != 0) {
+      return MakeErrno(Errc::kSlotIo,
+                       "slot " + path_.string() +
+                           " lost written data (a write-back error reported earlier)",
+                       err);
+    }
     return Ok();
   }
 
@@ -71,31 +84,52 @@ class FileSlotWriter : public SlotWriter {
   // not every write, and a deep window: a virtual disk wants large requests
   // and many in flight (kicking each 1 MiB chunk with 16 MiB in flight gave
   // 0.75 MiB requests and a 1 GiB install 60 % of dd's speed; 8 MiB batches
-  // with 256 MiB in flight give 3 MiB requests and 80-85 %). Purely a hint:
-  // sync_file_range promises no durability (Sync() does), so its errors are
-  // ignored here; a real I/O error shows at fsync.
-  void WriteBehind(std::uint64_t end) {
+  // with 256 MiB in flight give 3 MiB requests and 80-85 %). sync_file_range
+  // promises no durability (Sync() does), but it does report the file's
+  // pending write-back error, and reporting marks the error seen: the later
+  // fsync on this descriptor then returns 0. So an error here fails the write
+  // and is remembered for Sync().
+  Status WriteBehind(std::uint64_t end) {
     constexpr std::uint64_t kKick = 8U << 20U;
     constexpr std::uint64_t kBehind = 256U << 20U;
     if (end <= kicked_) {  // not sequential (a resume, a rewrite): no hint
       kicked_ = end;
-      return;
+      return Ok();
     }
-    if (end - kicked_ < kKick) return;
-    (void)::sync_file_range(fd_, static_cast<off_t>(kicked_), static_cast<off_t>(end - kicked_),
-                            SYNC_FILE_RANGE_WRITE);
+    if (end - kicked_ < kKick) return Ok();
+    if (::sync_file_range(fd_, static_cast<off_t>(kicked_), static_cast<off_t>(end - kicked_),
+                          SYNC_FILE_RANGE_WRITE) != 0) {
+      return WriteBehindFailed(kicked_);
+    }
     kicked_ = end;
     if (end > kBehind + waited_) {
       const std::uint64_t upto = end - kBehind;
-      (void)::sync_file_range(
-          fd_, static_cast<off_t>(waited_), static_cast<off_t>(upto - waited_),
-          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+      if (::sync_file_range(
+              fd_, static_cast<off_t>(waited_), static_cast<off_t>(upto - waited_),
+              SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) !=
+          0) {
+        return WriteBehindFailed(waited_);
+      }
       waited_ = upto;
     }
+    return Ok();
+  }
+
+  Status WriteBehindFailed(std::uint64_t from) {
+    const int err = errno;
+    Remember(err);
+    return MakeErrno(Errc::kSlotIo,
+                     "write-back of slot " + path_.string() + " from " + std::to_string(from), err);
+  }
+
+  void Remember(int err) {
+    int none = 0;
+    failed_.compare_exchange_strong(none, err);
   }
 
   std::uint64_t kicked_ = 0;  // writeback started up to here
   std::uint64_t waited_ = 0;  // writeback waited for up to here
+  std::atomic<int> failed_{0};  // first write-back error seen (errno), for Sync()
   int fd_;
   std::uint64_t size_;
   std::filesystem::path path_;
