@@ -150,6 +150,8 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   io.download.stall_timeout = c.download.stall_timeout;
   io.download.max_retries = c.download.max_retries;
   io.trial_attempts = c.boot.trial_attempts;
+  io.read_back = c.boot.read_back_medium ? firmware::InstallerOptions::ReadBack::kMedium
+                                         : firmware::InstallerOptions::ReadBack::kCache;
   io.checkpoint_bytes = c.download.checkpoint_bytes;
   io.checkpoint_interval = c.download.checkpoint_interval;
   if (c.health.require_cloud) {

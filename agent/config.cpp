@@ -230,7 +230,7 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
   SAG_TRY_STATUS(Optional(
       root, r, "boot",
       {"backend", "uboot_config", "grubenv", "cmdline", "cmdline_key", "os_release",
-       "trial_attempts", "slots"},
+       "trial_attempts", "read_back", "slots"},
       [&](const YAML::Node& n) -> Status {
         std::string backend = "uboot";
         SAG_TRY_STATUS(r.String(n, "boot", "backend", backend));
@@ -248,6 +248,18 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
         SAG_TRY_STATUS(r.String(n, "boot", "cmdline_key", c.boot.cmdline_key));
         SAG_TRY_STATUS(r.Path(n, "boot", "os_release", c.boot.os_release));
         SAG_TRY_STATUS(r.Integer(n, "boot", "trial_attempts", c.boot.trial_attempts, 1, 9));
+        std::string read_back = "medium";
+        SAG_TRY_STATUS(r.String(n, "boot", "read_back", read_back));
+        if (read_back == "medium") {
+          c.boot.read_back_medium = true;
+        } else if (read_back == "cache") {
+          c.boot.read_back_medium = false;
+        } else {
+          return r.At(n["read_back"].Mark(), Errc::kConfigRange,
+                      "'boot.read_back' must be 'medium' (read the slot back from the device "
+                      "before the trial boot) or 'cache', got '" +
+                          read_back + "'");
+        }
         const auto slots = n["slots"];
         if (!slots) return r.Missing(n, "boot.slots", "slots A and B, each with a device");
         SAG_TRY_STATUS(r.Section(slots, "boot.slots", {"A", "B"}));

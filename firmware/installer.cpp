@@ -50,11 +50,12 @@ Error ReadBackMismatch(const JobRecord& record, const platform::SlotDevice& slot
 template <typename Take>
 Status ReadBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64_t index,
                 std::uint64_t offset, std::uint64_t size, std::span<std::uint8_t> piece,
-                Take take) {
+                Take take, bool medium = false) {
   std::uint64_t done = 0;
   while (done < size) {
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), size - done));
-    SAG_TRY(const std::size_t got, slot.ReadAt(offset + done, piece.first(want)));
+    SAG_TRY(const std::size_t got, medium ? slot.ReadMediumAt(offset + done, piece.first(want))
+                                          : slot.ReadAt(offset + done, piece.first(want)));
     if (got == 0 || !take(done, piece.first(got))) {
       return ReadBackMismatch(record, slot, index, offset);
     }
@@ -80,16 +81,21 @@ Status CompareBack(const JobRecord& record, platform::SlotDevice& slot, std::uin
 // manifest: what boots next is what was verified, not what was sent to the
 // device.
 Status ReadBackChunk(const JobRecord& record, const image::Manifest& m, platform::SlotDevice& slot,
-                     std::uint64_t index, std::span<std::uint8_t> piece) {
+                     std::uint64_t index, std::span<std::uint8_t> piece, bool medium = false) {
   const auto& c = m.chunks[index];
   const std::uint64_t offset = index * m.chunk_size;
   Sha256 sha;
-  SAG_TRY_STATUS(ReadBack(record, slot, index, offset, c.size, piece,
-                          [&](std::uint64_t /*at*/, std::span<const std::uint8_t> got) {
-                            sha.Update(got);
-                            return true;
-                          }));
-  if (sha.Final() != c.sha256) return ReadBackMismatch(record, slot, index, offset);
+  SAG_TRY_STATUS(ReadBack(
+      record, slot, index, offset, c.size, piece,
+      [&](std::uint64_t /*at*/, std::span<const std::uint8_t> got) {
+        sha.Update(got);
+        return true;
+      },
+      medium));
+  if (sha.Final() != c.sha256) {
+    auto e = ReadBackMismatch(record, slot, index, offset);
+    return medium ? e.WithContext("read from the medium after the final sync") : e;
+  }
   return Ok();
 }
 
@@ -763,12 +769,19 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
 // The write step read back every chunk it checkpointed; this reads back what
 // it did not (a journal written before read-back ran beside the write).
 Status DeviceInstaller::StepVerify(JobRecord& record) {
-  if (record.verified_chunk == record.chunks_total) return Save(record, JobEvent::kVerified);
+  // From the medium: every chunk once more, after the final sync (a cut
+  // here repeats the pass). From the cache: what the writer did not read
+  // back yet (a resume).
+  const bool medium = options_.read_back == InstallerOptions::ReadBack::kMedium;
+  if (!medium && record.verified_chunk == record.chunks_total) {
+    return Save(record, JobEvent::kVerified);
+  }
   SAG_TRY(const Slot target, SlotOf(record.target_slot));
   SAG_TRY(const auto header, LoadHeader(record));
   const auto& m = header.manifest;
   platform::SlotDevice* slot = platform_.slots.at(target);
-  const std::uint64_t first = std::min<std::uint64_t>(record.verified_chunk, m.chunks.size());
+  const std::uint64_t first =
+      medium ? 0 : std::min<std::uint64_t>(record.verified_chunk, m.chunks.size());
   // Two threads (even and odd chunks) so that reading back costs about half
   // a SHA-256 pass of wall time on a two-core appliance; this one reports.
   constexpr std::size_t kThreads = 2;
@@ -778,7 +791,7 @@ Status DeviceInstaller::StepVerify(JobRecord& record) {
     for (std::uint64_t i = from; i < m.chunks.size(); i += kThreads) {
       if (cancel_) return Error(Errc::kCancelled, "stopped");
       if (failed) return Ok();  // the other thread found one
-      if (auto st = ReadBackChunk(record, m, *slot, i, piece); !st) {
+      if (auto st = ReadBackChunk(record, m, *slot, i, piece, medium); !st) {
         failed = true;
         return st;
       }

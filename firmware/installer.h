@@ -47,6 +47,13 @@ struct InstallerOptions {
   std::uint64_t checkpoint_bytes = 32U << 20U;
   std::chrono::milliseconds checkpoint_interval{0};
   std::filesystem::path os_release{"/etc/os-release"};  // VERSION_ID when no slot record
+  // Before the trial boot is set, the whole slot is read back once more
+  // from the medium (SlotDevice::ReadMediumAt, O_DIRECT) after the final
+  // sync and checked against the manifest, so that a device that lost or
+  // garbled what the page cache still holds is caught. kCache: only the
+  // read-back while writing (through the page cache).
+  enum class ReadBack { kMedium, kCache };
+  ReadBack read_back = ReadBack::kMedium;
 };
 
 struct JobSpec {

@@ -8,6 +8,8 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 
 namespace sag::platform {
 
@@ -141,6 +143,7 @@ FileSlotDevice::FileSlotDevice(std::filesystem::path path) : path_(std::move(pat
 
 FileSlotDevice::~FileSlotDevice() {
   if (read_fd_ >= 0) ::close(read_fd_);
+  if (direct_fd_ >= 0) ::close(direct_fd_);
 }
 
 Expected<std::uint64_t> FileSlotDevice::Size() {
@@ -190,7 +193,7 @@ Expected<std::unique_ptr<SlotWriter>> FileSlotDevice::OpenWriter() {
   return std::unique_ptr<SlotWriter>(std::make_unique<FileSlotWriter>(fd, *size, path_));
 }
 
-Expected<std::size_t> FileSlotDevice::ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) {
+Expected<int> FileSlotDevice::ReadFd() {
   std::call_once(read_open_, [this] {
     read_fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     read_errno_ = errno;
@@ -198,6 +201,11 @@ Expected<std::size_t> FileSlotDevice::ReadAt(std::uint64_t offset, std::span<std
   if (read_fd_ < 0) {
     return MakeErrno(Errc::kSlotIo, "open slot device " + path_.string(), read_errno_);
   }
+  return read_fd_;
+}
+
+Expected<std::size_t> FileSlotDevice::ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) {
+  SAG_TRY_STATUS(ReadFd());
   std::size_t done = 0;
   while (done < buf.size()) {
     const ssize_t n =
@@ -211,6 +219,56 @@ Expected<std::size_t> FileSlotDevice::ReadAt(std::uint64_t offset, std::span<std
     done += static_cast<std::size_t>(n);
   }
   return done;
+}
+
+Expected<std::size_t> FileSlotDevice::ReadMediumAt(std::uint64_t offset,
+                                                   std::span<std::uint8_t> buf) {
+  std::call_once(direct_open_, [this] {
+    direct_fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+    direct_errno_ = errno;
+  });
+  if (direct_fd_ < 0) {
+    if (direct_errno_ != EINVAL) {
+      return MakeErrno(Errc::kSlotIo, "open slot device " + path_.string() + " with O_DIRECT",
+                       direct_errno_);
+    }
+    // No O_DIRECT here (tmpfs before Linux 6.6): drop the clean pages, so
+    // that the read goes to the medium, which for tmpfs is the cache.
+    SAG_TRY(const int fd, ReadFd());
+    (void)::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(buf.size()),
+                          POSIX_FADV_DONTNEED);
+    return ReadAt(offset, buf);
+  }
+  // O_DIRECT wants the buffer, offset and length aligned to the logical
+  // block size; 4 KiB covers 512-byte and 4 KiB devices.
+  constexpr std::uint64_t kAlign = 4096;
+  const std::uint64_t begin = offset / kAlign * kAlign;
+  const std::uint64_t end = (offset + buf.size() + kAlign - 1) / kAlign * kAlign;
+  const auto span = static_cast<std::size_t>(end - begin);
+  void* raw = nullptr;
+  if (::posix_memalign(&raw, kAlign, span == 0 ? kAlign : span) != 0) {
+    return Error(Errc::kSlotIo, "no memory for a read of " + std::to_string(span) + " bytes");
+  }
+  const std::unique_ptr<void, decltype(&std::free)> bounce(raw, &std::free);
+  auto* base = static_cast<std::uint8_t*>(raw);
+  std::size_t got = 0;
+  while (got < span) {
+    const ssize_t n =
+        ::pread(direct_fd_, base + got, span - got, static_cast<off_t>(begin + got));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return MakeErrno(Errc::kSlotIo, "read slot " + path_.string() + " from the medium at " +
+                                          std::to_string(begin + got));
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+    if (got % kAlign != 0) break;  // the end of the file
+  }
+  const std::uint64_t skip = offset - begin;
+  if (got <= skip) return std::size_t{0};
+  const std::size_t n = std::min(buf.size(), got - static_cast<std::size_t>(skip));
+  std::memcpy(buf.data(), base + skip, n);
+  return n;
 }
 
 Expected<std::unique_ptr<SlotDevice>> OpenSlotDevice(std::string_view slot_name,

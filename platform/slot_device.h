@@ -33,6 +33,12 @@ class SlotDevice {
   // Reads up to buf.size() bytes at offset; fewer only at the end. Safe to
   // call from several threads at once.
   virtual Expected<std::size_t> ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) = 0;
+  // As ReadAt, but what the medium holds, not a cache in front of it (the
+  // page cache may still hold data the device lost or never got). For data
+  // made durable by SlotWriter::Sync(). By default a device without a cache.
+  virtual Expected<std::size_t> ReadMediumAt(std::uint64_t offset, std::span<std::uint8_t> buf) {
+    return ReadAt(offset, buf);
+  }
 };
 
 }  // namespace sag::platform

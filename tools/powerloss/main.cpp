@@ -151,7 +151,10 @@ bool Exists(const std::string& rel, struct stat* st = nullptr) {
 
 // --- the undo log -----------------------------------------------------------
 
+// Only with --cache direct: through the kernel's page cache a cut cannot be
+// exact, so the other modes serve fault injection only and keep no log.
 FileUndo* Track(int fd) {
+  if (g.cache != CacheMode::kDirect) return nullptr;
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return nullptr;
   auto it = g.files.find(st.st_ino);
@@ -272,6 +275,7 @@ std::string Control(const std::string& line) {
   std::string cmd;
   in >> cmd;
   if (cmd == "cut") {
+    if (g.cache != CacheMode::kDirect) return {};  // not exact through a page cache
     std::string opt;
     in >> opt;
     return Cut(opt == "torn");
@@ -313,6 +317,9 @@ void* Init(struct fuse_conn_info* conn, struct fuse_config* cfg) {
   cfg->negative_timeout = 0;
   cfg->direct_io = g.cache == CacheMode::kDirect ? 1 : 0;
   cfg->kernel_cache = g.cache != CacheMode::kDirect ? 1 : 0;
+  // The page cache is kept when the file's mtime changes under it (the
+  // daemon's own writes change it): in kernel mode it shows what was written.
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
   if (g.cache == CacheMode::kWriteback) {
     conn->want |= FUSE_CAP_WRITEBACK_CACHE;
   } else {
@@ -564,7 +571,13 @@ int Write(const char* /*path*/, const char* buf, size_t size, off_t off,
   for (const Fault& f : g.faults) {
     if (f.ino == st.st_ino && begin < f.off + f.len && f.off < begin + size) {
       if (f.err != 0) return -f.err;
-      return static_cast<int>(size);  // the lie: success, nothing kept
+      // The lie: success, and only the bytes outside the range are kept.
+      if (begin < f.off) (void)::pwrite(fd, buf, f.off - begin, off);
+      if (f.off + f.len < begin + size) {
+        const std::uint64_t skip = f.off + f.len - begin;
+        (void)::pwrite(fd, buf + skip, size - skip, static_cast<off_t>(f.off + f.len));
+      }
+      return static_cast<int>(size);
     }
   }
   if (FileUndo* u = Track(fd)) {

@@ -1,0 +1,114 @@
+// Slot devices on a medium that fails or lies (tools/powerloss): every write
+// error surfaces with its code, whichever call reports it, and ReadMediumAt
+// reads what the device holds, not the page cache.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "platform/file_slot_device.h"
+#include "tests/support/powerloss_mount.h"
+#include "tests/support/temp_dir.h"
+
+namespace sag::platform {
+namespace {
+
+namespace fs = std::filesystem;
+
+class MediumTest : public ::testing::Test {
+ protected:
+  void Mount(const std::string& cache, std::uint64_t slot_size) {
+    fs::create_directories(dir_ / "backing");
+    fs::create_directories(dir_ / "mnt");
+    {
+      std::ofstream f(dir_ / "backing" / "slot-b.img", std::ios::binary);
+    }
+    fs::resize_file(dir_ / "backing" / "slot-b.img", slot_size);  // sparse
+    mount_ = std::make_unique<test::PowerLossMount>(SAG_POWERLOSS_BIN, dir_ / "backing",
+                                                    dir_ / "mnt", cache);
+    if (!mount_->Available()) GTEST_SKIP() << "no FUSE here (needs /dev/fuse and root)";
+  }
+  void TearDown() override { mount_.reset(); }
+
+  fs::path Slot() const { return dir_ / "mnt" / "slot-b.img"; }
+
+  test::TempDir dir_;
+  std::unique_ptr<test::PowerLossMount> mount_;
+};
+
+// Finding 1 of issue 13: the kernel writes the slot back in the background,
+// the medium fails it, and sync_file_range(WAIT_AFTER) in the writer's
+// write-behind is the call that reports the error (marking it seen, so the
+// later fsync returns 0). The slot must still fail, with EIO in the message.
+TEST_F(MediumTest, WriteBackErrorReportedBySyncFileRangeFailsTheSlot) {
+  constexpr std::uint64_t kMiB = 1U << 20U;
+  constexpr std::uint64_t kSize = 300 * kMiB;
+  Mount("writeback", kSize);
+  if (IsSkipped()) return;
+  ASSERT_FALSE(mount_->Control("fail slot-b.img " + std::to_string(9 * kMiB) + " " +
+                               std::to_string(kMiB) + " 5")
+                   .empty());
+  auto dev = OpenSlotDevice("B", Slot(), kSize);
+  ASSERT_TRUE(dev) << dev.error().ToString();
+  auto w = (*dev)->OpenWriter();
+  ASSERT_TRUE(w) << w.error().ToString();
+  const std::vector<std::uint8_t> chunk(kMiB, 0x5a);
+  Status result;
+  for (std::uint64_t at = 0; at < kSize && result; at += kMiB) result = (*w)->WriteAt(at, chunk);
+  if (result) result = (*w)->Sync();
+  ASSERT_FALSE(result) << "a write-back error was lost: the slot looks written";
+  EXPECT_EQ(result.error().code(), Errc::kSlotIo) << result.error().ToString();
+  EXPECT_NE(result.error().ToString().find(std::strerror(EIO)), std::string::npos)
+      << result.error().ToString();
+  // Once failed, a later Sync() does not report success either.
+  EXPECT_FALSE((*w)->Sync());
+}
+
+// A write the medium refuses at once: the code of the error (here ENOSPC,
+// kNoSpace) is in the result of the write.
+TEST_F(MediumTest, RefusedWriteSurfacesItsCode) {
+  Mount("direct", 1U << 20U);
+  if (IsSkipped()) return;
+  ASSERT_FALSE(mount_->Control("fail slot-b.img 65536 4096 28").empty());
+  auto dev = OpenSlotDevice("B", Slot());
+  ASSERT_TRUE(dev) << dev.error().ToString();
+  auto w = (*dev)->OpenWriter();
+  ASSERT_TRUE(w) << w.error().ToString();
+  const std::vector<std::uint8_t> data(8192, 1);
+  ASSERT_TRUE((*w)->WriteAt(0, data));
+  auto st = (*w)->WriteAt(64U << 10U, data);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kNoSpace);
+  EXPECT_NE(st.error().ToString().find(std::strerror(ENOSPC)), std::string::npos)
+      << st.error().ToString();
+}
+
+// A medium that says "written" and keeps nothing: through the page cache the
+// slot reads back right, from the medium it does not.
+TEST_F(MediumTest, LyingMediumIsSeenFromTheMediumOnly) {
+  Mount("kernel", 1U << 20U);
+  if (IsSkipped()) return;
+  ASSERT_FALSE(mount_->Control("lie slot-b.img 131072 65536").empty());
+  auto dev = OpenSlotDevice("B", Slot());
+  ASSERT_TRUE(dev) << dev.error().ToString();
+  auto w = (*dev)->OpenWriter();
+  ASSERT_TRUE(w) << w.error().ToString();
+  const std::vector<std::uint8_t> data(256U << 10U, 0xa7);
+  ASSERT_TRUE((*w)->WriteAt(0, data));
+  ASSERT_TRUE((*w)->Sync());
+  std::vector<std::uint8_t> got(4096);
+  ASSERT_EQ(*(*dev)->ReadAt(131072 + 1000, got), got.size());
+  EXPECT_EQ(got[0], 0xa7) << "the page cache should still hold the written data";
+  ASSERT_EQ(*(*dev)->ReadMediumAt(131072 + 1000, got), got.size());
+  EXPECT_EQ(got[0], 0) << "ReadMediumAt returned the page cache, not the medium";
+  // Unaligned pieces outside the lie read what was written.
+  std::vector<std::uint8_t> odd(777);
+  ASSERT_EQ(*(*dev)->ReadMediumAt(4095, odd), odd.size());
+  EXPECT_EQ(odd, std::vector<std::uint8_t>(777, 0xa7));
+  // The end of the slot: a short read.
+  ASSERT_EQ(*(*dev)->ReadMediumAt((1U << 20U) - 100, odd), 100U);
+}
+
+}  // namespace
+}  // namespace sag::platform
