@@ -18,6 +18,7 @@
 #include "common/net/probe.h"
 #include "platform/fake_boot_control.h"
 #include "platform/file_slot_device.h"
+#include "tests/support/powerloss_mount.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/test_http_server.h"
 
@@ -226,6 +227,7 @@ class DeviceInstallerTest : public ::testing::Test {
     o.checkpoint_bytes = 2 * kChunk;
     o.checkpoint_interval = checkpoint_interval_;
     o.os_release = dir_ / "os-release";
+    o.read_back = read_back_;
     platform::SlotDevice* b = slot_b_override_ != nullptr ? slot_b_override_ : slot_b_.get();
     Platform p{&boot_, {{Slot::kA, slot_a_.get()}, {Slot::kB, b}}, &rebooter_, &system_};
     return std::make_unique<DeviceInstaller>(
@@ -288,6 +290,7 @@ class DeviceInstallerTest : public ::testing::Test {
   std::unique_ptr<platform::SlotDevice> slot_a_;
   std::unique_ptr<platform::SlotDevice> slot_b_;
   platform::SlotDevice* slot_b_override_ = nullptr;
+  InstallerOptions::ReadBack read_back_ = InstallerOptions::ReadBack::kMedium;
   std::chrono::milliseconds checkpoint_interval_{};
   FakeRebooter rebooter_;
   FakeSystem system_;
@@ -536,6 +539,35 @@ TEST_F(DeviceInstallerTest, ReadBackMismatchFailsBeforeTheTrialBoot) {
     EXPECT_EQ(boot_.ReadState()->b_left, 0);
     EXPECT_EQ(Reboot(), Slot::kA);
   }
+}
+
+// Slot B on a medium that lies (tools/powerloss, kernel page cache on): it
+// acknowledges the writes to a range of chunk 3 and keeps nothing, while
+// the page cache shows them. The read-back while writing reads the cache and
+// passes; the read-back from the medium after the final sync catches it,
+// before the trial boot is set. Red with boot.read_back: cache.
+TEST_F(DeviceInstallerTest, LyingMediumIsCaughtBeforeTheTrialBoot) {
+  fs::create_directories(dir_ / "medium");
+  fs::create_directories(dir_ / "mnt");
+  fs::copy_file(dir_ / "slot-b", dir_ / "medium" / "slot-b");
+  test::PowerLossMount mount(SAG_POWERLOSS_BIN, dir_ / "medium", dir_ / "mnt", "kernel");
+  if (!mount.Available()) GTEST_SKIP() << "no FUSE here (needs /dev/fuse and root)";
+  ASSERT_FALSE(mount.Control("lie slot-b " + std::to_string(3 * kChunk + 100) + " 10").empty());
+  auto lying = platform::OpenSlotDevice("B", dir_ / "mnt" / "slot-b");
+  ASSERT_TRUE(lying) << lying.error().ToString();
+  slot_b_override_ = lying->get();
+  auto r = MakeInstaller()->Start(Spec("lying", "v101"));
+  slot_b_override_ = nullptr;
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed) << "a slot the medium does not hold was activated";
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->code(), Errc::kReadBackMismatch) << r->error->ToString();
+  EXPECT_NE(r->error->ToString().find("chunk 3 "), std::string::npos) << r->error->ToString();
+  EXPECT_NE(r->error->ToString().find("from the medium"), std::string::npos)
+      << r->error->ToString();
+  EXPECT_EQ(rebooter_.requests, 0);
+  EXPECT_EQ(boot_.ReadState()->b_left, 0);
+  EXPECT_EQ(Reboot(), Slot::kA);
 }
 
 // The reader checks compressed chunks by their compressed bytes only; their
