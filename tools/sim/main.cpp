@@ -24,6 +24,7 @@
 #include "platform/linux_rebooter.h"
 #include "platform/linux_system_info.h"
 #include "tools/sim/appliance.h"
+#include "tools/sim/powerloss.h"
 
 namespace {
 
@@ -50,13 +51,21 @@ commands:
       DPI hooks on the fake engine PATH when --dpi-engine PATH is given,
       BOOT_A_LEFT=3, BOOT_B_LEFT=0
   boot DIR [--agent PATH] [--max-boots N] [--cut-after-ms MS | --cut-random MAXMS]
-           [--seed S] [--cuts K] [-- AGENT ARGS...]
+           [--seed S] [--cuts K] [--powerloss BIN [--torn 1]] [-- AGENT ARGS...]
       power on: run the boot script (platform/bootloader/boot.cmd), write the
       command line and a new boot id, start the agent (default: sag-agent run
       --config DIR/agent.yaml); reboot when it asks to (marker
       run/reboot-requested), stop when it exits without asking. A power cut
       SIGKILLs the agent after MS (or a random time below MAXMS) on each of
       the first K boots that start it (default 1), then powers on again.
+      --powerloss BIN (sag-powerloss): the appliance's storage (slots, state/,
+      run/, the environment) runs on a medium with a volatile write cache,
+      mounted over DIR for the run: a cut loses what was not made durable by
+      fsync (data) or a directory fsync (creates, renames, unlinks); --torn 1
+      also tears the write in flight at a sector boundary. The bootloader's
+      writes and a requested reboot sync; when the agent exits the device is
+      powered off the same way (a last cut). Prints what each cut lost and
+      the totals ("[sim] medium totals: ...").
   env DIR [NAME=VALUE|NAME= ...]
       print the environment; with arguments, set (or unset) raw variables the
       way fw_setenv does
@@ -299,6 +308,27 @@ Expected<int> CmdBoot(const Args& a) {
     SAG_TRY(auto dev, sag::platform::OpenSlotDevice(sag::platform::SlotName(s), app.SlotPath(s),
                                                     app.slot_size()));
   }
+  std::unique_ptr<sag::sim::PowerLossMedium> medium;
+  if (a.opts.count("powerloss") != 0) {
+    SAG_TRY(const auto torn, Number(a, "torn", 0));
+    SAG_TRY(medium,
+            sag::sim::PowerLossMedium::Mount(Get(a, "powerloss"), app.dir(), torn != 0, seed));
+    Say("storage on " + Get(a, "powerloss") +
+        ": a cut loses unsynced data and directory entries" + (torn != 0 ? ", tears writes" : ""));
+  }
+  const auto power_off = [&medium](const std::string& why) -> Status {
+    if (!medium) return sag::Ok();
+    SAG_TRY(const auto figures, medium->Cut());
+    Say("medium after " + why + ": " + figures);
+    return sag::Ok();
+  };
+  const auto totals = [&medium] {
+    if (!medium) return;
+    const auto& f = medium->figures();
+    Say("medium totals: cuts=" + std::to_string(f.cuts) + " bytes_lost=" +
+        std::to_string(f.bytes_lost) + " entries_lost=" + std::to_string(f.entries_lost) +
+        " torn=" + std::to_string(f.torn));
+  };
   const fs::path agent = a.opts.count("agent") != 0 ? fs::path(Get(a, "agent")) : DefaultAgent();
   std::vector<std::string> argv{agent.string()};
   if (a.has_rest) {
@@ -350,6 +380,7 @@ Expected<int> CmdBoot(const Args& a) {
         "console=ttyS0 root=" + app.SlotPath(slot).string() + " rootwait sag.slot=" + name + "\n"));
     SAG_TRY_STATUS(sag::WriteFileAtomic(app.Path("boot_id"), NewBootId()));
     fs::remove(flag, ec);
+    if (medium) SAG_TRY_STATUS(medium->Sync());  // U-Boot writes the flash directly
 
     const pid_t pid = Spawn(
         argv,
@@ -388,6 +419,7 @@ Expected<int> CmdBoot(const Args& a) {
       Say("power cut " + std::to_string(ms) + " ms after slot " + name +
           " started (agent killed with SIGKILL)");
       ::kill(-pid, SIGKILL);  // anything the agent left behind in its group
+      SAG_TRY_STATUS(power_off("the cut"));
       continue;
     }
     ::kill(-pid, SIGKILL);  // power goes away for the agent's children too
@@ -398,9 +430,13 @@ Expected<int> CmdBoot(const Args& a) {
     Say("agent exited (" + ExitText(status) +
         ") without asking for a reboot; the simulated "
         "device stops here");
+    SAG_TRY_STATUS(power_off("power-off"));
+    totals();
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
   }
   Say("stopping after " + std::to_string(max_boots) + " boots (--max-boots)");
+  SAG_TRY_STATUS(power_off("power-off"));
+  totals();
   return 0;
 }
 
@@ -572,7 +608,7 @@ int main(int argc, char** argv) {
            {{"slot-size", "model", "serial", "smartag-id", "endpoint", "root-ca", "slot-a",
              "version", "dpi-engine"},
             CmdInit}},
-          {"boot", {{"agent", "max-boots", "cut-after-ms", "cut-random", "seed", "cuts"}, CmdBoot}},
+          {"boot", {{"agent", "max-boots", "cut-after-ms", "cut-random", "seed", "cuts", "powerloss", "torn"}, CmdBoot}},
           {"env", {{}, CmdEnv}},
           {"fault", {{"slot"}, CmdFault}},
           {"cut-env", {{"trials", "seed", "max-us", "backend"}, CmdCutEnv}},

@@ -97,7 +97,15 @@ enum class Fault { kNone, kUnhealthy, kUnbootable };
 struct TrialResult {
   int cuts = 0;
   std::map<std::string, int> by_stage;  // what the agent was doing when power went
+  std::string state;                    // the job's outcome
+  // What the medium lost (sag-sim's "medium totals", the final power-off too).
+  std::uint64_t bytes_lost = 0, entries_lost = 0, torn = 0;
 };
+
+std::uint64_t FieldOf(const std::string& line, const std::string& key) {
+  const auto at = line.find(key + "=");
+  return at == std::string::npos ? 0 : std::stoull(line.substr(at + key.size() + 1));
+}
 
 // Reads the simulator's transcript: the stage is the agent's last logged job
 // state since the boot ("Startup" before any).
@@ -160,10 +168,16 @@ TrialResult RunTrial(int trial, Fault fault, bool download, int max_cut_ms) {
   const std::string out =
       Run({SAG_SIM_BIN, "boot", dev.string(), "--agent", SAG_AGENT_BIN, "--max-boots", "40",
            "--cut-random", std::to_string(max_cut_ms), "--cuts", "4", "--seed",
-           std::to_string(trial), "--", "run", "--once", "--config", (dev / "agent.yaml").string()},
+           std::to_string(trial), "--powerloss", SAG_POWERLOSS_BIN, "--torn", "1", "--", "run", "--once", "--config", (dev / "agent.yaml").string()},
           &rc);
   TrialResult result;
   CountCuts(out, download, result);
+  if (const auto at = out.find("medium totals:"); at != std::string::npos) {
+    const std::string line = out.substr(at, out.find('\n', at) - at);
+    result.bytes_lost = FieldOf(line, "bytes_lost");
+    result.entries_lost = FieldOf(line, "entries_lost");
+    result.torn = FieldOf(line, "torn");
+  }
   const std::string where = "trial " + std::to_string(trial) + "\n" + out;
   EXPECT_EQ(rc, 0) << where;
   EXPECT_NE(out.find("without asking for a reboot"), std::string::npos)
@@ -202,6 +216,7 @@ TrialResult RunTrial(int trial, Fault fault, bool download, int max_cut_ms) {
     EXPECT_EQ(state, healthy ? "Committed" : "RolledBack") << where;
   }
   const bool committed = state == "Committed";
+  result.state = state;
 
   // The device runs a committed image and will boot it again.
   const std::string cmdline = ReadAll(dev / "cmdline");
@@ -234,6 +249,8 @@ TEST_P(PowerCut, EveryCutEndsCommittedOrRolledBack) {
   int trials = 0;
   int by_fault[3] = {0, 0, 0};
   std::map<std::string, int> by_stage;
+  std::map<std::string, int> outcomes;
+  std::uint64_t bytes_lost = 0, entries_lost = 0, torn = 0;
   // A trial ends in zero to four cuts (a cut timed after the job settled
   // never happens): up to three trials per wanted cut, a bound that is never
   // reached unless the flow stopped being cut at all.
@@ -246,6 +263,10 @@ TEST_P(PowerCut, EveryCutEndsCommittedOrRolledBack) {
     cuts += r.cuts;
     by_fault[static_cast<int>(fault)] += r.cuts;
     for (const auto& [stage, n] : r.by_stage) by_stage[stage] += n;
+    ++outcomes[r.state];
+    bytes_lost += r.bytes_lost;
+    entries_lost += r.entries_lost;
+    torn += r.torn;
     ++trials;
   }
   std::string stages;
@@ -254,10 +275,16 @@ TEST_P(PowerCut, EveryCutEndsCommittedOrRolledBack) {
   for (const auto& range : g_fixture->server->ranges()) {
     resumed += static_cast<int>(range.starts_with("bytes=") && range != "bytes=0-");
   }
+  std::string ends;
+  for (const auto& [state, n] : outcomes) ends += " " + state + "=" + std::to_string(n);
   std::printf(
       "shard %d: %d power cuts in %d trials (healthy %d, unhealthy %d, unbootable %d);"
-      " cut during:%s; downloads resumed with a Range request: %d\n",
-      shard, cuts, trials, by_fault[0], by_fault[1], by_fault[2], stages.c_str(), resumed);
+      " cut during:%s; outcomes:%s; downloads resumed with a Range request: %d;"
+      " the medium lost %llu unsynced bytes and %llu directory entries, %llu writes torn"
+      " (final power-offs included)\n",
+      shard, cuts, trials, by_fault[0], by_fault[1], by_fault[2], stages.c_str(), ends.c_str(),
+      resumed, static_cast<unsigned long long>(bytes_lost),
+      static_cast<unsigned long long>(entries_lost), static_cast<unsigned long long>(torn));
   EXPECT_GE(cuts, target);
 }
 
