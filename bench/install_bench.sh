@@ -2,7 +2,9 @@
 # Benchmark (not a test): Device OS install throughput and peak memory of
 # `sag-agent install` into file-backed slots, next to the machine's own limits
 # measured in the same run and next to SWUpdate (Debian's swupdate, raw
-# handler) installing the same payload into a file.
+# handler) installing the same payload into a file. sag-agent runs twice: with
+# boot.read_back: medium (the default: the slot read back from the device with
+# O_DIRECT before the trial boot) and with boot.read_back: cache.
 #   bench/install_bench.sh [BUILD_DIR] [SIZES_MIB...]     default: build/release 256 1024
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
@@ -88,11 +90,13 @@ SWD
     "$sim" init "$dev" --slot-size "$bytes" --root-ca "$work/pki/root-ca.pem" >/dev/null
     echo "console=ttyS0 sag.slot=A" > "$dev/cmdline"
     sed -i 's/level: debug/level: warn/' "$dev/agent.yaml"
+    sed 's/^boot:$/boot:\n  read_back: cache/' "$dev/agent.yaml" > "$dev/agent-cache.yaml"
+    grep -q 'read_back: cache' "$dev/agent-cache.yaml"
     prewrite "$dev/slot-b.img" "$mib"
     truncate -s "$bytes" "$work/ddslot" "$work/swslot"
     prewrite "$work/ddslot" "$mib"; prewrite "$work/swslot" "$mib"
 
-    dd_r=(); sag_r=(); sag_m=(); swu_r=(); swu_m=()
+    dd_r=(); sag_r=(); sag_m=(); sagc_r=(); swu_r=(); swu_m=()
     for ((rep = 1; rep <= REPS; rep++)); do
       # The machine's sequential write with fsync, same payload, same kind of target.
       cold "$payload"
@@ -104,6 +108,11 @@ SWD
       /usr/bin/time -v -o "$work/time-sag" "$agent" install "$img" --config "$dev/agent.yaml" \
         --no-reboot --id "bench-$kind-$mib-$rep" >/dev/null
       sag_r+=("$(mibps "$bytes" "$(wall_s "$work/time-sag")")"); sag_m+=("$(peak_kib "$work/time-sag")")
+      rm -rf "$dev/state"; mkdir -p "$dev/state"
+      cold "$img"
+      /usr/bin/time -v -o "$work/time-sagc" "$agent" install "$img" --config "$dev/agent-cache.yaml" \
+        --no-reboot --id "bench-cache-$kind-$mib-$rep" >/dev/null
+      sagc_r+=("$(mibps "$bytes" "$(wall_s "$work/time-sagc")")")
 
       # SWUpdate checks the signer against the -k file alone (it does not take
       # intermediates from the CMS), so that file holds the whole chain; -H
@@ -119,6 +128,7 @@ SWD
     rm -rf "$dev"; rm -f "$work/update.swu" "$work/swslot" "$work/ddslot" "$payload" "$img"
 
     write_mibps=$(median "${dd_r[@]}"); sag_rate=$(median "${sag_r[@]}"); swu_rate=$(median "${swu_r[@]}")
+    sagc_rate=$(median "${sagc_r[@]}")
     slowest=$(printf '%s\n' "$sha_mibps" "$write_mibps" "$zstd_mibps" | sort -n | head -1)
     printf '%-12s %5d MiB: sag-agent %4s MiB/s (runs %s), peak RSS %5s KiB | SWUpdate %4s MiB/s, peak RSS %5s KiB\n' \
       "$kind" "$mib" "$sag_rate" "${sag_r[*]}" "$(max "${sag_m[@]}")" "$swu_rate" "$(max "${swu_m[@]}")"
@@ -126,5 +136,7 @@ SWD
       "" "$sha_mibps" "$write_mibps" "${dd_r[*]}" "$zstd_mibps" \
       "$(python3 -c "print(round(100 * $sag_rate / $slowest))")" "$slowest" \
       "$(python3 -c "print(f'{$sag_rate / max($swu_rate, 1):.1f}')")"
+    printf '%18s read-back from the medium (boot.read_back: medium) %s MiB/s; page cache only (cache) %s MiB/s (runs %s)\n' \
+      "" "$sag_rate" "$sagc_rate" "${sagc_r[*]}"
   done
 done

@@ -25,7 +25,7 @@ class PowerLossMount {
   PowerLossMount(const std::filesystem::path& bin, const std::filesystem::path& backing,
                  const std::filesystem::path& mountpoint, const std::string& cache = "direct")
       : mountpoint_(mountpoint) {
-    std::vector<std::string> args{bin.string(),        "mount", backing.string(),
+    std::vector<std::string> args{bin.string(),        "mount",   backing.string(),
                                   mountpoint.string(), "--cache", cache};
     pid_ = ::fork();
     if (pid_ == 0) {

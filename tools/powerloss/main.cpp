@@ -203,7 +203,8 @@ void CommitDir(const std::string& dir) {
   std::size_t upto = 0;
   for (std::size_t i = 0; i < g.ops.size(); ++i) {
     const NsOp& op = g.ops[i];
-    if (Parent(op.from) == dir || (op.kind == OpKind::kRename && Parent(op.to) == dir)) upto = i + 1;
+    if (Parent(op.from) == dir || (op.kind == OpKind::kRename && Parent(op.to) == dir))
+      upto = i + 1;
   }
   CommitOps(upto);
 }
@@ -508,8 +509,8 @@ int OpenBacking(const std::string& rel, int flags, mode_t mode) {
   const int base = (flags & ~(O_ACCMODE | O_TRUNC | O_DIRECT | O_APPEND)) | O_CLOEXEC;
   int fd = ::openat(g.root, rel.c_str(), base | O_RDWR, mode);
   if (fd < 0 && (errno == EACCES || errno == EISDIR || errno == EROFS || errno == ETXTBSY)) {
-    fd = ::openat(g.root, rel.c_str(), (flags & ~(O_TRUNC | O_DIRECT | O_APPEND)) | O_CLOEXEC,
-                  mode);
+    fd =
+        ::openat(g.root, rel.c_str(), (flags & ~(O_TRUNC | O_DIRECT | O_APPEND)) | O_CLOEXEC, mode);
   }
   if (fd < 0) return Neg();
   if ((flags & O_TRUNC) != 0 && (flags & O_ACCMODE) != O_RDONLY) {
@@ -691,8 +692,8 @@ int Mount(const std::vector<std::string>& args) {
   // Opened before the mount, so that BACKING may be MOUNTPOINT itself.
   g.root = ::open(args[0].c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (g.root < 0) {
-    std::cerr << "sag-powerloss: open backing directory " << args[0] << ": "
-              << std::strerror(errno) << "\n";
+    std::cerr << "sag-powerloss: open backing directory " << args[0] << ": " << std::strerror(errno)
+              << "\n";
     return 1;
   }
   // A trash left by a killed server: its entries' removal counts as durable.
@@ -730,8 +731,8 @@ int Mount(const std::vector<std::string>& args) {
   ops.readdir = ReadDir;
   ops.releasedir = ReleaseDir;
   ops.fsyncdir = FSyncDir;
-  std::vector<std::string> fargs{"sag-powerloss", "-f", "-s", "-o",
-                                 "fsname=sag-powerloss,subtype=powerloss", args[1]};
+  std::vector<std::string> fargs{
+      "sag-powerloss", "-f", "-s", "-o", "fsname=sag-powerloss,subtype=powerloss", args[1]};
   std::vector<char*> argv;
   argv.reserve(fargs.size());
   for (auto& s : fargs) argv.push_back(s.data());

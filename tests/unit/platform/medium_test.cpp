@@ -21,9 +21,7 @@ class MediumTest : public ::testing::Test {
   void Mount(const std::string& cache, std::uint64_t slot_size) {
     fs::create_directories(dir_ / "backing");
     fs::create_directories(dir_ / "mnt");
-    {
-      std::ofstream f(dir_ / "backing" / "slot-b.img", std::ios::binary);
-    }
+    { std::ofstream f(dir_ / "backing" / "slot-b.img", std::ios::binary); }
     fs::resize_file(dir_ / "backing" / "slot-b.img", slot_size);  // sparse
     mount_ = std::make_unique<test::PowerLossMount>(SAG_POWERLOSS_BIN, dir_ / "backing",
                                                     dir_ / "mnt", cache);
@@ -46,8 +44,9 @@ TEST_F(MediumTest, WriteBackErrorReportedBySyncFileRangeFailsTheSlot) {
   constexpr std::uint64_t kSize = 300 * kMiB;
   Mount("writeback", kSize);
   if (IsSkipped()) return;
-  ASSERT_FALSE(mount_->Control("fail slot-b.img " + std::to_string(9 * kMiB) + " " +
-                               std::to_string(kMiB) + " 5")
+  ASSERT_FALSE(mount_
+                   ->Control("fail slot-b.img " + std::to_string(9 * kMiB) + " " +
+                             std::to_string(kMiB) + " 5")
                    .empty());
   auto dev = OpenSlotDevice("B", Slot(), kSize);
   ASSERT_TRUE(dev) << dev.error().ToString();
