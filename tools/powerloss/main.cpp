@@ -552,7 +552,7 @@ int Read(const char* /*path*/, char* buf, size_t size, off_t off, struct fuse_fi
     const auto o = static_cast<std::size_t>(off);
     if (o >= g.reply.size()) return 0;
     const std::size_t n = std::min(size, g.reply.size() - o);
-    std::memcpy(buf, g.reply.data() + o, n);
+    std::copy_n(g.reply.begin() + static_cast<std::ptrdiff_t>(o), n, buf);
     return static_cast<int>(n);
   }
   const ssize_t n = ::pread(static_cast<int>(fi->fh), buf, size, off);

@@ -73,10 +73,13 @@ commands:
       unhealthy: the health check fails on that slot; unbootable: its kernel
       never comes up (the try is counted, the board resets)
   cut-env DIR [--trials N] [--seed S] [--max-us US] [--backend uboot|grub]
+          [--powerloss BIN]
       power cuts during environment writes: SIGKILL a writer process at random
       instants, on half the trials also garble the newest U-Boot copy from a
       random byte on (a write cut mid-way); each time the environment must
-      read back valid with a bootable slot. grub: the same on DIR/grubenv
+      read back valid with a bootable slot. grub: the same on DIR/grubenv.
+      --powerloss BIN: DIR on sag-powerloss, and every kill is followed by a
+      cut of the medium that tears the write in flight
 
 exit status: 0 success, 1 failure, 2 bad usage.
 )";
@@ -313,8 +316,8 @@ Expected<int> CmdBoot(const Args& a) {
     SAG_TRY(const auto torn, Number(a, "torn", 0));
     SAG_TRY(medium,
             sag::sim::PowerLossMedium::Mount(Get(a, "powerloss"), app.dir(), torn != 0, seed));
-    Say("storage on " + Get(a, "powerloss") +
-        ": a cut loses unsynced data and directory entries" + (torn != 0 ? ", tears writes" : ""));
+    Say("storage on " + Get(a, "powerloss") + ": a cut loses unsynced data and directory entries" +
+        (torn != 0 ? ", tears writes" : ""));
   }
   const auto power_off = [&medium](const std::string& why) -> Status {
     if (!medium) return sag::Ok();
@@ -325,9 +328,9 @@ Expected<int> CmdBoot(const Args& a) {
   const auto totals = [&medium] {
     if (!medium) return;
     const auto& f = medium->figures();
-    Say("medium totals: cuts=" + std::to_string(f.cuts) + " bytes_lost=" +
-        std::to_string(f.bytes_lost) + " entries_lost=" + std::to_string(f.entries_lost) +
-        " torn=" + std::to_string(f.torn));
+    Say("medium totals: cuts=" + std::to_string(f.cuts) +
+        " bytes_lost=" + std::to_string(f.bytes_lost) +
+        " entries_lost=" + std::to_string(f.entries_lost) + " torn=" + std::to_string(f.torn));
   };
   const fs::path agent = a.opts.count("agent") != 0 ? fs::path(Get(a, "agent")) : DefaultAgent();
   std::vector<std::string> argv{agent.string()};
@@ -521,6 +524,10 @@ Expected<int> CmdCutEnv(const Args& a) {
   SAG_TRY(const auto max_us, Number(a, "max-us", 5000));
   std::mt19937_64 rng(seed);
   const std::string backend = Get(a, "backend", "uboot");
+  std::unique_ptr<sag::sim::PowerLossMedium> medium;
+  if (a.opts.count("powerloss") != 0) {
+    SAG_TRY(medium, sag::sim::PowerLossMedium::Mount(Get(a, "powerloss"), app.dir(), true, seed));
+  }
   SAG_TRY(const auto env, OpenEnv(app, backend));
   const bool grub = backend == "grub";
   std::uint64_t valid = 0;
@@ -551,6 +558,10 @@ Expected<int> CmdCutEnv(const Args& a) {
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     std::string what = "writer killed after " + std::to_string(delay) + " us";
+    if (medium) {
+      SAG_TRY(const auto figures, medium->Cut());
+      what += " (medium: " + figures + ")";
+    }
     if (!ready || !WIFSIGNALED(status)) {
       Say("cut-env trial " + std::to_string(t) + ": the writer failed before the cut (" +
           ExitText(status) + ")");
@@ -588,6 +599,12 @@ Expected<int> CmdCutEnv(const Args& a) {
   }
   Say("cut-env: " + std::to_string(valid) + " of " + std::to_string(trials) +
       " power cuts left a valid environment (" + std::to_string(torn) + " with a garbled copy)");
+  if (medium) {
+    const auto& f = medium->figures();
+    Say("medium totals: cuts=" + std::to_string(f.cuts) +
+        " bytes_lost=" + std::to_string(f.bytes_lost) +
+        " entries_lost=" + std::to_string(f.entries_lost) + " torn=" + std::to_string(f.torn));
+  }
   return valid == trials ? 0 : 1;
 }
 
@@ -608,10 +625,13 @@ int main(int argc, char** argv) {
            {{"slot-size", "model", "serial", "smartag-id", "endpoint", "root-ca", "slot-a",
              "version", "dpi-engine"},
             CmdInit}},
-          {"boot", {{"agent", "max-boots", "cut-after-ms", "cut-random", "seed", "cuts", "powerloss", "torn"}, CmdBoot}},
+          {"boot",
+           {{"agent", "max-boots", "cut-after-ms", "cut-random", "seed", "cuts", "powerloss",
+             "torn"},
+            CmdBoot}},
           {"env", {{}, CmdEnv}},
           {"fault", {{"slot"}, CmdFault}},
-          {"cut-env", {{"trials", "seed", "max-us", "backend"}, CmdCutEnv}},
+          {"cut-env", {{"trials", "seed", "max-us", "backend", "powerloss"}, CmdCutEnv}},
           {"env-writer", {{"backend"}, CmdEnvWriter}},
       };
   const auto it = commands.find(cmd);
