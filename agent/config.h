@@ -60,7 +60,7 @@ struct BootConfig {
   // VERSION_ID of the running OS, used until the agent has installed a
   // version itself (then its slot record in state_dir says).
   std::filesystem::path os_release{"/etc/os-release"};
-  int trial_attempts = 3;                   // BOOT_x_LEFT given to a slot on trial
+  int trial_attempts = 3;  // BOOT_x_LEFT given to a slot on trial
   // boot.read_back: medium (default) reads the written slot back from the
   // device (O_DIRECT) before the trial boot; cache skips that pass.
   bool read_back_medium = true;

@@ -49,8 +49,8 @@ Error ReadBackMismatch(const JobRecord& record, const platform::SlotDevice& slot
 // did not end early.
 template <typename Take>
 Status ReadBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64_t index,
-                std::uint64_t offset, std::uint64_t size, std::span<std::uint8_t> piece,
-                Take take, bool medium = false) {
+                std::uint64_t offset, std::uint64_t size, std::span<std::uint8_t> piece, Take take,
+                bool medium = false) {
   std::uint64_t done = 0;
   while (done < size) {
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), size - done));

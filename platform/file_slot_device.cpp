@@ -70,10 +70,10 @@ class FileSlotWriter : public SlotWriter {
     // sync_file_range (or an earlier fsync) saw it, this fsync returns 0
     // although the data never reached the medium. The slot stays failed.
     if (const int err = failed_.load(); err != 0) {
-      return MakeErrno(Errc::kSlotIo,
-                       "slot " + path_.string() +
-                           " lost written data (a write-back error reported earlier)",
-                       err);
+      return MakeErrno(
+          Errc::kSlotIo,
+          "slot " + path_.string() + " lost written data (a write-back error reported earlier)",
+          err);
     }
     return Ok();
   }
@@ -106,10 +106,9 @@ class FileSlotWriter : public SlotWriter {
     kicked_ = end;
     if (end > kBehind + waited_) {
       const std::uint64_t upto = end - kBehind;
-      if (::sync_file_range(
-              fd_, static_cast<off_t>(waited_), static_cast<off_t>(upto - waited_),
-              SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) !=
-          0) {
+      if (::sync_file_range(fd_, static_cast<off_t>(waited_), static_cast<off_t>(upto - waited_),
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                SYNC_FILE_RANGE_WAIT_AFTER) != 0) {
         return WriteBehindFailed(waited_);
       }
       waited_ = upto;
@@ -129,8 +128,8 @@ class FileSlotWriter : public SlotWriter {
     failed_.compare_exchange_strong(none, err);
   }
 
-  std::uint64_t kicked_ = 0;  // writeback started up to here
-  std::uint64_t waited_ = 0;  // writeback waited for up to here
+  std::uint64_t kicked_ = 0;    // writeback started up to here
+  std::uint64_t waited_ = 0;    // writeback waited for up to here
   std::atomic<int> failed_{0};  // first write-back error seen (errno), for Sync()
   int fd_;
   std::uint64_t size_;
@@ -253,8 +252,7 @@ Expected<std::size_t> FileSlotDevice::ReadMediumAt(std::uint64_t offset,
   auto* base = static_cast<std::uint8_t*>(raw);
   std::size_t got = 0;
   while (got < span) {
-    const ssize_t n =
-        ::pread(direct_fd_, base + got, span - got, static_cast<off_t>(begin + got));
+    const ssize_t n = ::pread(direct_fd_, base + got, span - got, static_cast<off_t>(begin + got));
     if (n < 0) {
       if (errno == EINTR) continue;
       return MakeErrno(Errc::kSlotIo, "read slot " + path_.string() + " from the medium at " +

@@ -46,6 +46,27 @@ TEST(Config, MinimalGetsDefaults) {
   EXPECT_EQ(c->download.checkpoint_bytes, 32U << 20U);
   EXPECT_EQ(c->download.checkpoint_interval, std::chrono::milliseconds(0));
   EXPECT_TRUE(c->cloud.endpoint.empty());
+  EXPECT_TRUE(c->boot.read_back_medium);
+}
+
+TEST(Config, ReadBackIsMediumOrCache) {
+  const std::string head =
+      "identity: {smartag_id: sag-1, serial_number: s, model: m}\npki: {root_ca: /r}\n";
+  auto cache = ParseConfig(
+      head + "boot: {read_back: cache, slots: {A: {device: /a}, B: {device: /b}}}\n", "c.yaml");
+  ASSERT_TRUE(cache) << cache.error().ToString();
+  EXPECT_FALSE(cache->boot.read_back_medium);
+  auto medium = ParseConfig(
+      head + "boot: {read_back: medium, slots: {A: {device: /a}, B: {device: /b}}}\n", "m.yaml");
+  ASSERT_TRUE(medium) << medium.error().ToString();
+  EXPECT_TRUE(medium->boot.read_back_medium);
+  auto bad = ParseConfig(
+      head + "boot: {read_back: disk, slots: {A: {device: /a}, B: {device: /b}}}\n", "b.yaml");
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code(), Errc::kConfigRange);
+  EXPECT_NE(bad.error().message().find("'boot.read_back' must be 'medium'"), std::string::npos)
+      << bad.error().ToString();
+  EXPECT_NE(bad.error().message().find("'disk'"), std::string::npos) << bad.error().ToString();
 }
 
 struct BadCase {
