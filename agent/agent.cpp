@@ -14,9 +14,11 @@
 #include <sstream>
 #include <thread>
 
+#include "agent/inbox.h"
 #include "agent/sd_notify.h"
 #include "agent/status.h"
 #include "common/atomic_file.h"
+#include "common/json_reader.h"
 #include "common/log.h"
 #include "common/net/probe.h"
 #include "common/stream_source.h"
@@ -315,10 +317,58 @@ Expected<image::ImageType> ImageTypeOf(Runtime& rt, const std::string& source) {
 // in status.json and the logs. Returns the process exit code for `install`.
 enum class Output { kNone, kText, kJson };
 
-int RunJob(Runtime& rt, const firmware::JobSpec& spec, Output output) {
+// A job that could not be run or recorded at all (a conflict, a damaged
+// state file): what the reply to its request says.
+json RefusedJson(const std::string& id, const Error& e) {
+  return {{"id", id}, {"state", "Refused"}, {"error", ErrorJson(e)}};
+}
+
+int PrintDpiOutcome(const dpi::JobResult& r, bool as_json, std::ostream& out) {
+  if (as_json) {
+    out << DpiJobJson(r).dump(2) << "\n";
+  } else if (r.error) {
+    out << "job " << r.job_id << " " << dpi::JobStateName(r.state) << ": " << r.error->ToString()
+        << "\n";
+  } else {
+    out << "job " << r.job_id << " " << dpi::JobStateName(r.state) << " (DPI database " << r.version
+        << " active)\n";
+  }
+  return r.ok() ? 0 : 1;
+}
+
+// `reply`, when not null, receives the job as the reply to its request says
+// it (docs/agent.md): the record's fields, or {"state": "Refused", "error"}.
+int RunJob(Runtime& rt, const firmware::JobSpec& spec, Output output, json* reply = nullptr) {
   const bool as_json = output == Output::kJson;
   std::ostringstream discard;
   std::ostream& out = output == Output::kNone ? static_cast<std::ostream&>(discard) : std::cout;
+  json ignored;
+  json& answer = reply != nullptr ? *reply : ignored;
+  auto refuse = [&](const Error& e) {
+    spdlog::error("job {}: {}", spec.id, e.ToString());
+    if (!as_json) out << "job " << spec.id << ": " << e.ToString() << "\n";
+    answer = RefusedJson(spec.id, e);
+    return 1;
+  };
+  // A job id is run once, whatever its type: one recorded before is answered
+  // with its record before the source is even opened (it may be gone, and
+  // its type must not be guessed from it).
+  auto dpi_seen = rt.dpi->Lookup(spec.id);
+  if (!dpi_seen) return refuse(dpi_seen.error());
+  if (*dpi_seen) {
+    spdlog::info("job {}: seen before (DPI, {}), not run again", spec.id,
+                 dpi::JobStateName((*dpi_seen)->state));
+    answer = DpiJobJson(**dpi_seen);
+    return PrintDpiOutcome(**dpi_seen, as_json, out);
+  }
+  auto device_seen = rt.device->Lookup(spec.id);
+  if (!device_seen) return refuse(device_seen.error());
+  if (*device_seen) {
+    spdlog::info("job {}: seen before (Device, {}), not run again", spec.id,
+                 firmware::JobStateName((*device_seen)->state));
+    answer = JobJson(**device_seen, 100);
+    return PrintJobOutcome(**device_seen, as_json, out);
+  }
   auto type = ImageTypeOf(rt, spec.source);
   rt.last_job_dpi = type && *type == image::ImageType::kDpi;
   if (rt.last_job_dpi) {
@@ -326,28 +376,19 @@ int RunJob(Runtime& rt, const firmware::JobSpec& spec, Output output) {
     if (!r) {
       spdlog::error("job {}: {}", spec.id, r.error().ToString());
       if (!as_json) out << "job " << spec.id << " Failed: " << r.error().ToString() << "\n";
+      answer = RefusedJson(spec.id, r.error());
+      answer["type"] = "Dpi";
       return 1;
     }
     (void)rt.status->Update({{"job", DpiJobJson(*r)}});
-    if (as_json) {
-      out << DpiJobJson(*r).dump(2) << "\n";
-    } else if (r->error) {
-      out << "job " << r->job_id << " " << dpi::JobStateName(r->state) << ": "
-          << r->error->ToString() << "\n";
-    } else {
-      out << "job " << r->job_id << " " << dpi::JobStateName(r->state) << " (DPI database "
-          << r->version << " active)\n";
-    }
-    return r->ok() ? 0 : 1;
+    answer = DpiJobJson(*r);
+    return PrintDpiOutcome(*r, as_json, out);
   }
   // Device images, and anything whose header cannot be read: the Device
   // installer records the refusal under the job id.
   auto r = rt.device->Start(spec);
-  if (!r) {
-    spdlog::error("job {}: {}", spec.id, r.error().ToString());
-    if (!as_json) out << "job " << spec.id << ": " << r.error().ToString() << "\n";
-    return 1;
-  }
+  if (!r) return refuse(r.error());
+  answer = JobJson(*r, firmware::IsTerminal(r->state) ? 100 : 0);
   return PrintJobOutcome(*r, as_json, out);
 }
 
@@ -378,7 +419,11 @@ int CmdRun(const Config& c, bool once) {
     spdlog::warn("{}", st.error().ToString());
   }
   std::error_code ec;
-  fs::create_directories(InboxDir(c), ec);
+  Inbox inbox({.dir = InboxDir(c), .agent_uid = ::geteuid()});
+  if (auto st = inbox.Prepare(); !st) {
+    spdlog::critical("cannot start: {}", st.error().ToString());
+    return 1;
+  }
   RefreshStatus(rt, c, "starting");
   SdNotify("READY=1\nSTATUS=checking jobs");
 
@@ -421,32 +466,27 @@ int CmdRun(const Config& c, bool once) {
     if (worker.joinable()) worker.join();
     bool started = false;
     // Local jobs (sag-agent install while the daemon runs) arrive as files.
-    for (const auto& entry : fs::directory_iterator(InboxDir(c), ec)) {
-      if (entry.path().extension() != ".json") continue;
-      // A copy: the worker outlives the directory iterator.
-      const fs::path request = entry.path();  // NOLINT(performance-unnecessary-copy-initialization)
-      auto text = ReadFile(request, 64U << 10U);
-      auto req = text ? json::parse(*text, nullptr, false) : json();
-      if (!req.is_object() || !req.contains("id") || !req["id"].is_string() ||
-          !req.contains("source") || !req["source"].is_string()) {
-        spdlog::error(R"(ignoring malformed job request {}: expected {{"id": ..., "source": ...}})",
-                      request.string());
-        fs::remove(request, ec);
-        continue;
-      }
-      firmware::JobSpec spec{req["id"].get<std::string>(), req["source"].get<std::string>(),
-                             req.value("allow_downgrade", false), req.value("reboot", true)};
+    auto next = inbox.Next();
+    if (!next) {
+      spdlog::error("{}", next.error().ToString());
+    } else if (*next) {
+      const InboxRequest request = std::move(**next);
+      firmware::JobSpec spec{request.id, request.source, request.allow_downgrade, request.reboot};
       spdlog::info("job {}: request for {}", spec.id, spec.source);
-      // The request is removed only once the job is in its journal: a power
-      // cut before that must not lose it (offered again, a recorded job is
+      // The request is removed only once the job is answered: a power cut
+      // before that must not lose it (offered again, a recorded job is
       // answered with its state, never run twice).
-      run_in_worker([&rt, spec, request] {
-        (void)RunJob(rt, spec, Output::kNone);
-        std::error_code rm;
-        fs::remove(request, rm);
+      run_in_worker([&rt, &inbox, spec, request] {
+        json reply;
+        (void)RunJob(rt, spec, Output::kNone, &reply);
+        if (auto st = inbox.Reply(request.name, reply); !st) {
+          spdlog::warn("job {}: {}", spec.id, st.error().ToString());
+        }
+        if (auto st = inbox.Remove(request); !st) {
+          spdlog::warn("job {}: {}", spec.id, st.error().ToString());
+        }
       });
       started = true;
-      break;
     }
     if (once && !started) {
       spdlog::info("nothing left to do, stopping (--once)");
@@ -459,48 +499,95 @@ int CmdRun(const Config& c, bool once) {
   return exit_code;
 }
 
+namespace {
+
+// The daemon's reply to request `id` (replies/ID.json), once it is there
+// and complete: read, printed and removed. nullopt while there is none.
+std::optional<int> TakeReply(const Inbox& inbox, const std::string& id, bool as_json) {
+  const auto path = inbox.ReplyPath(id);
+  auto text = ReadFile(path, 64U << 10U);
+  if (!text) return std::nullopt;
+  std::error_code ec;
+  fs::remove(path, ec);
+  auto doc = ParseJson(*text, "reply " + path.string(), Errc::kBadRequest);
+  if (!doc) {
+    std::cerr << "sag-agent: " << doc.error().ToString() << "\n";
+    return 1;
+  }
+  JsonReader r(*doc, "reply " + path.string(), Errc::kBadRequest);
+  const std::string state = r.Str("state");
+  std::optional<Error> error;
+  if (auto e = r.OptObj("error")) {
+    const auto code = e->U64("code");
+    auto message = e->Str("message", "");
+    error = Error(static_cast<Errc>(code), std::move(message));
+  }
+  if (auto st = r.Finish(); !st) {
+    std::cerr << "sag-agent: " << st.error().ToString() << "\n";
+    return 1;
+  }
+  const bool ok = state == "Committed" || state == "Rebooting";
+  if (as_json) {
+    std::cout << doc->dump(2) << "\n";
+  } else if (error) {
+    (ok ? std::cout : std::cerr) << "job " << id << " " << state << ": " << error->ToString()
+                                 << "\n";
+  } else {
+    std::cout << "job " << id << " " << state << "\n";
+  }
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
 int CmdInstall(const Config& c, const InstallArgs& args) {
   const std::string id = args.id.empty() ? NewJobId() : args.id;
+  if (auto st = CheckJobId(id); !st) {
+    std::cerr << "sag-agent: --id: " << st.error().message() << "\n";
+    return 2;
+  }
   std::string source = args.source;
   if (!IsUrl(source)) {
     std::error_code ec;
     source = fs::absolute(source, ec).string();
   }
   if (auto pid = RunningDaemon(c)) {
-    // One writer: the running daemon takes the job; we follow its progress.
+    // One writer: the running daemon takes the job; we follow its progress
+    // in status.json, and its reply says at once when it refused the job.
     json req = {{"id", id},
                 {"source", source},
                 {"allow_downgrade", args.allow_downgrade},
                 {"reboot", args.reboot}};
+    const Inbox inbox({.dir = InboxDir(c), .agent_uid = ::geteuid()});
     std::error_code ec;
-    fs::create_directories(InboxDir(c), ec);
-    if (auto st = WriteFileAtomic(InboxDir(c) / (id + ".json"), req.dump()); !st) {
+    fs::remove(inbox.ReplyPath(id), ec);  // a stale reply to an earlier request
+    if (auto st = WriteFileAtomic(inbox.RequestPath(id), req.dump(), 0600); !st) {
       std::cerr << "sag-agent: " << st.error().ToString() << "\n";
       return 1;
     }
-    std::cout << "job " << id << " handed to the running agent (pid " << *pid << ")\n";
+    if (!args.json)
+      std::cout << "job " << id << " handed to the running agent (pid " << *pid << ")\n";
     const StatusFile status(c.paths.runtime_dir / "status.json");
     std::string last;
     for (int i = 0; i < 20 * 60 * 30; ++i) {  // 30 minutes at most
       ::usleep(50'000);
+      if (auto rc = TakeReply(inbox, id, args.json)) return *rc;
       auto s = status.Read();
-      if (!s || !s->contains("job") || !(*s)["job"].is_object()) continue;
-      const auto& j = (*s)["job"];
-      if (j.value("id", "") != id) continue;
-      const std::string state = j.value("state", "");
-      const std::string line = state + " " + std::to_string(j.value("percent", 0)) + "%";
-      if (line != last) {
+      if (!s || !s->is_object() || !s->contains("job")) continue;
+      JsonReader job((*s)["job"], "status.json job", Errc::kBadRequest);
+      const std::string job_id = job.Str("id", "");
+      const std::string state = job.Str("state", "");
+      const std::uint64_t percent = job.U64("percent", 0);
+      if (!job.ok() || job_id != id) continue;
+      const std::string line = state + " " + std::to_string(percent) + "%";
+      if (line != last && !args.json) {
         std::cout << "  " << line << "\n" << std::flush;
         last = line;
       }
-      if (state == "Rebooting" || state == "Committed" || state == "RolledBack" ||
-          state == "Failed") {
-        if (j.contains("error") && j["error"].is_object()) {
-          std::cout << "job " << id << " " << state << ": E" << j["error"].value("code", 0) << " "
-                    << j["error"].value("name", "") << ": " << j["error"].value("message", "")
-                    << "\n";
-        }
-        return state == "Failed" ? 1 : 0;
+      if (state == "Rebooting") {
+        // The reply may never come: the reboot can stop the daemon first.
+        if (!args.json) std::cout << "job " << id << " Rebooting\n";
+        return 0;
       }
       if (!RunningDaemon(c)) {
         std::cout << "the agent stopped while job " << id << " was " << state << "\n";

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "common/atomic_file.h"
+#include "common/json_reader.h"
 #include "common/process.h"
 #include "common/version.h"
 
@@ -71,20 +72,18 @@ json ErrorToJson(const std::optional<Error>& error) {
           {"message", error->message()}};
 }
 
-std::optional<Error> ErrorFromJson(const json& j) {
-  if (!j.is_object()) return std::nullopt;
-  return Error(static_cast<Errc>(j.value("code", static_cast<int>(Errc::kInternal))),
-               j.value("message", std::string()));
+// A recorded error: {"code": int, "name": ..., "message": string} or null.
+std::optional<Error> ErrorFromJson(JsonReader& r, std::string_view key) {
+  auto e = r.OptObj(key);
+  if (!e) return std::nullopt;
+  const auto code = e->U64("code");
+  auto message = e->Str("message", "");
+  return Error(static_cast<Errc>(code), std::move(message));
 }
 
 json OptString(const std::optional<std::string>& s) {
   if (!s) return nullptr;
   return *s;
-}
-
-std::optional<std::string> OptStringFrom(const json& j) {
-  if (!j.is_string()) return std::nullopt;
-  return j.get<std::string>();
 }
 
 std::string FirstLine(const std::string& text) {
@@ -144,23 +143,42 @@ struct DpiInstaller::Job {
             {"failed_in", failed_in ? json(std::string(JobStateName(*failed_in))) : json(nullptr)}};
   }
 
+  // Every field type-checked: a damaged journal is kJournalCorrupt, never
+  // an exception.
   static Expected<Job> FromJson(const json& j) {
+    JsonReader r(j, "DPI job record", Errc::kJournalCorrupt);
     Job job;
-    auto state = ParseJobState(j.value("state", std::string()));
-    if (!j.contains("id") || !j["id"].is_string() || !state) {
-      return Error(Errc::kJournalCorrupt,
-                   "DPI job record lacks an id or a known state: " + j.dump());
+    job.id = r.Str("id");
+    const auto state_name = r.Str("state");
+    job.version = r.Str("version", "");
+    job.previous = r.OptStr("previous");
+    job.allow_downgrade = r.Bool("allow_downgrade", false);
+    job.error = ErrorFromJson(r, "error");
+    const auto failed_in = r.OptStr("failed_in");
+    if (r.ok()) {
+      if (const auto state = ParseJobState(state_name)) {
+        job.state = *state;
+      } else {
+        r.Fail("state", "unknown state '" + state_name + "'");
+      }
+      if (failed_in) job.failed_in = ParseJobState(*failed_in);
     }
-    job.id = j["id"].get<std::string>();
-    job.version = j.value("version", std::string());
-    job.previous = OptStringFrom(j.value("previous", json(nullptr)));
-    job.allow_downgrade = j.value("allow_downgrade", false);
-    job.state = *state;
-    job.error = ErrorFromJson(j.value("error", json(nullptr)));
-    if (const auto f = j.value("failed_in", json(nullptr)); f.is_string()) {
-      job.failed_in = ParseJobState(f.get<std::string>());
+    if (auto st = r.Finish(); !st) {
+      return Error(
+          Errc::kJournalCorrupt,
+          st.error().message() + "; move the DPI journal aside to let the agent start clean");
     }
     return job;
+  }
+
+  // The journal's history: an array of job records (checked when read).
+  static Status CheckHistory(const json& history) {
+    if (!history.is_array()) {
+      return Error(Errc::kJournalCorrupt, "DPI journal: history: expected an array, got " +
+                                              std::string(JsonTypeName(history)));
+    }
+    for (const auto& h : history) SAG_TRY_STATUS(FromJson(h));
+    return Ok();
   }
 };
 
@@ -237,10 +255,11 @@ Expected<std::optional<JobResult>> DpiInstaller::Lookup(const std::string& job_i
       return std::optional<JobResult>(std::move(r));
     }
   }
-  if (doc.contains("history") && doc["history"].is_array()) {
+  if (doc.contains("history")) {
+    SAG_TRY_STATUS(Job::CheckHistory(doc["history"]));
     for (const auto& h : doc["history"]) {
-      if (h.value("id", std::string()) != job_id) continue;
       SAG_TRY(auto job, Job::FromJson(h));
+      if (job.id != job_id) continue;
       auto r = ResultOf(job);
       r.replayed = true;
       return std::optional<JobResult>(std::move(r));
@@ -266,7 +285,10 @@ Expected<JobResult> DpiInstaller::Install(const JobSpec& spec, const PackageInfo
   Job job;
   if (record) {
     const auto& doc = *record;
-    if (doc.contains("history") && doc["history"].is_array()) job.history = doc["history"];
+    if (doc.contains("history")) {
+      SAG_TRY_STATUS(Job::CheckHistory(doc["history"]));
+      job.history = doc["history"];
+    }
     if (doc.contains("job")) {
       SAG_TRY(auto previous_job, Job::FromJson(doc["job"]));
       if (previous_job.id == spec.job_id) {
@@ -565,7 +587,10 @@ Expected<std::optional<JobResult>> DpiInstaller::Resume() {
   if (!record || !record->contains("job")) return std::optional<JobResult>();
   const auto& doc = *record;
   SAG_TRY(auto job, Job::FromJson(doc["job"]));
-  if (doc.contains("history") && doc["history"].is_array()) job.history = doc["history"];
+  if (doc.contains("history")) {
+    SAG_TRY_STATUS(Job::CheckHistory(doc["history"]));
+    job.history = doc["history"];
+  }
   SAG_TRY_STATUS(store_.Init());
   const JobState crashed_in = job.state;
   switch (Row(crashed_in).on_resume) {

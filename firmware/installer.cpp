@@ -16,6 +16,7 @@
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/bounded_queue.h"
+#include "common/json_reader.h"
 #include "common/process.h"
 #include "common/stream_source.h"
 #include "common/version.h"
@@ -160,15 +161,11 @@ Expected<std::optional<JobRecord>> DeviceInstaller::LastJob() {
 // Finished jobs are kept by id (bounded), so a job offered again is answered
 // with its outcome instead of being run twice.
 Status DeviceInstaller::ArchiveFinished(const JobRecord& record) {
-  const auto path = options_.state_dir / "device-jobs.json";
-  nlohmann::json list = nlohmann::json::array();
-  if (auto text = ReadFile(path, 4U << 20U)) {
-    auto doc = nlohmann::json::parse(*text, nullptr, false);
-    if (doc.is_array()) list = std::move(doc);
-  }
+  const auto path = HistoryPath();
+  SAG_TRY(nlohmann::json list, LoadHistory());
   // Idempotent: a cut between this write and the journal's archive repeats it.
   for (auto it = list.begin(); it != list.end();) {
-    it = (it->is_object() && it->value("id", "") == record.id) ? list.erase(it) : it + 1;
+    it = (*it)["id"] == record.id ? list.erase(it) : it + 1;
   }
   list.push_back(record.ToJson());
   while (list.size() > kHistoryMax) list.erase(list.begin());
@@ -215,13 +212,51 @@ Expected<image::VerifiedHeader> DeviceInstaller::LoadHeader(const JobRecord& rec
   return image::VerifyHeader(std::move(manifest), std::move(sig), options_.trust, options_.limits);
 }
 
+std::filesystem::path DeviceInstaller::HistoryPath() const {
+  return options_.state_dir / "device-jobs.json";
+}
+
+// The finished jobs, checked: an array of objects, each with a string id (so
+// that the lookups below cannot throw). Absent = none.
+Expected<nlohmann::json> DeviceInstaller::LoadHistory() const {
+  const auto path = HistoryPath();
+  auto text = ReadFile(path, 4U << 20U);
+  if (!text) {
+    if (text.error().code() == Errc::kNotFound) return nlohmann::json::array();
+    return std::move(text).error().WithContext("reading the Device job history");
+  }
+  const std::string what = "Device job history " + path.string();
+  auto corrupt = [&](const Error& e) {
+    return Error(Errc::kJournalCorrupt,
+                 e.message() + "; move the file aside (the record of past Device jobs is lost)");
+  };
+  auto doc = ParseJson(*text, what, Errc::kJournalCorrupt, {.max_bytes = 4U << 20U});
+  if (!doc) return corrupt(doc.error());
+  if (!doc->is_array()) {
+    return corrupt(Error(Errc::kJournalCorrupt,
+                         what + ": expected an array, got " + std::string(JsonTypeName(*doc))));
+  }
+  for (std::size_t i = 0; i < doc->size(); ++i) {
+    JsonReader r((*doc)[i], what + ": job " + std::to_string(i), Errc::kJournalCorrupt);
+    (void)r.Str("id");
+    if (auto st = r.Finish(); !st) return corrupt(st.error());
+  }
+  return std::move(*doc);
+}
+
+Expected<std::optional<JobRecord>> DeviceInstaller::Lookup(const std::string& id) {
+  SAG_TRY(auto current, journal_.Load());
+  if (current) {
+    SAG_TRY(auto rec, JobRecord::FromJson(*current));
+    if (rec.id == id) return std::optional<JobRecord>(std::move(rec));
+  }
+  return FindInHistory(id);
+}
+
 Expected<std::optional<JobRecord>> DeviceInstaller::FindInHistory(const std::string& id) {
-  auto text = ReadFile(options_.state_dir / "device-jobs.json", 4U << 20U);
-  if (!text) return std::optional<JobRecord>();
-  auto doc = nlohmann::json::parse(*text, nullptr, false);
-  if (!doc.is_array()) return std::optional<JobRecord>();
+  SAG_TRY(const auto doc, LoadHistory());
   for (const auto& j : doc) {
-    if (j.value("id", "") != id) continue;
+    if (j["id"] != id) continue;
     SAG_TRY(auto rec, JobRecord::FromJson(j));
     return std::optional<JobRecord>(std::move(rec));
   }
@@ -251,12 +286,18 @@ Status DeviceInstaller::RecordSlot(Slot slot, const JobRecord& record) {
 
 Expected<std::string> DeviceInstaller::CurrentVersion() {
   SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
-  if (auto text = ReadFile(options_.state_dir / "slots.json", 1U << 20U)) {
-    auto doc = nlohmann::json::parse(*text, nullptr, false);
-    const std::string name(platform::SlotName(booted));
-    if (doc.is_object() && doc.contains(name) && doc[name].contains("version")) {
-      return doc[name]["version"].get<std::string>();
+  const auto slots_path = options_.state_dir / "slots.json";
+  if (auto text = ReadFile(slots_path, 1U << 20U)) {
+    const std::string what = "slot records " + slots_path.string();
+    SAG_TRY(const auto doc, ParseJson(*text, what, Errc::kJournalCorrupt));
+    JsonReader r(doc, what, Errc::kJournalCorrupt);
+    std::optional<std::string> version;
+    if (auto slot = r.OptObj(platform::SlotName(booted))) version = slot->OptStr("version");
+    if (auto st = r.Finish(); !st) {
+      return Error(Errc::kJournalCorrupt,
+                   st.error().message() + "; move the file aside and commit the slot again");
     }
+    if (version) return *version;
   }
   auto text = ReadFile(options_.os_release, 64U << 10U);
   if (!text) {

@@ -101,6 +101,11 @@ class DeviceInstaller {
   Status MarkGood();
   Status Rollback();  // make the other slot boot next, then reboot
 
+  // The recorded job `id` (the journal's or one in the history), if any:
+  // a job offered again is answered with it. kJournalCorrupt when a state
+  // file is damaged.
+  Expected<std::optional<JobRecord>> Lookup(const std::string& id);
+
   // The last job (current or finished), if any.
   Expected<std::optional<JobRecord>> LastJob();
 
@@ -125,6 +130,8 @@ class DeviceInstaller {
   Status RunHealthChecks();
   Status RecordSlot(platform::Slot slot, const JobRecord& record);
   Expected<std::optional<JobRecord>> FindInHistory(const std::string& id);
+  [[nodiscard]] std::filesystem::path HistoryPath() const;
+  [[nodiscard]] Expected<nlohmann::json> LoadHistory() const;
   Status ArchiveFinished(const JobRecord& record);
   [[nodiscard]] std::filesystem::path HeaderPath() const;
   Status SaveHeader(const image::VerifiedHeader& header);
