@@ -15,6 +15,8 @@
 #include <thread>
 
 #include "agent/inbox.h"
+#include "agent/job.h"
+#include "agent/registry.h"
 #include "agent/sd_notify.h"
 #include "agent/status.h"
 #include "common/atomic_file.h"
@@ -55,6 +57,7 @@ struct Runtime {
   std::string last_state;
   std::chrono::steady_clock::time_point last_status_write{};
   bool last_job_dpi = false;  // status.json's "job" is a DPI job
+  std::unique_ptr<JobRegistry> registry;
 };
 
 std::string Getenv(const char* name) {
@@ -183,6 +186,12 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   dopt.hooks.reload = {c.dpi.reload.command, c.dpi.reload.timeout};
   dopt.hooks.confirm = {c.dpi.confirm.command, c.dpi.confirm.timeout};
   rt->dpi = std::make_unique<dpi::DpiInstaller>(std::move(dopt), rt->system.get());
+  rt->registry = std::make_unique<JobRegistry>(c.paths.state_dir / "jobs.json");
+  if (auto st = rt->registry->Load(); !st) {
+    // Jobs are refused with this error until the file is moved aside: a
+    // job id must not run twice because its record was lost.
+    spdlog::error("{}", st.error().ToString());
+  }
   Runtime* raw = rt.get();
   rt->device = std::make_unique<firmware::DeviceInstaller>(
       std::move(io), p, [raw](const firmware::JobRecord& r, const firmware::Progress& pr) {
@@ -338,7 +347,95 @@ int PrintDpiOutcome(const dpi::JobResult& r, bool as_json, std::ostream& out) {
 
 // `reply`, when not null, receives the job as the reply to its request says
 // it (docs/agent.md): the record's fields, or {"state": "Refused", "error"}.
-int RunJob(Runtime& rt, const firmware::JobSpec& spec, Output output, json* reply = nullptr) {
+JobPhase PhaseOf(firmware::JobState state) {
+  using S = firmware::JobState;
+  switch (state) {
+    case S::kCommitted:
+      return JobPhase::kCommitted;
+    case S::kRolledBack:
+      return JobPhase::kRolledBack;
+    case S::kFailed:
+      return JobPhase::kFailed;
+    case S::kRebooting:
+    case S::kHealthChecking:
+    case S::kCommitting:
+    case S::kRollingBack:
+      return JobPhase::kRebooting;
+    default:
+      return JobPhase::kRunning;
+  }
+}
+
+JobPhase PhaseOf(dpi::JobState state) {
+  switch (state) {
+    case dpi::JobState::kCommitted:
+      return JobPhase::kCommitted;
+    case dpi::JobState::kRolledBack:
+      return JobPhase::kRolledBack;
+    case dpi::JobState::kFailed:
+      return JobPhase::kFailed;
+    default:
+      return JobPhase::kRunning;
+  }
+}
+
+JobOutcome OutcomeOf(const firmware::JobRecord& r, JobOutcome o) {
+  o.type = JobType::kDevice;
+  o.phase = PhaseOf(r.state);
+  o.state = firmware::JobStateName(r.state);
+  o.error = r.error;
+  o.from = r.from_version;
+  o.to = r.version;
+  o.updated_at = firmware::NowUtc();
+  return o;
+}
+
+JobOutcome OutcomeOf(const dpi::JobResult& r, JobOutcome o) {
+  o.type = JobType::kDpi;
+  o.phase = PhaseOf(r.state);
+  o.state = dpi::JobStateName(r.state);
+  o.error = r.error;
+  o.from = r.previous.value_or("");
+  o.to = r.version;
+  o.updated_at = firmware::NowUtc();
+  return o;
+}
+
+// The registry's record of `id` (or a new one), brought up to date with
+// what the installers recorded; nullopt when neither knows the id.
+Expected<std::optional<JobOutcome>> Recorded(Runtime& rt, const std::string& id) {
+  auto known = rt.registry->Find(id);
+  JobOutcome base = known.value_or(JobOutcome{});
+  base.id = id;
+  if (base.accepted_at.empty()) base.accepted_at = firmware::NowUtc();
+  SAG_TRY(auto dpi_seen, rt.dpi->Lookup(id));
+  if (dpi_seen) return std::optional<JobOutcome>(OutcomeOf(*dpi_seen, base));
+  SAG_TRY(auto device_seen, rt.device->Lookup(id));
+  if (device_seen) return std::optional<JobOutcome>(OutcomeOf(*device_seen, base));
+  return known;
+}
+
+// At start, after the installers resumed: jobs the registry holds as
+// unfinished get what became of them (a Device job commits or falls back in
+// the boot after its trial).
+void SyncRegistry(Runtime& rt) {
+  const auto jobs = rt.registry->jobs();
+  for (const auto& j : jobs) {
+    if (IsFinal(j.phase)) continue;
+    auto now = Recorded(rt, j.id);
+    if (!now) {
+      spdlog::error("job {}: {}", j.id, now.error().ToString());
+    } else if (*now && ((*now)->phase != j.phase || (*now)->state != j.state)) {
+      spdlog::info("job {}: {} ({})", j.id, JobPhaseName((*now)->phase), (*now)->state);
+      if (auto st = rt.registry->Put(**now); !st) spdlog::error("{}", st.error().ToString());
+    }
+  }
+}
+
+// `reply`, when not null, receives the job as the reply to its request says
+// it (docs/agent.md): the record's fields, or {"state": "Refused", "error"}.
+int RunJob(Runtime& rt, const JobSpec& job, Output output, json* reply = nullptr) {
+  const firmware::JobSpec spec{job.id, job.source, job.allow_downgrade, job.reboot};
   const bool as_json = output == Output::kJson;
   std::ostringstream discard;
   std::ostream& out = output == Output::kNone ? static_cast<std::ostream&>(discard) : std::cout;
@@ -350,30 +447,96 @@ int RunJob(Runtime& rt, const firmware::JobSpec& spec, Output output, json* repl
     answer = RefusedJson(spec.id, e);
     return 1;
   };
+  auto record = [&](const JobOutcome& o) {
+    if (auto st = rt.registry->Put(o); !st)
+      spdlog::error("job {}: {}", o.id, st.error().ToString());
+    answer["phase"] = JobPhaseName(o.phase);
+  };
   // A job id is run once, whatever its type: one recorded before is answered
   // with its record before the source is even opened (it may be gone, and
   // its type must not be guessed from it).
-  auto dpi_seen = rt.dpi->Lookup(spec.id);
-  if (!dpi_seen) return refuse(dpi_seen.error());
-  if (*dpi_seen) {
-    spdlog::info("job {}: seen before (DPI, {}), not run again", spec.id,
-                 dpi::JobStateName((*dpi_seen)->state));
-    answer = DpiJobJson(**dpi_seen);
-    return PrintDpiOutcome(**dpi_seen, as_json, out);
+  auto seen = Recorded(rt, spec.id);
+  if (!seen) return refuse(seen.error());
+  JobOutcome outcome;
+  if (*seen) {
+    outcome = **seen;
+    if (outcome.phase != JobPhase::kAccepted) {
+      spdlog::info("job {}: seen before ({}, {}), not run again", spec.id,
+                   JobTypeName(outcome.type), outcome.state);
+      int rc = 0;
+      if (outcome.type == JobType::kDpi) {
+        auto r = rt.dpi->Lookup(spec.id);
+        if (r && *r) {
+          answer = DpiJobJson(**r);
+          rc = PrintDpiOutcome(**r, as_json, out);
+        }
+      } else if (outcome.type == JobType::kDevice) {
+        auto r = rt.device->Lookup(spec.id);
+        if (r && *r) {
+          answer = JobJson(**r, 100);
+          rc = PrintJobOutcome(**r, as_json, out);
+        }
+      }
+      if (answer.is_null()) {
+        // Known only to the registry: it failed before reaching an installer.
+        answer = outcome.ToJson();
+        if (as_json) {
+          out << answer.dump(2) << "\n";
+        } else {
+          out << "job " << spec.id << " " << outcome.state << ": "
+              << (outcome.error ? outcome.error->ToString() : std::string("no cause")) << "\n";
+        }
+        rc = outcome.phase == JobPhase::kCommitted ? 0 : 1;
+      }
+      record(outcome);
+      return rc;
+    }
+    // Accepted before a crash and known to no installer: it never started.
+  } else {
+    outcome.id = spec.id;
+    outcome.accepted_at = firmware::NowUtc();
   }
-  auto device_seen = rt.device->Lookup(spec.id);
-  if (!device_seen) return refuse(device_seen.error());
-  if (*device_seen) {
-    spdlog::info("job {}: seen before (Device, {}), not run again", spec.id,
-                 firmware::JobStateName((*device_seen)->state));
-    answer = JobJson(**device_seen, 100);
-    return PrintJobOutcome(**device_seen, as_json, out);
-  }
+  outcome.phase = JobPhase::kAccepted;
+  outcome.state = "Accepted";
+  outcome.updated_at = firmware::NowUtc();
+  // Recorded before anything runs: a crash from here on finds the id.
+  if (auto st = rt.registry->Put(outcome); !st) return refuse(st.error());
+  auto forget = [&] {
+    // Refused, not run: the same id may be offered again later.
+    if (auto st = rt.registry->Remove(spec.id); !st) spdlog::error("{}", st.error().ToString());
+  };
+
   auto type = ImageTypeOf(rt, spec.source);
-  rt.last_job_dpi = type && *type == image::ImageType::kDpi;
+  if (!type) {
+    // The signed header cannot be read or verified: the job fails here,
+    // recorded under the id; neither installer saw it.
+    outcome.phase = JobPhase::kFailed;
+    outcome.state = "Failed";
+    outcome.error = type.error();
+    outcome.updated_at = firmware::NowUtc();
+    spdlog::error("job {}: {}", spec.id, type.error().ToString());
+    rt.last_job_dpi = true;  // status.json's job is this one, not the Device journal's
+    answer = outcome.ToJson();
+    (void)rt.status->Update({{"job",
+                              {{"id", spec.id},
+                               {"type", nullptr},
+                               {"version", ""},
+                               {"state", "Failed"},
+                               {"percent", 0},
+                               {"error", ErrorJson(type.error())}}}});
+    if (as_json) {
+      out << answer.dump(2) << "\n";
+    } else {
+      out << "job " << spec.id << " Failed: " << type.error().ToString() << "\n";
+    }
+    record(outcome);
+    return 1;
+  }
+  rt.last_job_dpi = *type == image::ImageType::kDpi;
   if (rt.last_job_dpi) {
     auto r = RunDpiJob(rt, spec);
     if (!r) {
+      forget();
       spdlog::error("job {}: {}", spec.id, r.error().ToString());
       if (!as_json) out << "job " << spec.id << " Failed: " << r.error().ToString() << "\n";
       answer = RefusedJson(spec.id, r.error());
@@ -382,13 +545,16 @@ int RunJob(Runtime& rt, const firmware::JobSpec& spec, Output output, json* repl
     }
     (void)rt.status->Update({{"job", DpiJobJson(*r)}});
     answer = DpiJobJson(*r);
+    record(OutcomeOf(*r, outcome));
     return PrintDpiOutcome(*r, as_json, out);
   }
-  // Device images, and anything whose header cannot be read: the Device
-  // installer records the refusal under the job id.
   auto r = rt.device->Start(spec);
-  if (!r) return refuse(r.error());
+  if (!r) {
+    forget();
+    return refuse(r.error());
+  }
   answer = JobJson(*r, firmware::IsTerminal(r->state) ? 100 : 0);
+  record(OutcomeOf(*r, outcome));
   return PrintJobOutcome(*r, as_json, out);
 }
 
@@ -449,6 +615,7 @@ int CmdRun(const Config& c, bool once) {
       spdlog::warn("DPI job {} was interrupted: {}", (*dpi_resumed)->job_id,
                    dpi::JobStateName((*dpi_resumed)->state));
     }
+    SyncRegistry(rt);
   });
 
   int exit_code = 0;
@@ -471,7 +638,7 @@ int CmdRun(const Config& c, bool once) {
       spdlog::error("{}", next.error().ToString());
     } else if (*next) {
       const InboxRequest request = std::move(**next);
-      firmware::JobSpec spec{request.id, request.source, request.allow_downgrade, request.reboot};
+      const JobSpec spec{request.id, request.source, request.allow_downgrade, request.reboot};
       spdlog::info("job {}: request for {}", spec.id, spec.source);
       // The request is removed only once the job is answered: a power cut
       // before that must not lose it (offered again, a recorded job is
@@ -604,7 +771,7 @@ int CmdInstall(const Config& c, const InstallArgs& args) {
   }
   Runtime& rt = **built;
   rt.status = std::make_unique<StatusWriter>(c.paths.runtime_dir / "status.json");
-  firmware::JobSpec spec{id, source, args.allow_downgrade, args.reboot};
+  const JobSpec spec{id, source, args.allow_downgrade, args.reboot};
   const int rc = RunJob(rt, spec, args.json ? Output::kJson : Output::kText);
   RefreshStatus(rt, c, "idle");
   return rc;

@@ -107,6 +107,20 @@ else
   bad "3. DPI replay: rc=$rc $out"; cat "$dev/state/device-jobs.json" 2>/dev/null
 fi
 
+# 3b. an image that cannot be opened: failed and recorded under its id in the
+# registry (type Unknown), not in the Device history; offered again, the
+# record answers.
+up
+out=$(timeout 60 "$agent" install "$tmp/missing.sagimg" --id m1 --config "$cfg" 2>&1); rc=$?
+out2=$(timeout 60 "$agent" install "$tmp/missing.sagimg" --id m1 --config "$cfg" 2>&1); rc2=$?
+if [[ $rc -eq 1 && $rc2 -eq 1 && "$out" == *"job m1 Failed: E112 NotFound"* && "$out2" == *"job m1 Failed: E112 NotFound"* ]] \
+   && python3 -c "import json,sys; j=[x for x in json.load(open(sys.argv[1]))['jobs'] if x['id']=='m1']; sys.exit(0 if j and j[0]['type']=='Unknown' and j[0]['phase']=='failed' else 1)" "$dev/state/jobs.json" \
+   && ! grep -q '"m1"' "$dev/state/device-jobs.json" 2>/dev/null; then
+  ok "3b. an unreadable image fails under its id in the registry, not as a Device job"
+else
+  bad "3b. unreadable image: rc=$rc/$rc2 $out / $out2"; cat "$dev/state/jobs.json" 2>/dev/null
+fi
+
 # 4. a refused job is answered at once: a Device job left at its trial boot
 # (--no-reboot), then another one, which conflicts with it.
 up
