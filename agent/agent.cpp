@@ -16,6 +16,7 @@
 
 #include "agent/inbox.h"
 #include "agent/job.h"
+#include "agent/outbox.h"
 #include "agent/registry.h"
 #include "agent/sd_notify.h"
 #include "agent/status.h"
@@ -58,12 +59,25 @@ struct Runtime {
   std::chrono::steady_clock::time_point last_status_write{};
   bool last_job_dpi = false;  // status.json's "job" is a DPI job
   std::unique_ptr<JobRegistry> registry;
+  std::unique_ptr<Outbox> outbox;
 };
 
 std::string Getenv(const char* name) {
   const char* v = std::getenv(name);  // NOLINT(concurrency-mt-unsafe)
   return v == nullptr ? std::string() : std::string(v);
 }
+
+// Appends a report to the outbox (docs/agent.md); a report that cannot be
+// made durable is logged, and the job goes on.
+void Emit(Runtime& rt, const char* kind, const std::string& job, json body) {
+  if (!rt.outbox) return;
+  if (auto seq = rt.outbox->Append(kind, job, std::move(body)); !seq) {
+    spdlog::error("job {}: the {} report is not in the outbox: {}", job, kind,
+                  seq.error().ToString());
+  }
+}
+
+JobPhase PhaseOf(firmware::JobState state);
 
 // A job's error as status.json reports it: code, name, message; or null.
 json ErrorJson(const std::optional<Error>& error) {
@@ -96,6 +110,17 @@ void OnProgress(Runtime& rt, const firmware::JobRecord& r, const firmware::Progr
   rt.last_state = state;
   if (log_it && p.total != 0) {
     spdlog::info("job {}: {} {}% ({}/{})", r.id, state, percent, p.done, p.total);
+  }
+  // Reports: every state change (before the job goes on: it may be the last
+  // word before a reboot) and every 10 % of a long step.
+  if (state_changed) {
+    Emit(rt, "state", r.id,
+         {{"type", "Device"},
+          {"phase", JobPhaseName(PhaseOf(r.state))},
+          {"state", state},
+          {"to", r.version}});
+  } else if (p.total != 0 && percent % 10 == 0) {
+    Emit(rt, "progress", r.id, {{"state", state}, {"percent", percent}});
   }
   // status.json follows every state change and the end of a step, and the
   // percentage in between at most every kStatusInterval: it is read by people
@@ -186,6 +211,17 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   dopt.hooks.reload = {c.dpi.reload.command, c.dpi.reload.timeout};
   dopt.hooks.confirm = {c.dpi.confirm.command, c.dpi.confirm.timeout};
   rt->dpi = std::make_unique<dpi::DpiInstaller>(std::move(dopt), rt->system.get());
+  rt->outbox = std::make_unique<Outbox>(c.paths.state_dir);
+  if (auto st = rt->outbox->Load(); !st) {
+    // Kept for the operator; the daemon must go on reporting.
+    spdlog::error("{}", st.error().ToString());
+    const std::string aside = ".damaged-" + firmware::NowUtc();
+    for (const auto& f : {rt->outbox->LogPath(), rt->outbox->AckPath()}) {
+      fs::rename(f, f.string() + aside, ec);
+    }
+    spdlog::warn("outbox files moved aside to *{}; reports start again at #1", aside);
+    SAG_TRY_STATUS(rt->outbox->Load());
+  }
   rt->registry = std::make_unique<JobRegistry>(c.paths.state_dir / "jobs.json");
   if (auto st = rt->registry->Load(); !st) {
     // Jobs are refused with this error until the file is moved aside: a
@@ -233,6 +269,7 @@ void RefreshStatus(Runtime& rt, const Config& c, const std::string& state) {
     const int pct = firmware::IsTerminal((*last)->state) ? 100 : rt.last_percent;
     s["job"] = JobJson(**last, std::max(pct, 0));
   }
+  if (rt.outbox) s["outbox"] = rt.outbox->Summary();
   if (auto st = rt.status->Update(s); !st) spdlog::warn("status: {}", st.error().ToString());
 }
 
@@ -428,6 +465,9 @@ void SyncRegistry(Runtime& rt) {
     } else if (*now && ((*now)->phase != j.phase || (*now)->state != j.state)) {
       spdlog::info("job {}: {} ({})", j.id, JobPhaseName((*now)->phase), (*now)->state);
       if (auto st = rt.registry->Put(**now); !st) spdlog::error("{}", st.error().ToString());
+      // A Device job's outcome is known only in the boot after its trial:
+      // its result report is made here.
+      Emit(rt, IsFinal((*now)->phase) ? "result" : "state", j.id, (*now)->ToJson());
     }
   }
 }
@@ -447,10 +487,12 @@ int RunJob(Runtime& rt, const JobSpec& job, Output output, json* reply = nullptr
     answer = RefusedJson(spec.id, e);
     return 1;
   };
-  auto record = [&](const JobOutcome& o) {
-    if (auto st = rt.registry->Put(o); !st)
+  auto record = [&](const JobOutcome& o, bool report = true) {
+    if (auto st = rt.registry->Put(o); !st) {
       spdlog::error("job {}: {}", o.id, st.error().ToString());
+    }
     answer["phase"] = JobPhaseName(o.phase);
+    if (report) Emit(rt, IsFinal(o.phase) ? "result" : "state", o.id, o.ToJson());
   };
   // A job id is run once, whatever its type: one recorded before is answered
   // with its record before the source is even opened (it may be gone, and
@@ -488,7 +530,7 @@ int RunJob(Runtime& rt, const JobSpec& job, Output output, json* reply = nullptr
         }
         rc = outcome.phase == JobPhase::kCommitted ? 0 : 1;
       }
-      record(outcome);
+      record(outcome, /*report=*/false);  // reported when it happened
       return rc;
     }
     // Accepted before a crash and known to no installer: it never started.
@@ -501,9 +543,11 @@ int RunJob(Runtime& rt, const JobSpec& job, Output output, json* reply = nullptr
   outcome.updated_at = firmware::NowUtc();
   // Recorded before anything runs: a crash from here on finds the id.
   if (auto st = rt.registry->Put(outcome); !st) return refuse(st.error());
-  auto forget = [&] {
+  Emit(rt, "state", outcome.id, outcome.ToJson());
+  auto forget = [&](const Error& e) {
     // Refused, not run: the same id may be offered again later.
     if (auto st = rt.registry->Remove(spec.id); !st) spdlog::error("{}", st.error().ToString());
+    Emit(rt, "state", spec.id, RefusedJson(spec.id, e));
   };
 
   auto type = ImageTypeOf(rt, spec.source);
@@ -536,7 +580,7 @@ int RunJob(Runtime& rt, const JobSpec& job, Output output, json* reply = nullptr
   if (rt.last_job_dpi) {
     auto r = RunDpiJob(rt, spec);
     if (!r) {
-      forget();
+      forget(r.error());
       spdlog::error("job {}: {}", spec.id, r.error().ToString());
       if (!as_json) out << "job " << spec.id << " Failed: " << r.error().ToString() << "\n";
       answer = RefusedJson(spec.id, r.error());
@@ -550,7 +594,7 @@ int RunJob(Runtime& rt, const JobSpec& job, Output output, json* reply = nullptr
   }
   auto r = rt.device->Start(spec);
   if (!r) {
-    forget();
+    forget(r.error());
     return refuse(r.error());
   }
   answer = JobJson(*r, firmware::IsTerminal(r->state) ? 100 : 0);

@@ -72,7 +72,8 @@ enum class Errc : std::uint16_t {
   kJobUnknown = 409,
   kJournalCorrupt = 410,
   // 411, 412: reserved (issue 13). 413-419: the daemon (issue 14).
-  kBadRequest = 415,  // a job request that is not a regular file, too big, or fails its schema
+  kBadRequest = 415,     // a job request that is not a regular file, too big, or fails its schema
+  kOutboxCorrupt = 416,  // the report outbox's files are damaged
   // 5xx: network
   kNetConnect = 500,
   kNetTls = 501,

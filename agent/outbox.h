@@ -1,0 +1,89 @@
+// The durable report outbox: every state change, result and progress
+// milestone of a job, on its way to the cloud. A consumer (the control
+// channel) sends what is pending, in order, and acknowledges up to a sequence
+// number; what is not acknowledged is sent again after a restart (at least
+// once; the cloud handles a report idempotently by its sequence number).
+//
+// Files (STATE_DIR):
+//   outbox.log  append-only, one JSON report per line:
+//               {"seq": N, "kind": "state"|"progress"|"result", "job": ID,
+//                "at": TIME, "body": {...}}
+//               Each append is written and fdatasync'ed before Append()
+//               returns: a report that was appended survives SIGKILL and a
+//               power cut. A torn last line (cut mid-append) is cut off on
+//               Load(); it was never acknowledged as appended.
+//   outbox.ack  {"acked": N}, replaced atomically by Ack().
+//
+// Bounds and policy: when more than max_pending reports are pending, the
+// pending progress reports that a newer report of the same job supersedes
+// are dropped (progress is coalesced to the latest per job); state changes
+// and results are never dropped. Acknowledged reports are removed from the
+// log when they are more than half of it (an atomic rewrite of the pending
+// ones). A damaged line before the last is kOutboxCorrupt (416).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/unique_fd.h"
+
+namespace sag::agent {
+
+struct Report {
+  std::uint64_t seq = 0;
+  std::string kind;  // "state" | "progress" | "result"
+  std::string job;   // job id
+  std::string at;    // UTC time of the report
+  nlohmann::json body = nlohmann::json::object();
+
+  [[nodiscard]] nlohmann::json ToJson() const;
+};
+
+class Outbox {
+ public:
+  static constexpr std::size_t kMaxPending = 1024;
+
+  explicit Outbox(std::filesystem::path dir, std::size_t max_pending = kMaxPending);
+
+  // Reads both files, cuts a torn last line off. kOutboxCorrupt when a line
+  // before the last is not a report or the sequence numbers do not increase.
+  Status Load();
+
+  // Appends a report (seq assigned) and makes it durable; returns its seq.
+  Expected<std::uint64_t> Append(std::string kind, std::string job, nlohmann::json body);
+
+  // Everything up to `seq` has reached the consumer; persisted atomically.
+  Status Ack(std::uint64_t seq);
+
+  // The reports not acknowledged yet, in sequence order.
+  [[nodiscard]] std::vector<Report> Pending() const;
+  [[nodiscard]] std::uint64_t acked() const;
+  [[nodiscard]] std::uint64_t last_seq() const;
+  // status.json's "outbox": {"pending", "oldest_pending_seq", "last_acked_seq"}.
+  [[nodiscard]] nlohmann::json Summary() const;
+
+  [[nodiscard]] std::filesystem::path LogPath() const { return dir_ / "outbox.log"; }
+  [[nodiscard]] std::filesystem::path AckPath() const { return dir_ / "outbox.ack"; }
+
+ private:
+  Status OpenForAppend();
+  Status Rewrite(std::vector<Report> keep);  // atomically, the log holds `keep` only
+  void Coalesce(std::vector<Report>& pending) const;
+
+  std::filesystem::path dir_;
+  std::size_t max_pending_;
+  mutable std::mutex mu_;        // Append may come from the install's threads
+  std::vector<Report> reports_;  // pending, in sequence order
+  std::uint64_t acked_ = 0;
+  std::uint64_t last_seq_ = 0;
+  std::size_t lines_in_file_ = 0;  // acknowledged lines included
+  std::size_t size_ = 0;           // bytes of whole lines in the log
+  UniqueFd fd_;
+};
+
+}  // namespace sag::agent
