@@ -2,9 +2,16 @@
 
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/inotify.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -602,22 +609,32 @@ int RunJob(Runtime& rt, const JobSpec& job, Output output, json* reply = nullptr
   return PrintJobOutcome(*r, as_json, out);
 }
 
-sigset_t StopSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  return set;
+}  // namespace
+
+namespace {
+
+// systemd's watchdog interval (WATCHDOG_USEC): pinged at a third of it; none
+// when the service has no watchdog, so that an idle daemon does not wake.
+std::optional<std::chrono::microseconds> WatchdogPing() {
+  const std::string usec = Getenv("WATCHDOG_USEC");
+  if (usec.empty()) return std::nullopt;
+  const long long v = std::atoll(usec.c_str());
+  if (v <= 0) return std::nullopt;
+  return std::chrono::microseconds(std::max<long long>(v / 3, 100'000));
 }
 
 }  // namespace
 
+// One io_context thread (this one) owns the signals, systemd notification,
+// the inbox watch (inotify) and the timers; jobs run on one worker thread,
+// which posts its completion back. Idle, the thread sleeps in epoll_wait.
 int CmdRun(const Config& c, bool once) {
-  // Block the stop signals in every thread; the main thread collects them.
-  const sigset_t stop = StopSignals();
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
   spdlog::info("sag-agent {} starting", SAG_VERSION);
   for (const auto& line : DescribeConfig(c)) spdlog::info("{}", line);
+  boost::asio::io_context io;
+  // Before anything slow: a SIGTERM during start-up stops the daemon once
+  // the start is done, instead of killing it mid-write.
+  boost::asio::signal_set signals(io, SIGTERM, SIGINT);
   auto built = BuildRuntime(c);
   if (!built) {
     spdlog::critical("cannot start: {}", built.error().ToString());
@@ -634,48 +651,43 @@ int CmdRun(const Config& c, bool once) {
     spdlog::critical("cannot start: {}", st.error().ToString());
     return 1;
   }
+  // The inbox watch: a request is renamed into place (WriteFileAtomic) or
+  // written and closed; either wakes the loop, which then scans.
+  const int in_fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (in_fd < 0 || ::inotify_add_watch(in_fd, InboxDir(c).c_str(),
+                                       IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE | IN_ATTRIB) < 0) {
+    spdlog::critical("cannot start: {}", MakeErrno(Errc::kIo, "inotify on the inbox").ToString());
+    if (in_fd >= 0) ::close(in_fd);
+    return 1;
+  }
+  boost::asio::posix::stream_descriptor watch(io, in_fd);
+  boost::asio::steady_timer watchdog(io);
   RefreshStatus(rt, c, "starting");
   SdNotify("READY=1\nSTATUS=checking jobs");
 
-  std::atomic<bool> busy{false};
+  bool busy = false;
+  bool stopping = false;
   std::thread worker;
+  std::function<void()> scan;
   auto run_in_worker = [&](std::function<void()> fn) {
     busy = true;
     worker = std::thread([&, fn = std::move(fn)] {
       fn();
       RefreshStatus(rt, c, "idle");
-      busy = false;
+      boost::asio::post(io, [&] {
+        worker.join();
+        busy = false;
+        if (stopping) {
+          io.stop();
+          return;
+        }
+        SdNotify("STATUS=idle");
+        scan();
+      });
     });
   };
-  // First: whatever the journal holds (a trial boot to check, a download to
-  // finish).
-  run_in_worker([&] {
-    auto resumed = rt.device->Resume();
-    if (!resumed) spdlog::error("resuming the Device job: {}", resumed.error().ToString());
-    auto dpi_resumed = rt.dpi->Resume();
-    if (!dpi_resumed) {
-      spdlog::error("resuming the DPI job: {}", dpi_resumed.error().ToString());
-    } else if (*dpi_resumed && !(*dpi_resumed)->replayed) {
-      spdlog::warn("DPI job {} was interrupted: {}", (*dpi_resumed)->job_id,
-                   dpi::JobStateName((*dpi_resumed)->state));
-    }
-    SyncRegistry(rt);
-  });
-
-  int exit_code = 0;
-  for (;;) {
-    timespec tick{0, 250'000'000};
-    const int sig = sigtimedwait(&stop, nullptr, &tick);
-    if (sig == SIGTERM || sig == SIGINT) {
-      spdlog::info("received {}, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-      SdNotify("STOPPING=1");
-      rt.device->Cancel();
-      break;
-    }
-    SdNotify("WATCHDOG=1");
-    if (busy) continue;
-    if (worker.joinable()) worker.join();
-    bool started = false;
+  scan = [&] {
+    if (busy || stopping) return;
     // Local jobs (sag-agent install while the daemon runs) arrive as files.
     auto next = inbox.Next();
     if (!next) {
@@ -684,6 +696,7 @@ int CmdRun(const Config& c, bool once) {
       const InboxRequest request = std::move(**next);
       const JobSpec spec{request.id, request.source, request.allow_downgrade, request.reboot};
       spdlog::info("job {}: request for {}", spec.id, spec.source);
+      SdNotify("STATUS=job " + spec.id);
       // The request is removed only once the job is answered: a power cut
       // before that must not lose it (offered again, a recorded job is
       // answered with its state, never run twice).
@@ -697,17 +710,64 @@ int CmdRun(const Config& c, bool once) {
           spdlog::warn("job {}: {}", spec.id, st.error().ToString());
         }
       });
-      started = true;
+      return;
     }
-    if (once && !started) {
+    if (once) {
       spdlog::info("nothing left to do, stopping (--once)");
-      break;
+      io.stop();
     }
+  };
+
+  std::function<void()> wait_inbox = [&] {
+    watch.async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                     [&](const boost::system::error_code& e) {
+                       if (e) return;
+                       std::array<char, 4096> drain{};
+                       while (::read(in_fd, drain.data(), drain.size()) > 0) {
+                       }
+                       scan();
+                       wait_inbox();
+                     });
+  };
+  wait_inbox();
+  signals.async_wait([&](const boost::system::error_code& e, int sig) {
+    if (e) return;
+    spdlog::info("received {}, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    SdNotify("STOPPING=1");
+    stopping = true;
+    rt.device->Cancel();
+    if (!busy) io.stop();  // else the worker's completion stops the loop
+  });
+  std::function<void()> ping;
+  if (const auto every = WatchdogPing()) {
+    ping = [&, every = *every] {
+      SdNotify("WATCHDOG=1");
+      watchdog.expires_after(every);
+      watchdog.async_wait([&](const boost::system::error_code& e) {
+        if (!e) ping();
+      });
+    };
+    ping();
   }
+  // First: whatever the journal holds (a trial boot to check, a download to
+  // finish); the inbox is scanned when it is done.
+  run_in_worker([&] {
+    auto resumed = rt.device->Resume();
+    if (!resumed) spdlog::error("resuming the Device job: {}", resumed.error().ToString());
+    auto dpi_resumed = rt.dpi->Resume();
+    if (!dpi_resumed) {
+      spdlog::error("resuming the DPI job: {}", dpi_resumed.error().ToString());
+    } else if (*dpi_resumed && !(*dpi_resumed)->replayed) {
+      spdlog::warn("DPI job {} was interrupted: {}", (*dpi_resumed)->job_id,
+                   dpi::JobStateName((*dpi_resumed)->state));
+    }
+    SyncRegistry(rt);
+  });
+  io.run();
   if (worker.joinable()) worker.join();
   RefreshStatus(rt, c, "stopped");
   fs::remove(PidFile(c), ec);
-  return exit_code;
+  return 0;
 }
 
 namespace {
