@@ -471,10 +471,15 @@ void SyncRegistry(Runtime& rt) {
       spdlog::error("job {}: {}", j.id, now.error().ToString());
     } else if (*now && ((*now)->phase != j.phase || (*now)->state != j.state)) {
       spdlog::info("job {}: {} ({})", j.id, JobPhaseName((*now)->phase), (*now)->state);
-      if (auto st = rt.registry->Put(**now); !st) spdlog::error("{}", st.error().ToString());
       // A Device job's outcome is known only in the boot after its trial:
-      // its result report is made here.
-      Emit(rt, IsFinal((*now)->phase) ? "result" : "state", j.id, (*now)->ToJson());
+      // its result report is made here (unless the daemon made it and was
+      // killed before it updated the registry).
+      if (!IsFinal((*now)->phase)) {
+        Emit(rt, "state", j.id, (*now)->ToJson());
+      } else if (!rt.outbox || !rt.outbox->HasPending("result", j.id)) {
+        Emit(rt, "result", j.id, (*now)->ToJson());
+      }
+      if (auto st = rt.registry->Put(**now); !st) spdlog::error("{}", st.error().ToString());
     }
   }
 }
@@ -495,11 +500,14 @@ int RunJob(Runtime& rt, const JobSpec& job, Output output, json* reply = nullptr
     return 1;
   };
   auto record = [&](const JobOutcome& o, bool report = true) {
+    // The report first: a kill between the two leaves the registry's record
+    // unfinished, and the start-up catch-up then finds the result report
+    // pending instead of making a second one.
+    if (report) Emit(rt, IsFinal(o.phase) ? "result" : "state", o.id, o.ToJson());
     if (auto st = rt.registry->Put(o); !st) {
       spdlog::error("job {}: {}", o.id, st.error().ToString());
     }
     answer["phase"] = JobPhaseName(o.phase);
-    if (report) Emit(rt, IsFinal(o.phase) ? "result" : "state", o.id, o.ToJson());
   };
   // A job id is run once, whatever its type: one recorded before is answered
   // with its record before the source is even opened (it may be gone, and

@@ -217,6 +217,12 @@ std::vector<Report> Outbox::Pending() const {
   return reports_;
 }
 
+bool Outbox::HasPending(std::string_view kind, std::string_view job) const {
+  const std::lock_guard lock(mu_);
+  return std::any_of(reports_.begin(), reports_.end(),
+                     [&](const Report& r) { return r.kind == kind && r.job == job; });
+}
+
 std::uint64_t Outbox::acked() const {
   const std::lock_guard lock(mu_);
   return acked_;

@@ -27,6 +27,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/error.h"
@@ -62,6 +63,8 @@ class Outbox {
 
   // The reports not acknowledged yet, in sequence order.
   [[nodiscard]] std::vector<Report> Pending() const;
+  // Whether a pending report of `kind` for `job` is in the outbox.
+  [[nodiscard]] bool HasPending(std::string_view kind, std::string_view job) const;
   [[nodiscard]] std::uint64_t acked() const;
   [[nodiscard]] std::uint64_t last_seq() const;
   // status.json's "outbox": {"pending", "oldest_pending_seq", "last_acked_seq"}.
