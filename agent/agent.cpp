@@ -174,6 +174,7 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   rt->trust = io.trust;
   rt->download = io.download;
   dpi::Options dopt;
+  dopt.model = c.identity.model;
   dopt.store = c.dpi.store;
   dopt.keep = c.dpi.keep;
   dopt.journal = c.paths.state_dir / "dpi-job.json";

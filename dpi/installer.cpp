@@ -344,6 +344,18 @@ Status DpiInstaller::StepVerify(Job& job, const JobSpec& spec, const PackageInfo
         Errc::kWrongType,
         "the package is a Device image, not a Dpi database; send it as VersionType=Device");
   }
+  // As the Device path does (firmware/installer.cpp CheckPolicy): the signed
+  // manifest names the models the database is for.
+  if (std::find(package.compatible.begin(), package.compatible.end(), options_.model) ==
+      package.compatible.end()) {
+    std::string list;
+    for (const auto& c : package.compatible) list += (list.empty() ? "" : ", ") + c;
+    return Error(
+        Errc::kIncompatibleModel,
+        "DPI database " + package.version + " is for " +
+            (list.empty() ? std::string("no model") : list) + "; this appliance is a " +
+            (options_.model.empty() ? std::string("(model not configured)") : options_.model));
+  }
   SAG_TRY(auto version, Version::Parse(VersionKind::kDpi, package.version));
   if (!spec.version.empty() && spec.version != package.version) {
     return Error(Errc::kInvalidArgument, "the job asks for DPI version " + spec.version +
