@@ -363,6 +363,16 @@ Status DpiInstaller::StepVerify(Job& job, const JobSpec& spec, const PackageInfo
   }
   if (job.previous) {
     auto active = Version::Parse(VersionKind::kDpi, *job.previous);
+    // An active database whose version does not parse cannot be compared:
+    // fail closed unless the operator allows any version.
+    if (!active && !job.allow_downgrade) {
+      return Error(Errc::kVersionUnparsable,
+                   "the active DPI database '" + *job.previous +
+                       "' does not have a version this agent can compare with " + package.version +
+                       " (" + active.error().message() +
+                       "); to install it anyway, run `sag-agent install --allow-downgrade` or "
+                       "send the job with allow_downgrade set");
+    }
     if (active) {
       if (version == *active) {
         return Error(Errc::kVersionTooOld,

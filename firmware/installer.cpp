@@ -293,6 +293,17 @@ Status DeviceInstaller::CheckPolicy(const JobSpec& spec, const image::VerifiedHe
   SAG_TRY(const auto current_text, CurrentVersion());
   SAG_TRY(const auto wanted, Version::Parse(VersionKind::kDevice, m.version));
   auto current = Version::Parse(VersionKind::kDevice, current_text);
+  // A running version that does not parse cannot be compared: the check
+  // fails closed, or any signed image (an old one included) would go in.
+  if (!current && !spec.allow_downgrade) {
+    return Error(Errc::kVersionUnparsable,
+                 "the running version '" + current_text + "' (VERSION_ID in " +
+                     options_.os_release.string() +
+                     ") is not a Device version this agent can compare with " + m.version + " (" +
+                     current.error().message() +
+                     "); to install it anyway, run `sag-agent install --allow-downgrade` or send "
+                     "the job with allow_downgrade set");
+  }
   if (current && wanted <= *current && !spec.allow_downgrade) {
     return Error(Errc::kVersionTooOld, "image version " + m.version +
                                            " is not newer than the running " + current_text +

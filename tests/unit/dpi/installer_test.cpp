@@ -124,6 +124,28 @@ TEST_F(InstallerTest, RefusesOlderAndSameVersionsUnlessDowngradeAllowed) {
   ExpectPreviousActive(kV1);
 }
 
+// An active database whose name is not a DPI version (put there by hand or
+// by a factory image) cannot be compared: refused unless allow_downgrade.
+TEST_F(InstallerTest, UnparsableActiveVersionRefusesUnlessDowngradeAllowed) {
+  InstallV1();
+  const auto store = env_.store();
+  fs::copy(store / "versions" / kV1, store / "versions" / "factory-12",
+           fs::copy_options::recursive);
+  fs::remove(store / "current");
+  fs::create_directory_symlink("versions/factory-12", store / "current");
+  auto r = env_.Install("job-2", kV2, MakeDb(kV2));
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->code(), Errc::kVersionUnparsable) << r->error->ToString();
+  EXPECT_EQ(r->failed_in, JobState::kVerifying);
+  EXPECT_NE(r->error->message().find("factory-12"), std::string::npos) << r->error->message();
+  EXPECT_NE(r->error->message().find("allow_downgrade"), std::string::npos) << r->error->message();
+  EXPECT_EQ(*env_.MakeInstaller().CurrentVersion(), "factory-12");
+  auto allowed = env_.Install("job-3", kV2, MakeDb(kV2), /*allow_downgrade=*/true);
+  ASSERT_TRUE(allowed && allowed->ok()) << allowed->error->ToString();
+}
+
 TEST_F(InstallerTest, RefusesAWrongPackageType) {
   InstallV1();
   auto installer = env_.MakeInstaller();

@@ -426,6 +426,34 @@ TEST_F(DeviceInstallerTest, DowngradeOnlyWhenAllowed) {
   EXPECT_EQ(r->state, JobState::kRebooting);
 }
 
+// A running version this agent cannot compare ("5.1.0-r2", "12") must not
+// let any signed version through: the check fails closed unless the operator
+// allows a downgrade.
+TEST_F(DeviceInstallerTest, UnparsableRunningVersionRefusesUnlessAllowed) {
+  for (const char* running : {"5.1.0-r2", "12"}) {
+    ASSERT_TRUE(WriteFileAtomic(dir_ / "os-release",
+                                std::string("NAME=SAG\nVERSION_ID=\"") + running + "\"\n"));
+    auto inst = MakeInstaller();
+    const auto before = boot_.env();
+    auto r = inst->Start(Spec(std::string("unparsable-") + running, "v101"));
+    ASSERT_TRUE(r) << r.error().ToString();
+    EXPECT_EQ(r->state, JobState::kFailed);
+    ASSERT_TRUE(r->error);
+    EXPECT_EQ(r->error->code(), Errc::kVersionUnparsable) << r->error->ToString();
+    EXPECT_NE(r->error->message().find(running), std::string::npos) << r->error->message();
+    EXPECT_NE(r->error->message().find("--allow-downgrade"), std::string::npos)
+        << r->error->message();
+    EXPECT_EQ(boot_.env(), before) << "the boot environment changed";
+    EXPECT_EQ(SlotContent("slot-b", kSlotSize), std::string(kSlotSize, '\0')) << "slot B touched";
+  }
+  auto inst = MakeInstaller();
+  auto spec = Spec("unparsable-allowed", "v101");
+  spec.allow_downgrade = true;
+  auto r = inst->Start(spec);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+}
+
 TEST_F(DeviceInstallerTest, RefusesFullStateDisk) {
   system_.free = 1000;
   ExpectRefused("v101", Errc::kNoSpace);
