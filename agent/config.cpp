@@ -295,6 +295,14 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
       root, r, "health", {"checks", "require_cloud", "cloud_timeout_s"},
       [&](const YAML::Node& n) -> Status {
         SAG_TRY_STATUS(r.Bool(n, "health", "require_cloud", c.health.require_cloud));
+        // The check after a trial boot probes cloud.endpoint (read above):
+        // without one every upgrade would roll back.
+        if (c.health.require_cloud && c.cloud.endpoint.empty()) {
+          return r.At(n["require_cloud"].Mark(), Errc::kConfigMissingKey,
+                      "'health.require_cloud: true' needs 'cloud.endpoint', the control "
+                      "channel to reach after a trial boot: add cloud: {endpoint: "
+                      "wss://HOST:PORT/device/v1}, or set require_cloud: false");
+        }
         SAG_TRY_STATUS(r.Seconds(n, "health", "cloud_timeout_s", c.health.cloud_timeout, 1, 3600));
         const auto checks = n["checks"];
         if (!checks) return Ok();

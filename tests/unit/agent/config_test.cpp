@@ -102,7 +102,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"missing-key.yaml", Errc::kConfigMissingKey, "6:3", "identity.serial_number"},
         BadCase{"bad-level.yaml", Errc::kConfigRange, "59:10", "log level"},
         BadCase{"relative-path.yaml", Errc::kConfigRange, "17:12", "absolute path"},
-        BadCase{"bad-endpoint.yaml", Errc::kConfigRange, "11:13", "wss://"}),
+        BadCase{"bad-endpoint.yaml", Errc::kConfigRange, "11:13", "wss://"},
+        BadCase{"require-cloud-no-endpoint.yaml", Errc::kConfigMissingKey, "47:18",
+                "cloud.endpoint"}),
     [](const auto& test_info) {
       std::string name = test_info.param.file;
       name = name.substr(0, name.find('.'));
@@ -110,6 +112,26 @@ INSTANTIATE_TEST_SUITE_P(
         if (ch == '-') ch = '_';
       return name;
     });
+
+// The cloud check after a trial boot needs an endpoint to reach: without
+// one every upgrade would roll back.
+TEST(Config, RequireCloudNeedsAnEndpoint) {
+  const std::string ok = kMinimal;
+  auto c = ParseConfig(ok + "health: {require_cloud: true}\n", "rc.yaml");
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().code(), Errc::kConfigMissingKey) << c.error().ToString();
+  EXPECT_EQ(c.error().message().rfind("rc.yaml:8:", 0), 0U) << c.error().message();
+  EXPECT_NE(c.error().message().find("cloud.endpoint"), std::string::npos) << c.error().message();
+  EXPECT_NE(c.error().message().find("require_cloud: false"), std::string::npos)
+      << c.error().message();
+  auto with = ParseConfig(ok + "cloud: {endpoint: \"wss://cloud.example/device/v1\"}\n" +
+                              "health: {require_cloud: true}\n",
+                          "rc.yaml");
+  ASSERT_TRUE(with) << with.error().ToString();
+  EXPECT_TRUE(with->health.require_cloud);
+  auto off = ParseConfig(ok + "health: {require_cloud: false}\n", "rc.yaml");
+  ASSERT_TRUE(off) << off.error().ToString();
+}
 
 TEST(Config, MissingFileSaysWhatToDo) {
   auto c = LoadConfig("/nonexistent/agent.yaml");
