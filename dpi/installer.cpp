@@ -146,10 +146,15 @@ struct DpiInstaller::Job {
 
   static Expected<Job> FromJson(const json& j) {
     Job job;
-    auto state = ParseJobState(j.value("state", std::string()));
-    if (!j.contains("id") || !j["id"].is_string() || !state) {
-      return Error(Errc::kJournalCorrupt,
-                   "DPI job record lacks an id or a known state: " + j.dump());
+    if (!j.is_object() || !j.contains("id") || !j["id"].is_string() || !j.contains("state") ||
+        !j["state"].is_string()) {
+      return Error(Errc::kJournalCorrupt, "DPI job record lacks an id or a state: " + j.dump());
+    }
+    auto state = ParseJobState(j["state"].get<std::string>());
+    if (!state) {
+      // Not damage (that fails above): a state a newer agent knows.
+      return Error(Errc::kJournalNewerFormat,
+                   "DPI job state '" + j["state"].get<std::string>() + "' is unknown");
     }
     job.id = j["id"].get<std::string>();
     job.version = j.value("version", std::string());
@@ -163,6 +168,17 @@ struct DpiInstaller::Job {
     return job;
   }
 };
+
+namespace {
+
+// What is wrong with a record of `journal` names the file (see Journal).
+Error JournalError(const Journal& journal, const Error& e) {
+  if (e.code() == Errc::kJournalNewerFormat) return journal.NewerFormat(e.message());
+  return Error(e.code(), "job journal " + journal.path().string() + ": " + e.message() +
+                             "; move the file aside to let the agent start clean");
+}
+
+}  // namespace
 
 DpiInstaller::DpiInstaller(Options options, platform::SystemInfo* system)
     : options_(std::move(options)),
@@ -230,7 +246,9 @@ Expected<std::optional<JobResult>> DpiInstaller::Lookup(const std::string& job_i
   if (!record) return std::optional<JobResult>();
   const auto& doc = *record;
   if (doc.contains("job")) {
-    SAG_TRY(auto job, Job::FromJson(doc["job"]));
+    auto job_or = Job::FromJson(doc["job"]);
+    if (!job_or) return JournalError(journal_, job_or.error());
+    auto job = std::move(job_or).value();
     if (job.id == job_id) {
       auto r = ResultOf(job);
       r.replayed = true;
@@ -240,7 +258,9 @@ Expected<std::optional<JobResult>> DpiInstaller::Lookup(const std::string& job_i
   if (doc.contains("history") && doc["history"].is_array()) {
     for (const auto& h : doc["history"]) {
       if (h.value("id", std::string()) != job_id) continue;
-      SAG_TRY(auto job, Job::FromJson(h));
+      auto job_or = Job::FromJson(h);
+      if (!job_or) return JournalError(journal_, job_or.error());
+      auto job = std::move(job_or).value();
       auto r = ResultOf(job);
       r.replayed = true;
       return std::optional<JobResult>(std::move(r));
@@ -268,7 +288,9 @@ Expected<JobResult> DpiInstaller::Install(const JobSpec& spec, const PackageInfo
     const auto& doc = *record;
     if (doc.contains("history") && doc["history"].is_array()) job.history = doc["history"];
     if (doc.contains("job")) {
-      SAG_TRY(auto previous_job, Job::FromJson(doc["job"]));
+      auto previous_job_or = Job::FromJson(doc["job"]);
+      if (!previous_job_or) return JournalError(journal_, previous_job_or.error());
+      auto previous_job = std::move(previous_job_or).value();
       if (previous_job.id == spec.job_id) {
         auto r = ResultOf(previous_job);
         r.replayed = true;
@@ -586,7 +608,9 @@ Expected<std::optional<JobResult>> DpiInstaller::Resume() {
   SAG_TRY(auto record, journal_.Load());
   if (!record || !record->contains("job")) return std::optional<JobResult>();
   const auto& doc = *record;
-  SAG_TRY(auto job, Job::FromJson(doc["job"]));
+  auto job_or = Job::FromJson(doc["job"]);
+  if (!job_or) return JournalError(journal_, job_or.error());
+  auto job = std::move(job_or).value();
   if (doc.contains("history") && doc["history"].is_array()) job.history = doc["history"];
   SAG_TRY_STATUS(store_.Init());
   const JobState crashed_in = job.state;

@@ -103,6 +103,18 @@ Status ReadBackChunk(const JobRecord& record, const image::Manifest& m, platform
   return Ok();
 }
 
+// A record of `journal` as a JobRecord; what is wrong with it names the file.
+Expected<JobRecord> RecordFrom(const Journal& journal, const nlohmann::json& doc) {
+  auto rec = JobRecord::FromJson(doc);
+  if (rec) return rec;
+  if (rec.error().code() == Errc::kJournalNewerFormat) {
+    return journal.NewerFormat(rec.error().message());
+  }
+  return Error(rec.error().code(),
+               "job journal " + journal.path().string() + ": " + rec.error().message() +
+                   "; move the file aside to let the agent start clean (that job is lost)");
+}
+
 }  // namespace
 
 DeviceInstaller::DeviceInstaller(InstallerOptions options, Platform platform, ProgressFn progress)
@@ -147,13 +159,13 @@ void DeviceInstaller::Report(const JobRecord& record, std::uint64_t done, std::u
 Expected<std::optional<JobRecord>> DeviceInstaller::LastJob() {
   SAG_TRY(auto doc, journal_.Load());
   if (doc) {
-    SAG_TRY(auto rec, JobRecord::FromJson(*doc));
+    SAG_TRY(auto rec, RecordFrom(journal_, *doc));
     return std::optional<JobRecord>(std::move(rec));
   }
   const Journal last(journal_.path().string() + ".last");
   SAG_TRY(auto prev, last.Load());
   if (!prev) return std::optional<JobRecord>();
-  SAG_TRY(auto rec, JobRecord::FromJson(*prev));
+  SAG_TRY(auto rec, RecordFrom(last, *prev));
   return std::optional<JobRecord>(std::move(rec));
 }
 
@@ -328,7 +340,7 @@ Status DeviceInstaller::CheckPolicy(const JobSpec& spec, const image::VerifiedHe
 Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
   SAG_TRY(auto current, journal_.Load());
   if (current) {
-    SAG_TRY(auto rec, JobRecord::FromJson(*current));
+    SAG_TRY(auto rec, RecordFrom(journal_, *current));
     if (rec.id == spec.id) return rec;
     if (IsTerminal(rec.state)) {
       // A finished job whose move to the history was cut short.
@@ -476,7 +488,7 @@ Expected<std::optional<JobRecord>> DeviceInstaller::Resume() {
     }
     return std::optional<JobRecord>();
   }
-  SAG_TRY(auto record, JobRecord::FromJson(*doc));
+  SAG_TRY(auto record, RecordFrom(journal_, *doc));
   if (IsTerminal(record.state)) {
     // Cut between recording the outcome and moving it to the history.
     SAG_TRY_STATUS(ArchiveFinished(record));
@@ -953,7 +965,7 @@ Status DeviceInstaller::MarkGood() {
   SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
   SAG_TRY(auto doc, journal_.Load());
   if (doc) {
-    SAG_TRY(auto record, JobRecord::FromJson(*doc));
+    SAG_TRY(auto record, RecordFrom(journal_, *doc));
     if (record.state == JobState::kHealthChecking &&
         record.target_slot == platform::SlotName(booted)) {
       SAG_TRY_STATUS(Save(record, JobEvent::kHealthy));
@@ -967,7 +979,7 @@ Status DeviceInstaller::Rollback() {
   SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
   SAG_TRY(auto doc, journal_.Load());
   if (doc) {
-    SAG_TRY(auto record, JobRecord::FromJson(*doc));
+    SAG_TRY(auto record, RecordFrom(journal_, *doc));
     if (record.state == JobState::kHealthChecking) {
       record.error = Error(Errc::kRolledBack, "rolled back by the operator");
       SAG_TRY(record.boot_id, platform_.system->BootId());

@@ -691,6 +691,37 @@ TEST_F(DeviceInstallerTest, ResumeNeedsTheStoredHeaderOfItsJob) {
 
 // Over HTTPS from a server that drops the connection twice mid-image: the
 // downloader resumes with Range requests and the install completes.
+// A journal this agent cannot read: a newer agent's record (after a fallback
+// to the older OS) is left untouched and the job fails saying so; a damaged
+// record names the file and what is wrong with it.
+TEST_F(DeviceInstallerTest, JournalOfANewerAgentIsLeftAloneAndNamed) {
+  const auto path = dir_ / "state" / "device-job.json";
+  const std::string unknown_state =
+      R"({"id": "job-n", "state": "Teleporting", "source": "/x", "version": "9.0.0"})";
+  const std::string newer_format = R"({"format": 7, "id": "job-n", "state": "Writing"})";
+  for (const auto& text : {unknown_state, newer_format}) {
+    ASSERT_TRUE(WriteFileAtomic(path, text));
+    auto inst = MakeInstaller();
+    auto r = inst->Start(Spec("after-fallback", "v101"));
+    ASSERT_FALSE(r) << text;
+    EXPECT_EQ(r.error().code(), Errc::kJournalNewerFormat) << r.error().ToString();
+    EXPECT_NE(r.error().message().find(path.string()), std::string::npos) << r.error().message();
+    EXPECT_NE(r.error().message().find("newer sag-agent"), std::string::npos)
+        << r.error().message();
+    auto resumed = inst->Resume();
+    ASSERT_FALSE(resumed);
+    EXPECT_EQ(resumed.error().code(), Errc::kJournalNewerFormat);
+    EXPECT_EQ(*ReadFile(path), text) << "the journal was touched";
+    EXPECT_EQ(SlotContent("slot-b", kSlotSize), std::string(kSlotSize, '\0')) << "slot B touched";
+  }
+  ASSERT_TRUE(WriteFileAtomic(path, R"({"id": "job-c", "state": "Writing"})"));
+  auto r = MakeInstaller()->Start(Spec("after-damage", "v101"));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), Errc::kJournalCorrupt) << r.error().ToString();
+  EXPECT_NE(r.error().message().find(path.string()), std::string::npos) << r.error().message();
+  EXPECT_NE(r.error().message().find("source"), std::string::npos) << r.error().message();
+}
+
 TEST_F(DeviceInstallerTest, DownloadsOverHttpsThroughDrops) {
   test::TestHttpServer server(*ReadFile(g_images->Image("v101")), g_images->Tls());
   test::Faults faults;
