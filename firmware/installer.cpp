@@ -17,6 +17,7 @@
 #include "common/base64.h"
 #include "common/bounded_queue.h"
 #include "common/process.h"
+#include "common/redact.h"
 #include "common/stream_source.h"
 #include "common/version.h"
 
@@ -182,7 +183,15 @@ Status DeviceInstaller::ArchiveFinished(const JobRecord& record) {
   for (auto it = list.begin(); it != list.end();) {
     it = (it->is_object() && it->value("id", "") == record.id) ? list.erase(it) : it + 1;
   }
-  list.push_back(record.ToJson());
+  // The history outlives the job: its source and error lose their URLs'
+  // query strings and userinfo (a signed URL is a credential). The running
+  // job's journal keeps the full source, which a resumed download needs.
+  auto finished = record.ToJson();
+  finished["source"] = RedactUrl(record.source);
+  if (finished.contains("error") && finished["error"].is_object()) {
+    finished["error"]["message"] = RedactUrls(finished["error"].value("message", ""));
+  }
+  list.push_back(std::move(finished));
   while (list.size() > kHistoryMax) list.erase(list.begin());
   SAG_TRY_STATUS(WriteFileAtomic(path, list.dump(1) + "\n", 0600));
   SAG_TRY_STATUS(journal_.Archive());
@@ -382,10 +391,12 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
     // Only the header is read here; the reader (and its copy of the manifest)
     // is gone before the payload is streamed from the start by StepWrite.
     auto source = OpenStreamSource(spec.source, 0, options_.download);
-    if (!source) return refuse(std::move(source).error().WithContext("opening " + spec.source));
+    if (!source)
+      return refuse(std::move(source).error().WithContext("opening " + RedactUrl(spec.source)));
     image::ImageReader reader(**source, options_.trust, options_.limits);
     auto header = reader.ReadHeader();
-    if (!header) return refuse(std::move(header).error().WithContext("checking " + spec.source));
+    if (!header)
+      return refuse(std::move(header).error().WithContext("checking " + RedactUrl(spec.source)));
     const image::VerifiedHeader& h = **header;
     record.version = h.manifest.version;
     if (auto st = CheckPolicy(spec, h, target); !st) return refuse(std::move(st).error());
@@ -578,10 +589,10 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     auto& reader =
         image_reader.emplace(*source, options_.trust, options_.limits, kBuffers, kContentCheck);
     auto h = reader.ReadHeader();
-    if (!h) return std::move(h).error().WithContext("reading " + record.source);
+    if (!h) return std::move(h).error().WithContext("reading " + RedactUrl(record.source));
     if (ToHex((*h)->manifest_sha256) != record.header_sha256) {
       return Error(Errc::kImageContainer,
-                   record.source + " changed since the job started; start a new job");
+                   RedactUrl(record.source) + " changed since the job started; start a new job");
     }
     manifest = &(*h)->manifest;
     reader.ReleaseHeaderText();
@@ -784,9 +795,9 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   if (write_error) return *write_error;
   if (verify_error) return *verify_error;
   if (checkpoint_error) return *checkpoint_error;
-  if (read_error) return read_error->WithContext("reading " + record.source);
+  if (read_error) return read_error->WithContext("reading " + RedactUrl(record.source));
   if (record.next_chunk != m.chunks.size()) {
-    return Error(Errc::kImageTruncated, record.source + " ended after chunk " +
+    return Error(Errc::kImageTruncated, RedactUrl(record.source) + " ended after chunk " +
                                             std::to_string(record.next_chunk) + " of " +
                                             std::to_string(m.chunks.size()));
   }

@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "common/net/tls.h"
+#include "common/redact.h"
 
 namespace sag::net {
 namespace {
@@ -910,10 +911,15 @@ Expected<DownloadInfo> Fetch(const std::string& url, std::uint64_t offset, const
                              const DownloadOptions& options) {
   // No exception crosses the module edge: allocation failures and anything a
   // sink throws become an error value.
+  // Errors leave with their URLs redacted (common/redact.h): they end up in
+  // status.json, the job history and the cloud, and a signed URL's query
+  // string is a credential.
   try {
-    return FetchImpl(url, offset, sink, options);
+    auto result = FetchImpl(url, offset, sink, options);
+    if (result) return result;
+    return Error(result.error().code(), RedactUrls(result.error().message()));
   } catch (const std::exception& e) {
-    return Error(Errc::kInternal, "downloading " + url + ": " + e.what());
+    return Error(Errc::kInternal, "downloading " + RedactUrl(url) + ": " + e.what());
   }
 }
 

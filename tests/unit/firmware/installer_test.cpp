@@ -756,6 +756,26 @@ TEST_F(DeviceInstallerTest, ResumedDownloadAsksForTheRestOnly) {
   EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
 }
 
+// A signed URL's query string is a credential: the job's error and the
+// history of finished jobs show the URL without it.
+TEST_F(DeviceInstallerTest, HistoryAndErrorsHideTheSignatureOfASignedUrl) {
+  test::TestHttpServer server(*ReadFile(g_images->Image("v101")), g_images->Tls());
+  test::Faults faults;
+  faults.fail_status = 404;
+  faults.fail_times = -1;
+  server.SetFaults(faults);
+  const std::string url = server.Url("/v101.sagimg?Expires=9&Signature=s3cr3t");
+  auto r = MakeInstaller()->Start(JobSpec{"signed", url, false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->message().find("s3cr3t"), std::string::npos) << r->error->message();
+  auto history = ReadFile(dir_ / "state" / "device-jobs.json");
+  ASSERT_TRUE(history) << history.error().ToString();
+  EXPECT_EQ(history->find("s3cr3t"), std::string::npos) << *history;
+  EXPECT_NE(history->find("/v101.sagimg?<redacted>"), std::string::npos) << *history;
+}
+
 TEST_F(DeviceInstallerTest, MissingSourceIsRefused) {
   auto r = MakeInstaller()->Start(JobSpec{"nofile", (dir_ / "nope.sagimg").string(), false, true});
   ASSERT_TRUE(r);

@@ -231,6 +231,27 @@ TEST(Downloader, FollowsRedirects) {
   EXPECT_EQ(info->attempts, 4);
 }
 
+// A signed URL's signature never appears in an error: errors go to
+// status.json, the job's journal and the cloud.
+TEST(Downloader, ErrorsDoNotShowTheSignatureOfSignedUrls) {
+  TestHttpServer server(MakeContent(1000));
+  server.SetFaults({.fail_status = 503, .fail_times = -1});
+  auto o = Fast();
+  o.max_retries = 1;
+  Collected got;
+  auto info =
+      Fetch(server.Url("/img/1.0.1.sagimg?Expires=9&Signature=s3cr3t"), 0, CollectInto(got, 0), o);
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetHttpStatus);
+  EXPECT_FALSE(Contains(info.error().message(), "s3cr3t")) << info.error().message();
+  EXPECT_TRUE(Contains(info.error().message(), "/img/1.0.1.sagimg?<redacted>"))
+      << info.error().message();
+  auto bad = Fetch("https://u:pw@h/x?Signature=s3cr3t", 0, CollectInto(got, 0), o);
+  ASSERT_FALSE(bad);
+  EXPECT_FALSE(Contains(bad.error().message(), "s3cr3t")) << bad.error().message();
+  EXPECT_FALSE(Contains(bad.error().message(), "u:pw")) << bad.error().message();
+}
+
 TEST(Downloader, RedirectLoopIsRefused) {
   TestHttpServer server(MakeContent(1000));
   server.SetFaults({.redirects = {{"/a", "/b"}, {"/b", "/a"}}});
