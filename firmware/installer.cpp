@@ -122,7 +122,10 @@ DeviceInstaller::DeviceInstaller(InstallerOptions options, Platform platform, Pr
     : options_(std::move(options)),
       platform_(std::move(platform)),
       progress_(std::move(progress)),
-      journal_(options_.state_dir / "device-job.json") {}
+      journal_(options_.state_dir / "device-job.json") {
+  // Cancel() stops a download that waits for a stalled server too.
+  if (options_.download.cancel == nullptr) options_.download.cancel = &cancel_;
+}
 
 // ---------------------------------------------------------------- records
 

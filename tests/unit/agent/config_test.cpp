@@ -140,6 +140,38 @@ TEST(Config, MissingFileSaysWhatToDo) {
   EXPECT_NE(c.error().message().find("/nonexistent/agent.yaml"), std::string::npos);
 }
 
+// The download's overall deadline and minimum rate (docs/download.md).
+TEST(Config, DownloadDeadlineAndMinimumRate) {
+  const std::string ok = kMinimal;
+  auto defaults = ParseConfig(ok, "d.yaml");
+  ASSERT_TRUE(defaults) << defaults.error().ToString();
+  EXPECT_EQ(defaults->download.deadline, std::chrono::seconds(86400));
+  EXPECT_EQ(defaults->download.min_rate, 512U);
+  EXPECT_EQ(defaults->download.min_rate_window, std::chrono::seconds(300));
+  auto set = ParseConfig(
+      ok + "download: {deadline_s: 3600, min_rate: 4096, min_rate_window_s: 60}\n", "d.yaml");
+  ASSERT_TRUE(set) << set.error().ToString();
+  EXPECT_EQ(set->download.deadline, std::chrono::seconds(3600));
+  EXPECT_EQ(set->download.min_rate, 4096U);
+  EXPECT_EQ(set->download.min_rate_window, std::chrono::seconds(60));
+  auto off = ParseConfig(ok + "download: {deadline_s: 0, min_rate: 0}\n", "d.yaml");
+  ASSERT_TRUE(off) << off.error().ToString();
+  EXPECT_EQ(off->download.deadline, std::chrono::seconds(0));
+  EXPECT_EQ(off->download.min_rate, 0U);
+  const std::pair<std::string, Errc> bad[] = {
+      {"download: {deadline_s: -1}\n", Errc::kConfigRange},
+      {"download: {deadline_s: soon}\n", Errc::kConfigType},
+      {"download: {min_rate: -5}\n", Errc::kConfigRange},
+      {"download: {min_rate_window_s: 0}\n", Errc::kConfigRange},
+      {"download: {min_rate_window_s: 86401}\n", Errc::kConfigRange},
+  };
+  for (const auto& [yaml, code] : bad) {
+    auto c = ParseConfig(ok + yaml, "d.yaml");
+    ASSERT_FALSE(c) << yaml;
+    EXPECT_EQ(c.error().code(), code) << yaml << c.error().ToString();
+  }
+}
+
 TEST(Config, InlineBadCases) {
   struct Case {
     std::string yaml;
