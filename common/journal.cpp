@@ -35,13 +35,12 @@ Expected<std::optional<nlohmann::json>> Journal::Load() const {
 }
 
 Error Journal::NewerFormat(std::string_view what) const {
-  return Error(Errc::kJournalNewerFormat,
-               "job journal " + path_.string() + " was written by a newer sag-agent (" +
-                   std::string(what) + "; this agent reads record format " +
-                   std::to_string(format_) +
-                   " and older); it is left untouched. Boot the slot with the newer agent to "
-                   "let it finish the job, or, to give up that job, move the file aside (its "
-                   "progress is lost) and send the job again");
+  return {Errc::kJournalNewerFormat,
+          "job journal " + path_.string() + " was written by a newer sag-agent (" +
+              std::string(what) + "; this agent reads record format " + std::to_string(format_) +
+              " and older); it is left untouched. Boot the slot with the newer agent to "
+              "let it finish the job, or, to give up that job, move the file aside (its "
+              "progress is lost) and send the job again"};
 }
 
 Status Journal::Save(const nlohmann::json& record) const {

@@ -174,8 +174,8 @@ namespace {
 // What is wrong with a record of `journal` names the file (see Journal).
 Error JournalError(const Journal& journal, const Error& e) {
   if (e.code() == Errc::kJournalNewerFormat) return journal.NewerFormat(e.message());
-  return Error(e.code(), "job journal " + journal.path().string() + ": " + e.message() +
-                             "; move the file aside to let the agent start clean");
+  return {e.code(), "job journal " + journal.path().string() + ": " + e.message() +
+                        "; move the file aside to let the agent start clean"};
 }
 
 }  // namespace
