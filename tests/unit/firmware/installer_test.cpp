@@ -159,6 +159,18 @@ class Images {
       text += "line " + std::to_string(i) + " of a compressible root file system\n";
     }
     Make("1.0.5", text, image::ImageType::kDevice, {"sag-1000"}, "text");
+    // v102 with another, intact tar header (mode 0755, checksum recomputed):
+    // the same signed content in another file (ImageNonCanonical).
+    std::string bytes = *ReadFile(Image("v102"));
+    bytes.replace(100, 7, "000755 ");
+    unsigned sum = 0;
+    for (std::size_t i = 0; i < 512; ++i) {
+      sum += (i >= 148 && i < 156) ? ' ' : static_cast<unsigned char>(bytes[i]);
+    }
+    char field[8];
+    std::snprintf(field, sizeof field, "%06o", sum);
+    bytes.replace(148, 6, field, 6);
+    std::ofstream(Image("noncanon"), std::ios::binary) << bytes;
   }
   void Make(const std::string& version, const std::string& payload, image::ImageType type,
             std::vector<std::string> models, const std::string& name) {
@@ -415,6 +427,7 @@ TEST_F(DeviceInstallerTest, RefusesBeforeTouchingTheSlot) {
   ExpectRefused("dpi", Errc::kWrongType);
   ExpectRefused("v090", Errc::kVersionTooOld);
   ExpectRefused("huge", Errc::kSlotTooSmall);
+  ExpectRefused("noncanon", Errc::kImageNonCanonical);
 }
 
 TEST_F(DeviceInstallerTest, DowngradeOnlyWhenAllowed) {

@@ -89,6 +89,21 @@ for flaw in expired:E207 not-yet-valid:E208 no-codesign:E209 other-root:E206; do
   [[ $rc == 1 && $out == *"$code"* ]] || fail "$name: rc=$rc $out"
 done
 
+# Another tar header for the same signed content (mode 0755, checksum
+# recomputed) and the ECDSA signature's twin are other files: E215.
+python3 - db.img mode.img <<'PY'
+import sys
+b = bytearray(open(sys.argv[1], 'rb').read())
+b[100:107] = b'000755 '
+b[148:156] = b'        '
+b[148:156] = b'%06o\0 ' % sum(b[0:512])
+open(sys.argv[2], 'wb').write(b)
+PY
+set +e
+out=$("$bin" verify --ca pki/root-ca.pem mode.img 2>&1); rc=$?
+set -e
+[[ $rc == 1 && $out == *E215* && $out == *mode* ]] || fail "a recomputed tar header: rc=$rc $out"
+
 # Usage errors exit 2.
 set +e
 "$bin" create --type Bios >/dev/null 2>&1; rc=$?
