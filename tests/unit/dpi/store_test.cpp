@@ -127,14 +127,17 @@ TEST(DpiStore, EveryStepIsDurableWhenItReturns) {
   // Init makes no promise (it runs at every start and creates what is
   // missing): the test starts from a store on the medium.
   ASSERT_FALSE(mount.Control("sync").empty());
-  Stage(store, kV1);
+  ASSERT_NO_FATAL_FAILURE(Stage(store, kV1));
   ASSERT_TRUE(cut());
-  EXPECT_EQ(*ReadFile(store.root() / "versions" / kV1 / "version"), kV1 + "\n");
+  auto promoted = ReadFile(store.root() / "versions" / kV1 / "version");
+  ASSERT_TRUE(promoted) << "the promoted version was lost by the cut: "
+                        << promoted.error().ToString();
+  EXPECT_EQ(*promoted, kV1 + "\n");
   EXPECT_TRUE(fs::is_empty(store.root() / "staging"));
   ASSERT_TRUE(store.Activate(kV1));
   ASSERT_TRUE(cut());
   EXPECT_EQ(CurrentOf(store), kV1) << "the first activation was lost by the cut";
-  Stage(store, kV2);
+  ASSERT_NO_FATAL_FAILURE(Stage(store, kV2));
   ASSERT_TRUE(store.Activate(kV2));
   ASSERT_TRUE(cut());
   EXPECT_EQ(CurrentOf(store), kV2) << "the swap to " << kV2 << " was lost by the cut";
