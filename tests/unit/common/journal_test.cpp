@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "common/atomic_file.h"
+#include "tests/support/powerloss_mount.h"
 #include "tests/support/temp_dir.h"
 
 namespace sag {
@@ -71,6 +72,29 @@ TEST(Journal, RecordsCarryTheirFormatAndNewerOnesAreLeftAlone) {
     EXPECT_EQ(c.error().code(), Errc::kJournalCorrupt) << bad;
     EXPECT_NE(c.error().message().find("format"), std::string::npos) << c.error().message();
   }
+}
+
+// On sag-powerloss (docs/power-loss.md) a cut keeps only what was made
+// durable: every saved record and the archive survive one (red with a Save
+// that skips the fsyncs, or an Archive without the directory fsync).
+TEST(Journal, SaveAndArchiveSurviveAPowerCut) {
+  test::TempDir dir;
+  std::filesystem::create_directories(dir / "mnt");
+  const test::PowerLossMount mount(SAG_POWERLOSS_BIN, dir / "mnt", dir / "mnt");
+  if (!mount.Available()) GTEST_SKIP() << "no FUSE here (needs /dev/fuse and root)";
+  const Journal j(dir / "mnt" / "job.json");
+  for (int chunk = 1; chunk <= 3; ++chunk) {
+    ASSERT_TRUE(j.Save({{"id", "job-1"}, {"state", "Writing"}, {"chunk", chunk}}));
+    ASSERT_FALSE(mount.Control("cut").empty());
+    auto r = j.Load();
+    ASSERT_TRUE(r) << r.error().ToString();
+    ASSERT_TRUE(r->has_value()) << "the record saved before the cut is gone";
+    EXPECT_EQ((**r)["chunk"], chunk) << "an older record came back after the cut";
+  }
+  ASSERT_TRUE(j.Archive());
+  ASSERT_FALSE(mount.Control("cut").empty());
+  EXPECT_FALSE(j.Load()->has_value()) << "the archived record came back after the cut";
+  EXPECT_TRUE(std::filesystem::exists(dir / "mnt" / "job.json.last"));
 }
 
 }  // namespace
