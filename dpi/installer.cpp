@@ -146,10 +146,15 @@ struct DpiInstaller::Job {
 
   static Expected<Job> FromJson(const json& j) {
     Job job;
-    auto state = ParseJobState(j.value("state", std::string()));
-    if (!j.contains("id") || !j["id"].is_string() || !state) {
-      return Error(Errc::kJournalCorrupt,
-                   "DPI job record lacks an id or a known state: " + j.dump());
+    if (!j.is_object() || !j.contains("id") || !j["id"].is_string() || !j.contains("state") ||
+        !j["state"].is_string()) {
+      return Error(Errc::kJournalCorrupt, "DPI job record lacks an id or a state: " + j.dump());
+    }
+    auto state = ParseJobState(j["state"].get<std::string>());
+    if (!state) {
+      // Not damage (that fails above): a state a newer agent knows.
+      return Error(Errc::kJournalNewerFormat,
+                   "DPI job state '" + j["state"].get<std::string>() + "' is unknown");
     }
     job.id = j["id"].get<std::string>();
     job.version = j.value("version", std::string());
@@ -163,6 +168,17 @@ struct DpiInstaller::Job {
     return job;
   }
 };
+
+namespace {
+
+// What is wrong with a record of `journal` names the file (see Journal).
+Error JournalError(const Journal& journal, const Error& e) {
+  if (e.code() == Errc::kJournalNewerFormat) return journal.NewerFormat(e.message());
+  return Error(e.code(), "job journal " + journal.path().string() + ": " + e.message() +
+                             "; move the file aside to let the agent start clean");
+}
+
+}  // namespace
 
 DpiInstaller::DpiInstaller(Options options, platform::SystemInfo* system)
     : options_(std::move(options)),
@@ -230,7 +246,9 @@ Expected<std::optional<JobResult>> DpiInstaller::Lookup(const std::string& job_i
   if (!record) return std::optional<JobResult>();
   const auto& doc = *record;
   if (doc.contains("job")) {
-    SAG_TRY(auto job, Job::FromJson(doc["job"]));
+    auto job_or = Job::FromJson(doc["job"]);
+    if (!job_or) return JournalError(journal_, job_or.error());
+    auto job = std::move(job_or).value();
     if (job.id == job_id) {
       auto r = ResultOf(job);
       r.replayed = true;
@@ -240,7 +258,9 @@ Expected<std::optional<JobResult>> DpiInstaller::Lookup(const std::string& job_i
   if (doc.contains("history") && doc["history"].is_array()) {
     for (const auto& h : doc["history"]) {
       if (h.value("id", std::string()) != job_id) continue;
-      SAG_TRY(auto job, Job::FromJson(h));
+      auto job_or = Job::FromJson(h);
+      if (!job_or) return JournalError(journal_, job_or.error());
+      auto job = std::move(job_or).value();
       auto r = ResultOf(job);
       r.replayed = true;
       return std::optional<JobResult>(std::move(r));
@@ -268,7 +288,9 @@ Expected<JobResult> DpiInstaller::Install(const JobSpec& spec, const PackageInfo
     const auto& doc = *record;
     if (doc.contains("history") && doc["history"].is_array()) job.history = doc["history"];
     if (doc.contains("job")) {
-      SAG_TRY(auto previous_job, Job::FromJson(doc["job"]));
+      auto previous_job_or = Job::FromJson(doc["job"]);
+      if (!previous_job_or) return JournalError(journal_, previous_job_or.error());
+      auto previous_job = std::move(previous_job_or).value();
       if (previous_job.id == spec.job_id) {
         auto r = ResultOf(previous_job);
         r.replayed = true;
@@ -344,6 +366,18 @@ Status DpiInstaller::StepVerify(Job& job, const JobSpec& spec, const PackageInfo
         Errc::kWrongType,
         "the package is a Device image, not a Dpi database; send it as VersionType=Device");
   }
+  // As the Device path does (firmware/installer.cpp CheckPolicy): the signed
+  // manifest names the models the database is for.
+  if (std::find(package.compatible.begin(), package.compatible.end(), options_.model) ==
+      package.compatible.end()) {
+    std::string list;
+    for (const auto& c : package.compatible) list += (list.empty() ? "" : ", ") + c;
+    return Error(
+        Errc::kIncompatibleModel,
+        "DPI database " + package.version + " is for " +
+            (list.empty() ? std::string("no model") : list) + "; this appliance is a " +
+            (options_.model.empty() ? std::string("(model not configured)") : options_.model));
+  }
   SAG_TRY(auto version, Version::Parse(VersionKind::kDpi, package.version));
   if (!spec.version.empty() && spec.version != package.version) {
     return Error(Errc::kInvalidArgument, "the job asks for DPI version " + spec.version +
@@ -351,6 +385,16 @@ Status DpiInstaller::StepVerify(Job& job, const JobSpec& spec, const PackageInfo
   }
   if (job.previous) {
     auto active = Version::Parse(VersionKind::kDpi, *job.previous);
+    // An active database whose version does not parse cannot be compared:
+    // fail closed unless the operator allows any version.
+    if (!active && !job.allow_downgrade) {
+      return Error(Errc::kVersionUnparsable,
+                   "the active DPI database '" + *job.previous +
+                       "' does not have a version this agent can compare with " + package.version +
+                       " (" + active.error().message() +
+                       "); to install it anyway, run `sag-agent install --allow-downgrade` or "
+                       "send the job with allow_downgrade set");
+    }
     if (active) {
       if (version == *active) {
         return Error(Errc::kVersionTooOld,
@@ -564,7 +608,9 @@ Expected<std::optional<JobResult>> DpiInstaller::Resume() {
   SAG_TRY(auto record, journal_.Load());
   if (!record || !record->contains("job")) return std::optional<JobResult>();
   const auto& doc = *record;
-  SAG_TRY(auto job, Job::FromJson(doc["job"]));
+  auto job_or = Job::FromJson(doc["job"]);
+  if (!job_or) return JournalError(journal_, job_or.error());
+  auto job = std::move(job_or).value();
   if (doc.contains("history") && doc["history"].is_array()) job.history = doc["history"];
   SAG_TRY_STATUS(store_.Init());
   const JobState crashed_in = job.state;

@@ -39,6 +39,41 @@ TEST(Journal, CorruptIsReportedNotGuessed) {
   EXPECT_EQ(Journal(dir / "job.json").Load().error().code(), Errc::kJournalCorrupt);
 }
 
+// Records carry the format they were written in; a record of a newer format
+// (a newer agent wrote it, then the appliance fell back to this one) is
+// refused with its own code and left exactly as it is.
+TEST(Journal, RecordsCarryTheirFormatAndNewerOnesAreLeftAlone) {
+  test::TempDir dir;
+  const Journal j(dir / "job.json");  // format 1
+  ASSERT_TRUE(j.Save({{"id", "job-1"}}));
+  auto saved = ReadFile(dir / "job.json");
+  ASSERT_TRUE(saved);
+  EXPECT_NE(saved->find("\"format\": 1"), std::string::npos) << *saved;
+  ASSERT_TRUE(j.Load());
+
+  const std::string newer = R"({"format": 2, "id": "job-2", "state": "Teleporting"})";
+  ASSERT_TRUE(WriteFileAtomic(dir / "job.json", newer));
+  auto r = j.Load();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), Errc::kJournalNewerFormat) << r.error().ToString();
+  EXPECT_NE(r.error().message().find((dir / "job.json").string()), std::string::npos)
+      << r.error().message();
+  EXPECT_NE(r.error().message().find("newer sag-agent"), std::string::npos) << r.error().message();
+  EXPECT_EQ(*ReadFile(dir / "job.json"), newer);
+
+  // Written before records had a format: format 1.
+  ASSERT_TRUE(WriteFileAtomic(dir / "job.json", R"({"id": "job-0"})"));
+  ASSERT_TRUE(j.Load());
+
+  for (const char* bad : {R"({"format": "two"})", R"({"format": 0})", R"({"format": -3})"}) {
+    ASSERT_TRUE(WriteFileAtomic(dir / "job.json", bad));
+    auto c = j.Load();
+    ASSERT_FALSE(c) << bad;
+    EXPECT_EQ(c.error().code(), Errc::kJournalCorrupt) << bad;
+    EXPECT_NE(c.error().message().find("format"), std::string::npos) << c.error().message();
+  }
+}
+
 // On sag-powerloss (docs/power-loss.md) a cut keeps only what was made
 // durable: every saved record and the archive survive one (red with a Save
 // that skips the fsyncs, or an Archive without the directory fsync).

@@ -47,7 +47,9 @@ int main(int argc, char** argv) {
   auto installer = env.MakeInstaller();
   sag::dpi::test::BufferSource src(*payload, 2048);
   src.OnChunk([] { std::this_thread::sleep_for(std::chrono::milliseconds(1)); });
-  auto r = installer.Install({argv[2], version, false},
-                             {sag::image::ImageType::kDpi, version, src.size()}, src);
+  auto r = installer.Install(
+      {argv[2], version, false},
+      {sag::image::ImageType::kDpi, version, src.size(), {std::string(sag::dpi::test::kModel)}},
+      src);
   return r && r->ok() ? 0 : 1;
 }
