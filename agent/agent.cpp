@@ -186,6 +186,9 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   io.download.bandwidth_limit = c.download.bandwidth_limit;
   io.download.stall_timeout = c.download.stall_timeout;
   io.download.max_retries = c.download.max_retries;
+  io.download.deadline = c.download.deadline;
+  io.download.min_rate = c.download.min_rate;
+  io.download.min_rate_window = c.download.min_rate_window;
   io.trial_attempts = c.boot.trial_attempts;
   io.read_back = c.boot.read_back_medium ? firmware::InstallerOptions::ReadBack::kMedium
                                          : firmware::InstallerOptions::ReadBack::kCache;
@@ -211,6 +214,7 @@ Expected<std::unique_ptr<Runtime>> BuildRuntime(const Config& c) {
   rt->trust = io.trust;
   rt->download = io.download;
   dpi::Options dopt;
+  dopt.model = c.identity.model;
   dopt.store = c.dpi.store;
   dopt.keep = c.dpi.keep;
   dopt.journal = c.paths.state_dir / "dpi-job.json";

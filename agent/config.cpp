@@ -295,6 +295,14 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
       root, r, "health", {"checks", "require_cloud", "cloud_timeout_s"},
       [&](const YAML::Node& n) -> Status {
         SAG_TRY_STATUS(r.Bool(n, "health", "require_cloud", c.health.require_cloud));
+        // The check after a trial boot probes cloud.endpoint (read above):
+        // without one every upgrade would roll back.
+        if (c.health.require_cloud && c.cloud.endpoint.empty()) {
+          return r.At(n["require_cloud"].Mark(), Errc::kConfigMissingKey,
+                      "'health.require_cloud: true' needs 'cloud.endpoint', the control "
+                      "channel to reach after a trial boot: add cloud: {endpoint: "
+                      "wss://HOST:PORT/device/v1}, or set require_cloud: false");
+        }
         SAG_TRY_STATUS(r.Seconds(n, "health", "cloud_timeout_s", c.health.cloud_timeout, 1, 3600));
         const auto checks = n["checks"];
         if (!checks) return Ok();
@@ -317,7 +325,7 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
   SAG_TRY_STATUS(Optional(
       root, r, "download",
       {"bandwidth_limit", "stall_timeout_s", "max_retries", "checkpoint_bytes",
-       "checkpoint_interval_ms"},
+       "checkpoint_interval_ms", "deadline_s", "min_rate", "min_rate_window_s"},
       [&](const YAML::Node& n) -> Status {
         SAG_TRY_STATUS(r.Integer(n, "download", "bandwidth_limit", c.download.bandwidth_limit, 0,
                                  10'000'000'000LL));
@@ -328,6 +336,12 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
         std::int64_t interval_ms = c.download.checkpoint_interval.count();
         SAG_TRY_STATUS(r.Integer(n, "download", "checkpoint_interval_ms", interval_ms, 0, 60'000));
         c.download.checkpoint_interval = std::chrono::milliseconds(interval_ms);
+        SAG_TRY_STATUS(
+            r.Seconds(n, "download", "deadline_s", c.download.deadline, 0, 365LL * 86400));
+        SAG_TRY_STATUS(
+            r.Integer(n, "download", "min_rate", c.download.min_rate, 0, 10'000'000'000LL));
+        SAG_TRY_STATUS(
+            r.Seconds(n, "download", "min_rate_window_s", c.download.min_rate_window, 1, 86400));
         return r.Integer(n, "download", "max_retries", c.download.max_retries, 0, 1000);
       }));
 

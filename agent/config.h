@@ -102,6 +102,12 @@ struct DownloadConfig {
   // and write again.
   std::uint64_t checkpoint_bytes = 32U << 20U;
   std::chrono::milliseconds checkpoint_interval{0};
+  // A fetch must end within `deadline` (0 = none) and bring at least
+  // min_rate bytes/s over each min_rate_window (min_rate 0 = off):
+  // docs/download.md.
+  std::chrono::seconds deadline{86400};
+  std::uint64_t min_rate = 512;
+  std::chrono::seconds min_rate_window{300};
 };
 
 struct Config {

@@ -18,14 +18,34 @@
 
 #include "common/atomic_file.h"
 #include "common/log.h"
+#include "common/redact.h"
 #include "firmware/job.h"
 
 namespace sag::agent {
 
+namespace {
+
+// Every string in `j` with its URLs redacted (common/redact.h): the file is
+// world-readable, and job sources, error messages and hook output may hold
+// signed URLs.
+void RedactStrings(nlohmann::json& j) {
+  if (j.is_string()) {
+    const auto& text = j.get_ref<const std::string&>();
+    if (text.find("://") != std::string::npos) j = RedactUrls(text);
+  } else if (j.is_structured()) {
+    for (auto& item : j) RedactStrings(item);
+  }
+}
+
+}  // namespace
+
 Status StatusFile::Update(const nlohmann::json& fields) {
   // Top-level keys are replaced whole: a DPI job must not inherit fields of
   // the Device job reported before it.
-  for (const auto& [key, value] : fields.items()) doc_[key] = value;
+  for (const auto& [key, value] : fields.items()) {
+    doc_[key] = value;
+    RedactStrings(doc_[key]);
+  }
   doc_["updated_at"] = firmware::NowUtc();
   // A runtime file, rebuilt at start: replaced untorn, not made durable.
   return ReplaceFile(path_, doc_.dump(2) + "\n", 0644);

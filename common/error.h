@@ -48,7 +48,8 @@ enum class Errc : std::uint16_t {
   kPayloadHashMismatch = 211,
   kDecompress = 212,  // a chunk does not decompress to its size
   kImageTooLarge = 213,
-  kKeyInvalid = 214,  // signing key or certificate unusable
+  kKeyInvalid = 214,         // signing key or certificate unusable
+  kImageNonCanonical = 215,  // valid bytes, but not the one encoding the writer produces
   // 3xx: platform (boot environment, slots, reboot, identity)
   kBootEnvCorrupt = 300,  // no valid copy of the bootloader environment
   kBootEnvInvalid = 301,  // a variable holds a value that breaks the rules
@@ -71,7 +72,9 @@ enum class Errc : std::uint16_t {
   kJobConflict = 408,  // another job is running
   kJobUnknown = 409,
   kJournalCorrupt = 410,
-  // 411, 412: reserved (issue 13). 413-419: the daemon (issue 14).
+  kVersionUnparsable = 411,   // the running/active version cannot be compared
+  kJournalNewerFormat = 412,  // a job record written by a newer agent
+  // 413-419: the daemon (issue 14).
   kBadRequest = 415,     // a job request that is not a regular file, too big, or fails its schema
   kOutboxCorrupt = 416,  // the report outbox's files are damaged
   // 5xx: network
@@ -82,6 +85,8 @@ enum class Errc : std::uint16_t {
   kNetTooManyRedirects = 504,
   kNetProtocol = 505,
   kNetRangeUnsupported = 506,
+  kNetDeadline = 507,  // the download's overall deadline passed
+  kNetTooSlow = 508,   // below the minimum rate over its window
   // 6xx: DPI signature database
   kArchiveUnsafePath = 600,   // absolute path or '..'
   kArchiveUnsafeLink = 601,   // symlink/hard link outside the staging directory

@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <memory>
 
+#include "common/redact.h"
+
 namespace sag {
 
 Expected<spdlog::level::level_enum> ParseLogLevel(std::string_view name) {
@@ -26,45 +28,6 @@ Expected<spdlog::level::level_enum> ParseLogLevel(std::string_view name) {
 }
 
 namespace {
-
-bool IsSchemeChar(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '+' || c == '-' || c == '.';
-}
-
-// Where a URL that starts at `from` ends: at white space, a control
-// character, or a character that cannot be in a URL and usually delimits one
-// in prose or JSON. Everything else, ')' and ',' included, belongs to it: the
-// query is cut from '?' to here, so erring long hides more, never less.
-std::size_t UrlEnd(std::string_view text, std::size_t from) {
-  std::size_t i = from;
-  while (i < text.size()) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c <= 0x20 || c == 0x7f || c == '"' || c == '\'' || c == '<' || c == '>' || c == '`' ||
-        c == '\\' || c == '{' || c == '}' || c == '|' || c == '^') {
-      break;
-    }
-    ++i;
-  }
-  return i;
-}
-
-// Appends `url` ("scheme://...") without its userinfo and
-// with its query and fragment replaced.
-void AppendRedactedUrl(std::string& out, std::string_view url) {
-  const std::size_t authority = url.find("://") + 3;
-  std::size_t path = url.find_first_of("/?#", authority);
-  if (path == std::string_view::npos) path = url.size();
-  const std::size_t at = url.substr(0, path).rfind('@');
-  if (at != std::string_view::npos && at >= authority) {
-    out.append(url.substr(0, authority));
-    out.append(url.substr(at + 1, path - at - 1));
-  } else {
-    out.append(url.substr(0, path));
-  }
-  const std::size_t query = url.find_first_of("?#", path);
-  out.append(url.substr(path, query == std::string_view::npos ? url.size() - path : query - path));
-  if (query != std::string_view::npos) out.append("?<redacted>");
-}
 
 void AppendEscaped(std::string& out, char ch) {
   const auto c = static_cast<unsigned char>(ch);
@@ -135,27 +98,12 @@ class JournalFormatter final : public spdlog::formatter {
 }  // namespace
 
 std::string ScrubLogText(std::string_view text) {
+  // URLs end at white space and control characters, so redacting first and
+  // escaping after is the same as doing both in one pass.
+  const std::string redacted = RedactUrls(text);
   std::string out;
-  out.reserve(text.size() + 16);
-  std::size_t copied = 0;  // text before this is in `out`
-  std::size_t search = 0;
-  for (;;) {
-    const std::size_t sep = text.find("://", search);
-    if (sep == std::string_view::npos) break;
-    // The scheme before "://": letters, digits, + - . starting with a letter.
-    std::size_t begin = sep;
-    while (begin > copied && IsSchemeChar(text[begin - 1])) --begin;
-    while (begin < sep && std::isalpha(static_cast<unsigned char>(text[begin])) == 0) ++begin;
-    if (begin == sep) {  // "://" without a scheme: not a URL
-      search = sep + 3;
-      continue;
-    }
-    for (std::size_t k = copied; k < begin; ++k) AppendEscaped(out, text[k]);
-    const std::size_t end = UrlEnd(text, sep + 3);
-    AppendRedactedUrl(out, text.substr(begin, end - begin));
-    copied = search = end;
-  }
-  for (std::size_t k = copied; k < text.size(); ++k) AppendEscaped(out, text[k]);
+  out.reserve(redacted.size() + 16);
+  for (const char ch : redacted) AppendEscaped(out, ch);
   return out;
 }
 

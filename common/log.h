@@ -36,9 +36,9 @@ void SetupLogging(spdlog::level::level_enum level, LogStyle style = LogStyle::kA
 // filter included; for tests and for loggers with other sinks.
 std::unique_ptr<spdlog::formatter> MakeLogFormatter(LogStyle style);
 
-// The filter: every URL ("scheme://...") in `text` without its userinfo
-// ("user:password@") and with its query and fragment replaced by
-// "?<redacted>"; newlines, tabs and other control characters escaped ("\n",
+// The filter: every URL ("scheme://...") in `text` redacted by RedactUrls
+// (common/redact.h: userinfo "<redacted>@", query and fragment
+// "?<redacted>"); newlines, tabs and other control characters escaped ("\n",
 // "\t", "\x1b"). Text without URLs or control characters is returned as is.
 std::string ScrubLogText(std::string_view text);
 

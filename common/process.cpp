@@ -55,6 +55,20 @@ Expected<CommandResult> RunCommand(const std::vector<std::string>& argv,
     return MakeErrno(Errc::kIo, "fork for " + argv[0]);
   }
   if (pid == 0) {
+    // The daemon blocks SIGTERM/SIGINT (it takes them from a signalfd) and
+    // may ignore others; both survive exec. A health check's `timeout`, or an
+    // engine a hook starts, must be stoppable: default dispositions first
+    // (so no handler of ours runs once unblocked), then an empty mask.
+    // sigaction and sigprocmask are async-signal-safe.
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    ::sigemptyset(&dfl.sa_mask);
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (sig != SIGKILL && sig != SIGSTOP) (void)::sigaction(sig, &dfl, nullptr);
+    }
+    sigset_t none;
+    ::sigemptyset(&none);
+    (void)::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::setpgid(0, 0);  // own process group, so a timeout kills its children too
     ::dup2(pipefd[1], STDOUT_FILENO);
     ::dup2(pipefd[1], STDERR_FILENO);

@@ -1,6 +1,7 @@
 #include "common/stream_source.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -16,7 +17,9 @@ namespace {
 class UrlSource final : public image::ByteSource {
  public:
   UrlSource(std::string url, std::uint64_t offset, net::DownloadOptions options)
-      : queue_(kQueueDepth), options_(std::move(options)) {
+      : queue_(kQueueDepth), options_(std::move(options)), caller_cancel_(options_.cancel) {
+    // The fetch stops on our flag: set when the caller's is (seen by Read
+    // while it waits) and when this source goes away.
     options_.cancel = &cancel_;
     thread_ = std::thread([this, url = std::move(url), offset] {
       auto result = net::Fetch(
@@ -50,7 +53,15 @@ class UrlSource final : public image::ByteSource {
 
   Expected<std::size_t> Read(std::span<std::uint8_t> buf) override {
     while (pos_ == current_.size()) {
-      auto item = queue_.Pop();
+      // A stalled server must not hold up a stop request (SIGTERM): the
+      // caller's flag is looked at while waiting, not only between blocks.
+      if (caller_cancel_ != nullptr && caller_cancel_->load()) {
+        cancel_ = true;
+        return Error(Errc::kCancelled, "download stopped on request");
+      }
+      bool timed_out = false;
+      auto item = queue_.PopFor(kCancelPoll, timed_out);
+      if (timed_out) continue;
       if (!item) return std::size_t{0};
       if (item->error) return *item->error;
       current_ = std::move(item->data);
@@ -65,12 +76,14 @@ class UrlSource final : public image::ByteSource {
  private:
   static constexpr std::size_t kBlock = 256U << 10U;
   static constexpr std::size_t kQueueDepth = 16;  // 4 MiB in flight at most
+  static constexpr std::chrono::milliseconds kCancelPoll{50};
   struct Item {
     std::vector<std::uint8_t> data;
     std::optional<Error> error;
   };
   BoundedQueue<Item> queue_;
   net::DownloadOptions options_;
+  const std::atomic<bool>* caller_cancel_;
   std::atomic<bool> cancel_{false};
   std::vector<std::uint8_t> current_;
   std::size_t pos_ = 0;

@@ -155,19 +155,15 @@ struct DpiInstaller::Job {
     job.allow_downgrade = r.Bool("allow_downgrade", false);
     job.error = ErrorFromJson(r, "error");
     const auto failed_in = r.OptStr("failed_in");
-    if (r.ok()) {
-      if (const auto state = ParseJobState(state_name)) {
-        job.state = *state;
-      } else {
-        r.Fail("state", "unknown state '" + state_name + "'");
-      }
-      if (failed_in) job.failed_in = ParseJobState(*failed_in);
+    // Damage first (JournalError names the file and what to do) ...
+    SAG_TRY_STATUS(r.Finish());
+    // ... then a state a newer agent knows, which is not damage.
+    const auto state = ParseJobState(state_name);
+    if (!state) {
+      return Error(Errc::kJournalNewerFormat, "DPI job state '" + state_name + "' is unknown");
     }
-    if (auto st = r.Finish(); !st) {
-      return Error(
-          Errc::kJournalCorrupt,
-          st.error().message() + "; move the DPI journal aside to let the agent start clean");
-    }
+    job.state = *state;
+    if (failed_in) job.failed_in = ParseJobState(*failed_in);
     return job;
   }
 
@@ -181,6 +177,17 @@ struct DpiInstaller::Job {
     return Ok();
   }
 };
+
+namespace {
+
+// What is wrong with a record of `journal` names the file (see Journal).
+Error JournalError(const Journal& journal, const Error& e) {
+  if (e.code() == Errc::kJournalNewerFormat) return journal.NewerFormat(e.message());
+  return {e.code(), "job journal " + journal.path().string() + ": " + e.message() +
+                        "; move the file aside to let the agent start clean"};
+}
+
+}  // namespace
 
 DpiInstaller::DpiInstaller(Options options, platform::SystemInfo* system)
     : options_(std::move(options)),
@@ -248,7 +255,9 @@ Expected<std::optional<JobResult>> DpiInstaller::Lookup(const std::string& job_i
   if (!record) return std::optional<JobResult>();
   const auto& doc = *record;
   if (doc.contains("job")) {
-    SAG_TRY(auto job, Job::FromJson(doc["job"]));
+    auto job_or = Job::FromJson(doc["job"]);
+    if (!job_or) return JournalError(journal_, job_or.error());
+    auto job = std::move(job_or).value();
     if (job.id == job_id) {
       auto r = ResultOf(job);
       r.replayed = true;
@@ -256,9 +265,11 @@ Expected<std::optional<JobResult>> DpiInstaller::Lookup(const std::string& job_i
     }
   }
   if (doc.contains("history")) {
-    SAG_TRY_STATUS(Job::CheckHistory(doc["history"]));
+    if (auto st = Job::CheckHistory(doc["history"]); !st) return JournalError(journal_, st.error());
     for (const auto& h : doc["history"]) {
-      SAG_TRY(auto job, Job::FromJson(h));
+      auto job_or = Job::FromJson(h);
+      if (!job_or) return JournalError(journal_, job_or.error());
+      auto job = std::move(job_or).value();
       if (job.id != job_id) continue;
       auto r = ResultOf(job);
       r.replayed = true;
@@ -286,11 +297,14 @@ Expected<JobResult> DpiInstaller::Install(const JobSpec& spec, const PackageInfo
   if (record) {
     const auto& doc = *record;
     if (doc.contains("history")) {
-      SAG_TRY_STATUS(Job::CheckHistory(doc["history"]));
+      if (auto st = Job::CheckHistory(doc["history"]); !st)
+        return JournalError(journal_, st.error());
       job.history = doc["history"];
     }
     if (doc.contains("job")) {
-      SAG_TRY(auto previous_job, Job::FromJson(doc["job"]));
+      auto previous_job_or = Job::FromJson(doc["job"]);
+      if (!previous_job_or) return JournalError(journal_, previous_job_or.error());
+      auto previous_job = std::move(previous_job_or).value();
       if (previous_job.id == spec.job_id) {
         auto r = ResultOf(previous_job);
         r.replayed = true;
@@ -366,6 +380,18 @@ Status DpiInstaller::StepVerify(Job& job, const JobSpec& spec, const PackageInfo
         Errc::kWrongType,
         "the package is a Device image, not a Dpi database; send it as VersionType=Device");
   }
+  // As the Device path does (firmware/installer.cpp CheckPolicy): the signed
+  // manifest names the models the database is for.
+  if (std::find(package.compatible.begin(), package.compatible.end(), options_.model) ==
+      package.compatible.end()) {
+    std::string list;
+    for (const auto& c : package.compatible) list += (list.empty() ? "" : ", ") + c;
+    return Error(
+        Errc::kIncompatibleModel,
+        "DPI database " + package.version + " is for " +
+            (list.empty() ? std::string("no model") : list) + "; this appliance is a " +
+            (options_.model.empty() ? std::string("(model not configured)") : options_.model));
+  }
   SAG_TRY(auto version, Version::Parse(VersionKind::kDpi, package.version));
   if (!spec.version.empty() && spec.version != package.version) {
     return Error(Errc::kInvalidArgument, "the job asks for DPI version " + spec.version +
@@ -373,6 +399,16 @@ Status DpiInstaller::StepVerify(Job& job, const JobSpec& spec, const PackageInfo
   }
   if (job.previous) {
     auto active = Version::Parse(VersionKind::kDpi, *job.previous);
+    // An active database whose version does not parse cannot be compared:
+    // fail closed unless the operator allows any version.
+    if (!active && !job.allow_downgrade) {
+      return Error(Errc::kVersionUnparsable,
+                   "the active DPI database '" + *job.previous +
+                       "' does not have a version this agent can compare with " + package.version +
+                       " (" + active.error().message() +
+                       "); to install it anyway, run `sag-agent install --allow-downgrade` or "
+                       "send the job with allow_downgrade set");
+    }
     if (active) {
       if (version == *active) {
         return Error(Errc::kVersionTooOld,
@@ -586,9 +622,11 @@ Expected<std::optional<JobResult>> DpiInstaller::Resume() {
   SAG_TRY(auto record, journal_.Load());
   if (!record || !record->contains("job")) return std::optional<JobResult>();
   const auto& doc = *record;
-  SAG_TRY(auto job, Job::FromJson(doc["job"]));
+  auto job_or = Job::FromJson(doc["job"]);
+  if (!job_or) return JournalError(journal_, job_or.error());
+  auto job = std::move(job_or).value();
   if (doc.contains("history")) {
-    SAG_TRY_STATUS(Job::CheckHistory(doc["history"]));
+    if (auto st = Job::CheckHistory(doc["history"]); !st) return JournalError(journal_, st.error());
     job.history = doc["history"];
   }
   SAG_TRY_STATUS(store_.Init());

@@ -61,6 +61,9 @@ struct Hooks {
 };
 
 struct Options {
+  // This appliance's hardware model: a package whose `compatible` list does
+  // not name it is refused (kIncompatibleModel) before anything is staged.
+  std::string model;
   std::filesystem::path store{"/var/lib/sag-agent/dpi"};
   int keep = 2;  // versions kept on disk, current included (at least 1)
   Hooks hooks;

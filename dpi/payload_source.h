@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "common/error.h"
 #include "common/image/image.h"
@@ -22,11 +23,12 @@ namespace sag::dpi {
 // What the installer needs from a verified image header.
 struct PackageInfo {
   image::ImageType type = image::ImageType::kDpi;
-  std::string version;             // the manifest's version, e.g. "20201117_1_0-0.0.1"
-  std::uint64_t payload_size = 0;  // uncompressed payload bytes (the tar or tar.zst)
+  std::string version;                  // the manifest's version, e.g. "20201117_1_0-0.0.1"
+  std::uint64_t payload_size = 0;       // uncompressed payload bytes (the tar or tar.zst)
+  std::vector<std::string> compatible;  // the hardware models the package is signed for
 
   static PackageInfo FromManifest(const image::Manifest& manifest) {
-    return {manifest.type, manifest.version, manifest.payload_size};
+    return {manifest.type, manifest.version, manifest.payload_size, manifest.compatible};
   }
 };
 

@@ -18,6 +18,7 @@
 #include "common/bounded_queue.h"
 #include "common/json_reader.h"
 #include "common/process.h"
+#include "common/redact.h"
 #include "common/stream_source.h"
 #include "common/version.h"
 
@@ -104,13 +105,28 @@ Status ReadBackChunk(const JobRecord& record, const image::Manifest& m, platform
   return Ok();
 }
 
+// A record of `journal` as a JobRecord; what is wrong with it names the file.
+Expected<JobRecord> RecordFrom(const Journal& journal, const nlohmann::json& doc) {
+  auto rec = JobRecord::FromJson(doc);
+  if (rec) return rec;
+  if (rec.error().code() == Errc::kJournalNewerFormat) {
+    return journal.NewerFormat(rec.error().message());
+  }
+  return Error(rec.error().code(),
+               "job journal " + journal.path().string() + ": " + rec.error().message() +
+                   "; move the file aside to let the agent start clean (that job is lost)");
+}
+
 }  // namespace
 
 DeviceInstaller::DeviceInstaller(InstallerOptions options, Platform platform, ProgressFn progress)
     : options_(std::move(options)),
       platform_(std::move(platform)),
       progress_(std::move(progress)),
-      journal_(options_.state_dir / "device-job.json") {}
+      journal_(options_.state_dir / "device-job.json") {
+  // Cancel() stops a download that waits for a stalled server too.
+  if (options_.download.cancel == nullptr) options_.download.cancel = &cancel_;
+}
 
 // ---------------------------------------------------------------- records
 
@@ -148,13 +164,13 @@ void DeviceInstaller::Report(const JobRecord& record, std::uint64_t done, std::u
 Expected<std::optional<JobRecord>> DeviceInstaller::LastJob() {
   SAG_TRY(auto doc, journal_.Load());
   if (doc) {
-    SAG_TRY(auto rec, JobRecord::FromJson(*doc));
+    SAG_TRY(auto rec, RecordFrom(journal_, *doc));
     return std::optional<JobRecord>(std::move(rec));
   }
   const Journal last(journal_.path().string() + ".last");
   SAG_TRY(auto prev, last.Load());
   if (!prev) return std::optional<JobRecord>();
-  SAG_TRY(auto rec, JobRecord::FromJson(*prev));
+  SAG_TRY(auto rec, RecordFrom(last, *prev));
   return std::optional<JobRecord>(std::move(rec));
 }
 
@@ -167,7 +183,15 @@ Status DeviceInstaller::ArchiveFinished(const JobRecord& record) {
   for (auto it = list.begin(); it != list.end();) {
     it = (*it)["id"] == record.id ? list.erase(it) : it + 1;
   }
-  list.push_back(record.ToJson());
+  // The history outlives the job: its source and error lose their URLs'
+  // query strings and userinfo (a signed URL is a credential). The running
+  // job's journal keeps the full source, which a resumed download needs.
+  auto finished = record.ToJson();
+  finished["source"] = RedactUrl(record.source);
+  if (finished.contains("error") && finished["error"].is_object()) {
+    finished["error"]["message"] = RedactUrls(finished["error"].value("message", ""));
+  }
+  list.push_back(std::move(finished));
   while (list.size() > kHistoryMax) list.erase(list.begin());
   SAG_TRY_STATUS(WriteFileAtomic(path, list.dump(1) + "\n", 0600));
   SAG_TRY_STATUS(journal_.Archive());
@@ -334,6 +358,17 @@ Status DeviceInstaller::CheckPolicy(const JobSpec& spec, const image::VerifiedHe
   SAG_TRY(const auto current_text, CurrentVersion());
   SAG_TRY(const auto wanted, Version::Parse(VersionKind::kDevice, m.version));
   auto current = Version::Parse(VersionKind::kDevice, current_text);
+  // A running version that does not parse cannot be compared: the check
+  // fails closed, or any signed image (an old one included) would go in.
+  if (!current && !spec.allow_downgrade) {
+    return Error(Errc::kVersionUnparsable,
+                 "the running version '" + current_text + "' (VERSION_ID in " +
+                     options_.os_release.string() +
+                     ") is not a Device version this agent can compare with " + m.version + " (" +
+                     current.error().message() +
+                     "); to install it anyway, run `sag-agent install --allow-downgrade` or send "
+                     "the job with allow_downgrade set");
+  }
   if (current && wanted <= *current && !spec.allow_downgrade) {
     return Error(Errc::kVersionTooOld, "image version " + m.version +
                                            " is not newer than the running " + current_text +
@@ -358,7 +393,7 @@ Status DeviceInstaller::CheckPolicy(const JobSpec& spec, const image::VerifiedHe
 Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
   SAG_TRY(auto current, journal_.Load());
   if (current) {
-    SAG_TRY(auto rec, JobRecord::FromJson(*current));
+    SAG_TRY(auto rec, RecordFrom(journal_, *current));
     if (rec.id == spec.id) return rec;
     if (IsTerminal(rec.state)) {
       // A finished job whose move to the history was cut short.
@@ -400,10 +435,12 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
     // Only the header is read here; the reader (and its copy of the manifest)
     // is gone before the payload is streamed from the start by StepWrite.
     auto source = OpenStreamSource(spec.source, 0, options_.download);
-    if (!source) return refuse(std::move(source).error().WithContext("opening " + spec.source));
+    if (!source)
+      return refuse(std::move(source).error().WithContext("opening " + RedactUrl(spec.source)));
     image::ImageReader reader(**source, options_.trust, options_.limits);
     auto header = reader.ReadHeader();
-    if (!header) return refuse(std::move(header).error().WithContext("checking " + spec.source));
+    if (!header)
+      return refuse(std::move(header).error().WithContext("checking " + RedactUrl(spec.source)));
     const image::VerifiedHeader& h = **header;
     record.version = h.manifest.version;
     if (auto st = CheckPolicy(spec, h, target); !st) return refuse(std::move(st).error());
@@ -506,7 +543,7 @@ Expected<std::optional<JobRecord>> DeviceInstaller::Resume() {
     }
     return std::optional<JobRecord>();
   }
-  SAG_TRY(auto record, JobRecord::FromJson(*doc));
+  SAG_TRY(auto record, RecordFrom(journal_, *doc));
   if (IsTerminal(record.state)) {
     // Cut between recording the outcome and moving it to the history.
     SAG_TRY_STATUS(ArchiveFinished(record));
@@ -596,10 +633,10 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     auto& reader =
         image_reader.emplace(*source, options_.trust, options_.limits, kBuffers, kContentCheck);
     auto h = reader.ReadHeader();
-    if (!h) return std::move(h).error().WithContext("reading " + record.source);
+    if (!h) return std::move(h).error().WithContext("reading " + RedactUrl(record.source));
     if (ToHex((*h)->manifest_sha256) != record.header_sha256) {
       return Error(Errc::kImageContainer,
-                   record.source + " changed since the job started; start a new job");
+                   RedactUrl(record.source) + " changed since the job started; start a new job");
     }
     manifest = &(*h)->manifest;
     reader.ReleaseHeaderText();
@@ -802,9 +839,9 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   if (write_error) return *write_error;
   if (verify_error) return *verify_error;
   if (checkpoint_error) return *checkpoint_error;
-  if (read_error) return read_error->WithContext("reading " + record.source);
+  if (read_error) return read_error->WithContext("reading " + RedactUrl(record.source));
   if (record.next_chunk != m.chunks.size()) {
-    return Error(Errc::kImageTruncated, record.source + " ended after chunk " +
+    return Error(Errc::kImageTruncated, RedactUrl(record.source) + " ended after chunk " +
                                             std::to_string(record.next_chunk) + " of " +
                                             std::to_string(m.chunks.size()));
   }
@@ -983,7 +1020,7 @@ Status DeviceInstaller::MarkGood() {
   SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
   SAG_TRY(auto doc, journal_.Load());
   if (doc) {
-    SAG_TRY(auto record, JobRecord::FromJson(*doc));
+    SAG_TRY(auto record, RecordFrom(journal_, *doc));
     if (record.state == JobState::kHealthChecking &&
         record.target_slot == platform::SlotName(booted)) {
       SAG_TRY_STATUS(Save(record, JobEvent::kHealthy));
@@ -997,7 +1034,7 @@ Status DeviceInstaller::Rollback() {
   SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
   SAG_TRY(auto doc, journal_.Load());
   if (doc) {
-    SAG_TRY(auto record, JobRecord::FromJson(*doc));
+    SAG_TRY(auto record, RecordFrom(journal_, *doc));
     if (record.state == JobState::kHealthChecking) {
       record.error = Error(Errc::kRolledBack, "rolled back by the operator");
       SAG_TRY(record.boot_id, platform_.system->BootId());

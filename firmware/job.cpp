@@ -50,7 +50,9 @@ Expected<JobState> ParseJobState(std::string_view name) {
   for (std::size_t i = 0; i < kStateNames.size(); ++i) {
     if (kStateNames[i] == name) return static_cast<JobState>(i);
   }
-  return Error(Errc::kJournalCorrupt, "unknown job state '" + std::string(name) + "'");
+  // Not a damaged file (those fail to parse): a state this agent does not
+  // know was written by a newer one.
+  return Error(Errc::kJournalNewerFormat, "job state '" + std::string(name) + "' is unknown");
 }
 
 bool IsTerminal(JobState state) {

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
+#include <ctime>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <system_error>
@@ -409,6 +410,27 @@ Errc MapVerifyError(int err) {
 
 }  // namespace
 
+namespace {
+
+// ECDSA signature (r, s) and (r, n - s) both verify; the writer makes the
+// one with s <= n/2 (as Bitcoin's BIP 62 and libsecp256k1 do), so the other
+// is refused: one signed manifest, one signature. RSA PKCS#1 v1.5
+// signatures are deterministic and have no such twin.
+Status CheckLowS(CMS_SignerInfo* si, X509* signer) {
+  EVP_PKEY* key = X509_get0_pubkey(signer);
+  if (key == nullptr || EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) return Ok();
+  SAG_TRY(const bool high, ossl::HighS(si, key, /*make_low=*/false));
+  if (high) {
+    return Error(Errc::kImageNonCanonical,
+                 "the ECDSA signature has a high s (n - s of the one sag-image writes): a valid "
+                 "signature, but another file for the same signed manifest; sign the image "
+                 "again with sag-image");
+  }
+  return Ok();
+}
+
+}  // namespace
+
 Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string signature_der,
                                       const Trust& trust, const Limits& limits) {
   if (manifest_json.size() > limits.max_manifest_bytes) {
@@ -470,6 +492,7 @@ Expected<VerifiedHeader> VerifyHeader(std::string manifest_json, std::string sig
     }
   }
   const std::string subject = NameOneLine(X509_get_subject_name(signer));
+  SAG_TRY_STATUS(CheckLowS(sk_CMS_SignerInfo_value(infos, 0), signer));
 
   // Step 2: the chain, with the pinned root as the only anchor.
   ossl::X509StackPtr certs(CMS_get1_certs(cms.get()));
@@ -604,8 +627,10 @@ std::optional<std::uint64_t> Octal(std::span<const std::uint8_t> field, std::siz
 }
 
 // Checks one ustar header as libarchive writes it for a regular file and
-// returns the entry's size. Every byte is covered: the checksum catches a
-// changed byte anywhere, and the fields that matter are parsed strictly.
+// returns the entry's size: the checksum catches a damaged header, and the
+// fields that matter are parsed strictly. The checksum can be recomputed,
+// so once the manifest is verified CheckCanonicalHeader compares every
+// byte with the one header the writer makes.
 Expected<std::uint64_t> ParseHeader(const Block& h, std::string_view name, std::uint64_t offset) {
   if (AllZero(h)) return ContainerError(offset, "entry \"" + std::string(name) + "\" missing");
   // chksum: six octal digits, NUL, space; computed with itself as spaces.
@@ -640,8 +665,92 @@ Expected<std::uint64_t> ParseHeader(const Block& h, std::string_view name, std::
   return *size;
 }
 
+// The one ustar header sag-image writes for an entry (what libarchive's
+// ustar writer makes for a regular file of mode 0644, uid and gid 0, no user
+// or group name, mtime the manifest's build_time): the checksum only says
+// that a header is intact, not that it is this one, and every other header
+// with the same name and size would be another file for the same signed
+// content. Returns the name of the first field that differs, or nullopt.
+std::optional<std::string_view> NonCanonicalField(const Block& h, std::string_view name,
+                                                  std::uint64_t size, std::time_t mtime) {
+  Block want{};
+  std::memcpy(want.data(), name.data(), std::min<std::size_t>(name.size(), 100));
+  const auto put = [&want](std::size_t at, std::string_view bytes) {
+    std::memcpy(&want[at], bytes.data(), bytes.size());
+  };
+  const auto octal = [&want](std::size_t at, std::size_t digits, std::uint64_t v) {
+    for (std::size_t i = digits; i-- > 0; v >>= 3U)
+      want[at + i] = static_cast<std::uint8_t>('0' + (v & 7U));
+  };
+  put(100, std::string_view("000644 \0", 8));
+  put(108, std::string_view("000000 \0", 8));
+  put(116, std::string_view("000000 \0", 8));
+  octal(124, 11, size);
+  want[135] = ' ';
+  octal(136, 11, static_cast<std::uint64_t>(std::max<std::time_t>(mtime, 0)));
+  want[147] = ' ';
+  std::memset(&want[148], ' ', 8);
+  want[156] = '0';
+  put(257, std::string_view("ustar\0"
+                            "00",
+                            8));
+  put(329, std::string_view("000000 \0", 8));
+  put(337, std::string_view("000000 \0", 8));
+  std::uint64_t sum = 0;
+  for (const auto b : want) sum += b;
+  octal(148, 6, sum);
+  want[154] = 0;
+  if (h == want) return std::nullopt;
+  static constexpr std::pair<std::size_t, std::string_view> kFields[] = {
+      {0, "name"},      {100, "mode"},   {108, "uid"},      {116, "gid"},      {124, "size"},
+      {136, "mtime"},   {148, "chksum"}, {156, "typeflag"}, {157, "linkname"}, {257, "magic"},
+      {263, "version"}, {265, "uname"},  {297, "gname"},    {329, "devmajor"}, {337, "devminor"},
+      {345, "prefix"},  {500, "padding"}};
+  std::size_t first = 0;
+  while (h[first] == want[first]) ++first;
+  std::string_view field = "name";
+  for (const auto& [at, f] : kFields) {
+    if (at <= first) field = f;
+  }
+  // The checksum differs whenever another field does: name that one.
+  if (field == "chksum") {
+    for (std::size_t i = 156; i < kBlock; ++i) {
+      if (h[i] != want[i]) {
+        for (const auto& [at, f] : kFields) {
+          if (at <= i) field = f;
+        }
+        break;
+      }
+    }
+  }
+  return field;
+}
+
+// build_time as sag-image turns it into the entries' mtime (0 when strptime
+// does not take it, as the writer does).
+std::time_t BuildTimeSeconds(const std::string& build_time) {
+  std::tm tm{};
+  if (strptime(build_time.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm) == nullptr) return 0;
+  return timegm(&tm);
+}
+
+Status CheckCanonicalHeader(const Block& h, std::string_view name, std::uint64_t size,
+                            const std::string& build_time, std::uint64_t offset) {
+  if (auto field = NonCanonicalField(h, name, size, BuildTimeSeconds(build_time))) {
+    return Error(Errc::kImageNonCanonical,
+                 "image container at offset " + std::to_string(offset) + ": the tar header of \"" +
+                     std::string(name) + "\" differs from the one sag-image writes in field " +
+                     std::string(*field) +
+                     " (an intact header, but another file for the same signed content); "
+                     "rebuild the image with sag-image create");
+  }
+  return Ok();
+}
+
 struct Entry {
   std::uint64_t size = 0;
+  Block header{};
+  std::uint64_t offset = 0;
 };
 
 Expected<Entry> ReadEntryHeader(Input& in, std::string_view name) {
@@ -649,7 +758,7 @@ Expected<Entry> ReadEntryHeader(Input& in, std::string_view name) {
   const auto at = in.offset();
   SAG_TRY_STATUS(in.Read(h, "the header of " + std::string(name)));
   SAG_TRY(const auto size, ParseHeader(h, name, at));
-  return Entry{size};
+  return Entry{size, h, at};
 }
 
 Status ReadPadding(Input& in, std::uint64_t size, std::string_view name) {
@@ -664,8 +773,10 @@ Status ReadPadding(Input& in, std::uint64_t size, std::string_view name) {
   return Ok();
 }
 
-Expected<std::string> ReadSmallEntry(Input& in, std::string_view name, std::uint64_t limit) {
+Expected<std::string> ReadSmallEntry(Input& in, std::string_view name, std::uint64_t limit,
+                                     Entry* entry = nullptr) {
   SAG_TRY(const auto e, ReadEntryHeader(in, name));
+  if (entry != nullptr) *entry = e;
   if (e.size > limit) {
     return Error(Errc::kManifestLimits, std::string(name) + " of " + std::to_string(e.size) +
                                             " bytes exceeds the limit of " + std::to_string(limit));
@@ -974,11 +1085,21 @@ struct ImageReader::Impl {
   std::optional<Error> failed;  // sticky: a reader that failed stays failed
 
   Expected<const VerifiedHeader*> ReadHeader() {
-    SAG_TRY(auto manifest, ReadSmallEntry(in, kManifestName, limits.max_manifest_bytes));
-    SAG_TRY(auto sig, ReadSmallEntry(in, kSignatureName, limits.max_signature_bytes));
+    Entry manifest_entry;
+    Entry sig_entry;
+    SAG_TRY(auto manifest,
+            ReadSmallEntry(in, kManifestName, limits.max_manifest_bytes, &manifest_entry));
+    SAG_TRY(auto sig, ReadSmallEntry(in, kSignatureName, limits.max_signature_bytes, &sig_entry));
     SAG_TRY(auto h, VerifyHeader(std::move(manifest), std::move(sig), trust, limits));
+    // The headers' mtime is the signed build_time: checked once it is known.
+    for (const auto* e : {&manifest_entry, &sig_entry}) {
+      SAG_TRY_STATUS(CheckCanonicalHeader(e->header,
+                                          e == &manifest_entry ? kManifestName : kSignatureName,
+                                          e->size, h.manifest.build_time, e->offset));
+    }
     const auto at = in.offset();
     SAG_TRY(const auto e, ReadEntryHeader(in, kPayloadName));
+    SAG_TRY_STATUS(CheckCanonicalHeader(e.header, kPayloadName, e.size, h.manifest.build_time, at));
     const auto& chunks = h.manifest.chunks;
     const std::uint64_t stored = chunks.back().offset + chunks.back().length;
     if (e.size != stored) {

@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <ctime>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "common/atomic_file.h"
@@ -234,6 +235,14 @@ Expected<std::string> SignManifest(std::string_view content, const std::filesyst
   ossl::CmsPtr cms(CMS_sign(x.get(), pkey.get(), certs.get(), data.get(),
                             CMS_BINARY | CMS_DETACHED | CMS_NOSMIMECAP));
   if (!cms) return ossl::Fail(Errc::kKeyInvalid, "CMS_sign failed");
+  // Half of all ECDSA signatures come out with s > n/2; the reader takes
+  // only s <= n/2 (one signature per manifest), so such an s becomes n - s,
+  // which verifies the same.
+  if (EVP_PKEY_get_base_id(pkey.get()) == EVP_PKEY_EC) {
+    SAG_TRY_STATUS(ossl::HighS(sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms.get()), 0),
+                               pkey.get(),
+                               /*make_low=*/true));
+  }
   ossl::BioPtr out(BIO_new(BIO_s_mem()));
   if (i2d_CMS_bio(out.get(), cms.get()) != 1) return ossl::Fail(Errc::kInternal, "encoding CMS");
   return ossl::BioText(out.get());
@@ -248,8 +257,15 @@ Status WriteContainer(const std::filesystem::path& output, std::string_view mani
   TempFile tmp(TempNameFor(output, "tmp"));
   Fd out(::open(tmp.path().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (out.get() < 0) return MakeErrno(Errc::kIo, "create " + tmp.path().string());
+  // The entries' mtime is the manifest's build_time, as CreateImage writes
+  // it (0 for a manifest without one: tests build broken images here).
+  std::time_t mtime = 0;
+  if (const auto j = nlohmann::json::parse(manifest_json, nullptr, false);
+      j.is_object() && j.contains("build_time") && j["build_time"].is_string()) {
+    mtime = ParseIso(j["build_time"].get<std::string>());
+  }
   SAG_TRY_STATUS(WriteContainerAt(out.get(), output.string(), manifest_json, signature_der,
-                                  zst.get(), static_cast<std::uint64_t>(st.st_size), 0));
+                                  zst.get(), static_cast<std::uint64_t>(st.st_size), mtime));
   return Commit(out, tmp, output);
 }
 

@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "common/net/tls.h"
+#include "common/redact.h"
 
 namespace sag::net {
 namespace {
@@ -318,13 +319,19 @@ class Fetcher {
   }
 
  private:
+  // Set by the watcher: a cancel request, the deadline or too slow a rate.
+  // Every wait ends soon after (the watcher cancels it) and the fetch ends
+  // with CancelledFailure().
   [[nodiscard]] bool CancelRequested() const {
-    return options_.cancel != nullptr && options_.cancel->load();
+    return stop_.has_value() || (options_.cancel != nullptr && options_.cancel->load());
   }
   [[nodiscard]] Failure CancelledFailure() const {
+    if (stop_) return *stop_;
     return Fatal(Errc::kCancelled, "download of " + origin_.ToString() + " cancelled at byte " +
                                        std::to_string(pos_));
   }
+  // The deadline and the minimum rate, checked by the watcher.
+  [[nodiscard]] std::optional<Failure> Overdue(Clock::time_point now);
   [[nodiscard]] milliseconds Backoff(int failures, milliseconds retry_after);
 
   asio::awaitable<void> Sleep(Clock::duration d);
@@ -363,6 +370,10 @@ class Fetcher {
   asio::steady_timer watch_timer_;
   bool finished_ = false;
   bool host_mismatch_ = false;
+  std::optional<Failure> stop_;
+  const Clock::time_point started_ = Clock::now();
+  Clock::time_point window_start_ = started_;
+  std::uint64_t window_bytes_at_start_ = 0;  // info_.bytes when the window began
   std::mt19937_64 rng_;
 };
 
@@ -447,12 +458,43 @@ asio::awaitable<void> Fetcher::Sleep(Clock::duration d) {
   co_await sleep_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
 }
 
+std::optional<Failure> Fetcher::Overdue(Clock::time_point now) {
+  const auto where = [&] {
+    return "download of " + origin_.ToString() + " at byte " + std::to_string(pos_) +
+           (info_.total_size ? " of " + std::to_string(*info_.total_size) : std::string());
+  };
+  if (options_.deadline > milliseconds(0) && now - started_ >= options_.deadline) {
+    return Fatal(Errc::kNetDeadline,
+                 where() + ": not done within its deadline of " +
+                     std::to_string(options_.deadline.count() / 1000) +
+                     " s (download.deadline_s); check the link and the server, then send the "
+                     "job again (it resumes from its last checkpoint)");
+  }
+  if (options_.min_rate > 0 && options_.min_rate_window > milliseconds(0) &&
+      now - window_start_ >= options_.min_rate_window) {
+    const std::uint64_t got = info_.bytes - window_bytes_at_start_;
+    const auto window_ms = static_cast<std::uint64_t>(options_.min_rate_window.count());
+    if (got * 1000 < options_.min_rate * window_ms) {
+      return Fatal(Errc::kNetTooSlow,
+                   where() + ": " + std::to_string(got) + " bytes in the last " +
+                       std::to_string(window_ms / 1000) + " s, below the minimum of " +
+                       std::to_string(options_.min_rate) +
+                       " bytes/s (download.min_rate over download.min_rate_window_s); the "
+                       "server or the link is too slow; send the job again later (it resumes)");
+    }
+    window_start_ = now;
+    window_bytes_at_start_ = info_.bytes;
+  }
+  return std::nullopt;
+}
+
 asio::awaitable<void> Fetcher::Watch() {
   while (!finished_) {
     watch_timer_.expires_after(kCancelPoll);
     ErrorCode ec;
     co_await watch_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     if (finished_) co_return;
+    if (!stop_) stop_ = Overdue(Clock::now());
     if (CancelRequested()) {
       if (active_resolver_ != nullptr) active_resolver_->cancel();
       if (active_stream_ != nullptr) active_stream_->cancel();
@@ -886,9 +928,11 @@ Expected<DownloadInfo> FetchImpl(const std::string& url_text, std::uint64_t offs
                  "refusing " + url.ToString() + ": plain http while a CA is configured; use https");
   }
   if (options.max_retries < 0 || options.max_redirects < 0 ||
-      options.stall_timeout <= milliseconds(0) || options.connect_timeout <= milliseconds(0)) {
+      options.stall_timeout <= milliseconds(0) || options.connect_timeout <= milliseconds(0) ||
+      options.deadline < milliseconds(0) || options.min_rate_window < milliseconds(0)) {
     return Error(Errc::kInvalidArgument,
-                 "download options out of range: retries and redirects must be >= 0, timeouts > 0");
+                 "download options out of range: retries and redirects must be >= 0, timeouts > 0, "
+                 "the deadline and the rate window >= 0");
   }
   std::unique_ptr<ssl::context> tls;
   if (url.https) {
@@ -898,7 +942,9 @@ Expected<DownloadInfo> FetchImpl(const std::string& url_text, std::uint64_t offs
   Fetcher fetcher(io, std::move(url), offset, sink, options, tls.get());
   std::exception_ptr failure;
   asio::co_spawn(io, fetcher.Run(), [&failure](std::exception_ptr e) { failure = std::move(e); });
-  if (options.cancel != nullptr) asio::co_spawn(io, fetcher.Watch(), asio::detached);
+  // The watcher also keeps the deadline and the minimum rate, so it runs
+  // for every fetch.
+  asio::co_spawn(io, fetcher.Watch(), asio::detached);
   io.run();
   if (failure) std::rethrow_exception(failure);
   return fetcher.Result();
@@ -910,10 +956,15 @@ Expected<DownloadInfo> Fetch(const std::string& url, std::uint64_t offset, const
                              const DownloadOptions& options) {
   // No exception crosses the module edge: allocation failures and anything a
   // sink throws become an error value.
+  // Errors leave with their URLs redacted (common/redact.h): they end up in
+  // status.json, the job history and the cloud, and a signed URL's query
+  // string is a credential.
   try {
-    return FetchImpl(url, offset, sink, options);
+    auto result = FetchImpl(url, offset, sink, options);
+    if (result) return result;
+    return Error(result.error().code(), RedactUrls(result.error().message()));
   } catch (const std::exception& e) {
-    return Error(Errc::kInternal, "downloading " + url + ": " + e.what());
+    return Error(Errc::kInternal, "downloading " + RedactUrl(url) + ": " + e.what());
   }
 }
 

@@ -32,6 +32,13 @@ struct DownloadOptions {
   std::chrono::milliseconds initial_backoff{500};
   std::chrono::milliseconds max_backoff{30000};
   int max_redirects = 5;
+  // The whole fetch, reconnects and backoff included, must end within this
+  // (kNetDeadline); zero = no deadline.
+  std::chrono::milliseconds deadline{std::chrono::hours(24)};
+  // Below min_rate bytes/s averaged over min_rate_window the fetch ends with
+  // kNetTooSlow (a server trickling one byte per stall interval); zero = off.
+  std::uint64_t min_rate = 512;
+  std::chrono::milliseconds min_rate_window{std::chrono::minutes(5)};
   const std::atomic<bool>* cancel = nullptr;  // set to stop soon with kCancelled
 };
 
@@ -61,7 +68,11 @@ using Sink = std::function<Status(std::uint64_t offset, std::span<const std::uin
 //                         start, the offset is past the end, or the file
 //                         changed between attempts
 //   kNetProtocol          a malformed or unexpected response
-//   kCancelled            options.cancel was set
+//   kNetDeadline          options.deadline passed (not retried)
+//   kNetTooSlow           fewer than min_rate * min_rate_window bytes arrived
+//                         in a min_rate_window (not retried)
+//   kCancelled            options.cancel was set; observed while waiting
+//                         for the network, not only between reads
 //   anything the sink returns, unchanged
 Expected<DownloadInfo> Fetch(const std::string& url, std::uint64_t offset, const Sink& sink,
                              const DownloadOptions& options);

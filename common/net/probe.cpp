@@ -23,6 +23,11 @@ Status ProbeEndpoint(const std::string& endpoint, const DownloadOptions& options
                      std::chrono::milliseconds deadline) {
   using Clock = std::chrono::steady_clock;
   using std::chrono::milliseconds;
+  if (endpoint.empty()) {
+    return Error(Errc::kHealthCheckFailed,
+                 "the control channel must be reachable (health.require_cloud) but no "
+                 "cloud.endpoint is configured; set cloud.endpoint or health.require_cloud: false");
+  }
   const std::string url = HttpUrl(endpoint);
   const auto end = Clock::now() + deadline;
   constexpr std::uint64_t kEnough = 64U << 10U;  // a body this long is an answer too

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -29,6 +30,10 @@ class PowerLossMount {
                                   mountpoint.string(), "--cache", cache};
     pid_ = ::fork();
     if (pid_ == 0) {
+      // A test that dies (an abort, a sanitizer report) takes its server
+      // along: SIGTERM unmounts, so that nothing is left mounted and holding
+      // the test's output pipe.
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
       std::vector<char*> argv;
       argv.reserve(args.size() + 1);
       for (auto& a : args) argv.push_back(a.data());
@@ -67,6 +72,8 @@ class PowerLossMount {
   PowerLossMount& operator=(const PowerLossMount&) = delete;
 
   [[nodiscard]] bool Available() const { return mounted_; }
+  // The server's process (a child of the test), -1 when it is not running.
+  [[nodiscard]] pid_t pid() const { return pid_; }
 
   // Sends a control line ("cut", "sync", "fail PATH OFF LEN ERRNO", "lie PATH
   // OFF LEN", "clear") and returns the reply; empty when refused.

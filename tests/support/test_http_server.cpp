@@ -76,6 +76,8 @@ struct Plan {
   std::optional<std::uint64_t> drop_after;
   std::optional<std::uint64_t> stall_after;
   milliseconds stall_for{0};
+  std::uint64_t trickle_bytes = 0;
+  milliseconds trickle_every{0};
 };
 
 }  // namespace
@@ -253,6 +255,8 @@ Plan TestHttpServer::Impl::Decide(const http::request<http::empty_body>& req) {
     ++drops_done;
     plan.drop_after = faults.drop_after;
   }
+  plan.trickle_bytes = faults.trickle_bytes;
+  plan.trickle_every = faults.trickle_every;
   if (stalls_done < faults.stall_times) {
     ++stalls_done;
     plan.stall_after = faults.stall_after;
@@ -296,6 +300,12 @@ asio::awaitable<void> TestHttpServer::Impl::Serve(Stream& stream) {
         continue;
       }
       n = std::min(n, *plan.stall_after - sent);
+    }
+    if (plan.trickle_bytes > 0) {
+      n = std::min(n, plan.trickle_bytes);
+      asio::steady_timer timer(co_await asio::this_coro::executor);
+      timer.expires_after(plan.trickle_every);
+      co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
     lowest.expires_after(kIoTimeout);
     co_await asio::async_write(

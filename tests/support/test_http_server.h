@@ -41,6 +41,8 @@ struct Faults {
   std::int64_t range_start_shift = 0;   // report start+shift in Content-Range (a lying server)
   std::string etag = "\"sag-test-1\"";  // empty: no ETag header
   std::map<std::string, std::string> redirects{};  // target -> Location (302)
+  std::uint64_t trickle_bytes = 0;                 // > 0: send the body this many bytes at a
+  std::chrono::milliseconds trickle_every{0};      // time, waiting this long before each
 };
 
 class TestHttpServer {

@@ -2,11 +2,14 @@
 // a development PKI. See docs/image-format.md.
 #include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -245,9 +248,19 @@ int Extract(const Args& a) {
   auto src = FileSource::Open(a.positional[0]);
   if (!src) return Fail(src.error());
   const auto dir = out.has_parent_path() ? out.parent_path() : std::filesystem::path(".");
-  const auto tmp = dir / ("." + out.filename().string() + ".partial");
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Fail(MakeErrno(Errc::kIo, "create " + tmp.string()));
+  // A new file of a unique name (mkostemps: O_CREAT|O_EXCL, so a symlink or
+  // any file planted in the directory is never opened, let alone truncated);
+  // it gets the payload's name only after every byte verified.
+  std::string tmp_name = (dir / ("." + out.filename().string() + ".XXXXXX.partial")).string();
+  const int fd = ::mkostemps(tmp_name.data(), static_cast<int>(std::strlen(".partial")), O_CLOEXEC);
+  if (fd < 0) return Fail(MakeErrno(Errc::kIo, "create a temporary file next to " + out.string()));
+  const std::filesystem::path tmp = tmp_name;
+  {
+    // mkostemps creates 0600; the payload gets what a plain create would.
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    (void)::fchmod(fd, 0644 & ~mask);
+  }
   ImageReader reader(**src, *trust);
   // The reader checks every chunk against its signed hash; the extracted
   // file is also checked against the signed whole-payload hash, so that what

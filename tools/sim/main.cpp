@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -77,7 +78,9 @@ commands:
       power cuts during environment writes: SIGKILL a writer process at random
       instants, on half the trials also garble the newest U-Boot copy from a
       random byte on (a write cut mid-way); each time the environment must
-      read back valid with a bootable slot. grub: the same on DIR/grubenv.
+      read back valid with a bootable slot, and (unless garbled) hold the
+      last transition the writer saw return, or the one in flight.
+      grub: the same on DIR/grubenv.
       --powerloss BIN: DIR on sag-powerloss, and every kill is followed by a
       cut of the medium that tears the write in flight
 
@@ -468,27 +471,82 @@ int StaleTemps(const Appliance& app) {
   return n;
 }
 
-// The writer: valid transitions in a loop, as fast as it can, until killed.
-// It writes one byte to stdout after its first write so the parent knows it
-// got past start-up.
+// The writer's transitions: the j-th (from 0) of its endless sequence, on
+// the control or as the state it leads to (what cut-env expects to find).
+struct WriterStep {
+  enum Kind { kMarkGood, kSetTrial, kMarkBad } kind;
+  Slot slot;
+  int attempts;
+};
+
+WriterStep WriterStepAt(std::uint64_t j) {
+  const int n = static_cast<int>(1 + (j / 5) % 9);
+  switch (j % 5) {
+    case 0:
+      return {WriterStep::kMarkGood, Slot::kA, n};
+    case 1:
+      return {WriterStep::kSetTrial, Slot::kB, 1 + (n % 9)};
+    case 2:
+      return {WriterStep::kMarkGood, Slot::kB, n};
+    case 3:
+      return {WriterStep::kMarkBad, Slot::kA, 0};
+    default:
+      return {WriterStep::kSetTrial, Slot::kA, n};
+  }
+}
+
+Expected<sag::platform::BootState> StateAfter(const sag::platform::BootState& s, std::uint64_t j) {
+  const WriterStep w = WriterStepAt(j);
+  switch (w.kind) {
+    case WriterStep::kMarkGood:
+      return sag::platform::StateAfterMarkGood(s, w.slot, w.attempts);
+    case WriterStep::kSetTrial:
+      return sag::platform::StateAfterSetTrial(s, w.slot, w.attempts);
+    default:
+      return sag::platform::StateAfterMarkBad(s, w.slot);
+  }
+}
+
+// The writer: the transitions above in a loop, as fast as it can, until
+// killed. It writes one byte to stdout after each one returned (so the parent
+// knows it got past start-up, and which writes it must find after a cut).
 Expected<int> CmdEnvWriter(const Args& a) {
   if (a.positional.size() != 1) return Error(Errc::kInvalidArgument, "env-writer needs DIR");
   Appliance app(a.positional[0]);
   SAG_TRY_STATUS(app.Load());
   SAG_TRY(auto env, OpenEnv(app, Get(a, "backend", "uboot")));
   sag::platform::EnvBootControl control(std::move(env), app.Path("cmdline"), "sag.slot");
-  for (unsigned i = 0;; ++i) {
-    const int n = static_cast<int>(1 + i % 9);
-    SAG_TRY_STATUS(control.MarkGood(Slot::kA, n));
-    SAG_TRY_STATUS(control.SetTrial(Slot::kB, 1 + (n % 9)));
-    SAG_TRY_STATUS(control.MarkGood(Slot::kB, n));
-    SAG_TRY_STATUS(control.MarkBad(Slot::kA));
-    SAG_TRY_STATUS(control.SetTrial(Slot::kA, n));
-    if (i == 0) {
-      std::fputs("w", stdout);
-      std::fflush(stdout);
+  for (std::uint64_t j = 0;; ++j) {
+    const WriterStep w = WriterStepAt(j);
+    switch (w.kind) {
+      case WriterStep::kMarkGood:
+        SAG_TRY_STATUS(control.MarkGood(w.slot, w.attempts));
+        break;
+      case WriterStep::kSetTrial:
+        SAG_TRY_STATUS(control.SetTrial(w.slot, w.attempts));
+        break;
+      case WriterStep::kMarkBad:
+        SAG_TRY_STATUS(control.MarkBad(w.slot));
+        break;
     }
+    if (::write(STDOUT_FILENO, "o", 1) != 1) return 1;
   }
+}
+
+// The states a cut may leave after the writer started from `start` and
+// completed `done` transitions: the last one that returned, or the one in
+// flight if it reached the medium. A write that returned and is gone is a
+// missing sync. (Not checked when the newest copy was garbled on purpose:
+// that throws away the last write, and the older copy may be older still.)
+Expected<std::vector<std::string>> StatesAfterCut(const sag::platform::BootState& start,
+                                                  std::uint64_t done) {
+  sag::platform::BootState s = start;
+  for (std::uint64_t j = 0; j < done; ++j) {
+    SAG_TRY(s, StateAfter(s, j));
+  }
+  std::vector<std::string> allowed{sag::platform::DescribeState(s)};
+  if (auto next = StateAfter(s, done)) allowed.push_back(sag::platform::DescribeState(*next));
+  return allowed;
 }
 
 // Garbles the newest copy (higher flag byte) from a random byte to its end.
@@ -533,6 +591,8 @@ Expected<int> CmdCutEnv(const Args& a) {
   std::uint64_t valid = 0;
   std::uint64_t torn = 0;
   for (std::uint64_t t = 1; t <= trials; ++t) {
+    SAG_TRY(const auto start_vars, env->Load());
+    SAG_TRY(const auto start, sag::platform::ParseBootVars(start_vars, env->name()));
     int pipefd[2];
     if (::pipe2(pipefd, O_CLOEXEC) != 0) return sag::MakeErrno(Errc::kIo, "pipe");
     std::fflush(stdout);
@@ -550,13 +610,21 @@ Expected<int> CmdCutEnv(const Args& a) {
     pollfd pfd{pipefd[0], POLLIN, 0};
     char c = 0;
     const bool ready = ::poll(&pfd, 1, 20000) == 1 && ::read(pipefd[0], &c, 1) == 1;
-    ::close(pipefd[0]);
     const auto delay = std::uniform_int_distribution<std::uint64_t>(0, max_us)(rng);
     if (ready) std::this_thread::sleep_for(std::chrono::microseconds(delay));
     ::kill(pid, SIGKILL);
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
+    // Every transition the writer saw return (the writer is gone: EOF ends it).
+    std::uint64_t done = ready ? 1 : 0;
+    for (char buf[4096]; ready;) {
+      const ssize_t n = ::read(pipefd[0], buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      done += static_cast<std::uint64_t>(n);
+    }
+    ::close(pipefd[0]);
     std::string what = "writer killed after " + std::to_string(delay) + " us";
     if (medium) {
       SAG_TRY(const auto figures, medium->Cut());
@@ -573,16 +641,26 @@ Expected<int> CmdCutEnv(const Args& a) {
       Say("cut-env trial " + std::to_string(t) + ": " + what + ": stale temporary files pile up");
       continue;
     }
-    if (!grub && rng() % 2 == 0) {
+    const bool garble = !grub && rng() % 2 == 0;
+    if (garble) {
       int copy = 0;
       SAG_TRY_STATUS(TearNewest(app, rng, copy));
       what += ", newest copy (" + std::to_string(copy) + ") garbled";
       ++torn;
     }
+    what += ", " + std::to_string(done) + " writes returned";
     auto vars = env->Load();
     auto state = vars ? sag::platform::ParseBootVars(*vars, env->name())
                       : Expected<sag::platform::BootState>(vars.error());
-    if (state && state->NextBoot()) {
+    SAG_TRY(const auto allowed, StatesAfterCut(start, done));
+    const std::string found = state ? sag::platform::DescribeState(*state) : std::string();
+    if (state && !garble && std::find(allowed.begin(), allowed.end(), found) == allowed.end()) {
+      std::string line = "cut-env trial " + std::to_string(t) + ": " + what;
+      line.append(": INVALID: ").append(found);
+      line.append(" after the cut, but the last write that returned left ").append(allowed.front());
+      line.append(" (a write that returned was lost: a missing sync)");
+      Say(line);
+    } else if (state && state->NextBoot()) {
       ++valid;
       if (t % 10 == 0 || t == 1)
         Say("cut-env trial " + std::to_string(t) + ": " + what + ": " +

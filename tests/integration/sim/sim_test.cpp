@@ -157,7 +157,9 @@ TEST_F(SimTest, PowerCutKillsTheAgentAndBootsAgainWithANewBootId) {
 }
 
 // On sag-powerloss (docs/power-loss.md): every kill is followed by a cut of
-// the medium that loses what the writer did not sync and tears its last write.
+// the medium that loses what the writer did not sync and tears its last write;
+// every write the writer saw return must still be there (red with fsync made
+// a no-op: "a write that returned was lost").
 TEST_F(SimTest, PowerCutsDuringEnvironmentWritesLeaveAValidEnvironment) {
   const Out o = Sim({"cut-env", dev_.string(), "--trials", "100", "--seed", "1", "--powerloss",
                      SAG_POWERLOSS_BIN},

@@ -102,7 +102,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"missing-key.yaml", Errc::kConfigMissingKey, "6:3", "identity.serial_number"},
         BadCase{"bad-level.yaml", Errc::kConfigRange, "59:10", "log level"},
         BadCase{"relative-path.yaml", Errc::kConfigRange, "17:12", "absolute path"},
-        BadCase{"bad-endpoint.yaml", Errc::kConfigRange, "11:13", "wss://"}),
+        BadCase{"bad-endpoint.yaml", Errc::kConfigRange, "11:13", "wss://"},
+        BadCase{"require-cloud-no-endpoint.yaml", Errc::kConfigMissingKey, "47:18",
+                "cloud.endpoint"}),
     [](const auto& test_info) {
       std::string name = test_info.param.file;
       name = name.substr(0, name.find('.'));
@@ -111,11 +113,63 @@ INSTANTIATE_TEST_SUITE_P(
       return name;
     });
 
+// The cloud check after a trial boot needs an endpoint to reach: without
+// one every upgrade would roll back.
+TEST(Config, RequireCloudNeedsAnEndpoint) {
+  const std::string ok = kMinimal;
+  auto c = ParseConfig(ok + "health: {require_cloud: true}\n", "rc.yaml");
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().code(), Errc::kConfigMissingKey) << c.error().ToString();
+  EXPECT_EQ(c.error().message().rfind("rc.yaml:8:", 0), 0U) << c.error().message();
+  EXPECT_NE(c.error().message().find("cloud.endpoint"), std::string::npos) << c.error().message();
+  EXPECT_NE(c.error().message().find("require_cloud: false"), std::string::npos)
+      << c.error().message();
+  auto with = ParseConfig(ok + "cloud: {endpoint: \"wss://cloud.example/device/v1\"}\n" +
+                              "health: {require_cloud: true}\n",
+                          "rc.yaml");
+  ASSERT_TRUE(with) << with.error().ToString();
+  EXPECT_TRUE(with->health.require_cloud);
+  auto off = ParseConfig(ok + "health: {require_cloud: false}\n", "rc.yaml");
+  ASSERT_TRUE(off) << off.error().ToString();
+}
+
 TEST(Config, MissingFileSaysWhatToDo) {
   auto c = LoadConfig("/nonexistent/agent.yaml");
   ASSERT_FALSE(c);
   EXPECT_EQ(c.error().code(), Errc::kConfigMissing);
   EXPECT_NE(c.error().message().find("/nonexistent/agent.yaml"), std::string::npos);
+}
+
+// The download's overall deadline and minimum rate (docs/download.md).
+TEST(Config, DownloadDeadlineAndMinimumRate) {
+  const std::string ok = kMinimal;
+  auto defaults = ParseConfig(ok, "d.yaml");
+  ASSERT_TRUE(defaults) << defaults.error().ToString();
+  EXPECT_EQ(defaults->download.deadline, std::chrono::seconds(86400));
+  EXPECT_EQ(defaults->download.min_rate, 512U);
+  EXPECT_EQ(defaults->download.min_rate_window, std::chrono::seconds(300));
+  auto set = ParseConfig(
+      ok + "download: {deadline_s: 3600, min_rate: 4096, min_rate_window_s: 60}\n", "d.yaml");
+  ASSERT_TRUE(set) << set.error().ToString();
+  EXPECT_EQ(set->download.deadline, std::chrono::seconds(3600));
+  EXPECT_EQ(set->download.min_rate, 4096U);
+  EXPECT_EQ(set->download.min_rate_window, std::chrono::seconds(60));
+  auto off = ParseConfig(ok + "download: {deadline_s: 0, min_rate: 0}\n", "d.yaml");
+  ASSERT_TRUE(off) << off.error().ToString();
+  EXPECT_EQ(off->download.deadline, std::chrono::seconds(0));
+  EXPECT_EQ(off->download.min_rate, 0U);
+  const std::pair<std::string, Errc> bad[] = {
+      {"download: {deadline_s: -1}\n", Errc::kConfigRange},
+      {"download: {deadline_s: soon}\n", Errc::kConfigType},
+      {"download: {min_rate: -5}\n", Errc::kConfigRange},
+      {"download: {min_rate_window_s: 0}\n", Errc::kConfigRange},
+      {"download: {min_rate_window_s: 86401}\n", Errc::kConfigRange},
+  };
+  for (const auto& [yaml, code] : bad) {
+    auto c = ParseConfig(ok + yaml, "d.yaml");
+    ASSERT_FALSE(c) << yaml;
+    EXPECT_EQ(c.error().code(), code) << yaml << c.error().ToString();
+  }
 }
 
 TEST(Config, InlineBadCases) {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <thread>
 
+#include "common/atomic_file.h"
 #include "tests/support/temp_dir.h"
 
 namespace sag::agent {
@@ -44,6 +45,29 @@ TEST(StatusWriter, AnUpdateTakesInWhatWasPostedBeforeIt) {
   writer.Post({{"state", "busy"}});
   ASSERT_TRUE(writer.Update({{"state", "idle again"}}));
   EXPECT_EQ((*StatusFile(dir / "status.json").Read())["state"], "idle again");
+}
+
+// status.json is world-readable: a signed URL's query string and userinfo
+// never reach it, wherever in the document they are.
+TEST(StatusWriter, RedactsSignedUrlsEverywhere) {
+  test::TempDir dir;
+  StatusWriter writer(dir / "status.json");
+  const std::string url = "https://ops:pw@oss.example/img/1.0.1.sagimg?Expires=1&Signature=s3cr3t";
+  writer.Post({{"last", {{"source", url}}}});
+  ASSERT_TRUE(writer.Update(
+      {{"job",
+        {{"source", url},
+         {"error", {{"code", 503}, {"message", "gave up downloading " + url + " at byte 0"}}}}},
+       {"history", {{{"source", url}}}}}));
+  auto text = ReadFile(dir / "status.json");
+  ASSERT_TRUE(text) << text.error().ToString();
+  EXPECT_EQ(text->find("s3cr3t"), std::string::npos) << *text;
+  EXPECT_EQ(text->find("ops:pw"), std::string::npos) << *text;
+  EXPECT_EQ(text->find("Expires"), std::string::npos) << *text;
+  auto doc = StatusFile(dir / "status.json").Read();
+  ASSERT_TRUE(doc) << doc.error().ToString();
+  EXPECT_EQ((*doc)["job"]["source"], "https://<redacted>@oss.example/img/1.0.1.sagimg?<redacted>");
+  EXPECT_EQ((*doc)["job"]["error"]["code"], 503);
 }
 
 TEST(StatusWriter, WritesWhatIsStillPostedWhenItGoes) {

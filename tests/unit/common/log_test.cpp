@@ -32,11 +32,11 @@ TEST(ScrubLogText, DropsTheQueryOfSignedUrls) {
 
 TEST(ScrubLogText, DropsUserinfo) {
   EXPECT_EQ(ScrubLogText("GET https://admin:s3cret@10.0.0.1:8443/images/a"),
-            "GET https://10.0.0.1:8443/images/a");
-  EXPECT_EQ(ScrubLogText("wss://token@h"), "wss://h");
+            "GET https://<redacted>@10.0.0.1:8443/images/a");
+  EXPECT_EQ(ScrubLogText("wss://token@h"), "wss://<redacted>@h");
   // An '@' in the path is not userinfo.
   EXPECT_EQ(ScrubLogText("https://h/a@b"), "https://h/a@b");
-  EXPECT_EQ(ScrubLogText("https://u:p@h/a?q=1"), "https://h/a?<redacted>");
+  EXPECT_EQ(ScrubLogText("https://u:p@h/a?q=1"), "https://<redacted>@h/a?<redacted>");
 }
 
 TEST(ScrubLogText, KeepsEachMessageOnOneLine) {
@@ -67,7 +67,7 @@ TEST(LogFormatter, JournalLinesCarryThePriorityAndAreScrubbed) {
             "<4>job j-1 Downloading: retry\n");
   EXPECT_EQ(LogThrough(LogStyle::kJournal, spdlog::level::err,
                        "job j-1 Failed: https://u:p@h/x.img?Signature=s3cret\noutput"),
-            "<3>job j-1 Failed: https://h/x.img?<redacted>\\noutput\n");
+            "<3>job j-1 Failed: https://<redacted>@h/x.img?<redacted>\\noutput\n");
   EXPECT_EQ(LogThrough(LogStyle::kJournal, spdlog::level::critical, "x"), "<2>x\n");
   EXPECT_EQ(LogThrough(LogStyle::kJournal, spdlog::level::debug, "x"), "<7>x\n");
 }

@@ -1,6 +1,10 @@
 #include "common/process.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+
+#include <cstdint>
+#include <string>
 
 namespace sag {
 namespace {
@@ -45,6 +49,32 @@ TEST(Process, PassesEnvironmentAndCapsOutput) {
   EXPECT_EQ(r->exit_code, 0);
   EXPECT_EQ(r->output.size(), 10U);
   EXPECT_EQ(r->output.substr(0, 5), "hello");
+}
+
+// The daemon blocks SIGTERM and SIGINT (it waits for them on a signalfd) and
+// may ignore others; a command it starts must get the default mask and
+// dispositions, or `timeout` in a health check and an engine started by a
+// hook cannot be stopped with SIGTERM. The child reports its own mask.
+TEST(Process, ChildStartsWithDefaultSignalMaskAndDispositions) {
+  sigset_t block;
+  sigset_t old_mask;
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM);
+  sigaddset(&block, SIGINT);
+  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &block, &old_mask), 0);
+  struct sigaction ignore {};
+  struct sigaction old_hup {};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(sigaction(SIGHUP, &ignore, &old_hup), 0);
+
+  auto r = RunCommand({"grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"});
+
+  ASSERT_EQ(sigaction(SIGHUP, &old_hup, nullptr), 0);
+  ASSERT_EQ(pthread_sigmask(SIG_SETMASK, &old_mask, nullptr), 0);
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->exit_code, 0) << r->output;
+  EXPECT_NE(r->output.find("SigBlk:\t0000000000000000\n"), std::string::npos) << r->output;
+  EXPECT_NE(r->output.find("SigIgn:\t0000000000000000\n"), std::string::npos) << r->output;
 }
 
 TEST(Process, EmptyArgvIsAnError) { EXPECT_FALSE(RunCommand({})); }

@@ -60,6 +60,9 @@ inline ::testing::AssertionResult IsCompleteDb(const std::filesystem::path& dir,
   return ::testing::AssertionSuccess();
 }
 
+// The hardware model of the simulated appliance and of the test packages.
+inline constexpr std::string_view kModel = "sag-1000";
+
 class DpiEnv {
  public:
   // In a fresh temp dir, removed afterwards.
@@ -71,6 +74,7 @@ class DpiEnv {
 
   void Init() {
     std::filesystem::create_directories(engine_state());
+    options_.model = std::string(kModel);
     options_.store = dir_ / "store";
     options_.journal = dir_ / "dpi-job.json";
     options_.keep = 2;
@@ -116,8 +120,9 @@ class DpiEnv {
                               const std::string& payload, bool allow_downgrade = false) {
     auto installer = MakeInstaller();
     BufferSource src(payload, 4096);
-    return installer.Install({job, version, allow_downgrade},
-                             {image::ImageType::kDpi, version, payload.size()}, src);
+    return installer.Install(
+        {job, version, allow_downgrade},
+        {image::ImageType::kDpi, version, payload.size(), {std::string(kModel)}}, src);
   }
 
  private:

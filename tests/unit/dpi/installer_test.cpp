@@ -90,7 +90,8 @@ TEST_F(InstallerTest, AJobIdOfferedAgainIsAnsweredNotRun) {
   InstallV1();
   auto installer = env_.MakeInstaller();
   test::BufferSource src(MakeDb(kV2), 4096);
-  auto again = installer.Install({"job-1", kV2, false}, {image::ImageType::kDpi, kV2, 1}, src);
+  auto again = installer.Install(
+      {"job-1", kV2, false}, {image::ImageType::kDpi, kV2, 1, {std::string(test::kModel)}}, src);
   ASSERT_TRUE(again);
   EXPECT_TRUE(again->replayed);
   EXPECT_EQ(again->state, JobState::kCommitted);
@@ -98,7 +99,8 @@ TEST_F(InstallerTest, AJobIdOfferedAgainIsAnsweredNotRun) {
   EXPECT_EQ(src.calls(), 0);
   // Still answered once it moved to the history.
   ASSERT_TRUE(env_.Install("job-2", kV2, MakeDb(kV2))->ok());
-  auto old = installer.Install({"job-1", kV3, false}, {image::ImageType::kDpi, kV3, 1}, src);
+  auto old = installer.Install({"job-1", kV3, false},
+                               {image::ImageType::kDpi, kV3, 1, {std::string(test::kModel)}}, src);
   ASSERT_TRUE(old);
   EXPECT_TRUE(old->replayed);
   EXPECT_EQ(old->version, kV1);
@@ -122,14 +124,63 @@ TEST_F(InstallerTest, RefusesOlderAndSameVersionsUnlessDowngradeAllowed) {
   ExpectPreviousActive(kV1);
 }
 
+// An active database whose name is not a DPI version (put there by hand or
+// by a factory image) cannot be compared: refused unless allow_downgrade.
+TEST_F(InstallerTest, UnparsableActiveVersionRefusesUnlessDowngradeAllowed) {
+  InstallV1();
+  const auto store = env_.store();
+  fs::copy(store / "versions" / kV1, store / "versions" / "factory-12",
+           fs::copy_options::recursive);
+  fs::remove(store / "current");
+  fs::create_directory_symlink("versions/factory-12", store / "current");
+  auto r = env_.Install("job-2", kV2, MakeDb(kV2));
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->code(), Errc::kVersionUnparsable) << r->error->ToString();
+  EXPECT_EQ(r->failed_in, JobState::kVerifying);
+  EXPECT_NE(r->error->message().find("factory-12"), std::string::npos) << r->error->message();
+  EXPECT_NE(r->error->message().find("allow_downgrade"), std::string::npos) << r->error->message();
+  EXPECT_EQ(*env_.MakeInstaller().CurrentVersion(), "factory-12");
+  auto allowed = env_.Install("job-3", kV2, MakeDb(kV2), /*allow_downgrade=*/true);
+  ASSERT_TRUE(allowed && allowed->ok()) << allowed->error->ToString();
+}
+
 TEST_F(InstallerTest, RefusesAWrongPackageType) {
   InstallV1();
   auto installer = env_.MakeInstaller();
   test::BufferSource src(MakeDb(kV2));
-  auto r = installer.Install({"job-2", kV2, false}, {image::ImageType::kDevice, kV2, 100}, src);
+  auto r =
+      installer.Install({"job-2", kV2, false},
+                        {image::ImageType::kDevice, kV2, 100, {std::string(test::kModel)}}, src);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->state, JobState::kFailed);
   EXPECT_EQ(r->error->code(), Errc::kWrongType);
+  EXPECT_EQ(src.calls(), 0);
+  ExpectPreviousActive();
+}
+
+// A database signed for other models is refused as the Device path refuses
+// an image for another model, before a byte is read or staged.
+TEST_F(InstallerTest, RefusesAPackageForAnotherModel) {
+  InstallV1();
+  auto installer = env_.MakeInstaller();
+  test::BufferSource src(MakeDb(kV2));
+  auto r = installer.Install({"job-2", kV2, false},
+                             {image::ImageType::kDpi, kV2, 100, {"sag-100wm", "sag-3000"}}, src);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->code(), Errc::kIncompatibleModel) << r->error->ToString();
+  EXPECT_EQ(r->failed_in, JobState::kVerifying);
+  EXPECT_NE(r->error->message().find("sag-100wm, sag-3000"), std::string::npos)
+      << r->error->message();
+  EXPECT_NE(r->error->message().find("sag-1000"), std::string::npos) << r->error->message();
+  EXPECT_EQ(src.calls(), 0);
+  auto none = installer.Install({"job-3", kV2, false}, {image::ImageType::kDpi, kV2, 100, {}}, src);
+  ASSERT_TRUE(none);
+  ASSERT_TRUE(none->error);
+  EXPECT_EQ(none->error->code(), Errc::kIncompatibleModel);
   EXPECT_EQ(src.calls(), 0);
   ExpectPreviousActive();
 }
@@ -145,7 +196,8 @@ TEST_F(InstallerTest, RefusesWhenTheStoreLacksSpace) {
 TEST_F(InstallerTest, RefusesAJobWhoseVersionDiffersFromThePackage) {
   auto installer = env_.MakeInstaller();
   test::BufferSource src(MakeDb(kV2));
-  auto r = installer.Install({"job-x", kV3, false}, {image::ImageType::kDpi, kV2, 100}, src);
+  auto r = installer.Install({"job-x", kV3, false},
+                             {image::ImageType::kDpi, kV2, 100, {std::string(test::kModel)}}, src);
   EXPECT_EQ(r->error->code(), Errc::kInvalidArgument);
 }
 
@@ -253,7 +305,9 @@ TEST_F(InstallerTest, SourceErrorFailsCleanly) {
   auto installer = env_.MakeInstaller();
   test::BufferSource src(MakeDb(kV2), 1024);
   src.FailAt(4096);
-  auto r = installer.Install({"job-2", kV2, false}, {image::ImageType::kDpi, kV2, src.size()}, src);
+  auto r = installer.Install({"job-2", kV2, false},
+                             {image::ImageType::kDpi, kV2, src.size(), {std::string(test::kModel)}},
+                             src);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->error->code(), Errc::kChunkHashMismatch);
   ExpectPreviousActive();

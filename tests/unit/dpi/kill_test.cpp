@@ -1,11 +1,20 @@
-// SIGKILL at random instants across the whole install flow, then Resume():
-// the invariant is exactly one complete database active (`current`), the
-// engine loaded from it, nothing left in staging, the job in a terminal state.
+// Power cuts at random instants across the whole install flow, then
+// Resume(): the invariant is exactly one complete database active (`current`),
+// the engine loaded from it, nothing left in staging, the job in a terminal
+// state, and that outcome still there after one more cut.
+//
+// The DPI store, the journal and the engine's state live on sag-powerloss
+// (tools/powerloss, docs/power-loss.md): a cut is a SIGKILL of the install
+// and of the hooks it started, then a torn cut of the medium, which loses
+// every byte and directory entry not made durable (by fsync, a directory
+// fsync, or syncfs: the driver forwards it to the medium). The engine then
+// starts again as at power-on: it loads what `current` points at. Without
+// FUSE (no /dev/fuse, not root) the cut is a SIGKILL only, as it says.
 //
 // The install runs in a child process (sag-dpi-test-driver), slowed down (a payload source that
-// sleeps 1 ms per 2 KiB chunk; the hooks are real processes) so that kills
-// spread over every stage; kill instants sweep the measured duration of one
-// install. SAG_DPI_KILLS sets the number of kills (100; the long variant
+// sleeps 1 ms per 2 KiB chunk; the hooks are real processes) so that cuts
+// spread over every stage; cut instants sweep the measured duration of one
+// install. SAG_DPI_KILLS sets the number of cuts (100; the long variant
 // registered under SAG_LONG_TESTS runs 2000).
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -23,6 +32,8 @@
 #include <thread>
 
 #include "common/journal.h"
+#include "common/process.h"
+#include "tests/support/powerloss_mount.h"
 #include "tests/unit/dpi/dpi_env.h"
 
 extern "C" char** environ;  // NOLINT(readability-redundant-declaration)
@@ -39,7 +50,8 @@ using test::MakeDb;
 
 // The hooks a killed agent left running are reparented to this process (a
 // subreaper); kill them as systemd's control-group kill would, and reap them.
-void KillOrphans() {
+// `keep` is the medium's server, a child too.
+void KillOrphans(pid_t keep) {
   for (int round = 0; round < 100; ++round) {
     std::vector<pid_t> children;
     for (const auto& e : fs::directory_iterator("/proc")) {
@@ -54,7 +66,7 @@ void KillOrphans() {
       char st = 0;
       pid_t ppid = 0;
       rest >> st >> ppid;
-      if (ppid == ::getpid()) children.push_back(std::stoi(name));
+      if (ppid == ::getpid() && std::stoi(name) != keep) children.push_back(std::stoi(name));
     }
     if (children.empty()) return;
     for (pid_t c : children) ::kill(c, SIGKILL);
@@ -65,9 +77,10 @@ void KillOrphans() {
 // Starts the driver for one install; returns its pid. posix_spawn, not
 // fork: a fork of this (large, sanitized) test process costs more than the
 // install itself.
-pid_t SpawnInstall(DpiEnv& env, const std::string& job, const std::string& version,
-                   const std::string& payload) {
-  const auto file = env.path() / "payload.tar";
+// `control` is the medium's control file, empty when there is none.
+pid_t SpawnInstall(DpiEnv& env, const fs::path& scratch, const std::string& control,
+                   const std::string& job, const std::string& version, const std::string& payload) {
+  const auto file = scratch / "payload.tar";
   EXPECT_TRUE(WriteFileAtomic(file, payload));
   std::vector<std::string> args = {SAG_DPI_TEST_DRIVER, env.path().string(), job, version,
                                    file.string()};
@@ -75,9 +88,27 @@ pid_t SpawnInstall(DpiEnv& env, const std::string& job, const std::string& versi
   argv.reserve(args.size() + 1);
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  std::string control_var = "SAG_POWERLOSS_CONTROL=" + control;
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
+  if (!control.empty()) envp.push_back(control_var.data());
+  envp.push_back(nullptr);
   pid_t pid = -1;
-  EXPECT_EQ(::posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ), 0);
+  EXPECT_EQ(::posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), envp.data()), 0);
   return pid;
+}
+
+// The engine at power-on: it loads the database `current` points at.
+void EngineStarts(DpiEnv& env) {
+  auto r = RunCommand({SAG_FAKE_DPI_ENGINE, "--state", env.engine_state().string(), "--db",
+                       (env.store() / "current").string(), "reload"});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->exit_code, 0) << r->output;
+}
+
+std::uint64_t FieldOf(const std::string& reply, const std::string& key) {
+  const auto at = reply.find(key + "=");
+  return at == std::string::npos ? 0 : std::stoull(reply.substr(at + key.size() + 1));
 }
 
 std::string JournalState(const DpiEnv& env, const std::string& job) {
@@ -92,13 +123,38 @@ TEST(DpiKill, RandomInstantsEndWithOneCompleteDatabaseActive) {
   int kills = 100;
   if (const char* k = std::getenv("SAG_DPI_KILLS"); k != nullptr) kills = std::atoi(k);
   ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
-  DpiEnv env;
+  sag::test::TempDir scratch;
+  const fs::path medium = scratch / "medium";
+  fs::create_directories(medium);
+  const sag::test::PowerLossMount mount(SAG_POWERLOSS_BIN, medium, medium);
+  const bool powerloss = mount.Available();
+  const std::string control = powerloss ? (medium / ".sag-powerloss").string() : std::string();
+  std::printf("%s\n", powerloss ? "cuts on sag-powerloss: unsynced data and entries are lost"
+                                : "no FUSE here (needs /dev/fuse and root): cuts are SIGKILLs "
+                                  "only, a missing fsync goes unnoticed");
+  DpiEnv env(medium);
   int n = 1;
   {
     auto r = env.Install("job-1", DpiVersion(n), MakeDb(DpiVersion(n)));
     ASSERT_TRUE(r && r->ok());
   }
+  // The appliance as installed: all of it on the medium.
+  if (powerloss) {
+    ASSERT_FALSE(mount.Control("sync").empty());
+  }
   std::string active = DpiVersion(n++);
+  std::uint64_t bytes_lost = 0, entries_lost = 0, torn = 0;
+  // A cut of the medium (torn: the write in flight keeps a prefix of its
+  // sectors), then the engine's power-on; nothing without the medium.
+  auto cut = [&](bool tear) {
+    if (!powerloss) return;
+    const std::string reply = mount.Control(tear ? "cut torn" : "cut");
+    ASSERT_FALSE(reply.empty()) << "the medium refused the cut";
+    bytes_lost += FieldOf(reply, "bytes_lost");
+    entries_lost += FieldOf(reply, "entries_lost");
+    torn += FieldOf(reply, "torn");
+    EngineStarts(env);
+  };
 
   // An uninterrupted install gives the duration that the kills sweep; it is
   // measured again every 20 kills, as the machine's load changes.
@@ -106,7 +162,7 @@ TEST(DpiKill, RandomInstantsEndWithOneCompleteDatabaseActive) {
   auto calibrate = [&] {
     const auto v = DpiVersion(n++);
     const auto start = Clock::now();
-    const pid_t pid = SpawnInstall(env, "calibrate-" + v, v, MakeDb(v));
+    const pid_t pid = SpawnInstall(env, scratch.path(), control, "calibrate-" + v, v, MakeDb(v));
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
     total = Clock::now() - start;
@@ -133,14 +189,17 @@ TEST(DpiKill, RandomInstantsEndWithOneCompleteDatabaseActive) {
     // past 1.0 the install usually finished, which covers Committed too.
     const double at = 1.15 * ((i * 7) % 20 + jitter(rng)) / 20.0;
     const auto delay = std::chrono::duration_cast<Clock::duration>(total * at);
-    const pid_t pid = SpawnInstall(env, job, version, MakeDb(version, /*zstd=*/i % 2 == 1));
+    const pid_t pid = SpawnInstall(env, scratch.path(), control, job, version,
+                                   MakeDb(version, /*zstd=*/i % 2 == 1));
     std::this_thread::sleep_for(delay);
     ::kill(pid, SIGKILL);
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-    KillOrphans();
+    KillOrphans(mount.pid());
     const auto state = JournalState(env, job);
     ++landed[WIFSIGNALED(status) ? state : "Finished"];
+    cut(/*tear=*/true);
+    if (HasFatalFailure()) return;
 
     auto installer = env.MakeInstaller();
     auto r = installer.Resume();
@@ -172,12 +231,29 @@ TEST(DpiKill, RandomInstantsEndWithOneCompleteDatabaseActive) {
       ++versions;
     }
     ASSERT_LE(versions, 2U);
+    // What Resume() decided is durable: it is all still there after one more
+    // cut (and the engine's power-on).
+    if (powerloss) {
+      cut(/*tear=*/false);
+      if (HasFatalFailure()) return;
+      EXPECT_EQ(JournalState(env, res.job_id), JobStateName(res.state));
+      auto after = installer.CurrentVersion();
+      ASSERT_TRUE(after) << after.error().ToString();
+      ASSERT_EQ(*after, *cur);
+      ASSERT_TRUE(IsCompleteDb(env.store() / "current", *cur));
+      ASSERT_EQ(env.EngineLoaded(), *cur);
+      ASSERT_TRUE(fs::is_empty(env.store() / "staging"));
+    }
     if (*cur == version) ++committed;
     active = *cur;
   }
   std::string summary;
   for (const auto& [state, count] : landed) summary += state + "=" + std::to_string(count) + " ";
-  std::printf("%d kills landed in: %s; %d of them committed\n", kills, summary.c_str(), committed);
+  std::printf(
+      "%d cuts landed in: %s; %d of them committed; the medium lost %llu unsynced bytes "
+      "and %llu directory entries, %llu writes torn\n",
+      kills, summary.c_str(), committed, static_cast<unsigned long long>(bytes_lost),
+      static_cast<unsigned long long>(entries_lost), static_cast<unsigned long long>(torn));
   // The sweep must have reached the stages on both sides of the swap.
   for (const auto* s : {"Staging", "Validating", "Reloading", "Confirming"}) {
     EXPECT_GE(landed[s], 1) << "no kill landed in " << s << ": " << summary;

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "common/atomic_file.h"
+#include "tests/support/powerloss_mount.h"
 #include "tests/support/temp_dir.h"
 
 namespace sag::dpi {
@@ -103,6 +104,49 @@ TEST(DpiStore, PruneKeepsCurrentPreviousAndNewest) {
   EXPECT_EQ(list, (std::vector<std::string>{kV1, kV2}));
   ASSERT_TRUE(store.Prune(1, kV1));
   EXPECT_EQ(*store.List(), std::vector<std::string>{kV2});
+}
+
+std::string CurrentOf(const Store& store) {
+  auto c = store.Current();
+  if (!c) return c.error().ToString();
+  return c->value_or("(none)");
+}
+
+// On sag-powerloss (docs/power-loss.md), where a cut loses every directory
+// entry whose directory was not fsynced: each step of the store is durable
+// when it returns, so a cut right after it keeps it (red without the fsync
+// of the store's root after the swap of `current`, for one).
+TEST(DpiStore, EveryStepIsDurableWhenItReturns) {
+  sag::test::TempDir dir;
+  fs::create_directories(dir / "mnt");
+  const sag::test::PowerLossMount mount(SAG_POWERLOSS_BIN, dir / "mnt", dir / "mnt");
+  if (!mount.Available()) GTEST_SKIP() << "no FUSE here (needs /dev/fuse and root)";
+  const auto cut = [&mount] { return !mount.Control("cut").empty(); };
+  Store store(dir / "mnt" / "dpi");
+  ASSERT_TRUE(store.Init());
+  // Init makes no promise (it runs at every start and creates what is
+  // missing): the test starts from a store on the medium.
+  ASSERT_FALSE(mount.Control("sync").empty());
+  ASSERT_NO_FATAL_FAILURE(Stage(store, kV1));
+  ASSERT_TRUE(cut());
+  auto promoted = ReadFile(store.root() / "versions" / kV1 / "version");
+  ASSERT_TRUE(promoted) << "the promoted version was lost by the cut: "
+                        << promoted.error().ToString();
+  EXPECT_EQ(*promoted, kV1 + "\n");
+  EXPECT_TRUE(fs::is_empty(store.root() / "staging"));
+  ASSERT_TRUE(store.Activate(kV1));
+  ASSERT_TRUE(cut());
+  EXPECT_EQ(CurrentOf(store), kV1) << "the first activation was lost by the cut";
+  ASSERT_NO_FATAL_FAILURE(Stage(store, kV2));
+  ASSERT_TRUE(store.Activate(kV2));
+  ASSERT_TRUE(cut());
+  EXPECT_EQ(CurrentOf(store), kV2) << "the swap to " << kV2 << " was lost by the cut";
+  ASSERT_TRUE(store.Remove(kV1));
+  ASSERT_TRUE(cut());
+  EXPECT_FALSE(fs::exists(store.root() / "versions" / kV1)) << "the removal came back";
+  ASSERT_TRUE(store.Activate(std::nullopt));
+  ASSERT_TRUE(cut());
+  EXPECT_EQ(CurrentOf(store), "(none)") << "the deactivation was lost by the cut";
 }
 
 }  // namespace

@@ -159,6 +159,18 @@ class Images {
       text += "line " + std::to_string(i) + " of a compressible root file system\n";
     }
     Make("1.0.5", text, image::ImageType::kDevice, {"sag-1000"}, "text");
+    // v102 with another, intact tar header (mode 0755, checksum recomputed):
+    // the same signed content in another file (ImageNonCanonical).
+    std::string bytes = *ReadFile(Image("v102"));
+    bytes.replace(100, 7, "000755 ");
+    unsigned sum = 0;
+    for (std::size_t i = 0; i < 512; ++i) {
+      sum += (i >= 148 && i < 156) ? ' ' : static_cast<unsigned char>(bytes[i]);
+    }
+    char field[8];
+    std::snprintf(field, sizeof field, "%06o", sum);
+    bytes.replace(148, 6, field, 6);
+    std::ofstream(Image("noncanon"), std::ios::binary) << bytes;
   }
   void Make(const std::string& version, const std::string& payload, image::ImageType type,
             std::vector<std::string> models, const std::string& name) {
@@ -415,6 +427,7 @@ TEST_F(DeviceInstallerTest, RefusesBeforeTouchingTheSlot) {
   ExpectRefused("dpi", Errc::kWrongType);
   ExpectRefused("v090", Errc::kVersionTooOld);
   ExpectRefused("huge", Errc::kSlotTooSmall);
+  ExpectRefused("noncanon", Errc::kImageNonCanonical);
 }
 
 TEST_F(DeviceInstallerTest, DowngradeOnlyWhenAllowed) {
@@ -424,6 +437,34 @@ TEST_F(DeviceInstallerTest, DowngradeOnlyWhenAllowed) {
   auto r = inst->Start(spec);
   ASSERT_TRUE(r) << r.error().ToString();
   EXPECT_EQ(r->state, JobState::kRebooting);
+}
+
+// A running version this agent cannot compare ("5.1.0-r2", "12") must not
+// let any signed version through: the check fails closed unless the operator
+// allows a downgrade.
+TEST_F(DeviceInstallerTest, UnparsableRunningVersionRefusesUnlessAllowed) {
+  for (const char* running : {"5.1.0-r2", "12"}) {
+    ASSERT_TRUE(WriteFileAtomic(dir_ / "os-release",
+                                std::string("NAME=SAG\nVERSION_ID=\"") + running + "\"\n"));
+    auto inst = MakeInstaller();
+    const auto before = boot_.env();
+    auto r = inst->Start(Spec(std::string("unparsable-") + running, "v101"));
+    ASSERT_TRUE(r) << r.error().ToString();
+    EXPECT_EQ(r->state, JobState::kFailed);
+    ASSERT_TRUE(r->error);
+    EXPECT_EQ(r->error->code(), Errc::kVersionUnparsable) << r->error->ToString();
+    EXPECT_NE(r->error->message().find(running), std::string::npos) << r->error->message();
+    EXPECT_NE(r->error->message().find("--allow-downgrade"), std::string::npos)
+        << r->error->message();
+    EXPECT_EQ(boot_.env(), before) << "the boot environment changed";
+    EXPECT_EQ(SlotContent("slot-b", kSlotSize), std::string(kSlotSize, '\0')) << "slot B touched";
+  }
+  auto inst = MakeInstaller();
+  auto spec = Spec("unparsable-allowed", "v101");
+  spec.allow_downgrade = true;
+  auto r = inst->Start(spec);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
 }
 
 TEST_F(DeviceInstallerTest, RefusesFullStateDisk) {
@@ -663,6 +704,37 @@ TEST_F(DeviceInstallerTest, ResumeNeedsTheStoredHeaderOfItsJob) {
 
 // Over HTTPS from a server that drops the connection twice mid-image: the
 // downloader resumes with Range requests and the install completes.
+// A journal this agent cannot read: a newer agent's record (after a fallback
+// to the older OS) is left untouched and the job fails saying so; a damaged
+// record names the file and what is wrong with it.
+TEST_F(DeviceInstallerTest, JournalOfANewerAgentIsLeftAloneAndNamed) {
+  const auto path = dir_ / "state" / "device-job.json";
+  const std::string unknown_state =
+      R"({"id": "job-n", "state": "Teleporting", "source": "/x", "version": "9.0.0"})";
+  const std::string newer_format = R"({"format": 7, "id": "job-n", "state": "Writing"})";
+  for (const auto& text : {unknown_state, newer_format}) {
+    ASSERT_TRUE(WriteFileAtomic(path, text));
+    auto inst = MakeInstaller();
+    auto r = inst->Start(Spec("after-fallback", "v101"));
+    ASSERT_FALSE(r) << text;
+    EXPECT_EQ(r.error().code(), Errc::kJournalNewerFormat) << r.error().ToString();
+    EXPECT_NE(r.error().message().find(path.string()), std::string::npos) << r.error().message();
+    EXPECT_NE(r.error().message().find("newer sag-agent"), std::string::npos)
+        << r.error().message();
+    auto resumed = inst->Resume();
+    ASSERT_FALSE(resumed);
+    EXPECT_EQ(resumed.error().code(), Errc::kJournalNewerFormat);
+    EXPECT_EQ(*ReadFile(path), text) << "the journal was touched";
+    EXPECT_EQ(SlotContent("slot-b", kSlotSize), std::string(kSlotSize, '\0')) << "slot B touched";
+  }
+  ASSERT_TRUE(WriteFileAtomic(path, R"({"id": "job-c", "state": "Writing"})"));
+  auto r = MakeInstaller()->Start(Spec("after-damage", "v101"));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), Errc::kJournalCorrupt) << r.error().ToString();
+  EXPECT_NE(r.error().message().find(path.string()), std::string::npos) << r.error().message();
+  EXPECT_NE(r.error().message().find("source"), std::string::npos) << r.error().message();
+}
+
 TEST_F(DeviceInstallerTest, DownloadsOverHttpsThroughDrops) {
   test::TestHttpServer server(*ReadFile(g_images->Image("v101")), g_images->Tls());
   test::Faults faults;
@@ -695,6 +767,26 @@ TEST_F(DeviceInstallerTest, ResumedDownloadAsksForTheRestOnly) {
   EXPECT_TRUE(ranges[before].starts_with("bytes=")) << ranges[before];
   EXPECT_NE(ranges[before], "bytes=0-");
   EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
+}
+
+// A signed URL's query string is a credential: the job's error and the
+// history of finished jobs show the URL without it.
+TEST_F(DeviceInstallerTest, HistoryAndErrorsHideTheSignatureOfASignedUrl) {
+  test::TestHttpServer server(*ReadFile(g_images->Image("v101")), g_images->Tls());
+  test::Faults faults;
+  faults.fail_status = 404;
+  faults.fail_times = -1;
+  server.SetFaults(faults);
+  const std::string url = server.Url("/v101.sagimg?Expires=9&Signature=s3cr3t");
+  auto r = MakeInstaller()->Start(JobSpec{"signed", url, false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->message().find("s3cr3t"), std::string::npos) << r->error->message();
+  auto history = ReadFile(dir_ / "state" / "device-jobs.json");
+  ASSERT_TRUE(history) << history.error().ToString();
+  EXPECT_EQ(history->find("s3cr3t"), std::string::npos) << *history;
+  EXPECT_NE(history->find("/v101.sagimg?<redacted>"), std::string::npos) << *history;
 }
 
 TEST_F(DeviceInstallerTest, MissingSourceIsRefused) {

@@ -6,6 +6,12 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <gtest/gtest.h>
+#include <openssl/bn.h>
+#include <openssl/cms.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+#include <openssl/x509.h>
 
 #include <algorithm>
 #include <deque>
@@ -92,6 +98,8 @@ Outcome ReadAll(std::string image, const Trust& trust, const Limits& limits = {}
 }
 
 // A tar with exactly these entries (tests of the container rules).
+constexpr std::time_t kBuildTimeSeconds = 1795780800;  // 2026-11-27T12:00:00Z
+
 void WriteTar(const std::filesystem::path& path,
               const std::vector<std::pair<std::string, std::string>>& entries,
               bool pad_record = false) {
@@ -106,6 +114,9 @@ void WriteTar(const std::filesystem::path& path,
     archive_entry_set_size(e, static_cast<la_int64_t>(data.size()));
     archive_entry_set_filetype(e, AE_IFREG);
     archive_entry_set_perm(e, 0644);
+    // The headers as sag-image writes them: mtime is the manifest's
+    // build_time (Params() below), which the reader checks.
+    archive_entry_set_mtime(e, kBuildTimeSeconds, 0);
     ASSERT_EQ(archive_write_header(a, e), ARCHIVE_OK);
     archive_entry_free(e);
     ASSERT_EQ(archive_write_data(a, data.data(), data.size()),
@@ -420,8 +431,9 @@ TEST_F(ImageTest, EntriesMissingDuplicatedReorderedOrExtraAreRefused) {
       EXPECT_TRUE(o.chunks.empty()) << what;
     }
   }
-  // The same three entries in the right order are fine (the writer is not
-  // special), but a tar padded to a 10 KiB record has bytes after its end.
+  // The same three entries in the right order, with the writer's headers,
+  // are fine (libarchive here, not sag-image), but a tar padded to a 10 KiB
+  // record has bytes after its end.
   WriteTar(Dir() / "ok.tar",
            {{"manifest.json", m}, {"manifest.json.sig", s}, {"payload.zst", zst}});
   EXPECT_FALSE(ReadAll(Slurp(Dir() / "ok.tar"), GoodTrust()).error);
@@ -465,6 +477,150 @@ TEST_F(ImageTest, BadSignersAreRefusedWithTheirOwnCodes) {
   // The intermediate pinned instead of the root is not an anchor either.
   ExpectRefused(ReadAll(*image_, Trust{Dir() / "pki" / "intermediate-ca.pem", std::nullopt}),
                 Errc::kSignerUntrusted, "pinned the intermediate");
+}
+
+// The signature value s of an ECDSA signature, and whether it is in the
+// upper half of the group order ("high-s"); `flip` replaces s by n - s (the
+// same signature, other bytes) and returns the re-encoded CMS.
+struct SValue {
+  bool high = false;
+  std::string flipped_der;
+};
+
+SValue InspectS(const std::string& der, bool flip) {
+  SValue out;
+  const auto* p = reinterpret_cast<const unsigned char*>(der.data());
+  CMS_ContentInfo* cms = d2i_CMS_ContentInfo(nullptr, &p, static_cast<long>(der.size()));
+  EXPECT_NE(cms, nullptr);
+  if (cms == nullptr) return out;
+  CMS_SignerInfo* si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+  X509* signer = nullptr;
+  CMS_SignerInfo_get0_algs(si, nullptr, &signer, nullptr, nullptr);
+  STACK_OF(X509)* certs = CMS_get1_certs(cms);
+  for (int i = 0; signer == nullptr && i < sk_X509_num(certs); ++i) {
+    if (CMS_SignerInfo_cert_cmp(si, sk_X509_value(certs, i)) == 0) signer = sk_X509_value(certs, i);
+  }
+  EXPECT_NE(signer, nullptr);
+  EVP_PKEY* key = X509_get0_pubkey(signer);
+  char group[64] = {};
+  size_t glen = 0;
+  EXPECT_EQ(EVP_PKEY_get_group_name(key, group, sizeof group, &glen), 1);
+  EC_GROUP* ec = EC_GROUP_new_by_curve_name(OBJ_txt2nid(group));
+  const BIGNUM* n = EC_GROUP_get0_order(ec);
+  ASN1_OCTET_STRING* os = CMS_SignerInfo_get0_signature(si);
+  const unsigned char* sp = ASN1_STRING_get0_data(os);
+  ECDSA_SIG* sig = d2i_ECDSA_SIG(nullptr, &sp, ASN1_STRING_length(os));
+  EXPECT_NE(sig, nullptr);
+  BIGNUM* half = BN_dup(n);
+  BN_rshift1(half, half);
+  out.high = BN_cmp(ECDSA_SIG_get0_s(sig), half) > 0;
+  if (flip) {
+    BIGNUM* ns = BN_new();
+    BN_sub(ns, n, ECDSA_SIG_get0_s(sig));
+    ECDSA_SIG_set0(sig, BN_dup(ECDSA_SIG_get0_r(sig)), ns);
+    unsigned char* enc = nullptr;
+    const int len = i2d_ECDSA_SIG(sig, &enc);
+    ASN1_STRING_set(os, enc, len);
+    OPENSSL_free(enc);
+    unsigned char* cms_der = nullptr;
+    const int cms_len = i2d_CMS_ContentInfo(cms, &cms_der);
+    out.flipped_der.assign(reinterpret_cast<const char*>(cms_der),
+                           static_cast<std::size_t>(cms_len));
+    OPENSSL_free(cms_der);
+  }
+  BN_free(half);
+  ECDSA_SIG_free(sig);
+  EC_GROUP_free(ec);
+  sk_X509_pop_free(certs, X509_free);
+  CMS_ContentInfo_free(cms);
+  return out;
+}
+
+// ECDSA's s and n - s both verify: the reader takes only the low one, and
+// the writer always makes that one, so one signed content has one file.
+TEST_F(ImageTest, HighSSignatureIsRefusedAndTheWriterMakesLowS) {
+  const auto h = Header();
+  EXPECT_FALSE(InspectS(h.signature_der, false).high);
+  const auto flipped = InspectS(h.signature_der, true);
+  ASSERT_FALSE(flipped.flipped_der.empty());
+  ASSERT_NE(flipped.flipped_der, h.signature_der);
+  EXPECT_TRUE(InspectS(flipped.flipped_der, false).high);
+  // A valid signature all the same: the OpenSSL command line accepts it.
+  Spit(Dir() / "hs.json", h.manifest_json);
+  Spit(Dir() / "hs.sig", flipped.flipped_der);
+  auto cli = RunCommand({"openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",
+                         (Dir() / "hs.sig").string(), "-content", (Dir() / "hs.json").string(),
+                         "-CAfile", (Dir() / "pki" / "root-ca.pem").string(), "-purpose", "any",
+                         "-out", "/dev/null"});
+  ASSERT_TRUE(cli);
+  EXPECT_EQ(cli->exit_code, 0) << cli->output;
+  auto v = VerifyHeader(h.manifest_json, flipped.flipped_der, GoodTrust());
+  ASSERT_FALSE(v);
+  EXPECT_EQ(v.error().code(), Errc::kImageNonCanonical) << v.error().ToString();
+  // In a container: refused before any chunk.
+  const auto& last = h.manifest.chunks.back();
+  Spit(Dir() / "hs.zst", image_->substr(h.payload_offset, last.offset + last.length));
+  ASSERT_TRUE(
+      WriteContainer(Dir() / "hs.img", h.manifest_json, flipped.flipped_der, Dir() / "hs.zst"));
+  const auto o = ReadAll(Slurp(Dir() / "hs.img"), GoodTrust());
+  ASSERT_TRUE(o.error.has_value()) << "high-s accepted";
+  EXPECT_EQ(o.error->code(), Errc::kImageNonCanonical) << o.error->ToString();
+  EXPECT_TRUE(o.chunks.empty());
+  // Half of all ECDSA signatures come out high-s: 24 in a row low is the
+  // writer's doing (a chance of 2^-24 otherwise).
+  for (int i = 0; i < 24; ++i) {
+    auto sig = SignManifest(h.manifest_json, Dir() / "pki" / "signer.key",
+                            Dir() / "pki" / "signer.pem", Dir() / "pki" / "signer-chain.pem");
+    ASSERT_TRUE(sig) << sig.error().ToString();
+    EXPECT_FALSE(InspectS(*sig, false).high) << "signature " << i << " is high-s";
+    ASSERT_TRUE(VerifyHeader(h.manifest_json, *sig, GoodTrust()));
+  }
+}
+
+// A tar header field that the ustar checksum covers but the reader did not
+// look at (mode, owner, mtime, user and group names, device numbers),
+// changed with the checksum recomputed: refused, since the writer only makes
+// one header for an entry.
+TEST_F(ImageTest, TarHeaderFieldsMustBeTheWritersExactly) {
+  const auto h = Header();
+  struct Edit {
+    const char* field;
+    std::size_t at;
+    std::string bytes;
+  };
+  const Edit edits[] = {{"mode", 100, "000755 "},
+                        {"uid", 108, "001750 "},
+                        {"gid", 116, "001750 "},
+                        {"mtime", 136, "00000000001"},
+                        {"uname", 265, std::string("root")},
+                        {"gname", 297, std::string("wheel")},
+                        {"devmajor", 329, "000001 "}};
+  // The header of each of the three entries.
+  const std::size_t sig_header = 512 + (h.manifest_json.size() + 511) / 512 * 512;
+  const std::size_t payload_header = h.payload_offset - 512;
+  for (const std::size_t header : {std::size_t{0}, sig_header, payload_header}) {
+    for (const auto& e : edits) {
+      std::string bad = *image_;
+      bad.replace(header + e.at, e.bytes.size(), e.bytes);
+      // Recompute the checksum: six octal digits, NUL, space.
+      unsigned sum = 0;
+      for (std::size_t i = 0; i < 512; ++i) {
+        sum += (i >= 148 && i < 156) ? ' ' : static_cast<unsigned char>(bad[header + i]);
+      }
+      char field[9];
+      std::snprintf(field, sizeof field, "%06o", sum);
+      bad.replace(header + 148, 6, field, 6);
+      bad[header + 154] = '\0';
+      bad[header + 155] = ' ';
+      ASSERT_NE(bad, *image_) << e.field;
+      const auto o = ReadAll(std::move(bad), GoodTrust());
+      ASSERT_TRUE(o.error.has_value()) << e.field << " at header " << header << " accepted";
+      EXPECT_EQ(o.error->code(), Errc::kImageNonCanonical)
+          << e.field << " at header " << header << ": " << o.error->ToString();
+      EXPECT_NE(o.error->message().find(e.field), std::string::npos) << o.error->message();
+      EXPECT_TRUE(o.chunks.empty()) << e.field;
+    }
+  }
 }
 
 TEST_F(ImageTest, SignatureOverOtherBytesIsRefused) {

@@ -61,7 +61,21 @@ set -e
 [[ $rc == 1 ]] || fail "verify of a corrupt image exited $rc"
 [[ $out == *E210* || $out == *E212* ]] || fail "unexpected error: $out"
 if "$bin" extract --ca pki/root-ca.pem bad.img --output bad.bin 2>/dev/null; then fail "extract accepted"; fi
-[[ ! -e bad.bin && ! -e .bad.bin.partial ]] || fail "extract left a file behind"
+[[ ! -e bad.bin ]] || fail "extract left bad.bin behind"
+compgen -G '.bad.bin*partial' >/dev/null && fail "extract left a temporary file behind"
+
+# A symlink planted where extract used to put its temporary file: extract never
+# opens through it (its target survives), neither when it succeeds nor when it fails.
+echo "precious, must survive" > precious.txt
+ln -s precious.txt .victim.bin.partial
+ln -s precious.txt .bad2.bin.partial
+"$bin" extract --ca pki/root-ca.pem db.img --output victim.bin >/dev/null \
+  || fail "extract refused because of a planted symlink"
+cmp victim.bin payload.bin || fail "extract next to a planted symlink changed the payload"
+if "$bin" extract --ca pki/root-ca.pem bad.img --output bad2.bin 2>/dev/null; then fail "extract accepted"; fi
+[[ $(cat precious.txt) == "precious, must survive" ]] || fail "extract wrote through a planted symlink"
+[[ -L .victim.bin.partial && -L .bad2.bin.partial ]] || fail "extract removed a file it did not make"
+[[ ! -e bad2.bin ]] || fail "extract left bad2.bin behind"
 
 # Bad signers, each with its own code.
 for flaw in expired:E207 not-yet-valid:E208 no-codesign:E209 other-root:E206; do
@@ -74,6 +88,21 @@ for flaw in expired:E207 not-yet-valid:E208 no-codesign:E209 other-root:E206; do
   set -e
   [[ $rc == 1 && $out == *"$code"* ]] || fail "$name: rc=$rc $out"
 done
+
+# Another tar header for the same signed content (mode 0755, checksum
+# recomputed) and the ECDSA signature's twin are other files: E215.
+python3 - db.img mode.img <<'PY'
+import sys
+b = bytearray(open(sys.argv[1], 'rb').read())
+b[100:107] = b'000755 '
+b[148:156] = b'        '
+b[148:156] = b'%06o\0 ' % sum(b[0:512])
+open(sys.argv[2], 'wb').write(b)
+PY
+set +e
+out=$("$bin" verify --ca pki/root-ca.pem mode.img 2>&1); rc=$?
+set -e
+[[ $rc == 1 && $out == *E215* && $out == *mode* ]] || fail "a recomputed tar header: rc=$rc $out"
 
 # Usage errors exit 2.
 set +e

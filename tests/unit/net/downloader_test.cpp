@@ -2,10 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <random>
 #include <thread>
 
 #include "common/sha256.h"
+#include "common/stream_source.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/test_http_server.h"
 
@@ -231,6 +233,27 @@ TEST(Downloader, FollowsRedirects) {
   EXPECT_EQ(info->attempts, 4);
 }
 
+// A signed URL's signature never appears in an error: errors go to
+// status.json, the job's journal and the cloud.
+TEST(Downloader, ErrorsDoNotShowTheSignatureOfSignedUrls) {
+  TestHttpServer server(MakeContent(1000));
+  server.SetFaults({.fail_status = 503, .fail_times = -1});
+  auto o = Fast();
+  o.max_retries = 1;
+  Collected got;
+  auto info =
+      Fetch(server.Url("/img/1.0.1.sagimg?Expires=9&Signature=s3cr3t"), 0, CollectInto(got, 0), o);
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetHttpStatus);
+  EXPECT_FALSE(Contains(info.error().message(), "s3cr3t")) << info.error().message();
+  EXPECT_TRUE(Contains(info.error().message(), "/img/1.0.1.sagimg?<redacted>"))
+      << info.error().message();
+  auto bad = Fetch("https://u:pw@h/x?Signature=s3cr3t", 0, CollectInto(got, 0), o);
+  ASSERT_FALSE(bad);
+  EXPECT_FALSE(Contains(bad.error().message(), "s3cr3t")) << bad.error().message();
+  EXPECT_FALSE(Contains(bad.error().message(), "u:pw")) << bad.error().message();
+}
+
 TEST(Downloader, RedirectLoopIsRefused) {
   TestHttpServer server(MakeContent(1000));
   server.SetFaults({.redirects = {{"/a", "/b"}, {"/b", "/a"}}});
@@ -366,6 +389,70 @@ TEST(Downloader, CancelDuringBackoff) {
   EXPECT_EQ(info.error().code(), Errc::kCancelled);
   EXPECT_LT(Clock::now() - start, milliseconds(2000));
   EXPECT_EQ(server.requests(), 1);
+}
+
+// A server that trickles bytes just often enough never stalls: the minimum
+// rate over a window ends the fetch (kNetTooSlow), not the stall timeout.
+TEST(Downloader, TrickleBelowTheMinimumRateIsTooSlow) {
+  TestHttpServer server(MakeContent(4000));
+  server.SetFaults({.trickle_bytes = 10, .trickle_every = milliseconds(50)});  // ~200 B/s
+  auto o = Fast();
+  o.stall_timeout = milliseconds(20000);
+  o.min_rate = 100'000;
+  o.min_rate_window = milliseconds(200);
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), o);
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetTooSlow) << info.error().ToString();
+  EXPECT_TRUE(Contains(info.error().message(), "download.min_rate")) << info.error().message();
+  EXPECT_LT(got.data.size(), 4000U);
+  EXPECT_TRUE(got.in_order);
+}
+
+// However fast the bytes come, the whole fetch has a deadline (kNetDeadline).
+TEST(Downloader, OverallDeadlineEndsTheFetch) {
+  TestHttpServer server(MakeContent(4000));
+  server.SetFaults({.trickle_bytes = 10, .trickle_every = milliseconds(50)});
+  auto o = Fast();
+  o.stall_timeout = milliseconds(20000);
+  o.min_rate = 0;
+  o.deadline = milliseconds(300);
+  Collected got;
+  auto info = Fetch(server.Url(), 0, CollectInto(got, 0), o);
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetDeadline) << info.error().ToString();
+  EXPECT_TRUE(Contains(info.error().message(), "download.deadline_s")) << info.error().message();
+  EXPECT_LT(got.data.size(), 4000U);
+}
+
+// A reader waiting for a stalled server sees its caller's stop request (the
+// agent's SIGTERM) while it waits, not after the stall timeout.
+TEST(Downloader, StreamSourceSeesCancelWhileTheServerStalls) {
+  TestHttpServer server(MakeContent(200000));
+  server.SetFaults({.stall_after = 1000, .stall_for = milliseconds(30000), .stall_times = 1});
+  std::atomic<bool> cancel{false};
+  auto o = Fast();
+  o.stall_timeout = milliseconds(20000);
+  o.max_retries = 0;
+  o.cancel = &cancel;
+  auto src = OpenStreamSource(server.Url(), 0, o);
+  ASSERT_TRUE(src) << src.error().ToString();
+  std::vector<std::uint8_t> buf(4096);
+  std::uint64_t got = 0;
+  while (got < 1000) {  // the bytes before the stall
+    auto n = (*src)->Read(buf);
+    ASSERT_TRUE(n) << n.error().ToString();
+    ASSERT_GT(*n, 0U);
+    got += *n;
+  }
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(milliseconds(100));
+    cancel = true;
+  });
+  auto n = (*src)->Read(buf);
+  canceller.join();
+  ASSERT_FALSE(n);
+  EXPECT_EQ(n.error().code(), Errc::kCancelled) << n.error().ToString();
 }
 
 TEST(Downloader, BandwidthLimitPacesTheTransfer) {

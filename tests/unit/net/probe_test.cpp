@@ -109,5 +109,15 @@ TEST_F(ProbeTest, ConfigurationErrorsFailAtOnce) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(5000));
 }
 
+// health.require_cloud without cloud.endpoint: the message says what is
+// missing, not that an empty URL was "not reachable within 120 s".
+TEST_F(ProbeTest, NoEndpointSaysSoInsteadOfNotReachable) {
+  auto st = ProbeEndpoint("", Device(), milliseconds(120'000));
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kHealthCheckFailed);
+  EXPECT_EQ(st.error().message().find("not reachable"), std::string::npos) << st.error().message();
+  EXPECT_NE(st.error().message().find("cloud.endpoint"), std::string::npos) << st.error().message();
+}
+
 }  // namespace
 }  // namespace sag::net
