@@ -21,6 +21,7 @@
 #include <sstream>
 #include <thread>
 
+#include "agent/daemon_state.h"
 #include "agent/inbox.h"
 #include "agent/job.h"
 #include "agent/outbox.h"
@@ -674,22 +675,26 @@ int CmdRun(const Config& c, bool once) {
   }
   boost::asio::posix::stream_descriptor watch(io, in_fd);
   boost::asio::steady_timer watchdog(io);
-  RefreshStatus(rt, c, "starting");
+  // Every change of the daemon's state goes through the table
+  // (agent/daemon_state.h); the loop thread alone fires events.
+  DaemonMachine machine;
+  RefreshStatus(rt, c, std::string(DaemonStateName(machine.state())));
   SdNotify("READY=1\nSTATUS=checking jobs");
 
   bool busy = false;
-  bool stopping = false;
+  auto stopping = [&] { return machine.state() == DaemonState::kStopping; };
   std::thread worker;
   std::function<void()> scan;
   auto run_in_worker = [&](std::function<void()> fn) {
     busy = true;
     worker = std::thread([&, fn = std::move(fn)] {
       fn();
-      RefreshStatus(rt, c, "idle");
+      RefreshStatus(rt, c, std::string(DaemonStateName(DaemonState::kIdle)));
       boost::asio::post(io, [&] {
         worker.join();
         busy = false;
-        if (stopping) {
+        machine.Fire(DaemonEvent::kWorkerDone);
+        if (stopping()) {
           io.stop();
           return;
         }
@@ -699,7 +704,7 @@ int CmdRun(const Config& c, bool once) {
     });
   };
   scan = [&] {
-    if (busy || stopping) return;
+    if (busy || machine.state() != DaemonState::kIdle) return;
     // Local jobs (sag-agent install while the daemon runs) arrive as files.
     auto next = inbox.Next();
     if (!next) {
@@ -709,6 +714,7 @@ int CmdRun(const Config& c, bool once) {
       const JobSpec spec{request.id, request.source, request.allow_downgrade, request.reboot};
       spdlog::info("job {}: request for {}", spec.id, spec.source);
       SdNotify("STATUS=job " + spec.id);
+      machine.Fire(DaemonEvent::kJobTaken);
       // The request is removed only once the job is answered: a power cut
       // before that must not lose it (offered again, a recorded job is
       // answered with its state, never run twice).
@@ -726,6 +732,7 @@ int CmdRun(const Config& c, bool once) {
     }
     if (once) {
       spdlog::info("nothing left to do, stopping (--once)");
+      machine.Fire(DaemonEvent::kStopRequested);
       io.stop();
     }
   };
@@ -746,7 +753,7 @@ int CmdRun(const Config& c, bool once) {
     if (e) return;
     spdlog::info("received {}, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     SdNotify("STOPPING=1");
-    stopping = true;
+    machine.Fire(DaemonEvent::kStopRequested);
     rt.device->Cancel();
     if (!busy) io.stop();  // else the worker's completion stops the loop
   });
@@ -761,6 +768,7 @@ int CmdRun(const Config& c, bool once) {
     };
     ping();
   }
+  machine.Fire(DaemonEvent::kReady);
   // First: whatever the journal holds (a trial boot to check, a download to
   // finish); the inbox is scanned when it is done.
   run_in_worker([&] {
@@ -777,7 +785,8 @@ int CmdRun(const Config& c, bool once) {
   });
   io.run();
   if (worker.joinable()) worker.join();
-  RefreshStatus(rt, c, "stopped");
+  machine.Fire(DaemonEvent::kLoopEnded);
+  RefreshStatus(rt, c, std::string(DaemonStateName(machine.state())));
   fs::remove(PidFile(c), ec);
   return 0;
 }

@@ -68,8 +68,8 @@ boot
 printf '{"id":"x","source":"/nonexistent","allow_downgrade":"yes"}' >"$inbox/.x.tmp"
 mv "$inbox/.x.tmp" "$inbox/x.json"
 if wait_for test -e "$inbox/rejected/x.json" && alive && [[ ! -e "$inbox/x.json" ]] \
-   && grep -q 'E415 BadRequest: .*allow_downgrade: expected a boolean, got string' "$inbox/rejected/x.json.error" \
-   && grep -q '"Rejected"' "$inbox/replies/x.json"; then
+   && wait_for grep -q 'E415 BadRequest: .*allow_downgrade: expected a boolean, got string' "$inbox/rejected/x.json.error" \
+   && wait_for grep -q '"Rejected"' "$inbox/replies/x.json"; then
   ok "1. a wrong type is rejected, moved aside and answered; the daemon serves on"
 else
   bad "1. wrong type"; ls -la "$inbox" "$inbox/rejected" 2>&1; tail -5 "$tmp/log"
@@ -78,7 +78,7 @@ fi
 # 2. a FIFO
 up
 mkfifo "$inbox/f.json"
-if wait_for test -p "$inbox/rejected/f.json" && alive && grep -q 'is a FIFO' "$inbox/rejected/f.json.error"; then
+if wait_for test -p "$inbox/rejected/f.json" && alive && wait_for grep -q 'is a FIFO' "$inbox/rejected/f.json.error"; then
   ok "2. a FIFO is rejected without blocking"
 else
   bad "2. FIFO"; ls -la "$inbox" "$inbox/rejected" 2>&1; tail -5 "$tmp/log"
