@@ -68,7 +68,18 @@ struct Runtime {
   bool last_job_dpi = false;  // status.json's "job" is a DPI job
   std::unique_ptr<JobRegistry> registry;
   std::unique_ptr<Outbox> outbox;
+  // Set by SIGTERM: downloads outside the Device installer (the image type
+  // lookup, a DPI package) stop waiting on a stalled server at once.
+  std::atomic<bool> stopping{false};
 };
+
+// The download options of a job the Device installer does not run: `download`
+// with the daemon's stop flag.
+net::DownloadOptions StoppableDownload(const Runtime& rt) {
+  net::DownloadOptions o = rt.download;
+  o.cancel = &rt.stopping;
+  return o;
+}
 
 std::string Getenv(const char* name) {
   const char* v = std::getenv(name);  // NOLINT(concurrency-mt-unsafe)
@@ -332,7 +343,7 @@ json DpiJobJson(const dpi::JobResult& r) {
 // A DPI package: verified chunk by chunk as it streams into the installer.
 Expected<dpi::JobResult> RunDpiJob(Runtime& rt, const firmware::JobSpec& spec) {
   if (auto seen = rt.dpi->Lookup(spec.id); seen && *seen) return **seen;
-  SAG_TRY(auto source, OpenStreamSource(spec.source, 0, rt.download));
+  SAG_TRY(auto source, OpenStreamSource(spec.source, 0, StoppableDownload(rt)));
   image::ImageReader reader(*source, rt.trust);
   SAG_TRY(const image::VerifiedHeader* header, reader.ReadHeader());
   (void)rt.status->Update({{"job",
@@ -365,7 +376,7 @@ Expected<dpi::JobResult> RunDpiJob(Runtime& rt, const firmware::JobSpec& spec) {
 // What the image says it is decides the installer: the type is part of the
 // signed manifest, so it is read (and verified) first.
 Expected<image::ImageType> ImageTypeOf(Runtime& rt, const std::string& source) {
-  SAG_TRY(auto src, OpenStreamSource(source, 0, rt.download));
+  SAG_TRY(auto src, OpenStreamSource(source, 0, StoppableDownload(rt)));
   image::ImageReader reader(*src, rt.trust);
   SAG_TRY(const image::VerifiedHeader* header, reader.ReadHeader());
   return header->manifest.type;
@@ -754,6 +765,7 @@ int CmdRun(const Config& c, bool once) {
     spdlog::info("received {}, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     SdNotify("STOPPING=1");
     machine.Fire(DaemonEvent::kStopRequested);
+    rt.stopping = true;
     rt.device->Cancel();
     if (!busy) io.stop();  // else the worker's completion stops the loop
   });

@@ -10,6 +10,8 @@
 #   4. `sag-agent install` waited 30 minutes when the daemon refused its job;
 #   5. malformed state files of the daemon's own (Device history, DPI journal)
 #      aborted it with uncaught exceptions.
+# And issue 13 finding 9 on the daemon's own downloads:
+#   6. SIGTERM while a DPI download waits on a stalled server stops at once.
 # Usage: daemon_found.sh SAG_AGENT SAG_SIM SAG_IMAGE FAKE_DPI_ENGINE
 set -uo pipefail
 agent="$1"; sim="$2"; image="$3"; engine="$4"
@@ -67,9 +69,10 @@ boot
 # 1. wrong type in a request
 printf '{"id":"x","source":"/nonexistent","allow_downgrade":"yes"}' >"$inbox/.x.tmp"
 mv "$inbox/.x.tmp" "$inbox/x.json"
-if wait_for test -e "$inbox/rejected/x.json" && alive && [[ ! -e "$inbox/x.json" ]] \
-   && wait_for grep -q 'E415 BadRequest: .*allow_downgrade: expected a boolean, got string' "$inbox/rejected/x.json.error" \
-   && wait_for grep -q '"Rejected"' "$inbox/replies/x.json"; then
+# The reply is written last (after the move and the .error file).
+if wait_for test -e "$inbox/replies/x.json" && alive && [[ ! -e "$inbox/x.json" ]] \
+   && grep -q 'E415 BadRequest: .*allow_downgrade: expected a boolean, got string' "$inbox/rejected/x.json.error" \
+   && grep -q '"Rejected"' "$inbox/replies/x.json"; then
   ok "1. a wrong type is rejected, moved aside and answered; the daemon serves on"
 else
   bad "1. wrong type"; ls -la "$inbox" "$inbox/rejected" 2>&1; tail -5 "$tmp/log"
@@ -78,7 +81,7 @@ fi
 # 2. a FIFO
 up
 mkfifo "$inbox/f.json"
-if wait_for test -p "$inbox/rejected/f.json" && alive && wait_for grep -q 'is a FIFO' "$inbox/rejected/f.json.error"; then
+if wait_for test -e "$inbox/rejected/f.json.error" && alive && grep -q 'is a FIFO' "$inbox/rejected/f.json.error"; then
   ok "2. a FIFO is rejected without blocking"
 else
   bad "2. FIFO"; ls -la "$inbox" "$inbox/rejected" 2>&1; tail -5 "$tmp/log"
@@ -158,5 +161,46 @@ if alive && grep -q 'E410 JournalCorrupt: job journal .*dpi-job.json: DPI job re
 else
   bad "5b. damaged DPI journal"; tail -20 "$tmp/log"
 fi
+stop
+# 6. SIGTERM while a DPI download waits on a stalled server (issue 13, finding
+# 9): the daemon stops at once, not when the stall timeout (300 s here) ends,
+# and the job is failed with Cancelled.
+cat >>"$cfg" <<'YAML'
+download:
+  stall_timeout_s: 300
+  min_rate: 0
+YAML
+python3 - "$tmp/port" "$tmp/pki" >>"$tmp/stall.log" 2>&1 <<'PY' &
+import socket, ssl, sys, time
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2] + "/server-chain.pem", sys.argv[2] + "/server.key")
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(4)
+open(sys.argv[1], "w").write(str(s.getsockname()[1]))
+s.settimeout(120)
+c, _ = s.accept(); c = ctx.wrap_socket(c, server_side=True); c.recv(65536)
+c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"S" * 100)
+time.sleep(120)
+PY
+stall=$!
+wait_for test -s "$tmp/port" || bad "6. the stalling server did not start"
+rm -f "$dev/state/dpi-job.json"  # 5b's damaged journal
+cp "$tmp/pki/device-sag-sim-0001-chain.pem" "$dev/pki/device.pem"  # https needs an identity
+cp "$tmp/pki/device-sag-sim-0001.key" "$dev/pki/device.key"
+: >"$tmp/log"
+boot
+printf '{"id":"stalled","source":"https://127.0.0.1:%s/dpi.sagimg"}' "$(cat "$tmp/port")" >"$inbox/.s.tmp"
+mv "$inbox/.s.tmp" "$inbox/stalled.json"
+wait_for grep -q 'stalled' "$dev/run/status.json"
+sleep 1  # the download is waiting on the server now
+kill -TERM "$(cat "$dev/run/agent.pid")"; start=$(date +%s)
+if timeout 20 tail --pid="$simpid" -f /dev/null && python3 -c '
+import json, sys
+jobs = {j["id"]: j for j in json.load(open(sys.argv[1]))["jobs"]}
+sys.exit(0 if (jobs["stalled"].get("error") or {}).get("name") == "Cancelled" else 1)' "$dev/state/jobs.json"; then
+  ok "6. SIGTERM during a stalled DPI download stops the daemon ($(( $(date +%s) - start )) s); the job is Cancelled"
+else
+  bad "6. SIGTERM during a stalled download"; tail -5 "$tmp/log"; cat "$dev/state/jobs.json" 2>&1 | tail -20
+fi
+kill "$stall" 2>/dev/null; wait "$stall" 2>/dev/null
 stop
 exit $fail
