@@ -36,6 +36,14 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 sleep 2
 echo "idle RSS: $(rss) KiB (target < 8192 KiB)"
+# What the RSS is made of: most of it is shared libraries' pages (libstdc++,
+# libc, libcrypto, ICU through libarchive's libxml2), which every process on
+# the appliance that maps them shares; the daemon's own memory is the anonymous
+# part, and PSS charges it only its share of the rest.
+awk '/RssAnon/ {a=$2} /RssFile/ {f=$2} END {printf "  of it: anonymous %d KiB, file-backed (libraries) %d KiB\n", a, f}' \
+  "/proc/$pid/status"
+awk '/^Pss:/ {p=$2} /^Pss_File:/ {f=$2} END {printf "  PSS %d KiB (files %d KiB)\n", p, f}' \
+  "/proc/$pid/smaps_rollup"
 c0=$(cpu); t0=$(date +%s.%N)
 sleep "$idle"
 c1=$(cpu); t1=$(date +%s.%N)
