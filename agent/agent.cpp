@@ -405,8 +405,6 @@ int PrintDpiOutcome(const dpi::JobResult& r, bool as_json, std::ostream& out) {
   return r.ok() ? 0 : 1;
 }
 
-// `reply`, when not null, receives the job as the reply to its request says
-// it (docs/agent.md): the record's fields, or {"state": "Refused", "error"}.
 JobPhase PhaseOf(firmware::JobState state) {
   using S = firmware::JobState;
   switch (state) {
