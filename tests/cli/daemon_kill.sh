@@ -56,16 +56,22 @@ for k in $(seq 1 "$kills"); do
   wait "$simpid"
 done
 
-# The last boot: everything finishes.
+# The last boot: everything finishes. The killed daemon's pid file and
+# status.json ("idle") must not be taken for this daemon's.
+rm -f "$dev/run/agent.pid" "$dev/run/status.json"
 "$sim" boot "$dev" --agent "$agent" --max-boots 1 >>"$tmp/log" 2>&1 &
 simpid=$!
+for _ in $(seq 600); do [[ -s "$dev/run/agent.pid" ]] && break; sleep 0.05; done
 done_all() {
   # (find, not a glob: the daemon removes requests while this looks)
   [[ -z "$(find "$inbox" -maxdepth 1 -name '*.json' -print -quit)" ]] &&
     grep -q '"state": "idle"' "$dev/run/status.json" 2>/dev/null
 }
 for _ in $(seq 1800); do done_all && break; sleep 0.1; done
-kill -TERM "$(cat "$dev/run/agent.pid")"; wait "$simpid"
+kill -TERM "$(cat "$dev/run/agent.pid")"
+for _ in $(seq 600); do kill -0 "$simpid" 2>/dev/null || break; sleep 0.1; done
+kill -KILL "$simpid" 2>/dev/null && { echo "FAIL: the simulator did not stop within 60 s of SIGTERM"; tail -30 "$tmp/log"; exit 1; }
+wait "$simpid"
 
 python3 - "$dev/state" "$tmp/log" "${jobs[@]}" <<'PY'
 import json, os, re, sys
