@@ -190,8 +190,11 @@ HttpResponse RpcService::Handle(const HttpRequest& request) {
     if (auto e = Merge(*body_list, params)) return fail(*e);
   }
 
+  // ACS3 when an Authorization header comes without a signature 1.0
+  // Signature parameter (a proxy's own Authorization does not turn a
+  // signature 1.0 call into a broken ACS3 one).
   const auto authorization = request.Header("authorization");
-  const bool acs3 = authorization.has_value();
+  const bool acs3 = authorization.has_value() && !params.contains("Signature");
   if (const auto it = params.find("Format"); it != params.end()) {
     if (EqualsNoCase(it->second, "XML")) {
       format = Format::kXml;

@@ -229,6 +229,12 @@ TEST_F(RpcFixture, V1EachCommonParameterIsRequired) {
   }
 }
 
+TEST_F(RpcFixture, V1WithAForeignAuthorizationHeaderStaysV1) {
+  auto req = SignRequest(Options(SignatureScheme::kV1, "GET"), kDescribeAction, kDescribe, now_);
+  req.headers.push_back({"Authorization", "Basic dXNlcjpwYXNz"});
+  EXPECT_EQ(CodeOf(service_.Handle(req)), "");
+}
+
 TEST_F(RpcFixture, V1ChangingAnySignedParameterBreaksTheSignature) {
   auto req = SignRequest(Options(SignatureScheme::kV1, "GET"), kDescribeAction, kDescribe, now_);
   const auto pos = req.target.find("RegionId=cn-shanghai");
