@@ -87,6 +87,8 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
       : io(io_context), options(std::move(o)), store(s) {}
 
   asio::awaitable<void> Accept();
+  asio::awaitable<void> Sweep();
+  std::size_t SweepJobs(std::chrono::system_clock::time_point now);
   // Saves the store; logs a failure (the caller decides what it means).
   bool Save(std::string_view why) const {
     if (Status st = store.Save(); !st) {
@@ -656,6 +658,18 @@ asio::awaitable<void> Gateway::Impl::Accept() {
   }
 }
 
+asio::awaitable<void> Gateway::Impl::Sweep() {
+  auto self = shared_from_this();
+  asio::steady_timer timer(io);
+  while (!stopped) {
+    timer.expires_after(options.sweep_interval);
+    ErrorCode ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (stopped) break;
+    SweepJobs(std::chrono::system_clock::now());
+  }
+}
+
 Gateway::Gateway(asio::io_context& io, GatewayOptions options, Store& store)
     : impl_(std::make_shared<Impl>(io, std::move(options), store)) {}
 
@@ -693,6 +707,7 @@ Status Gateway::Start() {
     }
     (void)impl_->Save("marking every device offline at start");
     asio::co_spawn(impl_->io, impl_->Accept(), [](const std::exception_ptr&) {});
+    asio::co_spawn(impl_->io, impl_->Sweep(), [](const std::exception_ptr&) {});
     spdlog::info("gateway: listening on {}:{}", impl_->options.listen_address, impl_->port);
     return Ok();
   } catch (const std::exception& e) {
@@ -722,6 +737,37 @@ void Gateway::Stop() {
 }
 
 std::uint16_t Gateway::port() const { return impl_->port; }
+
+std::size_t Gateway::SweepJobs(std::chrono::system_clock::time_point now) {
+  return impl_->SweepJobs(now);
+}
+
+std::size_t Gateway::Impl::SweepJobs(std::chrono::system_clock::time_point now) {
+  std::size_t ended = 0;
+  for (JobRecord* job : store.Jobs()) {
+    if (IsFinal(job->state) || job->state == JobState::kTimedOut) continue;
+    std::string why;
+    const auto deadline = ParseUtc(job->spec.deadline);
+    const auto updated = ParseUtc(job->updated);
+    if (deadline && now >= *deadline) {
+      why = "its deadline " + job->spec.deadline + " passed";
+    } else if (job->state != JobState::kPending && updated &&
+               now - *updated >= options.job_silence) {
+      why = "no report about it since " + job->updated;
+    } else {
+      continue;
+    }
+    spdlog::warn("gateway: job {} of {} timed out: {}", job->spec.job_id, job->serial, why);
+    job->state = JobState::kTimedOut;
+    job->error = proto::ErrorInfo{static_cast<int>(Errc::kTimeout), "Timeout",
+                                  "the job timed out in the cloud: " + why};
+    job->timed_out = UtcTime(now);
+    job->updated = job->timed_out;
+    ++ended;
+  }
+  if (ended > 0) (void)Save("recording timed-out jobs");
+  return ended;
+}
 
 Status Gateway::Push(JobRecord job) {
   // The protocol's own checks: a job the device would refuse as malformed is

@@ -52,6 +52,12 @@ struct GatewayOptions {
   std::chrono::milliseconds handshake_timeout{10000};
   std::chrono::milliseconds write_timeout{10000};
   std::chrono::milliseconds close_timeout{2000};
+  // Nothing stays in progress forever: a job offered or accepted with no
+  // report about it for job_silence, or any unfinished job past its
+  // deadline, becomes TimedOut (a later result still counts). Checked every
+  // sweep_interval.
+  std::chrono::seconds job_silence{3600};
+  std::chrono::milliseconds sweep_interval{5000};
   std::size_t max_connections = 20000;  // further connections are closed at once
   std::size_t max_malformed = 10;       // then the connection is closed with 1008
 };
@@ -89,6 +95,10 @@ class Gateway {
   // Asks the device to cancel a job (sent now if online, else recorded only).
   // kJobUnknown for an unknown id; a final job is not cancelled.
   Status Cancel(const std::string& job_id);
+
+  // Ends the silent and overdue jobs as of `now` (the gateway does it every
+  // sweep_interval by itself); returns how many it ended.
+  std::size_t SweepJobs(std::chrono::system_clock::time_point now);
 
   // Whether the device has a live channel past hello.
   [[nodiscard]] bool IsOnline(const std::string& serial) const;

@@ -115,6 +115,7 @@ json JobJson(const JobRecord& j) {
           {"cancel_requested", j.cancel_requested},
           {"created", j.created},
           {"updated", j.updated},
+          {"timed_out", j.timed_out},
           {"stamp_epoch", j.stamp_epoch},
           {"stamp_seq", j.stamp_seq}};
 }
@@ -147,6 +148,7 @@ JobRecord ReadJob(JsonReader& r) {
   j.cancel_requested = r.Bool("cancel_requested");
   j.created = r.Str("created");
   j.updated = r.Str("updated");
+  j.timed_out = r.Str("timed_out", "");
   j.stamp_epoch = r.Str("stamp_epoch");
   j.stamp_seq = r.U64("stamp_seq");
   return j;
@@ -179,6 +181,14 @@ std::string UtcTime(std::chrono::system_clock::time_point t) {
   std::array<char, 32> buf{};
   const std::size_t n = std::strftime(buf.data(), buf.size(), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return {buf.data(), n};
+}
+
+std::optional<std::chrono::system_clock::time_point> ParseUtc(std::string_view text) {
+  std::tm tm{};
+  const std::string s(text);
+  const char* end = strptime(s.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (end == nullptr || *end != '\0') return std::nullopt;
+  return std::chrono::system_clock::from_time_t(timegm(&tm));
 }
 
 std::string_view JobStateName(JobState state) {
@@ -330,6 +340,13 @@ const JobRecord* Store::FindJob(std::string_view job_id) const {
 JobRecord* Store::MutableJob(std::string_view job_id) {
   const auto it = jobs_.find(job_id);
   return it == jobs_.end() ? nullptr : &it->second;
+}
+
+std::vector<JobRecord*> Store::Jobs() {
+  std::vector<JobRecord*> out;
+  out.reserve(job_order_.size());
+  for (const auto& id : job_order_) out.push_back(&jobs_.find(id)->second);
+  return out;
 }
 
 std::vector<JobRecord*> Store::JobsOf(std::string_view serial) {

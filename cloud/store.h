@@ -28,6 +28,8 @@ namespace sag::cloud {
 
 // "2026-12-02T05:30:00Z"
 std::string UtcTime(std::chrono::system_clock::time_point t);
+// The inverse of UtcTime; nullopt for anything else.
+std::optional<std::chrono::system_clock::time_point> ParseUtc(std::string_view text);
 inline std::string UtcNow() { return UtcTime(std::chrono::system_clock::now()); }
 
 // The cloud's view of a job. Pending -> Offered -> Accepted -> one of
@@ -80,7 +82,8 @@ struct JobRecord {
   std::optional<proto::ErrorInfo> error;
   bool cancel_requested = false;
   std::string created;
-  std::string updated;
+  std::string updated;    // the last change, or report about the job
+  std::string timed_out;  // when it became TimedOut; kept if a late result arrives
   // The report position (device epoch, seq) that last set the state: an
   // older report resent later cannot overwrite a newer outcome.
   std::string stamp_epoch;
@@ -125,6 +128,8 @@ class Store {
   JobRecord* MutableJob(std::string_view job_id);
   // The jobs of one device, oldest first.
   [[nodiscard]] std::vector<JobRecord*> JobsOf(std::string_view serial);
+  // Every job, oldest first.
+  [[nodiscard]] std::vector<JobRecord*> Jobs();
 
   void AddReport(ReportRecord report);
   [[nodiscard]] const std::vector<ReportRecord>& Reports() const { return reports_; }

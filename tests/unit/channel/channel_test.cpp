@@ -585,6 +585,33 @@ TEST_F(ChannelTest, SecondConnectionOfADeviceReplacesTheFirst) {
   RunFor(milliseconds(100));
 }
 
+TEST_F(ChannelTest, SilentAndOverdueJobsTimeOutAndALateResultStillCounts) {
+  auto o = GwOptions();
+  o.job_silence = std::chrono::seconds(60);
+  StartGateway(o);
+  auto overdue = MakeJob("j-overdue");
+  overdue.spec.deadline = "2000-01-01T00:00:00Z";
+  ASSERT_TRUE(gw_->Push(overdue));
+  ASSERT_TRUE(gw_->Push(MakeJob("j-silent")));
+  ASSERT_TRUE(gw_->Push(MakeJob("j-pending")));
+  store_->MutableJob("j-silent")->state = JobState::kAccepted;
+  const auto now = std::chrono::system_clock::now();
+  EXPECT_EQ(gw_->SweepJobs(now), 1U);  // the overdue one
+  EXPECT_EQ(store_->FindJob("j-overdue")->state, JobState::kTimedOut);
+  EXPECT_EQ(store_->FindJob("j-silent")->state, JobState::kAccepted);
+  EXPECT_EQ(gw_->SweepJobs(now + std::chrono::seconds(61)), 1U);  // the silent one
+  EXPECT_EQ(store_->FindJob("j-silent")->state, JobState::kTimedOut);
+  // A pending job of an offline device waits for it (no deadline).
+  EXPECT_EQ(store_->FindJob("j-pending")->state, JobState::kPending);
+  // The device's word is the truth: its late result is recorded.
+  host_.Add(MakeResult(1, "j-silent", "committed", "1.0.1"));
+  host_.answer_jobs = false;
+  StartChannel(ChOptions());
+  ASSERT_TRUE(RunUntil([&] { return host_.acked == 1; }));
+  EXPECT_EQ(store_->FindJob("j-silent")->state, JobState::kCommitted);
+  EXPECT_FALSE(store_->FindJob("j-silent")->timed_out.empty());
+}
+
 TEST(ChannelBackoff, FullJitterWithinTheCappedExponentialWindow) {
   std::mt19937_64 rng(7);
   const milliseconds initial(1000);
