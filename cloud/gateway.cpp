@@ -96,7 +96,7 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
     return true;
   }
   std::shared_ptr<Session> Channel(std::string_view serial) const;
-  void SendJob(Session& session, JobRecord& job);
+  void SendJob(Session& session, JobRecord& job, bool save);
 
   asio::io_context& io;
   GatewayOptions options;
@@ -167,15 +167,17 @@ std::shared_ptr<Session> Gateway::Impl::Channel(std::string_view serial) const {
   return it == channels.end() ? nullptr : it->second.lock();
 }
 
-void Gateway::Impl::SendJob(Session& session, JobRecord& job) {
-  if (job.state == JobState::kPending) {
-    job.state = JobState::kOffered;
-    job.updated = UtcNow();
-    (void)Save("recording job " + job.spec.job_id + " as offered");
-  }
+void Gateway::Impl::SendJob(Session& session, JobRecord& job, bool save) {
   spdlog::info("gateway: offering job {} ({} {}) to {}", job.spec.job_id, job.spec.job_type,
                job.spec.version, job.serial);
   session.Send(job.spec);
+  // "Offered" needs no fsync before the send: lost, the job is Pending and
+  // offered again, and the device answers a known job id with its state.
+  if (job.state == JobState::kPending) {
+    job.state = JobState::kOffered;
+    job.updated = UtcNow();
+    if (save) (void)Save("recording job " + job.spec.job_id + " as offered");
+  }
 }
 
 // --- Session -------------------------------------------------------------
@@ -488,6 +490,7 @@ void Session::OnHello(const proto::Message& m, const proto::Hello& hello) {
   }
   gw_->channels[serial_] = self;
   hello_done_ = true;
+  Rearm();  // our heartbeats start now
 
   if (d->smartag_id.empty()) d->smartag_id = hello.smartag_id;
   if (d->model.empty()) d->model = hello.model;
@@ -538,7 +541,7 @@ void Session::OnHello(const proto::Message& m, const proto::Hello& hello) {
   for (JobRecord* job : store.JobsOf(serial_)) {
     if (listed.contains(job->spec.job_id)) continue;
     if (job->state == JobState::kPending || job->state == JobState::kOffered) {
-      gw_->SendJob(*this, *job);
+      gw_->SendJob(*this, *job, true);
     }
     if (job->cancel_requested && !IsFinal(job->state)) Send(proto::Cancel{job->spec.job_id});
   }
@@ -641,7 +644,8 @@ asio::awaitable<void> Gateway::Impl::Accept() {
     ++stats.accepted;
     auto session = std::make_shared<Session>(self, std::move(socket));
     sessions[session.get()] = session;
-    asio::co_spawn(io, session->Run(), [](const std::exception_ptr& e) {
+    // The completion handler owns the session until its Run ends.
+    asio::co_spawn(io, session->Run(), [session](const std::exception_ptr& e) {
       if (!e) return;
       try {
         std::rethrow_exception(e);
@@ -727,9 +731,12 @@ Status Gateway::Push(JobRecord job) {
   }
   const std::string id = job.spec.job_id;
   SAG_TRY_STATUS(impl_->store.AddJob(std::move(job)));
-  if (Status st = impl_->store.Save(); !st) return st.error().WithContext("recording job " + id);
   JobRecord* rec = impl_->store.MutableJob(id);
-  if (auto s = impl_->Channel(rec->serial)) impl_->SendJob(*s, *rec);
+  auto session = impl_->Channel(rec->serial);
+  if (session) rec->state = JobState::kOffered;
+  // Durable before it leaves: one fsync per job.
+  if (Status st = impl_->store.Save(); !st) return st.error().WithContext("recording job " + id);
+  if (session) impl_->SendJob(*session, *rec, false);
   return Ok();
 }
 
