@@ -720,7 +720,7 @@ int CmdRun(const Config& c, bool once) {
       spdlog::error("{}", next.error().ToString());
     } else if (*next) {
       const InboxRequest request = std::move(**next);
-      const JobSpec spec{request.id, request.source, request.allow_downgrade, request.reboot};
+      const JobSpec spec = request.spec;
       spdlog::info("job {}: request for {}", spec.id, spec.source);
       SdNotify("STATUS=job " + spec.id);
       machine.Fire(DaemonEvent::kJobTaken);
@@ -906,7 +906,11 @@ int CmdInstall(const Config& c, const InstallArgs& args) {
   }
   Runtime& rt = **built;
   rt.status = std::make_unique<StatusWriter>(c.paths.runtime_dir / "status.json");
-  const JobSpec spec{id, source, args.allow_downgrade, args.reboot};
+  JobSpec spec;
+  spec.id = id;
+  spec.source = source;
+  spec.allow_downgrade = args.allow_downgrade;
+  spec.reboot = args.reboot;
   const int rc = RunJob(rt, spec, args.json ? Output::kJson : Output::kText);
   RefreshStatus(rt, c, "idle");
   return rc;
