@@ -220,6 +220,7 @@ Status DpiInstaller::Persist(Job& job, JobState to) {
     return std::move(st).error().WithContext("recording DPI job " + job.id + " state " +
                                              std::string(JobStateName(to)));
   }
+  if (options_.on_step && !IsTerminal(to)) options_.on_step(job.id, JobStateName(to));
   if (from == to) {
     spdlog::info("dpi job {}: {} (version {})", job.id, JobStateName(to), job.version);
   } else {
@@ -590,6 +591,8 @@ void DpiInstaller::RollBack(Job& job, std::optional<Error> error) {
       spdlog::error("dpi job {}: {}", job.id, st.error().ToString());
       return;
     }
+  } else if (options_.on_step) {
+    options_.on_step(job.id, JobStateName(job.state));  // a resumed rollback runs again
   }
   auto attempt = [&]() -> Status {
     SAG_TRY_STATUS(store_.Activate(job.previous));
@@ -618,9 +621,9 @@ void DpiInstaller::RollBack(Job& job, std::optional<Error> error) {
   }
 }
 
-Expected<std::optional<JobResult>> DpiInstaller::Resume() {
+Expected<std::optional<DpiInstaller::Job>> DpiInstaller::LoadCurrent() const {
   SAG_TRY(auto record, journal_.Load());
-  if (!record || !record->contains("job")) return std::optional<JobResult>();
+  if (!record || !record->contains("job")) return std::optional<Job>();
   const auto& doc = *record;
   auto job_or = Job::FromJson(doc["job"]);
   if (!job_or) return JournalError(journal_, job_or.error());
@@ -629,6 +632,44 @@ Expected<std::optional<JobResult>> DpiInstaller::Resume() {
     if (auto st = Job::CheckHistory(doc["history"]); !st) return JournalError(journal_, st.error());
     job.history = doc["history"];
   }
+  return std::optional<Job>(std::move(job));
+}
+
+Expected<JobResult> DpiInstaller::Abandon(const std::string& job_id, Error error) {
+  SAG_TRY(auto current, LoadCurrent());
+  if (!current || current->id != job_id || IsTerminal(current->state)) {
+    return Error(Errc::kJobUnknown, "no unfinished DPI job " + job_id + " to end");
+  }
+  Job& job = *current;
+  SAG_TRY_STATUS(store_.Init());
+  spdlog::error("dpi job {}: ended in {}: {}", job.id, JobStateName(job.state), error.ToString());
+  switch (Row(job.state).on_resume) {
+    case JobState::kFailed:
+      job.failed_in = job.state;
+      Fail(job, std::move(error));
+      break;
+    case JobState::kRollingBack:
+      if (job.state == JobState::kRollingBack) {
+        // The rollback itself keeps crashing the agent: stop here.
+        if (!job.failed_in) job.failed_in = job.state;
+        job.error = Error(error.code(), error.message() + "; the rollback to " +
+                                            job.previous.value_or("(none)") +
+                                            " did not finish; the engine needs an operator");
+        SAG_TRY_STATUS(Persist(job, JobState::kFailed));
+      } else {
+        RollBack(job, std::move(error));
+      }
+      break;
+    default:
+      break;
+  }
+  return ResultOf(job);
+}
+
+Expected<std::optional<JobResult>> DpiInstaller::Resume() {
+  SAG_TRY(auto current, LoadCurrent());
+  if (!current) return std::optional<JobResult>();
+  Job job = std::move(*current);
   SAG_TRY_STATUS(store_.Init());
   const JobState crashed_in = job.state;
   switch (Row(crashed_in).on_resume) {
