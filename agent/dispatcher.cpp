@@ -63,7 +63,7 @@ JobOutcome OutcomeOf(JobType type, const EngineJob& j, JobOutcome o) {
 // header against the pinned root.
 Expected<std::unique_ptr<OpenImage>> OpenReal(const JobSpec& spec, const image::Trust& trust,
                                               const image::Limits& limits,
-                                              net::DownloadOptions download) {
+                                              const net::DownloadOptions& download) {
   auto img = std::make_unique<OpenImage>();
   SAG_TRY(img->source, OpenStreamSource(spec.source, 0, download));
   img->reader = std::make_unique<image::ImageReader>(*img->source, trust, limits);
@@ -119,7 +119,7 @@ Dispatcher::Dispatcher(DispatcherParts parts) : parts_(std::move(parts)) {
     parts_.open = [this](const JobSpec& spec, const std::atomic<bool>* cancel) {
       net::DownloadOptions d = parts_.download;
       d.cancel = cancel;
-      return OpenReal(spec, parts_.trust, parts_.limits, std::move(d));
+      return OpenReal(spec, parts_.trust, parts_.limits, d);
     };
   }
   parts_.device->SetProgress([this](const EngineJob& j, std::uint64_t done, std::uint64_t total) {

@@ -26,7 +26,18 @@
 // daemon calls them through Submit() and Recover(), which run them one at a
 // time on the dispatcher's one worker thread and hand the answer back through
 // the `post` function (onto the daemon's event loop). Cancel() from any
-// thread.
+// thread. A second source (the control channel) calls Submit() from the same
+// loop; jobs from both queue on the one worker, and each id still runs once.
+//
+//   dispatcher.Submit(spec, [](const JobAnswer& a) {
+//     // a.known: replayed from the record; a.refused: not run, may come again;
+//     // a.outcome: phase, state, error code/name/message, from/to versions.
+//     Send(JobAckOf(a));
+//   });
+//
+// Reports the job makes later (state changes, progress, the result, also
+// after a reboot) are in the Outbox, in order, for the channel to send and
+// acknowledge.
 #pragma once
 
 #include <atomic>
@@ -93,7 +104,11 @@ struct DispatcherParts {
   image::Trust trust;
   image::Limits limits;
   net::DownloadOptions download;
-  // Runs a completion on the owner's event loop; null = on the worker.
+  // Runs a completion on the owner's event loop (e.g. boost::asio::post onto
+  // its io_context). Null: a reply is called on the thread that has it, the
+  // worker (or, for a spec refused at once, the caller of Submit); the
+  // daemon uses that to write the inbox's reply off its loop and posts its
+  // own completion.
   std::function<void(std::function<void()>)> post;
 };
 

@@ -54,7 +54,7 @@ Expected<InboxRequest> DecodeInboxRequest(std::string_view text, std::string_vie
   if (r.ok() && type) {
     const auto t = ParseJobType(*type);
     if (!t || *t == JobType::kUnknown) {
-      r.Fail("type", "expected \"Device\" or \"Dpi\", got '" + type->substr(0, 40) + "'");
+      r.Fail("type", R"(expected "Device" or "Dpi", got ')" + type->substr(0, 40) + "'");
     } else {
       spec.type = *t;
     }

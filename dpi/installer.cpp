@@ -23,7 +23,7 @@ namespace {
 // job found in it after a crash (SIGKILL, power loss) of the agent.
 //
 // Resume rules, and why:
-//  - before the swap (Verifying, Staging, Validating): the active database
+//  - before the swap (Checking, Staging, Validating): the active database
 //    and the engine were never touched; the staging is removed and the job
 //    fails with kDpiInterrupted. The cloud may send it again; retrying here
 //    would need the payload, which is gone with the process.
@@ -46,7 +46,7 @@ struct StateRow {
 using S = JobState;
 constexpr std::array<StateRow, 10> kStates = {{
     // state            name           on success      on failure      on resume
-    {S::kVerifying, "Verifying", S::kStaging, S::kFailed, S::kFailed},
+    {S::kChecking, "Checking", S::kStaging, S::kFailed, S::kFailed},
     {S::kStaging, "Staging", S::kValidating, S::kFailed, S::kFailed},
     {S::kValidating, "Validating", S::kSwapping, S::kFailed, S::kFailed},
     {S::kSwapping, "Swapping", S::kReloading, S::kRollingBack, S::kRollingBack},
@@ -109,6 +109,8 @@ std::optional<JobState> ParseJobState(std::string_view name) {
   for (const auto& row : kStates) {
     if (row.name == name) return row.state;
   }
+  // Names of older agents' journals: a job recorded by one resumes here.
+  if (name == "Verifying") return JobState::kChecking;
   return std::nullopt;
 }
 
@@ -128,7 +130,7 @@ struct DpiInstaller::Job {
   std::string version;
   std::optional<std::string> previous;
   bool allow_downgrade = false;
-  JobState state = JobState::kVerifying;
+  JobState state = JobState::kChecking;
   std::optional<Error> error;
   std::optional<JobState> failed_in;
   json history = json::array();  // finished jobs, newest last
@@ -333,7 +335,7 @@ Expected<JobResult> DpiInstaller::Install(const JobSpec& spec, const PackageInfo
   SAG_TRY(job.previous, store_.Current());
   // The first record: from here on the job exists and a re-sent id is
   // answered with its state.
-  SAG_TRY_STATUS(Persist(job, JobState::kVerifying));
+  SAG_TRY_STATUS(Persist(job, JobState::kChecking));
   if (auto st = StepVerify(job, spec, package); !st) {
     Fail(job, std::move(st).error());
     return ResultOf(job);

@@ -29,7 +29,10 @@
 namespace sag::dpi {
 
 enum class JobState {
-  kVerifying,    // type, version policy and free space are being checked
+  // type, model, version policy and free space are being checked. (Named
+  // "Verifying" before: that word is the Device job's read-back of the
+  // written slot; the old name is still read from journals.)
+  kChecking,
   kStaging,      // the payload is being extracted into staging/<version>
   kValidating,   // the validate hook runs against the staged directory
   kSwapping,     // staging -> versions/<version>, then `current` is switched
@@ -43,6 +46,7 @@ enum class JobState {
 };
 
 std::string_view JobStateName(JobState state);
+// Also reads the names older agents wrote ("Verifying" = Checking).
 std::optional<JobState> ParseJobState(std::string_view name);
 bool IsTerminal(JobState state);
 // Whether the table allows `from` -> `to` (exposed for tests).

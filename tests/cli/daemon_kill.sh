@@ -89,7 +89,7 @@ for n, line in enumerate(open(os.path.join(state, "outbox.log")), 1):
     if r["kind"] == "result": results.setdefault(r["job"], []).append(r["body"].get("phase"))
 starts = {}
 for line in open(log, errors="replace"):
-    m = re.search(r"dpi job (\S+): Verifying \(version", line)
+    m = re.search(r"dpi job (\S+): (?:Checking|Verifying) \(version", line)
     if m: starts[m.group(1)] = starts.get(m.group(1), 0) + 1
 for j in jobs:
     if len(results.get(j, [])) != 1: bad(f"job {j}: {len(results.get(j, []))} result reports {results.get(j)}")

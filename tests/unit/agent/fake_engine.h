@@ -7,6 +7,7 @@
 // Abandon() ends only the unfinished job.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -91,7 +92,7 @@ class FakeEngine final : public InstallEngine {
     if (on_step_) on_step_(spec.id, "Writing");
     Change(s_.jobs[spec.id], JobPhase::kRunning, "Writing");
     if (progress_) {
-      for (int i = 1; i <= 4; ++i) progress_(s_.jobs[spec.id], i * 25, 100);
+      for (std::uint64_t i = 1; i <= 4; ++i) progress_(s_.jobs[spec.id], i * 25, 100);
     }
     if (type_ == JobType::kDevice) {
       s_.jobs[spec.id].target_slot = "B";
