@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <filesystem>
 #include <utility>
 
 #include "agent/outbox.h"
@@ -400,6 +401,18 @@ JobAnswer Dispatcher::Run(const JobSpec& spec) {
   if (DeadlinePassed(spec.deadline, firmware::NowUtc())) {
     return Fail(outcome, Error(Errc::kTimeout, "the job's deadline " + spec.deadline +
                                                    " passed before it could start"));
+  }
+  if (spec.size != 0 && !IsUrl(spec.source)) {
+    // A local file's size is known before a byte is read; a URL's is
+    // checked by nothing cheaper than the signed header that follows.
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(spec.source, ec);
+    if (!ec && size != spec.size) {
+      return Fail(outcome, Error(Errc::kSpecMismatch,
+                                 "the job says the image has " + std::to_string(spec.size) +
+                                     " bytes, but " + spec.source + " has " + std::to_string(size) +
+                                     "; check the job's image"));
+    }
   }
   // The signed header, read and verified once for the whole job.
   auto img = parts_.open(spec, &stopping_);

@@ -42,6 +42,7 @@ struct JobSpec {
   std::string version;               // "": the manifest's version
   std::string source;                // absolute file path or http(s) URL
   std::uint64_t size = 0;            // of the image file in bytes; 0 = unknown
+                                     // (a local file of another size: kSpecMismatch)
   std::string sha256;                // of the image file, 64 lower-case hex; "" = unknown
   bool allow_downgrade = false;
   bool reboot = true;    // a Device job reboots into the trial as soon as it is set

@@ -248,6 +248,17 @@ TEST(Dispatcher, ASpecThatDisagreesWithTheSignedManifestIsRefusedWithItsCode) {
   ASSERT_TRUE(v.outcome.error);
   EXPECT_EQ(v.outcome.error->code(), Errc::kSpecMismatch);
 
+  // A local image file of another size than the job says: refused before
+  // it is opened.
+  ASSERT_TRUE(WriteFileAtomic(w.dir / "img", "0123456789", 0600));
+  JobSpec wrong_size = Spec("z", (w.dir / "img").string());
+  wrong_size.size = 11;
+  const int opens = w.opens;
+  auto z = d.dispatcher->Run(wrong_size);
+  ASSERT_TRUE(z.outcome.error);
+  EXPECT_EQ(z.outcome.error->code(), Errc::kSpecMismatch);
+  EXPECT_EQ(w.opens, opens);
+
   JobSpec right = Spec("ok", "/dpi-20201117_1_0-0.0.1.img");
   right.type = JobType::kDpi;
   right.version = "20201117_1_0-0.0.1";
