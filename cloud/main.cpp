@@ -1,0 +1,243 @@
+// sag-cloud: the reference control plane.
+//
+//   sag-cloud serve --config FILE [--log-level LEVEL]
+//   sag-cloud call --endpoint URL --access-key-id AK --access-key-secret SK
+//                  [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]
+//                  [--timeout-ms N] ACTION [Key=Value ...]
+//   sag-cloud --version
+//
+// `call` acts like an Alibaba Cloud SDK client: it signs (ACS3-HMAC-SHA256 by
+// default, signature 1.0 with --signature v1), prints the answer's body and
+// exits 0 on success, 1 on an error answer (an HTTP error status or a body
+// with a Code), 2 on bad usage, 3 when no answer came. The key pair may also
+// come from ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET, as
+// the SDKs read it, to keep the secret off the command line.
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cloud/http_server.h"
+#include "cloud/rpc/client.h"
+#include "cloud/rpc/memory_backend.h"
+#include "cloud/rpc/rpc_config.h"
+#include "cloud/rpc/rpc_service.h"
+#include "common/log.h"
+
+namespace {
+
+using sag::cloud::rpc::ApiBackend;
+using sag::cloud::rpc::ApiFileConfig;
+
+constexpr int kExitOk = 0;
+constexpr int kExitErrorAnswer = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitNoAnswer = 3;
+
+void Usage(std::ostream& out) {
+  out << "usage:\n"
+         "  sag-cloud serve --config FILE [--log-level LEVEL]\n"
+         "  sag-cloud call --endpoint URL [--access-key-id AK] [--access-key-secret SK]\n"
+         "                 [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]\n"
+         "                 [--timeout-ms N] ACTION [Key=Value ...]\n"
+         "  sag-cloud --version\n";
+}
+
+// The backend the API runs on. THE SEAM: once the store and the device
+// gateway exist (cloud/store.*, cloud/gateway.*), an ApiBackend over them
+// is built here instead, from the same configuration, and the gateway and
+// the image repository are served next to the API. Until then the state is
+// the configuration's `instances` and `catalog`, in memory: devices listed
+// online count as having just reported their state.
+std::unique_ptr<ApiBackend> MakeBackend(const ApiFileConfig& config) {
+  auto backend = std::make_unique<sag::cloud::rpc::MemoryBackend>();
+  const auto now = sag::cloud::rpc::Clock::now();
+  for (auto inst : config.instances) {
+    for (auto& d : inst.devices) {
+      if (d.online) d.state_reported_at = now;
+    }
+    backend->PutInstance(std::move(inst));
+  }
+  for (const auto& e : config.catalog) backend->AddCatalogEntry(e);
+  return backend;
+}
+
+int Serve(const std::vector<std::string>& args) {
+  std::string config_file;
+  std::string level = "info";
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--config" && i + 1 < args.size()) {
+      config_file = args[++i];
+    } else if (args[i] == "--log-level" && i + 1 < args.size()) {
+      level = args[++i];
+    } else {
+      std::cerr << "sag-cloud serve: unexpected argument '" << args[i] << "'\n";
+      Usage(std::cerr);
+      return kExitUsage;
+    }
+  }
+  if (config_file.empty()) {
+    std::cerr << "sag-cloud serve: --config FILE is required\n";
+    return kExitUsage;
+  }
+  const auto parsed_level = sag::ParseLogLevel(level);
+  if (!parsed_level) {
+    std::cerr << "sag-cloud: " << parsed_level.error().ToString() << "\n";
+    return kExitUsage;
+  }
+  sag::SetupLogging(*parsed_level);
+  auto config = sag::cloud::rpc::LoadApiConfig(config_file);
+  if (!config) {
+    spdlog::critical("{}", config.error().ToString());
+    return kExitUsage;
+  }
+  if (config->rpc.access_keys.empty()) {
+    spdlog::warn("no access_keys configured: every call will answer InvalidAccessKeyId.NotFound");
+  }
+  auto backend = MakeBackend(*config);
+  sag::cloud::rpc::RpcService service(config->rpc, *backend);
+
+  boost::asio::io_context io;
+  sag::cloud::HttpServerOptions options;
+  options.max_body_bytes = config->max_body_bytes;
+  const std::size_t limit = config->max_body_bytes;
+  options.refusal = [&service, limit](int status, const std::string&) {
+    return service.TransportError(status == 413 ? sag::cloud::rpc::errors::RequestTooLarge(limit)
+                                                : sag::cloud::rpc::errors::InternalError());
+  };
+  auto server = sag::cloud::HttpServer::Start(io, config->listen_address, config->listen_port,
+                                              service.Handler(), options);
+  if (!server) {
+    spdlog::critical("{}", server.error().ToString());
+    return kExitNoAnswer;
+  }
+  spdlog::info("sag-cloud {}: Smartag RPC API on http://{}:{} ({} access keys, {} instances)",
+               SAG_VERSION, config->listen_address, (*server)->port(),
+               config->rpc.access_keys.size(), config->instances.size());
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int signo) {
+    if (ec) return;
+    spdlog::info("signal {}: stopping", signo);
+    (*server)->Stop();
+    io.stop();
+  });
+  io.run();
+  return kExitOk;
+}
+
+int Call(const std::vector<std::string>& args) {
+  using sag::cloud::rpc::SignatureScheme;
+  sag::cloud::rpc::SignOptions options;
+  std::string endpoint;
+  long timeout_ms = 3000;
+  std::string action;
+  sag::cloud::rpc::ParamList params;
+  if (const char* ak = std::getenv("ALIBABA_CLOUD_ACCESS_KEY_ID")) options.access_key_id = ak;
+  if (const char* sk = std::getenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET")) {
+    options.access_key_secret = sk;
+  }
+  const auto bad = [](const std::string& why) {
+    std::cerr << "sag-cloud call: " << why << "\n";
+    Usage(std::cerr);
+    return kExitUsage;
+  };
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    const bool has_value = i + 1 < args.size();
+    if (a.starts_with("--") && action.empty()) {
+      if (!has_value) return bad("option " + a + " needs a value");
+      const std::string& v = args[++i];
+      if (a == "--endpoint") {
+        endpoint = v;
+      } else if (a == "--access-key-id") {
+        options.access_key_id = v;
+      } else if (a == "--access-key-secret") {
+        options.access_key_secret = v;
+      } else if (a == "--signature") {
+        if (v != "acs3" && v != "v1") return bad("--signature must be acs3 or v1");
+        options.scheme = v == "v1" ? SignatureScheme::kV1 : SignatureScheme::kAcs3;
+      } else if (a == "--method") {
+        if (v != "GET" && v != "POST") return bad("--method must be GET or POST");
+        options.method = v;
+      } else if (a == "--format") {
+        if (v != "JSON" && v != "XML") return bad("--format must be JSON or XML");
+        options.format = v;
+      } else if (a == "--timeout-ms") {
+        char* end = nullptr;
+        timeout_ms = std::strtol(v.c_str(), &end, 10);
+        if (*end != '\0' || timeout_ms < 1 || timeout_ms > 600000) {
+          return bad("--timeout-ms must be 1..600000");
+        }
+      } else {
+        return bad("unknown option " + a);
+      }
+    } else if (action.empty()) {
+      action = a;
+    } else {
+      const auto eq = a.find('=');
+      if (eq == std::string::npos || eq == 0) return bad("'" + a + "' is not Key=Value");
+      params.emplace_back(a.substr(0, eq), a.substr(eq + 1));
+    }
+  }
+  if (endpoint.empty()) return bad("--endpoint URL is required");
+  if (action.empty()) return bad("the ACTION is missing");
+  if (options.access_key_id.empty() || options.access_key_secret.empty()) {
+    return bad(
+        "an access key pair is required (--access-key-id/--access-key-secret or "
+        "ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET)");
+  }
+  const auto ep = sag::cloud::rpc::ParseEndpoint(endpoint);
+  if (!ep) return bad(ep.error().message());
+  options.host = ep->host.find(':') != std::string::npos
+                     ? "[" + ep->host + "]:" + std::to_string(ep->port)
+                     : ep->host + ":" + std::to_string(ep->port);
+  const auto request =
+      sag::cloud::rpc::SignRequest(options, action, params, sag::cloud::rpc::Clock::now());
+  const auto response =
+      sag::cloud::rpc::SendRequest(*ep, request, std::chrono::milliseconds(timeout_ms));
+  if (!response) {
+    std::cerr << "sag-cloud call: " << response.error().ToString() << "\n";
+    return kExitNoAnswer;
+  }
+  std::cout << response->body << (response->body.ends_with('\n') ? "" : "\n");
+  bool error = response->status < 200 || response->status >= 300;
+  if (options.format == "JSON") {
+    const auto j = nlohmann::json::parse(response->body, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+      std::cerr << "sag-cloud call: the answer is not a JSON object (HTTP " << response->status
+                << ")\n";
+      return error ? kExitErrorAnswer : kExitNoAnswer;
+    }
+    error = error || (j.contains("Code") && j["Code"] != "200" && j["Code"] != "OK" &&
+                      j["Code"] != "Success");
+  }
+  return error ? kExitErrorAnswer : kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> all(argv + 1, argv + argc);
+  if (all.empty()) {
+    Usage(std::cerr);
+    return kExitUsage;
+  }
+  const std::vector<std::string> rest(all.begin() + 1, all.end());
+  if (all[0] == "--version") {
+    std::cout << "sag-cloud " << SAG_VERSION << "\n";
+    return kExitOk;
+  }
+  if (all[0] == "--help" || all[0] == "-h") {
+    Usage(std::cout);
+    return kExitOk;
+  }
+  if (all[0] == "serve") return Serve(rest);
+  if (all[0] == "call") return Call(rest);
+  std::cerr << "sag-cloud: unknown command '" << all[0] << "'\n";
+  Usage(std::cerr);
+  return kExitUsage;
+}

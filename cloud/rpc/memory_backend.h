@@ -1,0 +1,45 @@
+// An ApiBackend that keeps its state in memory: the fake of the tests, and
+// the backend of `sag-cloud serve` until the store and the device gateway
+// take its place (cloud/main.cpp). It obeys what the real one does: the
+// reported versions change only through ReportVersion (the device committed
+// and said so), never through DispatchUpgrade, which only records the job.
+#pragma once
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cloud/rpc/api_backend.h"
+
+namespace sag::cloud::rpc {
+
+class MemoryBackend final : public ApiBackend {
+ public:
+  std::vector<InstanceState> ListInstances(const std::string& region_id) override;
+  std::optional<InstanceState> FindInstance(const std::string& smartag_id) override;
+  std::vector<CatalogEntry> Catalog(VersionType type) override;
+  DispatchResult DispatchUpgrade(const UpgradeOrder& order) override;
+
+  // ---- state, as the gateway and the store would change it ----
+  void PutInstance(InstanceState instance);  // adds or replaces
+  void AddCatalogEntry(CatalogEntry entry);
+  // The device's channel came up (with its state) or went down.
+  bool SetOnline(const std::string& serial, bool online, Clock::time_point state_at);
+  // The device committed `version` and reported it.
+  bool ReportVersion(const std::string& serial, VersionType type, const std::string& version);
+  // Makes the next DispatchUpgrade answer `result` (once).
+  void FailNextDispatch(DispatchResult result);
+
+  [[nodiscard]] std::vector<UpgradeOrder> Orders() const;
+
+ private:
+  DeviceState* FindDevice(const std::string& serial);
+
+  mutable std::mutex mu_;
+  std::vector<InstanceState> instances_;
+  std::vector<CatalogEntry> catalog_;
+  std::vector<UpgradeOrder> orders_;
+  DispatchResult next_dispatch_ = DispatchResult::kDispatched;
+};
+
+}  // namespace sag::cloud::rpc

@@ -1,0 +1,53 @@
+// The part of sag-cloud's configuration file (YAML) the RPC API reads:
+//
+//   api:
+//     listen: 127.0.0.1:8080          # address:port, [::1]:8080 for IPv6
+//     host_id: smartag.cn-shanghai.aliyuncs.com
+//     time_window_s: 900              # |now - Timestamp| allowed
+//     state_staleness_s: 300          # older device state: GetSmartAccessGatewayStateError
+//     rate_per_second: 0              # per access key; 0 = unlimited
+//     rate_burst: 0
+//     max_body_bytes: 1048576
+//   access_keys:
+//     - {id: AK, secret: SK, account: "1001", read_only: false}
+//   # Until the store and the device gateway are wired in: the state the
+//   # in-memory backend starts from.
+//   instances:
+//     - smartag_id: sag-...            # plus account, region_id, name, description,
+//       status: Active                 # instance_type, associated_ccn_id/_name, city,
+//       end_time: 2030-01-01T00:00:00Z # max_bandwidth, create_time
+//       devices:
+//         - {serial_number: sag..., hardware_model: sag-1000, software_version: 2.0.0,
+//            dpi_signature_db_version: 20201117_1_0-0.0.1, online: true, ha_state: active}
+//   catalog:
+//     - {type: Device, version_code: 2.3.1.1, version_name: ..., release_type: release,
+//        create_time: 2026-01-01T00:00:00Z, hardware_models: [sag-1000]}
+//
+// Other top-level keys belong to other parts of sag-cloud and are left to
+// them. Errors name the file, line and column (kConfig*).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "cloud/rpc/api_backend.h"
+#include "cloud/rpc/rpc_service.h"
+#include "common/error.h"
+
+namespace sag::cloud::rpc {
+
+struct ApiFileConfig {
+  std::string listen_address = "127.0.0.1";
+  std::uint16_t listen_port = 8080;
+  std::size_t max_body_bytes = 1U << 20U;
+  RpcConfig rpc;
+  std::vector<InstanceState> instances;  // seed of the in-memory backend
+  std::vector<CatalogEntry> catalog;
+};
+
+Expected<ApiFileConfig> LoadApiConfig(const std::filesystem::path& file);
+Expected<ApiFileConfig> ParseApiConfig(const std::string& yaml, const std::string& name);
+
+}  // namespace sag::cloud::rpc
