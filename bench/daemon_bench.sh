@@ -36,14 +36,19 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 sleep 2
 echo "idle RSS: $(rss) KiB (target < 8192 KiB)"
-# What the RSS is made of: most of it is shared libraries' pages (libstdc++,
-# libc, libcrypto, ICU through libarchive's libxml2), which every process on
-# the appliance that maps them shares; the daemon's own memory is the anonymous
-# part, and PSS charges it only its share of the rest.
-awk '/RssAnon/ {a=$2} /RssFile/ {f=$2} END {printf "  of it: anonymous %d KiB, file-backed (libraries) %d KiB\n", a, f}' \
+# What the RSS is made of: most of it is mapped code, the shared libraries'
+# (libstdc++, libc, libcrypto, which every process on the appliance that maps
+# them shares) and the agent's own; the daemon's own memory is the anonymous
+# part, and PSS charges it only its share of the rest. libarchive and its
+# chain are loaded only while a DPI package is extracted (dpi/libarchive.h),
+# and release code off the data path is compiled with -Os (cmake/SagBuild.cmake).
+awk '/RssAnon/ {a=$2} /RssFile/ {f=$2} END {printf "  of it: anonymous %d KiB, file-backed (mapped code) %d KiB\n", a, f}' \
   "/proc/$pid/status"
 awk '/^Pss:/ {p=$2} /^Pss_File:/ {f=$2} END {printf "  PSS %d KiB (files %d KiB)\n", p, f}' \
   "/proc/$pid/smaps_rollup"
+echo "  largest mappings (KiB):"
+awk '/^[0-9a-f]+-/ {n=$6} /^Rss:/ {r[n==""?"[anon]":n]+=$2} END {for (k in r) printf "%d %s\n", r[k], k}' \
+  "/proc/$pid/smaps" | sort -rn | head -6 | sed 's|^|    |'
 c0=$(cpu); t0=$(date +%s.%N)
 sleep "$idle"
 c1=$(cpu); t1=$(date +%s.%N)

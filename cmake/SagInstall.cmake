@@ -163,6 +163,9 @@ control plane over a mutual-TLS channel or installed locally.
 .
 The service is installed disabled: set the slot devices and identity in
 /etc/sag-agent/agent.yaml, then run systemctl enable --now sag-agent.")
+# dpkg-shlibdeps sees the linked libraries only: libarchive is loaded with
+# dlopen() while a DPI package is extracted (dpi/libarchive.h).
+set(CPACK_DEBIAN_AGENT_PACKAGE_DEPENDS "libarchive13")
 set(CPACK_DEBIAN_AGENT_PACKAGE_SUGGESTS "grub-common, libubootenv-tool")
 set(CPACK_DEBIAN_AGENT_PACKAGE_CONTROL_EXTRA
     ${_sag_gen}/agent/conffiles

@@ -92,6 +92,12 @@ std::string_view ErrcName(Errc code) {
     SAG_ERRC_NAME(ProtocolVersion)
     SAG_ERRC_NAME(ProtocolUnknownType)
     SAG_ERRC_NAME(ProtocolTooLarge)
+    SAG_ERRC_NAME(ChannelRefused)
+    SAG_ERRC_NAME(ChannelClosed)
+    SAG_ERRC_NAME(ChannelTimeout)
+    SAG_ERRC_NAME(StoreCorrupt)
+    SAG_ERRC_NAME(UnknownDevice)
+    SAG_ERRC_NAME(JobExists)
 #undef SAG_ERRC_NAME
   }
   return "Unknown";

@@ -106,6 +106,12 @@ enum class Errc : std::uint16_t {
   kProtocolVersion = 701,
   kProtocolUnknownType = 702,  // a message type this protocol version does not define
   kProtocolTooLarge = 703,     // a message above the size cap
+  kChannelRefused = 704,       // the peer refused us: certificate, unregistered serial, HTTP 403
+  kChannelClosed = 705,        // the connection closed or broke
+  kChannelTimeout = 706,       // a deadline passed (connect, handshake, write, heartbeat)
+  kStoreCorrupt = 707,         // the gateway's state file is damaged
+  kUnknownDevice = 708,        // a serial number that is not registered
+  kJobExists = 709,            // a job id that is already in the store
 };
 
 // The stable name of a code ("ImageTruncated"), used in logs and reports.

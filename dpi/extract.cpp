@@ -1,7 +1,5 @@
 #include "dpi/extract.h"
 
-#include <archive.h>
-#include <archive_entry.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <sys/stat.h>
@@ -16,6 +14,7 @@
 #include <vector>
 
 #include "common/unique_fd.h"
+#include "dpi/libarchive.h"
 
 namespace sag::dpi {
 
@@ -187,7 +186,8 @@ la_ssize_t ReadCallback(struct archive* /*a*/, void* client, const void** buf) {
 }
 
 struct ArchiveDeleter {
-  void operator()(struct archive* a) const { archive_read_free(a); }
+  const LibArchive* lib;
+  void operator()(struct archive* a) const { lib->read_free(a); }
 };
 
 // An entry path split into its components, '.' and empty ones dropped.
@@ -346,20 +346,20 @@ Status CheckLinkTarget(const Components& entry, std::string_view target) {
 
 class Extractor {
  public:
-  Extractor(PayloadSource& source, const ExtractLimits& limits, Fd root)
-      : limits_(limits), feeder_(source, limits, stats_), tree_(std::move(root)) {}
+  Extractor(const LibArchive& la, PayloadSource& source, const ExtractLimits& limits, Fd root)
+      : la_(la), limits_(limits), feeder_(source, limits, stats_), tree_(std::move(root)) {}
 
   Expected<ExtractStats> Run() {
-    std::unique_ptr<struct archive, ArchiveDeleter> a(archive_read_new());
+    std::unique_ptr<struct archive, ArchiveDeleter> a(la_.read_new(), ArchiveDeleter{&la_});
     if (!a) return Error(Errc::kInternal, "archive_read_new failed");
-    archive_read_support_format_tar(a.get());
-    archive_read_support_filter_none(a.get());
-    if (archive_read_open(a.get(), &feeder_, nullptr, ReadCallback, nullptr) != ARCHIVE_OK) {
+    la_.read_support_format_tar(a.get());
+    la_.read_support_filter_none(a.get());
+    if (la_.read_open(a.get(), &feeder_, nullptr, ReadCallback, nullptr) != ARCHIVE_OK) {
       return ArchiveError(a.get(), "opening the payload archive");
     }
     for (;;) {
       struct archive_entry* entry = nullptr;
-      const int r = archive_read_next_header(a.get(), &entry);
+      const int r = la_.read_next_header(a.get(), &entry);
       if (r == ARCHIVE_EOF) break;
       if (r != ARCHIVE_OK && r != ARCHIVE_WARN) {
         return ArchiveError(a.get(), "reading entry " + std::to_string(stats_.entries + 1));
@@ -385,34 +385,34 @@ class Extractor {
     // The source's own error (a hash mismatch, a bomb) explains more than
     // libarchive's "read callback failed".
     if (feeder_.error()) return std::move(*feeder_.error()).WithContext(what);
-    const char* msg = archive_error_string(a);
+    const char* msg = la_.error_string(a);
     return {Errc::kArchiveMalformed, what + ": " +
                                          (msg != nullptr ? msg : "not a tar archive or truncated") +
                                          "; the package is damaged or not a DPI package"};
   }
 
   Status Entry(struct archive* a, struct archive_entry* entry) {
-    const char* raw = archive_entry_pathname(entry);
+    const char* raw = la_.entry_pathname(entry);
     if (raw == nullptr) return Error(Errc::kArchiveMalformed, "an entry has no path");
     SAG_TRY(auto parts, SplitPath(raw, limits_, Errc::kArchiveUnsafePath, "entry"));
     const std::string name = Join(parts, parts.size());
-    const auto mode = archive_entry_mode(entry);
+    const auto mode = la_.entry_mode(entry);
     if ((mode & (S_ISUID | S_ISGID)) != 0) {
       return Error(Errc::kArchiveSetId, "entry '" + name +
                                             "' has the setuid or setgid bit; packages must not "
                                             "carry privileged files");
     }
-    if (const char* link = archive_entry_hardlink(entry); link != nullptr) {
+    if (const char* link = la_.entry_hardlink(entry); link != nullptr) {
       return HardLink(parts, link);
     }
-    const auto type = archive_entry_filetype(entry);
+    const auto type = la_.entry_filetype(entry);
     switch (type) {
       case AE_IFDIR:
         return Directory(parts);
       case AE_IFREG:
         return File(a, entry, parts, mode);
       case AE_IFLNK:
-        return Symlink(parts, archive_entry_symlink(entry));
+        return Symlink(parts, la_.entry_symlink(entry));
       case AE_IFCHR:
       case AE_IFBLK:
       case AE_IFIFO:
@@ -454,11 +454,11 @@ class Extractor {
               unsigned mode) {
     SAG_TRY_STATUS(NeedName(parts, "a file"));
     const std::string name = Join(parts, parts.size());
-    if (archive_entry_sparse_count(entry) > 0) {
+    if (la_.entry_sparse_count(entry) > 0) {
       return Error(Errc::kArchiveMalformed, "entry '" + name + "' is a sparse file; not supported");
     }
     const auto declared =
-        static_cast<std::uint64_t>(std::max<la_int64_t>(0, archive_entry_size(entry)));
+        static_cast<std::uint64_t>(std::max<la_int64_t>(0, la_.entry_size(entry)));
     if (declared > limits_.max_total_bytes ||
         stats_.file_bytes + declared > limits_.max_total_bytes) {
       return Error(Errc::kArchiveTooLarge, "entry '" + name + "' (" + std::to_string(declared) +
@@ -480,7 +480,7 @@ class Extractor {
       const void* buf = nullptr;
       std::size_t size = 0;
       la_int64_t offset = 0;
-      const int r = archive_read_data_block(a, &buf, &size, &offset);
+      const int r = la_.read_data_block(a, &buf, &size, &offset);
       if (r == ARCHIVE_EOF) break;
       if (r != ARCHIVE_OK && r != ARCHIVE_WARN) return ArchiveError(a, "reading data of " + name);
       if (static_cast<std::uint64_t>(offset) != written) {
@@ -564,6 +564,7 @@ class Extractor {
     return Ok();
   }
 
+  const LibArchive& la_;
   const ExtractLimits& limits_;
   ExtractStats stats_;
   Feeder feeder_;
@@ -577,7 +578,8 @@ Expected<ExtractStats> ExtractPayload(PayloadSource& source, const std::filesyst
                                       const ExtractLimits& limits) {
   Fd root(::open(staging.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (root.get() < 0) return MakeErrno(Errc::kIo, "open staging directory " + staging.string());
-  Extractor extractor(source, limits, std::move(root));
+  SAG_TRY(const auto la, LibArchive::Load());
+  Extractor extractor(*la, source, limits, std::move(root));
   auto stats = extractor.Run();
   if (!stats) return std::move(stats).error().WithContext("extracting DPI package");
   return stats;

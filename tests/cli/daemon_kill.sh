@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# SIGKILL of the real daemon at random instants while DPI jobs run and
-# reports are pending (issue 14): KILLS times (default 100) the simulated
+# SIGKILL of the real daemon at random instants while DPI and Device jobs run
+# and reports are pending (issue 14): KILLS times (default 100) the simulated
 # appliance boots, the daemon resumes and takes jobs from its inbox (a new
-# one each round), and is killed 0-600 ms later. Then one last boot finishes everything, and:
+# one each round), and is killed 0-600 ms later. Every 7th round the new job
+# is a Device OS upgrade: it writes slot B or A, asks for the reboot, and the
+# next rounds' boots are its trial boot (killed too: health check, commit or,
+# after three cut trial boots, the fallback). Then one last boot
+# (`run --once`, through as many reboots as the Device job needs) finishes
+# everything, and:
 #   - the outbox loads: every line a report, sequence numbers strictly
 #     increasing (no report duplicated or reordered by a replay);
 #   - every job offered has exactly one result report (none lost, none
-#     made twice by the start-up catch-up);
-#   - no job ran twice: each job id started its DPI install at most once;
+#     made twice by the start-up catch-up), or none and its reply says it was
+#     refused (a Device job offered while another waits for its trial boot);
+#   - no job ran twice: each job id started its DPI or Device install at most
+#     once (a resume after a cut is not a start);
 #   - every request was answered (a reply) and none is left in the inbox.
 # Usage: daemon_kill.sh SAG_AGENT SAG_SIM SAG_IMAGE FAKE_DPI_ENGINE [KILLS]
 set -uo pipefail
@@ -32,6 +39,12 @@ for i in $(seq 1 12); do
     --output "$tmp/dpi$i.sagimg" >/dev/null || exit 1
   jobs+=("k$(printf '%02d' "$i")")
 done
+device_image() {  # N: Device OS 1.0.N, a 256 KiB stand-in root file system
+  head -c 262144 /dev/urandom >"$tmp/os$1.img" &&
+    "$image" create --type Device --version "1.0.$1" --compatible sag-1000 \
+      --payload "$tmp/os$1.img" --key "$tmp/pki/signer.key" --cert "$tmp/pki/signer.pem" \
+      --chain "$tmp/pki/signer-chain.pem" --output "$tmp/os$1.sagimg" >/dev/null
+}
 offer() {  # ID IMAGE [DOWNGRADE]: a request, written as sag-agent install writes it
   printf '{"id":"%s","source":"%s","allow_downgrade":%s}' "$1" "$2" "${3:-false}" >"$inbox/.$1.tmp" &&
     mv "$inbox/.$1.tmp" "$inbox/$1.json"
@@ -42,8 +55,13 @@ for k in $(seq 1 "$kills"); do
   # A new job every round (so that jobs run while the kills fall: a
   # database again, downgrades allowed); every 10th round an old id is
   # offered again: answered, never rerun.
-  i=$(( k % 12 + 1 )); id="n$(printf '%03d' "$k")"; jobs+=("$id")
-  offer "$id" "$tmp/dpi$i.sagimg" true
+  id="n$(printf '%03d' "$k")"; jobs+=("$id")
+  if (( k % 7 == 0 )); then
+    device_image "$k" || exit 1
+    offer "$id" "$tmp/os$k.sagimg"
+  else
+    i=$(( k % 12 + 1 )); offer "$id" "$tmp/dpi$i.sagimg" true
+  fi
   if (( k % 10 == 0 )); then
     i=$(( RANDOM % 12 + 1 )); offer "${jobs[$((i - 1))]}" "$tmp/dpi$i.sagimg"
   fi
@@ -56,21 +74,18 @@ for k in $(seq 1 "$kills"); do
   wait "$simpid"
 done
 
-# The last boot: everything finishes. The killed daemon's pid file and
-# status.json ("idle") must not be taken for this daemon's.
+# The last boots: everything finishes. `run --once` resumes, answers the
+# inbox and exits when nothing is left; a Device job's reboot is followed
+# (its trial boot commits or falls back), then the simulator stops.
 rm -f "$dev/run/agent.pid" "$dev/run/status.json"
-"$sim" boot "$dev" --agent "$agent" --max-boots 1 >>"$tmp/log" 2>&1 &
+"$sim" boot "$dev" --agent "$agent" --max-boots 8 -- run --once --config "$dev/agent.yaml" \
+  >>"$tmp/log" 2>&1 &
 simpid=$!
-for _ in $(seq 600); do [[ -s "$dev/run/agent.pid" ]] && break; sleep 0.05; done
-done_all() {
-  # (find, not a glob: the daemon removes requests while this looks)
-  [[ -z "$(find "$inbox" -maxdepth 1 -name '*.json' -print -quit)" ]] &&
-    grep -q '"state": "idle"' "$dev/run/status.json" 2>/dev/null
-}
-for _ in $(seq 1800); do done_all && break; sleep 0.1; done
-kill -TERM "$(cat "$dev/run/agent.pid")"
-for _ in $(seq 600); do kill -0 "$simpid" 2>/dev/null || break; sleep 0.1; done
-kill -KILL "$simpid" 2>/dev/null && { echo "FAIL: the simulator did not stop within 60 s of SIGTERM"; tail -30 "$tmp/log"; exit 1; }
+for _ in $(seq 1800); do kill -0 "$simpid" 2>/dev/null || break; sleep 0.1; done
+if kill -KILL "$simpid" 2>/dev/null; then
+  kill -KILL "$(cat "$dev/run/agent.pid" 2>/dev/null)" 2>/dev/null
+  echo "FAIL: the last boots did not finish within 180 s"; tail -30 "$tmp/log"; exit 1
+fi
 wait "$simpid"
 
 python3 - "$dev/state" "$tmp/log" "${jobs[@]}" <<'PY'
@@ -87,18 +102,30 @@ for n, line in enumerate(open(os.path.join(state, "outbox.log")), 1):
     prev = r["seq"]
     kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
     if r["kind"] == "result": results.setdefault(r["job"], []).append(r["body"].get("phase"))
-starts = {}
+starts, device = {}, set()
 for line in open(log, errors="replace"):
-    m = re.search(r"dpi job (\S+): Verifying \(version", line)
+    m = (re.search(r"dpi job (\S+): Verifying \(version", line) or
+         re.search(r"job (\S+): Device \S* -> \S+ into slot", line))
     if m: starts[m.group(1)] = starts.get(m.group(1), 0) + 1
+    if m and "Device" in line: device.add(m.group(1))
+refused = 0
 for j in jobs:
-    if len(results.get(j, [])) != 1: bad(f"job {j}: {len(results.get(j, []))} result reports {results.get(j)}")
-    if starts.get(j, 0) > 1: bad(f"job {j}: its DPI install started {starts[j]} times")
-    if not os.path.exists(os.path.join(state, "inbox", "replies", j + ".json")): bad(f"job {j}: no reply")
-outcomes = {}
+    reply_path = os.path.join(state, "inbox", "replies", j + ".json")
+    reply = json.load(open(reply_path)) if os.path.exists(reply_path) else None
+    if reply is None: bad(f"job {j}: no reply")
+    n = len(results.get(j, []))
+    if n == 0 and reply is not None and reply.get("state") == "Refused" and j not in starts:
+        refused += 1
+    elif n != 1: bad(f"job {j}: {n} result reports {results.get(j)}, reply {reply}")
+    if starts.get(j, 0) > 1: bad(f"job {j}: its install started {starts[j]} times")
+outcomes, dev_outcomes = {}, {}
 for j in jobs:
-    for p in results.get(j, []): outcomes[p] = outcomes.get(p, 0) + 1
-print(f"outbox: {prev} reports {kinds}; results {outcomes}; installs started {sum(starts.values())} for {len(jobs)} jobs")
+    for p in results.get(j, []):
+        o = dev_outcomes if j in device else outcomes
+        o[p] = o.get(p, 0) + 1
+print(f"outbox: {prev} reports {kinds}; results DPI {outcomes} Device {dev_outcomes}; installs started {sum(starts.values())} "
+      f"({len(device)} Device) for {len(jobs)} jobs, {refused} refused")
+if not device: bad("no Device install started: the test did not test Device jobs")
 sys.exit(fail)
 PY
 rc=$?

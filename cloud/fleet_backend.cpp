@@ -1,0 +1,127 @@
+#include "cloud/fleet_backend.h"
+
+#include <spdlog/spdlog.h>
+
+#include "cloud/rpc/rpc_service.h"
+
+namespace sag::cloud {
+
+namespace {
+
+image::ImageType ImageTypeOf(rpc::VersionType type) {
+  return type == rpc::VersionType::kDevice ? image::ImageType::kDevice : image::ImageType::kDpi;
+}
+
+std::string JobTypeName(rpc::VersionType type) {
+  return type == rpc::VersionType::kDevice ? "Device" : "Dpi";
+}
+
+}  // namespace
+
+FleetBackend::FleetBackend(FleetOptions options, Store& store, Gateway& gateway,
+                           const Repository& repository)
+    : options_(std::move(options)), store_(store), gateway_(gateway), repository_(repository) {}
+
+Status FleetBackend::RegisterDevices() {
+  for (const auto& instance : options_.instances) {
+    for (const auto& box : instance.devices) {
+      SAG_TRY_STATUS(
+          store_.RegisterDevice(box.serial_number, instance.smartag_id, box.hardware_model));
+    }
+  }
+  return store_.Save();
+}
+
+std::string FleetBackend::JobIdOf(const rpc::UpgradeOrder& order) {
+  return "upg-" + order.request_id;
+}
+
+rpc::InstanceState FleetBackend::Live(rpc::InstanceState instance) const {
+  for (auto& box : instance.devices) {
+    box.software_version.clear();
+    box.dpi_signature_db_version.clear();
+    box.online = false;
+    box.state_reported_at.reset();
+    const DeviceRecord* rec = store_.FindDevice(box.serial_number);
+    if (rec == nullptr) continue;
+    box.software_version = rec->versions.device;
+    box.dpi_signature_db_version = rec->versions.dpi;
+    if (!rec->model.empty()) box.hardware_model = rec->model;
+    box.online = gateway_.IsOnline(box.serial_number);
+    if (!rec->last_seen.empty()) box.state_reported_at = rpc::ParseIsoTimestamp(rec->last_seen);
+  }
+  return instance;
+}
+
+std::vector<rpc::InstanceState> FleetBackend::ListInstances(const std::string& region_id) {
+  std::vector<rpc::InstanceState> out;
+  for (const auto& instance : options_.instances) {
+    if (!region_id.empty() && instance.region_id != region_id) continue;
+    out.push_back(Live(instance));
+  }
+  return out;
+}
+
+std::optional<rpc::InstanceState> FleetBackend::FindInstance(const std::string& smartag_id) {
+  for (const auto& instance : options_.instances) {
+    if (instance.smartag_id == smartag_id) return Live(instance);
+  }
+  return std::nullopt;
+}
+
+std::vector<rpc::CatalogEntry> FleetBackend::Catalog(rpc::VersionType type) {
+  std::vector<rpc::CatalogEntry> out;
+  for (const auto& img : repository_.Images()) {
+    if (img.type != ImageTypeOf(type)) continue;
+    rpc::CatalogEntry e;
+    e.type = type;
+    e.version_code = img.version;
+    e.version_name = img.file_name;
+    e.release_type = "release";
+    if (auto t = rpc::ParseIsoTimestamp(img.build_time)) {
+      e.create_time_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(t->time_since_epoch()).count();
+    }
+    e.hardware_models = img.compatible;
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+rpc::DispatchResult FleetBackend::DispatchUpgrade(const rpc::UpgradeOrder& order) {
+  const auto img = repository_.Find(ImageTypeOf(order.type), order.version_code);
+  if (!img) {
+    // The front checked the catalog a moment ago: the repository changed.
+    spdlog::error("api: {} {} is no longer in the image repository", JobTypeName(order.type),
+                  order.version_code);
+    return rpc::DispatchResult::kFailed;
+  }
+  if (!gateway_.IsOnline(order.serial_number)) return rpc::DispatchResult::kOffline;
+  for (const JobRecord* job : store_.JobsOf(order.serial_number)) {
+    if (job->spec.job_type == JobTypeName(order.type) && !IsFinal(job->state) &&
+        job->state != JobState::kTimedOut) {
+      return rpc::DispatchResult::kBusy;
+    }
+  }
+  JobRecord job;
+  job.serial = order.serial_number;
+  job.spec.job_id = JobIdOf(order);
+  job.spec.job_type = JobTypeName(order.type);
+  job.spec.version = img->version;
+  job.spec.url = options_.image_base_url + Repository::PathOf(*img);
+  job.spec.size = img->size;
+  job.spec.sha256 = img->sha256;
+  job.spec.deadline = UtcTime(std::chrono::system_clock::now() + options_.job_deadline);
+  job.created = UtcNow();
+  job.updated = job.created;
+  if (auto st = gateway_.Push(std::move(job)); !st) {
+    spdlog::error("api: job for {} ({} {}): {}", order.serial_number, JobTypeName(order.type),
+                  order.version_code, st.error().ToString());
+    return rpc::DispatchResult::kFailed;
+  }
+  spdlog::info("api: job {} for {}: {} {} ({})", JobIdOf(order), order.serial_number,
+               JobTypeName(order.type), order.version_code, img->file_name);
+  return rpc::DispatchResult::kDispatched;
+}
+
+}  // namespace sag::cloud
