@@ -2,7 +2,7 @@
 //
 //   sag-cloud serve --config FILE [--log-level LEVEL]
 //   sag-cloud call --endpoint URL --access-key-id AK --access-key-secret SK
-//                  [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]
+//                  [--ca-file PEM] [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]
 //                  [--timeout-ms N] ACTION [Key=Value ...]
 //   sag-cloud --version
 //
@@ -51,6 +51,7 @@ void Usage(std::ostream& out) {
   out << "usage:\n"
          "  sag-cloud serve --config FILE [--log-level LEVEL]\n"
          "  sag-cloud call --endpoint URL [--access-key-id AK] [--access-key-secret SK]\n"
+         "                 [--ca-file PEM]\n"
          "                 [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]\n"
          "                 [--timeout-ms N] ACTION [Key=Value ...]\n"
          "  sag-cloud lab init DIR [--smartag-id ID] [--serial S [--serial S2]] [--model M]\n"
@@ -196,14 +197,23 @@ int Serve(const std::vector<std::string>& args) {
     return service.TransportError(status == 413 ? sag::cloud::rpc::errors::RequestTooLarge(limit)
                                                 : sag::cloud::rpc::errors::InternalError());
   };
+  std::unique_ptr<boost::asio::ssl::context> tls;
+  if (!config->tls_cert.empty()) {
+    auto ctx = sag::net::MakeTlsServerContext({config->tls_cert, config->tls_key, {}});
+    if (!ctx) {
+      spdlog::critical("api TLS: {}", ctx.error().ToString());
+      return kExitUsage;
+    }
+    tls = std::move(*ctx);
+  }
   auto server = sag::cloud::HttpServer::Start(io, config->listen_address, config->listen_port,
-                                              service.Handler(), options);
+                                              service.Handler(), options, tls.get());
   if (!server) {
     spdlog::critical("{}", server.error().ToString());
     return kExitNoAnswer;
   }
-  spdlog::info("sag-cloud {}: Smartag RPC API on http://{}:{} ({} access keys, {} instances)",
-               SAG_VERSION, config->listen_address, (*server)->port(),
+  spdlog::info("sag-cloud {}: Smartag RPC API on {}://{}:{} ({} access keys, {} instances)",
+               SAG_VERSION, tls ? "https" : "http", config->listen_address, (*server)->port(),
                config->rpc.access_keys.size(), config->instances.size());
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& ec, int signo) {
@@ -238,6 +248,7 @@ int Call(const std::vector<std::string>& args) {
   using sag::cloud::rpc::SignatureScheme;
   sag::cloud::rpc::SignOptions options;
   std::string endpoint;
+  std::string ca_file;
   long timeout_ms = 3000;
   std::string action;
   sag::cloud::rpc::ParamList params;
@@ -258,6 +269,8 @@ int Call(const std::vector<std::string>& args) {
       const std::string& v = args[++i];
       if (a == "--endpoint") {
         endpoint = v;
+      } else if (a == "--ca-file") {
+        ca_file = v;
       } else if (a == "--access-key-id") {
         options.access_key_id = v;
       } else if (a == "--access-key-secret") {
@@ -300,8 +313,10 @@ int Call(const std::vector<std::string>& args) {
         "an access key pair is required (--access-key-id/--access-key-secret or "
         "ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET)");
   }
-  const auto ep = sag::cloud::rpc::ParseEndpoint(endpoint);
+  auto ep = sag::cloud::rpc::ParseEndpoint(endpoint);
   if (!ep) return bad(ep.error().message());
+  if (ep->tls && ca_file.empty()) return bad("an https endpoint needs --ca-file");
+  ep->ca_file = ca_file;
   options.host = ep->host.find(':') != std::string::npos
                      ? "[" + ep->host + "]:" + std::to_string(ep->port)
                      : ep->host + ":" + std::to_string(ep->port);

@@ -197,9 +197,10 @@ Expected<ApiFileConfig> ParseApiConfig(const std::string& yaml, const std::strin
   if (!root.IsMap()) return r.At(root, Errc::kConfigType, "the configuration must be a mapping");
   ApiFileConfig c;
   if (const auto api = root["api"]) {
-    SAG_TRY_STATUS(r.Keys(api, "api",
-                          {"listen", "host_id", "time_window_s", "state_staleness_s",
-                           "rate_per_second", "rate_burst", "max_body_bytes"}));
+    SAG_TRY_STATUS(
+        r.Keys(api, "api",
+               {"listen", "host_id", "time_window_s", "state_staleness_s", "rate_per_second",
+                "rate_burst", "max_body_bytes", "tls_cert", "tls_key"}));
     std::string listen;
     SAG_TRY_STATUS(r.Str(api, "listen", listen));
     if (!listen.empty()) {
@@ -220,6 +221,15 @@ Expected<ApiFileConfig> ParseApiConfig(const std::string& yaml, const std::strin
     auto body = static_cast<double>(c.max_body_bytes);
     SAG_TRY_STATUS(r.Num(api, "max_body_bytes", 1024, 64.0 * 1024 * 1024, body));
     c.max_body_bytes = static_cast<std::size_t>(body);
+    std::string cert;
+    std::string key;
+    SAG_TRY_STATUS(r.Str(api, "tls_cert", cert));
+    SAG_TRY_STATUS(r.Str(api, "tls_key", key));
+    if (cert.empty() != key.empty()) {
+      return r.At(api, Errc::kConfigMissingKey, "'tls_cert' and 'tls_key' go together");
+    }
+    c.tls_cert = cert;
+    c.tls_key = key;
   }
   if (const auto keys = root["access_keys"]) {
     if (!keys.IsSequence()) return r.At(keys, Errc::kConfigType, "'access_keys' must be a list");

@@ -8,6 +8,8 @@
 //     rate_per_second: 0              # per access key; 0 = unlimited
 //     rate_burst: 0
 //     max_body_bytes: 1048576
+//     tls_cert: /etc/sag-cloud/pki/api.crt   # both or neither: HTTPS instead of HTTP
+//     tls_key: /etc/sag-cloud/pki/api.key
 //   access_keys:
 //     - {id: AK, secret: SK, account: "1001", read_only: false}
 //   # Until the store and the device gateway are wired in: the state the
@@ -86,6 +88,8 @@ struct ApiFileConfig {
   std::string listen_address = "127.0.0.1";
   std::uint16_t listen_port = 8080;
   std::size_t max_body_bytes = 1U << 20U;
+  std::filesystem::path tls_cert;  // PEM chain; set (with tls_key): serve HTTPS
+  std::filesystem::path tls_key;
   RpcConfig rpc;
   // With `gateway` and `repository` set, sag-cloud serve runs the real parts
   // and `instances` only names the instances and their boxes (versions and
