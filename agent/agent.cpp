@@ -14,11 +14,15 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdlib>
+#include <deque>
 #include <filesystem>
 #include <iostream>
+#include <mutex>
 #include <random>
 
 #include "agent/backends.h"
+#include "agent/channel.h"
+#include "agent/channel_host.h"
 #include "agent/daemon_state.h"
 #include "agent/dispatcher.h"
 #include "agent/inbox.h"
@@ -29,6 +33,7 @@
 #include "common/json_reader.h"
 #include "common/log.h"
 #include "common/stream_source.h"
+#include "firmware/job.h"
 
 namespace sag::agent {
 
@@ -79,7 +84,7 @@ json DeviceLastJob(Backends& b) {
 }
 
 // What status.json says about the appliance, refreshed at start and after jobs.
-void RefreshStatus(Backends& b, const Dispatcher& d, StatusWriter& status, const Config& c,
+json RefreshStatus(Backends& b, const Dispatcher& d, StatusWriter& status, const Config& c,
                    const std::string& state) {
   json s = {{"agent_version", SAG_VERSION},
             {"smartag_id", c.identity.smartag_id},
@@ -113,6 +118,21 @@ void RefreshStatus(Backends& b, const Dispatcher& d, StatusWriter& status, const
   if (!job.is_null()) s["job"] = std::move(job);
   if (b.outbox) s["outbox"] = b.outbox->Summary();
   if (auto st = status.Update(s); !st) spdlog::warn("status: {}", st.error().ToString());
+  return s;
+}
+
+// What the control channel's hello says, from a status document and the
+// registry, taken where the registry and engines are used (start, worker).
+DeviceSnapshot SnapshotOf(const json& s, const Backends& b) {
+  DeviceSnapshot snap;
+  if (auto v = s.find("device_version"); v != s.end() && v->is_string()) snap.device_version = *v;
+  if (auto v = s.find("dpi_version"); v != s.end() && v->is_string()) snap.dpi_version = *v;
+  if (auto v = s.find("booted_slot"); v != s.end() && v->is_string()) {
+    snap.boot.booted_slot = *v;
+    snap.boot.slots[*v] = {snap.device_version, "good"};
+  }
+  snap.jobs = b.registry->jobs();
+  return snap;
 }
 
 std::string NewJobId() {
@@ -211,8 +231,86 @@ int CmdRun(const Config& c, bool once) {
   // Every change of the daemon's state goes through the table
   // (agent/daemon_state.h); the loop thread alone fires events.
   DaemonMachine machine;
-  RefreshStatus(b, dispatcher, status, c, std::string(DaemonStateName(machine.state())));
+  const json first_status =
+      RefreshStatus(b, dispatcher, status, c, std::string(DaemonStateName(machine.state())));
   SdNotify("READY=1\nSTATUS=checking jobs");
+
+  // The control channel (docs/protocol.md), when cloud.endpoint is set: its
+  // jobs queue here and go to the same dispatcher as the inbox's, first.
+  std::unique_ptr<DaemonChannelHost> host;
+  std::unique_ptr<Channel> channel;
+  struct CloudJob {
+    JobSpec spec;
+    std::function<void(const JobAnswer&)> reply;
+  };
+  std::deque<CloudJob> cloud_jobs;
+  std::function<void()> scan;
+  if (!c.cloud.endpoint.empty()) {
+    DaemonChannelHost::Hooks hooks;
+    hooks.submit = [&](JobSpec spec, std::function<void(const JobAnswer&)> reply) {
+      if (cloud_jobs.size() >= Dispatcher::kMaxQueued) {
+        JobAnswer busy;
+        busy.outcome.id = spec.id;
+        busy.refused = true;
+        busy.outcome.error =
+            Error(Errc::kJobConflict, "the agent has " + std::to_string(cloud_jobs.size()) +
+                                          " jobs waiting; offer it again later");
+        reply(busy);
+        return;
+      }
+      cloud_jobs.push_back({std::move(spec), std::move(reply)});
+      scan();
+    };
+    hooks.agent_state = [&] { return std::string(DaemonStateName(machine.state())); };
+    hooks.on_change = [&](bool online) {
+      status.Post(
+          {{"channel",
+            {{"endpoint", c.cloud.endpoint}, {"online", online}, {"since", firmware::NowUtc()}}}});
+    };
+    host = std::make_unique<DaemonChannelHost>(c, *b.outbox, std::move(hooks));
+    host->SetSnapshot(SnapshotOf(first_status, b));
+    ChannelOptions co;
+    co.endpoint = c.cloud.endpoint;
+    co.root_ca = c.pki.root_ca;
+    co.device_cert = c.pki.device_cert;
+    co.device_key = c.pki.device_key;
+    co.connect_timeout = c.cloud.connect_timeout;
+    co.heartbeat = c.cloud.heartbeat;
+    co.max_backoff = c.cloud.max_backoff;
+    channel = std::make_unique<Channel>(io, co, *host);
+    // A report appended (on the worker or the install's threads) wakes the
+    // channel on the loop.
+    b.outbox->SetOnAppend([&] {
+      boost::asio::post(io, [&] {
+        if (channel) channel->ReportsAvailable();
+      });
+    });
+    status.Post(
+        {{"channel",
+          {{"endpoint", c.cloud.endpoint}, {"online", false}, {"since", firmware::NowUtc()}}}});
+  }
+  // On the worker: the snapshot hello reports, and a "device" report in the
+  // outbox when what runs changed (once per start, then after a job that
+  // changed it): the cloud learns the versions in order with the results.
+  std::string reported_versions;
+  auto snapshot = [&](const json& s) {
+    if (!host) return;
+    DeviceSnapshot snap = SnapshotOf(s, b);
+    const std::string versions =
+        snap.device_version + "\n" + snap.dpi_version + "\n" + snap.boot.booted_slot;
+    if (versions != reported_versions) {
+      reported_versions = versions;
+      if (auto seq = b.outbox->Append("device", "",
+                                      {{"device_version", snap.device_version},
+                                       {"dpi_version", snap.dpi_version},
+                                       {"booted_slot", snap.boot.booted_slot},
+                                       {"agent_state", "idle"}});
+          !seq) {
+        spdlog::error("the device report is not in the outbox: {}", seq.error().ToString());
+      }
+    }
+    host->SetSnapshot(std::move(snap));
+  };
 
   auto stopping = [&] { return machine.state() == DaemonState::kStopping; };
   // The loop's own view: a job or the recovery was handed to the worker and
@@ -220,10 +318,10 @@ int CmdRun(const Config& c, bool once) {
   // dispatcher.busy(): the completion is posted from inside the worker's
   // task, so the loop may run it before the worker counts the task done.)
   bool in_flight = false;
-  std::function<void()> scan;
   // On the worker, when a job or the recovery is done.
   auto worker_done = [&] {
-    RefreshStatus(b, dispatcher, status, c, std::string(DaemonStateName(DaemonState::kIdle)));
+    snapshot(
+        RefreshStatus(b, dispatcher, status, c, std::string(DaemonStateName(DaemonState::kIdle))));
     boost::asio::post(io, [&] {
       in_flight = false;
       machine.Fire(DaemonEvent::kWorkerDone);
@@ -237,6 +335,20 @@ int CmdRun(const Config& c, bool once) {
   };
   scan = [&] {
     if (in_flight || machine.state() != DaemonState::kIdle) return;
+    if (!cloud_jobs.empty()) {
+      CloudJob job = std::move(cloud_jobs.front());
+      cloud_jobs.pop_front();
+      spdlog::info("job {}: from the cloud for {}", job.spec.id, job.spec.source);
+      SdNotify("STATUS=job " + job.spec.id);
+      machine.Fire(DaemonEvent::kJobTaken);
+      in_flight = true;
+      dispatcher.Submit(job.spec, [&, reply = std::move(job.reply)](const JobAnswer& answer) {
+        // The job.ack goes out on the loop.
+        boost::asio::post(io, [reply, answer] { reply(answer); });
+        worker_done();
+      });
+      return;
+    }
     // Local jobs (sag-agent install while the daemon runs) arrive as files.
     auto next = inbox.Next();
     if (!next) {
@@ -286,6 +398,7 @@ int CmdRun(const Config& c, bool once) {
     SdNotify("STOPPING=1");
     machine.Fire(DaemonEvent::kStopRequested);
     dispatcher.Cancel();
+    if (channel) channel->Stop();
     if (!in_flight) io.stop();  // else the worker's completion stops the loop
   });
   std::function<void()> ping;
@@ -305,12 +418,27 @@ int CmdRun(const Config& c, bool once) {
   // it is done.
   in_flight = true;
   dispatcher.Recover(worker_done);
+  if (channel) {
+    if (auto st = channel->Start(); !st) {
+      // A configuration problem (bad endpoint, unusable certificate): the
+      // daemon goes on serving the inbox and says why the channel is down.
+      spdlog::error("control channel: {}", st.error().ToString());
+      status.Post({{"channel",
+                    {{"endpoint", c.cloud.endpoint},
+                     {"online", false},
+                     {"since", firmware::NowUtc()},
+                     {"error", st.error().ToString()}}}});
+      channel.reset();
+    }
+  }
   io.run();
+  if (channel) channel->Stop();
   // Stopped: a job still running stops at its next checkpoint (Cancel) and
   // resumes at the next start; the worker is joined before the objects it
   // uses go away.
   dispatcher.Cancel();
   dispatcher.WaitIdle();
+  b.outbox->SetOnAppend(nullptr);
   machine.Fire(DaemonEvent::kLoopEnded);
   RefreshStatus(b, dispatcher, status, c, std::string(DaemonStateName(machine.state())));
   fs::remove(PidFile(c), ec);

@@ -247,7 +247,18 @@ void Dispatcher::Record(const JobOutcome& o, bool report) {
   // The report first: a kill between the two leaves the registry's record
   // unfinished, and RecoverNow() then finds the result report pending
   // instead of making a second one.
-  if (report) Emit(IsFinal(o.phase) ? "result" : "state", o.id, o.ToJson());
+  if (report && IsFinal(o.phase)) {
+    // A result says what runs after the job: the cloud takes the versions
+    // from it (docs/protocol.md).
+    json body = o.ToJson();
+    auto device = parts_.device->CurrentVersion();
+    auto dpi = parts_.dpi->CurrentVersion();
+    body["versions"] = {{"device", device ? *device : std::string()},
+                        {"dpi", dpi ? *dpi : std::string()}};
+    Emit("result", o.id, std::move(body));
+  } else if (report) {
+    Emit("state", o.id, o.ToJson());
+  }
   if (auto st = parts_.registry->Put(o); !st) {
     spdlog::error("job {}: {}", o.id, st.error().ToString());
   }

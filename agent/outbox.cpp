@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <random>
 #include <utility>
 
 #include "common/atomic_file.h"
@@ -23,7 +24,7 @@ namespace {
 constexpr std::size_t kMaxLogBytes = 64U << 20U;
 
 bool KnownKind(std::string_view kind) {
-  return kind == "state" || kind == "progress" || kind == "result";
+  return kind == "state" || kind == "progress" || kind == "result" || kind == "device";
 }
 
 Error Corrupt(const std::string& problem) {
@@ -59,17 +60,25 @@ Status Outbox::Load() {
   reports_.clear();
   acked_ = 0;
   last_seq_ = 0;
+  epoch_.clear();
   if (auto text = ReadFile(AckPath(), 4096)) {
     const std::string what = "outbox acknowledgement " + AckPath().string();
     auto doc = ParseJson(*text, what, Errc::kOutboxCorrupt);
     if (!doc) return Corrupt(doc.error().message());
     JsonReader r(*doc, what, Errc::kOutboxCorrupt);
     acked_ = r.U64("acked");
+    epoch_ = r.Str("epoch", "");
     if (auto st = r.Finish(); !st) return Corrupt(st.error().message());
   } else if (text.error().code() != Errc::kNotFound) {
     return std::move(text).error().WithContext("reading the outbox");
   }
   last_seq_ = acked_;
+  if (epoch_.empty()) {
+    // The first load (or an acknowledgement file of an agent before epochs):
+    // this sequence gets its name, durably, before any report is sent.
+    epoch_ = NewEpoch();
+    SAG_TRY_STATUS(WriteAck(acked_));
+  }
   std::string log;
   if (auto text = ReadFile(LogPath(), kMaxLogBytes)) {
     log = std::move(*text);
@@ -168,14 +177,36 @@ Expected<std::uint64_t> Outbox::Append(std::string kind, std::string job, json b
     Coalesce(keep);
     if (keep.size() < reports_.size()) SAG_TRY_STATUS(Rewrite(std::move(keep)));
   }
+  if (on_append_) on_append_();
   return last_seq_;
+}
+
+std::string Outbox::NewEpoch() {
+  std::random_device rd;
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%08x%08x", rd(), rd());
+  return buf;
+}
+
+Status Outbox::WriteAck(std::uint64_t seq) const {
+  return WriteFileAtomic(AckPath(), json{{"acked", seq}, {"epoch", epoch_}}.dump() + "\n", 0600);
+}
+
+std::string Outbox::epoch() const {
+  const std::lock_guard lock(mu_);
+  return epoch_;
+}
+
+void Outbox::SetOnAppend(std::function<void()> fn) {
+  const std::lock_guard lock(mu_);
+  on_append_ = std::move(fn);
 }
 
 Status Outbox::Ack(std::uint64_t seq) {
   const std::lock_guard lock(mu_);
   seq = std::min(seq, last_seq_);
   if (seq <= acked_) return Ok();
-  SAG_TRY_STATUS(WriteFileAtomic(AckPath(), json{{"acked", seq}}.dump() + "\n", 0600));
+  SAG_TRY_STATUS(WriteAck(seq));
   acked_ = seq;
   std::erase_if(reports_, [&](const Report& r) { return r.seq <= acked_; });
   // The acknowledged lines go once they are most of the file.

@@ -6,13 +6,17 @@
 //
 // Files (STATE_DIR):
 //   outbox.log  append-only, one JSON report per line:
-//               {"seq": N, "kind": "state"|"progress"|"result", "job": ID,
+//               {"seq": N, "kind": "state"|"progress"|"result"|"device", "job": ID,
 //                "at": TIME, "body": {...}}
 //               Each append is written and fdatasync'ed before Append()
 //               returns: a report that was appended survives SIGKILL and a
 //               power cut. A torn last line (cut mid-append) is cut off on
 //               Load(); it was never acknowledged as appended.
-//   outbox.ack  {"acked": N}, replaced atomically by Ack().
+//   outbox.ack  {"acked": N, "epoch": E}, replaced atomically by Ack().
+//               The epoch names this outbox's sequence: made at the first
+//               Load() (random), it changes only when the files are started
+//               afresh (moved aside as damaged), so that the cloud never
+//               takes a new report #1 for one it already recorded.
 //
 // Bounds and policy: when more than max_pending reports are pending, the
 // pending progress reports that a newer report of the same job supersedes
@@ -24,6 +28,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -37,7 +42,7 @@ namespace sag::agent {
 
 struct Report {
   std::uint64_t seq = 0;
-  std::string kind;  // "state" | "progress" | "result"
+  std::string kind;  // "state" | "progress" | "result" | "device" (what runs; job "")
   std::string job;   // job id
   std::string at;    // UTC time of the report
   nlohmann::json body = nlohmann::json::object();
@@ -66,6 +71,11 @@ class Outbox {
   // Whether a pending report of `kind` for `job` is in the outbox.
   [[nodiscard]] bool HasPending(std::string_view kind, std::string_view job) const;
   [[nodiscard]] std::uint64_t acked() const;
+  [[nodiscard]] std::string epoch() const;
+  // Called for every report appended, after it is durable, on the appending
+  // thread with the outbox's lock held: it must not call back into the
+  // outbox (post to a loop instead). The channel learns there is more to send.
+  void SetOnAppend(std::function<void()> fn);
   [[nodiscard]] std::uint64_t last_seq() const;
   // status.json's "outbox": {"pending", "oldest_pending_seq", "last_acked_seq"}.
   [[nodiscard]] nlohmann::json Summary() const;
@@ -75,6 +85,8 @@ class Outbox {
 
  private:
   Status OpenForAppend();
+  Status WriteAck(std::uint64_t seq) const;
+  static std::string NewEpoch();
   Status Rewrite(std::vector<Report> keep);  // atomically, the log holds `keep` only
   void Coalesce(std::vector<Report>& pending) const;
 
@@ -83,6 +95,8 @@ class Outbox {
   mutable std::mutex mu_;        // Append may come from the install's threads
   std::vector<Report> reports_;  // pending, in sequence order
   std::uint64_t acked_ = 0;
+  std::string epoch_;
+  std::function<void()> on_append_;
   std::uint64_t last_seq_ = 0;
   std::size_t lines_in_file_ = 0;  // acknowledged lines included
   std::size_t size_ = 0;           // bytes of whole lines in the log

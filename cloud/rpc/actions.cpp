@@ -156,12 +156,17 @@ ActionResult SmartagActions::UpdateVersion(const CallContext& ctx, const ParamMa
     }
     const std::string& reported = ReportedVersion(*d, *type);
     const auto current = Version::Parse(KindOf(*type), reported);
-    if (reported.empty() || !current) return Fail(errors::GetSmartAccessGatewayVersionError());
+    // A box without a DPI database (it reported none) takes any version; a
+    // Device OS version must be known to be compared.
+    const bool first_dpi = *type == VersionType::kDpi && reported.empty();
+    if (!first_dpi && (reported.empty() || !current)) {
+      return Fail(errors::GetSmartAccessGatewayVersionError());
+    }
     const bool listed = std::any_of(catalog.begin(), catalog.end(), [&](const CatalogEntry& e) {
       return e.type == *type && e.version_code == code && Compatible(e, d->hardware_model);
     });
     if (!listed || !target_version) return Fail(errors::VersionNotExist());
-    if (*target_version <= *current) return Fail(errors::VersionTooOld());
+    if (!first_dpi && *target_version <= *current) return Fail(errors::VersionTooOld());
   }
 
   for (const auto* d : targets) {

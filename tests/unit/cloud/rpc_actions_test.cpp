@@ -175,14 +175,17 @@ TEST_F(UpdateVersion, VersionError_NeverReportedOrUnparsable) {
   EXPECT_EQ(json_status_, 403);
   Mutate("sag-active", [&](InstanceState& i) { i.devices[0].software_version = "garbage"; });
   EXPECT_EQ(Update(Params("sag-active", "2.3.1.1")), "GetSmartAccessGatewayVersionError");
-  // The DPI version is separate from the device version.
+  // The DPI version is separate from the device version: unparsable is an
+  // error; none reported means no database yet, and any version installs.
   Mutate("sag-active", [&](InstanceState& i) {
     i.devices[0].software_version = "2.0.0";
-    i.devices[0].dpi_signature_db_version.clear();
+    i.devices[0].dpi_signature_db_version = "garbage";
   });
   EXPECT_EQ(Update(Params("sag-active", "20210101_1_0-0.0.2", "Dpi")),
             "GetSmartAccessGatewayVersionError");
   EXPECT_EQ(Update(Params("sag-active", "2.3.1.1")), "");
+  Mutate("sag-active", [&](InstanceState& i) { i.devices[0].dpi_signature_db_version.clear(); });
+  EXPECT_EQ(Update(Params("sag-active", "20210101_1_0-0.0.2", "Dpi")), "");
 }
 
 TEST_F(UpdateVersion, VersionNotExist_NotInCatalogOrNotForThisModel) {
