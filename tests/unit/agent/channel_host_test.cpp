@@ -29,7 +29,7 @@ class ChannelHostTest : public ::testing::Test {
     config_.identity.serial_number = "sag000x";
     config_.identity.model = "sag-1000";
     DaemonChannelHost::Hooks hooks;
-    hooks.submit = [this](JobSpec spec, std::function<void(const JobAnswer&)> reply) {
+    hooks.submit = [this](const JobSpec& spec, std::function<void(const JobAnswer&)> reply) {
       submitted_.push_back(spec);
       replies_.push_back(std::move(reply));
     };
@@ -83,7 +83,7 @@ TEST_F(ChannelHostTest, AJobGoesToTheQueueAndItsAnswerBecomesTheAck) {
                  "2030-01-01T00:00:00Z",
                  true};
   std::vector<proto::JobAck> acks;
-  host_->OnJob(job, [&](proto::JobAck a) { acks.push_back(a); });
+  host_->OnJob(job, [&](const proto::JobAck& a) { acks.push_back(a); });
   ASSERT_EQ(submitted_.size(), 1U);
   const JobSpec& s = submitted_[0];
   EXPECT_EQ(s.id, "c1");
@@ -167,7 +167,7 @@ TEST_F(ChannelHostTest, TheEpochIsKeptAcrossLoadsAndChangesWithFreshFiles) {
 
 TEST_F(ChannelHostTest, CancelIsRefusedWithAReason) {
   std::optional<proto::CancelAck> got;
-  host_->OnCancel({"c1"}, [&](proto::CancelAck a) { got = a; });
+  host_->OnCancel({"c1"}, [&](const proto::CancelAck& a) { got = a; });
   ASSERT_TRUE(got);
   EXPECT_FALSE(got->accepted);
   ASSERT_TRUE(got->error);
