@@ -198,6 +198,10 @@ void Session::Send(proto::Body body, std::string re) {
 
 void Session::Close(websocket::close_code code, std::string reason) {
   if (dead_ || close_) return;
+  if (!upgraded_) {  // nothing to say yet: no WebSocket to close
+    Kill("closing before the upgrade");
+    return;
+  }
   close_.emplace(code, std::move(reason));
   signal_.cancel();
 }
