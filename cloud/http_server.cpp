@@ -109,10 +109,10 @@ class Registration {
 
 template <typename Stream>
 asio::awaitable<bool> WriteResponse(Impl& impl, Stream& stream, HttpResponse resp, bool keep_alive,
-                                    unsigned version) {
+                                    unsigned version, bool head = false) {
   ErrorCode ec;
   std::ifstream file;
-  if (resp.file) {
+  if (resp.file && !head) {
     file.open(resp.file->path, std::ios::binary);
     if (file) file.seekg(static_cast<std::streamoff>(resp.file->offset));
     if (!file) {
@@ -127,6 +127,16 @@ asio::awaitable<bool> WriteResponse(Impl& impl, Stream& stream, HttpResponse res
     res.keep_alive(keep_alive);
   };
   Lowest(stream).expires_after(impl.opts.write_timeout);
+  if (head) {
+    // The answer to HEAD: the headers of the GET answer, with its length,
+    // and no body (a body would be read as the next response).
+    http::response<http::empty_body> res{static_cast<http::status>(resp.status), version};
+    set_headers(res);
+    res.content_length(resp.file ? resp.file->length : resp.body.size());
+    http::response_serializer<http::empty_body> sr{res};
+    co_await http::async_write_header(stream, sr, asio::redirect_error(asio::use_awaitable, ec));
+    co_return !ec;
+  }
   if (!resp.file) {
     http::response<http::string_body> res{static_cast<http::status>(resp.status), version};
     set_headers(res);
@@ -234,7 +244,10 @@ asio::awaitable<void> ServeHttp(std::shared_ptr<Impl> self, Stream& stream, std:
     }
     ++impl.served;
     const bool keep = msg.keep_alive() && !impl.stopped;
-    if (!co_await WriteResponse(impl, stream, std::move(resp), keep, version) || !keep) co_return;
+    const bool head = req.method == "HEAD";
+    if (!co_await WriteResponse(impl, stream, std::move(resp), keep, version, head) || !keep) {
+      co_return;
+    }
   }
 }
 

@@ -127,6 +127,22 @@ TEST_F(LoopbackServer, KeepAliveServesSeveralRequestsOnOneConnection) {
   EXPECT_NE(got.find("Server: sag-cloud"), std::string::npos);
 }
 
+TEST_F(LoopbackServer, HeadGetsHeadersOnlyAndTheConnectionStaysInStep) {
+  Raw raw(server_->port());
+  const auto req =
+      SignRequest(Opts(SignatureScheme::kV1, "GET"), "DescribeSmartAccessGateways", {}, now_);
+  raw.Send("HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET " + req.target +
+           " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const std::string got = raw.ReadAll();
+  // The HEAD answer (404: HEAD is not an RPC method) ends with its headers;
+  // the next bytes are the GET's status line.
+  const auto first_end = got.find("\r\n\r\n");
+  ASSERT_NE(first_end, std::string::npos) << got;
+  EXPECT_TRUE(got.starts_with("HTTP/1.1 404")) << got;
+  EXPECT_NE(got.substr(0, first_end).find("Content-Length: "), std::string::npos) << got;
+  EXPECT_TRUE(got.substr(first_end + 4).starts_with("HTTP/1.1 200 OK")) << got;
+}
+
 TEST_F(LoopbackServer, ABodyAboveTheLimitGetsAnErrorBody) {
   Raw raw(server_->port());
   raw.Send(
