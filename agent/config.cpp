@@ -62,7 +62,7 @@ class Reader {
     std::string s = out.string();
     SAG_TRY_STATUS(String(parent, path, key, s, required));
     const auto node = parent[key];
-    if (node && s.front() != '/') {
+    if (node && (s.empty() || s.front() != '/')) {
       return At(node.Mark(), Errc::kConfigRange,
                 "'" + Join(path, key) + "' must be an absolute path, got '" + s + "'");
     }
@@ -181,8 +181,9 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
   if (!root.IsDefined() || root.IsNull()) {
     return r.At(root.Mark(), Errc::kConfigMissingKey, "the configuration is empty");
   }
-  SAG_TRY_STATUS(r.Section(
-      root, "", {"identity", "cloud", "pki", "paths", "boot", "dpi", "health", "download", "log"}));
+  SAG_TRY_STATUS(r.Section(root, "",
+                           {"identity", "cloud", "pki", "paths", "boot", "dpi", "health",
+                            "download", "simulator", "log"}));
 
   SAG_TRY_STATUS(Optional(
       root, r, "identity", {"smartag_id", "serial_number", "model"},
@@ -345,6 +346,12 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
         return r.Integer(n, "download", "max_retries", c.download.max_retries, 0, 1000);
       }));
 
+  SAG_TRY_STATUS(Optional(
+      root, r, "simulator", {"reboot_flag", "boot_id_file"}, [&](const YAML::Node& n) -> Status {
+        SAG_TRY_STATUS(r.Path(n, "simulator", "reboot_flag", c.simulator.reboot_flag));
+        return r.Path(n, "simulator", "boot_id_file", c.simulator.boot_id_file);
+      }));
+
   SAG_TRY_STATUS(Optional(root, r, "log", {"level"}, [&](const YAML::Node& n) -> Status {
     std::string level = "info";
     SAG_TRY_STATUS(r.String(n, "log", "level", level));
@@ -411,6 +418,10 @@ std::vector<std::string> DescribeConfig(const Config& c) {
   out.push_back("download: " + (c.download.bandwidth_limit == 0
                                     ? std::string("unlimited")
                                     : std::to_string(c.download.bandwidth_limit) + " B/s"));
+  if (!c.simulator.reboot_flag.empty() || !c.simulator.boot_id_file.empty()) {
+    out.push_back("simulator: reboot flag " + c.simulator.reboot_flag.string() + ", boot id " +
+                  c.simulator.boot_id_file.string());
+  }
   return out;
 }
 

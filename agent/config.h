@@ -110,6 +110,15 @@ struct DownloadConfig {
   std::chrono::seconds min_rate_window{300};
 };
 
+// The simulated appliance's stand-ins for hardware that a test machine lacks
+// (written by `sag-sim init`; absent on a real appliance). A reboot becomes
+// a flag file the simulator watches (platform::FlagFileRebooter), and each
+// simulated boot has its own boot id in a file the simulator rewrites.
+struct SimulatorConfig {
+  std::filesystem::path reboot_flag;   // "" = reboot for real
+  std::filesystem::path boot_id_file;  // "" = /proc/sys/kernel/random/boot_id
+};
+
 struct Config {
   std::filesystem::path source;  // the file it was loaded from
   Identity identity;
@@ -120,6 +129,7 @@ struct Config {
   DpiConfig dpi;
   HealthConfig health;
   DownloadConfig download;
+  SimulatorConfig simulator;
   spdlog::level::level_enum log_level = spdlog::level::info;
 };
 

@@ -22,7 +22,6 @@ using nlohmann::json;
 namespace {
 
 constexpr std::string_view kExt = ".json";
-constexpr std::size_t kMaxIdBytes = 128;
 
 std::string_view FileKind(mode_t mode) {
   if (S_ISLNK(mode)) return "a symbolic link";
@@ -34,43 +33,34 @@ std::string_view FileKind(mode_t mode) {
   return "not a regular file";
 }
 
-bool IsUrlSource(std::string_view s) {
-  return s.starts_with("http://") || s.starts_with("https://");
-}
-
 }  // namespace
-
-Status CheckJobId(std::string_view id) {
-  if (id.empty() || id.size() > kMaxIdBytes) {
-    return Error(Errc::kBadRequest, "a job id has 1 to " + std::to_string(kMaxIdBytes) +
-                                        " characters, not " + std::to_string(id.size()));
-  }
-  const bool ok = std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == ':' || c == '-';
-  });
-  if (!ok || id.front() == '.') {
-    return Error(Errc::kBadRequest,
-                 "a job id is made of letters, digits and . _ : - (not first: .); got '" +
-                     std::string(id.substr(0, 64)) + "'");
-  }
-  return Ok();
-}
 
 Expected<InboxRequest> DecodeInboxRequest(std::string_view text, std::string_view what) {
   SAG_TRY(const json doc, ParseJson(text, what, Errc::kBadRequest));
   JsonReader r(doc, std::string(what), Errc::kBadRequest);
-  r.OnlyKeys({"id", "source", "allow_downgrade", "reboot"});
+  r.OnlyKeys({"id", "type", "version", "source", "size", "sha256", "allow_downgrade", "reboot",
+              "deadline"});
   InboxRequest req;
-  req.id = r.Str("id");
-  req.source = r.Str("source");
-  req.allow_downgrade = r.Bool("allow_downgrade", false);
-  req.reboot = r.Bool("reboot", true);
-  if (r.ok()) {
-    if (auto st = CheckJobId(req.id); !st) r.Fail("id", st.error().message());
+  JobSpec& spec = req.spec;
+  spec.id = r.Str("id");
+  const auto type = r.OptStr("type");
+  spec.version = r.Str("version", "");
+  spec.source = r.Str("source");
+  spec.size = r.U64("size", 0);
+  spec.sha256 = r.Str("sha256", "");
+  spec.allow_downgrade = r.Bool("allow_downgrade", false);
+  spec.reboot = r.Bool("reboot", true);
+  spec.deadline = r.Str("deadline", "");
+  if (r.ok() && type) {
+    const auto t = ParseJobType(*type);
+    if (!t || *t == JobType::kUnknown) {
+      r.Fail("type", R"(expected "Device" or "Dpi", got ')" + type->substr(0, 40) + "'");
+    } else {
+      spec.type = *t;
+    }
   }
-  if (r.ok() && !IsUrlSource(req.source) && !req.source.starts_with('/')) {
-    r.Fail("source", "expected an absolute file path or an http(s) URL");
+  if (r.ok()) {
+    if (auto problem = CheckJobSpec(spec)) r.Fail(problem->field, problem->problem);
   }
   SAG_TRY_STATUS(r.Finish());
   return req;

@@ -9,9 +9,11 @@
 //     block the reader forever, a symlink could point anywhere);
 //   - owned by root or by the agent's own user;
 //   - at most max_bytes (64 KiB);
-//   - decoded by a strict schema: {"id": string, "source": string,
-//     "allow_downgrade": bool, "reboot": bool}, the last two optional, no
-//     other key, every type checked.
+//   - decoded by a strict schema, the job model's fields (agent/job.h
+//     JobSpec): {"id": string, "source": string, "type": "Device"|"Dpi",
+//     "version": string, "size": unsigned, "sha256": string,
+//     "allow_downgrade": bool, "reboot": bool, "deadline": string}, all but
+//     id and source optional, no other key, every type and format checked.
 //
 // A request that fails any of these is moved to inbox/rejected/NAME (with
 // NAME.error holding the reason) and answered in replies/NAME.json, so the
@@ -32,16 +34,14 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/job.h"
 #include "common/error.h"
 
 namespace sag::agent {
 
 struct InboxRequest {
   std::string name;  // the file name without ".json": the reply's name
-  std::string id;
-  std::string source;  // absolute file path or http(s) URL
-  bool allow_downgrade = false;
-  bool reboot = true;
+  JobSpec spec;
 };
 
 struct InboxRejection {
@@ -58,10 +58,6 @@ struct InboxOptions {
 // Decodes one request's text (kBadRequest with the field and the problem).
 // `what` names it in messages ("inbox request x.json").
 Expected<InboxRequest> DecodeInboxRequest(std::string_view text, std::string_view what);
-
-// A job id: 1 to 128 of [A-Za-z0-9._:-], not starting with '.' (it names
-// files: the request, its reply).
-Status CheckJobId(std::string_view id);
 
 class Inbox {
  public:

@@ -31,13 +31,42 @@ std::string_view JobPhaseName(JobPhase phase);  // "accepted", ... "failed"
 std::optional<JobPhase> ParseJobPhase(std::string_view name);
 [[nodiscard]] bool IsFinal(JobPhase phase);
 
-// What a job asks for, from any source (inbox, channel).
+// What a job asks for, from any source (inbox, channel): the one job model
+// of both VersionTypes. What the spec says about the image (type, version)
+// must agree with the image's signed manifest, or the job is refused with
+// kSpecMismatch before anything is written; empty fields take what the
+// manifest says.
 struct JobSpec {
   std::string id;
-  std::string source;  // absolute file path or http(s) URL
+  JobType type = JobType::kUnknown;  // kUnknown: the manifest's type decides
+  std::string version;               // "": the manifest's version
+  std::string source;                // absolute file path or http(s) URL
+  std::uint64_t size = 0;            // of the image file in bytes; 0 = unknown
+                                     // (a local file of another size: kSpecMismatch)
+  std::string sha256;                // of the image file, 64 lower-case hex; "" = unknown
   bool allow_downgrade = false;
-  bool reboot = true;
+  bool reboot = true;    // a Device job reboots into the trial as soon as it is set
+  std::string deadline;  // UTC, 2026-12-02T08:00:00Z; "" = none. A job not
+                         // started by then is refused (kSpecMismatch).
 };
+
+// A job id: 1 to 128 of [A-Za-z0-9._:-], not starting with '.' (it names
+// files: an inbox request, its reply).
+Status CheckJobId(std::string_view id);
+
+// The first field of `spec` whose value breaks its format (id, source,
+// sha256, deadline), as {field, problem}; nullopt when all are well formed.
+// Sources decode a spec with their own decoder and report this as their
+// schema error; Dispatcher::Submit checks it again (kBadRequest).
+struct SpecProblem {
+  std::string field;
+  std::string problem;
+};
+std::optional<SpecProblem> CheckJobSpec(const JobSpec& spec);
+
+// Whether `deadline` (2026-12-02T08:00:00Z) is before `now` (same format);
+// both are compared as text, which orders this fixed format correctly.
+[[nodiscard]] bool DeadlinePassed(std::string_view deadline, std::string_view now);
 
 // What became of a job: what the registry keeps and the reply says.
 struct JobOutcome {

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cloud/rpc/rpc_service.h"
+#include "common/sha256.h"
 
 namespace sag::cloud {
 
@@ -33,7 +34,14 @@ Status FleetBackend::RegisterDevices() {
 }
 
 std::string FleetBackend::JobIdOf(const rpc::UpgradeOrder& order) {
-  return "upg-" + order.request_id;
+  // One call may upgrade both boxes of an HA pair: one order, and one job,
+  // per box, all with the call's RequestId. A serial too long for the
+  // protocol's id limit is replaced by a short hash of it.
+  std::string id = "upg-" + order.request_id + "-" + order.serial_number;
+  if (id.size() > proto::kMaxId) {
+    id = "upg-" + order.request_id + "-" + ToHex(Sha256::Of(order.serial_number)).substr(0, 12);
+  }
+  return id;
 }
 
 rpc::InstanceState FleetBackend::Live(rpc::InstanceState instance) const {

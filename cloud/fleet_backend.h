@@ -45,7 +45,8 @@ class FleetBackend final : public rpc::ApiBackend {
   std::vector<rpc::CatalogEntry> Catalog(rpc::VersionType type) override;
   rpc::DispatchResult DispatchUpgrade(const rpc::UpgradeOrder& order) override;
 
-  // The id of the job an order becomes ("upg-" + its RequestId).
+  // The id of the job an order becomes ("upg-<RequestId>-<serial>": an HA
+  // call gives one order per box, with one RequestId).
   static std::string JobIdOf(const rpc::UpgradeOrder& order);
 
  private:

@@ -2,7 +2,7 @@
 //
 //   sag-cloud serve --config FILE [--log-level LEVEL]
 //   sag-cloud call --endpoint URL --access-key-id AK --access-key-secret SK
-//                  [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]
+//                  [--ca-file PEM] [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]
 //                  [--timeout-ms N] ACTION [Key=Value ...]
 //   sag-cloud --version
 //
@@ -13,20 +13,29 @@
 // come from ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET, as
 // the SDKs read it, to keep the secret off the command line.
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "cloud/fleet_backend.h"
+#include "cloud/gateway.h"
 #include "cloud/http_server.h"
+#include "cloud/lab.h"
+#include "cloud/repository.h"
 #include "cloud/rpc/client.h"
 #include "cloud/rpc/memory_backend.h"
 #include "cloud/rpc/rpc_config.h"
 #include "cloud/rpc/rpc_service.h"
+#include "cloud/store.h"
 #include "common/log.h"
+#include "common/net/tls.h"
 
 namespace {
 
@@ -42,18 +51,18 @@ void Usage(std::ostream& out) {
   out << "usage:\n"
          "  sag-cloud serve --config FILE [--log-level LEVEL]\n"
          "  sag-cloud call --endpoint URL [--access-key-id AK] [--access-key-secret SK]\n"
+         "                 [--ca-file PEM]\n"
          "                 [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]\n"
          "                 [--timeout-ms N] ACTION [Key=Value ...]\n"
+         "  sag-cloud lab init DIR [--smartag-id ID] [--serial S [--serial S2]] [--model M]\n"
+         "                 [--api-port N] [--gateway-port N] [--repository-port N]\n"
          "  sag-cloud --version\n";
 }
 
-// The backend the API runs on. THE SEAM: once the store and the device
-// gateway exist (cloud/store.*, cloud/gateway.*), an ApiBackend over them
-// is built here instead, from the same configuration, and the gateway and
-// the image repository are served next to the API. Until then the state is
-// the configuration's `instances` and `catalog`, in memory: devices listed
-// online count as having just reported their state.
-std::unique_ptr<ApiBackend> MakeBackend(const ApiFileConfig& config) {
+// Without `gateway` and `repository` in the configuration, the API runs on
+// its `instances` and `catalog`, in memory: devices listed online count as
+// having just reported their state (API development, no devices).
+std::unique_ptr<ApiBackend> MakeMemoryBackend(const ApiFileConfig& config) {
   auto backend = std::make_unique<sag::cloud::rpc::MemoryBackend>();
   const auto now = sag::cloud::rpc::Clock::now();
   for (auto inst : config.instances) {
@@ -64,6 +73,71 @@ std::unique_ptr<ApiBackend> MakeBackend(const ApiFileConfig& config) {
   }
   for (const auto& e : config.catalog) backend->AddCatalogEntry(e);
   return backend;
+}
+
+// The real parts: the gateway's store, the device gateway, the image
+// repository and its HTTPS server, and the API's backend over them, all on
+// the one io_context.
+struct Parts {
+  std::unique_ptr<sag::cloud::Store> store;
+  std::unique_ptr<sag::cloud::Gateway> gateway;
+  std::unique_ptr<sag::cloud::Repository> repository;
+  std::unique_ptr<boost::asio::ssl::context> repository_tls;
+  std::unique_ptr<sag::cloud::HttpServer> repository_server;
+  std::unique_ptr<sag::cloud::FleetBackend> backend;
+
+  void Stop() {
+    if (repository_server) repository_server->Stop();
+    if (gateway) gateway->Stop();
+  }
+};
+
+sag::Expected<std::unique_ptr<Parts>> StartParts(boost::asio::io_context& io,
+                                                 const ApiFileConfig& config) {
+  namespace cloud = sag::cloud;
+  auto parts = std::make_unique<Parts>();
+  const auto& gc = *config.gateway;
+  const auto& rc = *config.repository;
+  parts->store = std::make_unique<cloud::Store>(config.store);
+  SAG_TRY_STATUS(parts->store->Load());
+  parts->repository = std::make_unique<cloud::Repository>(
+      cloud::Repository::Options{rc.dir, {rc.root_ca, std::nullopt}});
+  SAG_TRY_STATUS(parts->repository->Scan());
+  for (const auto& img : parts->repository->Images()) {
+    spdlog::info("image repository: {} {} ({}, {} bytes)", sag::image::ImageTypeName(img.type),
+                 img.version, img.file_name, img.size);
+  }
+  cloud::GatewayOptions go;
+  go.listen_address = gc.listen_address;
+  go.port = gc.listen_port;
+  go.cert_chain = gc.cert_chain;
+  go.key = gc.key;
+  go.device_ca = gc.device_ca;
+  go.heartbeat = gc.heartbeat;
+  parts->gateway = std::make_unique<cloud::Gateway>(io, go, *parts->store);
+  cloud::FleetOptions fo;
+  fo.instances = config.instances;
+  fo.image_base_url = rc.base_url;
+  fo.job_deadline = rc.job_deadline;
+  parts->backend = std::make_unique<cloud::FleetBackend>(std::move(fo), *parts->store,
+                                                         *parts->gateway, *parts->repository);
+  SAG_TRY_STATUS(parts->backend->RegisterDevices());
+  SAG_TRY_STATUS(parts->gateway->Start());
+  SAG_TRY(parts->repository_tls,
+          sag::net::MakeTlsServerContext({rc.cert_chain, rc.key, rc.client_ca}));
+  cloud::HttpServerOptions ro;
+  ro.max_body_bytes = 0;
+  const cloud::Repository* repo = parts->repository.get();
+  SAG_TRY(parts->repository_server,
+          cloud::HttpServer::Start(
+              io, rc.listen_address, rc.listen_port,
+              [repo](const cloud::HttpRequest& request) { return repo->Serve(request); }, ro,
+              parts->repository_tls.get()));
+  spdlog::info("device gateway on wss://{}:{}/device/v1; image repository on {} ({} images{})",
+               gc.listen_address, parts->gateway->port(), rc.base_url,
+               parts->repository->Images().size(),
+               rc.client_ca.empty() ? "" : ", device certificates required");
+  return parts;
 }
 
 int Serve(const std::vector<std::string>& args) {
@@ -98,10 +172,24 @@ int Serve(const std::vector<std::string>& args) {
   if (config->rpc.access_keys.empty()) {
     spdlog::warn("no access_keys configured: every call will answer InvalidAccessKeyId.NotFound");
   }
-  auto backend = MakeBackend(*config);
+  boost::asio::io_context io;
+  std::unique_ptr<Parts> parts;
+  std::unique_ptr<ApiBackend> memory;
+  ApiBackend* backend = nullptr;
+  if (config->gateway) {
+    auto started = StartParts(io, *config);
+    if (!started) {
+      spdlog::critical("{}", started.error().ToString());
+      return kExitNoAnswer;
+    }
+    parts = std::move(*started);
+    backend = parts->backend.get();
+  } else {
+    memory = MakeMemoryBackend(*config);
+    backend = memory.get();
+  }
   sag::cloud::rpc::RpcService service(config->rpc, *backend);
 
-  boost::asio::io_context io;
   sag::cloud::HttpServerOptions options;
   options.max_body_bytes = config->max_body_bytes;
   const std::size_t limit = config->max_body_bytes;
@@ -109,22 +197,49 @@ int Serve(const std::vector<std::string>& args) {
     return service.TransportError(status == 413 ? sag::cloud::rpc::errors::RequestTooLarge(limit)
                                                 : sag::cloud::rpc::errors::InternalError());
   };
+  std::unique_ptr<boost::asio::ssl::context> tls;
+  if (!config->tls_cert.empty()) {
+    auto ctx = sag::net::MakeTlsServerContext({config->tls_cert, config->tls_key, {}});
+    if (!ctx) {
+      spdlog::critical("api TLS: {}", ctx.error().ToString());
+      return kExitUsage;
+    }
+    tls = std::move(*ctx);
+  }
   auto server = sag::cloud::HttpServer::Start(io, config->listen_address, config->listen_port,
-                                              service.Handler(), options);
+                                              service.Handler(), options, tls.get());
   if (!server) {
     spdlog::critical("{}", server.error().ToString());
     return kExitNoAnswer;
   }
-  spdlog::info("sag-cloud {}: Smartag RPC API on http://{}:{} ({} access keys, {} instances)",
-               SAG_VERSION, config->listen_address, (*server)->port(),
+  spdlog::info("sag-cloud {}: Smartag RPC API on {}://{}:{} ({} access keys, {} instances)",
+               SAG_VERSION, tls ? "https" : "http", config->listen_address, (*server)->port(),
                config->rpc.access_keys.size(), config->instances.size());
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& ec, int signo) {
     if (ec) return;
     spdlog::info("signal {}: stopping", signo);
     (*server)->Stop();
-    io.stop();
+    if (parts) parts->Stop();
+    // The closes (WebSocket, TLS) get a moment; then the loop ends.
+    boost::asio::post(io, [&io] { io.stop(); });
   });
+  // SIGHUP: the image repository is scanned again (new images, removed ones).
+  boost::asio::signal_set hup(io, SIGHUP);
+  std::function<void()> wait_hup = [&] {
+    hup.async_wait([&](const boost::system::error_code& ec, int) {
+      if (ec) return;
+      if (parts) {
+        if (auto st = parts->repository->Scan(); !st) {
+          spdlog::error("{}", st.error().ToString());
+        } else {
+          spdlog::info("image repository rescanned: {} images", parts->repository->Images().size());
+        }
+      }
+      wait_hup();
+    });
+  };
+  wait_hup();
   io.run();
   return kExitOk;
 }
@@ -133,6 +248,7 @@ int Call(const std::vector<std::string>& args) {
   using sag::cloud::rpc::SignatureScheme;
   sag::cloud::rpc::SignOptions options;
   std::string endpoint;
+  std::string ca_file;
   long timeout_ms = 3000;
   std::string action;
   sag::cloud::rpc::ParamList params;
@@ -153,6 +269,8 @@ int Call(const std::vector<std::string>& args) {
       const std::string& v = args[++i];
       if (a == "--endpoint") {
         endpoint = v;
+      } else if (a == "--ca-file") {
+        ca_file = v;
       } else if (a == "--access-key-id") {
         options.access_key_id = v;
       } else if (a == "--access-key-secret") {
@@ -183,15 +301,22 @@ int Call(const std::vector<std::string>& args) {
       params.emplace_back(a.substr(0, eq), a.substr(eq + 1));
     }
   }
-  if (endpoint.empty()) return bad("--endpoint URL is required");
+  if (endpoint.empty()) {
+    // As `sag-cloud lab init`'s credentials.env sets it.
+    if (const char* e = std::getenv("SAG_CLOUD_ENDPOINT"))
+      endpoint = e;  // NOLINT(concurrency-mt-unsafe)
+  }
+  if (endpoint.empty()) return bad("--endpoint URL (or SAG_CLOUD_ENDPOINT) is required");
   if (action.empty()) return bad("the ACTION is missing");
   if (options.access_key_id.empty() || options.access_key_secret.empty()) {
     return bad(
         "an access key pair is required (--access-key-id/--access-key-secret or "
         "ALIBABA_CLOUD_ACCESS_KEY_ID/_SECRET)");
   }
-  const auto ep = sag::cloud::rpc::ParseEndpoint(endpoint);
+  auto ep = sag::cloud::rpc::ParseEndpoint(endpoint);
   if (!ep) return bad(ep.error().message());
+  if (ep->tls && ca_file.empty()) return bad("an https endpoint needs --ca-file");
+  ep->ca_file = ca_file;
   options.host = ep->host.find(':') != std::string::npos
                      ? "[" + ep->host + "]:" + std::to_string(ep->port)
                      : ep->host + ":" + std::to_string(ep->port);
@@ -220,6 +345,72 @@ int Call(const std::vector<std::string>& args) {
 
 }  // namespace
 
+// sag-cloud lab init DIR: a control plane for one machine (cloud/lab.h).
+int Lab(const std::vector<std::string>& args) {
+  if (args.size() < 2 || args[0] != "init") {
+    std::cerr << "sag-cloud lab: usage: sag-cloud lab init DIR [options]\n";
+    return kExitUsage;
+  }
+  sag::cloud::LabOptions o;
+  o.dir = args[1];
+  std::vector<std::string> serials;
+  for (std::size_t i = 2; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (i + 1 >= args.size()) {
+      std::cerr << "sag-cloud lab init: '" << a << "' needs a value\n";
+      return kExitUsage;
+    }
+    const std::string& v = args[++i];
+    auto port = [&](std::uint16_t& out) {
+      char* end = nullptr;
+      const long n = std::strtol(v.c_str(), &end, 10);
+      if (end == v.c_str() || *end != '\0' || n < 0 || n > 65535) return false;
+      out = static_cast<std::uint16_t>(n);
+      return true;
+    };
+    bool ok = true;
+    if (a == "--smartag-id") {
+      o.smartag_id = v;
+    } else if (a == "--serial") {
+      serials.push_back(v);
+    } else if (a == "--model") {
+      o.model = v;
+    } else if (a == "--api-port") {
+      ok = port(o.api_port);
+    } else if (a == "--gateway-port") {
+      ok = port(o.gateway_port);
+    } else if (a == "--repository-port") {
+      ok = port(o.repository_port);
+    } else {
+      std::cerr << "sag-cloud lab init: unknown option '" << a << "'\n";
+      return kExitUsage;
+    }
+    if (!ok) {
+      std::cerr << "sag-cloud lab init: " << a << " '" << v << "' is not a port number\n";
+      return kExitUsage;
+    }
+  }
+  if (!serials.empty()) o.serials = serials;
+  auto lab = sag::cloud::InitLab(o);
+  if (!lab) {
+    std::cerr << "sag-cloud lab init: " << lab.error().ToString() << "\n";
+    return lab.error().code() == sag::Errc::kInvalidArgument ? kExitUsage : kExitErrorAnswer;
+  }
+  const auto dir = lab->config.parent_path();
+  std::cout << "lab in " << dir.string() << "\n"
+            << "  configuration   " << lab->config.string() << "\n"
+            << "  RPC API         " << lab->api_endpoint << " (access key " << lab->access_key_id
+            << "; source " << lab->credentials.string() << ")\n"
+            << "  device gateway  " << lab->device_endpoint << "\n"
+            << "  images          " << (dir / "images").string() << ", served on "
+            << lab->repository_url << "/images/\n"
+            << "  PKI             " << (dir / "pki").string()
+            << " (root-ca.pem, signer.*, device-SERIAL.*)\n"
+            << "next: put signed images (sag-image create) in images/, then\n"
+            << "  sag-cloud serve --config " << lab->config.string() << "\n";
+  return kExitOk;
+}
+
 int main(int argc, char** argv) {
   const std::vector<std::string> all(argv + 1, argv + argc);
   if (all.empty()) {
@@ -237,6 +428,7 @@ int main(int argc, char** argv) {
   }
   if (all[0] == "serve") return Serve(rest);
   if (all[0] == "call") return Call(rest);
+  if (all[0] == "lab") return Lab(rest);
   std::cerr << "sag-cloud: unknown command '" << all[0] << "'\n";
   Usage(std::cerr);
   return kExitUsage;

@@ -64,6 +64,8 @@ std::string_view ErrcName(Errc code) {
     SAG_ERRC_NAME(JournalCorrupt)
     SAG_ERRC_NAME(VersionUnparsable)
     SAG_ERRC_NAME(JournalNewerFormat)
+    SAG_ERRC_NAME(SpecMismatch)
+    SAG_ERRC_NAME(JobCrashLoop)
     SAG_ERRC_NAME(BadRequest)
     SAG_ERRC_NAME(OutboxCorrupt)
     SAG_ERRC_NAME(NetConnect)

@@ -75,6 +75,8 @@ enum class Errc : std::uint16_t {
   kVersionUnparsable = 411,   // the running/active version cannot be compared
   kJournalNewerFormat = 412,  // a job record written by a newer agent
   // 413-419: the daemon (issue 14).
+  kSpecMismatch = 413,   // a job's type or version disagrees with the image's signed manifest
+  kJobCrashLoop = 414,   // a job kept stopping the agent at the same step; ended instead of retried
   kBadRequest = 415,     // a job request that is not a regular file, too big, or fails its schema
   kOutboxCorrupt = 416,  // the report outbox's files are damaged
   // 5xx: network

@@ -23,7 +23,7 @@ namespace {
 // job found in it after a crash (SIGKILL, power loss) of the agent.
 //
 // Resume rules, and why:
-//  - before the swap (Verifying, Staging, Validating): the active database
+//  - before the swap (Checking, Staging, Validating): the active database
 //    and the engine were never touched; the staging is removed and the job
 //    fails with kDpiInterrupted. The cloud may send it again; retrying here
 //    would need the payload, which is gone with the process.
@@ -46,7 +46,7 @@ struct StateRow {
 using S = JobState;
 constexpr std::array<StateRow, 10> kStates = {{
     // state            name           on success      on failure      on resume
-    {S::kVerifying, "Verifying", S::kStaging, S::kFailed, S::kFailed},
+    {S::kChecking, "Checking", S::kStaging, S::kFailed, S::kFailed},
     {S::kStaging, "Staging", S::kValidating, S::kFailed, S::kFailed},
     {S::kValidating, "Validating", S::kSwapping, S::kFailed, S::kFailed},
     {S::kSwapping, "Swapping", S::kReloading, S::kRollingBack, S::kRollingBack},
@@ -109,6 +109,8 @@ std::optional<JobState> ParseJobState(std::string_view name) {
   for (const auto& row : kStates) {
     if (row.name == name) return row.state;
   }
+  // Names of older agents' journals: a job recorded by one resumes here.
+  if (name == "Verifying") return JobState::kChecking;
   return std::nullopt;
 }
 
@@ -128,7 +130,7 @@ struct DpiInstaller::Job {
   std::string version;
   std::optional<std::string> previous;
   bool allow_downgrade = false;
-  JobState state = JobState::kVerifying;
+  JobState state = JobState::kChecking;
   std::optional<Error> error;
   std::optional<JobState> failed_in;
   json history = json::array();  // finished jobs, newest last
@@ -220,6 +222,7 @@ Status DpiInstaller::Persist(Job& job, JobState to) {
     return std::move(st).error().WithContext("recording DPI job " + job.id + " state " +
                                              std::string(JobStateName(to)));
   }
+  if (options_.on_step && !IsTerminal(to)) options_.on_step(job.id, JobStateName(to));
   if (from == to) {
     spdlog::info("dpi job {}: {} (version {})", job.id, JobStateName(to), job.version);
   } else {
@@ -332,7 +335,7 @@ Expected<JobResult> DpiInstaller::Install(const JobSpec& spec, const PackageInfo
   SAG_TRY(job.previous, store_.Current());
   // The first record: from here on the job exists and a re-sent id is
   // answered with its state.
-  SAG_TRY_STATUS(Persist(job, JobState::kVerifying));
+  SAG_TRY_STATUS(Persist(job, JobState::kChecking));
   if (auto st = StepVerify(job, spec, package); !st) {
     Fail(job, std::move(st).error());
     return ResultOf(job);
@@ -590,6 +593,8 @@ void DpiInstaller::RollBack(Job& job, std::optional<Error> error) {
       spdlog::error("dpi job {}: {}", job.id, st.error().ToString());
       return;
     }
+  } else if (options_.on_step) {
+    options_.on_step(job.id, JobStateName(job.state));  // a resumed rollback runs again
   }
   auto attempt = [&]() -> Status {
     SAG_TRY_STATUS(store_.Activate(job.previous));
@@ -618,9 +623,9 @@ void DpiInstaller::RollBack(Job& job, std::optional<Error> error) {
   }
 }
 
-Expected<std::optional<JobResult>> DpiInstaller::Resume() {
+Expected<std::optional<DpiInstaller::Job>> DpiInstaller::LoadCurrent() const {
   SAG_TRY(auto record, journal_.Load());
-  if (!record || !record->contains("job")) return std::optional<JobResult>();
+  if (!record || !record->contains("job")) return std::optional<Job>();
   const auto& doc = *record;
   auto job_or = Job::FromJson(doc["job"]);
   if (!job_or) return JournalError(journal_, job_or.error());
@@ -629,6 +634,44 @@ Expected<std::optional<JobResult>> DpiInstaller::Resume() {
     if (auto st = Job::CheckHistory(doc["history"]); !st) return JournalError(journal_, st.error());
     job.history = doc["history"];
   }
+  return std::optional<Job>(std::move(job));
+}
+
+Expected<JobResult> DpiInstaller::Abandon(const std::string& job_id, Error error) {
+  SAG_TRY(auto current, LoadCurrent());
+  if (!current || current->id != job_id || IsTerminal(current->state)) {
+    return Error(Errc::kJobUnknown, "no unfinished DPI job " + job_id + " to end");
+  }
+  Job& job = *current;
+  SAG_TRY_STATUS(store_.Init());
+  spdlog::error("dpi job {}: ended in {}: {}", job.id, JobStateName(job.state), error.ToString());
+  switch (Row(job.state).on_resume) {
+    case JobState::kFailed:
+      job.failed_in = job.state;
+      Fail(job, std::move(error));
+      break;
+    case JobState::kRollingBack:
+      if (job.state == JobState::kRollingBack) {
+        // The rollback itself keeps crashing the agent: stop here.
+        if (!job.failed_in) job.failed_in = job.state;
+        job.error = Error(error.code(), error.message() + "; the rollback to " +
+                                            job.previous.value_or("(none)") +
+                                            " did not finish; the engine needs an operator");
+        SAG_TRY_STATUS(Persist(job, JobState::kFailed));
+      } else {
+        RollBack(job, std::move(error));
+      }
+      break;
+    default:
+      break;
+  }
+  return ResultOf(job);
+}
+
+Expected<std::optional<JobResult>> DpiInstaller::Resume() {
+  SAG_TRY(auto current, LoadCurrent());
+  if (!current) return std::optional<JobResult>();
+  Job job = std::move(*current);
   SAG_TRY_STATUS(store_.Init());
   const JobState crashed_in = job.state;
   switch (Row(crashed_in).on_resume) {

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -28,7 +29,10 @@
 namespace sag::dpi {
 
 enum class JobState {
-  kVerifying,    // type, version policy and free space are being checked
+  // type, model, version policy and free space are being checked. (Named
+  // "Verifying" before: that word is the Device job's read-back of the
+  // written slot; the old name is still read from journals.)
+  kChecking,
   kStaging,      // the payload is being extracted into staging/<version>
   kValidating,   // the validate hook runs against the staged directory
   kSwapping,     // staging -> versions/<version>, then `current` is switched
@@ -42,6 +46,7 @@ enum class JobState {
 };
 
 std::string_view JobStateName(JobState state);
+// Also reads the names older agents wrote ("Verifying" = Checking).
 std::optional<JobState> ParseJobState(std::string_view name);
 bool IsTerminal(JobState state);
 // Whether the table allows `from` -> `to` (exposed for tests).
@@ -73,6 +78,11 @@ struct Options {
   double space_margin = 2.0;
   // Finished jobs remembered (ids and outcomes) so a re-sent job is answered.
   std::size_t history = 64;
+  // Called as a job enters a state whose step does work (every state but
+  // the terminal ones; RollingBack again when a resumed rollback runs it
+  // once more), after the state is recorded: the daemon's loop guard counts
+  // these entries (agent/step_guard.h). Null = none.
+  std::function<void(const std::string& job, std::string_view step)> on_step;
 };
 
 struct JobSpec {
@@ -124,6 +134,13 @@ class DpiInstaller {
   // The recorded outcome of a job id (current job or history); nullopt if unknown.
   Expected<std::optional<JobResult>> Lookup(const std::string& job_id) const;
 
+  // The loop guard: ends the unfinished job `job_id` with `error` instead of
+  // resuming it. Before the swap it fails (staging removed, the active
+  // database untouched); after the swap it rolls back; a rollback that keeps
+  // crashing the agent fails with `error` (the engine needs an operator).
+  // kJobUnknown when the journal holds no unfinished job `job_id`.
+  Expected<JobResult> Abandon(const std::string& job_id, Error error);
+
  private:
   struct Job;
   Status EnsureJournalDir() const;
@@ -144,6 +161,8 @@ class DpiInstaller {
   Status ReloadAndConfirm(const std::optional<std::string>& version, const std::string& job_id,
                           Errc reload_code, Errc confirm_code);
   JobResult ResultOf(const Job& job) const;
+  // The journal's current job and its history; nullopt when there is none.
+  Expected<std::optional<Job>> LoadCurrent() const;
 
   Options options_;
   platform::SystemInfo* system_;

@@ -271,7 +271,7 @@ Expected<nlohmann::json> DeviceInstaller::LoadHistory() const {
 Expected<std::optional<JobRecord>> DeviceInstaller::Lookup(const std::string& id) {
   SAG_TRY(auto current, journal_.Load());
   if (current) {
-    SAG_TRY(auto rec, JobRecord::FromJson(*current));
+    SAG_TRY(auto rec, RecordFrom(journal_, *current));
     if (rec.id == id) return std::optional<JobRecord>(std::move(rec));
   }
   return FindInHistory(id);
@@ -391,22 +391,47 @@ Status DeviceInstaller::CheckPolicy(const JobSpec& spec, const image::VerifiedHe
 }
 
 Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
+  // A job seen before is answered before its source is opened (it may be
+  // gone); the reader that checks the header streams the payload too.
+  SAG_TRY(auto seen, Lookup(spec.id));
+  if (seen) return *seen;
+  auto source = OpenStreamSource(spec.source, 0, options_.download);
+  if (!source)
+    return StartRefused(spec,
+                        std::move(source).error().WithContext("opening " + RedactUrl(spec.source)));
+  image::ImageReader reader(**source, options_.trust, options_.limits);
+  auto header = reader.ReadHeader();
+  if (!header)
+    return StartRefused(
+        spec, std::move(header).error().WithContext("checking " + RedactUrl(spec.source)));
+  return Start(spec, reader, **header);
+}
+
+Expected<JobRecord> DeviceInstaller::StartRefused(const JobSpec& spec, Error error) {
   SAG_TRY(auto current, journal_.Load());
   if (current) {
     SAG_TRY(auto rec, RecordFrom(journal_, *current));
-    if (rec.id == spec.id) return rec;
-    if (IsTerminal(rec.state)) {
-      // A finished job whose move to the history was cut short.
-      SAG_TRY_STATUS(ArchiveFinished(rec));
-      return Start(spec);
+    if (!IsTerminal(rec.state)) {
+      return Error(Errc::kJobConflict, "job " + rec.id + " is still " +
+                                           std::string(JobStateName(rec.state)) +
+                                           "; wait for it to finish before starting " + spec.id);
     }
-    return Error(Errc::kJobConflict, "job " + rec.id + " is still " +
-                                         std::string(JobStateName(rec.state)) +
-                                         "; wait for it to finish before starting " + spec.id);
+    // A finished job whose move to the history was cut short.
+    SAG_TRY_STATUS(ArchiveFinished(rec));
   }
-  SAG_TRY(auto seen, FindInHistory(spec.id));
-  if (seen) return *seen;
+  JobRecord record = NewRecord(spec);
+  record.error = std::move(error);
+  record.state = JobState::kFailed;
+  spdlog::error("job {} refused: {}", spec.id, record.error->ToString());
+  SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+  record.from_slot = platform::SlotName(booted);
+  record.target_slot = platform::SlotName(platform::OtherSlot(booted));
+  if (auto v = CurrentVersion()) record.from_version = *v;
+  SAG_TRY_STATUS(ArchiveFinished(record));
+  return record;
+}
 
+JobRecord DeviceInstaller::NewRecord(const JobSpec& spec) {
   JobRecord record;
   record.id = spec.id;
   record.source = spec.source;
@@ -415,6 +440,28 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
   record.started_at = NowUtc();
   record.updated_at = record.started_at;
   record.history.push_back(record.started_at + " Pending");
+  return record;
+}
+
+Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec, image::ImageReader& reader,
+                                           const image::VerifiedHeader& h) {
+  SAG_TRY(auto current, journal_.Load());
+  if (current) {
+    SAG_TRY(auto rec, RecordFrom(journal_, *current));
+    if (rec.id == spec.id) return rec;
+    if (IsTerminal(rec.state)) {
+      // A finished job whose move to the history was cut short.
+      SAG_TRY_STATUS(ArchiveFinished(rec));
+      return Start(spec, reader, h);
+    }
+    return Error(Errc::kJobConflict, "job " + rec.id + " is still " +
+                                         std::string(JobStateName(rec.state)) +
+                                         "; wait for it to finish before starting " + spec.id);
+  }
+  SAG_TRY(auto seen, FindInHistory(spec.id));
+  if (seen) return *seen;
+
+  JobRecord record = NewRecord(spec);
 
   auto refuse = [&](const Error& e) -> Expected<JobRecord> {
     // Nothing was touched; the refusal is remembered under the job id.
@@ -432,16 +479,6 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
   if (auto v = CurrentVersion()) record.from_version = *v;
 
   {
-    // Only the header is read here; the reader (and its copy of the manifest)
-    // is gone before the payload is streamed from the start by StepWrite.
-    auto source = OpenStreamSource(spec.source, 0, options_.download);
-    if (!source)
-      return refuse(std::move(source).error().WithContext("opening " + RedactUrl(spec.source)));
-    image::ImageReader reader(**source, options_.trust, options_.limits);
-    auto header = reader.ReadHeader();
-    if (!header)
-      return refuse(std::move(header).error().WithContext("checking " + RedactUrl(spec.source)));
-    const image::VerifiedHeader& h = **header;
     record.version = h.manifest.version;
     if (auto st = CheckPolicy(spec, h, target); !st) return refuse(std::move(st).error());
 
@@ -461,12 +498,17 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
     if (auto f = Fail(record, std::move(st).error()); !f) return std::move(f).error();
     return record;
   }
-  return Run(std::move(record));
+  // StepWrite streams from `reader` (the first run only: see fresh_reader_).
+  fresh_reader_ = &reader;
+  auto done = Run(std::move(record));
+  fresh_reader_ = nullptr;
+  return done;
 }
 
 // The target slot is made unbootable before its first byte changes (and the
 // running slot committed), so a half-written slot can never be booted.
 Status DeviceInstaller::StepPrepare(JobRecord& record) {
+  EnterStep(record);
   SAG_TRY(const Slot target, SlotOf(record.target_slot));
   SAG_TRY(const Slot from, SlotOf(record.from_slot));
   SAG_TRY_STATUS(platform_.boot->MarkGood(from, options_.trial_attempts));
@@ -531,6 +573,41 @@ Expected<JobRecord> DeviceInstaller::Run(JobRecord record) {
   return record;
 }
 
+void DeviceInstaller::EnterStep(const JobRecord& record) {
+  if (options_.on_step) options_.on_step(record.id, JobStateName(record.state));
+}
+
+Expected<JobRecord> DeviceInstaller::Abandon(const std::string& id, Error error) {
+  SAG_TRY(auto doc, journal_.Load());
+  std::optional<JobRecord> found;
+  if (doc) {
+    SAG_TRY(auto rec, RecordFrom(journal_, *doc));
+    if (rec.id == id && !IsTerminal(rec.state)) found = std::move(rec);
+  }
+  if (!found) return Error(Errc::kJobUnknown, "no unfinished Device job " + id + " to end");
+  JobRecord& record = *found;
+  spdlog::error("job {}: ended in {}: {}", id, JobStateName(record.state), error.ToString());
+  if (Transition(record.state, JobEvent::kFailed)) {
+    // Before the trial: the target slot is still marked bad and the running
+    // slot first; keep its tries full, as Resume() would.
+    SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
+    SAG_TRY_STATUS(platform_.boot->MarkGood(booted, options_.trial_attempts));
+    SAG_TRY_STATUS(Fail(record, std::move(error)));
+    return record;
+  }
+  if (record.state == JobState::kHealthChecking) {
+    // On the trial boot: as a failed health check, back to the old slot.
+    record.error = std::move(error);
+    SAG_TRY(record.boot_id, platform_.system->BootId());
+    SAG_TRY_STATUS(Save(record, JobEvent::kUnhealthy));
+    SAG_TRY_STATUS(StepRollingBack(record));
+    return record;
+  }
+  return Error(Errc::kInvalidArgument, "Device job " + id + " in state " +
+                                           std::string(JobStateName(record.state)) +
+                                           " is decided by the next boot, not ended here");
+}
+
 Expected<std::optional<JobRecord>> DeviceInstaller::Resume() {
   SAG_TRY(auto doc, journal_.Load());
   if (!doc) {
@@ -583,6 +660,7 @@ Expected<std::optional<JobRecord>> DeviceInstaller::Resume() {
 // ---------------------------------------------------------------- write
 
 Status DeviceInstaller::StepWrite(JobRecord& record) {
+  EnterStep(record);
   SAG_TRY(const Slot target, SlotOf(record.target_slot));
   if (record.next_chunk > record.chunks_total) {
     return Error(Errc::kJournalCorrupt, "journal says chunk " + std::to_string(record.next_chunk) +
@@ -612,7 +690,14 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     spdlog::info("job {}: resuming the write at chunk {} of {}", record.id, start_chunk,
                  record.chunks_total);
   }
-  SAG_TRY(auto source, OpenStreamSource(record.source, offset, options_.download));
+  // The reader Start() verified the header with streams the payload of a
+  // fresh job; a resumed write opens the source again at its chunk.
+  image::ImageReader* fresh = start_chunk == 0 ? fresh_reader_ : nullptr;
+  fresh_reader_ = nullptr;
+  std::unique_ptr<image::ByteSource> source;
+  if (fresh == nullptr) {
+    SAG_TRY(source, OpenStreamSource(record.source, offset, options_.download));
+  }
 
   // Decoded-chunk buffers (see the stages below). Two: on a two-core
   // appliance the stages share the cores, and a third buffer (letting the
@@ -629,9 +714,14 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   std::optional<image::ImageReader> image_reader;
   std::optional<image::ChunkReader> chunk_reader;
   const image::Manifest* manifest = nullptr;
+  image::ImageReader* stream = fresh;
+  if (fresh != nullptr) fresh->SetChunkReading(kBuffers, kContentCheck);
   if (start_chunk == 0) {
-    auto& reader =
-        image_reader.emplace(*source, options_.trust, options_.limits, kBuffers, kContentCheck);
+    if (stream == nullptr) {
+      stream =
+          &image_reader.emplace(*source, options_.trust, options_.limits, kBuffers, kContentCheck);
+    }
+    auto& reader = *stream;
     auto h = reader.ReadHeader();
     if (!h) return std::move(h).error().WithContext("reading " + RedactUrl(record.source));
     if (ToHex((*h)->manifest_sha256) != record.header_sha256) {
@@ -821,11 +911,11 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   };
   // The writer writes from the reader's buffers: it is done before the
   // reader goes away. The last checkpoint is taken before this step ends.
-  if (image_reader) {
+  if (stream != nullptr) {
     struct Adapter {
       image::ImageReader& r;
       auto Next() { return r.NextChunk(); }
-    } adapter{*image_reader};
+    } adapter{*stream};
     produce(adapter);
   } else {
     produce(*chunk_reader);
@@ -851,6 +941,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
 // The write step read back every chunk it checkpointed; this reads back what
 // it did not (a journal written before read-back ran beside the write).
 Status DeviceInstaller::StepVerify(JobRecord& record) {
+  EnterStep(record);
   // From the medium: every chunk once more, after the final sync (a cut
   // here repeats the pass). From the cache: what the writer did not read
   // back yet (a resume).
@@ -906,6 +997,7 @@ Status DeviceInstaller::StepVerify(JobRecord& record) {
 // ---------------------------------------------------------------- boot
 
 Status DeviceInstaller::StepActivate(JobRecord& record) {
+  EnterStep(record);
   SAG_TRY(const Slot target, SlotOf(record.target_slot));
   SAG_TRY_STATUS(platform_.boot->SetTrial(target, options_.trial_attempts));
   SAG_TRY(record.boot_id, platform_.system->BootId());
@@ -956,6 +1048,7 @@ Status DeviceInstaller::StepHealth(JobRecord& record) {
     // Power was lost during the health check and the bootloader gave up.
     return StepAfterBoot(record);
   }
+  EnterStep(record);
   auto health = RunHealthChecks();
   if (health) {
     SAG_TRY_STATUS(Save(record, JobEvent::kHealthy));

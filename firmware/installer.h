@@ -54,6 +54,13 @@ struct InstallerOptions {
   // read-back while writing (through the page cache).
   enum class ReadBack { kMedium, kCache };
   ReadBack read_back = ReadBack::kMedium;
+  // Called before a job enters a step that does work a crash can interrupt
+  // and that the job repeats when resumed, named by the state it runs in
+  // (Pending, Writing, Verifying, Activating, HealthChecking): the daemon's
+  // loop guard counts these entries (agent/step_guard.h). Not called for
+  // Rebooting and RollingBack, which end in a reboot on purpose, nor for
+  // Committing. Null = none.
+  std::function<void(const std::string& job, std::string_view step)> on_step;
 };
 
 struct JobSpec {
@@ -88,6 +95,23 @@ class DeviceInstaller {
   // kJobConflict.
   Expected<JobRecord> Start(const JobSpec& spec);
 
+  // As Start(), for an image whose header the caller already read and
+  // verified with `reader` (`header` is what its ReadHeader() returned): the
+  // payload is streamed from that same reader, positioned after the header,
+  // so the image is opened once per job. A write resumed after a cut opens
+  // spec.source again at the chunk it stopped at.
+  Expected<JobRecord> Start(const JobSpec& spec, image::ImageReader& reader,
+                            const image::VerifiedHeader& header);
+
+  // The loop guard: ends the unfinished job `id` with `error` instead of
+  // resuming it. Before the trial boot is set the job fails (the target slot
+  // stays unbootable, the running one committed); on the trial boot
+  // (HealthChecking) it is unhealthy and rolls back (a reboot is requested).
+  // The journal records it as usual. kJobUnknown when the journal holds no
+  // unfinished job `id`; kInvalidArgument in a state that cannot be ended
+  // this way (Rebooting, Committing, RollingBack: the next boot decides).
+  Expected<JobRecord> Abandon(const std::string& id, Error error);
+
   // At agent start: continues whatever job the journal holds (a download cut
   // by power loss, a trial boot to check, a commit to finish). Returns the
   // record as it stands afterwards, or nullopt when there is no job.
@@ -113,6 +137,10 @@ class DeviceInstaller {
 
  private:
   Expected<JobRecord> Run(JobRecord record);
+  void EnterStep(const JobRecord& record);
+  // A job refused before its header was verified, remembered under its id.
+  Expected<JobRecord> StartRefused(const JobSpec& spec, Error error);
+  static JobRecord NewRecord(const JobSpec& spec);
   Status Save(JobRecord& record, JobEvent event);
   Status SaveProgress(JobRecord& record);
   Status Fail(JobRecord& record, Error error);
@@ -143,6 +171,9 @@ class DeviceInstaller {
   ProgressFn progress_;
   Journal journal_;
   std::atomic<bool> cancel_{false};
+  // The reader Start() verified the header with: StepWrite streams the
+  // payload from it instead of opening the source again. Only during Start.
+  image::ImageReader* fresh_reader_ = nullptr;
 };
 
 }  // namespace sag::firmware

@@ -31,12 +31,11 @@ class SystemdRebooter : public CommandRebooter {
 // pid) and then sends SIGTERM to its own process, as systemd would during a
 // reboot, so the agent shuts down through its normal path. The simulator
 // sees the marker after the agent exited and reboots the simulated device.
-// The simulator passes the marker's path in the environment variable
-// kRebootFlagEnv; the composition root picks this rebooter when it is set.
+// The marker's path comes from the agent's configuration (`simulator:
+// reboot_flag`, written by sag-sim init); the composition root picks this
+// rebooter when it is set.
 class FlagFileRebooter : public Rebooter {
  public:
-  static constexpr const char* kRebootFlagEnv = "SAG_SIM_REBOOT_FLAG";
-
   explicit FlagFileRebooter(std::filesystem::path flag, bool terminate_self = true);
   Status Reboot() override;
 
@@ -46,8 +45,7 @@ class FlagFileRebooter : public Rebooter {
 };
 
 // The composition root's choice: FlagFileRebooter when `flag_file` is set
-// (the simulator passes it in FlagFileRebooter::kRebootFlagEnv),
-// SystemdRebooter otherwise.
+// (configuration `simulator: reboot_flag`), SystemdRebooter otherwise.
 std::unique_ptr<Rebooter> MakeRebooter(const std::filesystem::path& flag_file);
 
 }  // namespace sag::platform

@@ -16,15 +16,12 @@ struct SystemInfoOptions {
   std::string model;
   std::filesystem::path model_file{"/sys/class/dmi/id/product_name"};
   // The simulator points this at its own file, which it renews on every
-  // simulated boot.
+  // simulated boot (configuration `simulator: boot_id_file`).
   std::filesystem::path boot_id_file{"/proc/sys/kernel/random/boot_id"};
 };
 
 class LinuxSystemInfo : public SystemInfo {
  public:
-  // The simulator passes its boot id file in this environment variable.
-  static constexpr const char* kBootIdEnv = "SAG_SIM_BOOT_ID_FILE";
-
   explicit LinuxSystemInfo(SystemInfoOptions options);
   Expected<std::string> SerialNumber() override;
   Expected<std::string> HardwareModel() override;

@@ -70,6 +70,9 @@ struct CatalogEntry {
   std::vector<std::string> hardware_models;  // compatible models; empty: all
 };
 
+// One device's upgrade. A call without SerialNumber on an HA instance gives
+// one order per device, all with the call's RequestId: a backend that makes
+// job ids from it must tell the devices apart.
 struct UpgradeOrder {
   std::string request_id;  // the RPC RequestId, kept with the job for tracing
   std::string smartag_id;

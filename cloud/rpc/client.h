@@ -38,13 +38,17 @@ std::string NewNonce();
 struct Endpoint {
   std::string host;  // name or address
   std::uint16_t port = 80;
+  bool tls = false;
+  std::string ca_file;  // https: the pinned CA the server's certificate must chain to
 };
 
-// "http://host:port" (a trailing '/' tolerated). https is not spoken yet.
+// "http://host[:port]" or "https://host[:port]", "[::1]" for IPv6 (a
+// trailing '/' tolerated).
 Expected<Endpoint> ParseEndpoint(std::string_view url);
 
 // One HTTP/1.1 exchange, connect and whole exchange bounded by `timeout`.
-// kNetConnect, kTimeout, kNetProtocol.
+// Over https the server's certificate must chain to `ca_file` and name the
+// host. kNetConnect, kNetTls, kTimeout, kNetProtocol.
 Expected<HttpResponse> SendRequest(const Endpoint& endpoint, const HttpRequest& request,
                                    std::chrono::milliseconds timeout);
 

@@ -112,6 +112,78 @@ Expected<std::pair<std::string, std::uint16_t>> SplitListen(const std::string& t
   return std::pair{host, static_cast<std::uint16_t>(port)};
 }
 
+// `listen: address:port` of a section, into its two fields.
+Status Listen(const Reader& r, const YAML::Node& section, std::string& address,
+              std::uint16_t& port) {
+  std::string listen;
+  SAG_TRY_STATUS(r.Str(section, "listen", listen));
+  if (listen.empty()) return Ok();
+  auto hp = SplitListen(listen);
+  if (!hp) return r.At(section["listen"], Errc::kConfigRange, hp.error().message());
+  address = hp->first;
+  port = hp->second;
+  return Ok();
+}
+
+Status Path(const Reader& r, const YAML::Node& section, const std::string& key,
+            std::filesystem::path& out, bool required) {
+  std::string text;
+  SAG_TRY_STATUS(r.Str(section, key, text, required));
+  if (!text.empty()) out = text;
+  return Ok();
+}
+
+// store, gateway, repository: the real parts of `sag-cloud serve`.
+Status ParseParts(const Reader& r, const YAML::Node& root, ApiFileConfig& c) {
+  if (const auto store = root["store"]) {
+    SAG_TRY_STATUS(Path(r, root, "store", c.store, true));
+  }
+  if (const auto g = root["gateway"]) {
+    SAG_TRY_STATUS(
+        r.Keys(g, "gateway", {"listen", "cert_chain", "key", "device_ca", "heartbeat_s"}));
+    GatewayFileConfig gw;
+    SAG_TRY_STATUS(Listen(r, g, gw.listen_address, gw.listen_port));
+    SAG_TRY_STATUS(Path(r, g, "cert_chain", gw.cert_chain, true));
+    SAG_TRY_STATUS(Path(r, g, "key", gw.key, true));
+    SAG_TRY_STATUS(Path(r, g, "device_ca", gw.device_ca, true));
+    auto heartbeat = static_cast<double>(gw.heartbeat.count());
+    SAG_TRY_STATUS(r.Num(g, "heartbeat_s", 1, 3600, heartbeat));
+    gw.heartbeat = std::chrono::seconds(static_cast<long>(heartbeat));
+    c.gateway = std::move(gw);
+  }
+  if (const auto p = root["repository"]) {
+    SAG_TRY_STATUS(r.Keys(p, "repository",
+                          {"dir", "root_ca", "listen", "cert_chain", "key", "client_ca", "base_url",
+                           "job_deadline_s"}));
+    RepositoryFileConfig repo;
+    SAG_TRY_STATUS(Path(r, p, "dir", repo.dir, true));
+    SAG_TRY_STATUS(Path(r, p, "root_ca", repo.root_ca, true));
+    SAG_TRY_STATUS(Listen(r, p, repo.listen_address, repo.listen_port));
+    SAG_TRY_STATUS(Path(r, p, "cert_chain", repo.cert_chain, true));
+    SAG_TRY_STATUS(Path(r, p, "key", repo.key, true));
+    SAG_TRY_STATUS(Path(r, p, "client_ca", repo.client_ca, false));
+    SAG_TRY_STATUS(r.Str(p, "base_url", repo.base_url));
+    if (repo.base_url.empty()) {
+      const bool v6 = repo.listen_address.find(':') != std::string::npos;
+      repo.base_url = "https://" + (v6 ? "[" + repo.listen_address + "]" : repo.listen_address) +
+                      ":" + std::to_string(repo.listen_port);
+    } else if (!repo.base_url.starts_with("https://")) {
+      return r.At(p["base_url"], Errc::kConfigRange, "'base_url' must start with https://");
+    }
+    while (repo.base_url.ends_with('/')) repo.base_url.pop_back();
+    auto deadline = static_cast<double>(repo.job_deadline.count());
+    SAG_TRY_STATUS(r.Num(p, "job_deadline_s", 60, 7 * 86400, deadline));
+    repo.job_deadline = std::chrono::seconds(static_cast<long>(deadline));
+    c.repository = std::move(repo);
+  }
+  if (c.gateway.has_value() != c.repository.has_value()) {
+    return r.At(root, Errc::kConfigMissingKey,
+                "'gateway' and 'repository' go together: set both (the real parts) or neither "
+                "(the in-memory API)");
+  }
+  return Ok();
+}
+
 }  // namespace
 
 Expected<ApiFileConfig> ParseApiConfig(const std::string& yaml, const std::string& name) {
@@ -125,9 +197,10 @@ Expected<ApiFileConfig> ParseApiConfig(const std::string& yaml, const std::strin
   if (!root.IsMap()) return r.At(root, Errc::kConfigType, "the configuration must be a mapping");
   ApiFileConfig c;
   if (const auto api = root["api"]) {
-    SAG_TRY_STATUS(r.Keys(api, "api",
-                          {"listen", "host_id", "time_window_s", "state_staleness_s",
-                           "rate_per_second", "rate_burst", "max_body_bytes"}));
+    SAG_TRY_STATUS(
+        r.Keys(api, "api",
+               {"listen", "host_id", "time_window_s", "state_staleness_s", "rate_per_second",
+                "rate_burst", "max_body_bytes", "tls_cert", "tls_key"}));
     std::string listen;
     SAG_TRY_STATUS(r.Str(api, "listen", listen));
     if (!listen.empty()) {
@@ -148,6 +221,15 @@ Expected<ApiFileConfig> ParseApiConfig(const std::string& yaml, const std::strin
     auto body = static_cast<double>(c.max_body_bytes);
     SAG_TRY_STATUS(r.Num(api, "max_body_bytes", 1024, 64.0 * 1024 * 1024, body));
     c.max_body_bytes = static_cast<std::size_t>(body);
+    std::string cert;
+    std::string key;
+    SAG_TRY_STATUS(r.Str(api, "tls_cert", cert));
+    SAG_TRY_STATUS(r.Str(api, "tls_key", key));
+    if (cert.empty() != key.empty()) {
+      return r.At(api, Errc::kConfigMissingKey, "'tls_cert' and 'tls_key' go together");
+    }
+    c.tls_cert = cert;
+    c.tls_key = key;
   }
   if (const auto keys = root["access_keys"]) {
     if (!keys.IsSequence()) return r.At(keys, Errc::kConfigType, "'access_keys' must be a list");
@@ -247,6 +329,7 @@ Expected<ApiFileConfig> ParseApiConfig(const std::string& yaml, const std::strin
       c.catalog.push_back(std::move(e));
     }
   }
+  SAG_TRY_STATUS(ParseParts(r, root, c));
   return c;
 }
 
@@ -255,7 +338,23 @@ Expected<ApiFileConfig> LoadApiConfig(const std::filesystem::path& file) {
   if (!in) return Error(Errc::kConfigMissing, "cannot read the configuration " + file.string());
   std::ostringstream text;
   text << in.rdbuf();
-  return ParseApiConfig(text.str(), file.string());
+  SAG_TRY(auto c, ParseApiConfig(text.str(), file.string()));
+  // Relative paths are the configuration directory's.
+  const auto base = std::filesystem::absolute(file).parent_path();
+  const auto rebase = [&base](std::filesystem::path& p) {
+    if (!p.empty() && p.is_relative()) p = base / p;
+  };
+  rebase(c.store);
+  if (c.gateway) {
+    for (auto* p : {&c.gateway->cert_chain, &c.gateway->key, &c.gateway->device_ca}) rebase(*p);
+  }
+  if (c.repository) {
+    for (auto* p : {&c.repository->dir, &c.repository->root_ca, &c.repository->cert_chain,
+                    &c.repository->key, &c.repository->client_ca}) {
+      rebase(*p);
+    }
+  }
+  return c;
 }
 
 }  // namespace sag::cloud::rpc

@@ -96,13 +96,18 @@ HttpRequest SignRequest(const SignOptions& options, const std::string& action,
 }
 
 Expected<Endpoint> ParseEndpoint(std::string_view url) {
-  if (!url.starts_with("http://")) {
-    return Error(Errc::kInvalidArgument,
-                 "endpoint '" + std::string(url) + "': only http://host:port is supported");
-  }
-  url.remove_prefix(7);
-  if (url.ends_with('/')) url.remove_suffix(1);
   Endpoint e;
+  if (url.starts_with("https://")) {
+    e.tls = true;
+    e.port = 443;
+    url.remove_prefix(8);
+  } else if (url.starts_with("http://")) {
+    url.remove_prefix(7);
+  } else {
+    return Error(Errc::kInvalidArgument,
+                 "endpoint '" + std::string(url) + "': expected http://host[:port] or https://...");
+  }
+  if (url.ends_with('/')) url.remove_suffix(1);
   std::string_view host = url;
   if (url.starts_with('[')) {  // [::1]:port
     const auto close = url.find(']');

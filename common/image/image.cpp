@@ -1150,6 +1150,12 @@ void ImageReader::ReleaseHeaderText() {
   std::string().swap(impl_->header->signature_der);
 }
 
+void ImageReader::SetChunkReading(std::size_t buffers, ContentCheck check) {
+  if (impl_->pipeline) return;
+  impl_->buffers = buffers;
+  impl_->check = check;
+}
+
 Expected<std::optional<ChunkView>> ImageReader::NextChunk() {
   if (impl_->failed) return *impl_->failed;
   auto r = impl_->Next();

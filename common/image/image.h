@@ -178,6 +178,11 @@ class ImageReader {
   // Frees the header's manifest_json and signature_der (the parsed manifest
   // stays): for a caller that stored them already and streams a large image.
   void ReleaseHeaderText();
+  // Chooses how chunks are read (as the constructor's `buffers` and `check`)
+  // for a reader that one party opened and verified and another streams (the
+  // agent's dispatcher, then an installer). No effect after the first
+  // NextChunk().
+  void SetChunkReading(std::size_t buffers, ContentCheck check);
   // The next verified chunk, or nullopt after the last one; the last one
   // only once the end of the container was checked.
   Expected<std::optional<ChunkView>> NextChunk();

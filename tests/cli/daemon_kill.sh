@@ -104,7 +104,7 @@ for n, line in enumerate(open(os.path.join(state, "outbox.log")), 1):
     if r["kind"] == "result": results.setdefault(r["job"], []).append(r["body"].get("phase"))
 starts, device = {}, set()
 for line in open(log, errors="replace"):
-    m = (re.search(r"dpi job (\S+): Verifying \(version", line) or
+    m = (re.search(r"dpi job (\S+): (?:Checking|Verifying) \(version", line) or
          re.search(r"job (\S+): Device \S* -> \S+ into slot", line))
     if m: starts[m.group(1)] = starts.get(m.group(1), 0) + 1
     if m and "Device" in line: device.add(m.group(1))

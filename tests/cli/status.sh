@@ -63,7 +63,7 @@ out=$("$agent" status --config "$tmp/agent.yaml" --json); rc=$?
 # (unit_agent checks every stage both ways in-process, and the JSON of each).
 channel=offline
 for type_stages in "Device Downloading Writing Verifying Activating Rebooting HealthChecking Committing RollingBack" \
-                   "Dpi Verifying Staging Validating Swapping Reloading Confirming RollingBack"; do
+                   "Dpi Checking Staging Validating Swapping Reloading Confirming RollingBack"; do
   read -r type stages <<<"$type_stages"
   for stage in $stages; do
     [[ $channel == online ]] && channel=offline || channel=online

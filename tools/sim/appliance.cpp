@@ -237,6 +237,13 @@ Status Appliance::Init(const InitOptions& o) {
       Quote(d + "/health-check") +
       "]\n"
       "      timeout_s: 10\n"
+      "simulator:\n"
+      "  reboot_flag: " +
+      Quote(d + "/run/reboot-requested") +
+      "\n"
+      "  boot_id_file: " +
+      Quote(d + "/boot_id") +
+      "\n"
       "log:\n"
       "  level: debug\n";
   return WriteFileAtomic(dir_ / "agent.yaml", yaml);

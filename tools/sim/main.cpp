@@ -390,9 +390,11 @@ Expected<int> CmdBoot(const Args& a) {
 
     const pid_t pid = Spawn(
         argv,
-        {std::string(sag::platform::FlagFileRebooter::kRebootFlagEnv) + "=" + flag.string(),
-         std::string(sag::platform::LinuxSystemInfo::kBootIdEnv) + "=" +
-             app.Path("boot_id").string(),
+        // sag-agent reads both paths from its configuration (`simulator:`,
+        // written by `sag-sim init`); the environment tells them to other
+        // programs booted in its place (test scripts).
+        {std::string("SAG_SIM_REBOOT_FLAG=") + flag.string(),
+         std::string("SAG_SIM_BOOT_ID_FILE=") + app.Path("boot_id").string(),
          "SAG_SIM_DIR=" + app.dir().string(), "SAG_SIM_SLOT=" + name,
          "SAG_SIM_BOOT=" + std::to_string(n), "SAG_SIM_CONFIG=" + app.Path("agent.yaml").string()});
     if (pid < 0) return sag::MakeErrno(Errc::kIo, "fork for " + argv[0]);

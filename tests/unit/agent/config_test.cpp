@@ -49,6 +49,33 @@ TEST(Config, MinimalGetsDefaults) {
   EXPECT_TRUE(c->boot.read_back_medium);
 }
 
+// The simulator's stand-ins come from the configuration sag-sim init writes,
+// never from the environment; a real appliance's configuration has none.
+TEST(Config, SimulatorSectionIsStrict) {
+  auto none = ParseConfig(kMinimal, "mini.yaml");
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->simulator.reboot_flag.empty());
+  EXPECT_TRUE(none->simulator.boot_id_file.empty());
+  auto sim = ParseConfig(std::string(kMinimal) +
+                             "simulator: {reboot_flag: /sim/run/reboot-requested, "
+                             "boot_id_file: /sim/boot_id}\n",
+                         "sim.yaml");
+  ASSERT_TRUE(sim) << sim.error().ToString();
+  EXPECT_EQ(sim->simulator.reboot_flag, "/sim/run/reboot-requested");
+  EXPECT_EQ(sim->simulator.boot_id_file, "/sim/boot_id");
+  const std::pair<const char*, Errc> bad[] = {
+      {"simulator: {reboot: /x}\n", Errc::kConfigUnknownKey},
+      {"simulator: {reboot_flag: [a]}\n", Errc::kConfigType},
+      {"simulator: {boot_id_file: relative/id}\n", Errc::kConfigRange},
+  };
+  for (const auto& [text, code] : bad) {
+    auto c = ParseConfig(std::string(kMinimal) + text, "bad.yaml");
+    ASSERT_FALSE(c) << text;
+    EXPECT_EQ(c.error().code(), code) << c.error().ToString();
+    EXPECT_NE(c.error().message().find("simulator."), std::string::npos) << c.error().message();
+  }
+}
+
 TEST(Config, ReadBackIsMediumOrCache) {
   const std::string head =
       "identity: {smartag_id: sag-1, serial_number: s, model: m}\npki: {root_ca: /r}\n";

@@ -61,7 +61,7 @@ struct Fixture {
     Write(Dir() / "zz-good.json", R"({"id":"zz-good","source":"/img"})");
     auto good = inbox.Next();
     ASSERT_TRUE(good && *good);
-    EXPECT_EQ((*good)->id, "zz-good");
+    EXPECT_EQ((*good)->spec.id, "zz-good");
     EXPECT_TRUE(inbox.Remove(**good));
   }
 };
@@ -73,9 +73,9 @@ TEST(Inbox, TakesAValidRequestAndKeepsItUntilRemoved) {
   auto next = f.inbox.Next();
   ASSERT_TRUE(next && *next);
   EXPECT_EQ((*next)->name, "j1");
-  EXPECT_EQ((*next)->source, "https://repo/x.sagimg");
-  EXPECT_TRUE((*next)->allow_downgrade);
-  EXPECT_FALSE((*next)->reboot);
+  EXPECT_EQ((*next)->spec.source, "https://repo/x.sagimg");
+  EXPECT_TRUE((*next)->spec.allow_downgrade);
+  EXPECT_FALSE((*next)->spec.reboot);
   EXPECT_TRUE(fs::exists(f.Dir() / "j1.json"));  // still there: a crash must not lose it
   ASSERT_TRUE(f.inbox.Remove(**next));
   auto none = f.inbox.Next();
@@ -214,6 +214,29 @@ TEST(Inbox, UnreadableFileIsRejected) {
       << "10 setuid, 11 not one rejection, 12 wrong message, 13 not moved";
 }
 
+TEST(DecodeInboxRequest, TakesEveryFieldOfTheJobModel) {
+  const std::string sha(64, 'a');
+  auto r = DecodeInboxRequest(R"({"id":"j","source":"https://repo/x","type":"Dpi","version":"v1",)"
+                              R"("size":1234,"sha256":")" +
+                                  sha + R"(","deadline":"2026-12-02T08:00:00Z","reboot":false})",
+                              "req");
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->spec.id, "j");
+  EXPECT_EQ(r->spec.type, JobType::kDpi);
+  EXPECT_EQ(r->spec.version, "v1");
+  EXPECT_EQ(r->spec.size, 1234U);
+  EXPECT_EQ(r->spec.sha256, sha);
+  EXPECT_EQ(r->spec.deadline, "2026-12-02T08:00:00Z");
+  EXPECT_FALSE(r->spec.reboot);
+  EXPECT_FALSE(r->spec.allow_downgrade);
+  auto plain = DecodeInboxRequest(R"({"id":"j","source":"/x"})", "req");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->spec.type, JobType::kUnknown);
+  EXPECT_TRUE(plain->spec.version.empty());
+  EXPECT_EQ(plain->spec.size, 0U);
+  EXPECT_TRUE(plain->spec.reboot);
+}
+
 TEST(DecodeInboxRequest, EveryTypeIsChecked) {
   const std::pair<const char*, const char*> cases[] = {
       {R"({"id":7,"source":"/x"})", "id: expected a string, got integer"},
@@ -221,6 +244,15 @@ TEST(DecodeInboxRequest, EveryTypeIsChecked) {
       {R"({"id":"a","source":"/x","reboot":1})", "reboot: expected a boolean, got integer"},
       {R"([])", "document: expected an object, got array"},
       {R"({"id":"","source":"/x"})", "id: a job id has 1 to 128 characters"},
+      {R"({"id":"a","source":"/x","type":1})", "type: expected a string, got integer"},
+      {R"({"id":"a","source":"/x","type":"Firmware"})", R"(type: expected "Device" or "Dpi")"},
+      {R"({"id":"a","source":"/x","type":"Unknown"})", R"(type: expected "Device" or "Dpi")"},
+      {R"({"id":"a","source":"/x","version":2})", "version: expected a string, got integer"},
+      {R"({"id":"a","source":"/x","size":-1})", "size: expected an unsigned integer"},
+      {R"({"id":"a","source":"/x","size":"12"})", "size: expected an unsigned integer"},
+      {R"({"id":"a","source":"/x","sha256":"ABCD"})", "sha256: expected 64 lower-case hex"},
+      {R"({"id":"a","source":"/x","deadline":"tomorrow"})", "deadline: expected a UTC time"},
+      {R"({"id":"a","source":"/x","deadline":5})", "deadline: expected a string, got integer"},
   };
   for (const auto& [text, needle] : cases) {
     auto r = DecodeInboxRequest(text, "req");

@@ -156,7 +156,7 @@ TEST_F(FleetBackendTest, AnOfflineBoxShowsNoVersionsAndTakesNoJob) {
   EXPECT_EQ(backend_->ListInstances("").size(), 1U);
   EXPECT_EQ(backend_->DispatchUpgrade(Order(rpc::VersionType::kDevice, "1.0.1", "r1")),
             rpc::DispatchResult::kOffline);
-  EXPECT_EQ(store_->FindJob("upg-r1"), nullptr);
+  EXPECT_EQ(store_->FindJob("upg-r1-sag000fleet1"), nullptr);
   const auto catalog = backend_->Catalog(rpc::VersionType::kDevice);
   ASSERT_EQ(catalog.size(), 1U);
   EXPECT_EQ(catalog[0].version_code, "1.0.1");
@@ -179,7 +179,7 @@ TEST_F(FleetBackendTest, AnOnlineBoxReportsItsVersionsAndGetsTheJobWithTheImages
   const auto img = repo_->Find(image::ImageType::kDevice, "1.0.1");
   ASSERT_TRUE(img);
   const proto::Job& job = device_.jobs[0];
-  EXPECT_EQ(job.job_id, "upg-r2");
+  EXPECT_EQ(job.job_id, "upg-r2-sag000fleet1");
   EXPECT_EQ(job.job_type, "Device");
   EXPECT_EQ(job.url, "https://127.0.0.1:8443/images/os-1.0.1.sagimg");
   EXPECT_EQ(job.size, img->size);
@@ -194,6 +194,22 @@ TEST_F(FleetBackendTest, AnOnlineBoxReportsItsVersionsAndGetsTheJobWithTheImages
   // A version the repository does not hold (any more).
   EXPECT_EQ(backend_->DispatchUpgrade(Order(rpc::VersionType::kDpi, "20201117_1_0-0.0.9", "r5")),
             rpc::DispatchResult::kFailed);
+}
+
+TEST(FleetBackendJobId, OneJobPerBoxOfAnHaCall) {
+  // UpdateSmartAccessGatewayVersion without SerialNumber on an HA pair gives
+  // two orders with one RequestId: their jobs must not share an id.
+  const rpc::UpgradeOrder a{"4C467B38-3910-447D-87BC-AC049166F216", "sag-ha", "sage62x022502a",
+                            rpc::VersionType::kDevice, "2.3.1.1"};
+  auto b = a;
+  b.serial_number = "sage62x022502b";
+  EXPECT_NE(FleetBackend::JobIdOf(a), FleetBackend::JobIdOf(b));
+  auto long_serial = a;
+  long_serial.serial_number = std::string(80, 's');
+  EXPECT_LE(FleetBackend::JobIdOf(long_serial).size(), proto::kMaxId);
+  auto other_long = long_serial;
+  other_long.serial_number = std::string(79, 's') + "t";
+  EXPECT_NE(FleetBackend::JobIdOf(long_serial), FleetBackend::JobIdOf(other_long));
 }
 
 }  // namespace

@@ -13,6 +13,9 @@
 #include <boost/asio/write.hpp>
 #include <thread>
 
+#include "common/net/tls.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/test_http_server.h"
 #include "tests/unit/cloud/rpc_fixture.h"
 
 namespace sag::cloud::rpc::test {
@@ -47,7 +50,7 @@ class LoopbackServer : public RpcFixture {
     if (thread_.joinable()) thread_.join();
   }
 
-  Endpoint Here() const { return {"127.0.0.1", server_->port()}; }
+  Endpoint Here() const { return {"127.0.0.1", server_->port(), false, {}}; }
 
   SignOptions Opts(SignatureScheme scheme, const char* method) const {
     auto o = Options(scheme, method);
@@ -168,11 +171,41 @@ TEST_F(LoopbackServer, TheClientTimesOutOnASilentServer) {
   tcp::acceptor acceptor(io, {asio::ip::make_address("127.0.0.1"), 0});
   const auto t0 = std::chrono::steady_clock::now();
   const auto r =
-      SendRequest({"127.0.0.1", acceptor.local_endpoint().port()},
+      SendRequest({"127.0.0.1", acceptor.local_endpoint().port(), false, {}},
                   SignRequest(Opts(SignatureScheme::kV1, "GET"), "X", {}, now_), milliseconds(200));
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code(), Errc::kTimeout) << r.error().ToString();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+}
+
+TEST_F(RpcFixture, HttpsWithAPinnedCa) {
+  sag::test::TempDir dir;
+  const auto pki = sag::test::MakeTestPki(dir.path());
+  ASSERT_TRUE(pki) << pki.error().ToString();
+  auto tls = net::MakeTlsServerContext({pki->server_cert, pki->server_key, {}});
+  ASSERT_TRUE(tls) << tls.error().ToString();
+  asio::io_context io;
+  auto server = HttpServer::Start(io, "127.0.0.1", 0, service_.Handler(), {}, tls->get());
+  ASSERT_TRUE(server) << server.error().ToString();
+  std::thread t([&] { io.run(); });
+  auto ep = *ParseEndpoint("https://127.0.0.1:" + std::to_string((*server)->port()));
+  ep.ca_file = pki->ca_cert.string();
+  auto o = Options(SignatureScheme::kAcs3, "POST");
+  o.host = "127.0.0.1:" + std::to_string(ep.port);
+  const auto r =
+      SendRequest(ep, SignRequest(o, "DescribeSmartAccessGateways", {}, now_), milliseconds(3000));
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(CodeOf(*r), "");
+  // A server whose certificate does not chain to the pinned CA.
+  ep.ca_file = pki->rogue_ca_cert.string();
+  const auto rogue =
+      SendRequest(ep, SignRequest(o, "DescribeSmartAccessGateways", {}, now_), milliseconds(3000));
+  ASSERT_FALSE(rogue);
+  EXPECT_EQ(rogue.error().code(), Errc::kNetTls) << rogue.error().ToString();
+  asio::post(io, [&] { (*server)->Stop(); });
+  io.stop();
+  t.join();
 }
 
 TEST(HttpServerStart, RefusesABadAddress) {
@@ -187,7 +220,9 @@ TEST(ParseEndpointTest, HostAndPort) {
   EXPECT_EQ(ParseEndpoint("http://127.0.0.1:8080/")->port, 8080);
   EXPECT_EQ(ParseEndpoint("http://[::1]:81")->host, "::1");
   EXPECT_EQ(ParseEndpoint("http://example.com")->port, 80);
-  EXPECT_FALSE(ParseEndpoint("https://x:1"));
+  EXPECT_TRUE(ParseEndpoint("https://x")->tls);
+  EXPECT_EQ(ParseEndpoint("https://x")->port, 443);
+  EXPECT_FALSE(ParseEndpoint("ftp://x:1"));
   EXPECT_FALSE(ParseEndpoint("http://x:99999"));
   EXPECT_FALSE(ParseEndpoint("http://:80"));
 }

@@ -26,7 +26,20 @@ instances:
       - {serial_number: sn1, software_version: 1.0.0, online: true, ha_state: active}
 catalog:
   - {type: Dpi, version_code: 20210101_1_0-0.0.2, hardware_models: [sag-1000]}
-gateway: {anything: the gateway's own section}
+store: /var/lib/sag-cloud/store.json
+gateway:
+  listen: 127.0.0.1:9444
+  cert_chain: pki/server-chain.pem
+  key: pki/server.key
+  device_ca: pki/root-ca.pem
+  heartbeat_s: 15
+repository:
+  dir: images
+  root_ca: pki/root-ca.pem
+  listen: "[::1]:9445"
+  cert_chain: pki/server-chain.pem
+  key: pki/server.key
+  job_deadline_s: 600
 )",
                                 "cloud.yaml");
   ASSERT_TRUE(c) << c.error().ToString();
@@ -48,6 +61,36 @@ gateway: {anything: the gateway's own section}
   ASSERT_EQ(c->catalog.size(), 1U);
   EXPECT_EQ(c->catalog[0].type, VersionType::kDpi);
   EXPECT_EQ(c->catalog[0].release_type, "release");
+  ASSERT_TRUE(c->gateway);
+  EXPECT_EQ(c->gateway->listen_port, 9444);
+  EXPECT_EQ(c->gateway->heartbeat.count(), 15);
+  EXPECT_EQ(c->gateway->device_ca, "pki/root-ca.pem");
+  ASSERT_TRUE(c->repository);
+  EXPECT_EQ(c->repository->listen_address, "::1");
+  EXPECT_EQ(c->repository->base_url, "https://[::1]:9445");  // from listen
+  EXPECT_TRUE(c->repository->client_ca.empty());
+  EXPECT_EQ(c->repository->job_deadline.count(), 600);
+  EXPECT_EQ(c->store, "/var/lib/sag-cloud/store.json");
+}
+
+TEST(ApiConfig, TheRealPartsGoTogether) {
+  const std::string gateway = "gateway:\n  cert_chain: c.pem\n  key: k.pem\n  device_ca: ca.pem\n";
+  const std::string repository =
+      "repository:\n  dir: images\n  root_ca: ca.pem\n  cert_chain: "
+      "c.pem\n  key: k.pem\n";
+  auto only_gateway = ParseApiConfig(gateway, "cloud.yaml");
+  ASSERT_FALSE(only_gateway);
+  EXPECT_NE(only_gateway.error().message().find("go together"), std::string::npos);
+  auto both = ParseApiConfig(gateway + repository + "  base_url: http://plain/\n", "cloud.yaml");
+  ASSERT_FALSE(both);
+  EXPECT_NE(both.error().message().find("https://"), std::string::npos);
+  auto missing = ParseApiConfig("gateway:\n  key: k.pem\n" + repository, "cloud.yaml");
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code(), Errc::kConfigMissingKey);
+  auto ok = ParseApiConfig(gateway + repository + "  base_url: https://repo.example:8443//\n",
+                           "cloud.yaml");
+  ASSERT_TRUE(ok) << ok.error().ToString();
+  EXPECT_EQ(ok->repository->base_url, "https://repo.example:8443");
 }
 
 TEST(ApiConfig, ErrorsNameTheLine) {

@@ -56,7 +56,7 @@ TEST(JobStateTable, TerminalStatesAndTransitions) {
   EXPECT_FALSE(TransitionAllowed(JobState::kStaging, JobState::kRollingBack));
   EXPECT_FALSE(TransitionAllowed(JobState::kCommitted, JobState::kRollingBack));
   for (auto s :
-       {JobState::kVerifying, JobState::kStaging, JobState::kValidating, JobState::kSwapping,
+       {JobState::kChecking, JobState::kStaging, JobState::kValidating, JobState::kSwapping,
         JobState::kReloading, JobState::kConfirming, JobState::kCommitted, JobState::kRollingBack,
         JobState::kRolledBack, JobState::kFailed}) {
     EXPECT_EQ(ParseJobState(JobStateName(s)), s);
@@ -115,7 +115,7 @@ TEST_F(InstallerTest, RefusesOlderAndSameVersionsUnlessDowngradeAllowed) {
   ASSERT_TRUE(old);
   EXPECT_EQ(old->state, JobState::kFailed);
   EXPECT_EQ(old->error->code(), Errc::kVersionTooOld);
-  EXPECT_EQ(old->failed_in, JobState::kVerifying);
+  EXPECT_EQ(old->failed_in, JobState::kChecking);
   auto same = env_.Install("job-4", kV2, MakeDb(kV2), /*allow_downgrade=*/true);
   EXPECT_EQ(same->error->code(), Errc::kVersionTooOld);
   ExpectPreviousActive(kV2);
@@ -138,7 +138,7 @@ TEST_F(InstallerTest, UnparsableActiveVersionRefusesUnlessDowngradeAllowed) {
   EXPECT_EQ(r->state, JobState::kFailed);
   ASSERT_TRUE(r->error);
   EXPECT_EQ(r->error->code(), Errc::kVersionUnparsable) << r->error->ToString();
-  EXPECT_EQ(r->failed_in, JobState::kVerifying);
+  EXPECT_EQ(r->failed_in, JobState::kChecking);
   EXPECT_NE(r->error->message().find("factory-12"), std::string::npos) << r->error->message();
   EXPECT_NE(r->error->message().find("allow_downgrade"), std::string::npos) << r->error->message();
   EXPECT_EQ(*env_.MakeInstaller().CurrentVersion(), "factory-12");
@@ -172,7 +172,7 @@ TEST_F(InstallerTest, RefusesAPackageForAnotherModel) {
   EXPECT_EQ(r->state, JobState::kFailed);
   ASSERT_TRUE(r->error);
   EXPECT_EQ(r->error->code(), Errc::kIncompatibleModel) << r->error->ToString();
-  EXPECT_EQ(r->failed_in, JobState::kVerifying);
+  EXPECT_EQ(r->failed_in, JobState::kChecking);
   EXPECT_NE(r->error->message().find("sag-100wm, sag-3000"), std::string::npos)
       << r->error->message();
   EXPECT_NE(r->error->message().find("sag-1000"), std::string::npos) << r->error->message();
@@ -409,7 +409,7 @@ TEST_P(ResumeTest, EndsWithOneCompleteDatabaseActiveAndLoaded) {
 INSTANTIATE_TEST_SUITE_P(
     States, ResumeTest,
     ::testing::Values(
-        ResumeCase{JobState::kVerifying, false, false, false, false, JobState::kFailed, kV1},
+        ResumeCase{JobState::kChecking, false, false, false, false, JobState::kFailed, kV1},
         ResumeCase{JobState::kStaging, true, false, false, false, JobState::kFailed, kV1},
         ResumeCase{JobState::kValidating, true, false, false, false, JobState::kFailed, kV1},
         ResumeCase{JobState::kSwapping, true, false, false, false, JobState::kRolledBack, kV1},
@@ -423,6 +423,30 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(JobStateName(param_info.param.crashed_in)) + "_" +
              std::to_string(param_info.index);
     });
+
+// The first state was called Verifying (a word that means the Device job's
+// read-back); a journal an older agent wrote in it still resumes.
+TEST_F(InstallerTest, AJournalWithTheOldNameOfCheckingResumes) {
+  EXPECT_EQ(JobStateName(JobState::kChecking), "Checking");
+  EXPECT_EQ(ParseJobState("Verifying"), JobState::kChecking);
+  ASSERT_TRUE(Journal(env_.options().journal)
+                  .Save({{"kind", "dpi"},
+                         {"job",
+                          {{"id", "old-1"},
+                           {"version", kV2},
+                           {"previous", nullptr},
+                           {"state", "Verifying"},
+                           {"error", nullptr},
+                           {"failed_in", nullptr}}},
+                         {"history", nlohmann::json::array()}}));
+  auto r = env_.MakeInstaller().Resume();
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_TRUE(r->has_value());
+  EXPECT_EQ((*r)->state, JobState::kFailed);
+  ASSERT_TRUE((*r)->error);
+  EXPECT_EQ((*r)->error->code(), Errc::kDpiInterrupted);
+  EXPECT_EQ((*r)->failed_in, JobState::kChecking);
+}
 
 TEST_F(InstallerTest, ResumeWithNoJobIsNothing) {
   auto r = env_.MakeInstaller().Resume();

@@ -211,7 +211,7 @@ TEST(DpiKill, RandomInstantsEndWithOneCompleteDatabaseActive) {
     if (res.state == JobState::kFailed) {
       // Only a pre-swap interruption or refusal may fail; a failed rollback never.
       ASSERT_TRUE(res.failed_in) << res.error->ToString();
-      EXPECT_TRUE(*res.failed_in == JobState::kVerifying || *res.failed_in == JobState::kStaging ||
+      EXPECT_TRUE(*res.failed_in == JobState::kChecking || *res.failed_in == JobState::kStaging ||
                   *res.failed_in == JobState::kValidating)
           << res.error->ToString();
     }

@@ -240,6 +240,9 @@ class DeviceInstallerTest : public ::testing::Test {
     o.checkpoint_interval = checkpoint_interval_;
     o.os_release = dir_ / "os-release";
     o.read_back = read_back_;
+    o.on_step = [this](const std::string& job, std::string_view step) {
+      if (steps_ != nullptr) steps_->push_back(job + ":" + std::string(step));
+    };
     platform::SlotDevice* b = slot_b_override_ != nullptr ? slot_b_override_ : slot_b_.get();
     Platform p{&boot_, {{Slot::kA, slot_a_.get()}, {Slot::kB, b}}, &rebooter_, &system_};
     return std::make_unique<DeviceInstaller>(
@@ -298,6 +301,7 @@ class DeviceInstallerTest : public ::testing::Test {
   }
 
   test::TempDir dir_;
+  std::vector<std::string>* steps_ = nullptr;  // on_step calls, when set
   platform::FakeBootControl boot_;
   std::unique_ptr<platform::SlotDevice> slot_a_;
   std::unique_ptr<platform::SlotDevice> slot_b_;
@@ -504,6 +508,83 @@ TEST_F(DeviceInstallerTest, TruncatedImageFails) {
   EXPECT_EQ(r->state, JobState::kFailed);
   EXPECT_EQ(r->error->code(), Errc::kImageTruncated) << r->error->ToString();
   EXPECT_EQ(Reboot(), Slot::kA);
+}
+
+// The daemon opens the image and verifies its header once; the installer
+// streams the payload from that same reader: the image file may be gone by
+// then (only the open source is read).
+TEST_F(DeviceInstallerTest, StartsFromAReaderWhoseHeaderIsVerifiedWithoutOpeningAgain) {
+  const auto copy = dir_ / "once.sagimg";
+  fs::copy_file(g_images->Image("v101"), copy);
+  auto source = image::FileSource::Open(copy);
+  ASSERT_TRUE(source);
+  image::Trust trust;
+  trust.root_ca = g_images->Root();
+  image::ImageReader reader(**source, trust);
+  auto header = reader.ReadHeader();
+  ASSERT_TRUE(header) << header.error().ToString();
+  fs::remove(copy);
+  auto r = MakeInstaller()->Start(JobSpec{"once", copy.string(), false, true}, reader, **header);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
+}
+
+// The loop guard's end of a job: before the trial it fails (recorded, slot B
+// stays unbootable, A boots); on the trial boot it rolls back.
+TEST_F(DeviceInstallerTest, AbandonEndsAnUnfinishedJobWithItsError) {
+  auto r = StartAndStop(Spec("job-x", "v101"), 5);
+  ASSERT_TRUE(r && r->state == JobState::kWriting);
+  auto inst = MakeInstaller();
+  auto other = inst->Abandon("other", Error(Errc::kJobCrashLoop, "loop"));
+  ASSERT_FALSE(other);
+  EXPECT_EQ(other.error().code(), Errc::kJobUnknown);
+  auto ended = inst->Abandon("job-x", Error(Errc::kJobCrashLoop, "loop"));
+  ASSERT_TRUE(ended) << ended.error().ToString();
+  EXPECT_EQ(ended->state, JobState::kFailed);
+  auto seen = inst->Lookup("job-x");
+  ASSERT_TRUE(seen && *seen);
+  EXPECT_EQ((*seen)->state, JobState::kFailed);
+  ASSERT_TRUE((*seen)->error);
+  EXPECT_EQ((*seen)->error->code(), Errc::kJobCrashLoop);
+  EXPECT_EQ(Reboot(), Slot::kA) << "slot B must not boot";
+  auto resumed = MakeInstaller()->Resume();
+  ASSERT_TRUE(resumed);
+  EXPECT_FALSE(*resumed) << "nothing left to resume";
+
+  ASSERT_EQ(MakeInstaller()->Start(Spec("job-t", "v101"))->state, JobState::kRebooting);
+  ASSERT_EQ(Reboot(), Slot::kB);
+  // A health check that kills the agent leaves the journal in
+  // HealthChecking on the trial boot (written here as that crash would).
+  const auto path = dir_ / "state" / "device-job.json";
+  auto doc = nlohmann::json::parse(*ReadFile(path));
+  doc["state"] = "HealthChecking";
+  ASSERT_TRUE(WriteFileAtomic(path, doc.dump()));
+  auto trial = MakeInstaller()->Abandon("job-t", Error(Errc::kJobCrashLoop, "loop"));
+  ASSERT_TRUE(trial) << trial.error().ToString();
+  EXPECT_EQ(trial->state, JobState::kRollingBack);
+  ASSERT_EQ(Reboot(), Slot::kA);
+  auto back = MakeInstaller()->Resume();
+  ASSERT_TRUE(back && *back);
+  EXPECT_EQ((*back)->state, JobState::kRolledBack);
+  ASSERT_TRUE((*back)->error);
+  EXPECT_EQ((*back)->error->code(), Errc::kJobCrashLoop);
+}
+
+// Each step a crash would make the job repeat is announced before it runs.
+TEST_F(DeviceInstallerTest, AnnouncesEachStepBeforeItRuns) {
+  std::vector<std::string> steps;
+  steps_ = &steps;
+  ASSERT_EQ(
+      MakeInstaller({{"ok", {"true"}, std::chrono::seconds(5)}})->Start(Spec("s", "v101"))->state,
+      JobState::kRebooting);
+  ASSERT_EQ(Reboot(), Slot::kB);
+  auto r = MakeInstaller({{"ok", {"true"}, std::chrono::seconds(5)}})->Resume();
+  ASSERT_TRUE(r && *r);
+  EXPECT_EQ((*r)->state, JobState::kCommitted);
+  steps_ = nullptr;
+  EXPECT_EQ(steps, (std::vector<std::string>{"s:Pending", "s:Writing", "s:Verifying",
+                                             "s:Activating", "s:HealthChecking"}));
 }
 
 TEST_F(DeviceInstallerTest, InterruptedWriteResumesFromCheckpoint) {
