@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
     const auto t0 = Clock::now();
     if (!gw.Push(job)) return 1;
     if (!RunUntil(
-            io, [&] { return host.got.size() == static_cast<std::size_t>(i + 1); },
+            io, [&] { return host.got.size() == static_cast<std::size_t>(i) + 1; },
             milliseconds(5000))) {
       return 1;
     }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -610,6 +611,48 @@ TEST_F(ChannelTest, SilentAndOverdueJobsTimeOutAndALateResultStillCounts) {
   ASSERT_TRUE(RunUntil([&] { return host_.acked == 1; }));
   EXPECT_EQ(store_->FindJob("j-silent")->state, JobState::kCommitted);
   EXPECT_FALSE(store_->FindJob("j-silent")->timed_out.empty());
+}
+
+TEST_F(ChannelTest, AServerThatAcceptsAndNeverAnswersIsLeftWithinTheDeadline) {
+  using boost::asio::ip::tcp;
+  tcp::acceptor mute(io_, tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0));
+  port_ = mute.local_endpoint().port();
+  std::vector<tcp::socket> held;  // accepted, never read or written
+  std::function<void()> accept = [&] {
+    mute.async_accept([&](const boost::system::error_code& ec, tcp::socket s) {
+      if (ec) return;
+      held.push_back(std::move(s));
+      accept();
+    });
+  };
+  accept();
+  auto o = ChOptions();
+  o.connect_timeout = milliseconds(300);
+  StartChannel(o);
+  const auto t0 = Clock::now();
+  ASSERT_TRUE(RunUntil([&] { return ch_->status().failures >= 2; }, milliseconds(3000)));
+  // Two attempts: 2 x 300 ms deadline plus one backoff of at most 50 ms.
+  EXPECT_LT(Clock::now() - t0, milliseconds(1500));
+  ASSERT_TRUE(ch_->status().last_error);
+  EXPECT_EQ(ch_->status().last_error->code(), Errc::kChannelTimeout)
+      << ch_->status().last_error->ToString();
+  EXPECT_GE(held.size(), 2U);
+  ch_->Stop();
+  mute.close();
+  RunFor(milliseconds(50));
+}
+
+TEST_F(ChannelTest, GatewayDropsAConnectionThatNeverShakesHands) {
+  using boost::asio::ip::tcp;
+  auto o = GwOptions();
+  o.handshake_timeout = milliseconds(300);
+  StartGateway(o);
+  tcp::socket mute(io_);
+  mute.connect(tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port_));
+  ASSERT_TRUE(RunUntil([&] { return gw_->stats().connections == 1; }, milliseconds(2000)));
+  const auto t0 = Clock::now();
+  ASSERT_TRUE(RunUntil([&] { return gw_->stats().connections == 0; }, milliseconds(2000)));
+  EXPECT_GE(Clock::now() - t0, milliseconds(200));
 }
 
 TEST(ChannelBackoff, FullJitterWithinTheCappedExponentialWindow) {
