@@ -113,19 +113,25 @@ err=$(st 2>&1 >/dev/null); rc=$?
 [[ $rc -eq 1 && "$err" == *"is not a JSON object"* ]] && ok "corrupt file: exit 1" || bad "corrupt file (rc=$rc): $err"
 
 # --watch follows a job: a frame per change, the end with its outcome.
+# Each watcher writes to a file of its own, created empty here: the `>` of a
+# background command truncates in the child, after the polls below may have
+# started, so a reused file could show them the previous watcher's frames
+# (and the documents would change before this watcher has read one).
 watch_job() {  # OUTCOME STATE WANT_RC
+  local out="$tmp/watch-$1.out"
+  : >"$out"
   put "$(doc "$daemon_pid" online "$(job Device Downloading 10)")"
-  st --watch --timeout 60 >"$tmp/watch.out" 2>&1 &
+  st --watch --timeout 60 >"$out" 2>&1 &
   local w=$! i
-  for i in $(seq 600); do grep -q ' 10%' "$tmp/watch.out" && break; sleep 0.05; done
+  for i in $(seq 600); do grep -q ' 10%' "$out" && break; sleep 0.05; done
   put "$(doc "$daemon_pid" online "$(job Device Writing 60)")"
-  for i in $(seq 600); do grep -q ' 60%' "$tmp/watch.out" && break; sleep 0.05; done
+  for i in $(seq 600); do grep -q ' 60%' "$out" && break; sleep 0.05; done
   put "$(doc "$daemon_pid" online null "$(result "$1" "$2")")"
   wait "$w"; local rc=$?
-  local frames; frames=$(grep -c '^sag-agent   ' "$tmp/watch.out")
-  if [[ $rc -ne $3 || $frames -ne 3 ]] || ! grep -q "job job-42 ended: $1" "$tmp/watch.out" ||
-     [[ $(awk '/Downloading  \[/ {printf "D"} /Writing  \[/ {printf "W"} /ended: / {printf "E"}' "$tmp/watch.out") != DWE ]]; then
-    bad "--watch to $1 (rc=$rc, $frames frames):"; cat "$tmp/watch.out"
+  local frames; frames=$(grep -c '^sag-agent   ' "$out")
+  if [[ $rc -ne $3 || $frames -ne 3 ]] || ! grep -q "job job-42 ended: $1" "$out" ||
+     [[ $(awk '/Downloading  \[/ {printf "D"} /Writing  \[/ {printf "W"} /ended: / {printf "E"}' "$out") != DWE ]]; then
+    bad "--watch to $1 (rc=$rc, $frames frames):"; cat "$out"
   else
     ok "--watch: Downloading 10%, Writing 60%, $1 (exit $rc)"
   fi
@@ -136,14 +142,15 @@ watch_job rolled_back RolledBack 1
 # --watch when the daemon stops mid-job (a Device job's reboot): exit 3.
 "$tmp/sag-agent" 600 & short=$!
 put "$(doc "$short" online "$(job Device Rebooting 100)")"
-st --watch --timeout 60 >"$tmp/watch.out" 2>&1 &
+: >"$tmp/watch-stop.out"
+st --watch --timeout 60 >"$tmp/watch-stop.out" 2>&1 &
 w=$!
-for i in $(seq 600); do grep -q 'Rebooting' "$tmp/watch.out" && break; sleep 0.05; done
+for i in $(seq 600); do grep -q 'Rebooting' "$tmp/watch-stop.out" && break; sleep 0.05; done
 kill "$short"; wait "$short" 2>/dev/null
 # The document does not change: the watcher notices the pid within a second.
 wait "$w"; rc=$?
-[[ $rc -eq 3 ]] && grep -q "the agent is not running; job job-42 goes on" "$tmp/watch.out" \
-  && ok "--watch: the daemon stopped mid-job, exit 3" || { bad "--watch daemon stop (rc=$rc)"; cat "$tmp/watch.out"; }
+[[ $rc -eq 3 ]] && grep -q "the agent is not running; job job-42 goes on" "$tmp/watch-stop.out" \
+  && ok "--watch: the daemon stopped mid-job, exit 3" || { bad "--watch daemon stop (rc=$rc)"; cat "$tmp/watch-stop.out"; }
 
 # --count bounds a watch that has no job to follow.
 put "$(doc "$daemon_pid" online)"
