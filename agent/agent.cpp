@@ -245,7 +245,8 @@ int CmdRun(const Config& c, bool once) {
   };
   std::deque<CloudJob> cloud_jobs;
   std::function<void()> scan;
-  if (!c.cloud.endpoint.empty()) {
+  // `run --once` (a one-shot pass over what is local) keeps no channel.
+  if (!c.cloud.endpoint.empty() && !once) {
     DaemonChannelHost::Hooks hooks;
     hooks.submit = [&](JobSpec spec, std::function<void(const JobAnswer&)> reply) {
       if (cloud_jobs.size() >= Dispatcher::kMaxQueued) {
@@ -263,9 +264,18 @@ int CmdRun(const Config& c, bool once) {
     };
     hooks.agent_state = [&] { return std::string(DaemonStateName(machine.state())); };
     hooks.on_change = [&](bool online) {
-      status.Post(
-          {{"channel",
-            {{"endpoint", c.cloud.endpoint}, {"online", online}, {"since", firmware::NowUtc()}}}});
+      // status.json's channel (docs/status.md); the channel is set by then.
+      json ch = {{"state", online ? "online" : "offline"},
+                 {"endpoint", c.cloud.endpoint},
+                 {"since", firmware::NowUtc()},
+                 {"last_error", nullptr},
+                 {"attempts", 0}};
+      if (channel) {
+        const ChannelStatus cs = channel->status();
+        if (cs.last_error) ch["last_error"] = cs.last_error->ToString();
+        ch["attempts"] = cs.failures;
+      }
+      status.Post({{"channel", std::move(ch)}});
     };
     host = std::make_unique<DaemonChannelHost>(c, *b.outbox, std::move(hooks));
     host->SetSnapshot(SnapshotOf(first_status, b));
@@ -285,9 +295,12 @@ int CmdRun(const Config& c, bool once) {
         if (channel) channel->ReportsAvailable();
       });
     });
-    status.Post(
-        {{"channel",
-          {{"endpoint", c.cloud.endpoint}, {"online", false}, {"since", firmware::NowUtc()}}}});
+    status.Post({{"channel",
+                  {{"state", "connecting"},
+                   {"endpoint", c.cloud.endpoint},
+                   {"since", firmware::NowUtc()}}}});
+  } else {
+    status.Post({{"channel", {{"state", "disabled"}}}});
   }
   // On the worker: the snapshot hello reports, and a "device" report in the
   // outbox when what runs changed (once per start, then after a job that
@@ -424,15 +437,25 @@ int CmdRun(const Config& c, bool once) {
       // daemon goes on serving the inbox and says why the channel is down.
       spdlog::error("control channel: {}", st.error().ToString());
       status.Post({{"channel",
-                    {{"endpoint", c.cloud.endpoint},
-                     {"online", false},
+                    {{"state", "offline"},
+                     {"endpoint", c.cloud.endpoint},
                      {"since", firmware::NowUtc()},
-                     {"error", st.error().ToString()}}}});
+                     {"last_error", st.error().ToString()}}}});
       channel.reset();
     }
   }
   io.run();
-  if (channel) channel->Stop();
+  // The loop's own waits end; the channel closes (WebSocket close, TLS
+  // close_notify) and its handlers finish, bounded by its close timeout.
+  boost::system::error_code ignored;
+  watch.cancel(ignored);
+  signals.cancel(ignored);
+  watchdog.cancel();
+  if (channel) {
+    channel->Stop();
+    io.restart();
+    io.run_for(std::chrono::seconds(3));
+  }
   // Stopped: a job still running stops at its next checkpoint (Cancel) and
   // resumes at the next start; the worker is joined before the objects it
   // uses go away.

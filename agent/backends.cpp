@@ -81,7 +81,12 @@ Expected<std::unique_ptr<Backends>> BuildBackends(const Config& c) {
   fs::create_directories(c.paths.runtime_dir, ec);
   if (ec) return Error(Errc::kIo, "create " + c.paths.runtime_dir.string() + ": " + ec.message());
 
-  b->guard = std::make_unique<StepGuard>(c.paths.state_dir / "step-attempts.json");
+  // Restarts are counted within one boot: a power cut is not a crash.
+  auto boot_id = b->system->BootId();
+  if (!boot_id)
+    spdlog::warn("loop guard: {}; restarts are counted across boots", boot_id.error().ToString());
+  b->guard = std::make_unique<StepGuard>(c.paths.state_dir / "step-attempts.json",
+                                         boot_id ? *boot_id : std::string());
   StepHookFn on_step = [guard = b->guard.get()](const std::string& job, std::string_view step) {
     if (auto st = guard->Enter(job, step); !st) spdlog::warn("{}", st.error().ToString());
   };

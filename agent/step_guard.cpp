@@ -13,7 +13,8 @@ constexpr std::uint64_t kMaxBytes = 4096;
 
 }  // namespace
 
-StepGuard::StepGuard(std::filesystem::path file) : file_(std::move(file)) {}
+StepGuard::StepGuard(std::filesystem::path file, std::string boot_id)
+    : file_(std::move(file)), boot_id_(std::move(boot_id)) {}
 
 Expected<std::optional<StepGuard::Entry>> StepGuard::Load() const {
   auto text = ReadFile(file_, kMaxBytes);
@@ -33,6 +34,7 @@ Expected<std::optional<StepGuard::Entry>> StepGuard::Load() const {
   e.job = r.Str("job");
   e.step = r.Str("step");
   const auto attempts = r.U64("attempts");
+  e.boot = r.Str("boot", "");
   if (r.ok() && (attempts == 0 || attempts > 1000)) r.Fail("attempts", "expected 1 to 1000");
   if (auto st = r.Finish(); !st) return damaged(st.error());
   e.attempts = static_cast<int>(attempts);
@@ -48,9 +50,12 @@ Status StepGuard::Enter(const std::string& job, std::string_view step) {
     last_ = now ? *now : std::nullopt;
     loaded_ = true;
   }
-  Entry next{job, std::string(step), 1};
-  if (last_ && last_->job == job && last_->step == step) next.attempts = last_->attempts + 1;
-  const nlohmann::json doc = {{"job", next.job}, {"step", next.step}, {"attempts", next.attempts}};
+  Entry next{job, std::string(step), 1, boot_id_};
+  if (last_ && last_->job == job && last_->step == step && last_->boot == boot_id_) {
+    next.attempts = last_->attempts + 1;
+  }
+  const nlohmann::json doc = {
+      {"job", next.job}, {"step", next.step}, {"attempts", next.attempts}, {"boot", next.boot}};
   SAG_TRY_STATUS(WriteFileAtomic(file_, doc.dump() + "\n", 0600));
   last_ = std::move(next);
   return Ok();

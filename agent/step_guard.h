@@ -8,8 +8,12 @@
 // replaced atomically (temp file, fsync, rename, fsync of the directory)
 // before a job enters a step that a crash would make it repeat: the engines
 // call the daemon back for that (firmware::InstallerOptions::on_step,
-// dpi::Options::on_step). Entering the step that the file names adds one;
-// entering another step (or a step of another job) starts again at 1. A job
+// dpi::Options::on_step). Entering the step that the file names, in the boot
+// it names, adds one; entering another step (or a step of another job, or
+// the same step in a later boot) starts again at 1: a power cut or a reboot
+// is not the agent crashing, and an install cut by the power several times
+// at the same step must go on (the bootloader's boot counter, not this
+// guard, ends a new OS that keeps resetting the board). A job
 // that reaches a final phase clears the file. At daemon start, before the
 // engines resume, an entry with attempts >= kMaxAttempts whose job is still
 // unfinished is ended through InstallEngine::Abandon with kJobCrashLoop
@@ -41,9 +45,12 @@ class StepGuard {
     std::string job;
     std::string step;
     int attempts = 0;
+    std::string boot;  // the boot id of the entries counted ("" = unknown)
   };
 
-  explicit StepGuard(std::filesystem::path file);
+  // `boot_id`: this boot's (platform::SystemInfo::BootId); "" when unknown,
+  // which counts restarts across boots too.
+  explicit StepGuard(std::filesystem::path file, std::string boot_id = {});
 
   // Records that `job` enters `step` (see the file comment). Thread-safe.
   Status Enter(const std::string& job, std::string_view step);
@@ -57,6 +64,7 @@ class StepGuard {
 
  private:
   std::filesystem::path file_;
+  std::string boot_id_;
   mutable std::mutex mu_;
   std::optional<Entry> last_;  // what the file holds, once read or written
   bool loaded_ = false;

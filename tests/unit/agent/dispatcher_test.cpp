@@ -328,6 +328,24 @@ TEST(StepGuard, CountsEntriesOfOneStepAndStartsAgainForAnother) {
   EXPECT_EQ((*again.Load())->attempts, 1);
 }
 
+TEST(StepGuard, APowerCutIsNotACrashTheCountStartsAgainInTheNextBoot) {
+  sag::test::TempDir dir;
+  for (int start = 1; start <= 2; ++start) {  // two crashes in boot b1
+    StepGuard g(dir / "step-attempts.json", "b1");
+    ASSERT_TRUE(g.Enter("j", "Writing"));
+  }
+  EXPECT_EQ((*StepGuard(dir / "step-attempts.json", "b1").Load())->attempts, 2);
+  // The power went: boot b2 enters the same step again, once.
+  StepGuard after_cut(dir / "step-attempts.json", "b2");
+  ASSERT_TRUE(after_cut.Enter("j", "Writing"));
+  EXPECT_EQ((*after_cut.Load())->attempts, 1);
+  EXPECT_EQ((*after_cut.Load())->boot, "b2");
+  // Restarts within b2 count again.
+  StepGuard restart(dir / "step-attempts.json", "b2");
+  ASSERT_TRUE(restart.Enter("j", "Writing"));
+  EXPECT_EQ((*restart.Load())->attempts, 2);
+}
+
 TEST(StepGuard, ADamagedFileIsAnErrorValue) {
   sag::test::TempDir dir;
   for (const char* text : {"{", R"({"job":"j","step":"W","attempts":"3"})", "[]",
