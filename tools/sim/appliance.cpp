@@ -177,10 +177,9 @@ Status Appliance::Init(const InitOptions& o) {
       "  model: " +
       Quote(o.model) +
       "\n"
-      "cloud:\n"
-      "  endpoint: " +
-      Quote(o.endpoint) +
-      "\n"
+      "cloud:\n" +
+      (o.endpoint.empty() ? std::string("  # no endpoint: the agent keeps no device channel\n")
+                          : "  endpoint: " + Quote(o.endpoint) + "\n") +
       "  connect_timeout_s: 5\n"
       "  heartbeat_s: 5\n"
       "  max_backoff_s: 10\n"

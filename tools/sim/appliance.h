@@ -34,7 +34,7 @@ struct InitOptions {
   std::string model = "sag-1000";
   std::string serial = "sag000sim01";
   std::string smartag_id;  // default sag-sim-<serial>
-  std::string endpoint = "wss://127.0.0.1:8443/device/v1";
+  std::string endpoint;  // the device channel; "" = none (the agent keeps no channel)
   std::filesystem::path root_ca;     // copied to pki/root.pem when given
   std::filesystem::path slot_a;      // initial content of slot A when given
   std::string version = "1.0.0";     // VERSION_ID of the factory image in slot A

@@ -50,6 +50,7 @@ commands:
       create the appliance; slot A holds FILE (optional) of version V
       (default 1.0.0, its os-release VERSION_ID), BOOT_ORDER="A B",
       DPI hooks on the fake engine PATH when --dpi-engine PATH is given,
+      the device channel to --endpoint when given (none otherwise),
       BOOT_A_LEFT=3, BOOT_B_LEFT=0
   boot DIR [--agent PATH] [--max-boots N] [--cut-after-ms MS | --cut-random MAXMS]
            [--seed S] [--cuts K] [--powerloss BIN [--torn 1]] [-- AGENT ARGS...]
