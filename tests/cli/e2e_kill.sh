@@ -7,9 +7,12 @@
 #     restarted with the same configuration (lab init fixed its ports);
 #   - sag-agent killed 4 times (during a Device job's download/write, during
 #     its trial boot, during a DPI job) and the appliance booted again.
-# At the end: every job reached a final state in the cloud (Committed or
-# RolledBack; no Failed is expected: a cut is resumed, never a reason to
-# fail), the cloud recorded each report (epoch, seq) at most once and in
+# Then, the agent powered off, the device's identity sends the last recorded
+# report again over its channel (an ack lost; the real agent resumes from
+# hello.ack and never resends on its own). At the end: every job reached a
+# final state in the cloud (Committed or RolledBack; the one Failed allowed
+# is a DPI job killed mid-install, E614 DpiInterrupted by design, sent again
+# as a new job), the cloud recorded each report (epoch, seq) at most once and in
 # increasing seq order per epoch, the device's outbox is fully acknowledged,
 # the cloud's versions are what the device runs, and no job's install
 # started twice on the device (a resume after a cut is not a start).
@@ -171,12 +174,12 @@ wait_api 'a["Status"] == "Active" and d["SoftwareVersion"] == "1.0.0"' 60 \
 # Job 1: Device 1.0.0 -> 1.0.1. The cloud dies right after the call and
 # while the device waits for its trial boot; the agent dies mid-install.
 starts=$(grep -c 'into slot' "$tmp/dev.log")
-reboots=$(grep -c 'agent asked for a reboot' "$tmp/dev.log")
+trials=$(grep -c 'resuming in state Rebooting' "$tmp/dev.log")
 j1=$(update VersionCode=1.0.1) || die "the update call failed"
 ms "$(rnd 50 1500)"; cloud_kill "job 1 offered or downloading"
 wait_log 'into slot' "$starts" 60 || die "job $j1 never started"
 ms "$(rnd 0 2500)"; agent_kill "job 1 downloading/writing"
-wait_log 'agent asked for a reboot' "$reboots" 90 || die "job $j1: no trial boot"
+wait_log 'resuming in state Rebooting' "$trials" 90 || die "job $j1: no trial boot"
 ms "$(rnd 0 1000)"; cloud_kill "job 1 trial boot"
 wait_final "$j1" 120 || die "job $j1 never final"
 
@@ -205,17 +208,100 @@ fi
 # Job 3: Device 1.0.1 -> 1.0.2. The cloud dies twice, the agent during the
 # install and during the trial boot.
 starts=$(grep -c 'into slot' "$tmp/dev.log")
-reboots=$(grep -c 'agent asked for a reboot' "$tmp/dev.log")
 trials=$(grep -c 'resuming in state Rebooting' "$tmp/dev.log")
 j3=$(update VersionCode=1.0.2) || die "the update call failed"
 ms "$(rnd 0 1000)"; cloud_kill "job 3 offered or downloading"
 wait_log 'into slot' "$starts" 60 || die "job $j3 never started"
 ms "$(rnd 0 2500)"; agent_kill "job 3 downloading/writing"
-wait_log 'agent asked for a reboot' "$reboots" 90 || die "job $j3: no trial boot"
-wait_log 'resuming in state Rebooting' "$trials" 30 || die "job $j3: the trial boot did not start"
+# The trial boot: after the reboot the agent asked for, or the power-on
+# after a kill that came once the trial was set.
+wait_log 'resuming in state Rebooting' "$trials" 90 || die "job $j3: no trial boot"
 ms "$(rnd 0 400)"; agent_kill "job 3 trial boot"
 ms "$(rnd 0 1500)"; cloud_kill "job 3 after the trial boot's cut"
 wait_final "$j3" 150 || die "job $j3 never final"
+
+# A report sent again (its ack lost, as when the cloud dies between
+# recording and acking; docs/protocol.md: at least once): with the agent
+# powered off, the device's identity replays the last recorded report over
+# its own channel. The cloud must ack it and not record it again.
+kill -TERM "$(cat "$dev/run/agent.pid")"
+for _ in $(seq 100); do kill -0 "$simpid" 2>/dev/null || break; sleep 0.1; done
+wait "$simpid" 2>/dev/null; simpid=
+replays=0
+if python3 - "$gw" "$dev" "$lab/pki/root-ca.pem" <<'REPLAY'; then replays=1; else bad "the replay of a recorded report"; fi
+# A report sent again after its ack was lost (docs/protocol.md: at least
+# once): the device's identity over its own mutual-TLS channel, a hello, then
+# the last report the cloud recorded, once more. The cloud must answer with
+# an ack and record nothing. Usage: GW_URL DEV_DIR ROOT_CA
+import base64, json, os, socket, ssl, struct, sys, time, urllib.parse
+
+url, dev, root_ca = sys.argv[1:4]
+u = urllib.parse.urlparse(url)
+ctx = ssl.create_default_context(cafile=root_ca)
+ctx.check_hostname = False
+ctx.load_cert_chain(os.path.join(dev, "pki", "device.pem"), os.path.join(dev, "pki", "device.key"))
+sock = ctx.wrap_socket(socket.create_connection((u.hostname, u.port), timeout=10))
+key = base64.b64encode(os.urandom(16)).decode()
+sock.sendall((f"GET {u.path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"
+              f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    chunk = sock.recv(4096)
+    if not chunk: sys.exit("replay: the gateway closed during the upgrade")
+    buf += chunk
+head, buf = buf.split(b"\r\n\r\n", 1)
+if b" 101 " not in head.split(b"\r\n")[0]: sys.exit("replay: upgrade refused: " + head.decode(errors="replace"))
+
+def send(msg):
+    data = json.dumps(msg).encode(); mask = os.urandom(4)
+    n = len(data)
+    hdr = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
+    sock.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+def recv():
+    global buf
+    def need(k):
+        global buf
+        while len(buf) < k:
+            chunk = sock.recv(65536)
+            if not chunk: sys.exit("replay: the gateway closed the connection")
+            buf += chunk
+    need(2); op, n = buf[0] & 0x0F, buf[1] & 0x7F; off = 2
+    if n == 126: need(4); n = struct.unpack(">H", buf[2:4])[0]; off = 4
+    elif n == 127: need(10); n = struct.unpack(">Q", buf[2:10])[0]; off = 10
+    need(off + n); payload, buf = buf[off:off + n], buf[off + n:]
+    return op, payload
+
+status = json.load(open(os.path.join(dev, "run", "status.json")))
+ack = json.load(open(os.path.join(dev, "state", "outbox.ack")))
+versions = {"device": status.get("device_version") or "", "dpi": status.get("dpi_version") or ""}
+boot = {"booted_slot": status.get("booted_slot", "A"), "slots": {}}
+send({"v": 1, "type": "hello", "id": "1",
+      "device": {"smartag_id": status["smartag_id"], "serial": status["serial_number"],
+                 "model": status["model"]},
+      "agent_version": status["agent_version"], "versions": versions, "boot": boot,
+      "agent_state": "idle", "jobs": [], "outbox": {"epoch": ack["epoch"], "last_seq": ack["acked"]}})
+seq = None
+deadline = time.time() + 10
+while time.time() < deadline:
+    op, payload = recv()
+    if op == 8: sys.exit("replay: closed by the gateway: " + payload[2:].decode(errors="replace"))
+    if op != 1: continue
+    m = json.loads(payload)
+    if m["type"] == "hello.ack" and seq is None:
+        seq = m["acked"]["seq"]
+        if seq == 0 or m["acked"]["epoch"] != ack["epoch"]:
+            sys.exit(f"replay: the cloud knows no report of this epoch: {m['acked']}")
+        send({"v": 1, "type": "state", "id": "2", "seq": seq, "versions": versions, "boot": boot,
+              "agent_state": "idle", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    elif m["type"] == "ack" and seq is not None:
+        print(f"replay: report #{seq} sent again, acked #{m.get('seq')}")
+        sys.exit(0)
+    elif m["type"] == "error":
+        sys.exit(f"replay: error from the gateway: {m}")
+sys.exit("replay: no ack within 10 s")
+REPLAY
+power_on
 
 # The last reconnect: the outbox drained and acknowledged.
 for _ in $(seq 120); do
@@ -234,10 +320,10 @@ wait_api 'a["Status"] == "Active"' 30 || bad "the appliance is not online at the
 api DescribeSmartAccessGatewayAttribute >"$tmp/attr.json" 2>/dev/null || bad "DescribeSmartAccessGatewayAttribute"
 
 python3 - "$lab/store.json" "$dev" "$tmp/dev.log" "$tmp/attr.json" "$serial" \
-  "$cloud_kills" "$agent_kills" "$seed" "$j2" "$j1" "${dpi_jobs[@]}" "$j3" <<'PY' || fail=1
+  "$cloud_kills" "$agent_kills" "$replays" "$seed" "$j2" "$j1" "${dpi_jobs[@]}" "$j3" <<'PY' || fail=1
 import collections, json, os, re, sys
-store_path, dev, log_path, attr_path, serial, ck, ak, seed, killed_dpi = sys.argv[1:10]
-job_ids = sys.argv[10:]
+store_path, dev, log_path, attr_path, serial, ck, ak, rp, seed, killed_dpi = sys.argv[1:11]
+job_ids = sys.argv[11:]
 store = json.load(open(store_path))
 errors = []
 
@@ -300,7 +386,8 @@ for jid in job_ids:
 
 for e in errors:
     print("FAIL:", e)
-print(f"e2e.kill: seed {seed}; kills: sag-cloud {ck}, sag-agent {ak}; reports recorded "
+print(f"e2e.kill: seed {seed}; kills: sag-cloud {ck}, sag-agent {ak}; replayed reports {rp}; "
+      f"reports recorded "
       f"{len(reports)} over {len(last)} epoch(s); jobs {len(job_ids)}: " +
       ", ".join(f"{jobs[j].get('job_type')} {jobs[j].get('version')} {jobs[j].get('state')}"
                 for j in job_ids if j in jobs) +
