@@ -33,8 +33,8 @@ struct InitOptions {
   std::uint64_t slot_size = 0;
   std::string model = "sag-1000";
   std::string serial = "sag000sim01";
-  std::string smartag_id;  // default sag-sim-<serial>
-  std::string endpoint;  // the device channel; "" = none (the agent keeps no channel)
+  std::string smartag_id;            // default sag-sim-<serial>
+  std::string endpoint;              // the device channel; "" = none (the agent keeps no channel)
   std::filesystem::path root_ca;     // copied to pki/root.pem when given
   std::filesystem::path slot_a;      // initial content of slot A when given
   std::string version = "1.0.0";     // VERSION_ID of the factory image in slot A
