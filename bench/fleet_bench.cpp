@@ -15,6 +15,8 @@
 //
 // Usage: bench_fleet [--devices N=10000] [--procs P=2] [--heartbeat-s S=10]
 //                    [--hold S=20] [--api S=10] [--conns C=4] [--connect-s S=600]
+//                    [--rate R=0: channels started per second, 0 = all at once]
+//                    [--rate R=0 (channels started per second; 0: all at once)]
 //                    [--sag-cloud PATH (default: ../cloud/sag-cloud next to this binary)]
 #include <utility>
 // (utility first: boost/asio/awaitable.hpp misses it)
@@ -64,6 +66,7 @@ struct Args {
   int api_s = 10;
   int conns = 4;
   int connect_s = 600;
+  int rate = 0;
   std::string sag_cloud;
 };
 
@@ -137,6 +140,7 @@ class Host : public agent::ChannelHost {
 // `life`).
 [[noreturn]] void DeviceChild(const Args& a, const fs::path& pki, const std::string& endpoint,
                               int first, int last, int out, std::chrono::seconds life) {
+  spdlog::set_level(spdlog::level::err);  // reconnects are counted, not logged
   boost::asio::io_context io(1);
   std::vector<std::unique_ptr<Host>> hosts;
   std::vector<std::unique_ptr<agent::Channel>> chans;
@@ -153,8 +157,17 @@ class Host : public agent::ChannelHost {
     o.max_backoff = milliseconds(5000);
     hosts.push_back(std::make_unique<Host>(Serial(i)));
     chans.push_back(std::make_unique<agent::Channel>(io, o, *hosts.back()));
-    (void)chans.back()->Start();
   }
+  // --rate: channels started at that many per second (over all children);
+  // 0: all at once (a thundering herd, as after a gateway restart).
+  const double rate = a.rate > 0 ? static_cast<double>(a.rate) / a.procs : 0.0;
+  std::size_t started = 0;
+  const auto start_due = [&] {
+    const double due = rate > 0 ? Secs(t0) * rate + 1 : static_cast<double>(chans.size());
+    while (started < chans.size() && static_cast<double>(started) < due) {
+      (void)chans[started++]->Start();
+    }
+  };
   const auto online = [&] {
     return std::count_if(chans.begin(), chans.end(),
                          [](const auto& c) { return c->status().online; });
@@ -165,14 +178,24 @@ class Host : public agent::ChannelHost {
   };
   const int want = last - first;
   bool told = false;
+  int ticks = 0;
   auto next = Clock::now() + milliseconds(200);
   const auto connect_deadline = t0 + std::chrono::seconds(a.connect_s);
   while (Clock::now() - t0 < life) {
     if (io.stopped()) io.restart();
+    start_due();
     io.run_for(milliseconds(20));
     if (Clock::now() < next) continue;
     next = Clock::now() + (told ? milliseconds(1000) : milliseconds(200));
     const auto n = online();
+    if (!told && ++ticks % 10 == 0) {
+      std::uint64_t connects = 0;
+      for (const auto& c : chans) connects += c->status().connects;
+      char b[96];
+      std::snprintf(b, sizeof b, "progress %ld %.1f %llu", static_cast<long>(n), Secs(t0),
+                    static_cast<unsigned long long>(connects));
+      say(b);
+    }
     if (!told && (n == want || Clock::now() > connect_deadline)) {
       char b[96];
       std::snprintf(b, sizeof b, "%s %ld %.3f", n == want ? "up" : "partial", static_cast<long>(n),
@@ -242,6 +265,8 @@ int main(int argc, char** argv) {
       a.conns = std::stoi(v);
     else if (k == "--connect-s")
       a.connect_s = std::stoi(v);
+    else if (k == "--rate")
+      a.rate = std::stoi(v);
     else if (k == "--sag-cloud")
       a.sag_cloud = v;
     else
@@ -274,9 +299,9 @@ int main(int argc, char** argv) {
   if (nofile.rlim_cur < static_cast<rlim_t>(a.devices) + 256 || nofile.rlim_cur < per_proc)
     return Fail("ulimit -n too low for " + std::to_string(a.devices) + " channels");
   std::printf(
-      "setup: %d devices from %d child processes, heartbeat %d s, hold %d s, API %d s x "
-      "%d connections\n",
-      a.devices, a.procs, a.heartbeat_s, a.hold_s, a.api_s, a.conns);
+      "setup: %d devices from %d child processes, started at %d/s (0: all at once), heartbeat "
+      "%d s, hold %d s, API %d s x %d connections\n",
+      a.devices, a.procs, a.rate, a.heartbeat_s, a.hold_s, a.api_s, a.conns);
   std::fflush(stdout);
 
   // The lab, then a certificate per serial and an instance per device.
@@ -439,6 +464,14 @@ int main(int argc, char** argv) {
     if (w == "up" || w == "partial") {
       up[i] = n;
       partial = partial || w == "partial";
+    } else if (w == "progress") {
+      unsigned long long connects = 0;
+      (void)std::sscanf(l.c_str(), "%15s %ld %lf %llu", word, &n, &s, &connects);
+      std::printf(
+          "   child %zu at %.0f s: %ld online, %llu hello.acks so far (reconnects "
+          "included)\n",
+          i, s, n, connects);
+      std::fflush(stdout);
     } else if (w == "online") {
       online[i] = n;
     }
