@@ -216,6 +216,7 @@ void ReadLines(const std::vector<int>& fds, std::vector<std::string>& buf,
   const auto deadline = Clock::now() + limit;
   while (!done() && Clock::now() < deadline) {
     std::vector<pollfd> p;
+    p.reserve(fds.size());
     for (int fd : fds) p.push_back({fd, POLLIN, 0});
     if (poll(p.data(), p.size(), 100) <= 0) continue;
     for (std::size_t i = 0; i < p.size(); ++i) {
@@ -295,7 +296,7 @@ int main(int argc, char** argv) {
               std::thread::hardware_concurrency(), mem_total / 1024,
               static_cast<unsigned long>(soft_before), static_cast<unsigned long>(nofile.rlim_cur),
               static_cast<unsigned long>(nofile.rlim_max));
-  const auto per_proc = static_cast<rlim_t>(a.devices / a.procs + 64);
+  const auto per_proc = static_cast<rlim_t>(a.devices) / static_cast<rlim_t>(a.procs) + 64;
   if (nofile.rlim_cur < static_cast<rlim_t>(a.devices) + 256 || nofile.rlim_cur < per_proc)
     return Fail("ulimit -n too low for " + std::to_string(a.devices) + " channels");
   std::printf(
@@ -530,6 +531,7 @@ int main(int argc, char** argv) {
   std::atomic<long> errors{0};
   std::atomic<bool> stop{false};
   std::vector<std::thread> workers;
+  workers.reserve(static_cast<std::size_t>(a.conns));
   c0 = CpuTicks(serve);
   t0 = Clock::now();
   for (int w = 0; w < a.conns; ++w) {
