@@ -21,13 +21,9 @@ bad() { echo "FAIL: $*"; fail=1; }
 die() { echo "FAIL: $*"; echo "--- cloud log"; tail -30 "$tmp/cloud.log"; echo "--- device log"; tail -40 "$tmp/dev.log"; exit 1; }
 serial=sag000e2e0001; id=sag-e2e0000000000001
 
-"$cloud" lab init "$lab" --serial "$serial" --smartag-id "$id" >/dev/null || die "lab init"
-sed -i 's/heartbeat_s: 10/heartbeat_s: 2/' "$lab/cloud.yaml"
-sign() {  # TYPE VERSION PAYLOAD
-  "$image" create --type "$1" --version "$2" --compatible sag-1000 --payload "$3" \
-    --key "$lab/pki/signer.key" --cert "$lab/pki/signer.pem" --chain "$lab/pki/signer-chain.pem" \
-    --output "$lab/images/$1-$2.sagimg" >/dev/null || die "sign $1 $2"
-}
+# shellcheck source=tests/cli/e2e_lib.sh
+source "$(dirname "$0")/e2e_lib.sh"
+lab_init
 for v in 1.0.0 1.0.1 1.0.2; do head -c 1500000 /dev/urandom >"$tmp/rootfs-$v.img"; done
 for v in 1.0.0 1.0.1 1.0.2; do sign Device "$v" "$tmp/rootfs-$v.img"; done
 dpi_v=20201201_1_0-0.0.2

@@ -42,13 +42,9 @@ ms() { sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))"; }   # sleep MS
 rnd() { echo $(($1 + RANDOM % ($2 - $1 + 1))); }                       # rnd LO HI
 serial=sag000e2e0002; id=sag-e2e0000000000002
 
-"$cloud" lab init "$lab" --serial "$serial" --smartag-id "$id" >/dev/null || die "lab init"
-sed -i 's/heartbeat_s: 10/heartbeat_s: 2/' "$lab/cloud.yaml"
-sign() {  # TYPE VERSION PAYLOAD
-  "$image" create --type "$1" --version "$2" --compatible sag-1000 --payload "$3" \
-    --key "$lab/pki/signer.key" --cert "$lab/pki/signer.pem" --chain "$lab/pki/signer-chain.pem" \
-    --output "$lab/images/$1-$2.sagimg" >/dev/null || die "sign $1 $2"
-}
+# shellcheck source=tests/cli/e2e_lib.sh
+source "$(dirname "$0")/e2e_lib.sh"
+lab_init
 for v in 1.0.0 1.0.1 1.0.2; do head -c 3000000 /dev/urandom >"$tmp/rootfs-$v.img"; done
 for v in 1.0.0 1.0.1 1.0.2; do sign Device "$v" "$tmp/rootfs-$v.img"; done
 dpi_v=20201201_1_0-0.0.2
