@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/atomic_file.h"
+#include "common/unique_fd.h"
 #include "platform/boot_env.h"
 #include "platform/bootloader.h"
 #include "platform/env_boot_control.h"
@@ -566,12 +567,18 @@ Status TearNewest(const Appliance& app, std::mt19937_64& rng, int& copy_out) {
       base + std::uniform_int_distribution<std::size_t>(5, sag::sim::kEnvSize - 1)(rng);
   for (std::size_t i = from; i < base + sag::sim::kEnvSize; ++i)
     image[i] = static_cast<char>(image[i] ^ 0xA5);
-  // In place, like the interrupted write it stands for.
-  std::fstream out(app.Path("uboot.env"), std::ios::in | std::ios::out | std::ios::binary);
-  out.seekp(0);
-  out.write(image.data(), static_cast<std::streamsize>(image.size()));
-  out.flush();
-  if (!out) return Error(Errc::kIo, "rewrite " + app.Path("uboot.env").string());
+  // In place, like the interrupted write it stands for, and durable: that
+  // write reached the medium before the power came back. Left unsynced, the
+  // next trial's cut would undo it and bring the garbled copy back whole
+  // (when that trial's writer was killed before its first store), and the
+  // check would take the restored copy for a write that was lost.
+  const std::string path = app.Path("uboot.env").string();
+  const sag::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (fd.get() < 0) return sag::MakeErrno(Errc::kIo, "open " + path, errno);
+  if (::pwrite(fd.get(), image.data(), image.size(), 0) != static_cast<ssize_t>(image.size())) {
+    return sag::MakeErrno(Errc::kIo, "rewrite " + path, errno);
+  }
+  if (::fsync(fd.get()) != 0) return sag::MakeErrno(Errc::kIo, "fsync " + path, errno);
   return sag::Ok();
 }
 
