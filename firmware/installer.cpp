@@ -487,12 +487,14 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec, image::ImageRead
     record.chunks_total = h.manifest.chunks.size();
     record.payload_size = h.manifest.payload_size;
     record.payload_sha256 = ToHex(h.manifest.payload_sha256);
-    spdlog::info("job {}: Device {} -> {} into slot {} ({} bytes, {} chunks, signed by {})",
-                 spec.id, record.from_version, record.version, record.target_slot,
-                 record.payload_size, record.chunks_total, h.signer.subject);
     // The header first: a journal record always has its header beside it.
     SAG_TRY_STATUS(SaveHeader(h));
     SAG_TRY_STATUS(journal_.Save(record.ToJson()));
+    // Logged once the job is on record: a kill before the save starts it
+    // afresh, and this line is not written twice for one start.
+    spdlog::info("job {}: Device {} -> {} into slot {} ({} bytes, {} chunks, signed by {})",
+                 spec.id, record.from_version, record.version, record.target_slot,
+                 record.payload_size, record.chunks_total, h.signer.subject);
   }
   if (auto st = StepPrepare(record); !st) {
     if (auto f = Fail(record, std::move(st).error()); !f) return std::move(f).error();
