@@ -36,8 +36,8 @@ class FleetBackend final : public rpc::ApiBackend {
  public:
   FleetBackend(FleetOptions options, Store& store, Gateway& gateway, const Repository& repository);
 
-  // Registers every configured box in the store (a box must be registered
-  // before the gateway lets it connect) and saves the store.
+  // Registers every configured box in the store, in one transaction (a box
+  // must be registered before the gateway lets it connect).
   Status RegisterDevices();
 
   std::vector<rpc::InstanceState> ListInstances(const std::string& region_id) override;
