@@ -626,8 +626,8 @@ void Session::OnReport(std::uint64_t seq, std::string_view type, const std::stri
   d->acked_seq = seq;
   d->last_seen = UtcNow();
   StoreWrite w;
-  w.report = ReportRecord{serial_, d->epoch, seq, std::string(type), job_id, std::move(detail),
-                          d->last_seen};
+  w.report = ReportRecord{serial_, d->epoch,          seq,         std::string(type),
+                          job_id,  std::move(detail), d->last_seen};
   w.device = *d;
   if (job) w.jobs.push_back(std::move(*job));
   // Durable before acknowledged: a report acked is never lost by a restart

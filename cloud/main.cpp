@@ -192,8 +192,7 @@ int Serve(const std::vector<std::string>& args) {
   }
   // With the real parts, the nonces are kept in their store: a restart does
   // not let a request captured before it be replayed.
-  sag::cloud::rpc::RpcService service(config->rpc, *backend,
-                                      parts ? parts->store.get() : nullptr);
+  sag::cloud::rpc::RpcService service(config->rpc, *backend, parts ? parts->store.get() : nullptr);
 
   sag::cloud::HttpServerOptions options;
   options.max_body_bytes = config->max_body_bytes;

@@ -299,8 +299,7 @@ class SqliteStore final : public Store {
       hint = "; restore it from a backup or move it aside";
     } else if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) {
       hint = "; another process holds it locked (a second sag-cloud on the same store?)";
-    } else if (primary == SQLITE_READONLY || primary == SQLITE_CANTOPEN ||
-               primary == SQLITE_PERM) {
+    } else if (primary == SQLITE_READONLY || primary == SQLITE_CANTOPEN || primary == SQLITE_PERM) {
       hint = "; check the permissions of the file and its directory";
     }
     return Error(code, "store " + path_.string() + ": " + std::string(what) + ": " +
@@ -440,8 +439,9 @@ Status SqliteStore::Setup(const SqliteOptions& options) {
     sqlite3_finalize(raw);
     if (rc != SQLITE_ROW) return Fail(rc, "switching to the WAL journal");
     if (mode != "wal") {
-      return Error(Errc::kIo, "store " + path_.string() + ": its file system does not support "
-                                                          "SQLite's WAL journal (journal mode '" +
+      return Error(Errc::kIo, "store " + path_.string() +
+                                  ": its file system does not support "
+                                  "SQLite's WAL journal (journal mode '" +
                                   mode + "'): put the store on a local file system");
     }
   }
@@ -482,10 +482,10 @@ Status SqliteStore::RegisterDevices(const std::vector<DeviceIdentity>& devices) 
   }
   const std::lock_guard lock(mu_);
   return InTransaction(Durability::kDurable, [&]() -> Status {
-    sqlite3_stmt* raw =
-        Prepare("INSERT INTO devices (serial, smartag_id, model) VALUES (?1, ?2, ?3) "
-                "ON CONFLICT (serial) DO UPDATE SET smartag_id = excluded.smartag_id, "
-                "model = excluded.model");
+    sqlite3_stmt* raw = Prepare(
+        "INSERT INTO devices (serial, smartag_id, model) VALUES (?1, ?2, ?3) "
+        "ON CONFLICT (serial) DO UPDATE SET smartag_id = excluded.smartag_id, "
+        "model = excluded.model");
     if (raw == nullptr) return Fail(sqlite3_errcode(db_), "registering devices");
     for (const auto& d : devices) {
       Stmt s(raw);
@@ -759,8 +759,8 @@ Status CheckFileKind(const std::filesystem::path& path) {
 Expected<std::unique_ptr<Store>> OpenSqliteStore(const std::filesystem::path& path,
                                                  const SqliteOptions& options) {
   if (options.migrate_to < 1 || options.migrate_to > kSqliteSchemaVersion) {
-    return Error(Errc::kInvalidArgument, "schema version " + std::to_string(options.migrate_to) +
-                                             " does not exist");
+    return Error(Errc::kInvalidArgument,
+                 "schema version " + std::to_string(options.migrate_to) + " does not exist");
   }
   SAG_TRY_STATUS(CheckFileKind(path));
   sqlite3* db = nullptr;

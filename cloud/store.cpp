@@ -6,7 +6,6 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
-
 namespace sag::cloud {
 
 namespace {

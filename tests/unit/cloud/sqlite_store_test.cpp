@@ -297,12 +297,12 @@ TEST(SqliteStore, NoncesAreUsedOnceUntilTheyExpireAndArePruned) {
   const auto t0 = Clock::now();
   EXPECT_TRUE(*store->Remember("AK\nn", t0, t0 + seconds(60)));
   EXPECT_FALSE(*store->Remember("AK\nn", t0 + seconds(59), t0 + seconds(119)));
-  EXPECT_TRUE(*store->Remember("AK2\nn", t0, t0 + seconds(60)));  // another key
+  EXPECT_TRUE(*store->Remember("AK2\nn", t0, t0 + seconds(60)));                // another key
   EXPECT_TRUE(*store->Remember("AK\nn", t0 + seconds(61), t0 + seconds(121)));  // expired
   // Expired ones go as new ones come: the table does not grow for ever.
   for (int i = 0; i < 600; ++i) {
-    ASSERT_TRUE(*store->Remember("AK\n" + std::to_string(i), t0 + seconds(200 + i),
-                                 t0 + seconds(201 + i)));
+    ASSERT_TRUE(
+        *store->Remember("AK\n" + std::to_string(i), t0 + seconds(200 + i), t0 + seconds(201 + i)));
   }
   EXPECT_LT(SqlInt(path, "SELECT count(*) FROM nonces"), 100);
 }
@@ -356,8 +356,9 @@ TEST(SqliteStore, PowerCutsMidTransactionLeaveAWholeState) {
 
     auto store = Open(path);
     ASSERT_TRUE(store) << "trial " << trial;
-    EXPECT_EQ(SqlInt(path, "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check "
-                           "<> 'ok'"),
+    EXPECT_EQ(SqlInt(path,
+                     "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check "
+                     "<> 'ok'"),
               0)
         << "trial " << trial;
     const auto d = store->FindDevice("sag1");
