@@ -44,13 +44,18 @@ std::string FleetBackend::JobIdOf(const rpc::UpgradeOrder& order) {
   return id;
 }
 
-rpc::InstanceState FleetBackend::Live(rpc::InstanceState instance) const {
+rpc::InstanceState FleetBackend::Live(rpc::InstanceState instance, const DeviceMap* devices) const {
   for (auto& box : instance.devices) {
     box.software_version.clear();
     box.dpi_signature_db_version.clear();
     box.online = false;
     box.state_reported_at.reset();
-    const std::optional<DeviceRecord> rec = store_.FindDevice(box.serial_number);
+    std::optional<DeviceRecord> rec;
+    if (devices == nullptr) {
+      rec = store_.FindDevice(box.serial_number);
+    } else if (const auto it = devices->find(box.serial_number); it != devices->end()) {
+      rec = it->second;
+    }
     if (!rec) continue;
     box.software_version = rec->versions.device;
     box.dpi_signature_db_version = rec->versions.dpi;
@@ -62,10 +67,16 @@ rpc::InstanceState FleetBackend::Live(rpc::InstanceState instance) const {
 }
 
 std::vector<rpc::InstanceState> FleetBackend::ListInstances(const std::string& region_id) {
+  // One read of every device instead of one per box (a fleet lists them all).
+  DeviceMap devices;
+  for (DeviceRecord& d : store_.Devices()) {
+    std::string serial = d.serial;
+    devices.emplace(std::move(serial), std::move(d));
+  }
   std::vector<rpc::InstanceState> out;
   for (const auto& instance : options_.instances) {
     if (!region_id.empty() && instance.region_id != region_id) continue;
-    out.push_back(Live(instance));
+    out.push_back(Live(instance, &devices));
   }
   return out;
 }

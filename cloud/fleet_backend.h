@@ -11,6 +11,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -50,7 +51,10 @@ class FleetBackend final : public rpc::ApiBackend {
   static std::string JobIdOf(const rpc::UpgradeOrder& order);
 
  private:
-  rpc::InstanceState Live(rpc::InstanceState instance) const;
+  using DeviceMap = std::map<std::string, DeviceRecord, std::less<>>;
+  // The instance with its boxes' live state: from `devices` (all of them,
+  // read once) or, when null, read from the store box by box.
+  rpc::InstanceState Live(rpc::InstanceState instance, const DeviceMap* devices = nullptr) const;
 
   FleetOptions options_;
   Store& store_;
