@@ -401,6 +401,11 @@ class SqliteStore final : public Store {
 Status SqliteStore::Setup(const SqliteOptions& options) {
   sqlite3_extended_result_codes(db_, 1);
   sqlite3_busy_timeout(db_, static_cast<int>(options.busy_timeout.count()));
+  // Before the first read: a WAL database opened in exclusive mode never
+  // touches the shared-memory index.
+  if (options.exclusive) {
+    SAG_TRY_STATUS(Exec("PRAGMA locking_mode=EXCLUSIVE", "taking the store for this process"));
+  }
   SAG_TRY(const std::int64_t version, PragmaInt("PRAGMA user_version"));
   SAG_TRY(const std::int64_t app, PragmaInt("PRAGMA application_id"));
   if (version > 0 && app != kApplicationId) {

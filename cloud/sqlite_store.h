@@ -37,6 +37,11 @@ struct SqliteOptions {
   bool read_only = false;
   // How long a statement waits for another connection's lock.
   std::chrono::milliseconds busy_timeout{5000};
+  // One process only: SQLite's exclusive locking mode, which keeps the WAL
+  // index in the process's memory instead of a shared-memory file (`-shm`).
+  // For file systems without shared mmap (FUSE with direct I/O, such as the
+  // power-cut model tools/powerloss); `store dump` cannot read it meanwhile.
+  bool exclusive = false;
   // Tests only: migrate up to this version instead of kSqliteSchemaVersion
   // (to make a database as an older sag-cloud left it).
   int migrate_to = kSqliteSchemaVersion;
