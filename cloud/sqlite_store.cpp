@@ -302,8 +302,8 @@ class SqliteStore final : public Store {
     } else if (primary == SQLITE_READONLY || primary == SQLITE_CANTOPEN || primary == SQLITE_PERM) {
       hint = "; check the permissions of the file and its directory";
     }
-    return Error(code, "store " + path_.string() + ": " + std::string(what) + ": " +
-                           sqlite3_errmsg(db_) + " (SQLite " + std::to_string(rc) + ")" + hint);
+    return {code, "store " + path_.string() + ": " + std::string(what) + ": " +
+                      sqlite3_errmsg(db_) + " (SQLite " + std::to_string(rc) + ")" + hint};
   }
   // A cached prepared statement; nullptr after logging a failure.
   sqlite3_stmt* Prepare(const char* sql) {
