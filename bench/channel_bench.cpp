@@ -21,7 +21,7 @@
 
 #include "agent/channel.h"
 #include "cloud/gateway.h"
-#include "cloud/store.h"
+#include "cloud/sqlite_store.h"
 #include "common/process.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/test_http_server.h"
@@ -96,7 +96,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", st.error().ToString().c_str());
     return 1;
   }
-  cloud::Store store(dir / "store.json");
+  auto opened = cloud::OpenSqliteStore(dir / "store.db");
+  if (!opened) {
+    std::fprintf(stderr, "%s\n", opened.error().ToString().c_str());
+    return 1;
+  }
+  cloud::Store& store = **opened;
   for (int i = 0; i <= devices; ++i) {
     const std::string serial = "dev-" + std::to_string(i);
     if (auto st = CheckCommand({"openssl", "x509", "-req", "-in", p("dev.csr"), "-CA", p("ca.pem"),
@@ -108,7 +113,6 @@ int main(int argc, char** argv) {
     }
     (void)store.RegisterDevice(serial, "sag-" + serial, "sag-1000");
   }
-  (void)store.Save();
 
   boost::asio::io_context io(1);
   cloud::GatewayOptions go;

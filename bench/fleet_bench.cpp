@@ -348,12 +348,12 @@ int main(int argc, char** argv) {
               "      - {serial_number: " +
               Serial(i) + ", hardware_model: sag-1000}\n";
     }
-    const auto at = yaml.find("store: store.json\n");
+    const auto at = yaml.find("store: store.db\n");
     const auto hb = yaml.find("heartbeat_s: 10\n");
     if (at == std::string::npos || hb == std::string::npos)
       return Fail("unexpected lab cloud.yaml");
     yaml.replace(hb, 16, "heartbeat_s: " + std::to_string(a.heartbeat_s) + "\n");
-    yaml.insert(yaml.find("store: store.json\n"), more);
+    yaml.insert(yaml.find("store: store.db\n"), more);
     std::ofstream(lab->config, std::ios::trunc) << yaml;
   }
   std::string secret;

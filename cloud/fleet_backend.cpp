@@ -24,13 +24,13 @@ FleetBackend::FleetBackend(FleetOptions options, Store& store, Gateway& gateway,
     : options_(std::move(options)), store_(store), gateway_(gateway), repository_(repository) {}
 
 Status FleetBackend::RegisterDevices() {
+  std::vector<DeviceIdentity> boxes;
   for (const auto& instance : options_.instances) {
     for (const auto& box : instance.devices) {
-      SAG_TRY_STATUS(
-          store_.RegisterDevice(box.serial_number, instance.smartag_id, box.hardware_model));
+      boxes.push_back({box.serial_number, instance.smartag_id, box.hardware_model});
     }
   }
-  return store_.Save();
+  return store_.RegisterDevices(boxes);
 }
 
 std::string FleetBackend::JobIdOf(const rpc::UpgradeOrder& order) {
@@ -44,14 +44,19 @@ std::string FleetBackend::JobIdOf(const rpc::UpgradeOrder& order) {
   return id;
 }
 
-rpc::InstanceState FleetBackend::Live(rpc::InstanceState instance) const {
+rpc::InstanceState FleetBackend::Live(rpc::InstanceState instance, const DeviceMap* devices) const {
   for (auto& box : instance.devices) {
     box.software_version.clear();
     box.dpi_signature_db_version.clear();
     box.online = false;
     box.state_reported_at.reset();
-    const DeviceRecord* rec = store_.FindDevice(box.serial_number);
-    if (rec == nullptr) continue;
+    std::optional<DeviceRecord> rec;
+    if (devices == nullptr) {
+      rec = store_.FindDevice(box.serial_number);
+    } else if (const auto it = devices->find(box.serial_number); it != devices->end()) {
+      rec = it->second;
+    }
+    if (!rec) continue;
     box.software_version = rec->versions.device;
     box.dpi_signature_db_version = rec->versions.dpi;
     if (!rec->model.empty()) box.hardware_model = rec->model;
@@ -62,10 +67,16 @@ rpc::InstanceState FleetBackend::Live(rpc::InstanceState instance) const {
 }
 
 std::vector<rpc::InstanceState> FleetBackend::ListInstances(const std::string& region_id) {
+  // One read of every device instead of one per box (a fleet lists them all).
+  DeviceMap devices;
+  for (DeviceRecord& d : store_.Devices()) {
+    std::string serial = d.serial;
+    devices.emplace(std::move(serial), std::move(d));
+  }
   std::vector<rpc::InstanceState> out;
   for (const auto& instance : options_.instances) {
     if (!region_id.empty() && instance.region_id != region_id) continue;
-    out.push_back(Live(instance));
+    out.push_back(Live(instance, &devices));
   }
   return out;
 }
@@ -105,9 +116,9 @@ rpc::DispatchResult FleetBackend::DispatchUpgrade(const rpc::UpgradeOrder& order
     return rpc::DispatchResult::kFailed;
   }
   if (!gateway_.IsOnline(order.serial_number)) return rpc::DispatchResult::kOffline;
-  for (const JobRecord* job : store_.JobsOf(order.serial_number)) {
-    if (job->spec.job_type == JobTypeName(order.type) && !IsFinal(job->state) &&
-        job->state != JobState::kTimedOut) {
+  for (const JobRecord& job : store_.JobsOf(order.serial_number)) {
+    if (job.spec.job_type == JobTypeName(order.type) && !IsFinal(job.state) &&
+        job.state != JobState::kTimedOut) {
       return rpc::DispatchResult::kBusy;
     }
   }

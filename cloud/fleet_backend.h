@@ -11,6 +11,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -36,8 +37,8 @@ class FleetBackend final : public rpc::ApiBackend {
  public:
   FleetBackend(FleetOptions options, Store& store, Gateway& gateway, const Repository& repository);
 
-  // Registers every configured box in the store (a box must be registered
-  // before the gateway lets it connect) and saves the store.
+  // Registers every configured box in the store, in one transaction (a box
+  // must be registered before the gateway lets it connect).
   Status RegisterDevices();
 
   std::vector<rpc::InstanceState> ListInstances(const std::string& region_id) override;
@@ -50,7 +51,10 @@ class FleetBackend final : public rpc::ApiBackend {
   static std::string JobIdOf(const rpc::UpgradeOrder& order);
 
  private:
-  rpc::InstanceState Live(rpc::InstanceState instance) const;
+  using DeviceMap = std::map<std::string, DeviceRecord, std::less<>>;
+  // The instance with its boxes' live state: from `devices` (all of them,
+  // read once) or, when null, read from the store box by box.
+  rpc::InstanceState Live(rpc::InstanceState instance, const DeviceMap* devices = nullptr) const;
 
   FleetOptions options_;
   Store& store_;

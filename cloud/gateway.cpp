@@ -89,14 +89,19 @@ struct Gateway::Impl : std::enable_shared_from_this<Gateway::Impl> {
   asio::awaitable<void> Accept();
   asio::awaitable<void> Sweep();
   std::size_t SweepJobs(std::chrono::system_clock::time_point now);
-  // Saves the store; logs a failure (the caller decides what it means).
-  bool Save(std::string_view why) const {
-    if (Status st = store.Save(); !st) {
-      spdlog::error("gateway: {}: {}", why, st.error().ToString());
-      return false;
+  // Writes to the store in one transaction; logs a failure (the caller
+  // decides what it means).
+  std::optional<WriteResult> Write(const StoreWrite& write, std::string_view why) const {
+    auto r = store.Write(write);
+    if (!r) {
+      spdlog::error("gateway: {}: {}", why, r.error().ToString());
+      return std::nullopt;
     }
-    return true;
+    return *r;
   }
+  // Records when the devices with traffic since the last call spoke: one
+  // batched write instead of one per heartbeat.
+  void FlushLastSeen();
   std::shared_ptr<Session> Channel(std::string_view serial) const;
   void SendJob(Session& session, JobRecord& job, bool save);
 
@@ -129,6 +134,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void Kill(std::string_view why);
 
   [[nodiscard]] const std::string& serial() const { return serial_; }
+  // Whether a message came since the last call (for the last_seen batch).
+  bool TakeSeen() { return std::exchange(seen_, false); }
 
  private:
   asio::awaitable<bool> Upgrade();
@@ -155,6 +162,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool upgraded_ = false;
   bool hello_done_ = false;
   bool dead_ = false;
+  bool seen_ = false;  // a message came since the last FlushLastSeen
   std::size_t malformed_ = 0;
   std::uint64_t next_id_ = 1;
   std::optional<Clock::time_point> handshake_deadline_;
@@ -178,7 +186,12 @@ void Gateway::Impl::SendJob(Session& session, JobRecord& job, bool save) {
   if (job.state == JobState::kPending) {
     job.state = JobState::kOffered;
     job.updated = UtcNow();
-    if (save) (void)Save("recording job " + job.spec.job_id + " as offered");
+    if (save) {
+      StoreWrite w;
+      w.jobs.push_back(job);
+      w.durability = Durability::kRelaxed;
+      (void)Write(w, "recording job " + job.spec.job_id + " as offered");
+    }
   }
 }
 
@@ -259,7 +272,7 @@ asio::awaitable<bool> Session::Upgrade() {
     co_await Refuse(http::status::not_found, req);
     co_return false;
   }
-  if (serial_.empty() || gw_->stopped || gw_->store.FindDevice(serial_) == nullptr) {
+  if (serial_.empty() || gw_->stopped || !gw_->store.FindDevice(serial_)) {
     ++gw_->stats.refused;
     spdlog::warn("gateway: refused a device certificate for serial '{}': not registered", serial_);
     co_await Refuse(http::status::forbidden, req);
@@ -400,7 +413,7 @@ void Session::Handle(std::string_view text) {
     Close(websocket::close_code::policy_error, "hello first");
     return;
   }
-  if (DeviceRecord* d = gw_->store.MutableDevice(serial_)) d->last_seen = UtcNow();
+  seen_ = true;
   std::visit(
       [&](const auto& body) {
         using T = std::decay_t<decltype(body)>;
@@ -413,10 +426,8 @@ void Session::Handle(std::string_view text) {
         } else if constexpr (std::is_same_v<T, proto::Progress>) {
           OnReport(body.seq, "progress", body.job_id,
                    body.stage + " " + std::to_string(body.percent) + "%",
-                   [&](DeviceRecord&, const std::string& epoch) {
-                     JobRecord* job = gw_->store.MutableJob(body.job_id);
-                     if (job == nullptr || job->serial != serial_ || IsFinal(job->state) ||
-                         StampNewer(*job, epoch, body.seq)) {
+                   [&](DeviceRecord& d, std::optional<JobRecord>& job) {
+                     if (!job || IsFinal(job->state) || StampNewer(*job, d.epoch, body.seq)) {
                        return;
                      }
                      if (job->state == JobState::kPending || job->state == JobState::kOffered) {
@@ -424,20 +435,19 @@ void Session::Handle(std::string_view text) {
                      }
                      job->device_state = body.stage;
                      job->percent = body.percent;
-                     Stamp(*job, epoch, body.seq);
+                     Stamp(*job, d.epoch, body.seq);
                    });
         } else if constexpr (std::is_same_v<T, proto::Result>) {
           OnReport(body.seq, "result", body.job_id, body.outcome,
-                   [&](DeviceRecord& d, const std::string& epoch) {
+                   [&](DeviceRecord& d, std::optional<JobRecord>& job) {
                      // The device's versions only from a report newer than
                      // what the last hello (or state) already reflected.
                      if (body.seq > d.snapshot_seq) {
                        d.versions = body.versions;
                        d.snapshot_seq = body.seq;
                      }
-                     JobRecord* job = gw_->store.MutableJob(body.job_id);
-                     if (job == nullptr || job->serial != serial_) return;
-                     if (StampNewer(*job, epoch, body.seq)) {
+                     if (!job) return;
+                     if (StampNewer(*job, d.epoch, body.seq)) {
                        spdlog::info(
                            "gateway: job {}: result '{}' (#{}) is older than the state "
                            "recorded (#{}); kept",
@@ -448,11 +458,11 @@ void Session::Handle(std::string_view text) {
                      job->outcome = body.outcome;
                      job->error = body.error;
                      if (job->state == JobState::kCommitted) job->percent = 100;
-                     Stamp(*job, epoch, body.seq);
+                     Stamp(*job, d.epoch, body.seq);
                    });
         } else if constexpr (std::is_same_v<T, proto::State>) {
           OnReport(body.seq, "state", "", body.agent_state,
-                   [&](DeviceRecord& d, const std::string&) {
+                   [&](DeviceRecord& d, std::optional<JobRecord>&) {
                      if (body.seq <= d.snapshot_seq) return;
                      d.versions = body.versions;
                      d.boot = body.boot;
@@ -485,8 +495,8 @@ void Session::OnHello(const proto::Message& m, const proto::Hello& hello) {
     return;
   }
   Store& store = gw_->store;
-  DeviceRecord* d = store.MutableDevice(serial_);
-  if (d == nullptr) {  // cannot happen: checked at the upgrade, never unregistered
+  std::optional<DeviceRecord> d = store.FindDevice(serial_);
+  if (!d) {  // checked at the upgrade and never unregistered: a store failure
     Close(websocket::close_code::policy_error, "unknown device");
     return;
   }
@@ -517,12 +527,14 @@ void Session::OnHello(const proto::Message& m, const proto::Hello& hello) {
   d->snapshot_seq = hello.last_seq;
   const std::string epoch = d->epoch;
 
+  // One transaction: the device's row and the jobs it names.
+  StoreWrite w;
   // The jobs the device knows: its word is the truth, as of last_seq.
   std::map<std::string, bool, std::less<>> listed;
   for (const auto& s : hello.jobs) {
     listed[s.job_id] = true;
-    JobRecord* job = store.MutableJob(s.job_id);
-    if (job == nullptr || job->serial != serial_ || StampNewer(*job, epoch, hello.last_seq)) {
+    std::optional<JobRecord> job = store.FindJob(s.job_id);
+    if (!job || job->serial != serial_ || StampNewer(*job, epoch, hello.last_seq)) {
       continue;
     }
     job->device_state = s.state;
@@ -534,8 +546,14 @@ void Session::OnHello(const proto::Message& m, const proto::Hello& hello) {
       job->state = JobState::kAccepted;
     }
     Stamp(*job, epoch, hello.last_seq);
+    w.jobs.push_back(std::move(*job));
   }
-  (void)gw_->Save("recording the hello of " + serial_);
+  w.device = *d;
+  // Relaxed: a hello is the device's whole state, sent again on every
+  // connect; a power cut that loses it loses nothing the device does not
+  // repeat (and a later durable write makes it durable too).
+  w.durability = Durability::kRelaxed;
+  (void)gw_->Write(w, "recording the hello of " + serial_);
   spdlog::info("gateway: '{}' online (device {}, dpi {}, {} jobs known, reports up to #{})",
                serial_, hello.versions.device, hello.versions.dpi, hello.jobs.size(),
                hello.last_seq);
@@ -544,18 +562,18 @@ void Session::OnHello(const proto::Message& m, const proto::Hello& hello) {
       std::max<std::int64_t>(1, (gw_->options.heartbeat.count() + 999) / 1000));
   Send(proto::HelloAck{UtcNow(), hb_s, d->epoch, d->acked_seq}, m.id);
   // Jobs the device does not know yet: offered (again).
-  for (JobRecord* job : store.JobsOf(serial_)) {
-    if (listed.contains(job->spec.job_id)) continue;
-    if (job->state == JobState::kPending || job->state == JobState::kOffered) {
-      gw_->SendJob(*this, *job, true);
+  for (JobRecord& job : store.JobsOf(serial_)) {
+    if (listed.contains(job.spec.job_id)) continue;
+    if (job.state == JobState::kPending || job.state == JobState::kOffered) {
+      gw_->SendJob(*this, job, true);
     }
-    if (job->cancel_requested && !IsFinal(job->state)) Send(proto::Cancel{job->spec.job_id});
+    if (job.cancel_requested && !IsFinal(job.state)) Send(proto::Cancel{job.spec.job_id});
   }
 }
 
 void Session::OnJobAck(const proto::JobAck& ack) {
-  JobRecord* job = gw_->store.MutableJob(ack.job_id);
-  if (job == nullptr || job->serial != serial_) {
+  std::optional<JobRecord> job = gw_->store.FindJob(ack.job_id);
+  if (!job || job->serial != serial_) {
     spdlog::warn("gateway: '{}' answered job {}, which is not one of its jobs", serial_,
                  ack.job_id);
     return;
@@ -577,14 +595,17 @@ void Session::OnJobAck(const proto::JobAck& ack) {
     job->device_state = ack.state;
   }
   job->updated = UtcNow();
-  (void)gw_->Save("recording the answer to job " + ack.job_id);
+  StoreWrite w;
+  w.jobs.push_back(std::move(*job));
+  (void)gw_->Write(w, "recording the answer to job " + ack.job_id);
 }
 
 template <typename Apply>
 void Session::OnReport(std::uint64_t seq, std::string_view type, const std::string& job_id,
                        std::string detail, Apply apply) {
-  DeviceRecord* d = gw_->store.MutableDevice(serial_);
-  if (d == nullptr) return;
+  Store& store = gw_->store;
+  std::optional<DeviceRecord> d = store.FindDevice(serial_);
+  if (!d) return;
   if (seq <= d->acked_seq) {
     // At least once: a report sent again after a lost ack or a restart.
     ++gw_->stats.reports_duplicate;
@@ -593,19 +614,37 @@ void Session::OnReport(std::uint64_t seq, std::string_view type, const std::stri
   }
   // In order over one connection: everything below seq was recorded or was
   // dropped by the device on purpose (superseded progress, agent/outbox.h).
-  apply(*d, d->epoch);
-  gw_->store.AddReport(
-      {serial_, d->epoch, seq, std::string(type), job_id, std::move(detail), UtcNow()});
-  const std::uint64_t before = d->acked_seq;
+  // The change is made on copies and written in one transaction with the
+  // report: a failed write changes nothing, here or in the store, so the
+  // report sent again is recorded once.
+  std::optional<JobRecord> job;
+  if (!job_id.empty()) {
+    job = store.FindJob(job_id);
+    if (job && job->serial != serial_) job.reset();
+  }
+  apply(*d, job);
   d->acked_seq = seq;
-  // Durable before acknowledged: a report acked is never lost by a restart.
-  if (!gw_->Save("recording report #" + std::to_string(seq) + " of " + serial_)) {
-    d->acked_seq = before;
+  d->last_seen = UtcNow();
+  StoreWrite w;
+  w.report = ReportRecord{serial_, d->epoch,          seq,         std::string(type),
+                          job_id,  std::move(detail), d->last_seen};
+  w.device = *d;
+  if (job) w.jobs.push_back(std::move(*job));
+  // Durable before acknowledged: a report acked is never lost by a restart
+  // or a power cut.
+  const auto written = gw_->Write(w, "recording report #" + std::to_string(seq) + " of " + serial_);
+  if (!written) {
     Send(proto::ProtocolError{"Internal", "the report could not be recorded; send it again"});
     Close(websocket::close_code::try_again_later, "store failure");
     return;
   }
-  ++gw_->stats.reports_recorded;
+  if (*written == WriteResult::kDuplicateReport) {
+    // Recorded already (by another connection of the device, or another
+    // gateway node): acknowledged again, not recorded again.
+    ++gw_->stats.reports_duplicate;
+  } else {
+    ++gw_->stats.reports_recorded;
+  }
   Send(proto::Ack{d->epoch, seq});
 }
 
@@ -616,9 +655,13 @@ void Session::OnClosed() {
       it != gw_->channels.end() && it->second.lock().get() == this) {
     gw_->channels.erase(it);
     if (!gw_->stopped) {
-      if (DeviceRecord* d = gw_->store.MutableDevice(serial_)) {
+      if (std::optional<DeviceRecord> d = gw_->store.FindDevice(serial_)) {
         d->online = false;
-        (void)gw_->Save("recording that " + serial_ + " went offline");
+        d->last_seen = UtcNow();
+        StoreWrite w;
+        w.device = std::move(*d);
+        w.durability = Durability::kRelaxed;
+        (void)gw_->Write(w, "recording that " + serial_ + " went offline");
       }
       spdlog::info("gateway: '{}' offline", serial_);
     }
@@ -671,6 +714,19 @@ asio::awaitable<void> Gateway::Impl::Sweep() {
     co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     if (stopped) break;
     SweepJobs(std::chrono::system_clock::now());
+    FlushLastSeen();
+  }
+}
+
+void Gateway::Impl::FlushLastSeen() {
+  std::vector<std::pair<std::string, std::string>> seen;
+  const std::string now = UtcNow();
+  for (const auto& [serial, weak] : channels) {
+    if (auto s = weak.lock(); s && s->TakeSeen()) seen.emplace_back(serial, now);
+  }
+  if (Status st = store.TouchDevices(seen); !st) {
+    spdlog::error("gateway: recording when {} devices last spoke: {}", seen.size(),
+                  st.error().ToString());
   }
 }
 
@@ -706,10 +762,13 @@ Status Gateway::Start() {
     }
     impl_->port = acc.local_endpoint().port();
     // A device is online only with a live channel of this process.
-    for (const DeviceRecord* d : impl_->store.Devices()) {
-      if (d->online) impl_->store.MutableDevice(d->serial)->online = false;
+    std::vector<std::string> offline;
+    for (const DeviceRecord& d : impl_->store.Devices()) {
+      if (d.online) offline.push_back(d.serial);
     }
-    (void)impl_->Save("marking every device offline at start");
+    if (Status st = impl_->store.MarkOffline(offline); !st) {
+      return st.error().WithContext("marking every device offline at start");
+    }
     asio::co_spawn(impl_->io, impl_->Accept(), [](const std::exception_ptr&) {});
     asio::co_spawn(impl_->io, impl_->Sweep(), [](const std::exception_ptr&) {});
     spdlog::info("gateway: listening on {}:{}", impl_->options.listen_address, impl_->port);
@@ -729,15 +788,14 @@ void Gateway::Stop() {
   for (auto& [ptr, weak] : impl_->sessions) {
     if (auto s = weak.lock()) s->Close(websocket::close_code::going_away, "gateway stopping");
   }
-  bool changed = false;
-  for (const auto& [serial, weak] : impl_->channels) {
-    if (DeviceRecord* d = impl_->store.MutableDevice(serial); d != nullptr && d->online) {
-      d->online = false;
-      changed = true;
-    }
-  }
+  impl_->FlushLastSeen();
+  std::vector<std::string> offline;
+  offline.reserve(impl_->channels.size());
+  for (const auto& [serial, weak] : impl_->channels) offline.push_back(serial);
   impl_->channels.clear();
-  if (changed) (void)impl_->Save("marking the devices offline at stop");
+  if (Status st = impl_->store.MarkOffline(offline); !st) {
+    spdlog::error("gateway: marking the devices offline at stop: {}", st.error().ToString());
+  }
 }
 
 std::uint16_t Gateway::port() const { return impl_->port; }
@@ -748,8 +806,9 @@ std::size_t Gateway::SweepJobs(std::chrono::system_clock::time_point now) {
 
 std::size_t Gateway::Impl::SweepJobs(std::chrono::system_clock::time_point now) {
   std::size_t ended = 0;
-  for (JobRecord* job : store.Jobs()) {
-    if (IsFinal(job->state) || job->state == JobState::kTimedOut) continue;
+  StoreWrite w;
+  for (JobRecord& j : store.OpenJobs()) {
+    JobRecord* job = &j;
     std::string why;
     const auto deadline = ParseUtc(job->spec.deadline);
     const auto updated = ParseUtc(job->updated);
@@ -767,9 +826,10 @@ std::size_t Gateway::Impl::SweepJobs(std::chrono::system_clock::time_point now) 
                                   "the job timed out in the cloud: " + why};
     job->timed_out = UtcTime(now);
     job->updated = job->timed_out;
+    w.jobs.push_back(std::move(j));
     ++ended;
   }
-  if (ended > 0) (void)Save("recording timed-out jobs");
+  if (ended > 0 && !Write(w, "recording timed-out jobs")) return 0;
   return ended;
 }
 
@@ -779,27 +839,26 @@ Status Gateway::Push(JobRecord job) {
   if (auto check = proto::Decode(proto::Encode({"check", "", job.spec})); !check) {
     return Error(Errc::kInvalidArgument, "job " + job.spec.job_id + ": " + check.error().message());
   }
-  const std::string id = job.spec.job_id;
-  SAG_TRY_STATUS(impl_->store.AddJob(std::move(job)));
-  JobRecord* rec = impl_->store.MutableJob(id);
-  auto session = impl_->Channel(rec->serial);
-  if (session) rec->state = JobState::kOffered;
-  // Durable before it leaves: one fsync per job.
-  if (Status st = impl_->store.Save(); !st) return st.error().WithContext("recording job " + id);
-  if (session) impl_->SendJob(*session, *rec, false);
+  auto session = impl_->Channel(job.serial);
+  job.state = session ? JobState::kOffered : JobState::kPending;
+  // Durable before it leaves: one transaction (one fsync) per job.
+  SAG_TRY_STATUS(impl_->store.AddJob(job));
+  if (session) impl_->SendJob(*session, job, false);
   return Ok();
 }
 
 Status Gateway::Cancel(const std::string& job_id) {
-  JobRecord* job = impl_->store.MutableJob(job_id);
-  if (job == nullptr) return Error(Errc::kJobUnknown, "no job " + job_id);
+  std::optional<JobRecord> job = impl_->store.FindJob(job_id);
+  if (!job) return Error(Errc::kJobUnknown, "no job " + job_id);
   if (IsFinal(job->state)) {
     return Error(Errc::kInvalidArgument,
                  "job " + job_id + " is already " + std::string(JobStateName(job->state)));
   }
   job->cancel_requested = true;
   job->updated = UtcNow();
-  if (Status st = impl_->store.Save(); !st) return st.error().WithContext("cancelling " + job_id);
+  StoreWrite w;
+  w.jobs.push_back(*job);
+  if (auto r = impl_->store.Write(w); !r) return r.error().WithContext("cancelling " + job_id);
   if (auto s = impl_->Channel(job->serial)) s->Send(proto::Cancel{job_id});
   return Ok();
 }

@@ -113,7 +113,7 @@ Expected<LabResult> InitLab(const LabOptions& o) {
       "\n    name: lab appliance\n    status: Active\n    instance_type: " + o.model +
       "\n    associated_ccn_id: ccn-lab0000000000001\n    associated_ccn_name: lab network" +
       "\n    end_time: 2099-01-01T00:00:00Z\n    devices:\n" + devices +
-      "store: store.json\n"
+      "store: store.db\n"
       "gateway:\n"
       "  listen: 127.0.0.1:" +
       std::to_string(gateway) +

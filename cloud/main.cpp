@@ -4,6 +4,7 @@
 //   sag-cloud call --endpoint URL --access-key-id AK --access-key-secret SK
 //                  [--ca-file PEM] [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]
 //                  [--timeout-ms N] ACTION [Key=Value ...]
+//   sag-cloud store dump --config FILE
 //   sag-cloud --version
 //
 // `call` acts like an Alibaba Cloud SDK client: it signs (ACS3-HMAC-SHA256 by
@@ -33,6 +34,7 @@
 #include "cloud/rpc/memory_backend.h"
 #include "cloud/rpc/rpc_config.h"
 #include "cloud/rpc/rpc_service.h"
+#include "cloud/sqlite_store.h"
 #include "cloud/store.h"
 #include "common/log.h"
 #include "common/net/tls.h"
@@ -54,6 +56,7 @@ void Usage(std::ostream& out) {
          "                 [--ca-file PEM]\n"
          "                 [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]\n"
          "                 [--timeout-ms N] ACTION [Key=Value ...]\n"
+         "  sag-cloud store dump --config FILE\n"
          "  sag-cloud lab init DIR [--smartag-id ID] [--serial S [--serial S2]] [--model M]\n"
          "                 [--api-port N] [--gateway-port N] [--repository-port N]\n"
          "  sag-cloud --version\n";
@@ -98,8 +101,7 @@ sag::Expected<std::unique_ptr<Parts>> StartParts(boost::asio::io_context& io,
   auto parts = std::make_unique<Parts>();
   const auto& gc = *config.gateway;
   const auto& rc = *config.repository;
-  parts->store = std::make_unique<cloud::Store>(config.store);
-  SAG_TRY_STATUS(parts->store->Load());
+  SAG_TRY(parts->store, cloud::OpenSqliteStore(config.store));
   parts->repository = std::make_unique<cloud::Repository>(
       cloud::Repository::Options{rc.dir, {rc.root_ca, std::nullopt}});
   SAG_TRY_STATUS(parts->repository->Scan());
@@ -188,7 +190,9 @@ int Serve(const std::vector<std::string>& args) {
     memory = MakeMemoryBackend(*config);
     backend = memory.get();
   }
-  sag::cloud::rpc::RpcService service(config->rpc, *backend);
+  // With the real parts, the nonces are kept in their store: a restart does
+  // not let a request captured before it be replayed.
+  sag::cloud::rpc::RpcService service(config->rpc, *backend, parts ? parts->store.get() : nullptr);
 
   sag::cloud::HttpServerOptions options;
   options.max_body_bytes = config->max_body_bytes;
@@ -411,6 +415,32 @@ int Lab(const std::vector<std::string>& args) {
   return kExitOk;
 }
 
+// sag-cloud store dump --config FILE: the store as JSON on stdout (read
+// only; works while `serve` runs).
+int StoreCommand(const std::vector<std::string>& args) {
+  std::string config_file;
+  if (args.size() == 3 && args[0] == "dump" && args[1] == "--config") {
+    config_file = args[2];
+  } else {
+    std::cerr << "usage: sag-cloud store dump --config FILE\n";
+    return kExitUsage;
+  }
+  auto config = sag::cloud::rpc::LoadApiConfig(config_file);
+  if (!config) {
+    std::cerr << "sag-cloud store: " << config.error().ToString() << "\n";
+    return kExitUsage;
+  }
+  sag::cloud::SqliteOptions options;
+  options.read_only = true;
+  auto store = sag::cloud::OpenSqliteStore(config->store, options);
+  if (!store) {
+    std::cerr << "sag-cloud store: " << store.error().ToString() << "\n";
+    return kExitErrorAnswer;
+  }
+  std::cout << sag::cloud::DumpJson(**store);
+  return std::cout.flush() ? kExitOk : kExitErrorAnswer;
+}
+
 int main(int argc, char** argv) {
   const std::vector<std::string> all(argv + 1, argv + argc);
   if (all.empty()) {
@@ -429,6 +459,7 @@ int main(int argc, char** argv) {
   if (all[0] == "serve") return Serve(rest);
   if (all[0] == "call") return Call(rest);
   if (all[0] == "lab") return Lab(rest);
+  if (all[0] == "store") return StoreCommand(rest);
   std::cerr << "sag-cloud: unknown command '" << all[0] << "'\n";
   Usage(std::cerr);
   return kExitUsage;

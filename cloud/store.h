@@ -1,26 +1,33 @@
-// The device gateway's state: registered devices, their reported state and
-// online presence, and the jobs sent to them. One JSON file, replaced
-// atomically (common/atomic_file.h) by Save(): a power cut or SIGKILL leaves
-// the previous or the new state, never a torn one. Loaded with a checked
-// decoder: a damaged file is kStoreCorrupt, never an exception.
+// The state of sag-cloud behind one interface: registered devices, what they
+// reported and whether their channel is up, the jobs sent to them, every
+// report recorded, and the RPC API's signature nonces.
+//
+// The interface is free of any one database's behaviour: every write is one
+// StoreWrite applied in one transaction (all of it or nothing), the keys that
+// make a write idempotent are part of the contract (a job id once, a report
+// once per (serial, epoch, seq), a nonce once per key), and reads return
+// copies. The embedded SQLite backend (cloud/sqlite_store.h) is the default;
+// a PostgreSQL backend shared by several gateway nodes can implement the same
+// calls (the durability levels map to synchronous_commit on/off).
 //
 // The store is data and persistence only; what the protocol means (which
-// report may change what) is decided by the gateway (cloud/gateway.h). Its
-// records are free of any backend's behaviour, so a database can replace the
-// file later behind the same calls.
+// report may change what) is decided by the gateway (cloud/gateway.h).
 //
-// Not thread-safe: used from the gateway's io_context thread.
+// Reads return std::nullopt / empty for what is not there. A read that fails
+// in the database (I/O error, damaged file) is logged and also answers
+// "not there": callers then refuse the work (a device is not let in, a job is
+// not found) and nothing is written from it.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
-#include <filesystem>
-#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
+#include "cloud/rpc/nonce_store.h"
 #include "common/error.h"
 #include "common/proto/messages.h"
 
@@ -49,6 +56,13 @@ std::string_view JobStateName(JobState state);
 std::optional<JobState> ParseJobState(std::string_view name);
 // Committed, RolledBack, Failed, Rejected: the device answered for good.
 bool IsFinal(JobState state);
+
+// What the configuration says about a box: it may connect once registered.
+struct DeviceIdentity {
+  std::string serial;  // the certificate's subject CN; the key
+  std::string smartag_id;
+  std::string model;
+};
 
 struct DeviceRecord {
   std::string serial;  // the certificate's subject CN; the key
@@ -90,7 +104,7 @@ struct JobRecord {
   std::uint64_t stamp_seq = 0;
 };
 
-// One report as recorded, for operators and tests (bounded per device).
+// One report as recorded, for operators and tests.
 struct ReportRecord {
   std::string serial;
   std::string epoch;
@@ -101,47 +115,81 @@ struct ReportRecord {
   std::string received;
 };
 
-class Store {
- public:
-  static constexpr std::size_t kMaxReportsKept = 4096;
-
-  // A store persisted at `path`; Load() reads it if it exists.
-  explicit Store(std::filesystem::path path);
-
-  // Reads the file (a missing file is an empty store). kStoreCorrupt with
-  // the field when it does not decode.
-  Status Load();
-  // Replaces the file atomically with the current state.
-  [[nodiscard]] Status Save() const;
-
-  // A device may connect once registered. kInvalidArgument for an empty
-  // serial; registering again updates smartag_id and model.
-  Status RegisterDevice(const std::string& serial, const std::string& smartag_id,
-                        const std::string& model);
-  [[nodiscard]] const DeviceRecord* FindDevice(std::string_view serial) const;
-  DeviceRecord* MutableDevice(std::string_view serial);
-  [[nodiscard]] std::vector<const DeviceRecord*> Devices() const;
-
-  // A new job (state Pending). kUnknownDevice, kJobExists.
-  Status AddJob(JobRecord job);
-  [[nodiscard]] const JobRecord* FindJob(std::string_view job_id) const;
-  JobRecord* MutableJob(std::string_view job_id);
-  // The jobs of one device, oldest first.
-  [[nodiscard]] std::vector<JobRecord*> JobsOf(std::string_view serial);
-  // Every job, oldest first.
-  [[nodiscard]] std::vector<JobRecord*> Jobs();
-
-  void AddReport(ReportRecord report);
-  [[nodiscard]] const std::vector<ReportRecord>& Reports() const { return reports_; }
-
-  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-  std::map<std::string, DeviceRecord, std::less<>> devices_;
-  std::map<std::string, JobRecord, std::less<>> jobs_;
-  std::vector<std::string> job_order_;  // ids in creation order
-  std::vector<ReportRecord> reports_;   // oldest first, at most kMaxReportsKept
+// How durable a write must be when its call returns.
+enum class Durability {
+  // On stable storage: survives a power cut (an acknowledged report, a new
+  // job, a device's answer to a job).
+  kDurable,
+  // Survives a crash or SIGKILL of sag-cloud, but a power cut may lose the
+  // last such writes (never tearing them, never losing a kDurable write):
+  // state the device sends again anyway (hello), presence, nonces.
+  kRelaxed,
 };
+
+// One transaction: all of it is written, or none of it.
+struct StoreWrite {
+  std::optional<DeviceRecord> device;  // replaces the registered device's row
+  std::vector<JobRecord> jobs;         // replace existing jobs' rows
+  // Inserted, once per (serial, epoch, seq): a report already there makes
+  // the whole write kDuplicateReport and changes nothing.
+  std::optional<ReportRecord> report;
+  Durability durability = Durability::kDurable;
+};
+
+enum class WriteResult { kWritten, kDuplicateReport };
+
+class Store : public rpc::NonceStore {
+ public:
+  ~Store() override = default;
+
+  // --- devices ---------------------------------------------------------
+  // Registers the boxes (new ones, or new smartag_id/model for known ones;
+  // what they reported is kept), in one transaction. kInvalidArgument for
+  // an empty or overlong serial.
+  virtual Status RegisterDevices(const std::vector<DeviceIdentity>& devices) = 0;
+  Status RegisterDevice(const std::string& serial, const std::string& smartag_id,
+                        const std::string& model) {
+    return RegisterDevices({{serial, smartag_id, model}});
+  }
+  virtual std::optional<DeviceRecord> FindDevice(std::string_view serial) = 0;
+  // Every registered device, by serial.
+  virtual std::vector<DeviceRecord> Devices() = 0;
+  // Marks these devices offline (kRelaxed), in one transaction.
+  virtual Status MarkOffline(const std::vector<std::string>& serials) = 0;
+  // Records when devices last spoke ((serial, UTC) pairs; kRelaxed), in one
+  // transaction: the gateway batches heartbeats instead of a write each.
+  virtual Status TouchDevices(const std::vector<std::pair<std::string, std::string>>& seen) = 0;
+
+  // --- jobs ------------------------------------------------------------
+  // A new job, Pending or Offered (kDurable). kUnknownDevice, kJobExists,
+  // kInvalidArgument (an empty or overlong id, another state).
+  virtual Status AddJob(JobRecord job) = 0;
+  virtual std::optional<JobRecord> FindJob(std::string_view job_id) = 0;
+  // The jobs of one device, oldest first.
+  virtual std::vector<JobRecord> JobsOf(std::string_view serial) = 0;
+  // The jobs neither final nor TimedOut, oldest first.
+  virtual std::vector<JobRecord> OpenJobs() = 0;
+  // Every job, oldest first.
+  virtual std::vector<JobRecord> Jobs() = 0;
+
+  // --- writes ----------------------------------------------------------
+  // kUnknownDevice / kJobUnknown for a row that does not exist; database
+  // errors (kIo, kNoSpace, kStoreCorrupt). On any error nothing was written.
+  virtual Expected<WriteResult> Write(const StoreWrite& write) = 0;
+
+  // --- reports ---------------------------------------------------------
+  // The reports recorded, oldest first; of one device when `serial` is not
+  // empty. At most kMaxReportsPerDevice are kept per device.
+  static constexpr std::size_t kMaxReportsPerDevice = 4096;
+  virtual std::vector<ReportRecord> Reports(std::string_view serial = {}) = 0;
+
+  // --- nonces (rpc::NonceStore) -----------------------------------------
+  // Remember(): kRelaxed; expired nonces are pruned as new ones come.
+};
+
+// The whole store as one JSON document {format, devices, jobs, reports} (the
+// shape of the JSON store sag-cloud kept before SQLite): for operators
+// (`sag-cloud store dump`) and tests.
+std::string DumpJson(Store& store);
 
 }  // namespace sag::cloud

@@ -100,6 +100,7 @@ std::string_view ErrcName(Errc code) {
     SAG_ERRC_NAME(StoreCorrupt)
     SAG_ERRC_NAME(UnknownDevice)
     SAG_ERRC_NAME(JobExists)
+    SAG_ERRC_NAME(StoreNewerSchema)
 #undef SAG_ERRC_NAME
   }
   return "Unknown";

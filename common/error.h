@@ -114,6 +114,7 @@ enum class Errc : std::uint16_t {
   kStoreCorrupt = 707,         // the gateway's state file is damaged
   kUnknownDevice = 708,        // a serial number that is not registered
   kJobExists = 709,            // a job id that is already in the store
+  kStoreNewerSchema = 710,     // the store was written by a newer sag-cloud
 };
 
 // The stable name of a code ("ImageTruncated"), used in logs and reports.

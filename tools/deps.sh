@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git python3
   libboost-dev libboost-program-options-dev libssl-dev openssl
   libarchive-dev libspdlog-dev libyaml-cpp-dev libgtest-dev libgmock-dev
-  libubootenv-dev libubootenv-tool libzstd-dev zstd nlohmann-json3-dev fuse3 libfuse3-dev
+  libubootenv-dev libubootenv-tool libzstd-dev zstd nlohmann-json3-dev libsqlite3-dev fuse3 libfuse3-dev
   grub-common clang clang-format clang-tidy libclang-rt-14-dev
   dpkg-dev fakeroot lintian file systemd
 )

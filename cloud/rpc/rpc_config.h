@@ -26,7 +26,7 @@
 //        create_time: 2026-01-01T00:00:00Z, hardware_models: [sag-1000]}
 //   # The real parts (both sections, or neither); relative paths are
 //   # relative to the configuration file's directory.
-//   store: store.json
+//   store: store.db       # the SQLite database of the real parts' state
 //   gateway:
 //     listen: 127.0.0.1:8444
 //     cert_chain: pki/server-chain.pem
@@ -99,7 +99,7 @@ struct ApiFileConfig {
   std::vector<CatalogEntry> catalog;
   std::optional<GatewayFileConfig> gateway;
   std::optional<RepositoryFileConfig> repository;
-  std::filesystem::path store = "store.json";  // the gateway's state
+  std::filesystem::path store = "store.db";  // the real parts' state (SQLite)
 };
 
 Expected<ApiFileConfig> LoadApiConfig(const std::filesystem::path& file);

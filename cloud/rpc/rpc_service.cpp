@@ -139,10 +139,14 @@ std::string FormatIsoTimestamp(Clock::time_point t) {
 }
 
 RpcService::RpcService(RpcConfig config, ApiBackend& backend, Now now)
+    : RpcService(std::move(config), backend, nullptr, std::move(now)) {}
+
+RpcService::RpcService(RpcConfig config, ApiBackend& backend, NonceStore* nonces, Now now)
     : config_(std::move(config)),
       actions_(backend, config_.actions),
       now_(std::move(now)),
-      nonces_(2 * config_.time_window, config_.max_nonces) {}
+      nonces_(2 * config_.time_window, config_.max_nonces),
+      nonce_store_(nonces) {}
 
 HttpHandler RpcService::Handler() {
   return [this](const HttpRequest& r) { return Handle(r); };
@@ -304,13 +308,23 @@ HttpResponse RpcService::Handle(const HttpRequest& request) {
       if (b.tokens < 1) return fail(errors::Throttling());
       b.tokens -= 1;
     }
-    switch (nonces_.Insert(key->id + '\n' + nonce, now)) {
+    const std::string nonce_key = key->id + '\n' + nonce;
+    switch (nonces_.Insert(nonce_key, now)) {
       case NonceCache::Result::kNew:
         break;
       case NonceCache::Result::kUsed:
         return fail(errors::SignatureNonceUsed());
       case NonceCache::Result::kFull:
         return fail(errors::Throttling());
+    }
+    // New to this process; the store also knows the ones of before a restart.
+    if (nonce_store_ != nullptr) {
+      auto fresh = nonce_store_->Remember(nonce_key, now, now + 2 * config_.time_window);
+      if (!fresh) {
+        spdlog::error("rpc {}: recording the nonce: {}", request_id, fresh.error().ToString());
+        return fail(errors::InternalError());
+      }
+      if (!*fresh) return fail(errors::SignatureNonceUsed());
     }
   }
 

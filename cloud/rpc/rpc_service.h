@@ -24,7 +24,9 @@
 //   the nonce is new for this key               400 SignatureNonceUsed
 //   the action exists                           404 InvalidAction.NotFound
 // A nonce is remembered only once the signature matched (nobody can burn
-// another caller's nonces), for twice the window.
+// another caller's nonces), for twice the window: in memory (which bounds
+// how many are held), and in the NonceStore when one is given, so that a
+// restart does not let a captured request be replayed.
 #pragma once
 
 #include <chrono>
@@ -41,6 +43,7 @@
 #include "cloud/rpc/actions.h"
 #include "cloud/rpc/api_backend.h"
 #include "cloud/rpc/body.h"
+#include "cloud/rpc/nonce_store.h"
 
 namespace sag::cloud::rpc {
 
@@ -85,6 +88,10 @@ class RpcService {
   using Now = std::function<Clock::time_point()>;
   RpcService(
       RpcConfig config, ApiBackend& backend, Now now = [] { return Clock::now(); });
+  // Nonces also go to `nonces` (not owned; it must outlive the service).
+  RpcService(
+      RpcConfig config, ApiBackend& backend, NonceStore* nonces,
+      Now now = [] { return Clock::now(); });
 
   // Thread-safe.
   HttpResponse Handle(const HttpRequest& request);
@@ -103,6 +110,7 @@ class RpcService {
   Now now_;
   std::mutex mu_;  // guards nonces_ and buckets_
   NonceCache nonces_;
+  NonceStore* nonce_store_ = nullptr;
   struct Bucket {
     double tokens = 0;
     Clock::time_point at;

@@ -60,8 +60,10 @@ kill -TERM "$pid"
 for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
 if kill -0 "$pid" 2>/dev/null; then bad "serve did not stop within 5 s of SIGTERM"; fi
 wait "$pid"; pid=
-python3 -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d else 1)" "$lab/store.json" \
-  || bad "store.json does not load"
+"$cloud" store dump --config "$lab/cloud.yaml" >"$tmp/store.json" \
+  || bad "sag-cloud store dump cannot read the store after serve stopped"
+python3 -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d['devices'] else 1)" \
+  "$tmp/store.json" || bad "the dumped store does not load or has no devices"
 
 # A configuration error names the file, line and key.
 sed 's/^  device_ca: .*/  device_ca: 42\n  colour: blue/' "$lab/cloud.yaml" >"$tmp/bad.yaml"

@@ -68,6 +68,7 @@ sys.exit(0 if ($expr) else 1)" 2>/dev/null; then return 0; fi
 wait_api 'a["Status"] == "Active" and d["SoftwareVersion"] == "1.0.0"' 60 \
   || die "the appliance did not come online with 1.0.0"
 job_of() {  # the cloud's record of the newest job: state outcome error-name
+  dump_store
   python3 -c "
 import json, sys
 jobs = json.load(open(sys.argv[1])).get('jobs', [])
@@ -108,6 +109,7 @@ wait_api 'a["Status"] == "Active" and d["SoftwareVersion"] == "1.0.1"' 60 || bad
 
 # Every report the device made reached the cloud once (the gateway's
 # duplicates are re-acks, not records), and the device's outbox is drained.
+dump_store || bad "sag-cloud store dump failed"
 python3 - "$dev/state/outbox.log" "$lab/store.json" <<'PY' || fail=1
 import json, sys
 pending = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]

@@ -136,6 +136,7 @@ wait_log() {  # PATTERN N SECONDS
   return 1
 }
 newest_job() {  # JOB_ID STATE of the newest job, as the cloud stored it
+  dump_store
   python3 -c "
 import json, sys
 jobs = json.load(open(sys.argv[1])).get('jobs', [])
@@ -144,6 +145,7 @@ print(jobs[-1].get('job_id', '') if jobs else '', jobs[-1].get('state', '') if j
 }
 wait_final() {  # JOB_ID SECONDS
   for _ in $(seq $(($2 * 4))); do
+    dump_store
     python3 -c "
 import json, sys
 j = [j for j in json.load(open(sys.argv[1])).get('jobs', []) if j.get('job_id') == sys.argv[2]]
@@ -191,6 +193,7 @@ ms "$(rnd 0 1500)"; agent_kill "job 2 DPI install"
 ms "$(rnd 0 1500)"; cloud_kill "job 2 after the agent's restart"
 wait_final "$j2" 120 || die "job $j2 never final"
 dpi_jobs=("$j2")
+dump_store
 if python3 -c "
 import json, sys
 j = [j for j in json.load(open(sys.argv[1]))['jobs'] if j['job_id'] == sys.argv[2]][0]
@@ -301,6 +304,7 @@ power_on
 
 # The last reconnect: the outbox drained and acknowledged.
 for _ in $(seq 120); do
+  dump_store
   python3 - "$dev/state" "$lab/store.json" "$serial" <<'PY' 2>/dev/null && break
 import json, os, sys
 state, store, serial = sys.argv[1:]
@@ -315,6 +319,7 @@ done
 wait_api 'a["Status"] == "Active"' 30 || bad "the appliance is not online at the end"
 api DescribeSmartAccessGatewayAttribute >"$tmp/attr.json" 2>/dev/null || bad "DescribeSmartAccessGatewayAttribute"
 
+dump_store || bad "sag-cloud store dump failed"
 python3 - "$lab/store.json" "$dev" "$tmp/dev.log" "$tmp/attr.json" "$serial" \
   "$cloud_kills" "$agent_kills" "$replays" "$seed" "$j2" "$j1" "${dpi_jobs[@]}" "$j3" <<'PY' || fail=1
 import collections, json, os, re, sys

@@ -7,6 +7,14 @@ lab_init() {
   sed -i 's/heartbeat_s: 10/heartbeat_s: 2/' "$lab/cloud.yaml"
 }
 
+# The cloud's store as JSON ({devices, jobs, reports}), written to
+# $lab/store.json: `sag-cloud store dump` reads the SQLite store, also while
+# sag-cloud serves (or after it was killed).
+dump_store() {
+  "$cloud" store dump --config "$lab/cloud.yaml" >"$lab/store.json.tmp" 2>/dev/null \
+    && mv "$lab/store.json.tmp" "$lab/store.json"
+}
+
 # sign TYPE VERSION PAYLOAD: a signed image in the lab's repository.
 sign() {
   "$image" create --type "$1" --version "$2" --compatible sag-1000 --payload "$3" \

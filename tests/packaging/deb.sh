@@ -68,6 +68,7 @@ for lib in libc6 libssl3 libubootenv0.1 libarchive13 libzstd1 libyaml-cpp0.7 lib
   [[ "$agent_depends" == *"$lib"* ]] || bad "sag-agent does not depend on $lib"
 done
 [[ ! "$agent_depends" =~ (^|, )systemd ]] || bad "sag-agent depends on systemd (units need not)"
+[[ "$(dpkg-deb -f "$cloud" Depends)" == *libsqlite3-0* ]] || bad "sag-cloud does not depend on libsqlite3-0 (its store)"
 [[ "$(dpkg-deb -f "$cloud" Depends)" == *"systemd | systemd-standalone-sysusers | systemd-sysusers"* ]] \
   || bad "sag-cloud does not depend on a systemd-sysusers provider (its postinst runs it)"
 ((fail > section_fail)) || ok "control fields; Depends satisfiable; the expected libraries"

@@ -122,17 +122,19 @@ a = json.load(sys.stdin); d = a['Devices']['Device'][0]
 print(f\"   DescribeSmartAccessGatewayAttribute: Status={a['Status']} SoftwareVersion={d['SoftwareVersion']} DpiSignatureDbVersion={d['DpiSignatureDbVersion'] or '-'}\")"
 }
 # Follows the newest job as the device reports it over the channel (the
-# cloud's record in store.json), until it ends; prints every stage change
-# and every 25 %.
+# cloud's record in its store, read with `sag-cloud store dump`), until it
+# ends; prints every stage change and every 25 %.
 follow() {
-  python3 - "$lab/store.json" "${1:-180}" <<'PY'
-import json, sys, time
-path, limit = sys.argv[1], float(sys.argv[2])
+  python3 - "$cloud" "$lab/cloud.yaml" "${1:-180}" <<'PY'
+import json, subprocess, sys, time
+cloud, config, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
 seen, start, job = None, time.time(), None
 while time.time() - start < limit:
     try:
-        jobs = json.load(open(path)).get("jobs", [])
-    except (OSError, ValueError):
+        out = subprocess.run([cloud, "store", "dump", "--config", config], capture_output=True,
+                             check=True, timeout=10).stdout
+        jobs = json.loads(out).get("jobs", [])
+    except (OSError, ValueError, subprocess.SubprocessError):
         jobs = []
     if jobs:
         j = jobs[-1]
@@ -173,8 +175,9 @@ step "3. 1.0.2, whose trial boot fails its health check (slot A made unhealthy):
 "$sim" fault "$dev" --slot A unhealthy
 call UpdateSmartAccessGatewayVersion VersionCode=1.0.2 | sed 's/^/   /'
 follow 240 || fail "the 1.0.2 job did not end"
-python3 -c "import json,sys; j=json.load(open(sys.argv[1]))['jobs'][-1]; sys.exit(0 if j['state']=='RolledBack' else 1)" \
-  "$lab/store.json" || fail "the 1.0.2 job did not roll back"
+"$cloud" store dump --config "$lab/cloud.yaml" \
+  | python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][-1]; sys.exit(0 if j['state']=='RolledBack' else 1)" \
+  || fail "the 1.0.2 job did not roll back"
 wait_api 'd["SoftwareVersion"] == "1.0.1"' 30 || fail "the API does not show 1.0.1 after the rollback"
 good "rolled back: the appliance runs 1.0.1 again, and the cloud knows why"
 attribute
@@ -199,5 +202,5 @@ attribute
 
 step "5. Done; everything it started is stopped"
 cleanup
-note "cloud: $work/cloud.log, its state $lab/store.json, its configuration $lab/cloud.yaml"
+note "cloud: $work/cloud.log, its state $lab/store.db (sag-cloud store dump --config $lab/cloud.yaml), its configuration $lab/cloud.yaml"
 note "appliance: $work/appliance.log, its state $dev/state/ (jobs.json, outbox.log), status $dev/run/status.json"

@@ -4,6 +4,7 @@
 #include "agent/channel.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "cloud/gateway.h"
+#include "cloud/sqlite_store.h"
 #include "cloud/store.h"
 #include "common/process.h"
 #include "tests/support/temp_dir.h"
@@ -149,9 +151,8 @@ class ChannelTest : public ::testing::Test {
     ASSERT_TRUE(pki) << pki.error().ToString();
     pki_ = *pki;
     ASSERT_TRUE(MakeClientCert(dir_.path(), "device", kSerial, "ca", 2));
-    store_ = std::make_unique<Store>(dir_ / "store.json");
+    OpenStore();
     ASSERT_TRUE(store_->RegisterDevice(kSerial, "sag-lab-active", "sag-1000"));
-    ASSERT_TRUE(store_->Save());
   }
 
   GatewayOptions GwOptions() {
@@ -174,14 +175,32 @@ class ChannelTest : public ::testing::Test {
     port_ = gw_->port();
   }
 
-  // Stops the gateway, lets its connections close, and reloads the store
-  // from its file, as a restarted sag-cloud would.
+  void OpenStore() {
+    store_.reset();
+    auto s = cloud::OpenSqliteStore(dir_ / "store.db");
+    ASSERT_TRUE(s) << s.error().ToString();
+    store_ = std::move(*s);
+  }
+
+  // Runs SQL on the store's file with a connection of its own.
+  void Sql(const std::string& sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ / "store.db").c_str(), &db), SQLITE_OK);
+    char* msg = nullptr;
+    const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &msg);
+    const std::string err = msg == nullptr ? "" : msg;
+    sqlite3_free(msg);
+    sqlite3_close(db);
+    ASSERT_EQ(rc, SQLITE_OK) << sql << ": " << err;
+  }
+
+  // Stops the gateway, lets its connections close, and opens the store
+  // again from its file, as a restarted sag-cloud would.
   void RestartGateway(bool start_again = true) {
     gw_->Stop();
     RunFor(milliseconds(200));
     gw_.reset();
-    store_ = std::make_unique<Store>(dir_ / "store.json");
-    ASSERT_TRUE(store_->Load());
+    OpenStore();
     if (start_again) StartGateway();
   }
 
@@ -261,8 +280,8 @@ TEST_F(ChannelTest, MutualTlsHelloUpdatesTheStore) {
   StartChannel(ChOptions());
   ASSERT_TRUE(RunUntil([&] { return Online(); }));
   EXPECT_TRUE(gw_->IsOnline(kSerial));
-  const auto* d = store_->FindDevice(kSerial);
-  ASSERT_NE(d, nullptr);
+  const auto d = store_->FindDevice(kSerial);
+  ASSERT_TRUE(d);
   EXPECT_TRUE(d->online);
   EXPECT_EQ(d->versions.device, "1.0.1");
   EXPECT_EQ(d->versions.dpi, "20201117_1_0-0.0.1");
@@ -277,11 +296,11 @@ TEST_F(ChannelTest, MutualTlsHelloUpdatesTheStore) {
   EXPECT_EQ(store_->FindJob("j-1")->state, JobState::kCommitted);
   RunFor(milliseconds(100));
   EXPECT_TRUE(host_.jobs.empty());
-  // Persisted: a reloaded store says the same.
-  Store reloaded(dir_ / "store.json");
-  ASSERT_TRUE(reloaded.Load());
-  EXPECT_EQ(reloaded.FindDevice(kSerial)->versions.device, "1.0.1");
-  EXPECT_EQ(reloaded.FindJob("j-1")->state, JobState::kCommitted);
+  // Persisted: the store opened again says the same.
+  auto reloaded = cloud::OpenSqliteStore(dir_ / "store.db");
+  ASSERT_TRUE(reloaded);
+  EXPECT_EQ((*reloaded)->FindDevice(kSerial)->versions.device, "1.0.1");
+  EXPECT_EQ((*reloaded)->FindJob("j-1")->state, JobState::kCommitted);
   EXPECT_EQ(ch_->status().connects, 1U);
 }
 
@@ -297,7 +316,7 @@ TEST_F(ChannelTest, UnregisteredSerialIsRefusedWith403) {
   EXPECT_NE(st.last_error->message().find("403"), std::string::npos);
   EXPECT_GE(gw_->stats().refused, 2U);
   EXPECT_EQ(gw_->stats().channels, 0U);
-  EXPECT_EQ(store_->FindDevice("sag999unknown"), nullptr);
+  EXPECT_FALSE(store_->FindDevice("sag999unknown"));
 }
 
 TEST_F(ChannelTest, DeviceCertificateOfAnotherCaIsRefused) {
@@ -505,6 +524,32 @@ TEST_F(ChannelTest, ReportsSurviveAGatewayRestartNoneLostNoneDuplicated) {
   EXPECT_EQ(ch_->status().connects, 2U);
 }
 
+// The store fails to record a report (here half-way through its transaction:
+// the report row went in, the device row was refused): the gateway answers
+// with an error and closes; nothing of the report stays, in the store or in
+// the gateway's memory, so the device's resend is recorded once, in full.
+TEST_F(ChannelTest, AReportWhoseWriteFailedIsRecordedOnceWhenSentAgain) {
+  ASSERT_TRUE(store_->AddJob(MakeJob("j-1")));
+  StartGateway();
+  ASSERT_NO_FATAL_FAILURE(
+      Sql("CREATE TRIGGER fail BEFORE UPDATE ON devices WHEN NEW.acked_seq = 1 "
+          "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"));
+  host_.Add(MakeResult(1, "j-1", "committed", "1.0.1"));
+  StartChannel(ChOptions());
+  ASSERT_TRUE(RunUntil([&] { return ch_->status().connects >= 1 && !Online(); }));
+  EXPECT_EQ(host_.acked, 0U);
+  EXPECT_TRUE(store_->Reports().empty());
+  ASSERT_NO_FATAL_FAILURE(Sql("DROP TRIGGER fail"));
+  ASSERT_TRUE(RunUntil([&] { return host_.acked == 1; }));
+  ASSERT_EQ(store_->Reports().size(), 1U);
+  EXPECT_EQ(store_->Reports()[0].seq, 1U);
+  EXPECT_EQ(store_->FindDevice(kSerial)->acked_seq, 1U);
+  EXPECT_EQ(store_->FindDevice(kSerial)->versions.device, "1.0.1");
+  EXPECT_EQ(store_->FindJob("j-1")->state, JobState::kCommitted);
+  EXPECT_EQ(gw_->stats().reports_recorded, 1U);
+  EXPECT_GE(ch_->status().connects, 2U);
+}
+
 TEST_F(ChannelTest, StaleSuccessResentAfterARollbackDoesNotOverwrite) {
   ASSERT_TRUE(store_->AddJob(MakeJob("j-1")));
   StartGateway();
@@ -517,7 +562,7 @@ TEST_F(ChannelTest, StaleSuccessResentAfterARollbackDoesNotOverwrite) {
                               proto::ErrorInfo{406, "RolledBack", "fell back to slot A"}});
   StartChannel(ChOptions());
   ASSERT_TRUE(RunUntil([&] { return host_.acked == 5; }));
-  const auto* job = store_->FindJob("j-1");
+  const auto job = store_->FindJob("j-1");
   EXPECT_EQ(job->state, JobState::kRolledBack);
   EXPECT_EQ(job->outcome, "rolled_back");
   EXPECT_EQ(store_->FindDevice(kSerial)->versions.device, "1.0.0");
@@ -595,7 +640,13 @@ TEST_F(ChannelTest, SilentAndOverdueJobsTimeOutAndALateResultStillCounts) {
   ASSERT_TRUE(gw_->Push(overdue));
   ASSERT_TRUE(gw_->Push(MakeJob("j-silent")));
   ASSERT_TRUE(gw_->Push(MakeJob("j-pending")));
-  store_->MutableJob("j-silent")->state = JobState::kAccepted;
+  {
+    auto silent = *store_->FindJob("j-silent");
+    silent.state = JobState::kAccepted;
+    cloud::StoreWrite w;
+    w.jobs.push_back(silent);
+    ASSERT_TRUE(store_->Write(w));
+  }
   const auto now = std::chrono::system_clock::now();
   EXPECT_EQ(gw_->SweepJobs(now), 1U);  // the overdue one
   EXPECT_EQ(store_->FindJob("j-overdue")->state, JobState::kTimedOut);

@@ -11,6 +11,7 @@
 #include <functional>
 
 #include "agent/channel.h"
+#include "cloud/sqlite_store.h"
 #include "common/image/image_writer.h"
 #include "common/image/pki.h"
 #include "tests/support/temp_dir.h"
@@ -74,7 +75,9 @@ class FleetBackendTest : public ::testing::Test {
     repo_ = std::make_unique<Repository>(
         Repository::Options{dir_ / "images", {pki / "root-ca.pem", std::nullopt}});
     ASSERT_TRUE(repo_->Scan());
-    store_ = std::make_unique<Store>(dir_ / "store.json");
+    auto opened = OpenSqliteStore(dir_ / "store.db");
+    ASSERT_TRUE(opened) << opened.error().ToString();
+    store_ = std::move(*opened);
     GatewayOptions g;
     g.cert_chain = pki / "server-chain.pem";
     g.key = pki / "server.key";
@@ -156,7 +159,7 @@ TEST_F(FleetBackendTest, AnOfflineBoxShowsNoVersionsAndTakesNoJob) {
   EXPECT_EQ(backend_->ListInstances("").size(), 1U);
   EXPECT_EQ(backend_->DispatchUpgrade(Order(rpc::VersionType::kDevice, "1.0.1", "r1")),
             rpc::DispatchResult::kOffline);
-  EXPECT_EQ(store_->FindJob("upg-r1-sag000fleet1"), nullptr);
+  EXPECT_FALSE(store_->FindJob("upg-r1-sag000fleet1"));
   const auto catalog = backend_->Catalog(rpc::VersionType::kDevice);
   ASSERT_EQ(catalog.size(), 1U);
   EXPECT_EQ(catalog[0].version_code, "1.0.1");

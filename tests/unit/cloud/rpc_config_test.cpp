@@ -26,7 +26,7 @@ instances:
       - {serial_number: sn1, software_version: 1.0.0, online: true, ha_state: active}
 catalog:
   - {type: Dpi, version_code: 20210101_1_0-0.0.2, hardware_models: [sag-1000]}
-store: /var/lib/sag-cloud/store.json
+store: /var/lib/sag-cloud/store.db
 gateway:
   listen: 127.0.0.1:9444
   cert_chain: pki/server-chain.pem
@@ -70,7 +70,7 @@ repository:
   EXPECT_EQ(c->repository->base_url, "https://[::1]:9445");  // from listen
   EXPECT_TRUE(c->repository->client_ca.empty());
   EXPECT_EQ(c->repository->job_deadline.count(), 600);
-  EXPECT_EQ(c->store, "/var/lib/sag-cloud/store.json");
+  EXPECT_EQ(c->store, "/var/lib/sag-cloud/store.db");
 }
 
 TEST(ApiConfig, TheRealPartsGoTogether) {

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include "cloud/rpc/signature.h"
+#include "cloud/sqlite_store.h"
+#include "tests/support/temp_dir.h"
 #include "tests/unit/cloud/rpc_fixture.h"
 
 namespace sag::cloud::rpc::test {
@@ -463,6 +465,30 @@ TEST(RpcThrottling, AKeyAboveItsRateIsThrottled) {
   EXPECT_NE(r.body.find("\"Code\":\"Throttling\""), std::string::npos) << r.body;
   now += seconds(1);
   EXPECT_EQ(call().status, 200);
+}
+
+// With a store (sag-cloud serve's real parts), a nonce outlives the process:
+// the same signed request sent again after a restart is a replay.
+TEST_F(RpcFixture, ANonceIsRefusedAfterARestartWithItsStore) {
+  sag::test::TempDir dir;
+  const auto path = dir / "store.db";
+  const auto request = SignRequest(Options(SignatureScheme::kAcs3), kDescribeAction, kDescribe,
+                                   now_, "nonce-restart");
+  {
+    auto store = OpenSqliteStore(path);
+    ASSERT_TRUE(store) << store.error().ToString();
+    RpcService service(Config(), backend_, store->get(), [this] { return now_; });
+    EXPECT_EQ(CodeOf(service.Handle(request)), "");
+  }
+  auto store = OpenSqliteStore(path);
+  ASSERT_TRUE(store) << store.error().ToString();
+  now_ += minutes(10);  // within the window: the request is still valid
+  RpcService restarted(Config(), backend_, store->get(), [this] { return now_; });
+  EXPECT_EQ(CodeOf(restarted.Handle(request)), "SignatureNonceUsed");
+  // A fresh nonce still works.
+  EXPECT_EQ(CodeOf(restarted.Handle(SignRequest(Options(SignatureScheme::kAcs3), kDescribeAction,
+                                                kDescribe, now_, "nonce-fresh"))),
+            "");
 }
 
 TEST(NonceCacheTest, ForgetsAfterItsTtlAndIsBounded) {
