@@ -168,8 +168,9 @@ The service runs as the system user sag-cloud and is installed disabled:
 write /etc/sag-cloud/cloud.yaml and its PKI, then run
 systemctl enable --now sag-cloud.")
 # systemd-sysusers creates the user in postinst (as debhelper's
-# dh_installsysusers does, with the same dependency).
-set(CPACK_DEBIAN_CLOUD_PACKAGE_DEPENDS "systemd | systemd-standalone-sysusers | systemd-sysusers")
+# dh_installsysusers does, with the same dependency); the unit's ExecReload=
+# runs /bin/kill (procps).
+set(CPACK_DEBIAN_CLOUD_PACKAGE_DEPENDS "procps, systemd | systemd-standalone-sysusers | systemd-sysusers")
 set(CPACK_DEBIAN_CLOUD_PACKAGE_CONTROL_EXTRA ${_sag_cloud_control})
 
 include(CPack)

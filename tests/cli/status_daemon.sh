@@ -40,12 +40,16 @@ schema1='d["schema"] == 1 and all(k in d for k in ("agent", "identity", "channel
 simpid=$!
 
 # 1. Offline: no cloud yet.
-wait_json 'd["channel"]["state"] == "offline" and d["channel"]["last_error"]' 30 \
-  || die "the daemon never reported its channel offline: $(st --json)"
+# The channel is "connecting" until its first attempt fails, then "offline"
+# with the error (once the daemon posts its retries).
+wait_json 'd["channel"]["state"] in ("connecting", "offline") and d["agent"]["state"] == "idle"' 60 \
+  || die "the daemon never reported its channel down: $(st --json)"
 out=$(st); rc=$?
-[[ $rc -eq 0 && "$out" == *"channel     offline since "*" ago)"* && "$out" == *"last error: E5"* &&
+state=$(sed -nE 's/^channel     ([a-z]+) since .*/\1/p' <<<"$out")
+[[ $rc -eq 0 && "$out" == *"channel     $state since "*" ago)"* && "$out" == *"$gw"* &&
+   ( $state == connecting || "$out" == *"last error: E5"* ) &&
    "$out" == *"appliance   $id  serial $serial"* && "$out" == *"Device OS   1.0.0"* ]] \
-  && ok "offline: running, channel offline since, last error" || { bad "offline (rc=$rc):"; echo "$out"; }
+  && ok "offline: running, channel $state since, identity, Device OS" || { bad "offline (rc=$rc):"; echo "$out"; }
 json_has "$schema1 and d['identity']['serial_number'] == '$serial'" && ok "offline --json: schema 1" \
   || bad "offline --json: $(st --json)"
 
@@ -83,6 +87,24 @@ out=$(st); rc=$?
 [[ $rc -eq 0 && "$out" == *"Device OS   1.0.1 (booted from slot B)"* && "$out" == *"job         none"* &&
    "$out" == *"last result $job  Device 1.0.1: committed"* ]] \
   && ok "after the reboot: 1.0.1 from slot B, the last result committed" || { bad "after the job (rc=$rc):"; echo "$out"; }
+
+# The job in the logs (what journalctl -u sag-agent shows): every daemon line
+# carries its syslog priority, each stage change and health check names the
+# job, and no secret or signed query string is there.
+section_fail=$fail
+agent_lines=$(grep -v '^\[sim\]' "$tmp/dev.log")
+grep -vE '^<[0-7]>' <<<"$agent_lines" | grep . && bad "daemon log lines without a <N> priority (above)"
+for change in "Pending -> Writing" "Rebooting -> HealthChecking" "Committing -> Committed"; do
+  grep -qF "<6>job $job: $change" <<<"$agent_lines" || bad "the log lacks 'job $job: $change'"
+done
+grep -F "health check '" <<<"$agent_lines" | grep -vF "job $job: HealthChecking: " | grep . \
+  && bad "a health check line without the job and its stage (above)"
+grep -vE '^<[0-7]>' "$tmp/cloud.log" | grep . && bad "sag-cloud log lines without a <N> priority (above)"
+if grep -F -e "$ALIBABA_CLOUD_ACCESS_KEY_SECRET" -e "PRIVATE KEY" "$tmp/dev.log" "$tmp/cloud.log" ||
+   grep -E '://[^ ]*\?[^<]' "$tmp/dev.log" "$tmp/cloud.log"; then
+  bad "a secret or a URL query string in the logs (above)"
+fi
+((fail > section_fail)) || ok "logs: priorities, the job id and stage on its lines, no secrets ($(grep -c "job $job" <<<"$agent_lines") lines of $job)"
 
 # 5. The daemon down: exit 3, since when the file is stale.
 pid=$(cat "$dev/run/agent.pid")

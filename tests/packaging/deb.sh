@@ -70,6 +70,7 @@ done
 [[ ! "$agent_depends" =~ (^|, )systemd ]] || bad "sag-agent depends on systemd (units need not)"
 [[ "$(dpkg-deb -f "$cloud" Depends)" == *"systemd | systemd-standalone-sysusers | systemd-sysusers"* ]] \
   || bad "sag-cloud does not depend on a systemd-sysusers provider (its postinst runs it)"
+[[ "$(dpkg-deb -f "$cloud" Depends)" =~ (^|, )procps(,|$| ) ]] || bad "sag-cloud does not depend on procps (ExecReload's kill)"
 ((fail > section_fail)) || ok "control fields; Depends satisfiable; the expected libraries"
 
 # --- files -------------------------------------------------------------------

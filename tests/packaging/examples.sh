@@ -131,18 +131,17 @@ stop
 python3 - "$root/etc/sag-cloud/cloud.yaml" <<'PY' || { bad "the commented examples in cloud.yaml do not parse"; exit 1; }
 import re, sys, yaml
 path = sys.argv[1]; text = open(path).read()
-def commented(before):  # the "#   " lines right before `before`
+def commented(before):  # the "#   " lines right before `before`, uncommented
     lines = text[:text.index(before)].rstrip("\n").split("\n")
     block = []
     while lines and re.match(r"^#   ", lines[-1]):
         block.insert(0, lines.pop()[4:])
-    return yaml.safe_load("\n".join(block))
-c = yaml.safe_load(text)
-keys = commented("# A key with read_only")
+    assert yaml.safe_load("\n".join(block)), before
+    return "\n".join(block)
+keys = commented("# A key with read_only").replace("<a long random string>", "an-example-secret-of-the-test")
 instances = commented("instances: []")
-keys[0]["secret"] = "an-example-secret-of-the-test"
-c["access_keys"] = keys; c["instances"] = instances
-open(path, "w").write(yaml.safe_dump(c))
+text = text.replace("access_keys: []", "access_keys:\n" + keys).replace("instances: []", "instances:\n" + instances)
+open(path, "w").write(text)
 PY
 serve "$root/etc/sag-cloud/cloud.yaml" || { bad "serve with the commented examples did not start"; exit 1; }
 out=$("$cloud" call --endpoint "http://127.0.0.1:${ports[0]}" --access-key-id LTAI5tExampleKeyId \

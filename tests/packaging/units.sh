@@ -33,6 +33,8 @@ for b in sag-agent sag-cloud; do [[ -x "$root/usr/bin/$b" ]] || bad "/usr/bin/$b
 for f in /lib/systemd/system/*.target /lib/systemd/system/*.slice; do
   [[ -e "$units/${f##*/}" ]] || cp -P "$f" "$units/"
 done
+# sag-cloud's ExecReload= runs /bin/kill (procps, a dependency of the package).
+mkdir -p "$root/bin" && cp /bin/kill "$root/bin/kill"
 
 out=$(systemd-analyze verify --root="$root" --man=no sag-agent.service sag-cloud.service 2>&1); rc=$?
 if [[ $rc -ne 0 || -n "$out" ]]; then
@@ -86,7 +88,7 @@ for check in "sag-agent 1.9" "sag-cloud 1.1"; do
   comments=$(grep '^#' "$units/$unit.service")
   while read -r setting; do
     name=${setting%%=*}
-    item=$(grep -oE '@[a-z-]+|AF_[A-Z0-9]+' <<<"$setting" | head -1)
+    item=$(grep -oE '@[a-z-]+|AF_\(?[A-Z0-9]+' <<<"$setting" | head -1 | tr -d '(')
     if grep -qF "$name" <<<"$comments" || { [[ -n "$item" ]] && grep -qF "$item" <<<"$comments"; }; then continue; fi
     awk -v n="$name=" 'index($0, n) == 1 && prev ~ /^#/ { found = 1 } { prev = $0 } END { exit !found }' \
         "$units/$unit.service" && continue
