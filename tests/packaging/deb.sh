@@ -27,6 +27,8 @@ agent="$tmp/out/sag-agent_${version}-1_${arch}.deb"
 cloud="$tmp/out/sag-cloud_${version}-1_${arch}.deb"
 [[ -f "$agent" && -f "$cloud" ]] || { ls -l "$tmp/out"; echo "FAIL expected $agent and $cloud"; exit 1; }
 ok "cpack: $(basename "$agent") $(basename "$cloud") in $((SECONDS - start)) s"
+# SAG_KEEP=DIR keeps a copy of both packages there (to install them by hand).
+if [[ -n "${SAG_KEEP:-}" ]]; then mkdir -p "$SAG_KEEP" && cp "$agent" "$cloud" "$SAG_KEEP/"; fi
 
 # --- control fields and dependencies ---------------------------------------
 section_fail=$fail

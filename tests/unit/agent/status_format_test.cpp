@@ -269,11 +269,13 @@ TEST(StatusFormat, TheDaemonsFlatDocumentShowsChannelAndOutbox) {
             "channel     online since 2026-12-01T09:59:00Z (1m05s ago)\n"
             "            wss://127.0.0.1:8444/device/v1\n")
       << online;
-  EXPECT_EQ(Section(online, "outbox"), "outbox      1 report waiting, oldest #7 (acknowledged up to #6)\n");
+  EXPECT_EQ(Section(online, "outbox"),
+            "outbox      1 report waiting, oldest #7 (acknowledged up to #6)\n");
   EXPECT_NE(Section(online, "job").find("Writing  [############------------------]  40%"),
             std::string::npos)
       << online;
-  const std::string offline = FormatStatus(NormalizeStatus(DaemonFlatDocument("offline")), Running());
+  const std::string offline =
+      FormatStatus(NormalizeStatus(DaemonFlatDocument("offline")), Running());
   EXPECT_EQ(Section(offline, "channel"),
             "channel     offline since 2026-12-01T09:59:00Z (1m05s ago), 2 attempts\n"
             "            wss://127.0.0.1:8444/device/v1\n"
