@@ -11,7 +11,7 @@ cloud="$1"; agent="$2"; sim="$3"; image="$4"
 tmp=$(mktemp -d); lab="$tmp/lab"; dev="$tmp/dev"; cloudpid=; simpid=
 stop_all() {
   [[ -n "$simpid" ]] && { kill -TERM "$(cat "$dev/run/agent.pid" 2>/dev/null)" 2>/dev/null; sleep 0.5; kill -KILL "$simpid" 2>/dev/null; }
-  [[ -n "$cloudpid" ]] && kill -KILL "$cloudpid" 2>/dev/null
+  [[ -n "$cloudpid" ]] && { kill -TERM "$cloudpid"; wait "$cloudpid"; } 2>/dev/null
 }
 trap 'stop_all; [[ -n "${SAG_KEEP:-}" ]] && echo "kept $tmp" || rm -rf "$tmp"' EXIT
 fail=0
