@@ -389,8 +389,11 @@ std::optional<std::string> ProcessName(pid_t pid) {
 json NormalizeStatus(const json& doc) {
   if (!doc.is_object()) return json::object();
   if (Int(doc, "schema")) return doc;
-  // The flat layout of the daemons before schema 1.
+  // The flat layout the daemon writes (agent.cpp RefreshStatus): its
+  // top-level fields become schema 1's objects; "channel" and "outbox" are
+  // schema 1's already.
   json out = json::object();
+  out["schema"] = 1;
   Move(doc, "updated_at", out, "updated_at");
   json agent = json::object();
   Move(doc, "agent_version", agent, "version");
@@ -409,6 +412,8 @@ json NormalizeStatus(const json& doc) {
     const auto dpi = Str(doc, "dpi_version");
     out["dpi"] = {{"version", dpi ? json(*dpi) : json()}};
   }
+  if (Obj(doc, "channel") != nullptr) out["channel"] = doc["channel"];
+  if (Obj(doc, "outbox") != nullptr) out["outbox"] = doc["outbox"];
   out["job"] = nullptr;
   if (const json* job = Obj(doc, "job")) {
     const std::string state = Or(Str(*job, "state"), "");
@@ -422,8 +427,10 @@ json NormalizeStatus(const json& doc) {
       out["last_result"] = j;
     } else {
       j["stage"] = state;
-      Move(*job, "percent", j, "percent");
-      Move(*job, "target_slot", j, "target_slot");
+      for (const char* key : {"percent", "bytes_done", "bytes_total", "target_slot", "source",
+                              "started_at", "updated_at"}) {
+        Move(*job, key, j, key);
+      }
       out["job"] = j;
     }
   }
@@ -535,7 +542,12 @@ int ExitCode(const Snapshot& s) {
 std::string Render(const Snapshot& s, const std::filesystem::path& file, bool as_json,
                    bool one_line) {
   if (as_json) {
+    // Schema 1 whichever layout the file has (docs/status.md): a schema-1
+    // file as written, in its key order; the daemon's flat layout mapped.
     nlohmann::ordered_json doc = s.doc;
+    if (s.read == Read::kOk && !s.doc.contains("schema")) {
+      doc = nlohmann::ordered_json::parse(s.status.dump());
+    }
     if (s.read != Read::kOk) {
       doc = {{"running", false}, {"status_file", file.string()}, {"error", s.error}};
     } else if (!s.daemon.running) {

@@ -67,11 +67,12 @@ class StatusWriter {
 
 // --- Reading it: `sag-agent status` (docs/status.md) ------------------------
 
-// The document in schema 1 whatever daemon wrote it: the flat fields older
-// daemons write (state, device_version, dpi_version, booted_slot, boot, job,
-// ...) are mapped onto schema 1's objects, a finished "job" becoming
-// "last_result". A schema-1 document comes back as it is. What neither has
-// stays absent; a field of the wrong type is treated as absent. Never throws.
+// The document in schema 1 whatever layout the file has: the flat fields the
+// daemon writes (state, device_version, dpi_version, booted_slot, boot, job,
+// channel, outbox, ...) are mapped onto schema 1's objects, a finished "job"
+// becoming "last_result". A schema-1 document comes back as it is. What
+// neither has stays absent; a field of the wrong type is treated as absent.
+// Never throws.
 nlohmann::json NormalizeStatus(const nlohmann::json& doc);
 
 // Whether the daemon that wrote a (normalized) document is alive: its

@@ -3,9 +3,9 @@
 # Two install components, one .deb each:
 #   agent  -> sag-agent: the daemon, its unit, tmpfiles entry, example
 #             configuration (a conffile), bootloader scripts, docs;
-#   cloud  -> sag-cloud: the control plane (once the sag-cloud target exists),
-#             sag-image (images are built and signed where they are served),
-#             its unit, system user, tmpfiles entry, example configuration.
+#   cloud  -> sag-cloud: the control plane, sag-image (images are built and
+#             signed where they are served), its unit, system user, tmpfiles
+#             entry, example configuration (a conffile), sag-cloud(8).
 # sag-sim and sag-fake-dpi-engine are not installed: they are the simulated
 # bootloader/power supply and a stand-in DPI engine, for development and tests,
 # and run from the build tree.
@@ -57,10 +57,7 @@ configure_file(packaging/changelog.in ${_sag_gen}/changelog @ONLY)
 sag_gzip_file(${_sag_gen}/changelog ${_sag_gen}/changelog.Debian.gz)
 sag_gzip_file(${_sag_src}/docs/man/sag-agent.8 ${_sag_gen}/sag-agent.8.gz)
 sag_gzip_file(${_sag_src}/docs/man/sag-image.1 ${_sag_gen}/sag-image.1.gz)
-set(_sag_cloud_man ${_sag_src}/cloud/sag-cloud.8)  # the cloud engineer's, once written
-if(EXISTS ${_sag_cloud_man})
-  sag_gzip_file(${_sag_cloud_man} ${_sag_gen}/sag-cloud.8.gz)
-endif()
+sag_gzip_file(${_sag_src}/cloud/sag-cloud.8 ${_sag_gen}/sag-cloud.8.gz)
 add_custom_target(sag_packaging_files ALL DEPENDS ${_sag_gz_outputs})
 
 # A program in /usr/bin. Stripped for packages (CPACK_STRIP_FILES), also of
@@ -96,28 +93,19 @@ install(FILES packaging/sag-agent-devices.conf
         COMPONENT agent)
 
 # --- sag-cloud -------------------------------------------------------------
-if(TARGET sag-cloud)
-  sag_install_program(sag-cloud cloud)
-endif()
+sag_install_program(sag-cloud cloud)
 sag_install_program(sag-image cloud)
 install(FILES systemd/sag-cloud.service DESTINATION ${SAG_SYSTEMD_UNIT_DIR} COMPONENT cloud)
 install(FILES systemd/sag-cloud.sysusers DESTINATION ${SAG_SYSUSERS_DIR}
         RENAME sag-cloud.conf COMPONENT cloud)
 install(FILES systemd/sag-cloud.tmpfiles DESTINATION ${SAG_TMPFILES_DIR}
         RENAME sag-cloud.conf COMPONENT cloud)
-set(_sag_cloud_conffiles)
-if(EXISTS ${_sag_src}/cloud/examples/cloud.yaml)
-  install(FILES cloud/examples/cloud.yaml DESTINATION ${SAG_CONFIG_DIR}/sag-cloud COMPONENT cloud)
-  list(APPEND _sag_cloud_conffiles ${SAG_CONFIG_DIR}/sag-cloud/cloud.yaml)
-endif()
+install(FILES cloud/examples/cloud.yaml DESTINATION ${SAG_CONFIG_DIR}/sag-cloud COMPONENT cloud)
 install(FILES packaging/lintian/sag-cloud DESTINATION ${CMAKE_INSTALL_DATADIR}/lintian/overrides
         COMPONENT cloud)
 install(FILES ${_sag_gen}/sag-image.1.gz DESTINATION ${CMAKE_INSTALL_MANDIR}/man1 COMPONENT cloud)
-if(EXISTS ${_sag_cloud_man})
-  install(FILES ${_sag_gen}/sag-cloud.8.gz DESTINATION ${CMAKE_INSTALL_MANDIR}/man8
-          COMPONENT cloud)
-endif()
-install(FILES README.md docs/packaging.md docs/image-format.md
+install(FILES ${_sag_gen}/sag-cloud.8.gz DESTINATION ${CMAKE_INSTALL_MANDIR}/man8 COMPONENT cloud)
+install(FILES README.md docs/packaging.md docs/cloud.md docs/protocol.md docs/image-format.md
               packaging/copyright ${_sag_gen}/changelog.Debian.gz
         DESTINATION ${CMAKE_INSTALL_DATADIR}/doc/sag-cloud COMPONENT cloud)
 
@@ -125,13 +113,9 @@ install(FILES README.md docs/packaging.md docs/image-format.md
 # conffiles: every file a package puts in /etc, so that dpkg keeps the
 # operator's edits on upgrade and asks before replacing them.
 file(WRITE ${_sag_gen}/agent/conffiles "${SAG_CONFIG_DIR}/sag-agent/agent.yaml\n")
-list(JOIN _sag_cloud_conffiles "\n" _sag_cloud_conffiles_text)
-set(_sag_cloud_control ${_sag_src}/packaging/deb/sag-cloud/postinst
+file(WRITE ${_sag_gen}/cloud/conffiles "${SAG_CONFIG_DIR}/sag-cloud/cloud.yaml\n")
+set(_sag_cloud_control ${_sag_gen}/cloud/conffiles ${_sag_src}/packaging/deb/sag-cloud/postinst
     ${_sag_src}/packaging/deb/sag-cloud/prerm ${_sag_src}/packaging/deb/sag-cloud/postrm)
-if(_sag_cloud_conffiles)
-  file(WRITE ${_sag_gen}/cloud/conffiles "${_sag_cloud_conffiles_text}\n")
-  list(APPEND _sag_cloud_control ${_sag_gen}/cloud/conffiles)
-endif()
 
 set(CPACK_GENERATOR DEB)
 set(CPACK_PACKAGE_NAME sag-agent)
@@ -184,9 +168,10 @@ The service runs as the system user sag-cloud and is installed disabled:
 write /etc/sag-cloud/cloud.yaml and its PKI, then run
 systemctl enable --now sag-cloud.")
 # systemd-sysusers creates the user in postinst (as debhelper's
-# dh_installsysusers does, with the same dependency). dpkg-shlibdeps adds the
-# linked libraries (libsqlite3-0 for the store, libssl3, ...) with versions.
-set(CPACK_DEBIAN_CLOUD_PACKAGE_DEPENDS "systemd | systemd-standalone-sysusers | systemd-sysusers")
+# dh_installsysusers does, with the same dependency); the unit's ExecReload=
+# runs /bin/kill (procps). dpkg-shlibdeps adds the linked libraries
+# (libsqlite3-0 for the store, libssl3, ...) with versions.
+set(CPACK_DEBIAN_CLOUD_PACKAGE_DEPENDS "procps, systemd | systemd-standalone-sysusers | systemd-sysusers")
 set(CPACK_DEBIAN_CLOUD_PACKAGE_CONTROL_EXTRA ${_sag_cloud_control})
 
 include(CPack)

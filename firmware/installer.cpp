@@ -1051,7 +1051,7 @@ Status DeviceInstaller::StepHealth(JobRecord& record) {
     return StepAfterBoot(record);
   }
   EnterStep(record);
-  auto health = RunHealthChecks();
+  auto health = RunHealthChecks(record);
   if (health) {
     SAG_TRY_STATUS(Save(record, JobEvent::kHealthy));
     return StepCommit(record);
@@ -1065,13 +1065,15 @@ Status DeviceInstaller::StepHealth(JobRecord& record) {
   return StepRollingBack(record);
 }
 
-Status DeviceInstaller::RunHealthChecks() {
+Status DeviceInstaller::RunHealthChecks(const JobRecord& record) {
   for (const auto& check : options_.health_checks) {
     CommandOptions opt;
     opt.timeout = check.timeout;
     auto st = CheckCommand(check.command, opt);
     if (!st) return std::move(st).error().WithContext("health check '" + check.name + "'");
-    spdlog::info("health check '{}' passed", check.name);
+    // Each line of a job names it and its stage (docs/status.md, Logs).
+    spdlog::info("job {}: {}: health check '{}' passed", record.id, JobStateName(record.state),
+                 check.name);
   }
   if (options_.cloud_check) {
     SAG_TRY_STATUS(options_.cloud_check());

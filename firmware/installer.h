@@ -155,7 +155,7 @@ class DeviceInstaller {
   Status StepRollingBack(JobRecord& record);
   Status CheckPolicy(const JobSpec& spec, const image::VerifiedHeader& header,
                      platform::Slot target);
-  Status RunHealthChecks();
+  Status RunHealthChecks(const JobRecord& record);
   Status RecordSlot(platform::Slot slot, const JobRecord& record);
   Expected<std::optional<JobRecord>> FindInHistory(const std::string& id);
   [[nodiscard]] std::filesystem::path HistoryPath() const;

@@ -88,6 +88,50 @@ sys.exit(0 if d == f and "running" not in d and d["job"]["stage"] == sys.argv[2]
 done
 ((fail)) || ok "human for every Device and DPI stage, online and offline; JSON"
 
+# The flat layout the daemon itself writes (agent.cpp RefreshStatus, plus the
+# channel and outbox it posts): every stage, online and offline by turns, the
+# same summary; --json maps it onto schema 1.
+flat() {  # PID CHANNEL_STATE TYPE STAGE
+  local err=null; [[ "$2" != online ]] && err='"E500 NetConnect: connect 127.0.0.1:8444: Connection refused"'
+  cat <<JSON
+{"agent_version": "0.1.0", "smartag_id": "sag-0ovhf732a9j1234567", "serial_number": "sag233abcd",
+ "model": "sag-1000", "state": "running", "pid": $1, "device_version": "1.0.0", "dpi_version": null,
+ "booted_slot": "A", "boot": {"order": "A B", "a_left": 3, "b_left": 3},
+ "job": {"id": "job-43", "type": "$3", "version": "1.0.1", "state": "$4", "percent": 37,
+         "from_version": "1.0.0", "error": null},
+ "outbox": {"pending": 2, "oldest_pending_seq": 117, "last_acked_seq": 116},
+ "channel": {"state": "$2", "endpoint": "wss://127.0.0.1:8444/device/v1", "since": "$started",
+             "last_error": $err, "attempts": 3},
+ "updated_at": "$(now)"}
+JSON
+}
+section_fail=$fail
+for type_stages in "Device Downloading Writing Verifying Activating Rebooting HealthChecking Committing RollingBack" \
+                   "Dpi Checking Staging Validating Swapping Reloading Confirming RollingBack"; do
+  read -r type stages <<<"$type_stages"
+  for stage in $stages; do
+    [[ $channel == online ]] && channel=offline || channel=online
+    put "$(flat "$daemon_pid" "$channel" "$type" "$stage")"
+    out=$(st); rc=$?
+    if [[ $rc -ne 0 || "$out" != *"running (pid $daemon_pid)"* || "$out" != *"channel     $channel since $started"* ||
+          "$out" != *"$stage  [###########-------------------]  37%"* || "$out" != *"job         job-43  $type 1.0.0 -> 1.0.1"* ||
+          "$out" != *"outbox      2 reports waiting, oldest #117"* ]]; then
+      bad "the daemon's flat document, $type $stage $channel (rc=$rc):"; echo "$out"
+    fi
+    if [[ $channel == offline && "$out" != *"last error: E500 NetConnect"* ]]; then bad "flat $type $stage offline: no last error"; fi
+  done
+done
+json=$(st --json); rc=$?
+if [[ $rc -ne 0 ]] || ! python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+sys.exit(0 if d["schema"] == 1 and d["channel"]["state"] == sys.argv[1] and d["job"]["stage"] == "RollingBack"
+         and d["identity"]["serial_number"] == "sag233abcd" and d["outbox"]["pending"] == 2
+         and "device_version" not in d else 1)' "$channel" <<<"$json"; then
+  bad "--json of the daemon's flat document is not schema 1 (rc=$rc): $json"
+fi
+((fail > section_fail)) || ok "the daemon's own (flat) document: every stage, online and offline; --json in schema 1"
+
 # Idle, with the last result and its error.
 put "$(doc "$daemon_pid" online null "$(result rolled_back RolledBack '{"code": 405, "name": "HealthCheckFailed", "message": "check dataplane exited 1"}')")"
 out=$(st); rc=$?

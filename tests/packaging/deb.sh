@@ -27,6 +27,8 @@ agent="$tmp/out/sag-agent_${version}-1_${arch}.deb"
 cloud="$tmp/out/sag-cloud_${version}-1_${arch}.deb"
 [[ -f "$agent" && -f "$cloud" ]] || { ls -l "$tmp/out"; echo "FAIL expected $agent and $cloud"; exit 1; }
 ok "cpack: $(basename "$agent") $(basename "$cloud") in $((SECONDS - start)) s"
+# SAG_KEEP=DIR keeps a copy of both packages there (to install them by hand).
+if [[ -n "${SAG_KEEP:-}" ]]; then mkdir -p "$SAG_KEEP" && cp "$agent" "$cloud" "$SAG_KEEP/"; fi
 
 # --- control fields and dependencies ---------------------------------------
 section_fail=$fail
@@ -71,6 +73,7 @@ done
 [[ "$(dpkg-deb -f "$cloud" Depends)" == *libsqlite3-0* ]] || bad "sag-cloud does not depend on libsqlite3-0 (its store)"
 [[ "$(dpkg-deb -f "$cloud" Depends)" == *"systemd | systemd-standalone-sysusers | systemd-sysusers"* ]] \
   || bad "sag-cloud does not depend on a systemd-sysusers provider (its postinst runs it)"
+[[ "$(dpkg-deb -f "$cloud" Depends)" =~ (^|, )procps(,|$| ) ]] || bad "sag-cloud does not depend on procps (ExecReload's kill)"
 ((fail > section_fail)) || ok "control fields; Depends satisfiable; the expected libraries"
 
 # --- files -------------------------------------------------------------------
@@ -91,18 +94,16 @@ expect "$tmp/agent.list" /usr/share/doc/sag-agent/copyright -rw-r--r--
 expect "$tmp/agent.list" /usr/share/doc/sag-agent/changelog.Debian.gz -rw-r--r--
 expect "$tmp/agent.list" /usr/share/doc/sag-agent/status.md -rw-r--r--
 expect "$tmp/agent.list" /usr/share/doc/sag-agent/examples/devices.conf -rw-r--r--
+expect "$tmp/cloud.list" /usr/bin/sag-cloud -rwxr-xr-x
 expect "$tmp/cloud.list" /usr/bin/sag-image -rwxr-xr-x
+expect "$tmp/cloud.list" /etc/sag-cloud/cloud.yaml -rw-r--r--
+expect "$tmp/cloud.list" /usr/share/man/man8/sag-cloud.8.gz -rw-r--r--
+expect "$tmp/cloud.list" /usr/share/doc/sag-cloud/cloud.md -rw-r--r--
 expect "$tmp/cloud.list" /lib/systemd/system/sag-cloud.service -rw-r--r--
 expect "$tmp/cloud.list" /usr/lib/sysusers.d/sag-cloud.conf -rw-r--r--
 expect "$tmp/cloud.list" /usr/lib/tmpfiles.d/sag-cloud.conf -rw-r--r--
 expect "$tmp/cloud.list" /usr/share/man/man1/sag-image.1.gz -rw-r--r--
 expect "$tmp/cloud.list" /usr/share/doc/sag-cloud/copyright -rw-r--r--
-# The install rule exists once the sag-cloud target does (cmake/SagInstall.cmake).
-if grep -q 'bin/sag-cloud"' "$build/cmake_install.cmake"; then
-  expect "$tmp/cloud.list" /usr/bin/sag-cloud -rwxr-xr-x
-else
-  echo "     (no sag-cloud target on this branch: the package carries it once it exists)"
-fi
 if grep -E 'sag-sim|fake-dpi|/usr/local|/include/|\.a$|unit_|/tests?/' "$tmp/agent.list" "$tmp/cloud.list"; then
   bad "development tools, tests or build files in a package"
 fi
@@ -142,8 +143,10 @@ for pkg in sag-agent sag-cloud; do
   status=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${db:Status-Status}' "$pkg")
   [[ "$status" == installed ]] || bad "$pkg is '$status' in the scratch root"
 done
-conffiles=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Conffiles}' sag-agent)
-[[ "$conffiles" == *"/etc/sag-agent/agent.yaml "* ]] || bad "dpkg does not record agent.yaml as a conffile: $conffiles"
+for pc in sag-agent:/etc/sag-agent/agent.yaml sag-cloud:/etc/sag-cloud/cloud.yaml; do
+  conffiles=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Conffiles}' "${pc%%:*}")
+  [[ "$conffiles" == *"${pc#*:} "* ]] || bad "dpkg does not record ${pc#*:} as a conffile of ${pc%%:*}: $conffiles"
+done
 [[ -x "$root/usr/bin/sag-agent" ]] || bad "no /usr/bin/sag-agent in the root"
 "$root/usr/bin/sag-agent" check-config "$root/etc/sag-agent/agent.yaml" >/dev/null \
   || bad "the installed example configuration does not pass check-config"
@@ -158,6 +161,8 @@ mode() { stat -c '%a %u %g' "$root$1" 2>/dev/null; }
 [[ "$(mode /etc/sag-agent/pki)" == "700 0 0" ]] || bad "/etc/sag-agent/pki: $(mode /etc/sag-agent/pki)"
 [[ "$(mode /etc/sag-cloud)" == "750 0 $gid" ]] || bad "/etc/sag-cloud: $(mode /etc/sag-cloud)"
 [[ "$(mode /etc/sag-cloud/pki)" == "750 0 $gid" ]] || bad "/etc/sag-cloud/pki: $(mode /etc/sag-cloud/pki)"
+# cloud.yaml will hold the access key secrets: root and the service's group.
+[[ "$(mode /etc/sag-cloud/cloud.yaml)" == "640 0 $gid" ]] || bad "/etc/sag-cloud/cloud.yaml: $(mode /etc/sag-cloud/cloud.yaml)"
 [[ "$(mode /var/lib/sag-cloud/images)" == "750 $uid $gid" ]] || bad "/var/lib/sag-cloud/images: $(mode /var/lib/sag-cloud/images)"
 # Nothing enabled by surprise.
 if find "$root/etc/systemd" -name '*.service' 2>/dev/null | grep .; then bad "a unit was enabled"; fi
@@ -166,10 +171,14 @@ if find "$root/etc/systemd" -name '*.service' 2>/dev/null | grep .; then bad "a 
 # An operator's edit survives a reinstall; purge removes the conffile.
 section_fail=$fail
 echo "# edited by the operator" >>"$root/etc/sag-agent/agent.yaml"
-"${dpkgr[@]}" --force-confold -i "$agent" >"$tmp/dpkg2.log" 2>&1 || { cat "$tmp/dpkg2.log"; bad "reinstall"; }
-grep -q "edited by the operator" "$root/etc/sag-agent/agent.yaml" || bad "reinstall replaced the edited conffile"
+echo "# edited by the operator" >>"$root/etc/sag-cloud/cloud.yaml"
+"${dpkgr[@]}" --force-confold -i "$agent" "$cloud" >"$tmp/dpkg2.log" 2>&1 || { cat "$tmp/dpkg2.log"; bad "reinstall"; }
+grep -q "edited by the operator" "$root/etc/sag-agent/agent.yaml" || bad "reinstall replaced the edited agent.yaml"
+grep -q "edited by the operator" "$root/etc/sag-cloud/cloud.yaml" || bad "reinstall replaced the edited cloud.yaml"
 "${dpkgr[@]}" -P sag-agent sag-cloud >"$tmp/dpkg3.log" 2>&1 || { cat "$tmp/dpkg3.log"; bad "purge"; }
-[[ ! -e "$root/etc/sag-agent/agent.yaml" && ! -e "$root/usr/bin/sag-agent" ]] || bad "purge left agent.yaml or the binary"
+for f in /etc/sag-agent/agent.yaml /usr/bin/sag-agent /etc/sag-cloud/cloud.yaml /usr/bin/sag-cloud; do
+  [[ ! -e "$root$f" ]] || bad "purge left $f"
+done
 ((fail > section_fail)) || ok "edited conffile kept on reinstall; purge removes it"
 
 # --- lintian --------------------------------------------------------------------

@@ -239,6 +239,54 @@ TEST(StatusFormat, OldFlatDocumentsAreReadToo) {
             std::string::npos);
 }
 
+// The flat document the daemon writes (agent.cpp RefreshStatus, with the
+// channel and outbox it posts): the summary shows the channel's state and
+// since when, its last error, and the outbox, as for a schema-1 document.
+json DaemonFlatDocument(const char* channel_state) {
+  json doc = json::parse(R"({
+    "agent_version": "0.1.0", "smartag_id": "sag-1", "serial_number": "sn1", "model": "sag-1000",
+    "state": "running", "pid": 99, "device_version": "1.0.0", "dpi_version": null, "booted_slot": "A",
+    "boot": {"order": "A B", "a_left": 3, "b_left": 3},
+    "job": {"id": "upg-1-sn1", "type": "Device", "version": "1.0.1", "state": "Writing", "percent": 40,
+            "from_version": "1.0.0", "target_slot": "B", "error": null},
+    "outbox": {"pending": 1, "oldest_pending_seq": 7, "last_acked_seq": 6},
+    "updated_at": "2026-12-01T10:00:00Z"})");
+  doc["channel"] = {{"state", channel_state},
+                    {"endpoint", "wss://127.0.0.1:8444/device/v1"},
+                    {"since", "2026-12-01T09:59:00Z"},
+                    {"last_error", nullptr},
+                    {"attempts", 0}};
+  if (std::string(channel_state) == "offline") {
+    doc["channel"]["last_error"] = "E500 NetConnect: connect 127.0.0.1:8444: Connection refused";
+    doc["channel"]["attempts"] = 2;
+  }
+  return doc;
+}
+
+TEST(StatusFormat, TheDaemonsFlatDocumentShowsChannelAndOutbox) {
+  const std::string online = FormatStatus(NormalizeStatus(DaemonFlatDocument("online")), Running());
+  EXPECT_EQ(Section(online, "channel"),
+            "channel     online since 2026-12-01T09:59:00Z (1m05s ago)\n"
+            "            wss://127.0.0.1:8444/device/v1\n")
+      << online;
+  EXPECT_EQ(Section(online, "outbox"),
+            "outbox      1 report waiting, oldest #7 (acknowledged up to #6)\n");
+  EXPECT_NE(Section(online, "job").find("Writing  [############------------------]  40%"),
+            std::string::npos)
+      << online;
+  const std::string offline =
+      FormatStatus(NormalizeStatus(DaemonFlatDocument("offline")), Running());
+  EXPECT_EQ(Section(offline, "channel"),
+            "channel     offline since 2026-12-01T09:59:00Z (1m05s ago), 2 attempts\n"
+            "            wss://127.0.0.1:8444/device/v1\n"
+            "            last error: E500 NetConnect: connect 127.0.0.1:8444: Connection refused\n")
+      << offline;
+  // Mapped once, the document is schema 1 and maps onto itself.
+  const json s = NormalizeStatus(DaemonFlatDocument("online"));
+  EXPECT_EQ(s["schema"], 1);
+  EXPECT_EQ(NormalizeStatus(s), s);
+}
+
 // Partial, mistyped or foreign documents never throw and show what they can.
 TEST(StatusFormat, PartialAndMistypedFieldsAreUnknownNotFatal) {
   const json docs[] = {
@@ -415,6 +463,35 @@ TEST(StatusCommand, JsonIsTheDocumentPlusRunning) {
   }
   EXPECT_EQ(live.code, kStatusRunning);
   EXPECT_FALSE(json::parse(live.out).contains("running"));
+}
+
+// --json of the daemon's flat file is schema 1 (docs/status.md): the
+// channel, identity, device, the job with its stage, the outbox.
+TEST(StatusCommand, JsonOfTheDaemonsFlatFileIsSchema1) {
+  test::TempDir dir;
+  FakeDaemon daemon(dir.path());
+  StatusOptions o;
+  o.file = dir / "status.json";
+  o.json = true;
+  json flat = DaemonFlatDocument("offline");
+  flat["pid"] = daemon.pid();
+  std::ofstream(o.file) << flat.dump();
+  auto r = RunStatus(o);
+  for (int i = 0; i < 500 && r.code != kStatusRunning; ++i) {  // until the spawn has exec'd
+    ::usleep(10'000);
+    r = RunStatus(o);
+  }
+  EXPECT_EQ(r.code, kStatusRunning);
+  const json doc = json::parse(r.out);
+  EXPECT_EQ(doc["schema"], 1);
+  EXPECT_EQ(doc["agent"]["pid"], daemon.pid());
+  EXPECT_EQ(doc["identity"]["serial_number"], "sn1");
+  EXPECT_EQ(doc["channel"], flat["channel"]);
+  EXPECT_EQ(doc["device"]["booted_slot"], "A");
+  EXPECT_EQ(doc["job"]["stage"], "Writing");
+  EXPECT_EQ(doc["job"]["percent"], 40);
+  EXPECT_EQ(doc["outbox"]["pending"], 1);
+  EXPECT_FALSE(doc.contains("device_version")) << "the flat fields are mapped, not copied";
 }
 
 // --json for every stage, online and offline, with the daemon up: the
