@@ -141,8 +141,10 @@ Expected<std::vector<BlockHash>> ReadReuseIndex(const std::filesystem::path& ima
 // Local blocks
 
 Expected<LocalBlocks> LocalBlocks::Open(std::span<const LocalSource> sources) {
-  if (sources.size() >= BlockLocation::kZero) {
-    return Error(Errc::kInvalidArgument, "too many local sources");
+  if (sources.size() > BlockLocation::kMaxSources) {
+    return Error(Errc::kInvalidArgument, "more than " +
+                                             std::to_string(BlockLocation::kMaxSources) +
+                                             " local sources");
   }
   LocalBlocks lb;
   for (const auto& s : sources) {

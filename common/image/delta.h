@@ -61,12 +61,14 @@ struct LocalSource {
   std::optional<std::vector<BlockHash>> hashes;
 };
 
-// Where a block of the new payload was found.
+// Where a block of the new payload was found. 8 bytes: one per payload block
+// is kept (8 MiB for a 4 GiB image).
 struct BlockLocation {
-  static constexpr std::uint32_t kNowhere = 0xFFFFFFFFU;
-  static constexpr std::uint32_t kZero = 0xFFFFFFFEU;  // an all-zero block: nothing to read
-  std::uint32_t source = kNowhere;                     // index into the sources, or the above
-  std::uint64_t block = 0;                             // block number within that source
+  static constexpr std::uint32_t kNowhere = 0xFF;
+  static constexpr std::uint32_t kZero = 0xFE;  // an all-zero block: nothing to read
+  static constexpr std::size_t kMaxSources = kZero;
+  std::uint64_t source : 8 = kNowhere;  // index into the sources, or the above
+  std::uint64_t block : 56 = 0;         // block number within that source
 };
 
 struct DeltaOptions {
@@ -137,9 +139,10 @@ Status AssembleFrame(const Manifest& manifest, std::span<const BlockLocation> bl
 // Looks up every block of the new payload (zero blocks, then the sources in
 // the order given: put the active slot first), assembles and verifies each
 // frame whose blocks were all found, and plans coalesced requests for the
-// rest. `index` is the new image's decoded reuse index. Memory: 8 bytes per
-// distinct block hash and 16 per payload block (24 MiB for a 4 GiB image),
-// one frame buffer, one 1 MiB read buffer.
+// rest. `index` is the new image's decoded reuse index. Memory besides the
+// index (8 bytes per payload block): 16 bytes per distinct block hash and 8
+// per payload block (at most 24 MiB for a 4 GiB image), one frame buffer, one
+// 1 MiB read buffer.
 Expected<DeltaPlan> PlanDelta(const Manifest& manifest, std::span<const BlockHash> index,
                               std::span<const LocalSource> sources,
                               const DeltaOptions& options = {});

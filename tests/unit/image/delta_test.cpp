@@ -306,10 +306,10 @@ TEST_F(DeltaTest, SharedBlocksAtOtherOffsetsAreFound) {
   EXPECT_EQ(p.frames_rejected, 0U);
   EXPECT_EQ(Downloaded(p), (std::vector<std::size_t>{0, 8}));
   // New block 1 is old block 0, new block 33 is old block 31.
-  EXPECT_EQ(p.blocks[1].source, 0U);
-  EXPECT_EQ(p.blocks[1].block, 0U);
-  EXPECT_EQ(p.blocks[33].block, 31U);
-  EXPECT_EQ(p.blocks[0].source, BlockLocation::kNowhere);
+  EXPECT_EQ(std::uint64_t{p.blocks[1].source}, 0U);
+  EXPECT_EQ(std::uint64_t{p.blocks[1].block}, 0U);
+  EXPECT_EQ(std::uint64_t{p.blocks[33].block}, 31U);
+  EXPECT_EQ(std::uint64_t{p.blocks[0].source}, std::uint64_t{BlockLocation::kNowhere});
 
   // The byte counts: exactly the two frames, in two requests, plus the index.
   const auto& chunks = r.header.manifest.chunks;
@@ -426,10 +426,10 @@ TEST_F(DeltaTest, ZeroBlocksNeedNoSourceAndOtherSourcesAreSearchedInOrder) {
   const auto both = Plan(image, {LocalSource{Dir() / "active", std::nullopt},
                                  LocalSource{Dir() / "inactive", std::nullopt}});
   EXPECT_EQ(Downloaded(both.plan), (std::vector<std::size_t>{0}));
-  EXPECT_EQ(both.plan.blocks[1].source, 0U);
-  EXPECT_EQ(both.plan.blocks[13].source, 1U);
-  EXPECT_EQ(both.plan.blocks[13].block, 5U);
-  EXPECT_EQ(both.plan.blocks[4].source, BlockLocation::kZero);
+  EXPECT_EQ(std::uint64_t{both.plan.blocks[1].source}, 0U);
+  EXPECT_EQ(std::uint64_t{both.plan.blocks[13].source}, 1U);
+  EXPECT_EQ(std::uint64_t{both.plan.blocks[13].block}, 5U);
+  EXPECT_EQ(std::uint64_t{both.plan.blocks[4].source}, std::uint64_t{BlockLocation::kZero});
 
   DeltaOptions no_zero;
   no_zero.zero_blocks = false;
