@@ -2,7 +2,7 @@
 # Benchmark (not a test): what a delta download of a format 2 image costs
 # (docs/delta.md). Builds, from a real file tree, a pair of ext4 images before
 # and after a "minor update" (3 % of the files edited, half of them in place
-# and half with bytes inserted, 10 added, 10 removed), once with the build
+# and half with bytes inserted, 10 removed, 10 added of 1-256 KiB), once with the build
 # hygiene (fixed UUID and hash seed, E2FSPROGS_FAKE_TIME) and once without,
 # then prints for several frame sizes: the bytes a device holding the old
 # image would download (signed header + reuse index + coalesced frame
@@ -14,7 +14,8 @@
 # Environment: SAG_IMAGE (a built sag-image; default: a Release build in
 # build/release), TREE_DIRS (source directories, default below), TREE_MIB
 # (how much of them to copy, default 160), IMAGE_MIB (ext4 size, default 256),
-# FRAMES (frame sizes in KiB, default "16 32 64 1024"), GAP (--max-gap, bytes).
+# FRAMES (frame sizes in KiB, each optionally :LEVEL for zstd, default
+# "4 16 32 64 1024 32:9 64:9 64:19"), GAP (--max-gap, bytes), KEEP_WORK=1 (keep the images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -28,10 +29,10 @@ bin=$SAG_IMAGE
 tree_dirs=${TREE_DIRS:-"/usr/lib/python3.11 /usr/sbin /usr/share/perl /usr/lib/x86_64-linux-gnu/perl /usr/share/perl5 /usr/bin"}
 tree_mib=${TREE_MIB:-160}
 image_mib=${IMAGE_MIB:-256}
-frames=${FRAMES:-"16 32 64 1024"}
+frames=${FRAMES:-"4 16 32 64 1024 32:9 64:9 64:19"}
 gap=${GAP:-16384}
 work=$(mktemp -d "${TMPDIR:-/tmp}/sag-delta-bench-XXXXXX")
-trap 'rm -rf "$work"' EXIT
+[[ -n "${KEEP_WORK:-}" ]] && echo "work directory: $work" || trap 'rm -rf "$work"' EXIT
 "$bin" pki init "$work/pki" >/dev/null
 command -v mkfs.ext4 >/dev/null || { echo "mkfs.ext4 (e2fsprogs) is needed" >&2; exit 1; }
 
@@ -90,7 +91,7 @@ for r in rng.sample(rest, 10):
 for i in range(10):
     p = os.path.join(after, "usr/share/sag-update", "new-%d.bin" % i)
     os.makedirs(os.path.dirname(p), exist_ok=True)
-    size = rng.randint(1 << 10, 1 << 20)
+    size = rng.randint(1 << 10, 256 << 10)
     half = rng.randbytes(size // 2)
     text = ("new file %d line\n" % i).encode() * (size // 34 + 1)
     open(p, "wb").write(half + text[: size - len(half)])
@@ -107,7 +108,7 @@ mk() {  # mk TREE IMAGE hygiene|plain
       -L rootfs -d "$1" "$2" "${image_mib}M"
   else
     mkfs.ext4 -q -F -t ext4 -b 4096 -E root_owner=0:0 -L rootfs -d "$1" "$2" "${image_mib}M"
-  fi
+  fi 2>&1 | grep -v '^Creating regular file' || true
 }
 for h in hygiene plain; do
   mk "$work/before" "$work/old-$h.ext4" "$h"
@@ -132,21 +133,25 @@ for h in hygiene plain; do
   echo
   echo "== pair built with$([[ $h == plain ]] && echo "out") hygiene: new image ${image_mib} MiB," \
     "today's format 1 image (1 MiB chunks, zstd 3): $today bytes"
-  printf '%-12s %12s %9s %13s %10s %9s %9s %10s %8s\n' frame full_bytes vs_today \
-    download_bytes of_today of_full requests index_bytes rss_mib
-  for f in $frames; do
-    create "$work/new-$h.ext4" "$work/v2.img" --format 2 --frame-size $((f * 1024))
+  printf '%-13s %11s %8s %12s %9s %8s %8s %10s %9s %9s %7s %7s\n' frame:level full_bytes \
+    vs_today download of_today of_full requests frames header index blocks% rss_MiB
+  for fl in $frames; do
+    f=${fl%%:*}
+    level=3
+    [[ $fl == *:* ]] && level=${fl##*:}
+    create "$work/new-$h.ext4" "$work/v2.img" --format 2 --frame-size $((f * 1024)) --level "$level"
     full=$(size "$work/v2.img")
     "$bin" delta-plan --ca "$work/pki/root-ca.pem" "$work/v2.img" \
       --local "$work/old-$h.ext4" --max-gap "$gap" --json >"$work/plan.json"
-    read -r dl req idx rss < <(python3 -c '
+    read -r dl req fb hb idx found rss < <(python3 -c '
 import json, sys
 p = json.load(open(sys.argv[1]))
-print(p["download_bytes"], p["requests"] + 2, p["index_bytes"], p["peak_rss_kib"] // 1024)' \
+print(p["download_bytes"], p["requests"] + 2, p["request_bytes"], p["header_bytes"],
+      p["index_bytes"], "%.1f" % (100 * p["blocks_found"] / p["blocks"]), p["peak_rss_kib"] // 1024)' \
       "$work/plan.json")
-    printf '%-12s %12d %8s%% %13d %9s%% %8s%% %9d %10d %8d\n' "${f} KiB" "$full" \
+    printf '%-13s %11d %7s%% %12d %8s%% %7s%% %8d %10d %9d %9d %7s %7d\n' "${f}K:$level" "$full" \
       "$(pct $((full - today)) "$today")" "$dl" "$(pct "$dl" "$today")" "$(pct "$dl" "$full")" \
-      "$req" "$idx" "$rss"
+      "$req" "$fb" "$hb" "$idx" "$found" "$rss"
   done
   if command -v casync >/dev/null; then
     casync make --compression=zstd --store="$work/store-old" "$work/old.caibx" "$work/old-$h.ext4" >/dev/null

@@ -65,8 +65,8 @@ Expected<std::string> EncodeReuseIndex(std::span<const BlockHash> hashes, int zs
   const std::size_t z =
       ZSTD_compress(out.data() + 8, out.size() - 8, raw.data(), raw.size(), zstd_level);
   if (ZSTD_isError(z) != 0U) {
-    return Error(Errc::kInternal,
-                 std::string("zstd compression of the reuse index failed: ") + ZSTD_getErrorName(z));
+    return Error(Errc::kInternal, std::string("zstd compression of the reuse index failed: ") +
+                                      ZSTD_getErrorName(z));
   }
   if (z > 0xFFFFFFFFU) return Error(Errc::kImageTooLarge, "reuse index above 4 GiB");
   out.resize(8 + z);
@@ -105,7 +105,8 @@ Expected<std::vector<BlockHash>> DecodeReuseIndex(std::span<const std::uint8_t> 
   }
   const auto frame = stored.subspan(8);
   const auto content = ZSTD_getFrameContentSize(frame.data(), frame.size());
-  if (content != r.size || ZSTD_findFrameCompressedSize(frame.data(), frame.size()) != frame.size()) {
+  if (content != r.size ||
+      ZSTD_findFrameCompressedSize(frame.data(), frame.size()) != frame.size()) {
     return bad("not one zstd frame of " + std::to_string(r.size) + " bytes");
   }
   std::vector<std::uint8_t> raw(r.size);
@@ -142,9 +143,8 @@ Expected<std::vector<BlockHash>> ReadReuseIndex(const std::filesystem::path& ima
 
 Expected<LocalBlocks> LocalBlocks::Open(std::span<const LocalSource> sources) {
   if (sources.size() > BlockLocation::kMaxSources) {
-    return Error(Errc::kInvalidArgument, "more than " +
-                                             std::to_string(BlockLocation::kMaxSources) +
-                                             " local sources");
+    return Error(Errc::kInvalidArgument,
+                 "more than " + std::to_string(BlockLocation::kMaxSources) + " local sources");
   }
   LocalBlocks lb;
   for (const auto& s : sources) {
@@ -235,9 +235,9 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
   DeltaPlan plan;
   plan.blocks_total = BlockCount(m.payload_size);
   if (index.size() != plan.blocks_total) {
-    return Error(Errc::kInvalidArgument,
-                 "reuse index of " + std::to_string(index.size()) + " blocks for a payload of " +
-                     std::to_string(plan.blocks_total));
+    return Error(Errc::kInvalidArgument, "reuse index of " + std::to_string(index.size()) +
+                                             " blocks for a payload of " +
+                                             std::to_string(plan.blocks_total));
   }
   SAG_TRY(auto local, LocalBlocks::Open(sources));
 
@@ -298,11 +298,10 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
   for (std::size_t f = 0; f < m.chunks.size(); ++f) {
     const auto first = f * per_frame;
     const auto end = std::min<std::uint64_t>(first + per_frame, plan.blocks_total);
-    const bool all = std::all_of(plan.blocks.begin() + static_cast<std::ptrdiff_t>(first),
-                                 plan.blocks.begin() + static_cast<std::ptrdiff_t>(end),
-                                 [](const BlockLocation& l) {
-                                   return l.source != BlockLocation::kNowhere;
-                                 });
+    const bool all =
+        std::all_of(plan.blocks.begin() + static_cast<std::ptrdiff_t>(first),
+                    plan.blocks.begin() + static_cast<std::ptrdiff_t>(end),
+                    [](const BlockLocation& l) { return l.source != BlockLocation::kNowhere; });
     plan.full_bytes += m.chunks[f].length;
     if (all) {
       const auto st = AssembleFrame(m, plan.blocks, f, local, frame);

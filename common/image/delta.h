@@ -102,10 +102,10 @@ struct DeltaPlan {
   std::uint64_t frames_local = 0;     // verified against their full SHA-256
   std::uint64_t frames_rejected = 0;  // every block found, but the frame's SHA-256 did not match
   std::uint64_t frames_download = 0;
-  std::uint64_t frame_bytes = 0;     // compressed bytes of the frames to download
-  std::uint64_t request_bytes = 0;   // bytes the requests fetch (frames and bridged gaps)
-  std::uint64_t index_bytes = 0;     // the stored reuse index (one more request)
-  std::uint64_t full_bytes = 0;      // every frame: what a full download fetches
+  std::uint64_t frame_bytes = 0;       // compressed bytes of the frames to download
+  std::uint64_t request_bytes = 0;     // bytes the requests fetch (frames and bridged gaps)
+  std::uint64_t index_bytes = 0;       // the stored reuse index (one more request)
+  std::uint64_t full_bytes = 0;        // every frame: what a full download fetches
   std::uint64_t local_read_bytes = 0;  // bytes read from the sources (scan and verification)
 };
 

@@ -330,11 +330,8 @@ Expected<Manifest> ParseManifest(std::string_view text, const Limits& limits) {
 
 std::string SerializeManifest(const Manifest& m) {
   json j = {
-      {"format", m.format},
-      {"type", ImageTypeName(m.type)},
-      {"version", m.version},
-      {"compatible", m.compatible},
-      {"build_time", m.build_time},
+      {"format", m.format},         {"type", ImageTypeName(m.type)}, {"version", m.version},
+      {"compatible", m.compatible}, {"build_time", m.build_time},
   };
   if (m.format == kFormatDelta && m.reuse) {
     std::string table;
@@ -352,9 +349,12 @@ std::string SerializeManifest(const Manifest& m) {
                     {"compression", "zstd"}};
     j["frames"] = Base64Encode(table);
     const auto& r = *m.reuse;
-    j["reuse"] = {{"block_size", r.block_size}, {"hash_bytes", r.hash_bytes},
-                  {"offset", r.offset},         {"length", r.length},
-                  {"size", r.size},             {"sha256", ToHex(r.sha256)}};
+    j["reuse"] = {{"block_size", r.block_size},
+                  {"hash_bytes", r.hash_bytes},
+                  {"offset", r.offset},
+                  {"length", r.length},
+                  {"size", r.size},
+                  {"sha256", ToHex(r.sha256)}};
     return j.dump(1) + "\n";
   }
   json chunks = json::array();

@@ -98,11 +98,10 @@ struct VerifiedHeader {
 };
 
 // Parses and checks a manifest's shape and limits (no signature check):
-// known format version (1, or 2 with a reuse index and a compact frame table), type, a version valid for that type, compatible
-// models, sizes within `limits`, a chunk table that tiles the payload
-// (contiguous offsets from 0, chunk_size bytes each but the last, lengths no
-// larger than zstd's bound). Errors: kManifestMalformed, kManifestVersion,
-// kManifestLimits.
+// known format version (1, or 2 with a reuse index and a compact frame table), type, a version
+// valid for that type, compatible models, sizes within `limits`, a chunk table that tiles the
+// payload (contiguous offsets from 0, chunk_size bytes each but the last, lengths no larger than
+// zstd's bound). Errors: kManifestMalformed, kManifestVersion, kManifestLimits.
 Expected<Manifest> ParseManifest(std::string_view json, const Limits& limits = {});
 std::string SerializeManifest(const Manifest& manifest);
 

@@ -203,15 +203,16 @@ int Verify(const Args& a) {
     // that it decodes to one hash per block.
     auto index = ReadReuseIndex(a.positional[0], **header);
     if (!index) return Fail(index.error());
-    reuse = ", reuse index of " + std::to_string(index->size()) + " blocks";
+    reuse = " (format 2, reuse index of " + std::to_string(index->size()) + " blocks)";
   }
   const double mib = static_cast<double>(m.payload_size) / (1024.0 * 1024.0);
   std::printf(
-      "OK %s: format %d, %s %s, %zu %s%s, %.1f MiB verified in %.3f s (%.0f MiB/s), peak RSS %ld KiB\n"
+      "OK %s: %s %s, %zu %s%s, %.1f MiB verified in %.3f s (%.0f MiB/s), peak RSS %ld "
+      "KiB\n"
       "signer: %s\n",
-      a.positional[0].c_str(), m.format, std::string(ImageTypeName(m.type)).c_str(),
-      m.version.c_str(), m.chunks.size(), m.reuse ? "frames" : "chunks", reuse.c_str(), mib, secs, secs > 0 ? mib / secs : 0.0, PeakRssKib(),
-      (*header)->signer.subject.c_str());
+      a.positional[0].c_str(), std::string(ImageTypeName(m.type)).c_str(),
+      m.version.c_str(), m.chunks.size(), m.reuse ? "frames" : "chunks", reuse.c_str(), mib, secs,
+      secs > 0 ? mib / secs : 0.0, PeakRssKib(), (*header)->signer.subject.c_str());
   return 0;
 }
 
@@ -265,14 +266,15 @@ int Inspect(const Args& a) {
       static_cast<unsigned long long>(h->payload_offset), ratio,
       static_cast<unsigned long long>(total));
   if (m->reuse) {
-    std::printf("format:       2 (frames of %llu bytes)\nreuse index:  %llu hashes of %llu bytes "
-                "per %llu-byte block, stored in %llu bytes at payload offset %llu\n",
-                static_cast<unsigned long long>(m->chunk_size),
-                static_cast<unsigned long long>(m->reuse->size / m->reuse->hash_bytes),
-                static_cast<unsigned long long>(m->reuse->hash_bytes),
-                static_cast<unsigned long long>(m->reuse->block_size),
-                static_cast<unsigned long long>(m->reuse->length),
-                static_cast<unsigned long long>(m->reuse->offset));
+    std::printf(
+        "format:       2 (frames of %llu bytes)\nreuse index:  %llu hashes of %llu bytes "
+        "per %llu-byte block, stored in %llu bytes at payload offset %llu\n",
+        static_cast<unsigned long long>(m->chunk_size),
+        static_cast<unsigned long long>(m->reuse->size / m->reuse->hash_bytes),
+        static_cast<unsigned long long>(m->reuse->hash_bytes),
+        static_cast<unsigned long long>(m->reuse->block_size),
+        static_cast<unsigned long long>(m->reuse->length),
+        static_cast<unsigned long long>(m->reuse->offset));
   } else {
     std::printf("format:       %d\n", m->format);
   }
@@ -322,15 +324,24 @@ int DeltaPlanCmd(const Args& a) {
                                                static_cast<double>(p.full_bytes + header_bytes);
   if (a.Has("json")) {
     nlohmann::json j = {
-        {"frames", m.chunks.size()},          {"frame_size", m.chunk_size},
-        {"frames_local", p.frames_local},     {"frames_rejected", p.frames_rejected},
-        {"frames_download", p.frames_download}, {"blocks", p.blocks_total},
-        {"blocks_found", p.blocks_found},     {"frame_bytes", p.frame_bytes},
-        {"request_bytes", p.request_bytes},   {"requests", p.requests.size()},
-        {"index_bytes", p.index_bytes},       {"header_bytes", header_bytes},
-        {"download_bytes", total},            {"full_bytes", p.full_bytes + header_bytes},
-        {"download_percent", share},          {"local_read_bytes", p.local_read_bytes},
-        {"seconds", secs},                    {"peak_rss_kib", PeakRssKib()},
+        {"frames", m.chunks.size()},
+        {"frame_size", m.chunk_size},
+        {"frames_local", p.frames_local},
+        {"frames_rejected", p.frames_rejected},
+        {"frames_download", p.frames_download},
+        {"blocks", p.blocks_total},
+        {"blocks_found", p.blocks_found},
+        {"frame_bytes", p.frame_bytes},
+        {"request_bytes", p.request_bytes},
+        {"requests", p.requests.size()},
+        {"index_bytes", p.index_bytes},
+        {"header_bytes", header_bytes},
+        {"download_bytes", total},
+        {"full_bytes", p.full_bytes + header_bytes},
+        {"download_percent", share},
+        {"local_read_bytes", p.local_read_bytes},
+        {"seconds", secs},
+        {"peak_rss_kib", PeakRssKib()},
     };
     std::cout << j.dump(2) << "\n";
     return 0;
@@ -350,9 +361,8 @@ int DeltaPlanCmd(const Args& a) {
       static_cast<unsigned long long>(p.blocks_total), static_cast<unsigned long long>(total),
       static_cast<unsigned long long>(p.frame_bytes),
       static_cast<unsigned long long>(p.request_bytes - p.frame_bytes),
-      static_cast<unsigned long long>(p.index_bytes),
-      static_cast<unsigned long long>(header_bytes), p.requests.size(), share,
-      static_cast<unsigned long long>(p.full_bytes + header_bytes), secs,
+      static_cast<unsigned long long>(p.index_bytes), static_cast<unsigned long long>(header_bytes),
+      p.requests.size(), share, static_cast<unsigned long long>(p.full_bytes + header_bytes), secs,
       static_cast<unsigned long long>(p.local_read_bytes), PeakRssKib());
   return 0;
 }

@@ -42,8 +42,8 @@ std::string Block(int seed) {
   std::mt19937 rng(static_cast<unsigned>(seed) + 1U);
   std::string b;
   while (b.size() < kBlock / 2) b.push_back(static_cast<char>(rng()));
-  for (int i = 0; b.size() < kBlock; ++i) b += "block " + std::to_string(seed) + " line " +
-                                               std::to_string(i) + "\n";
+  for (int i = 0; b.size() < kBlock; ++i)
+    b += "block " + std::to_string(seed) + " line " + std::to_string(i) + "\n";
   b.resize(kBlock);
   return b;
 }
@@ -185,9 +185,9 @@ TEST_F(DeltaTest, Format2RoundTripsWithItsReuseIndex) {
   ASSERT_EQ(index->size(), 12U);
   for (std::size_t b = 0; b < 12; ++b) {
     const auto n = std::min<std::size_t>(kBlock, payload.size() - b * kBlock);
-    EXPECT_EQ((*index)[b], HashBlock(std::span(reinterpret_cast<const std::uint8_t*>(
-                                                   payload.data() + b * kBlock),
-                                               n)))
+    EXPECT_EQ(
+        (*index)[b],
+        HashBlock(std::span(reinterpret_cast<const std::uint8_t*>(payload.data() + b * kBlock), n)))
         << b;
   }
   // The short last block hashes as if zero-padded.
@@ -271,8 +271,11 @@ TEST_F(DeltaTest, MalformedFormat2ManifestsAreRefused) {
         j["frames"] = s.substr(0, s.size() - 4);
       },
       Errc::kManifestLimits, "frame table one record short");
-  refused([](auto& j) { j["frames"] = std::string(j["frames"].template get<std::string>().size(), '!'); },
-          Errc::kManifestMalformed, "frame table not base64");
+  refused(
+      [](auto& j) {
+        j["frames"] = std::string(j["frames"].template get<std::string>().size(), '!');
+      },
+      Errc::kManifestMalformed, "frame table not base64");
 
   // The writer refuses what the reader would.
   CreateParams p;
@@ -295,10 +298,9 @@ TEST_F(DeltaTest, SharedBlocksAtOtherOffsetsAreFound) {
   // The old slot: blocks 0..63. The new payload: the same blocks shifted by
   // one block, with two new blocks: frames 0 and 8 hold a new block.
   Spit(Dir() / "old-a", Blocks(Range(0, 64)));
-  const auto image =
-      Make("shift", Blocks(Concat({{1000}, Range(0, 31), {1001}, Range(31, 62)})));
-  const auto r = Plan(image, {LocalSource{Dir() / "old-a", std::nullopt}},
-                      DeltaOptions{.max_gap = 0});
+  const auto image = Make("shift", Blocks(Concat({{1000}, Range(0, 31), {1001}, Range(31, 62)})));
+  const auto r =
+      Plan(image, {LocalSource{Dir() / "old-a", std::nullopt}}, DeltaOptions{.max_gap = 0});
   const auto& p = r.plan;
   EXPECT_EQ(p.blocks_total, 64U);
   EXPECT_EQ(p.blocks_found, 62U);
@@ -341,11 +343,10 @@ TEST_F(DeltaTest, BitRotInAScannedSourceMakesItsFrameDownloaded) {
   std::string old = Blocks(Range(0, 64));
   old[10 * kBlock + 77] = static_cast<char>(old[10 * kBlock + 77] ^ 0x10);  // old block 10
   Spit(Dir() / "old-rot", old);
-  const auto image =
-      Make("rot", Blocks(Concat({{1000}, Range(0, 31), {1001}, Range(31, 62)})));
+  const auto image = Make("rot", Blocks(Concat({{1000}, Range(0, 31), {1001}, Range(31, 62)})));
   // New block 11 (old block 10) is in frame 2.
-  const auto r = Plan(image, {LocalSource{Dir() / "old-rot", std::nullopt}},
-                      DeltaOptions{.max_gap = 0});
+  const auto r =
+      Plan(image, {LocalSource{Dir() / "old-rot", std::nullopt}}, DeltaOptions{.max_gap = 0});
   EXPECT_EQ(Downloaded(r.plan), (std::vector<std::size_t>{0, 2, 8}));
   EXPECT_EQ(r.plan.blocks_found, 61U);
   EXPECT_EQ(r.plan.requests.size(), 3U);
@@ -373,8 +374,7 @@ TEST_F(DeltaTest, StaleHashesOfALocalSourceAreCaughtByTheFrameHash) {
   std::string rotted = old;
   rotted[10 * kBlock + 77] = static_cast<char>(rotted[10 * kBlock + 77] ^ 0x10);
   Spit(Dir() / "old-stale", rotted);
-  const auto image =
-      Make("stale", Blocks(Concat({{1000}, Range(0, 31), {1001}, Range(31, 62)})));
+  const auto image = Make("stale", Blocks(Concat({{1000}, Range(0, 31), {1001}, Range(31, 62)})));
   const auto r = Plan(image, {LocalSource{Dir() / "old-stale", kept}}, DeltaOptions{.max_gap = 0});
   EXPECT_EQ(r.plan.blocks_found, 62U);  // the lookup believes the kept hashes
   EXPECT_EQ(r.plan.frames_rejected, 1U);
@@ -417,8 +417,9 @@ TEST_F(DeltaTest, ZeroBlocksNeedNoSourceAndOtherSourcesAreSearchedInOrder) {
   // second source (the inactive slot) has; frame 0 is new.
   Spit(Dir() / "active", Blocks(Range(0, 16)));
   Spit(Dir() / "inactive", Blocks(Range(100, 116)));
-  const auto image = Make(
-      "zeros", Blocks(Concat({{2000, 1, 2, 3}, std::vector<int>(8, kZeroBlock), {kZeroBlock, 105, 106, kZeroBlock}})));
+  const auto image = Make("zeros", Blocks(Concat({{2000, 1, 2, 3},
+                                                  std::vector<int>(8, kZeroBlock),
+                                                  {kZeroBlock, 105, 106, kZeroBlock}})));
   const auto none = Plan(image, {});
   EXPECT_EQ(Downloaded(none.plan), (std::vector<std::size_t>{0, 3}));
   EXPECT_EQ(none.plan.frames_local, 2U);
