@@ -15,7 +15,7 @@
 # build/release), TREE_DIRS (source directories, default below), TREE_MIB
 # (how much of them to copy, default 160), IMAGE_MIB (ext4 size, default 256),
 # FRAMES (frame sizes in KiB, each optionally :LEVEL for zstd, default
-# "4 16 32 64 1024 32:9 64:9 64:19"), GAP (--max-gap, bytes), KEEP_WORK=1 (keep the images).
+# "4 16 32 64 1024 32:9 64:9 16:19 32:19 64:19"), GAP (--max-gap, bytes), KEEP_WORK=1 (keep the images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -29,7 +29,7 @@ bin=$SAG_IMAGE
 tree_dirs=${TREE_DIRS:-"/usr/lib/python3.11 /usr/sbin /usr/share/perl /usr/lib/x86_64-linux-gnu/perl /usr/share/perl5 /usr/bin"}
 tree_mib=${TREE_MIB:-160}
 image_mib=${IMAGE_MIB:-256}
-frames=${FRAMES:-"4 16 32 64 1024 32:9 64:9 64:19"}
+frames=${FRAMES:-"4 16 32 64 1024 32:9 64:9 16:19 32:19 64:19"}
 gap=${GAP:-16384}
 work=$(mktemp -d "${TMPDIR:-/tmp}/sag-delta-bench-XXXXXX")
 [[ -n "${KEEP_WORK:-}" ]] && echo "work directory: $work" || trap 'rm -rf "$work"' EXIT

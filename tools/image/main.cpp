@@ -152,7 +152,10 @@ int Create(const Args& a) {
   } else if (!fs.empty()) {
     p.format = kFormatDelta;
   }
-  if (p.format == kFormatDelta) p.chunk_size = kDefaultFrameSize;
+  if (p.format == kFormatDelta) {
+    p.chunk_size = kDefaultFrameSize;
+    p.zstd_level = kDefaultFrameLevel;  // small frames need it (docs/delta.md); slower builds
+  }
   const auto cs = a.Get("chunk-size");
   if (!cs.empty() && !fs.empty()) return Usage("give --chunk-size or --frame-size, not both");
   if (!fs.empty() && p.format != kFormatDelta) return Usage("--frame-size needs --format 2");
@@ -210,8 +213,8 @@ int Verify(const Args& a) {
       "OK %s: %s %s, %zu %s%s, %.1f MiB verified in %.3f s (%.0f MiB/s), peak RSS %ld "
       "KiB\n"
       "signer: %s\n",
-      a.positional[0].c_str(), std::string(ImageTypeName(m.type)).c_str(),
-      m.version.c_str(), m.chunks.size(), m.reuse ? "frames" : "chunks", reuse.c_str(), mib, secs,
+      a.positional[0].c_str(), std::string(ImageTypeName(m.type)).c_str(), m.version.c_str(),
+      m.chunks.size(), m.reuse ? "frames" : "chunks", reuse.c_str(), mib, secs,
       secs > 0 ? mib / secs : 0.0, PeakRssKib(), (*header)->signer.subject.c_str());
   return 0;
 }
