@@ -14,6 +14,7 @@
 #include <random>
 
 #include "common/atomic_file.h"
+#include "common/image/delta.h"
 #include "common/image/ossl.h"
 #include "common/unique_fd.h"
 
@@ -277,6 +278,15 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
                std::to_string(limits.min_chunk_size) + ", " +
                std::to_string(limits.max_chunk_size) + "]");
   }
+  if (p.format != kFormatVersion && p.format != kFormatDelta) {
+    return bad("format " + std::to_string(p.format) + " is not " + std::to_string(kFormatVersion) +
+               " or " + std::to_string(kFormatDelta));
+  }
+  const bool delta = p.format == kFormatDelta;
+  if (delta && p.chunk_size % kReuseBlockSize != 0) {
+    return bad("frame size " + std::to_string(p.chunk_size) + " is not a multiple of " +
+               std::to_string(kReuseBlockSize) + " (the reuse index's block size)");
+  }
   if (p.zstd_level < 1 || p.zstd_level > ZSTD_maxCLevel()) {
     return bad("zstd level " + std::to_string(p.zstd_level) + " outside [1, " +
                std::to_string(ZSTD_maxCLevel()) + "]");
@@ -289,6 +299,7 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
   ::posix_fadvise(in.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
 
   Manifest m;
+  m.format = p.format;
   m.type = p.type;
   m.version = p.version;
   m.compatible = p.compatible;
@@ -306,6 +317,7 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
   std::vector<std::uint8_t> raw(p.chunk_size);
   std::vector<std::uint8_t> packed(ZSTD_compressBound(p.chunk_size));
   Sha256 whole;
+  std::vector<BlockHash> block_hashes;  // format 2: 8 bytes per 4 KiB of payload
   std::uint64_t offset = 0;
   for (;;) {
     SAG_TRY(const auto n, ReadFull(in.get(), raw, p.payload.string()));
@@ -319,6 +331,12 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
     }
     SAG_TRY_STATUS(WriteAll(zst.get(), std::span(packed).first(z), zst_tmp.path().string()));
     whole.Update(data);
+    if (delta) {
+      for (std::size_t at = 0; at < n; at += kReuseBlockSize) {
+        block_hashes.push_back(
+            HashBlock(data.subspan(at, std::min<std::size_t>(kReuseBlockSize, n - at))));
+      }
+    }
     m.chunks.push_back(
         Chunk{offset, z, n, Sha256::Of(data), Sha256::Of(std::span(packed).first(z))});
     offset += z;
@@ -329,6 +347,18 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
     if (n < raw.size()) break;
   }
   m.payload_sha256 = whole.Final();
+  if (delta && !m.chunks.empty()) {
+    // The reuse index goes after the last frame, inside payload.zst.
+    SAG_TRY(const auto stored, EncodeReuseIndex(block_hashes, p.zstd_level));
+    SAG_TRY_STATUS(WriteAll(zst.get(), Bytes(stored), zst_tmp.path().string()));
+    m.reuse = ReuseIndexInfo{kReuseBlockSize,
+                             kReuseHashBytes,
+                             offset,
+                             stored.size(),
+                             block_hashes.size() * kReuseHashBytes,
+                             Sha256::Of(std::string_view(stored))};
+    offset += stored.size();
+  }
 
   // The manifest must pass the reader's own checks before it is signed.
   const std::string json = SerializeManifest(m);

@@ -25,7 +25,10 @@ struct CreateParams {
   std::filesystem::path key;    // PEM private key of the signer
   std::filesystem::path cert;   // PEM signer certificate
   std::filesystem::path chain;  // optional PEM intermediates, carried in the signature
-  std::uint64_t chunk_size = kDefaultChunkSize;
+  // kFormatVersion (1), or kFormatDelta (2: frames plus a reuse index for
+  // delta downloads, docs/delta.md). Format 2 needs agents that read it.
+  int format = kFormatVersion;
+  std::uint64_t chunk_size = kDefaultChunkSize;  // the frame size in format 2
   int zstd_level = 3;
   std::optional<std::string> build_time;  // default: now, ISO 8601 UTC
   std::filesystem::path output;

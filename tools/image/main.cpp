@@ -18,6 +18,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/image/delta.h"
 #include "common/image/image.h"
 #include "common/image/image_writer.h"
 #include "common/image/pki.h"
@@ -32,8 +33,11 @@ constexpr const char* kUsage = R"(usage:
   sag-image create --type Device|Dpi --version V --compatible MODEL [--compatible MODEL...]
                    --payload FILE --key KEY.pem --cert CERT.pem [--chain CHAIN.pem]
                    [--chunk-size BYTES] [--level N] [--build-time YYYY-MM-DDTHH:MM:SSZ] --output FILE
+                   [--format 1|2] [--frame-size BYTES]   (format 2: delta-ready, docs/delta.md)
   sag-image verify --ca ROOT.pem [--now EPOCH] FILE
   sag-image inspect FILE [--json]
+  sag-image delta-plan --ca ROOT.pem [--now EPOCH] FILE --local SOURCE [--local SOURCE...]
+                   [--max-gap BYTES] [--max-request BYTES] [--no-zero-blocks] [--json]
   sag-image extract --ca ROOT.pem [--now EPOCH] FILE --output PAYLOAD
   sag-image pki init DIR [--device SERIAL...]
   sag-image pki signer DIR NAME [--flaw none|expired|not-yet-valid|no-codesign|other-root]
@@ -138,8 +142,25 @@ int Create(const Args& a) {
       p.cert.empty() || p.output.empty()) {
     return Usage("create needs --version, --compatible, --payload, --key, --cert and --output");
   }
-  if (const auto cs = a.Get("chunk-size"); !cs.empty()) {
-    auto v = ParseU64(cs, "--chunk-size");
+  // Format 1 stays the default: agents that predate format 2 refuse it
+  // (ManifestVersion), so a fleet moves to it only once its agents read it.
+  const auto fs = a.Get("frame-size");
+  if (const auto f = a.Get("format"); !f.empty()) {
+    auto v = ParseU64(f, "--format");
+    if (!v) return Fail(v.error());
+    p.format = static_cast<int>(std::min<std::uint64_t>(*v, 1000));
+  } else if (!fs.empty()) {
+    p.format = kFormatDelta;
+  }
+  if (p.format == kFormatDelta) {
+    p.chunk_size = kDefaultFrameSize;
+    p.zstd_level = kDefaultFrameLevel;  // small frames need it (docs/delta.md); slower builds
+  }
+  const auto cs = a.Get("chunk-size");
+  if (!cs.empty() && !fs.empty()) return Usage("give --chunk-size or --frame-size, not both");
+  if (!fs.empty() && p.format != kFormatDelta) return Usage("--frame-size needs --format 2");
+  if (!cs.empty() || !fs.empty()) {
+    auto v = ParseU64(cs.empty() ? fs : cs, cs.empty() ? "--frame-size" : "--chunk-size");
     if (!v) return Fail(v.error());
     p.chunk_size = *v;
   }
@@ -179,13 +200,22 @@ int Verify(const Args& a) {
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const auto& m = (*header)->manifest;
+  std::string reuse;
+  if (m.reuse) {
+    // The reader checked the stored index's signed hash; this also checks
+    // that it decodes to one hash per block.
+    auto index = ReadReuseIndex(a.positional[0], **header);
+    if (!index) return Fail(index.error());
+    reuse = " (format 2, reuse index of " + std::to_string(index->size()) + " blocks)";
+  }
   const double mib = static_cast<double>(m.payload_size) / (1024.0 * 1024.0);
   std::printf(
-      "OK %s: %s %s, %zu chunks, %.1f MiB verified in %.3f s (%.0f MiB/s), peak RSS %ld KiB\n"
+      "OK %s: %s %s, %zu %s%s, %.1f MiB verified in %.3f s (%.0f MiB/s), peak RSS %ld "
+      "KiB\n"
       "signer: %s\n",
       a.positional[0].c_str(), std::string(ImageTypeName(m.type)).c_str(), m.version.c_str(),
-      m.chunks.size(), mib, secs, secs > 0 ? mib / secs : 0.0, PeakRssKib(),
-      (*header)->signer.subject.c_str());
+      m.chunks.size(), m.reuse ? "frames" : "chunks", reuse.c_str(), mib, secs,
+      secs > 0 ? mib / secs : 0.0, PeakRssKib(), (*header)->signer.subject.c_str());
   return 0;
 }
 
@@ -209,7 +239,9 @@ int Inspect(const Args& a) {
     nlohmann::json j;
     j["manifest"] = nlohmann::json::parse(h->manifest_json);
     j["manifest"].erase("chunks");
+    j["manifest"].erase("frames");
     j["chunks"] = m->chunks.size();
+    j["format"] = m->format;
     j["signer"] = subject;
     j["verified"] = false;
     j["payload_offset"] = h->payload_offset;
@@ -236,6 +268,105 @@ int Inspect(const Args& a) {
       static_cast<unsigned long long>(h->payload_stored_size),
       static_cast<unsigned long long>(h->payload_offset), ratio,
       static_cast<unsigned long long>(total));
+  if (m->reuse) {
+    std::printf(
+        "format:       2 (frames of %llu bytes)\nreuse index:  %llu hashes of %llu bytes "
+        "per %llu-byte block, stored in %llu bytes at payload offset %llu\n",
+        static_cast<unsigned long long>(m->chunk_size),
+        static_cast<unsigned long long>(m->reuse->size / m->reuse->hash_bytes),
+        static_cast<unsigned long long>(m->reuse->hash_bytes),
+        static_cast<unsigned long long>(m->reuse->block_size),
+        static_cast<unsigned long long>(m->reuse->length),
+        static_cast<unsigned long long>(m->reuse->offset));
+  } else {
+    std::printf("format:       %d\n", m->format);
+  }
+  return 0;
+}
+
+// Verifies a format 2 image's header and reuse index and prints what a
+// device holding the --local sources would download (docs/delta.md).
+int DeltaPlanCmd(const Args& a) {
+  if (a.positional.size() != 1) return Usage("delta-plan takes one FILE");
+  auto trust = TrustFrom(a);
+  if (!trust) return Fail(trust.error());
+  DeltaOptions opt;
+  if (const auto g = a.Get("max-gap"); !g.empty()) {
+    auto v = ParseU64(g, "--max-gap");
+    if (!v) return Fail(v.error());
+    opt.max_gap = *v;
+  }
+  if (const auto r = a.Get("max-request"); !r.empty()) {
+    auto v = ParseU64(r, "--max-request");
+    if (!v) return Fail(v.error());
+    opt.max_request = *v;
+  }
+  opt.zero_blocks = !a.Has("no-zero-blocks");
+  std::vector<LocalSource> sources;
+  for (const auto& l : a.All("local")) sources.push_back(LocalSource{l, std::nullopt});
+  auto src = FileSource::Open(a.positional[0]);
+  if (!src) return Fail(src.error());
+  ImageReader reader(**src, *trust);
+  auto header = reader.ReadHeader();
+  if (!header) return Fail(header.error());
+  const auto& m = (*header)->manifest;
+  auto index = ReadReuseIndex(a.positional[0], **header);
+  if (!index) return Fail(index.error());
+  const auto start = std::chrono::steady_clock::now();
+  auto plan = PlanDelta(m, *index, sources, opt);
+  if (!plan) return Fail(plan.error());
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto& p = *plan;
+  // What a delta costs beyond the frames: the signed header (one request,
+  // the container up to the payload) and the reuse index (one request).
+  const std::uint64_t header_bytes = (*header)->payload_offset;
+  const std::uint64_t total = p.request_bytes + p.index_bytes + header_bytes;
+  const double share = p.full_bytes == 0 ? 0.0
+                                         : 100.0 * static_cast<double>(total) /
+                                               static_cast<double>(p.full_bytes + header_bytes);
+  if (a.Has("json")) {
+    nlohmann::json j = {
+        {"frames", m.chunks.size()},
+        {"frame_size", m.chunk_size},
+        {"frames_local", p.frames_local},
+        {"frames_rejected", p.frames_rejected},
+        {"frames_download", p.frames_download},
+        {"blocks", p.blocks_total},
+        {"blocks_found", p.blocks_found},
+        {"frame_bytes", p.frame_bytes},
+        {"request_bytes", p.request_bytes},
+        {"requests", p.requests.size()},
+        {"index_bytes", p.index_bytes},
+        {"header_bytes", header_bytes},
+        {"download_bytes", total},
+        {"full_bytes", p.full_bytes + header_bytes},
+        {"download_percent", share},
+        {"local_read_bytes", p.local_read_bytes},
+        {"seconds", secs},
+        {"peak_rss_kib", PeakRssKib()},
+    };
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::printf(
+      "frames:     %zu of %llu bytes: %llu local (verified), %llu rejected, %llu to download\n"
+      "blocks:     %llu of %llu found locally\n"
+      "download:   %llu bytes = frames %llu + bridged gaps %llu + reuse index %llu + header %llu\n"
+      "            in %zu range requests + 2 (header, index): %.2f %% of the full image "
+      "(%llu bytes)\n"
+      "planned in %.3f s reading %llu local bytes, peak RSS %ld KiB\n",
+      m.chunks.size(), static_cast<unsigned long long>(m.chunk_size),
+      static_cast<unsigned long long>(p.frames_local),
+      static_cast<unsigned long long>(p.frames_rejected),
+      static_cast<unsigned long long>(p.frames_download),
+      static_cast<unsigned long long>(p.blocks_found),
+      static_cast<unsigned long long>(p.blocks_total), static_cast<unsigned long long>(total),
+      static_cast<unsigned long long>(p.frame_bytes),
+      static_cast<unsigned long long>(p.request_bytes - p.frame_bytes),
+      static_cast<unsigned long long>(p.index_bytes), static_cast<unsigned long long>(header_bytes),
+      p.requests.size(), share, static_cast<unsigned long long>(p.full_bytes + header_bytes), secs,
+      static_cast<unsigned long long>(p.local_read_bytes), PeakRssKib());
   return 0;
 }
 
@@ -335,12 +466,13 @@ int main(int argc, char** argv) {
     std::cout << kUsage;
     return 0;
   }
-  auto args = ParseArgs(argc, argv, 2, {"json"});
+  auto args = ParseArgs(argc, argv, 2, {"json", "no-zero-blocks"});
   if (!args) return Usage(args.error().message());
   if (cmd == "create") return Create(*args);
   if (cmd == "verify") return Verify(*args);
   if (cmd == "inspect") return Inspect(*args);
   if (cmd == "extract") return Extract(*args);
+  if (cmd == "delta-plan") return DeltaPlanCmd(*args);
   if (cmd == "pki") return Pki(*args);
   return Usage("unknown command '" + cmd + "'");
 }

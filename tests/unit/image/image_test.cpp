@@ -671,7 +671,9 @@ TEST_F(ImageTest, SignedButAbsurdManifestsAreRefused) {
        Errc::kManifestLimits},
       {"a chunk missing", [](auto& j) { j["chunks"].erase(j["chunks"].size() - 1); },
        Errc::kManifestLimits},
-      {"format 2", [](auto& j) { j["format"] = 2; }, Errc::kManifestVersion},
+      {"format 3", [](auto& j) { j["format"] = 3; }, Errc::kManifestVersion},
+      // Format 2 is known (docs/delta.md): a format 1 body under its number is malformed.
+      {"format 2 with a format 1 body", [](auto& j) { j["format"] = 2; }, Errc::kManifestMalformed},
       {"type Bios", [](auto& j) { j["type"] = "Bios"; }, Errc::kManifestMalformed},
       {"bad version", [](auto& j) { j["version"] = "1.2.3.4.5"; }, Errc::kManifestMalformed},
       {"gap between chunks", [](auto& j) { j["chunks"][1]["offset"] = 1; },

@@ -104,6 +104,45 @@ out=$("$bin" verify --ca pki/root-ca.pem mode.img 2>&1); rc=$?
 set -e
 [[ $rc == 1 && $out == *E215* && $out == *mode* ]] || fail "a recomputed tar header: rc=$rc $out"
 
+# Format 2 (docs/delta.md): frames plus a reuse index. verify checks and
+# decodes the index, inspect shows it, and delta-plan against the payload
+# itself finds every frame locally; against nothing but zero blocks, none.
+"$bin" create --type Device --version 2.4.0 --compatible sag-1000 --payload payload.bin \
+  --key pki/signer.key --cert pki/signer.pem --chain pki/signer-chain.pem \
+  --format 2 --frame-size 16384 --output v2.img >/dev/null
+"$bin" verify --ca pki/root-ca.pem v2.img | grep -q '^OK v2.img: Device 2.4.0, 36 frames (format 2, reuse index of 144 blocks)' \
+  || fail "verify of a format 2 image: $("$bin" verify --ca pki/root-ca.pem v2.img 2>&1)"
+"$bin" inspect v2.img | grep -q '^reuse index:  144 hashes of 8 bytes per 4096-byte block' \
+  || fail "inspect of a format 2 image"
+"$bin" inspect v2.img --json | python3 -c '
+import json, sys
+j = json.load(sys.stdin)
+assert j["format"] == 2 and j["chunks"] == 36, j
+assert "frames" not in j["manifest"] and j["manifest"]["reuse"]["block_size"] == 4096, j
+'
+"$bin" extract --ca pki/root-ca.pem v2.img --output v2.bin >/dev/null
+cmp v2.bin payload.bin || fail "extract of a format 2 image changed the payload"
+"$bin" delta-plan --ca pki/root-ca.pem v2.img --local payload.bin --json | python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+assert p["frames_local"] == 36 and p["frames_download"] == 0 and p["requests"] == 0, p
+'
+"$bin" delta-plan --ca pki/root-ca.pem v2.img --json | python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+assert p["frames_local"] == 0 and p["frames_download"] == 36, p
+assert p["requests"] == 1 and p["request_bytes"] == p["frame_bytes"], p  # adjacent frames merge
+'
+set +e
+out=$("$bin" create --type Device --version 2.4.0 --compatible sag-1000 --payload payload.bin \
+  --key pki/signer.key --cert pki/signer.pem --frame-size 10000 --output odd.img 2>&1); rc=$?
+set -e
+[[ $rc == 1 && $out == *"multiple of 4096"* && ! -e odd.img ]] || fail "odd frame size: rc=$rc $out"
+set +e
+out=$("$bin" delta-plan --ca pki/root-ca.pem db.img --local payload.bin 2>&1); rc=$?
+set -e
+[[ $rc == 1 && $out == *"no reuse index"* ]] || fail "delta-plan of a format 1 image: rc=$rc $out"
+
 # Usage errors exit 2.
 set +e
 "$bin" create --type Bios >/dev/null 2>&1; rc=$?
