@@ -890,7 +890,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   } else {
     const auto total = static_cast<std::uint64_t>(m.chunks.size());
     for (std::size_t t = 0; t < kMediumThreads && first_unverified + t < total; ++t) {
-      verify_threads.emplace_back([&, t] {
+      verify_threads.emplace_back([&, t, total] {
         AlignedBuffer piece(std::min<std::uint64_t>(kMediumPiece, m.chunk_size));
         for (std::uint64_t i = first_unverified + t; i < total; i += kMediumThreads) {
           {
@@ -899,16 +899,17 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
             if (stopped) return;
           }
           auto st = ReadBackChunk(record, m, *slot, i, piece.span(), true, &times);
+          const bool ok = static_cast<bool>(st);
           {
             const std::lock_guard lock(verified_mu);
-            if (!st) {
+            if (!ok) {
               if (!verify_error) verify_error = std::move(st).error();
             } else {
               medium_next.at(t) = i + kMediumThreads;
               verified = std::min(total, *std::min_element(medium_next.begin(), medium_next.end()));
             }
           }
-          if (!st) {
+          if (!ok) {
             stop_all();
             return;
           }
