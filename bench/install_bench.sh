@@ -1,142 +1,239 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): Device OS install throughput and peak memory of
-# `sag-agent install` into file-backed slots, next to the machine's own limits
-# measured in the same run and next to SWUpdate (Debian's swupdate, raw
-# handler) installing the same payload into a file. sag-agent runs twice: with
-# boot.read_back: medium (the default: the slot read back from the device with
-# O_DIRECT before the trial boot) and with boot.read_back: cache.
-#   bench/install_bench.sh [BUILD_DIR] [SIZES_MIB...]     default: build/release 256 1024
+# Benchmark (not a test): how fast `sag-agent install` writes a Device image
+# into a slot (boot.read_back: medium, the default), next to the slowest
+# single stage of an install measured in the same run on the same target, and
+# next to SWUpdate (Debian's swupdate, raw handler, streamed with
+# installed-directly, zstd for the compressible payloads, `sync` inside its
+# time: it closes the slot without fsync, and an install is not done before
+# its data is durable).
+#
+#   bench/install_bench.sh [BUILD_DIR] [SIZE_MIB]     default: build/release 256
+#
+# Environment (each a list; defaults in brackets):
+#   SAG_BENCH_SLOTS     [tmpfs loop file]  tmpfs: a loop device over a file in
+#                       /dev/shm; loop: a loop device over a file on disk
+#                       (the work dir); file: a regular file on disk
+#   SAG_BENCH_PAYLOADS  [random half ext4] ext4: a file system of real files
+#                       (mkfs.ext4 -d of a part of /usr), half: half random
+#   SAG_BENCH_INPUTS    [warm cold]   cold: the page cache dropped before each
+#                       command (root), the programs loaded again
+#   SAG_BENCH_REPS      [5]           rounds; each round runs every command
+#                       once, in turn, so each ratio is taken within a round
+#   SAG_BENCH_DIR       work dir (on disk; default mktemp in /var/tmp)
+#
+# Each command is timed by its wall clock from start to exit. Per case the
+# script prints medians and [min-max] over the rounds, and the ratios as
+# medians of the per-round ratios:
+#   share   = slowest stage / sag-agent, the stages being `dd bs=1M
+#             conv=fsync` of the payload to the same slot, `openssl dgst
+#             -sha256` of the payload and `zstd -d` of the payload (-3) to
+#             /dev/null, each from the same input (cold or warm)
+#   x SWU   = SWUpdate (+ sync) / sag-agent
+# The agent's time includes its start; the start alone (`sag-agent
+# --version`, the shared libraries loaded) is printed separately, with the
+# share without it ("job"). The agent's own per-stage log line (wall/CPU of
+# read, decompress, hash, write, flush, read-back, hash-back) is printed for
+# the last round of each case.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
-build="$(cd "${1:-$src/build/release}" && pwd)"; shift || true
-sizes=("${@:-256 1024}"); read -r -a sizes <<<"${sizes[*]}"
+build="$(cd "${1:-$src/build/release}" && pwd)"
+mib="${2:-256}"
+read -r -a slots <<<"${SAG_BENCH_SLOTS:-tmpfs loop file}"
+read -r -a payloads <<<"${SAG_BENCH_PAYLOADS:-random half ext4}"
+read -r -a inputs <<<"${SAG_BENCH_INPUTS:-warm cold}"
+REPS="${SAG_BENCH_REPS:-5}"
 SAG_DEPS_BENCH=1 "$src/tools/deps.sh"
 command -v cpio >/dev/null || apt-get install -y -qq cpio >/dev/null
 agent="$build/agent/sag-agent"; image="$build/tools/image/sag-image"; sim="$build/tools/sim/sag-sim"
 work="${SAG_BENCH_DIR:-$(mktemp -d /var/tmp/sag-bench.XXXXXX)}"
-trap 'rm -rf "$work"' EXIT
+shm="$(mktemp -d /dev/shm/sag-bench.XXXXXX)"
+loops=()
+cleanup() {
+  for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  rm -rf "$work" "$shm"
+}
+trap cleanup EXIT
 "$image" pki init "$work/pki" >/dev/null
 cat "$work/pki/intermediate-ca.pem" "$work/pki/root-ca.pem" > "$work/ca-chain.pem"
+bytes=$((mib << 20))
+root=$([[ $(id -u) == 0 ]] && echo 1 || echo 0)
+if [[ $root == 0 ]]; then
+  echo "not root: no loop devices, no cold input"; slots=(file); inputs=(warm)
+fi
+have_swu=0; command -v swupdate >/dev/null && have_swu=1
 
-mibps() { python3 -c "import sys; print(f'{$1 / 1048576 / $2:.0f}')"; }
-peak_kib() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1"; }
-wall_s() { python3 - "$1" <<'PY'
-import re, sys
-t = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", open(sys.argv[1]).read()).group(1)
-parts = [float(p) for p in t.split(":")]
-s = 0.0
-for p in parts: s = s * 60 + p
-print(s)
-PY
+now() { echo "$EPOCHREALTIME"; }
+secs() { python3 -c "print(f'{$2 - $1:.4f}')"; }
+# Prepares the page cache for the next command: cold drops it (the input is
+# read from disk), then loads the programs again (an appliance runs the agent
+# as a daemon; a cold start of its shared libraries is not part of writing a
+# slot, and is measured on its own); warm reads the input into it.
+prepare() {
+  local input=$1; shift
+  if [[ $input == cold ]]; then
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    dd --version >/dev/null; "$agent" --version >/dev/null; openssl version >/dev/null
+    zstd --version >/dev/null; [[ $have_swu == 0 ]] || swupdate -h >/dev/null 2>&1 || true
+  else
+    cat "$@" >/dev/null
+  fi
 }
-
-REPS="${SAG_BENCH_REPS:-3}"
-echo "== $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); each figure the median of $REPS runs"
-sha=$(openssl speed -evp sha256 -bytes 1048576 -seconds 3 2>/dev/null | awk '/^sha256/ {print $NF}' | tr -d k)
-sha_mibps=$(python3 -c "print(f'{float(\"$sha\") * 1000 / 1048576:.0f}')")
-echo "sha256 (openssl speed -evp sha256, 1 MiB blocks): $sha_mibps MiB/s"
-
-# Every writer gets the same target: a file of the slot size whose blocks are
-# already written (as a partition is; a fresh fallocate'd file would charge
-# the first writer with converting its extents), with nothing of it cached,
-# and its input read into the page cache first (in the field the image comes
-# from the network, not from the slot's disk). The writers' own programs are
-# loaded once after the caches are dropped: on an appliance the agent runs as
-# a daemon, and a cold start of its 23 shared libraries (50-60 ms on the test
-# VM, 10 % of a 256 MiB install) is not part of writing a slot.
-prewrite() { dd if=/dev/zero of="$1" bs=1M count="$2" conv=fsync,notrunc status=none; }
-cold() {
-  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; cat "$@" >/dev/null
-  dd --version >/dev/null; "$agent" --version >/dev/null; swupdate -h >/dev/null 2>&1 || true
+stats() {  # median [min-max] of its arguments
+  printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m=a[int((NR+1)/2)]; printf "%.3f [%.3f-%.3f]", m, a[1], a[NR]}'
 }
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-max() { printf '%s\n' "$@" | sort -n | tail -1; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]}'; }
+spread() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {printf "%.2f-%.2f", a[1], a[NR]}'; }
 
-for kind in random compressible; do
-  for mib in "${sizes[@]}"; do
-    bytes=$((mib << 20))
-    payload="$work/payload-$kind-$mib"
-    if [[ $kind == random ]]; then
-      head -c "$bytes" /dev/urandom > "$payload"
-    else
-      python3 - "$payload" "$mib" <<'PY'
+make_payload() {  # KIND FILE
+  case $1 in
+    random) head -c "$bytes" /dev/urandom > "$2" ;;
+    half)
+      python3 - "$2" "$mib" <<'PY'
 import os, sys
 path, mib = sys.argv[1], int(sys.argv[2])
 with open(path, "wb") as f:
     for i in range(mib):  # each MiB: half text, half random (zstd ratio about 2)
         f.write((f"rootfs block {i} ".encode() * 40000)[:1 << 19] + os.urandom(1 << 19))
 PY
-    fi
-    img="$work/img-$kind-$mib.sagimg"
-    "$image" create --type Device --version 1.0.1 --compatible sag-1000 --payload "$payload" \
-      --key "$work/pki/signer.key" --cert "$work/pki/signer.pem" --chain "$work/pki/signer-chain.pem" \
-      --output "$img" >/dev/null
-    zstd_line=$(zstd -b3 -i2 "$payload" 2>&1 | tr '\r' '\n' | grep -E 'MB/s' | tail -1)
-    zstd_d=$(echo "$zstd_line" | sed -E 's/.*, *([0-9.]+) MB\/s *$/\1/')
-    zstd_mibps=$(python3 -c "print(f'{float(\"$zstd_d\") * 1e6 / 1048576:.0f}')")
+      ;;
+    ext4)
+      # Real files (libraries, data, text) up to 80 % of the size, as a root
+      # file system image would hold them; the rest of it free (zeros).
+      local tree="$work/tree"; rm -rf "$tree"; mkdir -p "$tree"
+      python3 - "$((bytes * 8 / 10))" > "$work/files" <<'PY'
+import os, sys
+want, total = int(sys.argv[1]), 0
+for top in ("/usr/lib/x86_64-linux-gnu", "/usr/share", "/usr/bin", "/usr/lib"):
+    for d, _, files in os.walk(top):
+        for f in sorted(files):
+            p = os.path.join(d, f)
+            try:
+                if os.path.islink(p) or not os.path.isfile(p): continue
+                s = os.path.getsize(p)
+            except OSError: continue
+            if s > (8 << 20) or total + s > want: continue
+            total += s; print(p)
+        if total > want * 0.98: sys.exit(0)
+PY
+      tar -cf - -T "$work/files" 2>/dev/null | tar -xf - -C "$tree"
+      rm -f "$2"; truncate -s "$bytes" "$2"
+      mkfs.ext4 -q -F -b 4096 -E root_owner=0:0 -d "$tree" "$2"
+      rm -rf "$tree"
+      ;;
+  esac
+}
 
-    # SWUpdate: a signed .swu (sw-description + CMS signature + the raw image).
-    swu="$work/swu-$kind-$mib"; mkdir -p "$swu"; cp "$payload" "$swu/rootfs.img"
-    digest=$(sha256sum "$payload" | cut -d' ' -f1)
+make_target() {  # KIND: sets target[KIND] to the slot's path
+  case $1 in
+    file) target[$1]="$work/slot-file.img"; truncate -s "$bytes" "${target[$1]}" ;;
+    loop|tmpfs)
+      local dir; dir=$([[ $1 == loop ]] && echo "$work" || echo "$shm")
+      truncate -s "$bytes" "$dir/slot-$1.img"
+      target[$1]=$(losetup -f --show "$dir/slot-$1.img"); loops+=("${target[$1]}") ;;
+  esac
+}
+
+printf '== %s: %d cores, %s MiB payloads, %d rounds, load average %s\n' "$(date -u +%FT%TZ)" \
+  "$(nproc)" "$mib" "$REPS" "$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $("$agent" --version 2>&1 | head -1); SWUpdate $(dpkg-query -W -f '${Version}' swupdate 2>/dev/null || echo 'not installed')"
+declare -A target
+for s in "${slots[@]}"; do
+  make_target "$s"
+  dd if=/dev/zero of="${target[$s]}" bs=1M count="$mib" conv=fsync,notrunc status=none  # blocks written once
+done
+
+for kind in "${payloads[@]}"; do
+  payload="$work/payload-$kind"
+  make_payload "$kind" "$payload"
+  zstd -q -3 -f "$payload" -o "$payload.zst"
+  img="$work/img-$kind.sagimg"
+  "$image" create --type Device --version 1.0.1 --compatible sag-1000 --payload "$payload" \
+    --key "$work/pki/signer.key" --cert "$work/pki/signer.pem" --chain "$work/pki/signer-chain.pem" \
+    --output "$img" >/dev/null
+  echo "== payload $kind: $(du -m "$payload.zst" | cut -f1) MiB as zstd -3, image $(du -m "$img" | cut -f1) MiB"
+  for s in "${slots[@]}"; do
+    tgt=${target[$s]}
+    # SWUpdate: a signed .swu (sw-description + CMS signature + the image),
+    # streamed into the slot (installed-directly), zstd for compressible data.
+    swu="$work/swu"; rm -rf "$swu"; mkdir -p "$swu"
+    if [[ $kind == random ]]; then
+      file=rootfs.img; ln "$payload" "$swu/$file"; comp=""
+    else
+      file=rootfs.img.zst; ln "$payload.zst" "$swu/$file"; comp='compressed = "zstd";'
+    fi
+    digest=$(sha256sum "$swu/$file" | cut -d' ' -f1)
     cat > "$swu/sw-description" <<SWD
-software = { version = "1.0.1"; hardware-compatibility = [ "1.0" ]; images: ( { filename = "rootfs.img"; device = "$work/swslot"; type = "raw"; sha256 = "$digest"; } ); }
+software = { version = "1.0.1"; hardware-compatibility = [ "1.0" ]; images: ( { filename = "$file"; device = "$tgt"; type = "raw"; sha256 = "$digest"; installed-directly = true; $comp } ); }
 SWD
-    openssl cms -sign -in "$swu/sw-description" -out "$swu/sw-description.sig" -signer "$work/pki/signer.pem" \
-      -inkey "$work/pki/signer.key" -certfile "$work/pki/intermediate-ca.pem" -outform DER -nosmimecap -binary
-    (cd "$swu" && printf '%s\n' sw-description sw-description.sig rootfs.img | cpio -o -H crc --quiet > "$work/update.swu")
+    openssl cms -sign -in "$swu/sw-description" -out "$swu/sw-description.sig" \
+      -signer "$work/pki/signer.pem" -inkey "$work/pki/signer.key" \
+      -certfile "$work/pki/intermediate-ca.pem" -outform DER -nosmimecap -binary
+    (cd "$swu" && printf '%s\n' sw-description sw-description.sig "$file" |
+      cpio -o -H crc --quiet > "$work/update.swu")
     rm -rf "$swu"
 
-    dev="$work/dev-$kind-$mib"
+    dev="$work/dev"; rm -rf "$dev"
     "$sim" init "$dev" --slot-size "$bytes" --root-ca "$work/pki/root-ca.pem" >/dev/null
     echo "console=ttyS0 sag.slot=A" > "$dev/cmdline"
-    sed -i 's/level: debug/level: warn/' "$dev/agent.yaml"
-    sed 's/^boot:$/boot:\n  read_back: cache/' "$dev/agent.yaml" > "$dev/agent-cache.yaml"
-    grep -q 'read_back: cache' "$dev/agent-cache.yaml"
-    prewrite "$dev/slot-b.img" "$mib"
-    truncate -s "$bytes" "$work/ddslot" "$work/swslot"
-    prewrite "$work/ddslot" "$mib"; prewrite "$work/swslot" "$mib"
+    sed -i -e 's/level: debug/level: info/' -e "s|\"$dev/slot-b.img\"|\"$tgt\"|" \
+      -e "s|'$dev/slot-b.img'|'$tgt'|" -e "s|device: $dev/slot-b.img|device: $tgt|" "$dev/agent.yaml"
+    grep -q "$tgt" "$dev/agent.yaml" || { echo "could not point slot B at $tgt"; exit 1; }
+    rm -f "$dev/slot-b.img"
 
-    dd_r=(); sag_r=(); sag_m=(); sagc_r=(); swu_r=(); swu_m=()
-    for ((rep = 1; rep <= REPS; rep++)); do
-      # The machine's sequential write with fsync, same payload, same kind of target.
-      cold "$payload"
-      ddout=$( { /usr/bin/time -f '%e' dd if="$payload" of="$work/ddslot" bs=1M conv=fsync,notrunc status=none; } 2>&1 )
-      dd_r+=("$(mibps "$bytes" "$ddout")")
+    for input in "${inputs[@]}"; do
+      t_dd=(); t_sha=(); t_zstd=(); t_start=(); t_sag=(); t_swu=(); rss_sag=(); rss_swu=()
+      share=(); share_job=(); factor=(); loads=()
+      for ((rep = 1; rep <= REPS; rep++)); do
+        loads+=("$(cut -d' ' -f1 /proc/loadavg)")
+        prepare "$input" "$payload"
+        a=$(now); dd if="$payload" of="$tgt" bs=1M conv=fsync,notrunc status=none; b=$(now)
+        t_dd+=("$(secs "$a" "$b")")
+        prepare "$input" "$payload"
+        a=$(now); openssl dgst -sha256 "$payload" >/dev/null; b=$(now); t_sha+=("$(secs "$a" "$b")")
+        prepare "$input" "$payload.zst"
+        a=$(now); zstd -q -d -c "$payload.zst" >/dev/null; b=$(now); t_zstd+=("$(secs "$a" "$b")")
+        a=$(now); "$agent" --version >/dev/null; b=$(now); t_start+=("$(secs "$a" "$b")")
 
-      rm -rf "$dev/state"; mkdir -p "$dev/state"
-      cold "$img"
-      /usr/bin/time -v -o "$work/time-sag" "$agent" install "$img" --config "$dev/agent.yaml" \
-        --no-reboot --id "bench-$kind-$mib-$rep" >/dev/null
-      sag_r+=("$(mibps "$bytes" "$(wall_s "$work/time-sag")")"); sag_m+=("$(peak_kib "$work/time-sag")")
-      rm -rf "$dev/state"; mkdir -p "$dev/state"
-      cold "$img"
-      /usr/bin/time -v -o "$work/time-sagc" "$agent" install "$img" --config "$dev/agent-cache.yaml" \
-        --no-reboot --id "bench-cache-$kind-$mib-$rep" >/dev/null
-      sagc_r+=("$(mibps "$bytes" "$(wall_s "$work/time-sagc")")")
+        rm -rf "$dev/state"; mkdir -p "$dev/state"
+        prepare "$input" "$img"
+        a=$(now)
+        /usr/bin/time -f '%M' -o "$work/rss" "$agent" install "$img" --config "$dev/agent.yaml" \
+          --no-reboot --id "bench-$kind-$s-$input-$rep" >/dev/null 2>"$work/agent.log"
+        b=$(now); t_sag+=("$(secs "$a" "$b")"); rss_sag+=("$(tail -1 "$work/rss")")
 
-      # SWUpdate checks the signer against the -k file alone (it does not take
-      # intermediates from the CMS), so that file holds the whole chain; -H
-      # gives the board revision that hardware-compatibility names.
-      cold "$work/update.swu"
-      if /usr/bin/time -v -o "$work/time-swu" swupdate -k "$work/ca-chain.pem" --cert-purpose codeSigning \
-          -H sag-bench:1.0 -M -i "$work/update.swu" >"$work/swu.log" 2>&1; then
-        swu_r+=("$(mibps "$bytes" "$(wall_s "$work/time-swu")")"); swu_m+=("$(peak_kib "$work/time-swu")")
-      else
-        tail -3 "$work/swu.log"; swu_r+=(0); swu_m+=(0)
+        if [[ $have_swu == 1 ]]; then
+          prepare "$input" "$work/update.swu"
+          a=$(now)
+          if /usr/bin/time -f '%M' -o "$work/rss" swupdate -k "$work/ca-chain.pem" \
+              --cert-purpose codeSigning -H sag-bench:1.0 -M -i "$work/update.swu" \
+              >"$work/swu.log" 2>&1 && sync; then
+            b=$(now); t_swu+=("$(secs "$a" "$b")"); rss_swu+=("$(tail -1 "$work/rss")")
+          else
+            tail -3 "$work/swu.log"; have_swu=0
+          fi
+        fi
+        read -r w_dd w_sha w_zstd w_start w_sag <<<"${t_dd[-1]} ${t_sha[-1]} ${t_zstd[-1]} ${t_start[-1]} ${t_sag[-1]}"
+        slow=$(python3 -c "print(max($w_dd, $w_sha, $w_zstd))")
+        share+=("$(python3 -c "print($slow / $w_sag)")")
+        share_job+=("$(python3 -c "print($slow / max($w_sag - $w_start, 1e-3))")")
+        [[ $have_swu == 0 ]] || factor+=("$(python3 -c "print(${t_swu[-1]} / $w_sag)")")
+      done
+      rate=$(python3 -c "print(f'{$mib / $(median "${t_sag[@]}"):.0f}')")
+      printf '%-6s %-5s %-4s sag-agent %s s (%s MiB/s), start %s s, peak RSS %s KiB\n' "$kind" "$s" \
+        "$input" "$(stats "${t_sag[@]}")" "$rate" "$(stats "${t_start[@]}")" \
+        "$(printf '%s\n' "${rss_sag[@]}" | sort -n | tail -1)"
+      printf '%17s stages: dd+fsync %s, sha256 %s, zstd -d %s s\n' "" "$(stats "${t_dd[@]}")" \
+        "$(stats "${t_sha[@]}")" "$(stats "${t_zstd[@]}")"
+      if [[ ${#t_swu[@]} -gt 0 ]]; then
+        printf '%17s SWUpdate+sync %s s, peak RSS %s KiB\n' "" "$(stats "${t_swu[@]}")" \
+          "$(printf '%s\n' "${rss_swu[@]}" | sort -n | tail -1)"
       fi
+      printf '%17s share of the slowest stage %s (%s), job only %s (%s); x SWUpdate %s (%s); load %s\n' "" \
+        "$(median "${share[@]}")" "$(spread "${share[@]}")" "$(median "${share_job[@]}")" \
+        "$(spread "${share_job[@]}")" "$( ((${#factor[@]})) && median "${factor[@]}" || echo -)" \
+        "$( ((${#factor[@]})) && spread "${factor[@]}" || echo -)" "$(spread "${loads[@]}")"
+      sed -n -E 's/.*: ((Writing [0-9]+ chunks|Verifying chunks) .*)$/                  agent: \1/p' "$work/agent.log"
     done
-    rm -rf "$dev"; rm -f "$work/update.swu" "$work/swslot" "$work/ddslot" "$payload" "$img"
-
-    write_mibps=$(median "${dd_r[@]}"); sag_rate=$(median "${sag_r[@]}"); swu_rate=$(median "${swu_r[@]}")
-    sagc_rate=$(median "${sagc_r[@]}")
-    slowest=$(printf '%s\n' "$sha_mibps" "$write_mibps" "$zstd_mibps" | sort -n | head -1)
-    printf '%-12s %5d MiB: sag-agent %4s MiB/s (runs %s), peak RSS %5s KiB | SWUpdate %4s MiB/s, peak RSS %5s KiB\n' \
-      "$kind" "$mib" "$sag_rate" "${sag_r[*]}" "$(max "${sag_m[@]}")" "$swu_rate" "$(max "${swu_m[@]}")"
-    printf '%18s limits: sha256 %s, write+fsync %s (runs %s), zstd -d %s MiB/s | sag-agent = %s%% of the slowest (%s), %s x SWUpdate\n' \
-      "" "$sha_mibps" "$write_mibps" "${dd_r[*]}" "$zstd_mibps" \
-      "$(python3 -c "print(round(100 * $sag_rate / $slowest))")" "$slowest" \
-      "$(python3 -c "print(f'{$sag_rate / max($swu_rate, 1):.1f}')")"
-    printf '%18s read-back from the medium (boot.read_back: medium) %s MiB/s; page cache only (cache) %s MiB/s (runs %s)\n' \
-      "" "$sag_rate" "$sagc_rate" "${sagc_r[*]}"
   done
+  rm -f "$payload" "$payload.zst" "$img" "$work/update.swu"
 done

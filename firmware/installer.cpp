@@ -4,10 +4,14 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <sstream>
 #include <system_error>
@@ -19,6 +23,7 @@
 #include "common/json_reader.h"
 #include "common/process.h"
 #include "common/redact.h"
+#include "common/stage_time.h"
 #include "common/stream_source.h"
 #include "common/version.h"
 
@@ -35,9 +40,33 @@ constexpr std::size_t kReadBackPiece = 64U << 10U;
 // The read-back from the medium (O_DIRECT) reads larger pieces: without the
 // page cache there is no read-ahead, and each read is one request to the
 // device (64 KiB pieces read 256 MiB at a third of the page cache's speed).
-constexpr std::size_t kMediumPiece = 1U << 20U;
+// 512 KiB, not 1 MiB: two read-back threads keep two requests in flight,
+// and each piece is memory held for the whole write (peak RSS: 1 MiB less).
+constexpr std::size_t kMediumPiece = 512U << 10U;
 // Chunks the read-back may trail the writer by (written, in the page cache).
 constexpr std::size_t kReadBackLag = 32;
+// Threads that read the slot back from the medium: while one waits for the
+// device, the other hashes.
+constexpr std::size_t kMediumThreads = 2;
+
+// A buffer aligned for O_DIRECT: SlotDevice::ReadMediumAt reads into it
+// without a bounce buffer (an allocation and a copy per read).
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(std::size_t size)
+      : data_(static_cast<std::uint8_t*>(std::aligned_alloc(
+                  kAlign, (std::max<std::size_t>(size, 1) + kAlign - 1) / kAlign * kAlign)),
+              &std::free),
+        size_(size) {
+    if (data_ == nullptr) throw std::bad_alloc();
+  }
+  std::span<std::uint8_t> span() { return {data_.get(), size_}; }
+
+ private:
+  static constexpr std::size_t kAlign = 4096;
+  std::unique_ptr<std::uint8_t, decltype(&std::free)> data_;
+  std::size_t size_;
+};
 
 Expected<Slot> SlotOf(const std::string& name) { return platform::ParseSlot(name); }
 
@@ -56,12 +85,16 @@ Error ReadBackMismatch(const JobRecord& record, const platform::SlotDevice& slot
 template <typename Take>
 Status ReadBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64_t index,
                 std::uint64_t offset, std::uint64_t size, std::span<std::uint8_t> piece, Take take,
-                bool medium = false) {
+                bool medium = false, StageTimes* times = nullptr) {
   std::uint64_t done = 0;
   while (done < size) {
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), size - done));
-    SAG_TRY(const std::size_t got, medium ? slot.ReadMediumAt(offset + done, piece.first(want))
-                                          : slot.ReadAt(offset + done, piece.first(want)));
+    SAG_TRY(const std::size_t got, [&] {
+      const StageTimer timer(times, Stage::kReadBack);
+      return medium ? slot.ReadMediumAt(offset + done, piece.first(want))
+                    : slot.ReadAt(offset + done, piece.first(want));
+    }());
+    const StageTimer timer(times, Stage::kHashBack);
     if (got == 0 || !take(done, piece.first(got))) {
       return ReadBackMismatch(record, slot, index, offset);
     }
@@ -76,18 +109,21 @@ Status ReadBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64
 // instead of a SHA-256 pass.
 Status CompareBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64_t index,
                    std::uint64_t offset, std::span<const std::uint8_t> data,
-                   std::span<std::uint8_t> piece) {
-  return ReadBack(record, slot, index, offset, data.size(), piece,
-                  [&](std::uint64_t at, std::span<const std::uint8_t> got) {
-                    return std::memcmp(got.data(), data.data() + at, got.size()) == 0;
-                  });
+                   std::span<std::uint8_t> piece, StageTimes* times) {
+  return ReadBack(
+      record, slot, index, offset, data.size(), piece,
+      [&](std::uint64_t at, std::span<const std::uint8_t> got) {
+        return std::memcmp(got.data(), data.data() + at, got.size()) == 0;
+      },
+      false, times);
 }
 
 // Reads chunk `index` back from the slot and checks it against the signed
 // manifest: what boots next is what was verified, not what was sent to the
 // device.
 Status ReadBackChunk(const JobRecord& record, const image::Manifest& m, platform::SlotDevice& slot,
-                     std::uint64_t index, std::span<std::uint8_t> piece, bool medium = false) {
+                     std::uint64_t index, std::span<std::uint8_t> piece, bool medium = false,
+                     StageTimes* times = nullptr) {
   const auto& c = m.chunks[index];
   const std::uint64_t offset = index * m.chunk_size;
   Sha256 sha;
@@ -97,10 +133,10 @@ Status ReadBackChunk(const JobRecord& record, const image::Manifest& m, platform
         sha.Update(got);
         return true;
       },
-      medium));
+      medium, times));
   if (sha.Final() != c.sha256) {
     auto e = ReadBackMismatch(record, slot, index, offset);
-    return medium ? e.WithContext("read from the medium after the final sync") : e;
+    return medium ? e.WithContext("read from the medium after it was synced") : e;
   }
   return Ok();
 }
@@ -717,11 +753,16 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   std::optional<image::ChunkReader> chunk_reader;
   const image::Manifest* manifest = nullptr;
   image::ImageReader* stream = fresh;
-  if (fresh != nullptr) fresh->SetChunkReading(kBuffers, kContentCheck);
+  StageTimes times;
+  if (fresh != nullptr) {
+    fresh->SetChunkReading(kBuffers, kContentCheck);
+    fresh->SetStageTimes(&times);
+  }
   if (start_chunk == 0) {
     if (stream == nullptr) {
       stream =
           &image_reader.emplace(*source, options_.trust, options_.limits, kBuffers, kContentCheck);
+      stream->SetStageTimes(&times);
     }
     auto& reader = *stream;
     auto h = reader.ReadHeader();
@@ -736,7 +777,8 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     manifest = &stored->manifest;
     std::string().swap(stored->manifest_json);  // stored; only the table is needed
     std::string().swap(stored->signature_der);
-    chunk_reader.emplace(*source, *manifest, start_chunk, options_.limits, kBuffers, kContentCheck);
+    chunk_reader.emplace(*source, *manifest, start_chunk, options_.limits, kBuffers, kContentCheck,
+                         &times);
   }
   // Parsing the manifest left its JSON tree's pages free but resident; give
   // them back before the chunk buffers are allocated, so that the parse's
@@ -783,12 +825,27 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     std::uint64_t index = 0;
     bool compared = false;  // the writer read it back already
   };
+  // boot.read_back: medium reads every chunk back from the medium (O_DIRECT)
+  // once a checkpoint's sync covered it, on kMediumThreads threads beside the
+  // writer, instead of from the page cache: the read-back before the trial
+  // boot (StepVerify) then has nothing left to read, and the install reads
+  // the slot once, not twice. The writer neither compares nor waits for
+  // it; a checkpoint is recorded once the read-back passed it.
+  const bool medium = options_.read_back == InstallerOptions::ReadBack::kMedium;
+  // Chunks read back before a cut: from the medium only if the journal says
+  // so (a job started with boot.read_back: cache, an older agent's record).
+  const std::uint64_t first_unverified =
+      medium && !record.verified_medium ? 0 : record.verified_chunk;
   BoundedQueue<Written> written(kReadBackLag);
   BoundedQueue<std::uint64_t> checkpoints(2);  // chunk counts
   std::mutex verified_mu;
   std::condition_variable verified_cv;
-  std::uint64_t verified = record.verified_chunk;  // guarded by verified_mu
-  bool stopped = false;                            // guarded by verified_mu
+  std::uint64_t verified = first_unverified;  // guarded by verified_mu
+  std::uint64_t synced = record.next_chunk;   // guarded by verified_mu: on stable storage below
+  // guarded by verified_mu: per medium thread, the first chunk of its share not read back yet
+  std::array<std::uint64_t, kMediumThreads> medium_next{};
+  for (std::size_t t = 0; t < kMediumThreads; ++t) medium_next.at(t) = first_unverified + t;
+  bool stopped = false;  // guarded by verified_mu
   std::mutex record_mu;  // the checkpoint thread updates the record; Report reads it
   auto stop_all = [&] {
     tokens.Close();
@@ -802,35 +859,84 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     verified_cv.notify_all();
   };
   std::optional<Error> write_error;
-  std::optional<Error> verify_error;
+  std::optional<Error> verify_error;  // guarded by verified_mu while the read-back runs
   std::optional<Error> checkpoint_error;
-  std::thread verify_thread([&] {
-    std::vector<std::uint8_t> piece(kReadBackPiece);
-    // From verified_chunk: chunks written (and synced) before a cut but not
-    // read back then come first.
-    std::uint64_t next = record.verified_chunk;
-    while (auto chunk = written.Pop()) {
-      for (; next <= chunk->index; ++next) {
-        const bool compared = next == chunk->index && chunk->compared;  // by the writer
-        if (auto st = compared ? Ok() : ReadBackChunk(record, m, *slot, next, piece); !st) {
-          verify_error = std::move(st).error();
-          stop_all();
-          return;
+  std::vector<std::thread> verify_threads;
+  if (!medium) {
+    verify_threads.emplace_back([&] {
+      std::vector<std::uint8_t> piece(kReadBackPiece);
+      // From verified_chunk: chunks written (and synced) before a cut but
+      // not read back then come first.
+      std::uint64_t next = record.verified_chunk;
+      while (auto chunk = written.Pop()) {
+        for (; next <= chunk->index; ++next) {
+          const bool compared = next == chunk->index && chunk->compared;  // by the writer
+          if (auto st =
+                  compared ? Ok() : ReadBackChunk(record, m, *slot, next, piece, false, &times);
+              !st) {
+            {
+              const std::lock_guard lock(verified_mu);
+              verify_error = std::move(st).error();
+            }
+            stop_all();
+            return;
+          }
+          {
+            const std::lock_guard lock(verified_mu);
+            verified = next + 1;
+          }
+          verified_cv.notify_all();
+        }
+      }
+    });
+  } else {
+    const auto total = static_cast<std::uint64_t>(m.chunks.size());
+    for (std::size_t t = 0; t < kMediumThreads && first_unverified + t < total; ++t) {
+      verify_threads.emplace_back([&, t, total] {
+        AlignedBuffer piece(std::min<std::uint64_t>(kMediumPiece, m.chunk_size));
+        for (std::uint64_t i = first_unverified + t; i < total; i += kMediumThreads) {
+          {
+            std::unique_lock lock(verified_mu);
+            verified_cv.wait(lock, [&] { return stopped || synced > i; });
+            if (stopped) return;
+          }
+          auto st = ReadBackChunk(record, m, *slot, i, piece.span(), true, &times);
+          const bool ok = static_cast<bool>(st);
+          {
+            const std::lock_guard lock(verified_mu);
+            if (!ok) {
+              if (!verify_error) verify_error = std::move(st).error();
+            } else {
+              medium_next.at(t) = i + kMediumThreads;
+              verified = std::min(total, *std::min_element(medium_next.begin(), medium_next.end()));
+            }
+          }
+          if (!ok) {
+            stop_all();
+            return;
+          }
+          verified_cv.notify_all();
         }
         {
           const std::lock_guard lock(verified_mu);
-          verified = next + 1;
+          medium_next.at(t) = total;
+          verified = std::min(total, *std::min_element(medium_next.begin(), medium_next.end()));
         }
         verified_cv.notify_all();
-      }
+      });
     }
-  });
+  }
   std::atomic<bool> checkpointing{false};  // a checkpoint is queued or running (the last may queue)
   std::thread checkpoint_thread([&] {
     while (auto upto = checkpoints.Pop()) {
-      auto st = writer->Sync();
+      auto st = [&] {
+        const StageTimer timer(&times, Stage::kFlush);
+        return writer->Sync();
+      }();
       if (st) {
         std::unique_lock lock(verified_mu);
+        synced = std::max(synced, *upto);
+        verified_cv.notify_all();
         verified_cv.wait(lock, [&] { return stopped || verified >= *upto; });
         if (verified < *upto) return;  // the read-back failed
       }
@@ -840,6 +946,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
           const std::lock_guard lock(record_mu);
           record.next_chunk = *upto;
           record.verified_chunk = *upto;
+          record.verified_medium = medium;
           record.updated_at = NowUtc();
           doc = record.ToJson();
         }
@@ -854,24 +961,32 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     }
   });
   std::thread writer_thread([&] {
-    std::vector<std::uint8_t> piece(kReadBackPiece);
+    std::vector<std::uint8_t> piece(medium ? 0 : kReadBackPiece);
     std::uint64_t since_checkpoint = 0;
     auto last_checkpoint = std::chrono::steady_clock::now();
     while (auto block = full_blocks.Pop()) {
       const std::uint64_t at = block->index * m.chunk_size;
-      if (auto st = writer->WriteAt(at, block->data); !st) {
+      if (auto st =
+              [&] {
+                const StageTimer timer(&times, Stage::kWrite);
+                return writer->WriteAt(at, block->data);
+              }();
+          !st) {
         write_error = std::move(st).error().WithContext("writing slot " + record.target_slot);
         stop_all();
         return;
       }
-      if (block->content_checked) {
-        if (auto st = CompareBack(record, *slot, block->index, at, block->data, piece); !st) {
-          write_error = std::move(st).error();
-          stop_all();
-          return;
+      if (!medium) {
+        if (block->content_checked) {
+          if (auto st = CompareBack(record, *slot, block->index, at, block->data, piece, &times);
+              !st) {
+            write_error = std::move(st).error();
+            stop_all();
+            return;
+          }
         }
+        if (!written.Push(Written{block->index, block->content_checked})) return;  // failed
       }
-      if (!written.Push(Written{block->index, block->content_checked})) return;  // read-back failed
       since_checkpoint += block->data.size();
       const bool last = block->index + 1 == m.chunks.size();
       if (last ||
@@ -913,6 +1028,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   };
   // The writer writes from the reader's buffers: it is done before the
   // reader goes away. The last checkpoint is taken before this step ends.
+  const auto wall0 = ClockNs(CLOCK_MONOTONIC);
   if (stream != nullptr) {
     struct Adapter {
       image::ImageReader& r;
@@ -926,8 +1042,22 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   writer_thread.join();
   written.Close();
   checkpoints.Close();
-  verify_thread.join();
-  checkpoint_thread.join();
+  if (medium) {
+    // The medium read-back serves the queued checkpoints; then it stops.
+    checkpoint_thread.join();
+    {
+      const std::lock_guard lock(verified_mu);
+      stopped = true;
+    }
+    verified_cv.notify_all();
+    for (auto& t : verify_threads) t.join();
+  } else {
+    for (auto& t : verify_threads) t.join();
+    checkpoint_thread.join();
+  }
+  spdlog::info("job {}: Writing {} chunks from {} in {:.3f} s; stages (wall/CPU): {}", record.id,
+               record.next_chunk - start_chunk, start_chunk,
+               static_cast<double>(ClockNs(CLOCK_MONOTONIC) - wall0) / 1e9, times.Format());
   if (write_error) return *write_error;
   if (verify_error) return *verify_error;
   if (checkpoint_error) return *checkpoint_error;
@@ -944,29 +1074,31 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
 // it did not (a journal written before read-back ran beside the write).
 Status DeviceInstaller::StepVerify(JobRecord& record) {
   EnterStep(record);
-  // From the medium: every chunk once more, after the final sync (a cut
-  // here repeats the pass). From the cache: what the writer did not read
-  // back yet (a resume).
+  // What the write step did not read back yet (a resume; a job written
+  // with boot.read_back: cache, or by an older agent, when it is now
+  // medium): from the medium after the final sync, or from the cache. A cut
+  // here repeats the pass.
   const bool medium = options_.read_back == InstallerOptions::ReadBack::kMedium;
-  if (!medium && record.verified_chunk == record.chunks_total) {
-    return Save(record, JobEvent::kVerified);
-  }
+  const std::uint64_t verified = medium && !record.verified_medium ? 0 : record.verified_chunk;
+  if (verified == record.chunks_total) return Save(record, JobEvent::kVerified);
   SAG_TRY(const Slot target, SlotOf(record.target_slot));
   SAG_TRY(const auto header, LoadHeader(record));
   const auto& m = header.manifest;
   platform::SlotDevice* slot = platform_.slots.at(target);
-  const std::uint64_t first =
-      medium ? 0 : std::min<std::uint64_t>(record.verified_chunk, m.chunks.size());
+  const std::uint64_t first = std::min<std::uint64_t>(verified, m.chunks.size());
+  StageTimes times;
+  const auto wall0 = ClockNs(CLOCK_MONOTONIC);
   // Two threads (even and odd chunks) so that reading back costs about half
   // a SHA-256 pass of wall time on a two-core appliance; this one reports.
   constexpr std::size_t kThreads = 2;
   std::atomic<bool> failed{false};
   auto check = [&](std::uint64_t from, bool report) -> Status {
-    std::vector<std::uint8_t> piece(medium ? kMediumPiece : kReadBackPiece);
+    AlignedBuffer piece(
+        std::min<std::uint64_t>(medium ? kMediumPiece : kReadBackPiece, m.chunk_size));
     for (std::uint64_t i = from; i < m.chunks.size(); i += kThreads) {
       if (cancel_) return Error(Errc::kCancelled, "stopped");
       if (failed) return Ok();  // the other thread found one
-      if (auto st = ReadBackChunk(record, m, *slot, i, piece, medium); !st) {
+      if (auto st = ReadBackChunk(record, m, *slot, i, piece.span(), medium, &times); !st) {
         failed = true;
         return st;
       }
@@ -990,9 +1122,13 @@ Status DeviceInstaller::StepVerify(JobRecord& record) {
   } else if (mine) {
     other = check(first + 1, false);
   }
+  spdlog::info("job {}: Verifying chunks {}-{} from the {} in {:.3f} s; stages (wall/CPU): {}",
+               record.id, first, m.chunks.size(), medium ? "medium" : "cache",
+               static_cast<double>(ClockNs(CLOCK_MONOTONIC) - wall0) / 1e9, times.Format());
   SAG_TRY_STATUS(mine);
   SAG_TRY_STATUS(other);
   record.verified_chunk = m.chunks.size();
+  record.verified_medium = medium;
   return Save(record, JobEvent::kVerified);
 }
 

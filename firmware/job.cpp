@@ -91,6 +91,7 @@ nlohmann::json JobRecord::ToJson() const {
       {"reboot", reboot},
       {"next_chunk", next_chunk},
       {"verified_chunk", verified_chunk},
+      {"verified_medium", verified_medium},
       {"chunks_total", chunks_total},
       {"payload_size", payload_size},
       {"payload_sha256", payload_sha256},
@@ -123,6 +124,7 @@ Expected<JobRecord> JobRecord::FromJson(const nlohmann::json& j) {
     r.reboot = j.at("reboot").get<bool>();
     r.next_chunk = j.at("next_chunk").get<std::uint64_t>();
     r.verified_chunk = std::min(r.next_chunk, j.value("verified_chunk", std::uint64_t{0}));
+    r.verified_medium = j.value("verified_medium", false);
     r.chunks_total = j.at("chunks_total").get<std::uint64_t>();
     r.payload_size = j.at("payload_size").get<std::uint64_t>();
     r.payload_sha256 = j.at("payload_sha256").get<std::string>();

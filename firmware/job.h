@@ -77,6 +77,10 @@ struct JobRecord {
   // First chunk not yet read back from the slot and checked; at most
   // next_chunk. Missing in a record = 0 (everything is read back again).
   std::uint64_t verified_chunk = 0;
+  // The chunks below verified_chunk were read back from the medium after a
+  // sync (boot.read_back: medium), not from the page cache: the read-back
+  // before the trial boot need not read them again. Missing = false.
+  bool verified_medium = false;
   std::uint64_t chunks_total = 0;
   std::uint64_t payload_size = 0;
   std::string payload_sha256;

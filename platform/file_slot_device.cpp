@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -241,6 +242,28 @@ Expected<std::size_t> FileSlotDevice::ReadMediumAt(std::uint64_t offset,
   // O_DIRECT wants the buffer, offset and length aligned to the logical
   // block size; 4 KiB covers 512-byte and 4 KiB devices.
   constexpr std::uint64_t kAlign = 4096;
+  // An aligned buffer (the installer's) is read into directly, all but a
+  // tail shorter than kAlign: no bounce buffer to allocate and copy.
+  const std::size_t whole = buf.size() / kAlign * kAlign;
+  if (offset % kAlign == 0 && reinterpret_cast<std::uintptr_t>(buf.data()) % kAlign == 0 &&
+      whole > 0) {
+    std::size_t got = 0;
+    while (got < whole) {
+      const ssize_t n =
+          ::pread(direct_fd_, buf.data() + got, whole - got, static_cast<off_t>(offset + got));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return MakeErrno(Errc::kSlotIo, "read slot " + path_.string() + " from the medium at " +
+                                            std::to_string(offset + got));
+      }
+      if (n == 0) break;
+      got += static_cast<std::size_t>(n);
+      if (got % kAlign != 0) return got;  // the end of the file
+    }
+    if (got < whole || got == buf.size()) return got;
+    SAG_TRY(const std::size_t tail, ReadMediumAt(offset + got, buf.subspan(got)));
+    return got + tail;
+  }
   const std::uint64_t begin = offset / kAlign * kAlign;
   const std::uint64_t end = (offset + buf.size() + kAlign - 1) / kAlign * kAlign;
   const auto span = static_cast<std::size_t>(end - begin);

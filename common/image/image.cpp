@@ -1071,7 +1071,7 @@ class ChunkDecoder {
 // chunks are in flight. Small chunks are hashed inline.
 class ChunkHasher {
  public:
-  explicit ChunkHasher(bool parallel) : inline_(!parallel) {}
+  ChunkHasher(bool parallel, StageTimes* times) : inline_(!parallel), times_(times) {}
   ~ChunkHasher() {
     {
       const std::lock_guard lock(mu_);
@@ -1094,6 +1094,7 @@ class ChunkHasher {
     }
     const std::lock_guard lock(mu_);
     if (inline_) {
+      const StageTimer timer(times_, Stage::kHash);
       digests_[submitted_ % 2] = Sha256::Of(data);
       ++done_;
     } else {
@@ -1118,7 +1119,11 @@ class ChunkHasher {
       if (done_ == submitted_) return;  // stopped
       const auto data = pending_[done_ % 2];
       lock.unlock();
-      const auto digest = Sha256::Of(data);
+      Digest digest{};
+      {
+        const StageTimer timer(times_, Stage::kHash);
+        digest = Sha256::Of(data);
+      }
       lock.lock();
       digests_[done_++ % 2] = digest;
       cv_.notify_all();
@@ -1134,6 +1139,7 @@ class ChunkHasher {
   std::uint64_t taken_ = 0;
   bool stop_ = false;
   bool inline_;
+  StageTimes* times_;
   std::thread thread_;
 };
 
@@ -1146,11 +1152,12 @@ class ChunkHasher {
 class ChunkPipeline {
  public:
   ChunkPipeline(Input& in, const Manifest& m, std::size_t first, std::size_t buffers,
-                ContentCheck check)
+                ContentCheck check, StageTimes* times)
       : in_(in),
         m_(m),
         decoder_(m, std::clamp(buffers, kMinChunkBuffers, kMaxChunkBuffers)),
-        hasher_(m.chunks.size() - first > 1 && m.chunk_size >= kParallelMin),
+        hasher_(m.chunks.size() - first > 1 && m.chunk_size >= kParallelMin, times),
+        times_(times),
         check_(check),
         next_(first) {}
 
@@ -1188,8 +1195,14 @@ class ChunkPipeline {
   Expected<Loaded> Load(std::size_t i) {
     const Chunk& c = m_.chunks[i];
     SAG_TRY(const auto buf, decoder_.InputFor(c));
-    SAG_TRY_STATUS(in_.Read(buf, "chunk " + std::to_string(i)));
-    SAG_TRY(const auto unpacked, decoder_.Unpack(c, i));
+    SAG_TRY_STATUS([&] {
+      const StageTimer timer(times_, Stage::kRead);
+      return in_.Read(buf, "chunk " + std::to_string(i));
+    }());
+    SAG_TRY(const auto unpacked, [&] {
+      const StageTimer timer(times_, Stage::kDecompress);
+      return decoder_.Unpack(c, i);
+    }());
     const bool hash = !unpacked.compressed || check_ == ContentCheck::kEveryChunk;
     if (hash) hasher_.Submit(unpacked.data);
     return Loaded{unpacked.data, hash};
@@ -1199,6 +1212,7 @@ class ChunkPipeline {
   const Manifest& m_;
   ChunkDecoder decoder_;
   ChunkHasher hasher_;
+  StageTimes* times_;
   ContentCheck check_;
   std::size_t next_;
   std::optional<Expected<Loaded>> ahead_;
@@ -1219,6 +1233,7 @@ struct ImageReader::Impl {
   ContentCheck check;
   std::optional<VerifiedHeader> header;
   std::unique_ptr<ChunkPipeline> pipeline;
+  StageTimes* times = nullptr;
   bool done = false;
   std::optional<Error> failed;  // sticky: a reader that failed stays failed
 
@@ -1255,7 +1270,7 @@ struct ImageReader::Impl {
     const auto& m = header->manifest;
     if (done) return std::optional<ChunkView>();
     // The chunk buffers are allocated only by a reader that reads chunks.
-    if (!pipeline) pipeline = std::make_unique<ChunkPipeline>(in, m, 0, buffers, check);
+    if (!pipeline) pipeline = std::make_unique<ChunkPipeline>(in, m, 0, buffers, check, times);
     SAG_TRY(const auto view, pipeline->Next());
     if (pipeline->next() == m.chunks.size()) {
       // The last chunk is released only once the end of the container
@@ -1302,6 +1317,10 @@ void ImageReader::SetChunkReading(std::size_t buffers, ContentCheck check) {
   impl_->check = check;
 }
 
+void ImageReader::SetStageTimes(StageTimes* times) {
+  if (!impl_->pipeline) impl_->times = times;
+}
+
 Expected<std::optional<ChunkView>> ImageReader::NextChunk() {
   if (impl_->failed) return *impl_->failed;
   auto r = impl_->Next();
@@ -1320,7 +1339,7 @@ struct ChunkReader::Impl {
 };
 
 ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size_t first_chunk,
-                         Limits limits, std::size_t buffers, ContentCheck check)
+                         Limits limits, std::size_t buffers, ContentCheck check, StageTimes* times)
     : impl_(std::make_unique<Impl>(source)) {
   // The manifest was verified by VerifyHeader with these limits; checking the
   // chunk size again keeps a caller's mistake from becoming a huge buffer.
@@ -1330,7 +1349,7 @@ ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size
         Error(Errc::kInvalidArgument, "ChunkReader: chunk size or first chunk out of range");
   } else {
     impl_->chunks =
-        std::make_unique<ChunkPipeline>(impl_->in, manifest, first_chunk, buffers, check);
+        std::make_unique<ChunkPipeline>(impl_->in, manifest, first_chunk, buffers, check, times);
   }
 }
 ChunkReader::~ChunkReader() = default;

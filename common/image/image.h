@@ -20,6 +20,7 @@
 
 #include "common/error.h"
 #include "common/sha256.h"
+#include "common/stage_time.h"
 
 namespace sag::image {
 
@@ -215,6 +216,10 @@ class ImageReader {
   // agent's dispatcher, then an installer). No effect after the first
   // NextChunk().
   void SetChunkReading(std::size_t buffers, ContentCheck check);
+  // Adds the time spent reading, decompressing and hashing chunks to
+  // `times` (which outlives the reader); null = not measured. No effect
+  // after the first NextChunk().
+  void SetStageTimes(StageTimes* times);
   // The next verified chunk, or nullopt after the last one; the last one
   // only once the end of the container was checked.
   Expected<std::optional<ChunkView>> NextChunk();
@@ -231,7 +236,7 @@ class ChunkReader {
  public:
   ChunkReader(ByteSource& source, const Manifest& manifest, std::size_t first_chunk,
               Limits limits = {}, std::size_t buffers = kMinChunkBuffers,
-              ContentCheck check = ContentCheck::kEveryChunk);
+              ContentCheck check = ContentCheck::kEveryChunk, StageTimes* times = nullptr);
   ~ChunkReader();
   ChunkReader(const ChunkReader&) = delete;
   ChunkReader& operator=(const ChunkReader&) = delete;

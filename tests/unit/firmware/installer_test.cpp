@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
@@ -72,6 +73,25 @@ class BitRotSlot final : public ForwardingSlot {
 
  private:
   std::uint64_t at_;
+};
+
+// Counts the slot's reads: from the page cache (ReadAt) and from the medium
+// (ReadMediumAt), in bytes.
+class CountingSlot final : public ForwardingSlot {
+ public:
+  explicit CountingSlot(platform::SlotDevice& inner) : ForwardingSlot(inner) {}
+  Expected<std::size_t> ReadAt(std::uint64_t offset, std::span<std::uint8_t> buf) override {
+    SAG_TRY(const std::size_t n, inner_.ReadAt(offset, buf));
+    cache_bytes += n;
+    return n;
+  }
+  Expected<std::size_t> ReadMediumAt(std::uint64_t offset, std::span<std::uint8_t> buf) override {
+    SAG_TRY(const std::size_t n, inner_.ReadMediumAt(offset, buf));
+    medium_bytes += n;
+    return n;
+  }
+  std::atomic<std::uint64_t> cache_bytes{0};
+  std::atomic<std::uint64_t> medium_bytes{0};
 };
 
 // A slot whose first flush takes until the writer has written `end` bytes
@@ -689,6 +709,60 @@ TEST_F(DeviceInstallerTest, LyingMediumIsCaughtBeforeTheTrialBoot) {
       << r->error->ToString();
   EXPECT_EQ(rebooter_.requests, 0);
   EXPECT_EQ(boot_.ReadState()->b_left, 0);
+  EXPECT_EQ(Reboot(), Slot::kA);
+}
+
+// boot.read_back: medium reads the slot once, from the medium, beside the
+// write: every byte of the payload exactly once, nothing from the page cache,
+// and the journal says so (verified_medium), so Verifying reads nothing more.
+// Raw chunks (v101) and compressed ones (text).
+TEST_F(DeviceInstallerTest, MediumReadBackReadsEachChunkOnceFromTheMedium) {
+  CountingSlot counting(*slot_b_);
+  slot_b_override_ = &counting;
+  auto r = MakeInstaller()->Start(Spec("once", "v101"));
+  slot_b_override_ = nullptr;
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(counting.medium_bytes.load(), r->payload_size);
+  EXPECT_EQ(counting.cache_bytes.load(), 0U);
+  EXPECT_TRUE(r->verified_medium);
+  EXPECT_EQ(r->verified_chunk, r->chunks_total);
+}
+
+TEST_F(DeviceInstallerTest, MediumReadBackReadsEachCompressedChunkOnceFromTheMedium) {
+  CountingSlot counting(*slot_b_);
+  slot_b_override_ = &counting;
+  auto r = MakeInstaller()->Start(Spec("once-text", "text"));
+  slot_b_override_ = nullptr;
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(counting.medium_bytes.load(), r->payload_size);
+  EXPECT_EQ(counting.cache_bytes.load(), 0U);
+}
+
+// A job whose chunks before a cut were read back from the page cache (it ran
+// with boot.read_back: cache, or under an older agent: verified_medium
+// absent) has them read from the medium again when resumed with medium.
+TEST_F(DeviceInstallerTest, ResumeWithMediumRereadsChunksReadFromTheCache) {
+  read_back_ = InstallerOptions::ReadBack::kCache;
+  auto r = StartAndStop(Spec("job-m", "v101"), 6);
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kWriting);
+  ASSERT_GE(r->verified_chunk, 2U);
+  EXPECT_FALSE(r->verified_medium);
+  {  // chunk 0 went bad on the storage after it was read back
+    std::fstream f(dir_ / "slot-b", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x5a');
+  }
+  read_back_ = InstallerOptions::ReadBack::kMedium;
+  auto resumed = MakeInstaller()->Resume();
+  ASSERT_TRUE(resumed && *resumed) << (resumed ? "" : resumed.error().ToString());
+  EXPECT_EQ((*resumed)->state, JobState::kFailed);
+  ASSERT_TRUE((*resumed)->error);
+  EXPECT_EQ((*resumed)->error->code(), Errc::kReadBackMismatch) << (*resumed)->error->ToString();
+  EXPECT_NE((*resumed)->error->message().find("chunk 0 "), std::string::npos)
+      << (*resumed)->error->ToString();
   EXPECT_EQ(Reboot(), Slot::kA);
 }
 

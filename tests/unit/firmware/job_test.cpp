@@ -86,6 +86,7 @@ TEST(JobRecord, JsonRoundTrip) {
   r.from_slot = "A";
   r.next_chunk = 12;
   r.verified_chunk = 10;
+  r.verified_medium = true;
   r.chunks_total = 40;
   r.payload_offset = 3072;
   r.error = Error(Errc::kNetStalled, "no byte for 30 s");
@@ -96,6 +97,7 @@ TEST(JobRecord, JsonRoundTrip) {
   EXPECT_EQ(back->state, JobState::kWriting);
   EXPECT_EQ(back->next_chunk, 12U);
   EXPECT_EQ(back->verified_chunk, 10U);
+  EXPECT_TRUE(back->verified_medium);
   EXPECT_EQ(back->payload_offset, 3072U);
   ASSERT_TRUE(back->error);
   EXPECT_EQ(back->error->code(), Errc::kNetStalled);
@@ -115,6 +117,7 @@ TEST(JobRecord, VerifiedChunkDefaultsToNothingVerified) {
   auto back = JobRecord::FromJson(j);
   ASSERT_TRUE(back) << back.error().ToString();
   EXPECT_EQ(back->verified_chunk, 0U);
+  EXPECT_FALSE(back->verified_medium) << "a record without it was not read from the medium";
   j["verified_chunk"] = 9;
   EXPECT_EQ(JobRecord::FromJson(j)->verified_chunk, 7U);
   j["verified_chunk"] = "all";

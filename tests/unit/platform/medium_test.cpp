@@ -4,8 +4,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
+#include <span>
 
 #include "platform/file_slot_device.h"
 #include "tests/support/powerloss_mount.h"
@@ -107,6 +111,19 @@ TEST_F(MediumTest, LyingMediumIsSeenFromTheMediumOnly) {
   EXPECT_EQ(odd, std::vector<std::uint8_t>(777, 0xa7));
   // The end of the slot: a short read.
   ASSERT_EQ(*(*dev)->ReadMediumAt((1U << 20U) - 100, odd), 100U);
+  // An aligned buffer is read into directly (no bounce buffer), its tail
+  // shorter than a block through one: the same bytes, the same ends.
+  auto* raw = static_cast<std::uint8_t*>(std::aligned_alloc(4096, 64U << 10U));
+  ASSERT_NE(raw, nullptr);
+  const std::unique_ptr<std::uint8_t, decltype(&std::free)> aligned(raw, &std::free);
+  const std::span<std::uint8_t> buf(raw, 64U << 10U);
+  ASSERT_EQ(*(*dev)->ReadMediumAt(131072, buf), buf.size());
+  EXPECT_EQ(buf[1000], 0) << "the aligned read returned the page cache, not the medium";
+  buf[3 * 4096 + 500] = 0x55;
+  ASSERT_EQ(*(*dev)->ReadMediumAt(0, buf.first(3 * 4096 + 500)), 3 * 4096 + 500U);
+  EXPECT_TRUE(std::all_of(raw, raw + 3 * 4096 + 500, [](std::uint8_t b) { return b == 0xa7; }));
+  EXPECT_EQ(buf[3 * 4096 + 500], 0x55) << "wrote past the span it was given";
+  ASSERT_EQ(*(*dev)->ReadMediumAt((1U << 20U) - 8192, buf.first(8192 + 100)), 8192U);
 }
 
 }  // namespace
