@@ -43,13 +43,18 @@ class FleetBackend final : public rpc::ApiBackend {
   std::vector<rpc::InstanceState> ListInstances(const std::string& region_id) override;
   std::optional<rpc::InstanceState> FindInstance(const std::string& smartag_id) override;
   std::vector<rpc::CatalogEntry> Catalog(rpc::VersionType type) override;
-  rpc::DispatchResult DispatchUpgrade(const rpc::UpgradeOrder& order) override;
+  // All or nothing (rpc::ApiBackend): every order is checked (image held,
+  // box online, no unfinished job of that type, job id new) before the
+  // first job is pushed.
+  rpc::DispatchResult DispatchUpgrades(const std::vector<rpc::UpgradeOrder>& orders) override;
 
   // The id of the job an order becomes ("upg-<RequestId>-<serial>": an HA
   // call gives one order per box, with one RequestId).
   static std::string JobIdOf(const rpc::UpgradeOrder& order);
 
  private:
+  // The job for one order, or why the box cannot take it now.
+  rpc::DispatchResult Prepare(const rpc::UpgradeOrder& order, JobRecord& job) const;
   rpc::InstanceState Live(rpc::InstanceState instance) const;
 
   FleetOptions options_;
