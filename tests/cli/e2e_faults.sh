@@ -59,7 +59,7 @@ if [[ $mode == netcut ]]; then
   [[ -s "$tmp/proxy.port" ]] || die "the proxy did not start"
   echo "  base_url: https://127.0.0.1:$(cat "$tmp/proxy.port")" >>"$lab/cloud.yaml"
 fi
-[[ $mode == silent ]] && sed -i 's/^  heartbeat_s: 2$/  heartbeat_s: 2\n  job_silence_s: 3/' "$lab/cloud.yaml"
+[[ $mode == silent ]] && sed -i 's/^  heartbeat_s: 2$/  heartbeat_s: 2\n  job_silence_s: 10/' "$lab/cloud.yaml"
 : >"$tmp/cloud.log"
 cloud_start
 device_init "$dev" "$serial"
@@ -68,7 +68,9 @@ case "$mode" in
   # Writes of about 3 s (1 MB/s) with a checkpoint every 256 KiB: a cut lands
   # mid-install and leaves something to resume from.
   powercut) printf 'download:\n  bandwidth_limit: 1000000\n  checkpoint_bytes: 262144\n' >>"$dev/agent.yaml" ;;
-  silent) printf 'download:\n  bandwidth_limit: 200000\n' >>"$dev/agent.yaml" ;;
+  # Chunks of 1 MiB at 300 kB/s: a progress report every 3.5 s, under the
+  # 10 s silence limit while the agent runs.
+  silent) printf 'download:\n  bandwidth_limit: 300000\n' >>"$dev/agent.yaml" ;;
 esac
 boot_opts=()
 [[ $mode == powercut ]] && boot_opts=(--powerloss "$powerloss")
@@ -76,7 +78,8 @@ device_on "$dev" "${boot_opts[@]}"
 wait_attr "a['Status'] == 'Active' and dev['$serial']['SoftwareVersion'] == '1.0.0'" 60 \
   || die "the appliance did not come online with 1.0.0"
 wait_log() {  # PATTERN N SECONDS: more than N lines of the device log match
-  for _ in $(seq $(($3 * 20))); do
+  local end=$((SECONDS + $3))
+  while ((SECONDS < end)); do
     (($(grep -c -- "$1" "$dev.log") > $2)) && return 0
     sleep 0.05
   done
@@ -100,7 +103,9 @@ if done != ["reset", "stall"]:
 if s["down"] > size * 1.3:
     print("FAIL: the download started again from the beginning instead of resuming"); sys.exit(1)
 PY
-  grep -q 'retry\|retrying\|resum' "$dev.log" || bad "the device log says nothing of a retry"
+  # The downloader's own account: a retry from a byte past the start, per cut.
+  resumed=$(grep -cE 'retry [0-9]+/[0-9]+ in [0-9]+ ms \(at byte [1-9]' "$dev.log")
+  ((resumed >= 2)) || bad "the device log shows $resumed resumed retries, 2 expected"
   ;;
 powercut)
   cut() {  # WHY: SIGKILL of the agent; the simulator then cuts the medium's power
@@ -132,9 +137,9 @@ dupjob)
   out=$(api UpdateSmartAccessGatewayVersion VersionCode=1.0.1); rc=$?
   [[ $rc -eq 1 && "$out" == *'"Code":"VersionTooOld"'* ]] || bad "repeated after the commit: rc=$rc $out"
   # The job message again, twice, from a stand-in for the gateway on its port.
-  spec=$(job_spec "$job"); read -r epoch seq < <(cloud_acked "$serial")
   gw_port=${gw##*:}; gw_port=${gw_port%%/*}
   kill -TERM "$cloudpid"; wait "$cloudpid" 2>/dev/null; cloudpid=
+  spec=$(job_spec "$job"); read -r epoch seq < <(cloud_acked "$serial")
   python3 "$here/e2e_fake_gateway.py" "$gw_port" "$lab/pki/server-chain.pem" "$lab/pki/server.key" \
     "$lab/pki/root-ca.pem" "$spec" "$epoch" "$seq" "$tmp/offers.json" >>"$tmp/cloud.log" 2>&1 \
     || bad "the stand-in gateway: $(tail -1 "$tmp/cloud.log")"
@@ -155,11 +160,14 @@ PY
   ;;
 silent)
   wait_log 'into slot' 0 60 || die "job $job never started"
-  wait_job "$job" Accepted 20 || bad "job $job not Accepted before the stop: $(job_state "$job")"
   kill -STOP "$(cat "$dev/run/agent.pid")"
+  # Not final yet (on a loaded machine it may be TimedOut already: the agent
+  # took longer than the limit from the offer to its first report).
+  at_stop=$(job_state "$job")
+  [[ $at_stop =~ ^(Offered|Accepted|TimedOut)$ ]] || bad "job $job at the stop: $at_stop"
   stopped=$(date +%s)
-  wait_job "$job" TimedOut 30 || bad "the silent job did not time out: $(job_state "$job")"
-  echo "job $job TimedOut $(($(date +%s) - stopped)) s after the agent stopped (job_silence_s 3)"
+  wait_job "$job" TimedOut 60 || bad "the silent job did not time out: $(job_state "$job")"
+  echo "job $job TimedOut $(($(date +%s) - stopped)) s after the agent stopped (job_silence_s 10)"
   [[ $(cloud_jobs | awk -v j="$job" '$1 == j { print $6 }') == Timeout ]] || bad "no Timeout error: $(cloud_jobs)"
   wait_attr "a['Status'] == 'Offline' and dev['$serial']['SoftwareVersion'] == '1.0.0'" 20 \
     || bad "the API does not show the silent box Offline at 1.0.0"

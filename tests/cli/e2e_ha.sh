@@ -31,8 +31,9 @@ for v in 1.0.0 1.0.1 1.0.2 1.0.3; do sign Device "$v" "$tmp/rootfs-$v.img"; done
 cloud_start
 A="$tmp/dev-a"; B="$tmp/dev-b"
 device_init "$A" "$sa"; device_init "$B" "$sb"
-# B's downloads take about 2 s (500 kB/s): step 2 lands while it is busy.
-printf 'download:\n  bandwidth_limit: 500000\n' >>"$B/agent.yaml"
+# B's downloads take about 10 s (100 kB/s): step 2 lands while it is busy
+# and still online (not in its reboot).
+printf 'download:\n  bandwidth_limit: 100000\n' >>"$B/agent.yaml"
 device_on "$A"; device_on "$B"
 wait_attr "a['Status'] == 'Active' and dev['$sa']['SoftwareVersion'] == '1.0.0' and \
 dev['$sb']['SoftwareVersion'] == '1.0.0' and dev['$sa']['HaState'] == 'active'" 60 \
@@ -63,6 +64,7 @@ wait_attr "dev['$sa']['SoftwareVersion'] == '1.0.2' and dev['$sb']['SoftwareVers
 
 # 4. The standby powered off: the call for both is refused, nothing dispatched.
 device_off "$B"
+wait_offline "$sb" 20 || bad "the gateway did not see $sb go"
 wait_attr "a['Status'] == 'Active'" 5 || bad "one box online: the instance should stay Active"
 before=$(cloud_jobs | wc -l)
 out=$(api UpdateSmartAccessGatewayVersion VersionCode=1.0.3); rc=$?

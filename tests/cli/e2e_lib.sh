@@ -81,8 +81,8 @@ api() { "$cloud" call "$@" RegionId=cn-shanghai SmartAGId="$id"; }
 # satisfies a Python expression on `a` (the answer) and `dev` (serial ->
 # that device's entry).
 wait_attr() {
-  local expr="$1" limit="${2:-60}"
-  for _ in $(seq $((limit * 5))); do
+  local expr="$1" end=$((SECONDS + ${2:-60}))
+  while ((SECONDS < end)); do
     if api DescribeSmartAccessGatewayAttribute 2>/dev/null | python3 -c "
 import json, sys
 a = json.load(sys.stdin); dev = {d['SerialNumber']: d for d in a['Devices']['Device']}
@@ -113,9 +113,12 @@ for r in json.load(open(sys.argv[1])).get('reports', []):
 }
 # job_state JOB_ID: its state as the cloud has it ("" when unknown).
 job_state() { cloud_jobs | awk -v j="$1" '$1 == j { print $5 }'; }
+# The waits below are bounded by wall time, not by a number of polls: on a
+# loaded machine one poll (a Python start) can take seconds.
 # wait_job JOB_ID REGEX SECONDS: until its state matches.
 wait_job() {
-  for _ in $(seq $(($3 * 5))); do
+  local end=$((SECONDS + $3))
+  while ((SECONDS < end)); do
     [[ $(job_state "$1") =~ ^($2)$ ]] && return 0
     sleep 0.2
   done
@@ -154,4 +157,16 @@ for j in json.load(open(sys.argv[1])).get('jobs', []):
         print(json.dumps({k: j[k] for k in ('job_id', 'job_type', 'version', 'url', 'size',
                                              'sha256', 'deadline', 'allow_downgrade')}))" \
     "$lab/store.json" "$1" 2>/dev/null
+}
+# wait_offline SERIAL SECONDS: until the gateway has marked the device offline.
+wait_offline() {
+  local end=$((SECONDS + $2))
+  while ((SECONDS < end)); do
+    python3 -c "
+import json, sys
+d = [d for d in json.load(open(sys.argv[1])).get('devices', []) if d['serial'] == sys.argv[2]]
+sys.exit(0 if d and not d[0].get('online') else 1)" "$lab/store.json" "$1" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  return 1
 }
