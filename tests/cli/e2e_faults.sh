@@ -45,7 +45,7 @@ case "$mode" in netcut|powercut|dupjob|silent) ;; *) echo "unknown mode $mode"; 
 [[ "$mode" != powercut || -x "$powerloss" ]] || { echo "powercut needs SAG_POWERLOSS"; exit 2; }
 
 lab_init
-size=1500000; [[ $mode == powercut ]] && size=3000000
+size=1500000; [[ $mode == netcut ]] || size=3000000  # 3 MB: 3 chunks of 1 MiB
 for v in 1.0.0 1.0.1; do head -c $size /dev/urandom >"$tmp/rootfs-$v.img"; done
 for v in 1.0.0 1.0.1; do sign Device "$v" "$tmp/rootfs-$v.img"; done
 img_size=$(stat -c %s "$lab/images/Device-1.0.1.sagimg")
@@ -68,10 +68,9 @@ case "$mode" in
   # Writes of about 3 s (1 MB/s) with a checkpoint every 256 KiB: a cut lands
   # mid-install and leaves something to resume from.
   powercut) printf 'download:\n  bandwidth_limit: 1000000\n  checkpoint_bytes: 262144\n' >>"$dev/agent.yaml" ;;
-  # Chunks of 1 MiB at 300 kB/s: a progress report every 3.5 s, under the
-  # 10 s silence limit while the agent runs.
-  dupjob) printf 'download:\n  bandwidth_limit: 300000\n' >>"$dev/agent.yaml" ;;
-  silent) printf 'download:\n  bandwidth_limit: 300000\n' >>"$dev/agent.yaml" ;;
+  # About 10 s of download (300 kB/s), a progress report per 1 MiB chunk
+  # (3.5 s), under the 10 s silence limit while the agent runs.
+  dupjob|silent) printf 'download:\n  bandwidth_limit: 300000\n' >>"$dev/agent.yaml" ;;
 esac
 boot_opts=()
 [[ $mode == powercut ]] && boot_opts=(--powerloss "$powerloss")
@@ -86,6 +85,32 @@ wait_log() {  # PATTERN N SECONDS: more than N lines of the device log match
   done
   return 1
 }
+# arm PATTERN SECONDS SIGNAL: in the background, as soon as the device log
+# shows PATTERN once more, wait SECONDS and send SIGNAL to the running agent;
+# $tmp/fired.SIGNAL tells when it was done. Independent of how long the
+# test's own API calls and store reads take on a loaded machine.
+arm() {
+  rm -f "$tmp/fired.$3"
+  (
+    wait_log "$1" "$(grep -c -- "$1" "$dev.log")" 180 || exit 1
+    sleep "$2"
+    for _ in $(seq 200); do
+      pid=$(cat "$dev/run/agent.pid" 2>/dev/null)
+      [[ -n "$pid" ]] && kill -"$3" "$pid" 2>/dev/null && { date +%s >"$tmp/fired.$3"; exit 0; }
+      sleep 0.02
+    done
+    exit 1
+  ) &
+}
+fired() {  # SIGNAL SECONDS: until the armed signal was sent
+  local end=$((SECONDS + $2))
+  while ((SECONDS < end)); do [[ -s "$tmp/fired.$1" ]] && return 0; sleep 0.05; done
+  return 1
+}
+case "$mode" in
+  powercut) arm 'into slot' "0.$((RANDOM % 9 + 1))" KILL ;;  # while the image is written
+  silent) arm 'into slot' 0 STOP ;;
+esac
 
 job=$(update VersionCode=1.0.1) || die "the update call failed"
 [[ $(wc -w <<<"$job") -eq 1 ]] || die "one job expected: $job"
@@ -109,24 +134,18 @@ PY
   ((resumed >= 2)) || bad "the device log shows $resumed resumed retries, 2 expected"
   ;;
 powercut)
-  cut() {  # WHY: SIGKILL of the agent; the simulator then cuts the medium's power
-    local pid
-    for _ in $(seq 50); do
-      pid=$(cat "$dev/run/agent.pid" 2>/dev/null) && [[ -n "$pid" ]] && kill -KILL "$pid" 2>/dev/null && break
-      sleep 0.05
-    done
+  # The armed SIGKILL took the agent down; the simulator then cuts the
+  # medium's power (unsynced data lost) and stops; power comes back.
+  powered() {  # WHY
+    fired KILL 120 || die "no power cut ($1)"
     for _ in $(seq 100); do kill -0 "${simpids[$dev]}" 2>/dev/null || break; sleep 0.1; done
     wait "${simpids[$dev]}" 2>/dev/null; unset "simpids[$dev]"
-    echo "power cut ($1): $(grep -E 'medium after|power' "$dev.log" | tail -1)"
+    echo "power cut ($1), in job state $(grep -oE 'job [^ ]+: [A-Za-z]+ -> [A-Za-z]+$' "$dev.log" | tail -1 | awk '{ print $NF }'): $(grep 'medium after' "$dev.log" | tail -1)"
     device_on "$dev" "${boot_opts[@]}"
   }
-  wait_log 'into slot' 0 60 || die "job $job never started"
-  sleep "0.$((RANDOM % 9 + 1))"
-  cut "while the image is written"
-  trials=$(grep -c 'resuming in state Rebooting' "$dev.log")
-  wait_log 'resuming in state Rebooting' "$trials" 120 || die "job $job: no trial boot"
-  sleep 0.3
-  cut "during the trial boot"
+  powered "while the image is written"
+  arm 'resuming in state Rebooting' 0.3 KILL
+  powered "during the trial boot"
   wait_job "$job" Committed 120 || die "job $job: $(job_state "$job")"
   grep -q 'medium after the cut\|medium after power-off' "$dev.log" || bad "no cut of the medium was logged"
   ;;
@@ -135,7 +154,8 @@ dupjob)
   # busy (IncorrectStatus); had it committed already, VersionTooOld. Never
   # a second job.
   out=$(api UpdateSmartAccessGatewayVersion VersionCode=1.0.1); rc=$?
-  [[ $rc -eq 1 && ("$out" == *'"Code":"IncorrectStatus"'* || "$out" == *'"Code":"VersionTooOld"'*) ]] \
+  # (SmartAccessGatewayNotOnline while it reboots into its trial).
+  [[ $rc -eq 1 && "$out" =~ \"Code\":\"(IncorrectStatus|VersionTooOld|SmartAccessGatewayNotOnline)\" ]] \
     || bad "repeated call: rc=$rc $out"
   echo "the call repeated while the job ran: $(sed 's/.*"Code":"\([^"]*\)".*/\1/' <<<"$out")"
   [[ $(cloud_jobs | wc -l) -eq 1 ]] || bad "a repeated call made a job: $(cloud_jobs)"
@@ -165,13 +185,12 @@ PY
   cloud_start
   ;;
 silent)
-  wait_log 'into slot' 0 60 || die "job $job never started"
-  kill -STOP "$(cat "$dev/run/agent.pid")"
+  fired STOP 120 || die "job $job never started"
   # Not final yet (on a loaded machine it may be TimedOut already: the agent
   # took longer than the limit from the offer to its first report).
   at_stop=$(job_state "$job")
   [[ $at_stop =~ ^(Offered|Accepted|TimedOut)$ ]] || bad "job $job at the stop: $at_stop"
-  stopped=$(date +%s)
+  stopped=$(cat "$tmp/fired.STOP")
   wait_job "$job" TimedOut 60 || bad "the silent job did not time out: $(job_state "$job")"
   echo "job $job TimedOut $(($(date +%s) - stopped)) s after the agent stopped (job_silence_s 10)"
   [[ $(cloud_jobs | awk -v j="$job" '$1 == j { print $6 }') == Timeout ]] || bad "no Timeout error: $(cloud_jobs)"
@@ -190,6 +209,7 @@ wait_attr "a['Status'] == 'Active' and dev['$serial']['SoftwareVersion'] == '1.0
   || bad "the API does not show 1.0.1 at the end"
 [[ $(installs_of "$dev" "$job") -eq 1 ]] || bad "job $job: the install started $(installs_of "$dev" "$job") times"
 reports_once || fail=1
+[[ $mode == powercut ]] && device_off "$dev"  # powered off cleanly: the medium unmounted
 echo "jobs: $(cloud_jobs | awk '{ print $1, $4, $5, $6 }' | paste -sd, -); reports: $(cloud_reports | wc -l)"
 ((fail == 0)) && echo "ok: $mode"
 exit $fail

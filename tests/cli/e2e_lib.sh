@@ -73,6 +73,9 @@ devices_stop() {
     kill -CONT "$(cat "$dir/run/agent.pid" 2>/dev/null)" 2>/dev/null
     kill -KILL "$(cat "$dir/run/agent.pid" 2>/dev/null)" 2>/dev/null
     kill -KILL "${simpids[$dir]}" 2>/dev/null
+    wait "${simpids[$dir]}" 2>/dev/null
+    # A simulator killed with its storage on sag-powerloss leaves the mount.
+    if grep -qs " $dir fuse" /proc/mounts; then fusermount3 -u -z "$dir" 2>/dev/null || fusermount -u -z "$dir"; fi
   done
 }
 

@@ -89,7 +89,7 @@ TEST(RpcBody, ErrorAndSuccessBodiesWithInvalidUtf8StayWellFormed) {
             std::string::npos)
       << xml.body;
   const auto json = ErrorResponse(Format::kJson, e, "RID", "host");
-  ASSERT_NO_THROW((void)nlohmann::json::parse(json.body)) << json.body;
+  EXPECT_TRUE(nlohmann::json::accept(json.body)) << json.body;
   EXPECT_TRUE(XmlSafeUtf8(json.body));
 
   nlohmann::ordered_json doc;
@@ -97,7 +97,7 @@ TEST(RpcBody, ErrorAndSuccessBodiesWithInvalidUtf8StayWellFormed) {
   const auto ok_xml = SuccessResponse(Format::kXml, "DescribeX", "RID", doc);
   EXPECT_TRUE(XmlSafeUtf8(ok_xml.body)) << ok_xml.body;
   const auto ok_json = SuccessResponse(Format::kJson, "DescribeX", "RID", doc);
-  ASSERT_NO_THROW((void)nlohmann::json::parse(ok_json.body)) << ok_json.body;
+  EXPECT_TRUE(nlohmann::json::accept(ok_json.body)) << ok_json.body;
 }
 
 }  // namespace
