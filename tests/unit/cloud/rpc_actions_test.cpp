@@ -224,7 +224,8 @@ TEST_F(UpdateVersion, HaCallRefusedByTheGatewayLeavesNoOrder) {
   // All or nothing: the backend refusing the call (one box busy) leaves
   // neither box's job behind.
   backend_.FailNextDispatch(DispatchResult::kBusy);
-  EXPECT_EQ(Update(Params("sag-ha", "2.3.1.1")), "IncorrectStatus");
+  EXPECT_EQ(CodeOf(Call(Options(SignatureScheme::kAcs3), kUpdate, Params("sag-ha", "2.3.1.1"))),
+            "IncorrectStatus");
   EXPECT_TRUE(backend_.Orders().empty());
 }
 

@@ -1,12 +1,12 @@
 // Response bodies with strings that are not valid UTF-8, or hold characters
 // XML cannot carry: the JSON and XML bodies stay well-formed documents, the
 // bad bytes replaced by U+FFFD (issue 16).
-#include "cloud/rpc/body.h"
-
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 #include <string>
+
+#include "cloud/rpc/body.h"
 
 namespace sag::cloud::rpc {
 namespace {
@@ -18,7 +18,11 @@ constexpr std::string_view kFffd = "\xEF\xBF\xBD";
 bool XmlSafeUtf8(const std::string& s) {
   for (std::size_t i = 0; i < s.size();) {
     const auto b = static_cast<unsigned char>(s[i]);
-    std::size_t n = b < 0x80 ? 1 : (b >> 5U) == 0x6 ? 2 : (b >> 4U) == 0xE ? 3 : (b >> 3U) == 0x1E ? 4 : 0;
+    std::size_t n = b < 0x80            ? 1
+                    : (b >> 5U) == 0x6  ? 2
+                    : (b >> 4U) == 0xE  ? 3
+                    : (b >> 3U) == 0x1E ? 4
+                                        : 0;
     if (n == 0 || i + n > s.size()) return false;
     std::uint32_t cp = n == 1 ? b : b & (0x7FU >> n);
     for (std::size_t k = 1; k < n; ++k) {
@@ -54,18 +58,22 @@ TEST(RpcBody, XmlReplacesInvalidUtf8AndForbiddenCharacters) {
     std::string in;
     std::string out;
   } cases[] = {
-      {"a\xFF" "b", "a" + std::string(kFffd) + "b"},                      // never in UTF-8
-      {"\x80", std::string(kFffd)},                                       // lone continuation
-      {"\xC0\x80", Repeat(kFffd, 2)},                                     // overlong NUL
-      {"\xE0\x80\xAF", Repeat(kFffd, 3)},                                 // overlong '/'
-      {"\xED\xA0\x80", Repeat(kFffd, 3)},                                 // a surrogate
-      {"\xF4\x90\x80\x80", Repeat(kFffd, 4)},                             // above U+10FFFF
-      {"x\xE2\x82", "x" + Repeat(kFffd, 2)},                              // truncated at the end
-      {"\xE2\x82" "A", Repeat(kFffd, 2) + "A"},                           // truncated mid-way
-      {std::string("a\0b", 3), "a" + std::string(kFffd) + "b"},           // NUL
-      {"\x01\x1B", Repeat(kFffd, 2)},                                     // controls
-      {"\xEF\xBF\xBE\xEF\xBF\xBF", Repeat(kFffd, 2)},                     // U+FFFE, U+FFFF
-      {"\xEF\xBF\xBD", std::string(kFffd)},                               // U+FFFD itself stays
+      {"a\xFF"
+       "b",
+       "a" + std::string(kFffd) + "b"},        // never in UTF-8
+      {"\x80", std::string(kFffd)},            // lone continuation
+      {"\xC0\x80", Repeat(kFffd, 2)},          // overlong NUL
+      {"\xE0\x80\xAF", Repeat(kFffd, 3)},      // overlong '/'
+      {"\xED\xA0\x80", Repeat(kFffd, 3)},      // a surrogate
+      {"\xF4\x90\x80\x80", Repeat(kFffd, 4)},  // above U+10FFFF
+      {"x\xE2\x82", "x" + Repeat(kFffd, 2)},   // truncated at the end
+      {"\xE2\x82"
+       "A",
+       Repeat(kFffd, 2) + "A"},                                  // truncated mid-way
+      {std::string("a\0b", 3), "a" + std::string(kFffd) + "b"},  // NUL
+      {"\x01\x1B", Repeat(kFffd, 2)},                            // controls
+      {"\xEF\xBF\xBE\xEF\xBF\xBF", Repeat(kFffd, 2)},            // U+FFFE, U+FFFF
+      {"\xEF\xBF\xBD", std::string(kFffd)},                      // U+FFFD itself stays
   };
   for (const auto& c : cases) {
     nlohmann::ordered_json doc;
@@ -85,7 +93,7 @@ TEST(RpcBody, ErrorAndSuccessBodiesWithInvalidUtf8StayWellFormed) {
   e.message = "The parameter value '" + bad + "' is invalid.";
   const auto xml = ErrorResponse(Format::kXml, e, "RID", "host");
   EXPECT_TRUE(XmlSafeUtf8(xml.body)) << xml.body;
-  EXPECT_NE(xml.body.find("<Message>The parameter value 'ver" + std::string(kFffd) + "(sion"),
+  EXPECT_NE(xml.body.find("<Message>The parameter value &apos;ver" + std::string(kFffd) + "(sion"),
             std::string::npos)
       << xml.body;
   const auto json = ErrorResponse(Format::kJson, e, "RID", "host");
