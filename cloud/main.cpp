@@ -12,10 +12,10 @@
 // with a Code), 2 on bad usage, 3 when no answer came. The key pair may also
 // come from ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET, as
 // the SDKs read it, to keep the secret off the command line.
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <algorithm>
 #include <boost/asio/ssl/context.hpp>
 #include <chrono>
 #include <cstdlib>

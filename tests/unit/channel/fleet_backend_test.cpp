@@ -115,7 +115,8 @@ class FleetBackendTest : public ::testing::Test {
   }
 
   void Connect() { Connect(device_, channel_, kSerial); }
-  void Connect(Device& device, std::unique_ptr<agent::Channel>& channel, const std::string& serial) {
+  void Connect(Device& device, std::unique_ptr<agent::Channel>& channel,
+               const std::string& serial) {
     agent::ChannelOptions o;
     o.endpoint = "wss://127.0.0.1:" + std::to_string(gw_->port()) + "/device/v1";
     o.root_ca = dir_ / "pki" / "root-ca.pem";
@@ -211,8 +212,7 @@ TEST_F(FleetBackendTest, AnOnlineBoxReportsItsVersionsAndGetsTheJobWithTheImages
   EXPECT_FALSE(job.deadline.empty());
 
   // One job of a type at a time; the other type is free.
-  EXPECT_EQ(Dispatch(Order(rpc::VersionType::kDevice, "1.0.1", "r3")),
-            rpc::DispatchResult::kBusy);
+  EXPECT_EQ(Dispatch(Order(rpc::VersionType::kDevice, "1.0.1", "r3")), rpc::DispatchResult::kBusy);
   EXPECT_EQ(Dispatch(Order(rpc::VersionType::kDpi, "20201117_1_0-0.0.2", "r4")),
             rpc::DispatchResult::kDispatched);
   // A version the repository does not hold (any more).
