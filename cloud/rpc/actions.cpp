@@ -171,6 +171,7 @@ ActionResult SmartagActions::UpdateVersion(const CallContext& ctx, const ParamMa
 
   // Every box checked: the jobs go out together or not at all.
   std::vector<UpgradeOrder> orders;
+  orders.reserve(targets.size());
   for (const auto* d : targets) {
     orders.push_back({ctx.request_id, inst->smartag_id, d->serial_number, *type, code});
   }
