@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "cloud/rpc/rpc_service.h"
 #include "common/sha256.h"
 
@@ -107,7 +109,7 @@ std::vector<rpc::CatalogEntry> FleetBackend::Catalog(rpc::VersionType type) {
   return out;
 }
 
-rpc::DispatchResult FleetBackend::DispatchUpgrade(const rpc::UpgradeOrder& order) {
+rpc::DispatchResult FleetBackend::Prepare(const rpc::UpgradeOrder& order, JobRecord& job) const {
   const auto img = repository_.Find(ImageTypeOf(order.type), order.version_code);
   if (!img) {
     // The front checked the catalog a moment ago: the repository changed.
@@ -116,15 +118,18 @@ rpc::DispatchResult FleetBackend::DispatchUpgrade(const rpc::UpgradeOrder& order
     return rpc::DispatchResult::kFailed;
   }
   if (!gateway_.IsOnline(order.serial_number)) return rpc::DispatchResult::kOffline;
-  for (const JobRecord& job : store_.JobsOf(order.serial_number)) {
-    if (job.spec.job_type == JobTypeName(order.type) && !IsFinal(job.state) &&
-        job.state != JobState::kTimedOut) {
+  for (const JobRecord& other : store_.JobsOf(order.serial_number)) {
+    if (other.spec.job_type == JobTypeName(order.type) && !IsFinal(other.state) &&
+        other.state != JobState::kTimedOut) {
       return rpc::DispatchResult::kBusy;
     }
   }
-  JobRecord job;
   job.serial = order.serial_number;
   job.spec.job_id = JobIdOf(order);
+  if (store_.FindJob(job.spec.job_id)) {
+    spdlog::error("api: job {} exists already", job.spec.job_id);
+    return rpc::DispatchResult::kFailed;
+  }
   job.spec.job_type = JobTypeName(order.type);
   job.spec.version = img->version;
   job.spec.url = options_.image_base_url + Repository::PathOf(*img);
@@ -133,13 +138,52 @@ rpc::DispatchResult FleetBackend::DispatchUpgrade(const rpc::UpgradeOrder& order
   job.spec.deadline = UtcTime(std::chrono::system_clock::now() + options_.job_deadline);
   job.created = UtcNow();
   job.updated = job.created;
-  if (auto st = gateway_.Push(std::move(job)); !st) {
-    spdlog::error("api: job for {} ({} {}): {}", order.serial_number, JobTypeName(order.type),
-                  order.version_code, st.error().ToString());
-    return rpc::DispatchResult::kFailed;
+  return rpc::DispatchResult::kDispatched;
+}
+
+rpc::DispatchResult FleetBackend::DispatchUpgrades(const std::vector<rpc::UpgradeOrder>& orders) {
+  // Every order is checked before any job is pushed: a box that is offline
+  // or busy refuses the whole call, and its pair gets no job either.
+  std::vector<JobRecord> jobs;
+  for (const auto& order : orders) {
+    const bool twice = std::any_of(jobs.begin(), jobs.end(), [&](const JobRecord& j) {
+      return j.serial == order.serial_number && j.spec.job_type == JobTypeName(order.type);
+    });
+    if (twice) return rpc::DispatchResult::kBusy;
+    JobRecord job;
+    if (const auto r = Prepare(order, job); r != rpc::DispatchResult::kDispatched) {
+      spdlog::info("api: call {} not dispatched: {} cannot take its {} job ({})",
+                   order.request_id, order.serial_number, JobTypeName(order.type),
+                   r == rpc::DispatchResult::kOffline ? "offline"
+                   : r == rpc::DispatchResult::kBusy  ? "busy with another job"
+                                                      : "failed");
+      return r;
+    }
+    jobs.push_back(std::move(job));
   }
-  spdlog::info("api: job {} for {}: {} {} ({})", JobIdOf(order), order.serial_number,
-               JobTypeName(order.type), order.version_code, img->file_name);
+  // Nothing refused. Only the store failing (disk full, I/O error) can stop
+  // this half-way: the jobs already pushed are then cancelled, and the call
+  // answers InternalError.
+  std::vector<std::string> pushed;
+  for (auto& job : jobs) {
+    const std::string id = job.spec.job_id;
+    const std::string serial = job.serial;
+    const std::string what = job.spec.job_type + " " + job.spec.version;
+    if (auto st = gateway_.Push(std::move(job)); !st) {
+      spdlog::error("api: job {} for {} ({}): {}", id, serial, what, st.error().ToString());
+      for (const auto& done : pushed) {
+        if (auto c = gateway_.Cancel(done); !c) {
+          spdlog::error("api: job {} of the same call stays: cancelling it failed: {}", done,
+                        c.error().ToString());
+        } else {
+          spdlog::warn("api: job {} of the same call cancelled", done);
+        }
+      }
+      return rpc::DispatchResult::kFailed;
+    }
+    spdlog::info("api: job {} for {}: {}", id, serial, what);
+    pushed.push_back(id);
+  }
   return rpc::DispatchResult::kDispatched;
 }
 

@@ -44,7 +44,10 @@ class FleetBackend final : public rpc::ApiBackend {
   std::vector<rpc::InstanceState> ListInstances(const std::string& region_id) override;
   std::optional<rpc::InstanceState> FindInstance(const std::string& smartag_id) override;
   std::vector<rpc::CatalogEntry> Catalog(rpc::VersionType type) override;
-  rpc::DispatchResult DispatchUpgrade(const rpc::UpgradeOrder& order) override;
+  // All or nothing (rpc::ApiBackend): every order is checked (image held,
+  // box online, no unfinished job of that type, job id new) before the
+  // first job is pushed.
+  rpc::DispatchResult DispatchUpgrades(const std::vector<rpc::UpgradeOrder>& orders) override;
 
   // The id of the job an order becomes ("upg-<RequestId>-<serial>": an HA
   // call gives one order per box, with one RequestId).
@@ -52,6 +55,8 @@ class FleetBackend final : public rpc::ApiBackend {
 
  private:
   using DeviceMap = std::map<std::string, DeviceRecord, std::less<>>;
+  // The job for one order, or why the box cannot take it now.
+  rpc::DispatchResult Prepare(const rpc::UpgradeOrder& order, JobRecord& job) const;
   // The instance with its boxes' live state: from `devices` (all of them,
   // read once) or, when null, read from the store box by box.
   rpc::InstanceState Live(rpc::InstanceState instance, const DeviceMap* devices = nullptr) const;

@@ -13,10 +13,12 @@
 // with a Code), 2 on bad usage, 3 when no answer came. The key pair may also
 // come from ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET, as
 // the SDKs read it, to keep the secret off the command line.
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <chrono>
 #include <cstdlib>
 #include <functional>
 #include <iostream>
@@ -116,6 +118,11 @@ sag::Expected<std::unique_ptr<Parts>> StartParts(boost::asio::io_context& io,
   go.key = gc.key;
   go.device_ca = gc.device_ca;
   go.heartbeat = gc.heartbeat;
+  go.job_silence = gc.job_silence;
+  // A silent job ends within a quarter of its limit past it (at most 5 s).
+  go.sweep_interval = std::clamp<std::chrono::milliseconds>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(gc.job_silence) / 4,
+      std::chrono::milliseconds(250), std::chrono::milliseconds(5000));
   parts->gateway = std::make_unique<cloud::Gateway>(io, go, *parts->store);
   cloud::FleetOptions fo;
   fo.instances = config.instances;

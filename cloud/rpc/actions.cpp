@@ -169,18 +169,21 @@ ActionResult SmartagActions::UpdateVersion(const CallContext& ctx, const ParamMa
     if (!first_dpi && *target_version <= *current) return Fail(errors::VersionTooOld());
   }
 
+  // Every box checked: the jobs go out together or not at all.
+  std::vector<UpgradeOrder> orders;
+  orders.reserve(targets.size());
   for (const auto* d : targets) {
-    UpgradeOrder order{ctx.request_id, inst->smartag_id, d->serial_number, *type, code};
-    switch (backend_.DispatchUpgrade(order)) {
-      case DispatchResult::kDispatched:
-        break;
-      case DispatchResult::kOffline:
-        return Fail(errors::SmartAccessGatewayNotOnline());
-      case DispatchResult::kBusy:
-        return Fail(errors::IncorrectStatus());
-      case DispatchResult::kFailed:
-        return Fail(errors::InternalError());
-    }
+    orders.push_back({ctx.request_id, inst->smartag_id, d->serial_number, *type, code});
+  }
+  switch (backend_.DispatchUpgrades(orders)) {
+    case DispatchResult::kDispatched:
+      break;
+    case DispatchResult::kOffline:
+      return Fail(errors::SmartAccessGatewayNotOnline());
+    case DispatchResult::kBusy:
+      return Fail(errors::IncorrectStatus());
+    case DispatchResult::kFailed:
+      return Fail(errors::InternalError());
   }
   return {};
 }

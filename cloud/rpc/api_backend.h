@@ -81,10 +81,11 @@ struct UpgradeOrder {
   std::string version_code;
 };
 
+// The answer for a whole call (every order of it): a call is all or nothing.
 enum class DispatchResult {
-  kDispatched,  // the job is on its way (persisted); its outcome is reported later
-  kOffline,     // the device's channel went down since the state was read
-  kBusy,        // the device runs another job of this type
+  kDispatched,  // every job is on its way (persisted); the outcomes are reported later
+  kOffline,     // a device's channel went down since the state was read
+  kBusy,        // a device runs another job of this type
   kFailed,      // anything else (store error): the API answers InternalError
 };
 
@@ -99,8 +100,12 @@ class ApiBackend {
   virtual std::optional<InstanceState> FindInstance(const std::string& smartag_id) = 0;
   // The verified images of one type.
   virtual std::vector<CatalogEntry> Catalog(VersionType type) = 0;
-  // Hands the job to the device's gateway without waiting for the device.
-  virtual DispatchResult DispatchUpgrade(const UpgradeOrder& order) = 0;
+  // Hands the jobs of one call (one order per box: two for an HA pair
+  // without SerialNumber) to the gateway without waiting for the devices.
+  // All or nothing: unless the answer is kDispatched, no order's job is
+  // left behind (the boxes of an HA pair must run the same version, so
+  // upgrading one of them when the call asked for both is wrong).
+  virtual DispatchResult DispatchUpgrades(const std::vector<UpgradeOrder>& orders) = 0;
 };
 
 }  // namespace sag::cloud::rpc

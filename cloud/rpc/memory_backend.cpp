@@ -29,10 +29,10 @@ std::vector<CatalogEntry> MemoryBackend::Catalog(VersionType type) {
   return out;
 }
 
-DispatchResult MemoryBackend::DispatchUpgrade(const UpgradeOrder& order) {
+DispatchResult MemoryBackend::DispatchUpgrades(const std::vector<UpgradeOrder>& orders) {
   const std::lock_guard lock(mu_);
   const DispatchResult r = std::exchange(next_dispatch_, DispatchResult::kDispatched);
-  if (r == DispatchResult::kDispatched) orders_.push_back(order);
+  if (r == DispatchResult::kDispatched) orders_.insert(orders_.end(), orders.begin(), orders.end());
   return r;
 }
 

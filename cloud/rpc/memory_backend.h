@@ -2,7 +2,7 @@
 // the backend of `sag-cloud serve` until the store and the device gateway
 // take its place (cloud/main.cpp). It obeys what the real one does: the
 // reported versions change only through ReportVersion (the device committed
-// and said so), never through DispatchUpgrade, which only records the job.
+// and said so), never through DispatchUpgrades, which only records the jobs.
 #pragma once
 
 #include <mutex>
@@ -18,7 +18,7 @@ class MemoryBackend final : public ApiBackend {
   std::vector<InstanceState> ListInstances(const std::string& region_id) override;
   std::optional<InstanceState> FindInstance(const std::string& smartag_id) override;
   std::vector<CatalogEntry> Catalog(VersionType type) override;
-  DispatchResult DispatchUpgrade(const UpgradeOrder& order) override;
+  DispatchResult DispatchUpgrades(const std::vector<UpgradeOrder>& orders) override;
 
   // ---- state, as the gateway and the store would change it ----
   void PutInstance(InstanceState instance);  // adds or replaces
@@ -27,7 +27,8 @@ class MemoryBackend final : public ApiBackend {
   bool SetOnline(const std::string& serial, bool online, Clock::time_point state_at);
   // The device committed `version` and reported it.
   bool ReportVersion(const std::string& serial, VersionType type, const std::string& version);
-  // Makes the next DispatchUpgrade answer `result` (once).
+  // Makes the next DispatchUpgrades answer `result` (once); it records none
+  // of that call's orders.
   void FailNextDispatch(DispatchResult result);
 
   [[nodiscard]] std::vector<UpgradeOrder> Orders() const;

@@ -140,7 +140,8 @@ Status ParseParts(const Reader& r, const YAML::Node& root, ApiFileConfig& c) {
   }
   if (const auto g = root["gateway"]) {
     SAG_TRY_STATUS(
-        r.Keys(g, "gateway", {"listen", "cert_chain", "key", "device_ca", "heartbeat_s"}));
+        r.Keys(g, "gateway",
+               {"listen", "cert_chain", "key", "device_ca", "heartbeat_s", "job_silence_s"}));
     GatewayFileConfig gw;
     SAG_TRY_STATUS(Listen(r, g, gw.listen_address, gw.listen_port));
     SAG_TRY_STATUS(Path(r, g, "cert_chain", gw.cert_chain, true));
@@ -149,6 +150,9 @@ Status ParseParts(const Reader& r, const YAML::Node& root, ApiFileConfig& c) {
     auto heartbeat = static_cast<double>(gw.heartbeat.count());
     SAG_TRY_STATUS(r.Num(g, "heartbeat_s", 1, 3600, heartbeat));
     gw.heartbeat = std::chrono::seconds(static_cast<long>(heartbeat));
+    auto silence = static_cast<double>(gw.job_silence.count());
+    SAG_TRY_STATUS(r.Num(g, "job_silence_s", 1, 7 * 86400, silence));
+    gw.job_silence = std::chrono::seconds(static_cast<long>(silence));
     c.gateway = std::move(gw);
   }
   if (const auto p = root["repository"]) {

@@ -68,6 +68,9 @@ struct GatewayFileConfig {
   std::filesystem::path key;
   std::filesystem::path device_ca;  // device certificates must chain to it
   std::chrono::seconds heartbeat{30};
+  // A job offered or accepted with no report about it for this long ends
+  // TimedOut (GatewayOptions::job_silence).
+  std::chrono::seconds job_silence{3600};
 };
 
 // `repository:` -- the signed images and the HTTPS server devices fetch them

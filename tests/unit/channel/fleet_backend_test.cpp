@@ -22,14 +22,16 @@ namespace {
 namespace fs = std::filesystem;
 using std::chrono::milliseconds;
 constexpr const char* kSerial = "sag000fleet1";
+constexpr const char* kSerial2 = "sag000fleet2";  // the standby of the HA pair
 
 // The device: reports its versions in hello, takes every job.
 class Device : public agent::ChannelHost {
  public:
+  explicit Device(std::string serial = kSerial) : serial_(std::move(serial)) {}
   proto::Hello MakeHello() override {
     proto::Hello h;
     h.smartag_id = "sag-fleet";
-    h.serial = kSerial;
+    h.serial = serial_;
     h.model = "sag-1000";
     h.agent_version = "0.1.0";
     h.versions = {"1.0.0", "20201117_1_0-0.0.1"};
@@ -47,6 +49,9 @@ class Device : public agent::ChannelHost {
   std::vector<agent::OutgoingReport> Pending() override { return {}; }
   void Acked(std::uint64_t /*seq*/) override {}
   std::vector<proto::Job> jobs;
+
+ private:
+  std::string serial_;
 };
 
 class FleetBackendTest : public ::testing::Test {
@@ -54,7 +59,7 @@ class FleetBackendTest : public ::testing::Test {
   void SetUp() override {
     const auto pki = dir_ / "pki";
     image::pki::InitOptions init;
-    init.devices = {kSerial};
+    init.devices = {kSerial, kSerial2};
     ASSERT_TRUE(image::pki::InitDevPki(pki, init));
     fs::create_directories(dir_ / "images");
     std::ofstream(dir_ / "rootfs.img") << std::string(200000, 'x');
@@ -96,23 +101,35 @@ class FleetBackendTest : public ::testing::Test {
     box.online = true;               // ignored: the gateway's is used
     instance.devices.push_back(box);
     f.instances.push_back(instance);
+    // An HA pair: two boxes of one instance.
+    rpc::InstanceState ha = instance;
+    ha.smartag_id = "sag-fleet-ha";
+    ha.devices.clear();
+    for (const char* serial : {kSerial, kSerial2}) {
+      box.serial_number = serial;
+      box.ha_state = box.serial_number == kSerial ? "active" : "standby";
+      ha.devices.push_back(box);
+    }
+    f.instances.push_back(ha);
     f.image_base_url = "https://127.0.0.1:8443";
     backend_ = std::make_unique<FleetBackend>(f, *store_, *gw_, *repo_);
     ASSERT_TRUE(backend_->RegisterDevices());
     ASSERT_TRUE(gw_->Start());
   }
 
-  void Connect() {
+  void Connect() { Connect(device_, channel_, kSerial); }
+  void Connect(Device& device, std::unique_ptr<agent::Channel>& channel,
+               const std::string& serial) {
     agent::ChannelOptions o;
     o.endpoint = "wss://127.0.0.1:" + std::to_string(gw_->port()) + "/device/v1";
     o.root_ca = dir_ / "pki" / "root-ca.pem";
-    o.device_cert = dir_ / "pki" / (std::string("device-") + kSerial + "-chain.pem");
-    o.device_key = dir_ / "pki" / (std::string("device-") + kSerial + ".key");
+    o.device_cert = dir_ / "pki" / ("device-" + serial + "-chain.pem");
+    o.device_key = dir_ / "pki" / ("device-" + serial + ".key");
     o.connect_timeout = milliseconds(2000);
     o.seed = 1;
-    channel_ = std::make_unique<agent::Channel>(io_, o, device_);
-    ASSERT_TRUE(channel_->Start());
-    ASSERT_TRUE(RunUntil([&] { return gw_->IsOnline(kSerial); }));
+    channel = std::make_unique<agent::Channel>(io_, o, device);
+    ASSERT_TRUE(channel->Start());
+    ASSERT_TRUE(RunUntil([&] { return gw_->IsOnline(serial); }));
   }
 
   bool RunUntil(const std::function<bool()>& pred) {
@@ -127,15 +144,21 @@ class FleetBackendTest : public ::testing::Test {
 
   void TearDown() override {
     if (channel_) channel_->Stop();
+    if (channel2_) channel2_->Stop();
     gw_->Stop();
     io_.restart();
     io_.run_for(milliseconds(200));  // the closes finish
   }
 
   rpc::UpgradeOrder Order(rpc::VersionType type, const std::string& version,
-                          const std::string& request) {
-    return {request, "sag-fleet", kSerial, type, version};
+                          const std::string& request, const std::string& serial = kSerial) {
+    return {request, "sag-fleet", serial, type, version};
   }
+  rpc::DispatchResult Dispatch(const rpc::UpgradeOrder& order) {
+    return backend_->DispatchUpgrades({order});
+  }
+  // The jobs the store holds for one box.
+  std::size_t JobsOf(const std::string& serial) { return store_->JobsOf(serial).size(); }
 
   test::TempDir dir_;
   boost::asio::io_context io_{1};
@@ -145,6 +168,8 @@ class FleetBackendTest : public ::testing::Test {
   std::unique_ptr<FleetBackend> backend_;
   Device device_;
   std::unique_ptr<agent::Channel> channel_;
+  Device device2_{kSerial2};
+  std::unique_ptr<agent::Channel> channel2_;
 };
 
 TEST_F(FleetBackendTest, AnOfflineBoxShowsNoVersionsAndTakesNoJob) {
@@ -156,8 +181,8 @@ TEST_F(FleetBackendTest, AnOfflineBoxShowsNoVersionsAndTakesNoJob) {
   EXPECT_FALSE(instance->devices[0].state_reported_at);
   EXPECT_FALSE(backend_->FindInstance("sag-other"));
   EXPECT_EQ(backend_->ListInstances("cn-beijing").size(), 0U);
-  EXPECT_EQ(backend_->ListInstances("").size(), 1U);
-  EXPECT_EQ(backend_->DispatchUpgrade(Order(rpc::VersionType::kDevice, "1.0.1", "r1")),
+  EXPECT_EQ(backend_->ListInstances("").size(), 2U);
+  EXPECT_EQ(Dispatch(Order(rpc::VersionType::kDevice, "1.0.1", "r1")),
             rpc::DispatchResult::kOffline);
   EXPECT_FALSE(store_->FindJob("upg-r1-sag000fleet1"));
   const auto catalog = backend_->Catalog(rpc::VersionType::kDevice);
@@ -176,7 +201,7 @@ TEST_F(FleetBackendTest, AnOnlineBoxReportsItsVersionsAndGetsTheJobWithTheImages
   EXPECT_EQ(instance->devices[0].dpi_signature_db_version, "20201117_1_0-0.0.1");
   EXPECT_TRUE(instance->devices[0].state_reported_at);
 
-  ASSERT_EQ(backend_->DispatchUpgrade(Order(rpc::VersionType::kDevice, "1.0.1", "r2")),
+  ASSERT_EQ(Dispatch(Order(rpc::VersionType::kDevice, "1.0.1", "r2")),
             rpc::DispatchResult::kDispatched);
   ASSERT_TRUE(RunUntil([&] { return device_.jobs.size() == 1; }));
   const auto img = repo_->Find(image::ImageType::kDevice, "1.0.1");
@@ -190,13 +215,48 @@ TEST_F(FleetBackendTest, AnOnlineBoxReportsItsVersionsAndGetsTheJobWithTheImages
   EXPECT_FALSE(job.deadline.empty());
 
   // One job of a type at a time; the other type is free.
-  EXPECT_EQ(backend_->DispatchUpgrade(Order(rpc::VersionType::kDevice, "1.0.1", "r3")),
-            rpc::DispatchResult::kBusy);
-  EXPECT_EQ(backend_->DispatchUpgrade(Order(rpc::VersionType::kDpi, "20201117_1_0-0.0.2", "r4")),
+  EXPECT_EQ(Dispatch(Order(rpc::VersionType::kDevice, "1.0.1", "r3")), rpc::DispatchResult::kBusy);
+  EXPECT_EQ(Dispatch(Order(rpc::VersionType::kDpi, "20201117_1_0-0.0.2", "r4")),
             rpc::DispatchResult::kDispatched);
   // A version the repository does not hold (any more).
-  EXPECT_EQ(backend_->DispatchUpgrade(Order(rpc::VersionType::kDpi, "20201117_1_0-0.0.9", "r5")),
+  EXPECT_EQ(Dispatch(Order(rpc::VersionType::kDpi, "20201117_1_0-0.0.9", "r5")),
             rpc::DispatchResult::kFailed);
+}
+
+TEST_F(FleetBackendTest, AnHaCallDispatchesBothBoxesOrNeither) {
+  // The standby is offline: the call for both boxes is refused, and the
+  // active box (first in order) gets no job either.
+  Connect();
+  const auto both = [&](const std::string& request) {
+    return std::vector<rpc::UpgradeOrder>{
+        Order(rpc::VersionType::kDevice, "1.0.1", request, kSerial),
+        Order(rpc::VersionType::kDevice, "1.0.1", request, kSerial2)};
+  };
+  EXPECT_EQ(backend_->DispatchUpgrades(both("h1")), rpc::DispatchResult::kOffline);
+  EXPECT_EQ(JobsOf(kSerial), 0U);
+  EXPECT_EQ(JobsOf(kSerial2), 0U);
+
+  // Both online, the standby busy with a job of its own (SerialNumber):
+  // refused as a whole again, nothing for the active box.
+  Connect(device2_, channel2_, kSerial2);
+  ASSERT_EQ(Dispatch(Order(rpc::VersionType::kDevice, "1.0.1", "h2", kSerial2)),
+            rpc::DispatchResult::kDispatched);
+  EXPECT_EQ(backend_->DispatchUpgrades(both("h3")), rpc::DispatchResult::kBusy);
+  EXPECT_EQ(JobsOf(kSerial), 0U);
+  EXPECT_EQ(JobsOf(kSerial2), 1U);
+  // One call naming a box twice is refused, not half-done.
+  EXPECT_EQ(backend_->DispatchUpgrades({Order(rpc::VersionType::kDpi, "20201117_1_0-0.0.2", "h4"),
+                                        Order(rpc::VersionType::kDpi, "20201117_1_0-0.0.2", "h4")}),
+            rpc::DispatchResult::kBusy);
+  EXPECT_EQ(JobsOf(kSerial), 0U);
+
+  // The standby's job ends: the call for both gives one job to each box.
+  ASSERT_TRUE(RunUntil([&] { return device2_.jobs.size() == 1; }));
+  store_->MutableJob("upg-h2-" + std::string(kSerial2))->state = JobState::kCommitted;
+  EXPECT_EQ(backend_->DispatchUpgrades(both("h5")), rpc::DispatchResult::kDispatched);
+  ASSERT_TRUE(RunUntil([&] { return device_.jobs.size() == 1 && device2_.jobs.size() == 2; }));
+  EXPECT_EQ(device_.jobs[0].job_id, "upg-h5-" + std::string(kSerial));
+  EXPECT_EQ(device2_.jobs[1].job_id, "upg-h5-" + std::string(kSerial2));
 }
 
 TEST(FleetBackendJobId, OneJobPerBoxOfAnHaCall) {

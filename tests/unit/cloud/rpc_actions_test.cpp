@@ -220,6 +220,15 @@ TEST_F(UpdateVersion, HaWithoutSerialNumberUpgradesBothBoxes) {
   EXPECT_EQ(orders[1].serial_number, "sag2b");
 }
 
+TEST_F(UpdateVersion, HaCallRefusedByTheGatewayLeavesNoOrder) {
+  // All or nothing: the backend refusing the call (one box busy) leaves
+  // neither box's job behind.
+  backend_.FailNextDispatch(DispatchResult::kBusy);
+  EXPECT_EQ(CodeOf(Call(Options(SignatureScheme::kAcs3), kUpdate, Params("sag-ha", "2.3.1.1"))),
+            "IncorrectStatus");
+  EXPECT_TRUE(backend_.Orders().empty());
+}
+
 TEST_F(UpdateVersion, HaSerialNumberPicksOneBox) {
   // The standby is offline: upgrading the active box alone works, both does not.
   ASSERT_TRUE(backend_.SetOnline("sag2b", false, FixedNow()));
