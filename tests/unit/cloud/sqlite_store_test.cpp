@@ -330,7 +330,8 @@ TEST(SqliteStore, PowerCutsMidTransactionLeaveAWholeState) {
   }
   ASSERT_FALSE(mount.Control("sync").empty());
   std::mt19937 rng(4242);
-  std::uniform_int_distribution<int> delay_us(0, 60000);
+  // Past the writer's start (an open under ASan takes tens of ms), into its writes.
+  std::uniform_int_distribution<int> delay_us(20000, 250000);
   std::uint64_t durable = 0;  // the newest report whose Write returned
   int in_flight_kept = 0;
   for (int trial = 0; trial < 20; ++trial) {
