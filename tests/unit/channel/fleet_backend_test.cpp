@@ -252,7 +252,14 @@ TEST_F(FleetBackendTest, AnHaCallDispatchesBothBoxesOrNeither) {
 
   // The standby's job ends: the call for both gives one job to each box.
   ASSERT_TRUE(RunUntil([&] { return device2_.jobs.size() == 1; }));
-  store_->MutableJob("upg-h2-" + std::string(kSerial2))->state = JobState::kCommitted;
+  {
+    auto done = store_->FindJob("upg-h2-" + std::string(kSerial2));
+    ASSERT_TRUE(done);
+    done->state = JobState::kCommitted;
+    cloud::StoreWrite w;
+    w.jobs.push_back(*done);
+    ASSERT_TRUE(store_->Write(w));
+  }
   EXPECT_EQ(backend_->DispatchUpgrades(both("h5")), rpc::DispatchResult::kDispatched);
   ASSERT_TRUE(RunUntil([&] { return device_.jobs.size() == 1 && device2_.jobs.size() == 2; }));
   EXPECT_EQ(device_.jobs[0].job_id, "upg-h5-" + std::string(kSerial));
