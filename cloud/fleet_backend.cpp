@@ -152,8 +152,8 @@ rpc::DispatchResult FleetBackend::DispatchUpgrades(const std::vector<rpc::Upgrad
     if (twice) return rpc::DispatchResult::kBusy;
     JobRecord job;
     if (const auto r = Prepare(order, job); r != rpc::DispatchResult::kDispatched) {
-      spdlog::info("api: call {} not dispatched: {} cannot take its {} job ({})",
-                   order.request_id, order.serial_number, JobTypeName(order.type),
+      spdlog::info("api: call {} not dispatched: {} cannot take its {} job ({})", order.request_id,
+                   order.serial_number, JobTypeName(order.type),
                    r == rpc::DispatchResult::kOffline ? "offline"
                    : r == rpc::DispatchResult::kBusy  ? "busy with another job"
                                                       : "failed");

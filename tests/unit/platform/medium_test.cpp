@@ -121,7 +121,8 @@ TEST_F(MediumTest, LyingMediumIsSeenFromTheMediumOnly) {
   EXPECT_EQ(buf[1000], 0) << "the aligned read returned the page cache, not the medium";
   buf[3 * 4096 + 500] = 0x55;
   ASSERT_EQ(*(*dev)->ReadMediumAt(0, buf.first(3 * 4096 + 500)), 3 * 4096 + 500U);
-  EXPECT_TRUE(std::all_of(raw, raw + 3 * 4096 + 500, [](std::uint8_t b) { return b == 0xa7; }));
+  EXPECT_TRUE(
+      std::all_of(raw, raw + (3U * 4096U + 500U), [](std::uint8_t b) { return b == 0xa7; }));
   EXPECT_EQ(buf[3 * 4096 + 500], 0x55) << "wrote past the span it was given";
   ASSERT_EQ(*(*dev)->ReadMediumAt((1U << 20U) - 8192, buf.first(8192 + 100)), 8192U);
 }
