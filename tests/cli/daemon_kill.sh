@@ -78,7 +78,7 @@ done
 # inbox and exits when nothing is left; a Device job's reboot is followed
 # (its trial boot commits or falls back), then the simulator stops.
 rm -f "$dev/run/agent.pid" "$dev/run/status.json"
-"$sim" boot "$dev" --agent "$agent" --max-boots 8 -- run --once --config "$dev/agent.yaml" \
+"$sim" boot "$dev" --agent "$agent" --max-boots 40 -- run --once --config "$dev/agent.yaml" \
   >>"$tmp/log" 2>&1 &
 simpid=$!
 for _ in $(seq 1800); do kill -0 "$simpid" 2>/dev/null || break; sleep 0.1; done

@@ -4,7 +4,6 @@
 #include "agent/channel.h"
 
 #include <gtest/gtest.h>
-#include <sqlite3.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -24,6 +23,7 @@
 #include "cloud/sqlite_store.h"
 #include "cloud/store.h"
 #include "common/process.h"
+#include "tests/support/sqlite_sql.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/test_http_server.h"
 
@@ -183,16 +183,7 @@ class ChannelTest : public ::testing::Test {
   }
 
   // Runs SQL on the store's file with a connection of its own.
-  void Sql(const std::string& sql) {
-    sqlite3* db = nullptr;
-    ASSERT_EQ(sqlite3_open((dir_ / "store.db").c_str(), &db), SQLITE_OK);
-    char* msg = nullptr;
-    const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &msg);
-    const std::string err = msg == nullptr ? "" : msg;
-    sqlite3_free(msg);
-    sqlite3_close(db);
-    ASSERT_EQ(rc, SQLITE_OK) << sql << ": " << err;
-  }
+  void Sql(const std::string& sql) { test::Sql(dir_ / "store.db", sql); }
 
   // Stops the gateway, lets its connections close, and opens the store
   // again from its file, as a restarted sag-cloud would.

@@ -6,7 +6,6 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +15,7 @@
 #include <string>
 
 #include "tests/support/powerloss_mount.h"
+#include "tests/support/sqlite_sql.h"
 #include "tests/support/temp_dir.h"
 
 namespace sag::cloud {
@@ -23,38 +23,13 @@ namespace {
 
 using rpc::Clock;
 using std::chrono::seconds;
+using test::Sql;
+using test::SqlInt;
 
 std::unique_ptr<Store> Open(const std::filesystem::path& path, SqliteOptions options = {}) {
   auto s = OpenSqliteStore(path, options);
   EXPECT_TRUE(s) << s.error().ToString();
   return s ? std::move(*s) : nullptr;
-}
-
-// Runs SQL on the file with a connection of its own (another process would
-// do the same): what the store does not offer, tests do behind its back.
-void Sql(const std::filesystem::path& path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  char* msg = nullptr;
-  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &msg);
-  const std::string err = msg == nullptr ? "" : msg;
-  sqlite3_free(msg);
-  sqlite3_close(db);
-  ASSERT_EQ(rc, SQLITE_OK) << sql << ": " << err;
-}
-
-std::int64_t SqlInt(const std::filesystem::path& path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  sqlite3_stmt* st = nullptr;
-  std::int64_t v = -1;
-  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW) {
-    v = sqlite3_column_int64(st, 0);
-  }
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  return v;
 }
 
 std::string Bytes(const std::filesystem::path& path) {
