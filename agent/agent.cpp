@@ -245,10 +245,16 @@ int CmdRun(const Config& c, bool once) {
   };
   std::deque<CloudJob> cloud_jobs;
   std::function<void()> scan;
-  // `run --once` (a one-shot pass over what is local) keeps no channel.
-  if (!c.cloud.endpoint.empty() && !once) {
+  // `run --once` (a one-shot pass over what is local) keeps no channel,
+  // unless a trial boot's health check needs the cloud to answer its hello;
+  // it then takes no job from the cloud (the cloud offers it again).
+  if (!c.cloud.endpoint.empty() && (!once || b.hello_gate)) {
     DaemonChannelHost::Hooks hooks;
     hooks.submit = [&](JobSpec spec, std::function<void(const JobAnswer&)> reply) {
+      if (once) {
+        spdlog::info("job {}: from the cloud, left for the daemon (run --once)", spec.id);
+        return;
+      }
       if (cloud_jobs.size() >= Dispatcher::kMaxQueued) {
         JobAnswer busy;
         busy.outcome.id = spec.id;
@@ -287,6 +293,7 @@ int CmdRun(const Config& c, bool once) {
     co.connect_timeout = c.cloud.connect_timeout;
     co.heartbeat = c.cloud.heartbeat;
     co.max_backoff = c.cloud.max_backoff;
+    co.hello_gate = b.hello_gate.get();
     channel = std::make_unique<Channel>(io, co, *host);
     // A report appended (on the worker or the install's threads) wakes the
     // channel on the loop.
@@ -426,16 +433,14 @@ int CmdRun(const Config& c, bool once) {
     ping();
   }
   machine.Fire(DaemonEvent::kReady);
-  // First: whatever the journals hold (a trial boot to check, a download to
-  // finish, a job that keeps crashing the agent); the inbox is scanned when
-  // it is done.
-  in_flight = true;
-  dispatcher.Recover(worker_done);
+  // The channel is started (it connects once the loop runs) before the
+  // recovery, whose trial-boot health check may wait for its hello.ack.
   if (channel) {
     if (auto st = channel->Start(); !st) {
       // A configuration problem (bad endpoint, unusable certificate): the
       // daemon goes on serving the inbox and says why the channel is down.
       spdlog::error("control channel: {}", st.error().ToString());
+      if (b.hello_gate) b.hello_gate->Abandon(st.error());
       status.Post({{"channel",
                     {{"state", "offline"},
                      {"endpoint", c.cloud.endpoint},
@@ -444,6 +449,11 @@ int CmdRun(const Config& c, bool once) {
       channel.reset();
     }
   }
+  // First: whatever the journals hold (a trial boot to check, a download to
+  // finish, a job that keeps crashing the agent); the inbox is scanned when
+  // it is done.
+  in_flight = true;
+  dispatcher.Recover(worker_done);
   io.run();
   // The loop's own waits end; the channel closes (WebSocket close, TLS
   // close_notify) and its handlers finish, bounded by its close timeout.

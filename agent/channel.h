@@ -45,6 +45,8 @@ class io_context;
 
 namespace sag::agent {
 
+class HelloGate;
+
 // A report on its way to the cloud, with its outbox sequence number.
 using OutgoingReport = std::variant<proto::Progress, proto::Result, proto::State>;
 std::uint64_t SeqOf(const OutgoingReport& report);
@@ -84,6 +86,10 @@ struct ChannelOptions {
   std::chrono::milliseconds initial_backoff{1000};
   std::chrono::milliseconds max_backoff{300000};
   std::uint64_t seed = 0;  // 0: seeded from std::random_device
+  // The trial boot's health check (agent/hello_gate.h), or null: Expect()ed
+  // by Start(), Answered() on hello.ack and nothing earlier, Failed() with
+  // the error of every attempt that ends, Abandon()ed (kCancelled) by Stop().
+  HelloGate* hello_gate = nullptr;
 };
 
 struct ChannelStatus {

@@ -1188,6 +1188,12 @@ Status DeviceInstaller::StepHealth(JobRecord& record) {
   }
   EnterStep(record);
   auto health = RunHealthChecks(record);
+  if (!health && health.error().code() == Errc::kCancelled) {
+    // The agent stops (SIGTERM) while a check waits: no verdict on the new
+    // OS. The job stays HealthChecking and the checks run again at the next
+    // start (Run() returns the record as it is).
+    return std::move(health).error();
+  }
   if (health) {
     SAG_TRY_STATUS(Save(record, JobEvent::kHealthy));
     return StepCommit(record);

@@ -37,7 +37,10 @@ struct InstallerOptions {
   net::DownloadOptions download;
   int trial_attempts = 3;
   std::vector<HealthCheckSpec> health_checks;
-  // Extra health condition (the control channel is reachable); null = none.
+  // Extra health condition, after the commands (the control channel came up
+  // and the cloud answered hello: agent/hello_gate.h); null = none. A
+  // kCancelled answer (the agent stops) is no verdict: the job stays
+  // HealthChecking and is checked again at the next start.
   std::function<Status()> cloud_check;
   // The slot is synced and the journal records progress every
   // checkpoint_bytes, one checkpoint at a time (the writer does not wait for

@@ -3,6 +3,8 @@
 // io_context, driven by the test thread with a deadline on every wait.
 #include "agent/channel.h"
 
+#include "agent/hello_gate.h"
+
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <sys/resource.h>
@@ -14,6 +16,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
@@ -694,6 +697,92 @@ TEST_F(ChannelTest, AServerThatAcceptsAndNeverAnswersIsLeftWithinTheDeadline) {
   ch_->Stop();
   mute.close();
   RunFor(milliseconds(50));
+}
+
+// The trial boot's health.require_cloud check (agent/hello_gate.h) waits on
+// the install's worker thread while the channel runs on the loop: run it on a
+// thread of its own and drive the loop until it returns (bounded).
+Status CheckCloud(agent::HelloGate& gate, milliseconds timeout,
+                  const std::function<bool(const std::function<bool()>&, milliseconds)>& run) {
+  auto check = std::async(std::launch::async, [&] { return gate.Wait(timeout); });
+  const bool done = run(
+      [&] { return check.wait_for(milliseconds(0)) == std::future_status::ready; },
+      timeout + milliseconds(5000));
+  EXPECT_TRUE(done) << "the check did not return within its timeout";
+  return check.get();
+}
+
+TEST_F(ChannelTest, HealthCheckFailsWhenTheServerAcceptsAndNeverAnswersHello) {
+  using boost::asio::ip::tcp;
+  tcp::acceptor mute(io_, tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0));
+  port_ = mute.local_endpoint().port();
+  std::vector<tcp::socket> held;  // accepted, never read or written
+  std::function<void()> accept = [&] {
+    mute.async_accept([&](const boost::system::error_code& ec, tcp::socket s) {
+      if (ec) return;
+      held.push_back(std::move(s));
+      accept();
+    });
+  };
+  accept();
+  auto o = ChOptions();
+  o.connect_timeout = milliseconds(300);
+  agent::HelloGate gate(o.endpoint);
+  o.hello_gate = &gate;
+  StartChannel(o);
+  const auto run = [&](const std::function<bool()>& pred, milliseconds limit) {
+    return RunUntil(pred, limit);
+  };
+  auto st = CheckCloud(gate, milliseconds(1500), run);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kHealthCheckFailed);
+  const std::string& m = st.error().message();
+  EXPECT_NE(m.find("control channel " + o.endpoint), std::string::npos) << m;
+  EXPECT_NE(m.find("did not answer hello"), std::string::npos) << m;
+  EXPECT_NE(m.find("ChannelTimeout"), std::string::npos) << m;  // the channel's last error
+  EXPECT_GE(held.size(), 1U);  // it was connected to, and that is not enough
+  EXPECT_FALSE(gate.answered());
+  ch_->Stop();
+  mute.close();
+  RunFor(milliseconds(50));
+}
+
+TEST_F(ChannelTest, HealthCheckFailsWhenTheGatewayRefusesTheHello) {
+  // TLS and the WebSocket upgrade succeed, the hello is sent, and the
+  // gateway answers it with an error (the hello names another serial than
+  // the certificate): no hello.ack, no pass.
+  StartGateway();
+  host_.hello.serial = "sag000other";
+  auto o = ChOptions();
+  agent::HelloGate gate(o.endpoint);
+  o.hello_gate = &gate;
+  StartChannel(o);
+  const auto run = [&](const std::function<bool()>& pred, milliseconds limit) {
+    return RunUntil(pred, limit);
+  };
+  auto st = CheckCloud(gate, milliseconds(1500), run);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kHealthCheckFailed) << st.error().ToString();
+  EXPECT_GE(host_.hellos, 1);  // the hello went out
+  EXPECT_EQ(ch_->status().connects, 0U);
+}
+
+TEST_F(ChannelTest, HealthCheckPassesOnceTheCloudAnswersHello) {
+  StartGateway();
+  auto o = ChOptions();
+  agent::HelloGate gate(o.endpoint);
+  o.hello_gate = &gate;
+  StartChannel(o);
+  const auto run = [&](const std::function<bool()>& pred, milliseconds limit) {
+    return RunUntil(pred, limit);
+  };
+  auto st = CheckCloud(gate, milliseconds(8000), run);
+  EXPECT_TRUE(st) << st.error().ToString();
+  EXPECT_TRUE(Online());
+  // A stop after the answer is no verdict any more.
+  ch_->Stop();
+  RunFor(milliseconds(100));
+  EXPECT_TRUE(gate.Wait(milliseconds(0)));
 }
 
 TEST_F(ChannelTest, GatewayDropsAConnectionThatNeverShakesHands) {
