@@ -14,10 +14,12 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdlib>
+#include <ctime>
 #include <deque>
 #include <filesystem>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <random>
 
 #include "agent/backends.h"
@@ -135,6 +137,43 @@ DeviceSnapshot SnapshotOf(const json& s, const Backends& b) {
   return snap;
 }
 
+// The wall clock `after` from now, as status.json writes times (UTC, whole
+// seconds, rounded up: an attempt is never shown as due before it is).
+std::string UtcIn(std::chrono::milliseconds after) {
+  const auto at = std::chrono::system_clock::now() + after;
+  const std::time_t t =
+      std::chrono::system_clock::to_time_t(std::chrono::ceil<std::chrono::seconds>(at));
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  std::array<char, 32> buf{};
+  const std::size_t n = std::strftime(buf.data(), buf.size(), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return {buf.data(), n};
+}
+
+// status.json's channel (docs/status.md) from the channel's own status: its
+// state, since when, the last error while offline, and while a reconnect is
+// scheduled, when (`next_attempt_at`) and after which backoff; null when
+// online. `started`: the daemon's first attempt, the "since" of a channel that
+// was never up.
+json ChannelJson(const std::string& endpoint, const ChannelStatus& cs, const std::string& started,
+                 std::optional<std::chrono::milliseconds> retry_in) {
+  json ch = {{"state", cs.online ? "online" : "offline"},
+             {"endpoint", endpoint},
+             {"since", cs.since.empty() ? started : cs.since},
+             {"last_error", nullptr},
+             {"attempts", cs.online ? 0 : cs.failures},
+             {"next_attempt_at", nullptr},
+             {"backoff_ms", nullptr}};
+  if (!cs.online) {
+    if (cs.last_error) ch["last_error"] = cs.last_error->ToString();
+    if (retry_in) {
+      ch["next_attempt_at"] = UtcIn(*retry_in);
+      ch["backoff_ms"] = retry_in->count();
+    }
+  }
+  return ch;
+}
+
 std::string NewJobId() {
   std::random_device rd;
   char buf[32];
@@ -245,6 +284,7 @@ int CmdRun(const Config& c, bool once) {
   };
   std::deque<CloudJob> cloud_jobs;
   std::function<void()> scan;
+  const std::string channel_started = firmware::NowUtc();
   // `run --once` (a one-shot pass over what is local) keeps no channel,
   // unless a trial boot's health check needs the cloud to answer its hello;
   // it then takes no job from the cloud (the cloud offers it again).
@@ -270,18 +310,15 @@ int CmdRun(const Config& c, bool once) {
     };
     hooks.agent_state = [&] { return std::string(DaemonStateName(machine.state())); };
     hooks.on_change = [&](bool online) {
-      // status.json's channel (docs/status.md); the channel is set by then.
-      json ch = {{"state", online ? "online" : "offline"},
-                 {"endpoint", c.cloud.endpoint},
-                 {"since", firmware::NowUtc()},
-                 {"last_error", nullptr},
-                 {"attempts", 0}};
-      if (channel) {
-        const ChannelStatus cs = channel->status();
-        if (cs.last_error) ch["last_error"] = cs.last_error->ToString();
-        ch["attempts"] = cs.failures;
-      }
-      status.Post({{"channel", std::move(ch)}});
+      // The channel is set by then; offline, the reconnect that follows
+      // posts when it is due.
+      if (!channel) return;
+      ChannelStatus cs = channel->status();
+      cs.online = online;
+      status.Post({{"channel", ChannelJson(c.cloud.endpoint, cs, channel_started, std::nullopt)}});
+    };
+    hooks.on_retry = [&](std::chrono::milliseconds delay, const ChannelStatus& cs) {
+      status.Post({{"channel", ChannelJson(c.cloud.endpoint, cs, channel_started, delay)}});
     };
     host = std::make_unique<DaemonChannelHost>(c, *b.outbox, std::move(hooks));
     host->SetSnapshot(SnapshotOf(first_status, b));
@@ -305,7 +342,11 @@ int CmdRun(const Config& c, bool once) {
     status.Post({{"channel",
                   {{"state", "connecting"},
                    {"endpoint", c.cloud.endpoint},
-                   {"since", firmware::NowUtc()}}}});
+                   {"since", channel_started},
+                   {"last_error", nullptr},
+                   {"attempts", 0},
+                   {"next_attempt_at", nullptr},
+                   {"backoff_ms", nullptr}}}});
   } else {
     status.Post({{"channel", {{"state", "disabled"}}}});
   }
@@ -441,11 +482,15 @@ int CmdRun(const Config& c, bool once) {
       // daemon goes on serving the inbox and says why the channel is down.
       spdlog::error("control channel: {}", st.error().ToString());
       if (b.hello_gate) b.hello_gate->Abandon(st.error());
+      // No attempt is scheduled: it takes a new configuration.
       status.Post({{"channel",
                     {{"state", "offline"},
                      {"endpoint", c.cloud.endpoint},
-                     {"since", firmware::NowUtc()},
-                     {"last_error", st.error().ToString()}}}});
+                     {"since", channel_started},
+                     {"last_error", st.error().ToString()},
+                     {"attempts", 0},
+                     {"next_attempt_at", nullptr},
+                     {"backoff_ms", nullptr}}}});
       channel.reset();
     }
   }

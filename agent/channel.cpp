@@ -609,6 +609,7 @@ asio::awaitable<void> Channel::Impl::Run() {
                  status.failures);
     if (options.hello_gate != nullptr) options.hello_gate->Failed(why);
     status.last_error = std::move(why);
+    host.OnReconnectScheduled(delay, status);
     backoff.expires_after(delay);
     ErrorCode ec;
     co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));

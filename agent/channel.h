@@ -46,6 +46,7 @@ class io_context;
 namespace sag::agent {
 
 class HelloGate;
+struct ChannelStatus;
 
 // A report on its way to the cloud, with its outbox sequence number.
 using OutgoingReport = std::variant<proto::Progress, proto::Result, proto::State>;
@@ -73,6 +74,11 @@ class ChannelHost {
   virtual void Acked(std::uint64_t seq) = 0;
   // The channel came up (hello.ack) or went down.
   virtual void OnChannelChange(bool /*online*/) {}
+  // An attempt ended (or the live connection broke) and the next one starts
+  // in `delay` (BackoffDelay: within [0, max_backoff]); `status` is the
+  // channel's, with the attempt's error and the failure count.
+  virtual void OnReconnectScheduled(std::chrono::milliseconds /*delay*/,
+                                    const ChannelStatus& /*status*/) {}
 };
 
 struct ChannelOptions {

@@ -269,7 +269,17 @@ void FormatChannel(std::ostringstream& out, const json& ch, Clock::time_point no
     if (auto attempts = Int(ch, "attempts"); attempts && *attempts > 0) {
       text += ", " + std::to_string(*attempts) + (*attempts == 1 ? " attempt" : " attempts");
     }
-    if (auto next = Str(ch, "next_attempt_at")) text += ", next " + When(next, now);
+    if (auto next = Str(ch, "next_attempt_at")) {
+      // The daemon writes it when it schedules the attempt; once due, the
+      // attempt is being made.
+      const auto at = ParseUtc(*next);
+      if (at && *at > now) {
+        text += ", next attempt in " +
+                Span(std::chrono::ceil<std::chrono::seconds>(*at - now)) + " (" + *next + ")";
+      } else {
+        text += ", retrying since " + When(next, now);
+      }
+    }
   } else if (state == "disabled") {
     text += " (no cloud endpoint)";
   }

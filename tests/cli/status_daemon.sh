@@ -52,6 +52,16 @@ state=$(sed -nE 's/^channel     ([a-z]+) since .*/\1/p' <<<"$out")
   && ok "offline: running, channel $state since, identity, Device OS" || { bad "offline (rc=$rc):"; echo "$out"; }
 json_has "$schema1 and d['identity']['serial_number'] == '$serial'" && ok "offline --json: schema 1" \
   || bad "offline --json: $(st --json)"
+# Offline with a reconnect scheduled: when, and the backoff drawn (max_backoff_s: 1).
+if wait_json 'd["channel"]["state"] == "offline" and d["channel"]["next_attempt_at"] and 0 <= d["channel"]["backoff_ms"] <= 1000 and d["channel"]["last_error"] and d["channel"]["attempts"] >= 1' 30; then
+  ok "offline --json: next_attempt_at and backoff_ms"
+else
+  bad "offline --json without the next attempt: $(st --json)"
+fi
+out=$(st)
+grep -qE '^channel     offline since .*, [0-9]+ attempts?, (next attempt in [0-9]+s \(|retrying since )' <<<"$out" &&
+  grep -q '^            last error: E' <<<"$out" && ok "offline: the next attempt and the last error" \
+  || { bad "offline without the next attempt:"; echo "$out"; }
 
 # 2. Online once the cloud serves.
 "$cloud" serve --config "$lab/cloud.yaml" >"$tmp/cloud.log" 2>&1 &
@@ -60,7 +70,9 @@ wait_json 'd["channel"]["state"] == "online"' 60 || die "the channel never came 
 out=$(st); rc=$?
 [[ $rc -eq 0 && "$out" == *"channel     online since "* && "$out" == *"$gw"* && "$out" != *"last error"* ]] \
   && ok "online: channel online since" || { bad "online (rc=$rc):"; echo "$out"; }
-json_has "$schema1 and d['channel']['endpoint'] == '$gw'" && ok "online --json: schema 1" || bad "online --json: $(st --json)"
+json_has "$schema1 and d['channel']['endpoint'] == '$gw' and d['channel']['next_attempt_at'] is None and d['channel']['backoff_ms'] is None and d['channel']['last_error'] is None" \
+  && ok "online --json: schema 1, no next attempt" || bad "online --json: $(st --json)"
+[[ "$out" != *"next attempt"* && "$out" != *"retrying"* ]] && ok "online: no next attempt" || { bad "online shows an attempt:"; echo "$out"; }
 
 # 3. A Device job through the API, followed live until the daemon stops for
 # its reboot (exit 3): frames with the job, its stage and its progress bar.

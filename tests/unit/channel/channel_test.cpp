@@ -129,6 +129,9 @@ class FakeHost : public agent::ChannelHost {
     std::erase_if(pending, [&](const OutgoingReport& r) { return agent::SeqOf(r) <= seq; });
   }
   void OnChannelChange(bool online) override { changes.push_back(online); }
+  void OnReconnectScheduled(milliseconds delay, const agent::ChannelStatus& status) override {
+    retries.emplace_back(delay, status);
+  }
 
   void Add(OutgoingReport r) {
     last_seq = agent::SeqOf(r);
@@ -143,6 +146,7 @@ class FakeHost : public agent::ChannelHost {
   std::vector<Clock::time_point> job_times;
   std::vector<std::string> cancels;
   std::vector<bool> changes;
+  std::vector<std::pair<milliseconds, agent::ChannelStatus>> retries;
   bool answer_jobs = true;
   int hellos = 0;
 };
@@ -783,6 +787,39 @@ TEST_F(ChannelTest, HealthCheckPassesOnceTheCloudAnswersHello) {
   ch_->Stop();
   RunFor(milliseconds(100));
   EXPECT_TRUE(gate.Wait(milliseconds(0)));
+}
+
+TEST_F(ChannelTest, EveryScheduledReconnectIsToldWithItsBackoff) {
+  {  // a port nobody listens on: every attempt is refused at once
+    using boost::asio::ip::tcp;
+    tcp::acceptor probe(io_, tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0));
+    port_ = probe.local_endpoint().port();
+  }
+  auto o = ChOptions();  // initial 50 ms, cap 200 ms
+  StartChannel(o);
+  ASSERT_TRUE(RunUntil([&] { return host_.retries.size() >= 6; }));
+  for (std::size_t i = 0; i < host_.retries.size(); ++i) {
+    const auto& [delay, st] = host_.retries[i];
+    const int n = static_cast<int>(i) + 1;
+    const milliseconds window =
+        std::min(o.max_backoff, o.initial_backoff * (std::int64_t{1} << (n - 1)));
+    EXPECT_EQ(st.failures, n);
+    EXPECT_GE(delay.count(), 0) << "attempt " << n;
+    EXPECT_LE(delay, window) << "attempt " << n;
+    EXPECT_EQ(st.next_delay, delay);
+    ASSERT_TRUE(st.last_error);
+    EXPECT_EQ(st.last_error->code(), Errc::kNetConnect) << st.last_error->ToString();
+    EXPECT_FALSE(st.online);
+  }
+  // Once the gateway is there the channel comes up, and a later break is
+  // told with the count started again.
+  StartGateway(GwOptions());
+  ASSERT_TRUE(RunUntil([&] { return Online(); }));
+  const std::size_t before = host_.retries.size();
+  RestartGateway();
+  ASSERT_TRUE(RunUntil([&] { return host_.retries.size() > before; }));
+  EXPECT_EQ(host_.retries[before].second.failures, 1);
+  EXPECT_LE(host_.retries[before].first, o.initial_backoff);
 }
 
 TEST_F(ChannelTest, GatewayDropsAConnectionThatNeverShakesHands) {
