@@ -115,6 +115,17 @@ json RefreshStatus(Backends& b, const Dispatcher& d, StatusWriter& status, const
     }
     s["boot"] = {{"order", order}, {"a_left", st->a_left}, {"b_left", st->b_left}};
   }
+  // Both slots: what each holds and whether it boots (docs/status.md).
+  if (auto slots = b.device->installer().Slots()) {
+    json js = json::object();
+    for (const auto& [slot, view] : *slots) {
+      js[std::string(platform::SlotName(slot))] = {
+          {"version", view.version.empty() ? json() : json(view.version)}, {"state", view.state}};
+    }
+    s["slots"] = std::move(js);
+  } else {
+    spdlog::warn("status: slots: {}", slots.error().ToString());
+  }
   json job = d.LastJobStatus();
   if (job.is_null()) job = DeviceLastJob(b);
   if (!job.is_null()) s["job"] = std::move(job);
@@ -132,6 +143,17 @@ DeviceSnapshot SnapshotOf(const json& s, const Backends& b) {
   if (auto v = s.find("booted_slot"); v != s.end() && v->is_string()) {
     snap.boot.booted_slot = *v;
     snap.boot.slots[*v] = {snap.device_version, "good"};
+  }
+  if (auto slots = s.find("slots"); slots != s.end() && slots->is_object()) {
+    for (const auto& item : slots->items()) {
+      const json& slot = item.value();
+      if (!slot.is_object()) continue;
+      const auto version = slot.find("version");
+      const auto state = slot.find("state");
+      snap.boot.slots[item.key()] = {
+          version != slot.end() && version->is_string() ? version->get<std::string>() : "",
+          state != slot.end() && state->is_string() ? state->get<std::string>() : "unknown"};
+    }
   }
   snap.jobs = b.registry->jobs();
   return snap;

@@ -417,6 +417,7 @@ json NormalizeStatus(const json& doc) {
   Move(doc, "device_version", device, "version");
   Move(doc, "booted_slot", device, "booted_slot");
   if (Obj(doc, "boot") != nullptr) device["boot"] = doc["boot"];
+  if (Obj(doc, "slots") != nullptr) device["slots"] = doc["slots"];
   if (!device.empty()) out["device"] = device;
   if (doc.contains("dpi_version")) {
     const auto dpi = Str(doc, "dpi_version");

@@ -124,6 +124,24 @@ class DeviceInstaller {
   // VERSION_ID of os_release.
   Expected<std::string> CurrentVersion();
 
+  // What each slot holds, for status.json and the channel's hello. version:
+  // what its record says it holds (slots.json, written at each commit; the
+  // booted slot without a record: CurrentVersion()), or, for the target of
+  // the unfinished job, the version being installed; "" when unknown.
+  // state (docs/status.md):
+  //   writing  the unfinished job writes it (Pending .. Activating)
+  //   trial    the job's trial boot is set or running (Rebooting,
+  //            HealthChecking)
+  //   bad      no boot tries left (unbootable), or being rolled back from
+  //   good     bootable otherwise
+  //   unknown  the boot environment cannot be read
+  // Errors: a damaged journal or slot record (kJournalCorrupt).
+  struct SlotView {
+    std::string version;
+    std::string state;
+  };
+  Expected<std::map<platform::Slot, SlotView>> Slots();
+
   // Manual control (sag-agent mark-good / rollback).
   Status MarkGood();
   Status Rollback();  // make the other slot boot next, then reboot
