@@ -500,7 +500,9 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
   // gone); the reader that checks the header streams the payload too.
   SAG_TRY(auto seen, Lookup(spec.id));
   if (seen) return *seen;
-  auto source = OpenStreamSource(spec.source, 0, options_.download);
+  net::DownloadOptions download = options_.download;
+  download.log_context = [context = "job " + spec.id + ": Downloading"] { return context; };
+  auto source = OpenStreamSource(spec.source, 0, download);
   if (!source)
     return StartRefused(spec,
                         std::move(source).error().WithContext("opening " + RedactUrl(spec.source)));
@@ -803,7 +805,10 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   fresh_reader_ = nullptr;
   std::unique_ptr<image::ByteSource> source;
   if (fresh == nullptr) {
-    SAG_TRY(source, OpenStreamSource(record.source, offset, options_.download));
+    net::DownloadOptions download = options_.download;
+    download.log_context = [context = "job " + record.id + ": " +
+                                      std::string(JobStateName(record.state))] { return context; };
+    SAG_TRY(source, OpenStreamSource(record.source, offset, download));
   }
 
   // Decoded-chunk buffers (see the stages below). Two: on a two-core
