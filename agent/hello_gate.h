@@ -54,9 +54,9 @@ class HelloGate {
   const std::string endpoint_;
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;
-  State state_ = State::kNoChannel;   // guarded by mu_
-  std::optional<Error> last_error_;   // guarded by mu_
-  std::optional<Error> abandoned_;    // guarded by mu_
+  State state_ = State::kNoChannel;  // guarded by mu_
+  std::optional<Error> last_error_;  // guarded by mu_
+  std::optional<Error> abandoned_;   // guarded by mu_
 };
 
 }  // namespace sag::agent

@@ -274,8 +274,8 @@ void FormatChannel(std::ostringstream& out, const json& ch, Clock::time_point no
       // attempt is being made.
       const auto at = ParseUtc(*next);
       if (at && *at > now) {
-        text += ", next attempt in " +
-                Span(std::chrono::ceil<std::chrono::seconds>(*at - now)) + " (" + *next + ")";
+        text += ", next attempt in " + Span(std::chrono::ceil<std::chrono::seconds>(*at - now)) +
+                " (" + *next + ")";
       } else {
         text += ", retrying since " + When(next, now);
       }

@@ -3,8 +3,6 @@
 // io_context, driven by the test thread with a deadline on every wait.
 #include "agent/channel.h"
 
-#include "agent/hello_gate.h"
-
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <sys/resource.h>
@@ -23,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/hello_gate.h"
 #include "cloud/gateway.h"
 #include "cloud/sqlite_store.h"
 #include "cloud/store.h"
@@ -272,6 +271,7 @@ class ChannelTest : public ::testing::Test {
   boost::asio::io_context io_{1};
   std::unique_ptr<Store> store_;
   std::unique_ptr<Gateway> gw_;
+  std::unique_ptr<agent::HelloGate> gate_;  // outlives ch_, which signals it
   std::unique_ptr<Channel> ch_;
   FakeHost host_;
   std::uint16_t port_ = 0;
@@ -709,9 +709,9 @@ TEST_F(ChannelTest, AServerThatAcceptsAndNeverAnswersIsLeftWithinTheDeadline) {
 Status CheckCloud(agent::HelloGate& gate, milliseconds timeout,
                   const std::function<bool(const std::function<bool()>&, milliseconds)>& run) {
   auto check = std::async(std::launch::async, [&] { return gate.Wait(timeout); });
-  const bool done = run(
-      [&] { return check.wait_for(milliseconds(0)) == std::future_status::ready; },
-      timeout + milliseconds(5000));
+  const bool done =
+      run([&] { return check.wait_for(milliseconds(0)) == std::future_status::ready; },
+          timeout + milliseconds(5000));
   EXPECT_TRUE(done) << "the check did not return within its timeout";
   return check.get();
 }
@@ -731,7 +731,8 @@ TEST_F(ChannelTest, HealthCheckFailsWhenTheServerAcceptsAndNeverAnswersHello) {
   accept();
   auto o = ChOptions();
   o.connect_timeout = milliseconds(300);
-  agent::HelloGate gate(o.endpoint);
+  gate_ = std::make_unique<agent::HelloGate>(o.endpoint);
+  agent::HelloGate& gate = *gate_;
   o.hello_gate = &gate;
   StartChannel(o);
   const auto run = [&](const std::function<bool()>& pred, milliseconds limit) {
@@ -758,7 +759,8 @@ TEST_F(ChannelTest, HealthCheckFailsWhenTheGatewayRefusesTheHello) {
   StartGateway();
   host_.hello.serial = "sag000other";
   auto o = ChOptions();
-  agent::HelloGate gate(o.endpoint);
+  gate_ = std::make_unique<agent::HelloGate>(o.endpoint);
+  agent::HelloGate& gate = *gate_;
   o.hello_gate = &gate;
   StartChannel(o);
   const auto run = [&](const std::function<bool()>& pred, milliseconds limit) {
@@ -774,7 +776,8 @@ TEST_F(ChannelTest, HealthCheckFailsWhenTheGatewayRefusesTheHello) {
 TEST_F(ChannelTest, HealthCheckPassesOnceTheCloudAnswersHello) {
   StartGateway();
   auto o = ChOptions();
-  agent::HelloGate gate(o.endpoint);
+  gate_ = std::make_unique<agent::HelloGate>(o.endpoint);
+  agent::HelloGate& gate = *gate_;
   o.hello_gate = &gate;
   StartChannel(o);
   const auto run = [&](const std::function<bool()>& pred, milliseconds limit) {

@@ -405,8 +405,7 @@ TEST_F(DeviceInstallerTest, ACancelledCloudCheckLeavesTheTrialUndecided) {
     ++calls;
     return Error(Errc::kCancelled, "the agent is stopping");
   };
-  ASSERT_EQ(MakeInstaller({}, stopping)->Start(Spec("job-x", "v101"))->state,
-            JobState::kRebooting);
+  ASSERT_EQ(MakeInstaller({}, stopping)->Start(Spec("job-x", "v101"))->state, JobState::kRebooting);
   ASSERT_EQ(Reboot(), Slot::kB);
   auto r = MakeInstaller({}, stopping)->Resume();
   ASSERT_TRUE(r && *r) << (r ? "" : r.error().ToString());

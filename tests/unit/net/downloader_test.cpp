@@ -225,13 +225,15 @@ TEST(Downloader, RetryLinesNameTheJobAndStageAndHideTheSignature) {
   server.SetFaults({.fail_status = 503, .fail_times = 2});
   DownloadOptions o = Fast();
   int stage = 0;
-  o.log_context = [&stage] { return "job j-42: " + std::string(stage++ == 0 ? "Pending" : "Writing"); };
+  o.log_context = [&stage] {
+    return "job j-42: " + std::string(stage++ == 0 ? "Pending" : "Writing");
+  };
   Collected got;
   std::string log;
   {
     const CaptureLog capture;
-    auto info = Fetch(server.Url("/img.sagimg?Expires=1&Signature=s3cr3t"), 0,
-                      CollectInto(got, 0), o);
+    auto info =
+        Fetch(server.Url("/img.sagimg?Expires=1&Signature=s3cr3t"), 0, CollectInto(got, 0), o);
     ASSERT_TRUE(info) << info.error().ToString();
     log = capture.text();
   }
