@@ -14,10 +14,12 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdlib>
+#include <ctime>
 #include <deque>
 #include <filesystem>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <random>
 
 #include "agent/backends.h"
@@ -113,6 +115,17 @@ json RefreshStatus(Backends& b, const Dispatcher& d, StatusWriter& status, const
     }
     s["boot"] = {{"order", order}, {"a_left", st->a_left}, {"b_left", st->b_left}};
   }
+  // Both slots: what each holds and whether it boots (docs/status.md).
+  if (auto slots = b.device->installer().Slots()) {
+    json js = json::object();
+    for (const auto& [slot, view] : *slots) {
+      js[std::string(platform::SlotName(slot))] = {
+          {"version", view.version.empty() ? json() : json(view.version)}, {"state", view.state}};
+    }
+    s["slots"] = std::move(js);
+  } else {
+    spdlog::warn("status: slots: {}", slots.error().ToString());
+  }
   json job = d.LastJobStatus();
   if (job.is_null()) job = DeviceLastJob(b);
   if (!job.is_null()) s["job"] = std::move(job);
@@ -131,8 +144,56 @@ DeviceSnapshot SnapshotOf(const json& s, const Backends& b) {
     snap.boot.booted_slot = *v;
     snap.boot.slots[*v] = {snap.device_version, "good"};
   }
+  if (auto slots = s.find("slots"); slots != s.end() && slots->is_object()) {
+    for (const auto& item : slots->items()) {
+      const json& slot = item.value();
+      if (!slot.is_object()) continue;
+      const auto version = slot.find("version");
+      const auto state = slot.find("state");
+      snap.boot.slots[item.key()] = {
+          version != slot.end() && version->is_string() ? version->get<std::string>() : "",
+          state != slot.end() && state->is_string() ? state->get<std::string>() : "unknown"};
+    }
+  }
   snap.jobs = b.registry->jobs();
   return snap;
+}
+
+// The wall clock `after` from now, as status.json writes times (UTC, whole
+// seconds, rounded up: an attempt is never shown as due before it is).
+std::string UtcIn(std::chrono::milliseconds after) {
+  const auto at = std::chrono::system_clock::now() + after;
+  const std::time_t t =
+      std::chrono::system_clock::to_time_t(std::chrono::ceil<std::chrono::seconds>(at));
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  std::array<char, 32> buf{};
+  const std::size_t n = std::strftime(buf.data(), buf.size(), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return {buf.data(), n};
+}
+
+// status.json's channel (docs/status.md) from the channel's own status: its
+// state, since when, the last error while offline, and while a reconnect is
+// scheduled, when (`next_attempt_at`) and after which backoff; null when
+// online. `started`: the daemon's first attempt, the "since" of a channel that
+// was never up.
+json ChannelJson(const std::string& endpoint, const ChannelStatus& cs, const std::string& started,
+                 std::optional<std::chrono::milliseconds> retry_in) {
+  json ch = {{"state", cs.online ? "online" : "offline"},
+             {"endpoint", endpoint},
+             {"since", cs.since.empty() ? started : cs.since},
+             {"last_error", nullptr},
+             {"attempts", cs.online ? 0 : cs.failures},
+             {"next_attempt_at", nullptr},
+             {"backoff_ms", nullptr}};
+  if (!cs.online) {
+    if (cs.last_error) ch["last_error"] = cs.last_error->ToString();
+    if (retry_in) {
+      ch["next_attempt_at"] = UtcIn(*retry_in);
+      ch["backoff_ms"] = retry_in->count();
+    }
+  }
+  return ch;
 }
 
 std::string NewJobId() {
@@ -245,10 +306,17 @@ int CmdRun(const Config& c, bool once) {
   };
   std::deque<CloudJob> cloud_jobs;
   std::function<void()> scan;
-  // `run --once` (a one-shot pass over what is local) keeps no channel.
-  if (!c.cloud.endpoint.empty() && !once) {
+  const std::string channel_started = firmware::NowUtc();
+  // `run --once` (a one-shot pass over what is local) keeps no channel,
+  // unless a trial boot's health check needs the cloud to answer its hello;
+  // it then takes no job from the cloud (the cloud offers it again).
+  if (!c.cloud.endpoint.empty() && (!once || b.hello_gate)) {
     DaemonChannelHost::Hooks hooks;
     hooks.submit = [&](JobSpec spec, std::function<void(const JobAnswer&)> reply) {
+      if (once) {
+        spdlog::info("job {}: from the cloud, left for the daemon (run --once)", spec.id);
+        return;
+      }
       if (cloud_jobs.size() >= Dispatcher::kMaxQueued) {
         JobAnswer busy;
         busy.outcome.id = spec.id;
@@ -264,18 +332,15 @@ int CmdRun(const Config& c, bool once) {
     };
     hooks.agent_state = [&] { return std::string(DaemonStateName(machine.state())); };
     hooks.on_change = [&](bool online) {
-      // status.json's channel (docs/status.md); the channel is set by then.
-      json ch = {{"state", online ? "online" : "offline"},
-                 {"endpoint", c.cloud.endpoint},
-                 {"since", firmware::NowUtc()},
-                 {"last_error", nullptr},
-                 {"attempts", 0}};
-      if (channel) {
-        const ChannelStatus cs = channel->status();
-        if (cs.last_error) ch["last_error"] = cs.last_error->ToString();
-        ch["attempts"] = cs.failures;
-      }
-      status.Post({{"channel", std::move(ch)}});
+      // The channel is set by then; offline, the reconnect that follows
+      // posts when it is due.
+      if (!channel) return;
+      ChannelStatus cs = channel->status();
+      cs.online = online;
+      status.Post({{"channel", ChannelJson(c.cloud.endpoint, cs, channel_started, std::nullopt)}});
+    };
+    hooks.on_retry = [&](std::chrono::milliseconds delay, const ChannelStatus& cs) {
+      status.Post({{"channel", ChannelJson(c.cloud.endpoint, cs, channel_started, delay)}});
     };
     host = std::make_unique<DaemonChannelHost>(c, *b.outbox, std::move(hooks));
     host->SetSnapshot(SnapshotOf(first_status, b));
@@ -287,6 +352,7 @@ int CmdRun(const Config& c, bool once) {
     co.connect_timeout = c.cloud.connect_timeout;
     co.heartbeat = c.cloud.heartbeat;
     co.max_backoff = c.cloud.max_backoff;
+    co.hello_gate = b.hello_gate.get();
     channel = std::make_unique<Channel>(io, co, *host);
     // A report appended (on the worker or the install's threads) wakes the
     // channel on the loop.
@@ -298,7 +364,11 @@ int CmdRun(const Config& c, bool once) {
     status.Post({{"channel",
                   {{"state", "connecting"},
                    {"endpoint", c.cloud.endpoint},
-                   {"since", firmware::NowUtc()}}}});
+                   {"since", channel_started},
+                   {"last_error", nullptr},
+                   {"attempts", 0},
+                   {"next_attempt_at", nullptr},
+                   {"backoff_ms", nullptr}}}});
   } else {
     status.Post({{"channel", {{"state", "disabled"}}}});
   }
@@ -426,24 +496,31 @@ int CmdRun(const Config& c, bool once) {
     ping();
   }
   machine.Fire(DaemonEvent::kReady);
-  // First: whatever the journals hold (a trial boot to check, a download to
-  // finish, a job that keeps crashing the agent); the inbox is scanned when
-  // it is done.
-  in_flight = true;
-  dispatcher.Recover(worker_done);
+  // The channel is started (it connects once the loop runs) before the
+  // recovery, whose trial-boot health check may wait for its hello.ack.
   if (channel) {
     if (auto st = channel->Start(); !st) {
       // A configuration problem (bad endpoint, unusable certificate): the
       // daemon goes on serving the inbox and says why the channel is down.
       spdlog::error("control channel: {}", st.error().ToString());
+      if (b.hello_gate) b.hello_gate->Abandon(st.error());
+      // No attempt is scheduled: it takes a new configuration.
       status.Post({{"channel",
                     {{"state", "offline"},
                      {"endpoint", c.cloud.endpoint},
-                     {"since", firmware::NowUtc()},
-                     {"last_error", st.error().ToString()}}}});
+                     {"since", channel_started},
+                     {"last_error", st.error().ToString()},
+                     {"attempts", 0},
+                     {"next_attempt_at", nullptr},
+                     {"backoff_ms", nullptr}}}});
       channel.reset();
     }
   }
+  // First: whatever the journals hold (a trial boot to check, a download to
+  // finish, a job that keeps crashing the agent); the inbox is scanned when
+  // it is done.
+  in_flight = true;
+  dispatcher.Recover(worker_done);
   io.run();
   // The loop's own waits end; the channel closes (WebSocket close, TLS
   // close_notify) and its handlers finish, bounded by its close timeout.

@@ -2,9 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <filesystem>
 
-#include "common/net/probe.h"
 #include "firmware/job.h"
 #include "platform/env_boot_control.h"
 #include "platform/file_slot_device.h"
@@ -17,7 +17,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-firmware::InstallerOptions DeviceOptions(const Config& c) {
+firmware::InstallerOptions DeviceOptions(const Config& c,
+                                         const std::shared_ptr<HelloGate>& hello_gate) {
   firmware::InstallerOptions io;
   io.state_dir = c.paths.state_dir;
   io.model = c.identity.model;
@@ -36,12 +37,12 @@ firmware::InstallerOptions DeviceOptions(const Config& c) {
                                          : firmware::InstallerOptions::ReadBack::kCache;
   io.checkpoint_bytes = c.download.checkpoint_bytes;
   io.checkpoint_interval = c.download.checkpoint_interval;
-  if (c.health.require_cloud) {
-    // After the command checks: the new OS must reach the control channel's
-    // endpoint with this device's certificate within cloud_timeout.
-    io.cloud_check = [endpoint = c.cloud.endpoint, tls = io.download,
-                      deadline = c.health.cloud_timeout] {
-      return net::ProbeEndpoint(endpoint, tls, deadline);
+  if (hello_gate) {
+    // After the command checks: the new OS's control channel must come up
+    // and the cloud answer its hello within cloud_timeout (a server that
+    // merely accepts a connection does not count).
+    io.cloud_check = [hello_gate, timeout = std::chrono::milliseconds(c.health.cloud_timeout)] {
+      return hello_gate->Wait(timeout);
     };
   }
   for (const auto& hc : c.health.checks) {
@@ -91,7 +92,8 @@ Expected<std::unique_ptr<Backends>> BuildBackends(const Config& c) {
     if (auto st = guard->Enter(job, step); !st) spdlog::warn("{}", st.error().ToString());
   };
 
-  firmware::InstallerOptions io = DeviceOptions(c);
+  if (c.health.require_cloud) b->hello_gate = std::make_shared<HelloGate>(c.cloud.endpoint);
+  firmware::InstallerOptions io = DeviceOptions(c, b->hello_gate);
   b->trust = io.trust;
   b->download = io.download;
   firmware::Platform p{

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "agent/config.h"
+#include "agent/hello_gate.h"
 #include "agent/installer_engines.h"
 #include "agent/outbox.h"
 #include "agent/registry.h"
@@ -35,6 +36,10 @@ struct Backends {
   std::unique_ptr<Outbox> outbox;
   image::Trust trust;
   net::DownloadOptions download;
+  // With health.require_cloud: what the trial boot's cloud check waits on;
+  // the daemon's channel signals it (ChannelOptions::hello_gate). Null
+  // otherwise.
+  std::shared_ptr<HelloGate> hello_gate;
 };
 
 // Builds everything from `config` and creates the state and runtime

@@ -45,6 +45,7 @@
 #include <exception>
 #include <utility>
 
+#include "agent/hello_gate.h"
 #include "common/net/tls.h"
 
 namespace sag::agent {
@@ -553,6 +554,9 @@ void Connection::Handle(std::string_view text) {
           ++st.connects;
           spdlog::info("channel: up with {} (reports recorded up to #{})",
                        ch_->endpoint.Authority(), body.acked_seq);
+          // The cloud answered hello: only now does the trial boot's
+          // health.require_cloud check pass.
+          if (ch_->options.hello_gate != nullptr) ch_->options.hello_gate->Answered();
           ch_->SetOnline(true);
           if (body.acked_epoch == epoch_) {
             ch_->AckUpTo(epoch_, body.acked_seq);
@@ -603,7 +607,9 @@ asio::awaitable<void> Channel::Impl::Run() {
     status.next_delay = delay;
     spdlog::warn("channel: {}; next attempt in {} ms (attempt {})", why.ToString(), delay.count(),
                  status.failures);
+    if (options.hello_gate != nullptr) options.hello_gate->Failed(why);
     status.last_error = std::move(why);
+    host.OnReconnectScheduled(delay, status);
     backoff.expires_after(delay);
     ErrorCode ec;
     co_await backoff.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -628,6 +634,7 @@ Status Channel::Start() {
             net::MakeTlsClientContext(
                 {impl_->options.root_ca, impl_->options.device_cert, impl_->options.device_key}));
     impl_->started = true;
+    if (impl_->options.hello_gate != nullptr) impl_->options.hello_gate->Expect();
     asio::co_spawn(impl_->io, impl_->Run(), [](const std::exception_ptr& e) {
       if (!e) return;
       try {
@@ -646,6 +653,9 @@ void Channel::Stop() {
   if (impl_->stopped) return;
   impl_->stopped = true;
   impl_->backoff.cancel();
+  if (impl_->options.hello_gate != nullptr) {
+    impl_->options.hello_gate->Abandon(Error(Errc::kCancelled, "the agent is stopping"));
+  }
   if (impl_->conn) impl_->conn->Close(websocket::close_code::normal, "device stopping");
 }
 

@@ -45,6 +45,9 @@ class io_context;
 
 namespace sag::agent {
 
+class HelloGate;
+struct ChannelStatus;
+
 // A report on its way to the cloud, with its outbox sequence number.
 using OutgoingReport = std::variant<proto::Progress, proto::Result, proto::State>;
 std::uint64_t SeqOf(const OutgoingReport& report);
@@ -71,6 +74,11 @@ class ChannelHost {
   virtual void Acked(std::uint64_t seq) = 0;
   // The channel came up (hello.ack) or went down.
   virtual void OnChannelChange(bool /*online*/) {}
+  // An attempt ended (or the live connection broke) and the next one starts
+  // in `delay` (BackoffDelay: within [0, max_backoff]); `status` is the
+  // channel's, with the attempt's error and the failure count.
+  virtual void OnReconnectScheduled(std::chrono::milliseconds /*delay*/,
+                                    const ChannelStatus& /*status*/) {}
 };
 
 struct ChannelOptions {
@@ -84,6 +92,10 @@ struct ChannelOptions {
   std::chrono::milliseconds initial_backoff{1000};
   std::chrono::milliseconds max_backoff{300000};
   std::uint64_t seed = 0;  // 0: seeded from std::random_device
+  // The trial boot's health check (agent/hello_gate.h), or null: Expect()ed
+  // by Start(), Answered() on hello.ack and nothing earlier, Failed() with
+  // the error of every attempt that ends, Abandon()ed (kCancelled) by Stop().
+  HelloGate* hello_gate = nullptr;
 };
 
 struct ChannelStatus {

@@ -214,4 +214,9 @@ void DaemonChannelHost::OnChannelChange(bool online) {
   if (hooks_.on_change) hooks_.on_change(online);
 }
 
+void DaemonChannelHost::OnReconnectScheduled(std::chrono::milliseconds delay,
+                                             const ChannelStatus& status) {
+  if (hooks_.on_retry) hooks_.on_retry(delay, status);
+}
+
 }  // namespace sag::agent

@@ -25,6 +25,7 @@
 // snapshot instead.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -69,6 +70,8 @@ class DaemonChannelHost final : public ChannelHost {
     std::function<void(JobSpec, std::function<void(const JobAnswer&)>)> submit;
     std::function<std::string()> agent_state;
     std::function<void(bool online)> on_change;  // status.json's channel
+    // status.json's channel: offline, the next attempt in `delay`.
+    std::function<void(std::chrono::milliseconds delay, const ChannelStatus&)> on_retry;
   };
 
   DaemonChannelHost(const Config& config, Outbox& outbox, Hooks hooks);
@@ -82,6 +85,7 @@ class DaemonChannelHost final : public ChannelHost {
   std::vector<OutgoingReport> Pending() override;
   void Acked(std::uint64_t seq) override;
   void OnChannelChange(bool online) override;
+  void OnReconnectScheduled(std::chrono::milliseconds delay, const ChannelStatus& status) override;
 
  private:
   const Config& config_;

@@ -120,6 +120,7 @@ Dispatcher::Dispatcher(DispatcherParts parts) : parts_(std::move(parts)) {
     parts_.open = [this](const JobSpec& spec, const std::atomic<bool>* cancel) {
       net::DownloadOptions d = parts_.download;
       d.cancel = cancel;
+      d.log_context = [this, id = spec.id] { return LogContext(id); };
       return OpenReal(spec, parts_.trust, parts_.limits, d);
     };
   }
@@ -288,6 +289,12 @@ void Dispatcher::SetStatusJob(json job, bool now) {
   } else {
     parts_.status->Post({{"job", job}});
   }
+}
+
+std::string Dispatcher::LogContext(const std::string& id) const {
+  const std::lock_guard lock(status_mu_);
+  const std::string stage = last_job_ == id && !last_state_.empty() ? last_state_ : "Downloading";
+  return "job " + id + ": " + stage;
 }
 
 json Dispatcher::LastJobStatus() const {

@@ -171,6 +171,9 @@ class Dispatcher {
   void GuardAtStart();
   void OnProgress(JobType type, const EngineJob& job, std::uint64_t done, std::uint64_t total);
   void SetStatusJob(nlohmann::json job, bool now);
+  // "job ID: STAGE" for the download's log lines (any thread): the stage
+  // the job last reported, "Downloading" before its engine took it.
+  [[nodiscard]] std::string LogContext(const std::string& id) const;
   InstallEngine* EngineFor(JobType type);
   JobAnswer Fail(JobOutcome outcome, const Error& error);
 

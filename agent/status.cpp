@@ -269,7 +269,17 @@ void FormatChannel(std::ostringstream& out, const json& ch, Clock::time_point no
     if (auto attempts = Int(ch, "attempts"); attempts && *attempts > 0) {
       text += ", " + std::to_string(*attempts) + (*attempts == 1 ? " attempt" : " attempts");
     }
-    if (auto next = Str(ch, "next_attempt_at")) text += ", next " + When(next, now);
+    if (auto next = Str(ch, "next_attempt_at")) {
+      // The daemon writes it when it schedules the attempt; once due, the
+      // attempt is being made.
+      const auto at = ParseUtc(*next);
+      if (at && *at > now) {
+        text += ", next attempt in " + Span(std::chrono::ceil<std::chrono::seconds>(*at - now)) +
+                " (" + *next + ")";
+      } else {
+        text += ", retrying since " + When(next, now);
+      }
+    }
   } else if (state == "disabled") {
     text += " (no cloud endpoint)";
   }
@@ -407,6 +417,7 @@ json NormalizeStatus(const json& doc) {
   Move(doc, "device_version", device, "version");
   Move(doc, "booted_slot", device, "booted_slot");
   if (Obj(doc, "boot") != nullptr) device["boot"] = doc["boot"];
+  if (Obj(doc, "slots") != nullptr) device["slots"] = doc["slots"];
   if (!device.empty()) out["device"] = device;
   if (doc.contains("dpi_version")) {
     const auto dpi = Str(doc, "dpi_version");

@@ -344,6 +344,75 @@ Status DeviceInstaller::RecordSlot(Slot slot, const JobRecord& record) {
   return WriteFileAtomic(path, doc.dump(2) + "\n", 0644);
 }
 
+Expected<std::map<Slot, DeviceInstaller::SlotView>> DeviceInstaller::Slots() {
+  std::map<Slot, SlotView> out;
+  const auto slots_path = options_.state_dir / "slots.json";
+  if (auto text = ReadFile(slots_path, 1U << 20U)) {
+    const std::string what = "slot records " + slots_path.string();
+    SAG_TRY(const auto doc, ParseJson(*text, what, Errc::kJournalCorrupt));
+    JsonReader r(doc, what, Errc::kJournalCorrupt);
+    for (const Slot slot : {Slot::kA, Slot::kB}) {
+      if (auto rec = r.OptObj(platform::SlotName(slot))) {
+        out[slot].version = rec->OptStr("version").value_or("");
+      }
+    }
+    if (auto st = r.Finish(); !st) {
+      return Error(Errc::kJournalCorrupt,
+                   st.error().message() + "; move the file aside and commit the slot again");
+    }
+  }
+  auto booted = platform_.boot->BootedSlot();
+  if (booted && out[*booted].version.empty()) {
+    if (auto v = CurrentVersion()) out[*booted].version = *v;
+  }
+  // A slot never written by a job (the factory image) has no record; the
+  // last job that moved from it says what it ran.
+  if (auto last = LastJob(); last && *last) {
+    const JobRecord& j = **last;
+    if (auto from = platform::ParseSlot(j.from_slot);
+        from && out[*from].version.empty() && j.target_slot != j.from_slot) {
+      out[*from].version = j.from_version;
+    }
+  }
+  auto env = platform_.boot->ReadState();
+  for (const Slot slot : {Slot::kA, Slot::kB}) {
+    SlotView& view = out[slot];
+    if (!env) {
+      view.state = "unknown";
+    } else {
+      view.state = env->Left(slot) > 0 ? "good" : "bad";
+    }
+  }
+  // The unfinished job says more about its target than the environment.
+  SAG_TRY(auto doc, journal_.Load());
+  if (doc) {
+    SAG_TRY(const auto rec, RecordFrom(journal_, *doc));
+    auto target = platform::ParseSlot(rec.target_slot);
+    if (!IsTerminal(rec.state) && target) {
+      SlotView& view = out[*target];
+      switch (rec.state) {
+        case JobState::kPending:
+        case JobState::kWriting:
+        case JobState::kVerifying:
+        case JobState::kActivating:
+          view = {rec.version, "writing"};
+          break;
+        case JobState::kRebooting:
+        case JobState::kHealthChecking:
+          view = {rec.version, "trial"};
+          break;
+        case JobState::kRollingBack:
+          view.state = "bad";
+          break;
+        default:  // Committing: marked good, its record follows
+          if (view.version.empty()) view.version = rec.version;
+          break;
+      }
+    }
+  }
+  return out;
+}
+
 Expected<std::string> DeviceInstaller::CurrentVersion() {
   SAG_TRY(const Slot booted, platform_.boot->BootedSlot());
   const auto slots_path = options_.state_dir / "slots.json";
@@ -431,7 +500,9 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec) {
   // gone); the reader that checks the header streams the payload too.
   SAG_TRY(auto seen, Lookup(spec.id));
   if (seen) return *seen;
-  auto source = OpenStreamSource(spec.source, 0, options_.download);
+  net::DownloadOptions download = options_.download;
+  download.log_context = [context = "job " + spec.id + ": Downloading"] { return context; };
+  auto source = OpenStreamSource(spec.source, 0, download);
   if (!source)
     return StartRefused(spec,
                         std::move(source).error().WithContext("opening " + RedactUrl(spec.source)));
@@ -734,7 +805,10 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   fresh_reader_ = nullptr;
   std::unique_ptr<image::ByteSource> source;
   if (fresh == nullptr) {
-    SAG_TRY(source, OpenStreamSource(record.source, offset, options_.download));
+    net::DownloadOptions download = options_.download;
+    download.log_context = [context = "job " + record.id + ": " +
+                                      std::string(JobStateName(record.state))] { return context; };
+    SAG_TRY(source, OpenStreamSource(record.source, offset, download));
   }
 
   // Decoded-chunk buffers (see the stages below). Two: on a two-core
@@ -1188,6 +1262,12 @@ Status DeviceInstaller::StepHealth(JobRecord& record) {
   }
   EnterStep(record);
   auto health = RunHealthChecks(record);
+  if (!health && health.error().code() == Errc::kCancelled) {
+    // The agent stops (SIGTERM) while a check waits: no verdict on the new
+    // OS. The job stays HealthChecking and the checks run again at the next
+    // start (Run() returns the record as it is).
+    return std::move(health).error();
+  }
   if (health) {
     SAG_TRY_STATUS(Save(record, JobEvent::kHealthy));
     return StepCommit(record);

@@ -37,7 +37,10 @@ struct InstallerOptions {
   net::DownloadOptions download;
   int trial_attempts = 3;
   std::vector<HealthCheckSpec> health_checks;
-  // Extra health condition (the control channel is reachable); null = none.
+  // Extra health condition, after the commands (the control channel came up
+  // and the cloud answered hello: agent/hello_gate.h); null = none. A
+  // kCancelled answer (the agent stops) is no verdict: the job stays
+  // HealthChecking and is checked again at the next start.
   std::function<Status()> cloud_check;
   // The slot is synced and the journal records progress every
   // checkpoint_bytes, one checkpoint at a time (the writer does not wait for
@@ -120,6 +123,24 @@ class DeviceInstaller {
   // The version of the running OS: the record of the booted slot, else
   // VERSION_ID of os_release.
   Expected<std::string> CurrentVersion();
+
+  // What each slot holds, for status.json and the channel's hello. version:
+  // what its record says it holds (slots.json, written at each commit; the
+  // booted slot without a record: CurrentVersion()), or, for the target of
+  // the unfinished job, the version being installed; "" when unknown.
+  // state (docs/status.md):
+  //   writing  the unfinished job writes it (Pending .. Activating)
+  //   trial    the job's trial boot is set or running (Rebooting,
+  //            HealthChecking)
+  //   bad      no boot tries left (unbootable), or being rolled back from
+  //   good     bootable otherwise
+  //   unknown  the boot environment cannot be read
+  // Errors: a damaged journal or slot record (kJournalCorrupt).
+  struct SlotView {
+    std::string version;
+    std::string state;
+  };
+  Expected<std::map<platform::Slot, SlotView>> Slots();
 
   // Manual control (sag-agent mark-good / rollback).
   Status MarkGood();

@@ -545,8 +545,11 @@ asio::awaitable<void> Fetcher::Run() {
       break;
     }
     const milliseconds delay = Backoff(failures, failure->retry_after);
-    spdlog::warn("download {}: {}; retry {}/{} in {} ms (at byte {})", origin_.ToString(),
-                 failure->error.message(), failures, options_.max_retries, delay.count(), pos_);
+    // The URL may be signed: its query string never reaches the log.
+    spdlog::warn("{}download {}: {}; retry {}/{} in {} ms (at byte {})",
+                 options_.log_context ? options_.log_context() + ": " : std::string(),
+                 RedactUrl(origin_.ToString()), RedactUrls(failure->error.message()), failures,
+                 options_.max_retries, delay.count(), pos_);
     co_await Sleep(delay);
   }
   finished_ = true;

@@ -40,6 +40,11 @@ struct DownloadOptions {
   std::uint64_t min_rate = 512;
   std::chrono::milliseconds min_rate_window{std::chrono::minutes(5)};
   const std::atomic<bool>* cancel = nullptr;  // set to stop soon with kCancelled
+  // What the fetch is for, at the head of its log lines (a retry): the job
+  // and its stage when the line is logged, "job j-42: Writing" (one event
+  // per line, each naming its job: docs/status.md, Logs). Called on the
+  // fetch's thread; null = the lines name the download only.
+  std::function<std::string()> log_context;
 };
 
 struct DownloadInfo {

@@ -13,6 +13,7 @@ fail=0
 ok() { echo "ok   $*"; }
 bad() { echo "FAIL $*"; fail=1; }
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+later=$(date -u -d '+10 minutes' +%Y-%m-%dT%H:%M:%SZ)  # a next attempt still to come
 now() { echo "$started"; }
 
 # A stand-in daemon: /proc/PID/comm must say sag-agent.
@@ -92,16 +93,20 @@ done
 # channel and outbox it posts): every stage, online and offline by turns, the
 # same summary; --json maps it onto schema 1.
 flat() {  # PID CHANNEL_STATE TYPE STAGE
-  local err=null; [[ "$2" != online ]] && err='"E500 NetConnect: connect 127.0.0.1:8444: Connection refused"'
+  local err=null next=null backoff=null
+  if [[ "$2" != online ]]; then
+    err='"E500 NetConnect: connect 127.0.0.1:8444: Connection refused"'; next="\"$later\""; backoff=60000
+  fi
   cat <<JSON
 {"agent_version": "0.1.0", "smartag_id": "sag-0ovhf732a9j1234567", "serial_number": "sag233abcd",
  "model": "sag-1000", "state": "running", "pid": $1, "device_version": "1.0.0", "dpi_version": null,
- "booted_slot": "A", "boot": {"order": "A B", "a_left": 3, "b_left": 3},
+ "booted_slot": "A", "boot": {"order": "A B", "a_left": 3, "b_left": 0},
+ "slots": {"A": {"version": "1.0.0", "state": "good"}, "B": {"version": "1.0.1", "state": "writing"}},
  "job": {"id": "job-43", "type": "$3", "version": "1.0.1", "state": "$4", "percent": 37,
          "from_version": "1.0.0", "error": null},
  "outbox": {"pending": 2, "oldest_pending_seq": 117, "last_acked_seq": 116},
  "channel": {"state": "$2", "endpoint": "wss://127.0.0.1:8444/device/v1", "since": "$started",
-             "last_error": $err, "attempts": 3},
+             "last_error": $err, "attempts": 3, "next_attempt_at": $next, "backoff_ms": $backoff},
  "updated_at": "$(now)"}
 JSON
 }
@@ -118,7 +123,12 @@ for type_stages in "Device Downloading Writing Verifying Activating Rebooting He
           "$out" != *"outbox      2 reports waiting, oldest #117"* ]]; then
       bad "the daemon's flat document, $type $stage $channel (rc=$rc):"; echo "$out"
     fi
-    if [[ $channel == offline && "$out" != *"last error: E500 NetConnect"* ]]; then bad "flat $type $stage offline: no last error"; fi
+    if [[ $channel == offline && ( "$out" != *"last error: E500 NetConnect"* || "$out" != *", 3 attempts, next attempt in "[0-9]*"s ($later)"* ) ]]; then
+      bad "flat $type $stage offline: no last error or next attempt"; echo "$out"
+    fi
+    if [[ "$out" != *"slot A      1.0.0        good     booted"* || "$out" != *"slot B      1.0.1        writing"* ]]; then
+      bad "flat $type $stage: both slots' versions and states"; echo "$out"
+    fi
   done
 done
 json=$(st --json); rc=$?
@@ -127,7 +137,13 @@ import json, sys
 d = json.loads(sys.stdin.read())
 sys.exit(0 if d["schema"] == 1 and d["channel"]["state"] == sys.argv[1] and d["job"]["stage"] == "RollingBack"
          and d["identity"]["serial_number"] == "sag233abcd" and d["outbox"]["pending"] == 2
-         and "device_version" not in d else 1)' "$channel" <<<"$json"; then
+         and "device_version" not in d and d["device"]["booted_slot"] == "A"
+         and d["device"]["slots"] == {"A": {"version": "1.0.0", "state": "good"},
+                                      "B": {"version": "1.0.1", "state": "writing"}}
+         and "slots" not in d
+         and (d["channel"]["state"] == "online" or
+              (d["channel"]["backoff_ms"] == 60000 and d["channel"]["next_attempt_at"] == sys.argv[2]))
+         else 1)' "$channel" "$later" <<<"$json"; then
   bad "--json of the daemon's flat document is not schema 1 (rc=$rc): $json"
 fi
 ((fail > section_fail)) || ok "the daemon's own (flat) document: every stage, online and offline; --json in schema 1"

@@ -48,10 +48,21 @@ out=$(st); rc=$?
 state=$(sed -nE 's/^channel     ([a-z]+) since .*/\1/p' <<<"$out")
 [[ $rc -eq 0 && "$out" == *"channel     $state since "*" ago)"* && "$out" == *"$gw"* &&
    ( $state == connecting || "$out" == *"last error: E5"* ) &&
-   "$out" == *"appliance   $id  serial $serial"* && "$out" == *"Device OS   1.0.0"* ]] \
-  && ok "offline: running, channel $state since, identity, Device OS" || { bad "offline (rc=$rc):"; echo "$out"; }
-json_has "$schema1 and d['identity']['serial_number'] == '$serial'" && ok "offline --json: schema 1" \
+   "$out" == *"appliance   $id  serial $serial"* && "$out" == *"Device OS   1.0.0"* &&
+   "$out" == *"slot A      1.0.0        good     booted"* && "$out" == *"slot B      "* ]] \
+  && ok "offline: running, channel $state since, identity, Device OS, both slots" || { bad "offline (rc=$rc):"; echo "$out"; }
+json_has "$schema1 and d['identity']['serial_number'] == '$serial' and d['device']['booted_slot'] == 'A' and d['device']['slots']['A'] == {'version': '1.0.0', 'state': 'good'} and d['device']['slots']['B']['state'] in ('good', 'bad')" && ok "offline --json: schema 1, both slots" \
   || bad "offline --json: $(st --json)"
+# Offline with a reconnect scheduled: when, and the backoff drawn (max_backoff_s: 1).
+if wait_json 'd["channel"]["state"] == "offline" and d["channel"]["next_attempt_at"] and 0 <= d["channel"]["backoff_ms"] <= 1000 and d["channel"]["last_error"] and d["channel"]["attempts"] >= 1' 30; then
+  ok "offline --json: next_attempt_at and backoff_ms"
+else
+  bad "offline --json without the next attempt: $(st --json)"
+fi
+out=$(st)
+grep -qE '^channel     offline since .*, [0-9]+ attempts?, (next attempt in [0-9]+s \(|retrying since )' <<<"$out" &&
+  grep -q '^            last error: E' <<<"$out" && ok "offline: the next attempt and the last error" \
+  || { bad "offline without the next attempt:"; echo "$out"; }
 
 # 2. Online once the cloud serves.
 "$cloud" serve --config "$lab/cloud.yaml" >"$tmp/cloud.log" 2>&1 &
@@ -60,7 +71,9 @@ wait_json 'd["channel"]["state"] == "online"' 60 || die "the channel never came 
 out=$(st); rc=$?
 [[ $rc -eq 0 && "$out" == *"channel     online since "* && "$out" == *"$gw"* && "$out" != *"last error"* ]] \
   && ok "online: channel online since" || { bad "online (rc=$rc):"; echo "$out"; }
-json_has "$schema1 and d['channel']['endpoint'] == '$gw'" && ok "online --json: schema 1" || bad "online --json: $(st --json)"
+json_has "$schema1 and d['channel']['endpoint'] == '$gw' and d['channel']['next_attempt_at'] is None and d['channel']['backoff_ms'] is None and d['channel']['last_error'] is None" \
+  && ok "online --json: schema 1, no next attempt" || bad "online --json: $(st --json)"
+[[ "$out" != *"next attempt"* && "$out" != *"retrying"* ]] && ok "online: no next attempt" || { bad "online shows an attempt:"; echo "$out"; }
 
 # 3. A Device job through the API, followed live until the daemon stops for
 # its reboot (exit 3): frames with the job, its stage and its progress bar.
@@ -85,8 +98,11 @@ wait_json "d['device']['version'] == '1.0.1' and (d.get('last_result') or {}).ge
   || die "1.0.1 never committed: $(st --json)"
 out=$(st); rc=$?
 [[ $rc -eq 0 && "$out" == *"Device OS   1.0.1 (booted from slot B)"* && "$out" == *"job         none"* &&
-   "$out" == *"last result $job  Device 1.0.1: committed"* ]] \
-  && ok "after the reboot: 1.0.1 from slot B, the last result committed" || { bad "after the job (rc=$rc):"; echo "$out"; }
+   "$out" == *"last result $job  Device 1.0.1: committed"* &&
+   "$out" == *"slot A      1.0.0        good"* && "$out" == *"slot B      1.0.1        good     booted"* ]] \
+  && ok "after the reboot: 1.0.1 from slot B, both slots, the last result committed" || { bad "after the job (rc=$rc):"; echo "$out"; }
+json_has "d['device']['booted_slot'] == 'B' and d['device']['slots'] == {'A': {'version': '1.0.0', 'state': 'good'}, 'B': {'version': '1.0.1', 'state': 'good'}}" \
+  && ok "after the reboot --json: both slots' versions and states" || bad "after the reboot --json: $(st --json)"
 
 # The job in the logs (what journalctl -u sag-agent shows): every daemon line
 # carries its syslog priority, each stage change and health check names the

@@ -172,15 +172,22 @@ TEST(StatusFormat, ChannelOfflineConnectingDisabled) {
                     {"attempts", 3}};
   EXPECT_EQ(
       Section(FormatStatus(doc, Running()), "channel"),
-      "channel     offline since 2026-12-01T09:57:00Z (3m05s ago), 3 attempts, next "
-      "2026-12-01T10:00:08Z (in 3s)\n"
+      "channel     offline since 2026-12-01T09:57:00Z (3m05s ago), 3 attempts, next attempt "
+      "in 3s (2026-12-01T10:00:08Z)\n"
       "            wss://127.0.0.1:8444/device/v1\n"
       "            last error: E500 NetConnect: connect 127.0.0.1:8444: Connection refused\n");
   doc["channel"]["state"] = "connecting";
   doc["channel"]["attempts"] = 1;
   EXPECT_NE(Section(FormatStatus(doc, Running()), "channel")
-                .find("connecting since 2026-12-01T09:57:00Z (3m05s ago), 1 attempt, next"),
+                .find("connecting since 2026-12-01T09:57:00Z (3m05s ago), 1 attempt, next attempt "
+                      "in 3s"),
             std::string::npos);
+  // Due: the attempt is being made.
+  doc["channel"]["next_attempt_at"] = "2026-12-01T10:00:01Z";
+  EXPECT_NE(Section(FormatStatus(doc, Running()), "channel")
+                .find(", 1 attempt, retrying since 2026-12-01T10:00:01Z (4s ago)\n"),
+            std::string::npos)
+      << FormatStatus(doc, Running());
   doc["channel"] = {{"state", "disabled"}};
   EXPECT_EQ(Section(FormatStatus(doc, Running()), "channel"),
             "channel     disabled (no cloud endpoint)\n");
@@ -259,6 +266,8 @@ json DaemonFlatDocument(const char* channel_state) {
   if (std::string(channel_state) == "offline") {
     doc["channel"]["last_error"] = "E500 NetConnect: connect 127.0.0.1:8444: Connection refused";
     doc["channel"]["attempts"] = 2;
+    doc["channel"]["next_attempt_at"] = "2026-12-01T10:00:17Z";
+    doc["channel"]["backoff_ms"] = 12000;
   }
   return doc;
 }
@@ -277,10 +286,15 @@ TEST(StatusFormat, TheDaemonsFlatDocumentShowsChannelAndOutbox) {
   const std::string offline =
       FormatStatus(NormalizeStatus(DaemonFlatDocument("offline")), Running());
   EXPECT_EQ(Section(offline, "channel"),
-            "channel     offline since 2026-12-01T09:59:00Z (1m05s ago), 2 attempts\n"
+            "channel     offline since 2026-12-01T09:59:00Z (1m05s ago), 2 attempts, next attempt "
+            "in 12s (2026-12-01T10:00:17Z)\n"
             "            wss://127.0.0.1:8444/device/v1\n"
             "            last error: E500 NetConnect: connect 127.0.0.1:8444: Connection refused\n")
       << offline;
+  // --json carries the next attempt as the daemon wrote it.
+  const json off = NormalizeStatus(DaemonFlatDocument("offline"));
+  EXPECT_EQ(off["channel"]["next_attempt_at"], "2026-12-01T10:00:17Z");
+  EXPECT_EQ(off["channel"]["backoff_ms"], 12000);
   // Mapped once, the document is schema 1 and maps onto itself.
   const json s = NormalizeStatus(DaemonFlatDocument("online"));
   EXPECT_EQ(s["schema"], 1);

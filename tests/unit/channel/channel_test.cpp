@@ -13,12 +13,14 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "agent/hello_gate.h"
 #include "cloud/gateway.h"
 #include "cloud/sqlite_store.h"
 #include "cloud/store.h"
@@ -126,6 +128,9 @@ class FakeHost : public agent::ChannelHost {
     std::erase_if(pending, [&](const OutgoingReport& r) { return agent::SeqOf(r) <= seq; });
   }
   void OnChannelChange(bool online) override { changes.push_back(online); }
+  void OnReconnectScheduled(milliseconds delay, const agent::ChannelStatus& status) override {
+    retries.emplace_back(delay, status);
+  }
 
   void Add(OutgoingReport r) {
     last_seq = agent::SeqOf(r);
@@ -140,6 +145,7 @@ class FakeHost : public agent::ChannelHost {
   std::vector<Clock::time_point> job_times;
   std::vector<std::string> cancels;
   std::vector<bool> changes;
+  std::vector<std::pair<milliseconds, agent::ChannelStatus>> retries;
   bool answer_jobs = true;
   int hellos = 0;
 };
@@ -256,6 +262,7 @@ class ChannelTest : public ::testing::Test {
   boost::asio::io_context io_{1};
   std::unique_ptr<Store> store_;
   std::unique_ptr<Gateway> gw_;
+  std::unique_ptr<agent::HelloGate> gate_;  // outlives ch_, which signals it
   std::unique_ptr<Channel> ch_;
   FakeHost host_;
   std::uint16_t port_ = 0;
@@ -685,6 +692,128 @@ TEST_F(ChannelTest, AServerThatAcceptsAndNeverAnswersIsLeftWithinTheDeadline) {
   ch_->Stop();
   mute.close();
   RunFor(milliseconds(50));
+}
+
+// The trial boot's health.require_cloud check (agent/hello_gate.h) waits on
+// the install's worker thread while the channel runs on the loop: run it on a
+// thread of its own and drive the loop until it returns (bounded).
+Status CheckCloud(agent::HelloGate& gate, milliseconds timeout,
+                  const std::function<bool(const std::function<bool()>&, milliseconds)>& run) {
+  auto check = std::async(std::launch::async, [&] { return gate.Wait(timeout); });
+  const bool done =
+      run([&] { return check.wait_for(milliseconds(0)) == std::future_status::ready; },
+          timeout + milliseconds(5000));
+  EXPECT_TRUE(done) << "the check did not return within its timeout";
+  return check.get();
+}
+
+TEST_F(ChannelTest, HealthCheckFailsWhenTheServerAcceptsAndNeverAnswersHello) {
+  using boost::asio::ip::tcp;
+  tcp::acceptor mute(io_, tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0));
+  port_ = mute.local_endpoint().port();
+  std::vector<tcp::socket> held;  // accepted, never read or written
+  std::function<void()> accept = [&] {
+    mute.async_accept([&](const boost::system::error_code& ec, tcp::socket s) {
+      if (ec) return;
+      held.push_back(std::move(s));
+      accept();
+    });
+  };
+  accept();
+  auto o = ChOptions();
+  o.connect_timeout = milliseconds(300);
+  gate_ = std::make_unique<agent::HelloGate>(o.endpoint);
+  agent::HelloGate& gate = *gate_;
+  o.hello_gate = &gate;
+  StartChannel(o);
+  const auto run = [&](const std::function<bool()>& pred, milliseconds limit) {
+    return RunUntil(pred, limit);
+  };
+  auto st = CheckCloud(gate, milliseconds(1500), run);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kHealthCheckFailed);
+  const std::string& m = st.error().message();
+  EXPECT_NE(m.find("control channel " + o.endpoint), std::string::npos) << m;
+  EXPECT_NE(m.find("did not answer hello"), std::string::npos) << m;
+  EXPECT_NE(m.find("ChannelTimeout"), std::string::npos) << m;  // the channel's last error
+  EXPECT_GE(held.size(), 1U);  // it was connected to, and that is not enough
+  EXPECT_FALSE(gate.answered());
+  ch_->Stop();
+  mute.close();
+  RunFor(milliseconds(50));
+}
+
+TEST_F(ChannelTest, HealthCheckFailsWhenTheGatewayRefusesTheHello) {
+  // TLS and the WebSocket upgrade succeed, the hello is sent, and the
+  // gateway answers it with an error (the hello names another serial than
+  // the certificate): no hello.ack, no pass.
+  StartGateway();
+  host_.hello.serial = "sag000other";
+  auto o = ChOptions();
+  gate_ = std::make_unique<agent::HelloGate>(o.endpoint);
+  agent::HelloGate& gate = *gate_;
+  o.hello_gate = &gate;
+  StartChannel(o);
+  const auto run = [&](const std::function<bool()>& pred, milliseconds limit) {
+    return RunUntil(pred, limit);
+  };
+  auto st = CheckCloud(gate, milliseconds(1500), run);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kHealthCheckFailed) << st.error().ToString();
+  EXPECT_GE(host_.hellos, 1);  // the hello went out
+  EXPECT_EQ(ch_->status().connects, 0U);
+}
+
+TEST_F(ChannelTest, HealthCheckPassesOnceTheCloudAnswersHello) {
+  StartGateway();
+  auto o = ChOptions();
+  gate_ = std::make_unique<agent::HelloGate>(o.endpoint);
+  agent::HelloGate& gate = *gate_;
+  o.hello_gate = &gate;
+  StartChannel(o);
+  const auto run = [&](const std::function<bool()>& pred, milliseconds limit) {
+    return RunUntil(pred, limit);
+  };
+  auto st = CheckCloud(gate, milliseconds(8000), run);
+  EXPECT_TRUE(st) << st.error().ToString();
+  EXPECT_TRUE(Online());
+  // A stop after the answer is no verdict any more.
+  ch_->Stop();
+  RunFor(milliseconds(100));
+  EXPECT_TRUE(gate.Wait(milliseconds(0)));
+}
+
+TEST_F(ChannelTest, EveryScheduledReconnectIsToldWithItsBackoff) {
+  {  // a port nobody listens on: every attempt is refused at once
+    using boost::asio::ip::tcp;
+    tcp::acceptor probe(io_, tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), 0));
+    port_ = probe.local_endpoint().port();
+  }
+  auto o = ChOptions();  // initial 50 ms, cap 200 ms
+  StartChannel(o);
+  ASSERT_TRUE(RunUntil([&] { return host_.retries.size() >= 6; }));
+  for (std::size_t i = 0; i < host_.retries.size(); ++i) {
+    const auto& [delay, st] = host_.retries[i];
+    const int n = static_cast<int>(i) + 1;
+    const milliseconds window =
+        std::min(o.max_backoff, o.initial_backoff * (std::int64_t{1} << (n - 1)));
+    EXPECT_EQ(st.failures, n);
+    EXPECT_GE(delay.count(), 0) << "attempt " << n;
+    EXPECT_LE(delay, window) << "attempt " << n;
+    EXPECT_EQ(st.next_delay, delay);
+    ASSERT_TRUE(st.last_error);
+    EXPECT_EQ(st.last_error->code(), Errc::kNetConnect) << st.last_error->ToString();
+    EXPECT_FALSE(st.online);
+  }
+  // Once the gateway is there the channel comes up, and a later break is
+  // told with the count started again.
+  StartGateway(GwOptions());
+  ASSERT_TRUE(RunUntil([&] { return Online(); }));
+  const std::size_t before = host_.retries.size();
+  RestartGateway();
+  ASSERT_TRUE(RunUntil([&] { return host_.retries.size() > before; }));
+  EXPECT_EQ(host_.retries[before].second.failures, 1);
+  EXPECT_LE(host_.retries[before].first, o.initial_backoff);
 }
 
 TEST_F(ChannelTest, GatewayDropsAConnectionThatNeverShakesHands) {

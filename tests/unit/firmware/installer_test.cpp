@@ -368,6 +368,59 @@ TEST_F(DeviceInstallerTest, InstallsRebootsChecksHealthAndCommits) {
   EXPECT_EQ(rebooter_.requests, 1);
 }
 
+TEST_F(DeviceInstallerTest, SlotsShowWhatEachHoldsAndWhetherItBoots) {
+  auto inst = MakeInstaller();
+  auto slots = inst->Slots();
+  ASSERT_TRUE(slots) << slots.error().ToString();
+  // The factory image: no record, the running OS's VERSION_ID.
+  EXPECT_EQ((*slots)[Slot::kA].version, "1.0.0");
+  EXPECT_EQ((*slots)[Slot::kA].state, "good");
+  EXPECT_EQ((*slots)[Slot::kB].version, "");
+  auto r = inst->Start(Spec("job-s", "v101"));
+  ASSERT_TRUE(r && r->state == JobState::kRebooting);
+  slots = inst->Slots();
+  ASSERT_TRUE(slots);
+  EXPECT_EQ((*slots)[Slot::kB].version, "1.0.1");
+  EXPECT_EQ((*slots)[Slot::kB].state, "trial");
+  EXPECT_EQ((*slots)[Slot::kA].state, "good");
+
+  ASSERT_EQ(Reboot(), Slot::kB);
+  auto inst2 = MakeInstaller();
+  ASSERT_TRUE(inst2->Resume());
+  slots = inst2->Slots();
+  ASSERT_TRUE(slots);
+  // B from its record; A, left behind, from the job that moved away from it
+  // (os-release now speaks for B).
+  EXPECT_EQ((*slots)[Slot::kB].version, "1.0.1");
+  EXPECT_EQ((*slots)[Slot::kB].state, "good");
+  EXPECT_EQ((*slots)[Slot::kA].version, "1.0.0");
+  EXPECT_EQ((*slots)[Slot::kA].state, "good");
+}
+
+TEST_F(DeviceInstallerTest, ACancelledCloudCheckLeavesTheTrialUndecided) {
+  // The agent stops while the cloud check waits (HelloGate abandoned with
+  // kCancelled): no rollback; the next start checks again.
+  int calls = 0;
+  auto stopping = [&calls]() -> Status {
+    ++calls;
+    return Error(Errc::kCancelled, "the agent is stopping");
+  };
+  ASSERT_EQ(MakeInstaller({}, stopping)->Start(Spec("job-x", "v101"))->state, JobState::kRebooting);
+  ASSERT_EQ(Reboot(), Slot::kB);
+  auto r = MakeInstaller({}, stopping)->Resume();
+  ASSERT_TRUE(r && *r) << (r ? "" : r.error().ToString());
+  EXPECT_EQ((*r)->state, JobState::kHealthChecking);
+  EXPECT_EQ(rebooter_.requests, 1);  // no reboot back to A
+  auto answered = [&calls]() -> Status {
+    ++calls;
+    return Ok();
+  };
+  r = MakeInstaller({}, answered)->Resume();
+  ASSERT_TRUE(r && *r);
+  EXPECT_EQ((*r)->state, JobState::kCommitted);
+  EXPECT_EQ(calls, 2);
+}
+
 TEST_F(DeviceInstallerTest, FailedHealthCheckRollsBack) {
   auto checks = std::vector<HealthCheckSpec>{
       {"dataplane", {"sh", "-c", "echo link down; exit 3"}, std::chrono::seconds(5)}};

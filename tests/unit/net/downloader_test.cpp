@@ -1,9 +1,12 @@
 #include "common/net/downloader.h"
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "common/sha256.h"
@@ -193,6 +196,57 @@ TEST(Downloader, TransientStatusesAreRetried) {
     EXPECT_EQ(got.data, content);
     EXPECT_EQ(server.requests(), 3) << status;
   }
+}
+
+// The default logger's lines while it lives (the fetch logs through it).
+class CaptureLog {
+ public:
+  CaptureLog()
+      : previous_(spdlog::default_logger()),
+        logger_(std::make_shared<spdlog::logger>(
+            "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(text_))) {
+    logger_->set_pattern("%v");
+    spdlog::set_default_logger(logger_);
+  }
+  ~CaptureLog() { spdlog::set_default_logger(previous_); }
+  CaptureLog(const CaptureLog&) = delete;
+  CaptureLog& operator=(const CaptureLog&) = delete;
+  [[nodiscard]] std::string text() const { return text_.str(); }
+
+ private:
+  std::ostringstream text_;
+  std::shared_ptr<spdlog::logger> previous_;
+  std::shared_ptr<spdlog::logger> logger_;
+};
+
+TEST(Downloader, RetryLinesNameTheJobAndStageAndHideTheSignature) {
+  const std::string content = MakeContent(5000);
+  TestHttpServer server(content);
+  server.SetFaults({.fail_status = 503, .fail_times = 2});
+  DownloadOptions o = Fast();
+  int stage = 0;
+  o.log_context = [&stage] {
+    return "job j-42: " + std::string(stage++ == 0 ? "Pending" : "Writing");
+  };
+  Collected got;
+  std::string log;
+  {
+    const CaptureLog capture;
+    auto info =
+        Fetch(server.Url("/img.sagimg?Expires=1&Signature=s3cr3t"), 0, CollectInto(got, 0), o);
+    ASSERT_TRUE(info) << info.error().ToString();
+    log = capture.text();
+  }
+  EXPECT_EQ(got.data, content);
+  // One line per retry, each with the job and its stage at that moment.
+  EXPECT_TRUE(Contains(log, "job j-42: Pending: download http://127.0.0.1:" +
+                                std::to_string(server.port()) + "/img.sagimg?<redacted>: "))
+      << log;
+  EXPECT_TRUE(Contains(log, "; retry 1/3 in ")) << log;
+  EXPECT_TRUE(Contains(log, "job j-42: Writing: download ")) << log;
+  EXPECT_TRUE(Contains(log, "; retry 2/3 in ")) << log;
+  EXPECT_FALSE(Contains(log, "s3cr3t")) << log;
+  EXPECT_FALSE(Contains(log, "Expires")) << log;
 }
 
 TEST(Downloader, RetryAfterIsCappedByMaxBackoff) {
