@@ -578,8 +578,8 @@ void Session::OnHello(const proto::Message& m, const proto::Hello& hello) {
   // is not offered again.
   for (JobRecord& job : store.JobsOf(serial_)) {
     const bool is_listed = listed.contains(job.spec.job_id);
-    const bool cancel = job.cancel_requested && job.cancel_answer.empty() &&
-                        (is_listed || !IsFinal(job.state));
+    const bool cancel =
+        job.cancel_requested && job.cancel_answer.empty() && (is_listed || !IsFinal(job.state));
     if (is_listed) {
       if (cancel) Send(proto::Cancel{job.spec.job_id});
       continue;

@@ -34,7 +34,8 @@ struct World {
   FakeEngineState device_state;
   FakeEngineState dpi_state;
   int opens = 0;
-  std::atomic<bool> downloading{false};  // the opener waits in a "/slow" download
+  std::atomic<bool> downloading{false};       // the opener waits in a "/slow" download
+  std::atomic<bool> download_stopped{false};  // ... and saw its cancel flag
 };
 
 // One daemon lifetime over the world's files.
@@ -77,7 +78,10 @@ struct Daemon {
         for (int i = 0; i < 10000 && (cancel == nullptr || !*cancel); ++i) {
           std::this_thread::sleep_for(std::chrono::milliseconds(1));
         }
-        if (cancel != nullptr && *cancel) return Error(Errc::kCancelled, "download stopped");
+        if (cancel != nullptr && *cancel) {
+          w.download_stopped = true;
+          return Error(Errc::kCancelled, "download stopped");
+        }
         return Error(Errc::kNetStalled, "the test's download was never cancelled");
       }
       if (s.starts_with("/dev-")) {
@@ -411,6 +415,7 @@ TEST(DispatcherCancel, ADownloadingJobStopsItsDownloadAndEndsCancelled) {
   ASSERT_EQ(f.wait_for(std::chrono::seconds(20)), std::future_status::ready);
   d.dispatcher->WaitIdle();
   ExpectCancelled(d, f.get(), "dl");
+  EXPECT_TRUE(w.download_stopped) << "the job's cancel reaches its download";
   EXPECT_EQ(w.device_state.installs.count("dl"), 0U);
 }
 
@@ -447,7 +452,9 @@ TEST(DispatcherCancel, ARunningJobIsCancelledBeforeItsPointOfNoReturnOnly) {
     EXPECT_FALSE(std::filesystem::exists(w.dir / "cancel-r.json")) << "removed once the job ended";
     if (c.accepted) {
       ExpectCancelled(d, a, "r");
-      if (c.type == JobType::kDevice) EXPECT_FALSE(w.device_state.unfinished);
+      if (c.type == JobType::kDevice) {
+        EXPECT_FALSE(w.device_state.unfinished);
+      }
     } else {
       ASSERT_TRUE(answer->error);
       EXPECT_EQ(answer->error->code(), Errc::kCancelTooLate) << answer->error->ToString();
@@ -466,8 +473,8 @@ TEST(DispatcherCancel, ARunningJobIsCancelledBeforeItsPointOfNoReturnOnly) {
 // next start ends the job Cancelled instead of resuming it.
 TEST(DispatcherCancel, AnAcceptedCancelOutlivesAKilledAgent) {
   World w;
-  w.device_state.jobs["k"] = EngineJob{"k", JobPhase::kRunning, "Writing", std::nullopt,
-                                       "1.0.0", "1.0.1", "B"};
+  w.device_state.jobs["k"] =
+      EngineJob{"k", JobPhase::kRunning, "Writing", std::nullopt, "1.0.0", "1.0.1", "B"};
   w.device_state.unfinished = "k";
   {
     Daemon d(w);

@@ -1094,7 +1094,7 @@ TEST_F(DeviceInstallerTest, CancelRacingThePointOfNoReturnGetsOneAnswer) {
   // first, uncancelled run; not asserted), so that some land on each side
   // of SetTrial and some near it.
   std::chrono::microseconds job_time{0};
-  for (int i = -1; i < 24; ++i) {
+  for (int i = -1; i < 12; ++i) {
     boot_.env() = platform::FakeBootControl().env();
     boot_.Boot();
     fs::remove_all(dir_ / "state");
@@ -1114,7 +1114,7 @@ TEST_F(DeviceInstallerTest, CancelRacingThePointOfNoReturnGetsOneAnswer) {
     std::thread canceller([&] {
       while (!started) std::this_thread::yield();
       if (i < 0) return;
-      std::this_thread::sleep_for(job_time * (i + 2) / 24);
+      std::this_thread::sleep_for(job_time * (i + 6) / 12);
       answer = cancel.Request();
     });
     const auto t0 = std::chrono::steady_clock::now();
