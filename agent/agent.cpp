@@ -5,6 +5,7 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <boost/asio/io_context.hpp>
@@ -329,6 +330,23 @@ int CmdRun(const Config& c, bool once) {
       }
       cloud_jobs.push_back({std::move(spec), std::move(reply)});
       scan();
+    };
+    // A cancel (docs/protocol.md): a job still in this queue ends at once
+    // (its job.ack says Failed/Cancelled); else the dispatcher decides (the
+    // running job before its point of no return).
+    hooks.cancel = [&](const std::string& job_id) {
+      const auto it = std::find_if(cloud_jobs.begin(), cloud_jobs.end(),
+                                   [&](const CloudJob& j) { return j.spec.id == job_id; });
+      if (it == cloud_jobs.end()) return dispatcher.CancelJob(job_id);
+      JobAnswer ended;
+      CancelAnswer a = dispatcher.CancelWaiting(it->spec, &ended);
+      if (a.accepted) {
+        auto reply = std::move(it->reply);
+        cloud_jobs.erase(it);
+        boost::asio::post(io,
+                          [reply = std::move(reply), ended = std::move(ended)] { reply(ended); });
+      }
+      return a;
     };
     hooks.agent_state = [&] { return std::string(DaemonStateName(machine.state())); };
     hooks.on_change = [&](bool online) {

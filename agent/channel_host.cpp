@@ -175,11 +175,18 @@ void DaemonChannelHost::OnJob(const proto::Job& job, std::function<void(proto::J
 
 void DaemonChannelHost::OnCancel(const proto::Cancel& cancel,
                                  std::function<void(proto::CancelAck)> reply) {
-  spdlog::info("job {}: the cloud asks to cancel it; refused", cancel.job_id);
-  reply({cancel.job_id, false,
-         proto::ToErrorInfo(Error(Errc::kInvalidArgument,
-                                  "this agent does not cancel jobs from the cloud (protocol "
-                                  "version 1); the job runs to its outcome"))});
+  spdlog::info("job {}: the cloud asks to cancel it", cancel.job_id);
+  if (!hooks_.cancel) {
+    reply({cancel.job_id, false,
+           proto::ToErrorInfo(Error(Errc::kCancelTooLate,
+                                    "this agent takes no cancels (no job queue); the job runs "
+                                    "to its outcome"))});
+    return;
+  }
+  const CancelAnswer a = hooks_.cancel(cancel.job_id);
+  spdlog::info("job {}: cancel {}{}", cancel.job_id, a.accepted ? "accepted" : "refused",
+               a.error ? ": " + a.error->ToString() : std::string());
+  reply({cancel.job_id, a.accepted, ErrorInfoOf(a.error)});
 }
 
 std::vector<OutgoingReport> DaemonChannelHost::Pending() {

@@ -11,8 +11,9 @@
 //             dispatcher answers it: at once for a known or refused job,
 //             when the install has gone where it goes in this boot for a new
 //             one (the state changes flow as progress meanwhile);
-//   cancel    refused with a reason: jobs are not cancelled from the cloud
-//             in protocol version 1 (a Device job past its write cannot be);
+//   cancel    goes to the daemon (Hooks::cancel): a job waiting in its queue
+//             ends at once, a running one before its point of no return
+//             (Dispatcher::CancelJob); cancel.ack says which, or why not;
 //   reports   the outbox's pending reports, in order: "state" and
 //             "progress" as progress (stage = the installer's state),
 //             "result" as result with the versions running after it,
@@ -72,6 +73,8 @@ class DaemonChannelHost final : public ChannelHost {
     std::function<void(bool online)> on_change;  // status.json's channel
     // status.json's channel: offline, the next attempt in `delay`.
     std::function<void(std::chrono::milliseconds delay, const ChannelStatus&)> on_retry;
+    // Cancels a job (on the loop); null: every cancel is refused.
+    std::function<CancelAnswer(const std::string& job_id)> cancel;
   };
 
   DaemonChannelHost(const Config& config, Outbox& outbox, Hooks hooks);

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <utility>
@@ -10,6 +11,7 @@
 #include "agent/registry.h"
 #include "agent/status.h"
 #include "agent/step_guard.h"
+#include "common/atomic_file.h"
 #include "common/redact.h"
 #include "common/stream_source.h"
 #include "firmware/job.h"
@@ -145,6 +147,114 @@ void Dispatcher::Cancel() {
   stopping_ = true;
   parts_.device->Cancel();
   parts_.dpi->Cancel();
+  const std::lock_guard lock(mu_);
+  if (current_) current_->Stop();
+}
+
+// ---------------------------------------------------------------- cancel
+
+CancelAnswer Dispatcher::RefuseCancel(const std::string& id, JobCancel::Answer answer) {
+  CancelAnswer a;
+  const std::string past =
+      " is past its point of no return (a Device job's trial boot is set, a DPI job's new "
+      "database is swapped in): it runs to its outcome";
+  if (answer == JobCancel::Answer::kPastNoReturn) {
+    a.error = Error(Errc::kCancelTooLate, "job " + id + past);
+  } else if (auto known = parts_.registry->Find(id); !known) {
+    a.error =
+        Error(Errc::kJobUnknown, "this agent has no job " + id +
+                                     " (never offered to it, or forgotten); nothing to cancel");
+  } else if (IsFinal(known->phase)) {
+    a.error = Error(Errc::kCancelTooLate, "job " + id + " already ended: " + known->state + " (" +
+                                              std::string(JobPhaseName(known->phase)) + ")");
+  } else if (known->phase == JobPhase::kRebooting) {
+    a.error = Error(Errc::kCancelTooLate, "job " + id + " (" + known->state + ")" + past);
+  } else {
+    a.error = Error(Errc::kCancelTooLate,
+                    "job " + id + " (" + known->state +
+                        ") is not running on the worker now: it is ending, or it is resumed "
+                        "after a restart, which is not cancelled");
+  }
+  spdlog::info("job {}: cancel refused: {}", id, a.error->ToString());
+  return a;
+}
+
+JobAnswer Dispatcher::EndCancelled(const JobSpec& spec) {
+  const auto known = parts_.registry->Find(spec.id);
+  JobOutcome o;
+  o.id = spec.id;
+  o.type = spec.type;
+  o.to = spec.version;
+  o.phase = JobPhase::kFailed;
+  o.state = "Failed";
+  o.error = Error(Errc::kCancelled, "job " + spec.id +
+                                        " was cancelled on request while it waited; it never "
+                                        "started and nothing was changed");
+  o.accepted_at = known ? known->accepted_at : firmware::NowUtc();
+  o.updated_at = firmware::NowUtc();
+  spdlog::info("job {}: {}", spec.id, o.error->ToString());
+  // The result first, as Record() does; it names no versions (the engines
+  // belong to the worker): the channel sends those it last saw.
+  Emit("result", o.id, o.ToJson());
+  if (auto st = parts_.registry->Put(o); !st) {
+    spdlog::error("job {}: {}", o.id, st.error().ToString());
+  }
+  JobAnswer a;
+  a.outcome = std::move(o);
+  return a;
+}
+
+CancelAnswer Dispatcher::CancelWaiting(const JobSpec& spec, JobAnswer* ended) {
+  // A job id the registry knows as started or ended is answered from its
+  // record when it comes up: that answer stands.
+  if (auto known = parts_.registry->Find(spec.id); known && known->phase != JobPhase::kAccepted) {
+    return RefuseCancel(spec.id, JobCancel::Answer::kEnded);
+  }
+  JobAnswer a = EndCancelled(spec);
+  if (ended != nullptr) *ended = std::move(a);
+  return {true, std::nullopt};
+}
+
+CancelAnswer Dispatcher::CancelJob(const std::string& id) {
+  std::shared_ptr<JobCancel> running;
+  std::optional<Task> waiting;
+  {
+    const std::lock_guard lock(mu_);
+    if (current_ && current_id_ == id) {
+      running = current_;
+    } else if (auto it = std::find_if(tasks_.begin(), tasks_.end(),
+                                      [&](const Task& t) { return t.cancel && t.job_id == id; });
+               it != tasks_.end()) {
+      if (auto known = parts_.registry->Find(id); known && known->phase != JobPhase::kAccepted) {
+        return RefuseCancel(id, JobCancel::Answer::kEnded);
+      }
+      waiting = std::move(*it);
+      tasks_.erase(it);
+    }
+  }
+  if (running) {
+    const auto answer = running->Request();
+    if (answer != JobCancel::Answer::kAccepted) return RefuseCancel(id, answer);
+    // Durable before it is answered: a job whose cancel was accepted and
+    // whose agent is killed before the job ended is ended Cancelled at the
+    // next start (RecoverNow), never resumed across its point of no return.
+    // (Killed before this: no answer went out; the cloud asks again, and
+    // the resumed job refuses.)
+    if (auto st = WriteFileAtomic(CancelMarker(id), "{}\n", 0600); !st) {
+      spdlog::warn("job {}: the accepted cancel is not durable: {}", id, st.error().ToString());
+    }
+    spdlog::info("job {}: cancel accepted; the job stops at its next check", id);
+    return {true, std::nullopt};
+  }
+  if (waiting) {
+    // Out of the queue (checked against the registry under the lock): it
+    // never runs. Its reply says how it ended.
+    JobAnswer ended = EndCancelled(waiting->spec);
+    Post([reply = std::move(waiting->reply), ended = std::move(ended)] { reply(ended); });
+    cv_.notify_all();  // WaitIdle(): one task less
+    return {true, std::nullopt};
+  }
+  return RefuseCancel(id, JobCancel::Answer::kEnded);
 }
 
 InstallEngine* Dispatcher::EngineFor(JobType type) {
@@ -172,9 +282,15 @@ void Dispatcher::Post(std::function<void()> fn) {
 }
 
 void Dispatcher::Enqueue(std::function<void()> work) {
+  Task task;
+  task.run = std::move(work);
+  EnqueueTask(std::move(task));
+}
+
+void Dispatcher::EnqueueTask(Task task) {
   {
     const std::lock_guard lock(mu_);
-    tasks_.push_back({std::move(work)});
+    tasks_.push_back(std::move(task));
     // One worker, started with the first task: an idle daemon that never
     // gets a job has no thread for it.
     if (!worker_.joinable()) worker_ = std::thread([this] { WorkerLoop(); });
@@ -190,9 +306,25 @@ void Dispatcher::WorkerLoop() {
     Task task = std::move(tasks_.front());
     tasks_.pop_front();
     ++running_;
+    if (task.cancel) {
+      // From the queue to the worker under one lock: a cancel finds the job
+      // in one or the other.
+      current_id_ = task.job_id;
+      current_ = task.cancel;
+      if (stopping_) current_->Stop();
+    }
     lock.unlock();
-    task.run();
+    if (task.cancel) {
+      JobAnswer a = RunWith(task.spec, *task.cancel);
+      Post([reply = std::move(task.reply), a = std::move(a)] { reply(a); });
+    } else {
+      task.run();
+    }
     lock.lock();
+    if (task.cancel && current_ == task.cancel) {
+      current_.reset();
+      current_id_.clear();
+    }
     --running_;
     cv_.notify_all();  // WaitIdle()
   }
@@ -219,10 +351,12 @@ void Dispatcher::Submit(JobSpec spec, ReplyFn reply) {
       return;
     }
   }
-  Enqueue([this, spec = std::move(spec), reply = std::move(reply)]() mutable {
-    JobAnswer a = Run(spec);
-    Post([reply = std::move(reply), a = std::move(a)] { reply(a); });
-  });
+  Task task;
+  task.job_id = spec.id;
+  task.spec = std::move(spec);
+  task.reply = std::move(reply);
+  task.cancel = std::make_shared<JobCancel>();
+  EnqueueTask(std::move(task));
 }
 
 void Dispatcher::Recover(std::function<void()> done) {
@@ -265,6 +399,50 @@ void Dispatcher::Record(const JobOutcome& o, bool report) {
   }
   if (IsFinal(o.phase) && parts_.guard != nullptr) {
     if (auto st = parts_.guard->Clear(); !st) spdlog::warn("{}", st.error().ToString());
+  }
+  if (IsFinal(o.phase)) {
+    std::error_code ec;
+    std::filesystem::remove(CancelMarker(o.id), ec);
+  }
+}
+
+std::filesystem::path Dispatcher::CancelMarker(const std::string& id) const {
+  return parts_.registry->path().parent_path() / ("cancel-" + id + ".json");
+}
+
+// Jobs whose cancel was accepted by an agent that was killed before the job
+// ended: ended Cancelled now (an accepted cancel means the job never crossed
+// its point of no return), before the engines resume them.
+void Dispatcher::EndAcceptedCancels() {
+  std::error_code ec;
+  const auto dir = parts_.registry->path().parent_path();
+  std::vector<std::string> ids;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with("cancel-") && name.ends_with(".json")) {
+      ids.push_back(name.substr(7, name.size() - 12));
+    }
+  }
+  for (const auto& id : ids) {
+    for (InstallEngine* engine : {parts_.device, parts_.dpi}) {
+      auto seen = engine->Lookup(id);
+      if (!seen || !*seen || IsFinal((*seen)->phase)) continue;
+      auto ended = engine->Abandon(
+          id, Error(Errc::kCancelled, "job " + id +
+                                          " was cancelled on request before its point of no "
+                                          "return; the agent stopped before the job ended, and "
+                                          "it was ended at the next start"));
+      if (!ended) {
+        spdlog::error("job {}: ending the cancelled job: {}", id, ended.error().ToString());
+        continue;
+      }
+      auto known = parts_.registry->Find(id);
+      JobOutcome base = known.value_or(JobOutcome{});
+      base.id = id;
+      if (base.accepted_at.empty()) base.accepted_at = firmware::NowUtc();
+      Record(OutcomeOf(engine->type(), *ended, base), /*report=*/true);
+    }
+    std::filesystem::remove(CancelMarker(id), ec);
   }
 }
 
@@ -355,11 +533,19 @@ void Dispatcher::OnProgress(JobType type, const EngineJob& j, std::uint64_t done
 // A job that fails before an engine saw it (its image cannot be opened or
 // verified, it disagrees with the manifest, its deadline passed): recorded
 // under its id, neither engine knows it.
-JobAnswer Dispatcher::Fail(JobOutcome outcome, const Error& error) {
-  spdlog::error("job {}: {}", outcome.id, error.ToString());
+JobAnswer Dispatcher::Fail(JobOutcome outcome, const Error& error, JobCancel& cancel) {
   outcome.phase = JobPhase::kFailed;
   outcome.state = "Failed";
   outcome.error = error;
+  // A cancel accepted before the job ended ends it Cancelled, whatever else
+  // stopped it (a download stopped by the cancel, among others).
+  if (cancel.EndFailed()) {
+    outcome.error =
+        Error(Errc::kCancelled, "job " + outcome.id +
+                                    " was cancelled on request before its point of no return; what "
+                                    "boots and runs was not changed");
+  }
+  spdlog::error("job {}: {}", outcome.id, outcome.error->ToString());
   outcome.updated_at = firmware::NowUtc();
   {
     const std::lock_guard lock(status_mu_);
@@ -373,9 +559,28 @@ JobAnswer Dispatcher::Fail(JobOutcome outcome, const Error& error) {
 }
 
 JobAnswer Dispatcher::Run(const JobSpec& spec) {
+  auto cancel = std::make_shared<JobCancel>();
+  {
+    const std::lock_guard lock(mu_);
+    current_id_ = spec.id;
+    current_ = cancel;
+    if (stopping_) cancel->Stop();
+  }
+  JobAnswer a = RunWith(spec, *cancel);
+  const std::lock_guard lock(mu_);
+  if (current_ == cancel) {
+    current_.reset();
+    current_id_.clear();
+  }
+  return a;
+}
+
+JobAnswer Dispatcher::RunWith(const JobSpec& spec, JobCancel& cancel) {
   JobAnswer answer;
   answer.outcome.id = spec.id;
+  // Refused or answered from the record: not this run's job to cancel.
   auto refuse = [&](const Error& e) {
+    cancel.End();
     spdlog::error("job {}: {}", spec.id, e.ToString());
     answer.refused = true;
     answer.outcome.error = e;
@@ -395,6 +600,7 @@ JobAnswer Dispatcher::Run(const JobSpec& spec) {
     outcome = **seen;
     spdlog::info("job {}: seen before ({}, {}), not run again", spec.id, JobTypeName(outcome.type),
                  outcome.state);
+    cancel.End();
     Record(outcome, /*report=*/false);  // reported when it happened
     answer.outcome = outcome;
     answer.known = true;
@@ -417,8 +623,10 @@ JobAnswer Dispatcher::Run(const JobSpec& spec) {
   Emit("state", outcome.id, outcome.ToJson());
 
   if (DeadlinePassed(spec.deadline, firmware::NowUtc())) {
-    return Fail(outcome, Error(Errc::kTimeout, "the job's deadline " + spec.deadline +
-                                                   " passed before it could start"));
+    return Fail(outcome,
+                Error(Errc::kTimeout,
+                      "the job's deadline " + spec.deadline + " passed before it could start"),
+                cancel);
   }
   if (spec.size != 0 && !IsUrl(spec.source)) {
     // A local file's size is known before a byte is read; a URL's is
@@ -426,20 +634,24 @@ JobAnswer Dispatcher::Run(const JobSpec& spec) {
     std::error_code ec;
     const auto size = std::filesystem::file_size(spec.source, ec);
     if (!ec && size != spec.size) {
-      return Fail(outcome, Error(Errc::kSpecMismatch,
-                                 "the job says the image has " + std::to_string(spec.size) +
-                                     " bytes, but " + spec.source + " has " + std::to_string(size) +
-                                     "; check the job's image"));
+      return Fail(
+          outcome,
+          Error(Errc::kSpecMismatch, "the job says the image has " + std::to_string(spec.size) +
+                                         " bytes, but " + spec.source + " has " +
+                                         std::to_string(size) + "; check the job's image"),
+          cancel);
     }
   }
-  // The signed header, read and verified once for the whole job.
-  auto img = parts_.open(spec, &stopping_);
-  if (!img) return Fail(outcome, img.error());
+  if (cancel.requested()) return Fail(outcome, Error(Errc::kCancelled, "cancelled"), cancel);
+  // The signed header, read and verified once for the whole job; its
+  // download stops when the job is cancelled or the daemon stops.
+  auto img = parts_.open(spec, cancel.flag());
+  if (!img) return Fail(outcome, img.error(), cancel);
   const image::Manifest& m = (*img)->header->manifest;
   const JobType type = m.type == image::ImageType::kDpi ? JobType::kDpi : JobType::kDevice;
   outcome.type = type;
   outcome.to = m.version;
-  if (auto st = CheckSpecAgainst(spec, m); !st) return Fail(outcome, st.error());
+  if (auto st = CheckSpecAgainst(spec, m); !st) return Fail(outcome, st.error(), cancel);
   spdlog::info("job {}: {} {} (signed by {})", spec.id, JobTypeName(type), m.version,
                (*img)->header->signer.subject);
   {
@@ -450,7 +662,14 @@ JobAnswer Dispatcher::Run(const JobSpec& spec) {
   SetStatusJob(LastJobStatus(), true);
 
   InstallEngine* engine = EngineFor(type);
-  auto r = engine->Install(spec, {(*img)->header, (*img)->reader.get()});
+  auto r = engine->Install(spec, {(*img)->header, (*img)->reader.get()}, cancel);
+  // The job ended in this run (or crossed its point of no return): a cancel
+  // from now on is refused.
+  if (const bool cancelled = cancel.EndFailed(); !r && cancelled) {
+    // Not recorded by the engine, and a cancel was accepted: recorded here
+    // as Cancelled (the accepted cancel stands).
+    return Fail(outcome, r.error(), cancel);
+  }
   if (!r) {
     // Not run and not recorded by the engine: the same id may come again.
     if (auto st = parts_.registry->Remove(spec.id); !st) {
@@ -536,6 +755,7 @@ void Dispatcher::SyncRegistry() {
 }
 
 void Dispatcher::RecoverNow() {
+  EndAcceptedCancels();
   GuardAtStart();
   auto resumed = parts_.device->Resume();
   if (!resumed) spdlog::error("resuming the Device job: {}", resumed.error().ToString());

@@ -44,6 +44,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -79,6 +80,12 @@ struct JobAnswer {
   // Whether the job went where it was sent: committed, or on its way to the
   // trial boot (rebooting). `sag-agent install` exits 0 then.
   [[nodiscard]] bool ok() const;
+};
+
+// The answer to a cancel of one job (the channel's cancel.ack).
+struct CancelAnswer {
+  bool accepted = false;
+  std::optional<Error> error;  // why it was refused: kJobUnknown, kCancelTooLate
 };
 
 // An opened image: the reader has verified the signed header.
@@ -142,13 +149,35 @@ class Dispatcher {
   // resumes at the next start. Any thread.
   void Cancel();
 
+  // Cancels job `id` (the channel's `cancel`; docs/protocol.md). Any thread.
+  //   - waiting in the queue: ended at once, Failed with kCancelled,
+  //     recorded and reported (a "result"); its reply is posted with that;
+  //   - running: accepted before its engine's point of no return (it ends
+  //     Failed with kCancelled, cleaned up as any failed job), refused
+  //     (kCancelTooLate) after it; decided under the job's cancel point
+  //     (common/job_cancel.h), so never both. An accepted cancel is made
+  //     durable (STATE_DIR/cancel-ID.json) before it is answered: killed
+  //     before the job ended, the agent ends it Cancelled at its next start
+  //     (RecoverNow) instead of resuming it;
+  //   - ended or past its point of no return in an earlier run: refused
+  //     (kCancelTooLate); never seen: refused (kJobUnknown).
+  CancelAnswer CancelJob(const std::string& id);
+
+  // Ends a job that waits in a queue of the caller's own (the daemon's
+  // cloud jobs) before it reached Submit(): unless the registry knows it as
+  // started or ended (refused, kCancelTooLate), it is recorded and reported
+  // Failed with kCancelled and `*ended` is its answer for the job's reply.
+  // Any thread.
+  CancelAnswer CancelWaiting(const JobSpec& spec, JobAnswer* ended);
+
   // --- The blocking core (the worker; `sag-agent install` without a
   // daemon; tests) ---
 
   // Runs or answers one job (steps 1-5 above).
   JobAnswer Run(const JobSpec& spec);
 
-  // The loop guard (agent/step_guard.h), then both engines' Resume(), then
+  // Jobs whose accepted cancel outlived their agent are ended Cancelled,
+  // then the loop guard (agent/step_guard.h), then both engines' Resume(), then
   // the registry's unfinished jobs brought up to date (a Device job commits
   // or falls back in the boot after its trial: its result is reported here).
   void RecoverNow();
@@ -160,8 +189,16 @@ class Dispatcher {
  private:
   struct Task {
     std::function<void()> run;
+    // A job's task: its id, spec, reply and cancel point ("" for the recovery).
+    std::string job_id;
+    JobSpec spec;
+    ReplyFn reply;
+    std::shared_ptr<JobCancel> cancel;
   };
   void Enqueue(std::function<void()> work);
+  void EnqueueTask(Task task);
+  JobAnswer RunWith(const JobSpec& spec, JobCancel& cancel);
+  CancelAnswer RefuseCancel(const std::string& id, JobCancel::Answer answer);
   void Post(std::function<void()> fn);
   void WorkerLoop();
   void Emit(const char* kind, const std::string& job, nlohmann::json body);
@@ -175,7 +212,10 @@ class Dispatcher {
   // the job last reported, "Downloading" before its engine took it.
   [[nodiscard]] std::string LogContext(const std::string& id) const;
   InstallEngine* EngineFor(JobType type);
-  JobAnswer Fail(JobOutcome outcome, const Error& error);
+  JobAnswer Fail(JobOutcome outcome, const Error& error, JobCancel& cancel);
+  JobAnswer EndCancelled(const JobSpec& spec);
+  [[nodiscard]] std::filesystem::path CancelMarker(const std::string& id) const;
+  void EndAcceptedCancels();
 
   DispatcherParts parts_;
   std::atomic<bool> stopping_{false};
@@ -186,6 +226,9 @@ class Dispatcher {
   std::deque<Task> tasks_;  // guarded by mu_
   int running_ = 0;         // guarded by mu_
   bool quit_ = false;       // guarded by mu_
+  // The job on the worker now and its cancel point (null when none).
+  std::string current_id_;              // guarded by mu_
+  std::shared_ptr<JobCancel> current_;  // guarded by mu_
   std::thread worker_;
 
   // Progress and status.json (from the install's threads).

@@ -23,6 +23,7 @@
 #include "agent/job.h"
 #include "common/error.h"
 #include "common/image/image.h"
+#include "common/job_cancel.h"
 
 namespace sag::agent {
 
@@ -73,13 +74,22 @@ class InstallEngine {
   // failed, recorded under its id. An Error means the job could not be run
   // or recorded at all (kJobConflict: another job is unfinished; a damaged
   // journal): the engine did not record it.
-  virtual Expected<EngineJob> Install(const JobSpec& spec, VerifiedImage image) = 0;
+  //
+  // `cancel` (never null; outlives the call) is the job's cancel point
+  // (common/job_cancel.h): the engine checks it between its steps and in its
+  // long loops, crosses it with TryCross() right before its point of no
+  // return (Device: SetTrial; DPI: the swap) and ends a job whose cancel was
+  // accepted before that Failed with kCancelled, cleaned up as any failed
+  // job.
+  virtual Expected<EngineJob> Install(const JobSpec& spec, VerifiedImage image,
+                                      JobCancel& cancel) = 0;
 
   // The version now running (Device) or loaded (DPI).
   virtual Expected<std::string> CurrentVersion() = 0;
 
   // Stops the running job at its next checkpoint (a download waiting on a
   // stalled server included); it resumes at the next start. Any thread.
+  // (The daemon stopping; a cancel of one job is its JobCancel.)
   virtual void Cancel() = 0;
 
   // The loop guard (agent/step_guard.h): ends the unfinished job `id` with

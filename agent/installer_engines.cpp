@@ -75,12 +75,13 @@ Expected<std::optional<EngineJob>> DeviceEngine::Lookup(const std::string& id) {
   return MapOpt(installer_->Lookup(id), &DeviceEngine::JobOf);
 }
 
-Expected<EngineJob> DeviceEngine::Install(const JobSpec& spec, VerifiedImage image) {
+Expected<EngineJob> DeviceEngine::Install(const JobSpec& spec, VerifiedImage image,
+                                          JobCancel& cancel) {
   if (image.reader == nullptr || image.header == nullptr) {
     return Error(Errc::kInternal, "a Device job needs the image's reader");
   }
   const firmware::JobSpec fs{spec.id, spec.source, spec.allow_downgrade, spec.reboot};
-  SAG_TRY(auto record, installer_->Start(fs, *image.reader, *image.header));
+  SAG_TRY(auto record, installer_->Start(fs, *image.reader, *image.header, &cancel));
   return JobOf(record);
 }
 
@@ -123,7 +124,8 @@ Expected<std::optional<EngineJob>> DpiEngine::Lookup(const std::string& id) {
   return MapOpt(installer_->Lookup(id), &DpiEngine::JobOf);
 }
 
-Expected<EngineJob> DpiEngine::Install(const JobSpec& spec, VerifiedImage image) {
+Expected<EngineJob> DpiEngine::Install(const JobSpec& spec, VerifiedImage image,
+                                       JobCancel& cancel) {
   if (image.reader == nullptr || image.header == nullptr) {
     return Error(Errc::kInternal, "a DPI job needs the image's reader");
   }
@@ -134,9 +136,9 @@ Expected<EngineJob> DpiEngine::Install(const JobSpec& spec, VerifiedImage image)
         if (!chunk) return std::optional<std::span<const std::uint8_t>>();
         return std::optional<std::span<const std::uint8_t>>(chunk->data);
       });
-  SAG_TRY(auto result,
-          installer_->Install({spec.id, spec.version, spec.allow_downgrade},
-                              dpi::PackageInfo::FromManifest(image.header->manifest), payload));
+  SAG_TRY(auto result, installer_->Install({spec.id, spec.version, spec.allow_downgrade},
+                                           dpi::PackageInfo::FromManifest(image.header->manifest),
+                                           payload, &cancel));
   if (result.ok()) {
     spdlog::info("job {}: DPI database {} active and confirmed by the engine", spec.id,
                  result.version);

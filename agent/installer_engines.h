@@ -24,7 +24,7 @@ class DeviceEngine final : public InstallEngine {
   void SetProgress(EngineProgressFn progress) override { progress_ = std::move(progress); }
   Expected<std::optional<EngineJob>> Resume() override;
   Expected<std::optional<EngineJob>> Lookup(const std::string& id) override;
-  Expected<EngineJob> Install(const JobSpec& spec, VerifiedImage image) override;
+  Expected<EngineJob> Install(const JobSpec& spec, VerifiedImage image, JobCancel& cancel) override;
   Expected<std::string> CurrentVersion() override;
   void Cancel() override { installer_->Cancel(); }
   Expected<EngineJob> Abandon(const std::string& id, Error error) override;
@@ -48,7 +48,7 @@ class DpiEngine final : public InstallEngine {
   void SetProgress(EngineProgressFn progress) override { progress_ = std::move(progress); }
   Expected<std::optional<EngineJob>> Resume() override;
   Expected<std::optional<EngineJob>> Lookup(const std::string& id) override;
-  Expected<EngineJob> Install(const JobSpec& spec, VerifiedImage image) override;
+  Expected<EngineJob> Install(const JobSpec& spec, VerifiedImage image, JobCancel& cancel) override;
   Expected<std::string> CurrentVersion() override;
   // A DPI job has no long step of its own to stop: its download is the
   // dispatcher's source, which the dispatcher's stop flag ends.

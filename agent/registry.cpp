@@ -18,6 +18,7 @@ JobRegistry::JobRegistry(std::filesystem::path file, std::size_t keep)
     : file_(std::move(file)), keep_(std::max<std::size_t>(keep, 1)) {}
 
 Status JobRegistry::Load() {
+  const std::lock_guard lock(mu_);
   jobs_.clear();
   damaged_.reset();
   auto text = ReadFile(file_, kMaxFileBytes);
@@ -50,6 +51,7 @@ Status JobRegistry::Load() {
 }
 
 std::optional<JobOutcome> JobRegistry::Find(const std::string& id) const {
+  const std::lock_guard lock(mu_);
   for (const auto& j : jobs_) {
     if (j.id == id) return j;
   }
@@ -57,6 +59,7 @@ std::optional<JobOutcome> JobRegistry::Find(const std::string& id) const {
 }
 
 Status JobRegistry::Put(const JobOutcome& outcome) {
+  const std::lock_guard lock(mu_);
   if (damaged_) return *damaged_;
   std::vector<JobOutcome> jobs = jobs_;
   auto it = std::find_if(jobs.begin(), jobs.end(),
@@ -81,6 +84,7 @@ Status JobRegistry::Put(const JobOutcome& outcome) {
 }
 
 Status JobRegistry::Remove(const std::string& id) {
+  const std::lock_guard lock(mu_);
   if (damaged_) return *damaged_;
   std::vector<JobOutcome> jobs = jobs_;
   std::erase_if(jobs, [&](const JobOutcome& j) { return j.id == id; });
@@ -88,6 +92,7 @@ Status JobRegistry::Remove(const std::string& id) {
   return Write(std::move(jobs), "forgetting job " + id);
 }
 
+// With mu_ held.
 Status JobRegistry::Write(std::vector<JobOutcome> jobs, const std::string& context) {
   nlohmann::json list = nlohmann::json::array();
   for (const auto& j : jobs) list.push_back(j.ToJson());

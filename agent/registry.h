@@ -10,10 +10,14 @@
 // The installers' own records (Device history, DPI journal) stay the truth
 // about their jobs; the registry also holds the jobs that never reached an
 // installer (an image that could not be opened or verified).
+//
+// Thread-safe: the worker records its jobs while the loop records a job
+// cancelled before it started (Dispatcher::CancelWaiting).
 #pragma once
 
 #include <cstddef>
 #include <filesystem>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -41,14 +45,19 @@ class JobRegistry {
   // Forgets a job that was refused without running (it may be offered again).
   Status Remove(const std::string& id);
 
-  [[nodiscard]] const std::vector<JobOutcome>& jobs() const { return jobs_; }
+  // A copy, in the order the jobs were accepted.
+  [[nodiscard]] std::vector<JobOutcome> jobs() const {
+    const std::lock_guard lock(mu_);
+    return jobs_;
+  }
   [[nodiscard]] const std::filesystem::path& path() const { return file_; }
 
  private:
   std::filesystem::path file_;
   std::size_t keep_;
-  std::vector<JobOutcome> jobs_;
-  std::optional<Error> damaged_;
+  mutable std::mutex mu_;
+  std::vector<JobOutcome> jobs_;  // guarded by mu_
+  std::optional<Error> damaged_;  // guarded by mu_
 
   Status Write(std::vector<JobOutcome> jobs, const std::string& context);
 };

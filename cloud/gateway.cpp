@@ -60,10 +60,21 @@ constexpr std::string_view kPath = "/device/v1";
 constexpr std::size_t kMaxQueued = 1024;  // a peer that reads slower than this is dropped
 constexpr int kSilenceFactor = 3;         // docs/protocol.md: 3 x heartbeat without traffic
 
-JobState StateOfOutcome(std::string_view outcome) {
+// A device's outcome for `job`; "failed" with the error `Cancelled` of a
+// job whose cancel was asked (an accepted cancel, docs/protocol.md) is
+// Cancelled.
+JobState StateOfOutcome(std::string_view outcome, const std::optional<proto::ErrorInfo>& error,
+                        const JobRecord& job) {
   if (outcome == "committed") return JobState::kCommitted;
   if (outcome == "rolled_back") return JobState::kRolledBack;
+  if (job.cancel_requested && error && error->name == ErrcName(Errc::kCancelled)) {
+    return JobState::kCancelled;
+  }
   return JobState::kFailed;
+}
+
+proto::ErrorInfo CancelledInCloud(const std::string& why) {
+  return {static_cast<int>(Errc::kCancelled), std::string(ErrcName(Errc::kCancelled)), why};
 }
 
 // Whether the job's state was set by a report newer than (epoch, seq) of the
@@ -146,6 +157,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void Handle(std::string_view text);
   void OnHello(const proto::Message& m, const proto::Hello& hello);
   void OnJobAck(const proto::JobAck& ack);
+  void OnCancelAck(const proto::CancelAck& ack);
   // Records a report once per (epoch, seq), saves, acknowledges.
   template <typename Apply>
   void OnReport(std::uint64_t seq, std::string_view type, const std::string& job_id,
@@ -454,7 +466,7 @@ void Session::Handle(std::string_view text) {
                            body.job_id, body.outcome, body.seq, job->stamp_seq);
                        return;
                      }
-                     job->state = StateOfOutcome(body.outcome);
+                     job->state = StateOfOutcome(body.outcome, body.error, *job);
                      job->outcome = body.outcome;
                      job->error = body.error;
                      if (job->state == JobState::kCommitted) job->percent = 100;
@@ -470,9 +482,7 @@ void Session::Handle(std::string_view text) {
                      d.snapshot_seq = body.seq;
                    });
         } else if constexpr (std::is_same_v<T, proto::CancelAck>) {
-          spdlog::info("gateway: '{}' {} the cancel of job {}{}", serial_,
-                       body.accepted ? "accepted" : "refused", body.job_id,
-                       body.error ? ": " + body.error->message : std::string());
+          OnCancelAck(body);
         } else if constexpr (std::is_same_v<T, proto::ProtocolError>) {
           spdlog::warn("gateway: '{}' reports a protocol error {}: {}", serial_, body.code,
                        body.message);
@@ -539,7 +549,7 @@ void Session::OnHello(const proto::Message& m, const proto::Hello& hello) {
     }
     job->device_state = s.state;
     if (!s.outcome.empty()) {
-      job->state = StateOfOutcome(s.outcome);
+      job->state = StateOfOutcome(s.outcome, s.error, *job);
       job->outcome = s.outcome;
       job->error = s.error;
     } else if (job->state == JobState::kPending || job->state == JobState::kOffered) {
@@ -562,13 +572,50 @@ void Session::OnHello(const proto::Message& m, const proto::Hello& hello) {
       std::max<std::int64_t>(1, (gw_->options.heartbeat.count() + 999) / 1000));
   Send(proto::HelloAck{UtcNow(), hb_s, d->epoch, d->acked_seq}, m.id);
   // Jobs the device does not know yet: offered (again).
+  // A cancel the device has not answered yet is sent (again): for an
+  // unfinished job, or one the device lists (it ended while the cancel was
+  // on its way: its answer is recorded too). A job whose cancel was asked
+  // is not offered again.
   for (JobRecord& job : store.JobsOf(serial_)) {
-    if (listed.contains(job.spec.job_id)) continue;
-    if (job.state == JobState::kPending || job.state == JobState::kOffered) {
+    const bool is_listed = listed.contains(job.spec.job_id);
+    const bool cancel =
+        job.cancel_requested && job.cancel_answer.empty() && (is_listed || !IsFinal(job.state));
+    if (is_listed) {
+      if (cancel) Send(proto::Cancel{job.spec.job_id});
+      continue;
+    }
+    if (!job.cancel_requested &&
+        (job.state == JobState::kPending || job.state == JobState::kOffered)) {
       gw_->SendJob(*this, job, true);
     }
-    if (job.cancel_requested && !IsFinal(job.state)) Send(proto::Cancel{job.spec.job_id});
+    if (cancel) Send(proto::Cancel{job.spec.job_id});
   }
+}
+
+void Session::OnCancelAck(const proto::CancelAck& ack) {
+  spdlog::info("gateway: '{}' {} the cancel of job {}{}", serial_,
+               ack.accepted ? "accepted" : "refused", ack.job_id,
+               ack.error ? ": " + ack.error->name + ": " + ack.error->message : std::string());
+  std::optional<JobRecord> job = gw_->store.FindJob(ack.job_id);
+  if (!job || job->serial != serial_) {
+    spdlog::warn("gateway: '{}' answered a cancel of job {}, which is not one of its jobs", serial_,
+                 ack.job_id);
+    return;
+  }
+  job->cancel_answer = ack.accepted ? "accepted" : "refused";
+  job->cancel_reason = ack.error ? ack.error->name + ": " + ack.error->message : std::string();
+  // An accepted cancel ends the job by its result (failed, Cancelled). A
+  // device that does not know a job the cloud never saw it take will not
+  // get it again: cancelled here.
+  if (!ack.accepted && ack.error && ack.error->name == ErrcName(Errc::kJobUnknown) &&
+      (job->state == JobState::kPending || job->state == JobState::kOffered)) {
+    job->state = JobState::kCancelled;
+    job->error = CancelledInCloud("cancelled before the device started it (it does not know it)");
+  }
+  job->updated = UtcNow();
+  StoreWrite w;
+  w.jobs.push_back(std::move(*job));
+  (void)gw_->Write(w, "recording the answer to the cancel of job " + ack.job_id);
 }
 
 void Session::OnJobAck(const proto::JobAck& ack) {
@@ -586,7 +633,7 @@ void Session::OnJobAck(const proto::JobAck& ack) {
                  ack.error ? ack.error->message : std::string("(no reason)"));
   } else {
     if (!ack.outcome.empty()) {
-      job->state = StateOfOutcome(ack.outcome);
+      job->state = StateOfOutcome(ack.outcome, ack.error, *job);
       job->outcome = ack.outcome;
       job->error = ack.error;
     } else if (job->state == JobState::kPending || job->state == JobState::kOffered) {
@@ -855,11 +902,22 @@ Status Gateway::Cancel(const std::string& job_id) {
                  "job " + job_id + " is already " + std::string(JobStateName(job->state)));
   }
   job->cancel_requested = true;
+  job->cancel_answer.clear();
+  job->cancel_reason.clear();
   job->updated = UtcNow();
+  // A job that never left the cloud ends here; any other is the device's
+  // to end (its cancel.ack, then its result).
+  const bool never_sent = job->state == JobState::kPending;
+  if (never_sent) {
+    job->state = JobState::kCancelled;
+    job->error = CancelledInCloud("cancelled before it was offered to the device");
+  }
   StoreWrite w;
   w.jobs.push_back(*job);
   if (auto r = impl_->store.Write(w); !r) return r.error().WithContext("cancelling " + job_id);
-  if (auto s = impl_->Channel(job->serial)) s->Send(proto::Cancel{job_id});
+  spdlog::info("gateway: job {} of {}: cancel {}", job_id, job->serial,
+               never_sent ? "done (never offered)" : "asked");
+  if (auto s = impl_->Channel(job->serial); s && !never_sent) s->Send(proto::Cancel{job_id});
   return Ok();
 }
 

@@ -92,8 +92,13 @@ class Gateway {
   // in the store until the device answers it. kUnknownDevice, kJobExists,
   // kInvalidArgument (a spec the protocol cannot carry), store errors.
   Status Push(JobRecord job);
-  // Asks the device to cancel a job (sent now if online, else recorded only).
-  // kJobUnknown for an unknown id; a final job is not cancelled.
+  // Asks the device to cancel a job: recorded (cancel_requested), sent now
+  // if the device is online, else with its next hello (a job whose cancel
+  // was asked is not offered again). A Pending job (never offered) becomes
+  // Cancelled at once. The device's cancel.ack is recorded (cancel_answer,
+  // cancel_reason); an accepted cancel ends the job with its result (failed,
+  // Cancelled: JobState kCancelled). kJobUnknown for an unknown id;
+  // kInvalidArgument for a final job.
   Status Cancel(const std::string& job_id);
 
   // Ends the silent and overdue jobs as of `now` (the gateway does it every

@@ -5,6 +5,7 @@
 //                  [--ca-file PEM] [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]
 //                  [--timeout-ms N] ACTION [Key=Value ...]
 //   sag-cloud store dump --config FILE
+//   sag-cloud job cancel --config FILE [--timeout-ms N] JOB_ID
 //   sag-cloud --version
 //
 // `call` acts like an Alibaba Cloud SDK client: it signs (ACS3-HMAC-SHA256 by
@@ -18,13 +19,19 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cloud/fleet_backend.h"
@@ -38,10 +45,13 @@
 #include "cloud/rpc/rpc_service.h"
 #include "cloud/sqlite_store.h"
 #include "cloud/store.h"
+#include "common/atomic_file.h"
 #include "common/log.h"
 #include "common/net/tls.h"
 
 namespace {
+
+namespace fs = std::filesystem;
 
 using sag::cloud::rpc::ApiBackend;
 using sag::cloud::rpc::ApiFileConfig;
@@ -59,6 +69,7 @@ void Usage(std::ostream& out) {
          "                 [--signature acs3|v1] [--method POST|GET] [--format JSON|XML]\n"
          "                 [--timeout-ms N] ACTION [Key=Value ...]\n"
          "  sag-cloud store dump --config FILE\n"
+         "  sag-cloud job cancel --config FILE [--timeout-ms N] JOB_ID\n"
          "  sag-cloud lab init DIR [--smartag-id ID] [--serial S [--serial S2]] [--model M]\n"
          "                 [--api-port N] [--gateway-port N] [--repository-port N]\n"
          "  sag-cloud --version\n";
@@ -96,6 +107,80 @@ struct Parts {
     if (gateway) gateway->Stop();
   }
 };
+
+// Admin requests to a running `serve` (docs/cloud.md): `sag-cloud job
+// cancel` writes NAME.cancel.json ({"job_id": ...}) into this directory
+// beside the store; `serve` looks every kAdminPoll, acts, writes
+// NAME.reply.json and removes the request.
+constexpr std::chrono::milliseconds kAdminPoll{250};
+constexpr std::string_view kCancelSuffix = ".cancel.json";
+constexpr std::string_view kReplySuffix = ".reply.json";
+
+fs::path AdminDir(const ApiFileConfig& config) {
+  return config.store.parent_path() / "admin-requests";
+}
+
+// One cancel request: the gateway's answer as the reply document.
+nlohmann::json AnswerCancel(sag::cloud::Gateway& gateway, sag::cloud::Store& store,
+                            const std::string& text) {
+  using nlohmann::json;
+  const json req = json::parse(text, nullptr, false);
+  auto error = [](const sag::Error& e) {
+    return json{
+        {"ok", false},
+        {"error",
+         {{"code", e.number()}, {"name", sag::ErrcName(e.code())}, {"message", e.message()}}}};
+  };
+  if (!req.is_object() || !req.contains("job_id") || !req["job_id"].is_string()) {
+    return error(sag::Error(sag::Errc::kInvalidArgument,
+                            "the request is not {\"job_id\": \"...\"} (written by `sag-cloud job "
+                            "cancel`?)"));
+  }
+  const std::string id = req["job_id"].get<std::string>();
+  if (auto st = gateway.Cancel(id); !st) {
+    json r = error(st.error());
+    r["job_id"] = id;
+    return r;
+  }
+  const auto job = store.FindJob(id);
+  json r = {{"ok", true}, {"job_id", id}, {"error", nullptr}};
+  if (job) {
+    r["state"] = std::string(sag::cloud::JobStateName(job->state));
+    r["serial"] = job->serial;
+    r["online"] = gateway.IsOnline(job->serial);
+  }
+  return r;
+}
+
+// `serve`'s side of the admin requests: polled on the loop.
+void PollAdmin(const fs::path& dir, sag::cloud::Gateway& gateway, sag::cloud::Store& store) {
+  std::error_code ec;
+  std::vector<fs::path> requests;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.ends_with(kCancelSuffix) && e.is_regular_file(ec)) requests.push_back(e.path());
+  }
+  std::sort(requests.begin(), requests.end());
+  for (const auto& path : requests) {
+    auto text = sag::ReadFile(path, 64U << 10U);
+    const std::string name = path.filename().string();
+    const std::string base = name.substr(0, name.size() - kCancelSuffix.size());
+    const nlohmann::json reply =
+        text ? AnswerCancel(gateway, store, *text)
+             : nlohmann::json{{"ok", false},
+                              {"error",
+                               {{"code", text.error().number()},
+                                {"name", sag::ErrcName(text.error().code())},
+                                {"message", text.error().message()}}}};
+    spdlog::info("admin: cancel request {}: {}", name, reply.dump());
+    if (auto st = sag::WriteFileAtomic(dir / (base + std::string(kReplySuffix)),
+                                       reply.dump(2) + "\n", 0600);
+        !st) {
+      spdlog::error("admin: {}", st.error().ToString());
+    }
+    fs::remove(path, ec);
+  }
+}
 
 sag::Expected<std::unique_ptr<Parts>> StartParts(boost::asio::io_context& io,
                                                  const ApiFileConfig& config) {
@@ -251,7 +336,29 @@ int Serve(const std::vector<std::string>& args) {
     });
   };
   wait_hup();
-  io.run();
+  // Admin requests (`sag-cloud job cancel`), with the real parts.
+  boost::asio::steady_timer admin(io);
+  std::function<void()> poll_admin;
+  if (parts) {
+    const fs::path dir = AdminDir(*config);
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) {
+      spdlog::critical("cannot create the admin request directory {}: {}", dir.string(),
+                       ec.message());
+      return kExitNoAnswer;
+    }
+    fs::permissions(dir, fs::perms::owner_all, ec);
+    poll_admin = [&, dir] {
+      PollAdmin(dir, *parts->gateway, *parts->store);
+      admin.expires_after(kAdminPoll);
+      admin.async_wait([&](const boost::system::error_code& e) {
+        if (!e) poll_admin();
+      });
+    };
+    poll_admin();
+  }
+  io.run();  // the signal handler stops it (the admin timer with it)
   return kExitOk;
 }
 
@@ -448,6 +555,108 @@ int StoreCommand(const std::vector<std::string>& args) {
   return std::cout.flush() ? kExitOk : kExitErrorAnswer;
 }
 
+// sag-cloud job cancel --config FILE [--timeout-ms N] JOB_ID: asks the
+// running `serve` of that configuration to cancel a job; prints its answer.
+int JobCommand(const std::vector<std::string>& args) {
+  const auto usage = [](const std::string& why) {
+    std::cerr << "sag-cloud job: " << why
+              << "\nusage: sag-cloud job cancel --config FILE [--timeout-ms N] JOB_ID\n";
+    return kExitUsage;
+  };
+  if (args.empty() || args[0] != "cancel") return usage("the only job command is 'cancel'");
+  std::string config_file;
+  std::string job_id;
+  long timeout_ms = 10000;
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--config" && i + 1 < args.size()) {
+      config_file = args[++i];
+    } else if (a == "--timeout-ms" && i + 1 < args.size()) {
+      char* end = nullptr;
+      timeout_ms = std::strtol(args[++i].c_str(), &end, 10);
+      if (*end != '\0' || timeout_ms < 1 || timeout_ms > 600000) {
+        return usage("--timeout-ms must be 1..600000");
+      }
+    } else if (a.starts_with("--")) {
+      return usage("unknown option or missing value: " + a);
+    } else if (job_id.empty()) {
+      job_id = a;
+    } else {
+      return usage("one JOB_ID only ('" + a + "' is extra)");
+    }
+  }
+  if (config_file.empty()) return usage("--config FILE is required");
+  if (job_id.empty() || job_id.size() > sag::proto::kMaxId) {
+    return usage("JOB_ID must be 1.." + std::to_string(sag::proto::kMaxId) + " characters");
+  }
+  auto config = sag::cloud::rpc::LoadApiConfig(config_file);
+  if (!config) {
+    std::cerr << "sag-cloud job: " << config.error().ToString() << "\n";
+    return kExitUsage;
+  }
+  if (!config->gateway) {
+    std::cerr << "sag-cloud job: " << config_file
+              << " has no gateway: its serve keeps no jobs to cancel\n";
+    return kExitUsage;
+  }
+  const fs::path dir = AdminDir(*config);
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    std::cerr << "sag-cloud job: " << dir.string()
+              << " does not exist: is `sag-cloud serve --config " << config_file << "` running?\n";
+    return kExitNoAnswer;
+  }
+  std::random_device rd;
+  char name[40];
+  std::snprintf(name, sizeof name, "%08x%08x", rd(), rd());
+  const fs::path request = dir / (std::string(name) + std::string(kCancelSuffix));
+  const fs::path reply = dir / (std::string(name) + std::string(kReplySuffix));
+  if (auto st =
+          sag::WriteFileAtomic(request, nlohmann::json{{"job_id", job_id}}.dump() + "\n", 0600);
+      !st) {
+    std::cerr << "sag-cloud job: " << st.error().ToString() << "\n";
+    return kExitErrorAnswer;
+  }
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::optional<std::string> text;
+  while (std::chrono::steady_clock::now() < until) {
+    if (auto t = sag::ReadFile(reply, 64U << 10U)) {
+      text = std::move(*t);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!text) {
+    // Taken back, unless serve takes it right now (then its reply stays).
+    fs::remove(request, ec);
+    std::cerr << "sag-cloud job: no answer within " << timeout_ms
+              << " ms: is `sag-cloud serve --config " << config_file << "` running?\n";
+    return kExitNoAnswer;
+  }
+  fs::remove(reply, ec);
+  const auto j = nlohmann::json::parse(*text, nullptr, false);
+  if (!j.is_object() || !j.value("ok", false)) {
+    const std::string why = j.is_object() && j.contains("error") && j["error"].is_object()
+                                ? j["error"].value("name", std::string()) + ": " +
+                                      j["error"].value("message", std::string())
+                                : *text;
+    std::cerr << "sag-cloud job cancel " << job_id << ": refused: " << why << "\n";
+    return kExitErrorAnswer;
+  }
+  const std::string state = j.value("state", std::string());
+  if (state == "Cancelled") {
+    std::cout << "job " << job_id << " cancelled (it had not been offered to the device)\n";
+  } else if (j.value("online", false)) {
+    std::cout << "job " << job_id << " (" << state << "): cancel sent to "
+              << j.value("serial", std::string())
+              << "; its answer and the job's end are in the store (sag-cloud store dump)\n";
+  } else {
+    std::cout << "job " << job_id << " (" << state << "): cancel recorded; sent when "
+              << j.value("serial", std::string()) << " connects\n";
+  }
+  return kExitOk;
+}
+
 int main(int argc, char** argv) {
   const std::vector<std::string> all(argv + 1, argv + argc);
   if (all.empty()) {
@@ -467,6 +676,7 @@ int main(int argc, char** argv) {
   if (all[0] == "call") return Call(rest);
   if (all[0] == "lab") return Lab(rest);
   if (all[0] == "store") return StoreCommand(rest);
+  if (all[0] == "job") return JobCommand(rest);
   std::cerr << "sag-cloud: unknown command '" << all[0] << "'\n";
   Usage(std::cerr);
   return kExitUsage;

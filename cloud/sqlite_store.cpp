@@ -92,6 +92,12 @@ CREATE TABLE nonces (
 );
 CREATE INDEX nonces_by_expiry ON nonces(expires);
 )sql",
+    // 3: the device's answer to a cancel (cancel.ack): "" (none yet),
+    // "accepted" or "refused", and a refusal's reason ("Name: message").
+    R"sql(
+ALTER TABLE jobs ADD COLUMN cancel_answer TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN cancel_reason TEXT NOT NULL DEFAULT '';
+)sql",
 }};
 
 constexpr const char* kDeviceColumns =
@@ -100,7 +106,7 @@ constexpr const char* kDeviceColumns =
 constexpr const char* kJobColumns =
     "job_id, serial, job_type, version, url, size, sha256, deadline, allow_downgrade, state, "
     "device_state, percent, outcome, error_code, error_name, error_message, cancel_requested, "
-    "created, updated, timed_out, stamp_epoch, stamp_seq";
+    "created, updated, timed_out, stamp_epoch, stamp_seq, cancel_answer, cancel_reason";
 constexpr const char* kReportColumns = "serial, epoch, seq, type, job_id, detail, received";
 
 // Nonces: expired ones are deleted every this many Remember() calls.
@@ -213,6 +219,8 @@ JobRecord ReadJob(Stmt& s) {
   j.timed_out = s.ColText(19);
   j.stamp_epoch = s.ColText(20);
   j.stamp_seq = static_cast<std::uint64_t>(s.ColInt(21));
+  j.cancel_answer = s.ColText(22);
+  j.cancel_reason = s.ColText(23);
   return j;
 }
 
@@ -253,7 +261,9 @@ void BindJob(Stmt& s, const JobRecord& j) {
       .Text(19, j.updated)
       .Text(20, j.timed_out)
       .Text(21, j.stamp_epoch)
-      .Int(22, static_cast<std::int64_t>(j.stamp_seq));
+      .Int(22, static_cast<std::int64_t>(j.stamp_seq))
+      .Text(23, j.cancel_answer)
+      .Text(24, j.cancel_reason);
 }
 
 class SqliteStore final : public Store {
@@ -578,7 +588,7 @@ Status SqliteStore::AddJob(JobRecord job) {
     static const std::string sql =
         std::string("INSERT INTO jobs (") + kJobColumns +
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, "
-        "?18, ?19, ?20, ?21, ?22)";
+        "?18, ?19, ?20, ?21, ?22, ?23, ?24)";
     sqlite3_stmt* raw = Prepare(sql.c_str());
     if (raw == nullptr) return Fail(sqlite3_errcode(db_), "adding job " + job.spec.job_id);
     Stmt s(raw);
@@ -678,7 +688,8 @@ Expected<WriteResult> SqliteStore::Write(const StoreWrite& write) {
           "sha256 = ?7, deadline = ?8, allow_downgrade = ?9, state = ?10, device_state = ?11, "
           "percent = ?12, outcome = ?13, error_code = ?14, error_name = ?15, "
           "error_message = ?16, cancel_requested = ?17, created = ?18, updated = ?19, "
-          "timed_out = ?20, stamp_epoch = ?21, stamp_seq = ?22 WHERE job_id = ?1");
+          "timed_out = ?20, stamp_epoch = ?21, stamp_seq = ?22, cancel_answer = ?23, "
+          "cancel_reason = ?24 WHERE job_id = ?1");
       if (raw == nullptr) return Fail(sqlite3_errcode(db_), "updating job " + j.spec.job_id);
       Stmt s(raw);
       BindJob(s, j);

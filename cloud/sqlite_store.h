@@ -29,7 +29,7 @@
 namespace sag::cloud {
 
 // The schema version this binary writes.
-inline constexpr int kSqliteSchemaVersion = 2;
+inline constexpr int kSqliteSchemaVersion = 3;
 
 struct SqliteOptions {
   // Reads only (`sag-cloud store dump`): no migration, no write; the schema

@@ -14,7 +14,7 @@ using nlohmann::json;
 
 constexpr int kFormat = 1;
 
-constexpr std::array<std::pair<JobState, std::string_view>, 8> kJobStateNames{{
+constexpr std::array<std::pair<JobState, std::string_view>, 9> kJobStateNames{{
     {JobState::kPending, "Pending"},
     {JobState::kOffered, "Offered"},
     {JobState::kAccepted, "Accepted"},
@@ -23,6 +23,7 @@ constexpr std::array<std::pair<JobState, std::string_view>, 8> kJobStateNames{{
     {JobState::kFailed, "Failed"},
     {JobState::kRejected, "Rejected"},
     {JobState::kTimedOut, "TimedOut"},
+    {JobState::kCancelled, "Cancelled"},
 }};
 
 json ErrorJson(const std::optional<proto::ErrorInfo>& e) {
@@ -68,6 +69,8 @@ json JobJson(const JobRecord& j) {
           {"outcome", j.outcome},
           {"error", ErrorJson(j.error)},
           {"cancel_requested", j.cancel_requested},
+          {"cancel_answer", j.cancel_answer},
+          {"cancel_reason", j.cancel_reason},
           {"created", j.created},
           {"updated", j.updated},
           {"timed_out", j.timed_out},
@@ -116,7 +119,8 @@ std::optional<JobState> ParseJobState(std::string_view name) {
 
 bool IsFinal(JobState state) {
   return state == JobState::kCommitted || state == JobState::kRolledBack ||
-         state == JobState::kFailed || state == JobState::kRejected;
+         state == JobState::kFailed || state == JobState::kRejected ||
+         state == JobState::kCancelled;
 }
 
 std::string DumpJson(Store& store) {

@@ -40,8 +40,10 @@ std::optional<std::chrono::system_clock::time_point> ParseUtc(std::string_view t
 inline std::string UtcNow() { return UtcTime(std::chrono::system_clock::now()); }
 
 // The cloud's view of a job. Pending -> Offered -> Accepted -> one of
-// Committed | RolledBack | Failed; Offered -> Rejected (job.ack refused);
-// TimedOut when the device went silent (a later result still counts).
+// Committed | RolledBack | Failed | Cancelled; Offered -> Rejected (job.ack
+// refused); TimedOut when the device went silent (a later result still
+// counts). Cancelled: the device ended it failed with `Cancelled` after an
+// accepted cancel, or it was cancelled before it left the cloud (Pending).
 enum class JobState {
   kPending,
   kOffered,
@@ -50,11 +52,12 @@ enum class JobState {
   kRolledBack,
   kFailed,
   kRejected,
-  kTimedOut
+  kTimedOut,
+  kCancelled,
 };
 std::string_view JobStateName(JobState state);
 std::optional<JobState> ParseJobState(std::string_view name);
-// Committed, RolledBack, Failed, Rejected: the device answered for good.
+// Committed, RolledBack, Failed, Rejected, Cancelled: answered for good.
 bool IsFinal(JobState state);
 
 // What the configuration says about a box: it may connect once registered.
@@ -95,6 +98,10 @@ struct JobRecord {
   std::string outcome;  // "" | committed | rolled_back | failed
   std::optional<proto::ErrorInfo> error;
   bool cancel_requested = false;
+  // The device's cancel.ack: "" (none yet), "accepted" or "refused", and a
+  // refusal's reason ("CancelTooLate: ...").
+  std::string cancel_answer;
+  std::string cancel_reason;
   std::string created;
   std::string updated;    // the last change, or report about the job
   std::string timed_out;  // when it became TimedOut; kept if a late result arrives

@@ -68,6 +68,7 @@ std::string_view ErrcName(Errc code) {
     SAG_ERRC_NAME(JobCrashLoop)
     SAG_ERRC_NAME(BadRequest)
     SAG_ERRC_NAME(OutboxCorrupt)
+    SAG_ERRC_NAME(CancelTooLate)
     SAG_ERRC_NAME(NetConnect)
     SAG_ERRC_NAME(NetTls)
     SAG_ERRC_NAME(NetHttpStatus)

@@ -79,6 +79,7 @@ enum class Errc : std::uint16_t {
   kJobCrashLoop = 414,   // a job kept stopping the agent at the same step; ended instead of retried
   kBadRequest = 415,     // a job request that is not a regular file, too big, or fails its schema
   kOutboxCorrupt = 416,  // the report outbox's files are damaged
+  kCancelTooLate = 417,  // a cancel after the job's point of no return, or after it ended
   // 5xx: network
   kNetConnect = 500,
   kNetTls = 501,

@@ -283,7 +283,7 @@ Expected<std::optional<JobResult>> DpiInstaller::Lookup(const std::string& job_i
 }
 
 Expected<JobResult> DpiInstaller::Install(const JobSpec& spec, const PackageInfo& package,
-                                          PayloadSource& source) {
+                                          PayloadSource& source, JobCancel* cancel) {
   if (spec.job_id.empty()) return Error(Errc::kInvalidArgument, "a DPI job needs a job id");
   if (options_.hooks.reload.command.empty() || options_.hooks.confirm.command.empty()) {
     return Error(Errc::kInvalidArgument,
@@ -337,25 +337,86 @@ Expected<JobResult> DpiInstaller::Install(const JobSpec& spec, const PackageInfo
   // answered with its state.
   SAG_TRY_STATUS(Persist(job, JobState::kChecking));
   if (auto st = StepVerify(job, spec, package); !st) {
-    Fail(job, std::move(st).error());
+    Error e = std::move(st).error();
+    if (cancel != nullptr && cancel->EndFailed()) e = CancelledError(job);
+    Fail(job, std::move(e));
     return ResultOf(job);
   }
-  SAG_TRY_STATUS(Run(job, source));
+  SAG_TRY_STATUS(Run(job, source, cancel));
   return ResultOf(job);
 }
+
+Error DpiInstaller::CancelledError(const Job& job) {
+  return {Errc::kCancelled, "DPI job " + job.id + " was cancelled on request in state " +
+                                std::string(JobStateName(job.state)) +
+                                ", before the swap: the staged files were removed and " +
+                                job.previous.value_or("no database") + " stays active"};
+}
+
+namespace {
+
+// The payload, stopped between chunks when the job's cancel is accepted
+// (or the daemon stops).
+class CancellablePayload final : public PayloadSource {
+ public:
+  CancellablePayload(PayloadSource& inner, const JobCancel* cancel)
+      : inner_(inner), cancel_(cancel) {}
+  Expected<std::optional<std::span<const std::uint8_t>>> Next() override {
+    if (cancel_ != nullptr && cancel_->stopping()) {
+      return Error(Errc::kCancelled, "staging stopped on request");
+    }
+    return inner_.Next();
+  }
+
+ private:
+  PayloadSource& inner_;
+  const JobCancel* cancel_;
+};
+
+}  // namespace
 
 // Drives a verified job from Staging to a terminal state. An Error is
 // returned only when the journal cannot be written: then the job stops where
 // it is and Resume() finishes it.
-Status DpiInstaller::Run(Job& job, PayloadSource& source) {
+Status DpiInstaller::Run(Job& job, PayloadSource& source, JobCancel* cancel) {
+  // Before the swap: a failure, or a cancel accepted (checked between the
+  // states), ends the job Failed; a cancel accepted before the end makes
+  // it Cancelled, whatever else stopped it.
+  auto fail = [&](Error e) {
+    if (cancel != nullptr && cancel->EndFailed()) {
+      e = CancelledError(job);
+    } else if (e.code() == Errc::kCancelled) {
+      // Stopped with the daemon, not cancelled: as a resume would end it.
+      e = Error(Errc::kDpiInterrupted,
+                "the agent stopped while the job was in " + std::string(JobStateName(job.state)) +
+                    " (" + e.message() + "); the staged files were removed and " +
+                    job.previous.value_or("no database") + " stays active; send the job again");
+    }
+    Fail(job, std::move(e));
+  };
+  auto step = [&](Status st) -> Status {
+    if (st && cancel != nullptr && cancel->requested()) return CancelledError(job);
+    return st;
+  };
+  if (auto st = step(Ok()); !st) {
+    fail(std::move(st).error());
+    return Ok();
+  }
   SAG_TRY_STATUS(Persist(job, JobState::kStaging));
-  if (auto st = StepStage(job, source); !st) {
-    Fail(job, std::move(st).error());
+  CancellablePayload payload(source, cancel);
+  if (auto st = step(StepStage(job, payload)); !st) {
+    fail(std::move(st).error());
     return Ok();
   }
   SAG_TRY_STATUS(Persist(job, JobState::kValidating));
-  if (auto st = StepValidate(job); !st) {
-    Fail(job, std::move(st).error());
+  if (auto st = step(StepValidate(job)); !st) {
+    fail(std::move(st).error());
+    return Ok();
+  }
+  // The point of no return: decided under the cancel point's lock, so a
+  // cancel either came first (nothing is swapped) or is refused.
+  if (cancel != nullptr && !cancel->TryCross()) {
+    fail(CancelledError(job));
     return Ok();
   }
   SAG_TRY_STATUS(Persist(job, JobState::kSwapping));

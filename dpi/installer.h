@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/job_cancel.h"
 #include "common/journal.h"
 #include "dpi/extract.h"
 #include "dpi/payload_source.h"
@@ -119,8 +120,14 @@ class DpiInstaller {
   // call Resume() first, kInvalidArgument for a bad spec or configuration).
   // A job id seen before is answered from the journal (replayed = true) and
   // never run twice. `source` is read to its end only when staging starts.
+  //
+  // `cancel` (may be null; must outlive the call): the job's cancel point
+  // (common/job_cancel.h), checked between the states and between payload
+  // chunks while staging; its point of no return is the swap. A cancel
+  // accepted before it ends the job Failed with kCancelled (staging removed,
+  // the active database untouched); after it the cancel is refused.
   Expected<JobResult> Install(const JobSpec& spec, const PackageInfo& package,
-                              PayloadSource& source);
+                              PayloadSource& source, JobCancel* cancel = nullptr);
 
   // Finishes an interrupted job (call at start-up): before the swap the
   // staging is removed and the job fails with kDpiInterrupted; after it the
@@ -145,7 +152,7 @@ class DpiInstaller {
   struct Job;
   Status EnsureJournalDir() const;
   Status Persist(Job& job, JobState to);
-  Status Run(Job& job, PayloadSource& source);
+  Status Run(Job& job, PayloadSource& source, JobCancel* cancel);
   Status StepVerify(Job& job, const JobSpec& spec, const PackageInfo& package);
   Status StepStage(Job& job, PayloadSource& source);
   Status StepValidate(Job& job);
@@ -161,6 +168,7 @@ class DpiInstaller {
   Status ReloadAndConfirm(const std::optional<std::string>& version, const std::string& job_id,
                           Errc reload_code, Errc confirm_code);
   JobResult ResultOf(const Job& job) const;
+  static Error CancelledError(const Job& job);
   // The journal's current job and its history; nullopt when there is none.
   Expected<std::optional<Job>> LoadCurrent() const;
 

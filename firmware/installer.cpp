@@ -193,6 +193,18 @@ Status DeviceInstaller::Fail(JobRecord& record, Error error) {
   return ArchiveFinished(record);
 }
 
+bool DeviceInstaller::Stopping() const {
+  return cancel_ || (job_cancel_ != nullptr && job_cancel_->stopping());
+}
+
+Error DeviceInstaller::CancelledError(const JobRecord& record) {
+  return {Errc::kCancelled, "job " + record.id + " was cancelled on request in state " +
+                                std::string(JobStateName(record.state)) +
+                                ", before the trial boot was set: slot " + record.target_slot +
+                                " is left not bootable and slot " + record.from_slot + " (" +
+                                record.from_version + ") runs on"};
+}
+
 void DeviceInstaller::Report(const JobRecord& record, std::uint64_t done, std::uint64_t total) {
   if (progress_) progress_(record, Progress{record.state, done, total});
 }
@@ -551,7 +563,14 @@ JobRecord DeviceInstaller::NewRecord(const JobSpec& spec) {
 }
 
 Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec, image::ImageReader& reader,
-                                           const image::VerifiedHeader& h) {
+                                           const image::VerifiedHeader& h, JobCancel* cancel) {
+  // The cancel point holds for this call only: a job resumed at the next
+  // start has none.
+  job_cancel_ = cancel;
+  struct Reset {
+    DeviceInstaller* self;
+    ~Reset() { self->job_cancel_ = nullptr; }
+  } reset{this};
   SAG_TRY(auto current, journal_.Load());
   if (current) {
     SAG_TRY(auto rec, RecordFrom(journal_, *current));
@@ -559,7 +578,7 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec, image::ImageRead
     if (IsTerminal(rec.state)) {
       // A finished job whose move to the history was cut short.
       SAG_TRY_STATUS(ArchiveFinished(rec));
-      return Start(spec, reader, h);
+      return Start(spec, reader, h, cancel);
     }
     return Error(Errc::kJobConflict, "job " + rec.id + " is still " +
                                          std::string(JobStateName(rec.state)) +
@@ -571,8 +590,10 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec, image::ImageRead
   JobRecord record = NewRecord(spec);
 
   auto refuse = [&](const Error& e) -> Expected<JobRecord> {
-    // Nothing was touched; the refusal is remembered under the job id.
+    // Nothing was touched; the refusal is remembered under the job id (as
+    // Cancelled when a cancel came first).
     record.error = e;
+    if (job_cancel_ != nullptr && job_cancel_->EndFailed()) record.error = CancelledError(record);
     record.state = JobState::kFailed;
     spdlog::error("job {} refused: {}", spec.id, e.ToString());
     if (auto st = ArchiveFinished(record); !st) return std::move(st).error();
@@ -603,8 +624,12 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec, image::ImageRead
                  spec.id, record.from_version, record.version, record.target_slot,
                  record.payload_size, record.chunks_total, h.signer.subject);
   }
-  if (auto st = StepPrepare(record); !st) {
-    if (auto f = Fail(record, std::move(st).error()); !f) return std::move(f).error();
+  auto st = job_cancel_ != nullptr && job_cancel_->requested() ? Status(CancelledError(record))
+                                                               : StepPrepare(record);
+  if (!st) {
+    Error e = std::move(st).error();
+    if (job_cancel_ != nullptr && job_cancel_->EndFailed()) e = CancelledError(record);
+    if (auto f = Fail(record, std::move(e)); !f) return std::move(f).error();
     return record;
   }
   // StepWrite streams from `reader` (the first run only: see fresh_reader_).
@@ -632,7 +657,16 @@ Status DeviceInstaller::StepPrepare(JobRecord& record) {
 Expected<JobRecord> DeviceInstaller::Run(JobRecord record) {
   for (int guard = 0; guard < 32 && !IsTerminal(record.state); ++guard) {
     Status st = Ok();
-    switch (record.state) {
+    // A cancel is checked at every step boundary before the trial boot;
+    // StepActivate decides the last one under the cancel point's lock.
+    const bool before_trial = record.state == JobState::kWriting ||
+                              record.state == JobState::kVerifying ||
+                              record.state == JobState::kActivating;
+    if (before_trial && job_cancel_ != nullptr && job_cancel_->requested()) {
+      st = CancelledError(record);
+    }
+    // A cancelled step is not run (kFailed: nothing to do).
+    switch (st ? record.state : JobState::kFailed) {
       case JobState::kPending:
         st = Error(Errc::kInternal, "a Pending job is prepared by Start");
         break;
@@ -663,11 +697,20 @@ Expected<JobRecord> DeviceInstaller::Run(JobRecord record) {
         break;
     }
     if (!st) {
-      const Error& e = st.error();
-      if (e.code() == Errc::kCancelled) return record;  // resumes at next start
+      Error e = std::move(st).error();
       // Failing is possible only before the trial boot is set; later states
       // are resolved by the boot that follows.
-      if (Transition(record.state, JobEvent::kFailed)) {
+      const bool can_fail = static_cast<bool>(Transition(record.state, JobEvent::kFailed));
+      // A cancel accepted before the job ended ends it Cancelled, whatever
+      // else stopped it; decided under the cancel point's lock, so a cancel
+      // that comes later is refused.
+      const bool cancelled = can_fail && job_cancel_ != nullptr && job_cancel_->EndFailed();
+      if (cancelled) {
+        e = CancelledError(record);
+      } else if (e.code() == Errc::kCancelled) {
+        return record;  // the daemon stops: resumes at next start
+      }
+      if (can_fail) {
         SAG_TRY_STATUS(Fail(record, e));
         return record;
       }
@@ -1082,7 +1125,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   std::optional<Error> read_error;
   auto produce = [&](auto& reader) {
     for (;;) {
-      if (cancel_) {
+      if (Stopping()) {
         read_error = Error(Errc::kCancelled, "stopped");
         return;
       }
@@ -1170,7 +1213,7 @@ Status DeviceInstaller::StepVerify(JobRecord& record) {
     AlignedBuffer piece(
         std::min<std::uint64_t>(medium ? kMediumPiece : kReadBackPiece, m.chunk_size));
     for (std::uint64_t i = from; i < m.chunks.size(); i += kThreads) {
-      if (cancel_) return Error(Errc::kCancelled, "stopped");
+      if (Stopping()) return Error(Errc::kCancelled, "stopped");
       if (failed) return Ok();  // the other thread found one
       if (auto st = ReadBackChunk(record, m, *slot, i, piece.span(), medium, &times); !st) {
         failed = true;
@@ -1211,6 +1254,9 @@ Status DeviceInstaller::StepVerify(JobRecord& record) {
 Status DeviceInstaller::StepActivate(JobRecord& record) {
   EnterStep(record);
   SAG_TRY(const Slot target, SlotOf(record.target_slot));
+  // The point of no return: decided under the cancel point's lock, so a
+  // cancel either came first (the trial is never set) or is refused.
+  if (job_cancel_ != nullptr && !job_cancel_->TryCross()) return CancelledError(record);
   SAG_TRY_STATUS(platform_.boot->SetTrial(target, options_.trial_attempts));
   SAG_TRY(record.boot_id, platform_.system->BootId());
   SAG_TRY_STATUS(Save(record, JobEvent::kTrialSet));

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/image/image.h"
+#include "common/job_cancel.h"
 #include "common/journal.h"
 #include "common/net/downloader.h"
 #include "firmware/job.h"
@@ -103,8 +104,15 @@ class DeviceInstaller {
   // payload is streamed from that same reader, positioned after the header,
   // so the image is opened once per job. A write resumed after a cut opens
   // spec.source again at the chunk it stopped at.
+  //
+  // `cancel` (may be null; must outlive the call): the job's cancel point
+  // (common/job_cancel.h), checked between the steps and between chunks of
+  // the write and the read-back; its point of no return is SetTrial. A
+  // cancel accepted before it ends the job Failed with kCancelled (the
+  // target slot stays not bootable, the running slot first); after it the
+  // cancel is refused and the job goes on.
   Expected<JobRecord> Start(const JobSpec& spec, image::ImageReader& reader,
-                            const image::VerifiedHeader& header);
+                            const image::VerifiedHeader& header, JobCancel* cancel = nullptr);
 
   // The loop guard: ends the unfinished job `id` with `error` instead of
   // resuming it. Before the trial boot is set the job fails (the target slot
@@ -186,6 +194,11 @@ class DeviceInstaller {
   Status SaveHeader(const image::VerifiedHeader& header);
   Expected<image::VerifiedHeader> LoadHeader(const JobRecord& record);
   void Report(const JobRecord& record, std::uint64_t done, std::uint64_t total);
+  // Whether the running step should stop: the daemon stops, or the job's
+  // cancel was accepted.
+  [[nodiscard]] bool Stopping() const;
+  // kCancelled for a job whose cancel was accepted in `record`'s state.
+  static Error CancelledError(const JobRecord& record);
 
   InstallerOptions options_;
   Platform platform_;
@@ -195,6 +208,8 @@ class DeviceInstaller {
   // The reader Start() verified the header with: StepWrite streams the
   // payload from it instead of opening the source again. Only during Start.
   image::ImageReader* fresh_reader_ = nullptr;
+  // The running job's cancel point (only during Start; null otherwise).
+  JobCancel* job_cancel_ = nullptr;
 };
 
 }  // namespace sag::firmware

@@ -165,13 +165,38 @@ TEST_F(ChannelHostTest, TheEpochIsKeptAcrossLoadsAndChangesWithFreshFiles) {
   EXPECT_NE(fresh.epoch(), epoch);
 }
 
-TEST_F(ChannelHostTest, CancelIsRefusedWithAReason) {
+TEST_F(ChannelHostTest, CancelWithoutAJobQueueIsRefusedWithAReason) {
   std::optional<proto::CancelAck> got;
   host_->OnCancel({"c1"}, [&](const proto::CancelAck& a) { got = a; });
   ASSERT_TRUE(got);
   EXPECT_FALSE(got->accepted);
   ASSERT_TRUE(got->error);
-  EXPECT_NE(got->error->message.find("does not cancel"), std::string::npos);
+  EXPECT_EQ(got->error->name, "CancelTooLate");
+  EXPECT_NE(got->error->message.find("takes no cancels"), std::string::npos);
+}
+
+TEST_F(ChannelHostTest, CancelGoesToTheDaemonAndItsAnswerIsTheCancelAck) {
+  DaemonChannelHost::Hooks hooks;
+  std::vector<std::string> asked;
+  hooks.cancel = [&](const std::string& id) {
+    asked.push_back(id);
+    CancelAnswer a;
+    a.accepted = id == "run";
+    if (!a.accepted) a.error = Error(Errc::kCancelTooLate, "job " + id + " is past it");
+    return a;
+  };
+  DaemonChannelHost host(config_, outbox_, std::move(hooks));
+  std::vector<proto::CancelAck> got;
+  host.OnCancel({"run"}, [&](const proto::CancelAck& a) { got.push_back(a); });
+  host.OnCancel({"late"}, [&](const proto::CancelAck& a) { got.push_back(a); });
+  EXPECT_EQ(asked, (std::vector<std::string>{"run", "late"}));
+  ASSERT_EQ(got.size(), 2U);
+  EXPECT_EQ(got[0], (proto::CancelAck{"run", true, std::nullopt}));
+  EXPECT_EQ(got[1].job_id, "late");
+  EXPECT_FALSE(got[1].accepted);
+  ASSERT_TRUE(got[1].error);
+  EXPECT_EQ(got[1].error->code, 417);
+  EXPECT_EQ(got[1].error->name, "CancelTooLate");
 }
 
 }  // namespace

@@ -6,8 +6,14 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <future>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "agent/outbox.h"
@@ -28,6 +34,8 @@ struct World {
   FakeEngineState device_state;
   FakeEngineState dpi_state;
   int opens = 0;
+  std::atomic<bool> downloading{false};       // the opener waits in a "/slow" download
+  std::atomic<bool> download_stopped{false};  // ... and saw its cancel flag
 };
 
 // One daemon lifetime over the world's files.
@@ -57,11 +65,25 @@ struct Daemon {
     parts.guard = &guard;
     // Images by name: /dev-V.img is a Device image of version V, /dpi-V.img
     // a DPI one; anything else does not exist.
-    parts.open = [&w = world](const JobSpec& spec,
-                              const std::atomic<bool>*) -> Expected<std::unique_ptr<OpenImage>> {
+    parts.open = [&w = world](
+                     const JobSpec& spec,
+                     const std::atomic<bool>* cancel) -> Expected<std::unique_ptr<OpenImage>> {
       ++w.opens;
       auto img = std::make_unique<OpenImage>();
       const std::string& s = spec.source;
+      if (s.starts_with("/slow")) {
+        // A download that stalls until its cancel flag is set (10 s at
+        // most), as net::Downloader honours DownloadOptions::cancel.
+        w.downloading = true;
+        for (int i = 0; i < 10000 && (cancel == nullptr || !*cancel); ++i) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        if (cancel != nullptr && *cancel) {
+          w.download_stopped = true;
+          return Error(Errc::kCancelled, "download stopped");
+        }
+        return Error(Errc::kNetStalled, "the test's download was never cancelled");
+      }
       if (s.starts_with("/dev-")) {
         img->header_copy.manifest.type = image::ImageType::kDevice;
       } else if (s.starts_with("/dpi-")) {
@@ -310,6 +332,199 @@ TEST(Dispatcher, AJobThatKeepsCrashingTheAgentAtOneStepIsEndedWithCrashLoop) {
   auto e = d.guard.Load();
   ASSERT_TRUE(e);
   EXPECT_FALSE(*e) << "the guard forgets an ended job";
+}
+
+// ---------------------------------------------------------------- cancel
+
+// The last result report of `job`'s error name ("" when none).
+std::string ResultError(const Daemon& d, const std::string& job) {
+  std::string name;
+  for (const auto& r : d.outbox.Pending()) {
+    const auto e = r.body.find("error");
+    if (r.job == job && r.kind == "result" && e != r.body.end() && e->is_object()) {
+      name = e->value("name", "");
+    }
+  }
+  return name;
+}
+
+void ExpectCancelled(const Daemon& d, const JobAnswer& a, const std::string& id) {
+  EXPECT_FALSE(a.refused);
+  EXPECT_EQ(a.outcome.phase, JobPhase::kFailed);
+  ASSERT_TRUE(a.outcome.error);
+  EXPECT_EQ(a.outcome.error->code(), Errc::kCancelled) << a.outcome.error->ToString();
+  auto rec = d.registry.Find(id);
+  ASSERT_TRUE(rec);
+  EXPECT_EQ(rec->phase, JobPhase::kFailed);
+  EXPECT_EQ(ResultError(d, id), "Cancelled") << "the result goes through the outbox";
+}
+
+TEST(DispatcherCancel, AQueuedJobEndsAtOnceAndNeverRuns) {
+  World w;
+  Daemon d(w);
+  // The first job holds the worker until the test lets it go.
+  std::promise<void> go;
+  std::shared_future<void> release = go.get_future().share();
+  w.dpi_state.at_point = [&](const std::string& point) {
+    if (point == "Writing") release.wait_for(std::chrono::seconds(10));
+  };
+  std::promise<JobAnswer> first;
+  std::promise<JobAnswer> queued;
+  d.dispatcher->Submit(Spec("q1", "/dpi-20201117_1_0-0.0.1.img"),
+                       [&](const JobAnswer& a) { first.set_value(a); });
+  d.dispatcher->Submit(Spec("q2", "/dpi-20201117_1_0-0.0.2.img"),
+                       [&](const JobAnswer& a) { queued.set_value(a); });
+  const CancelAnswer c = d.dispatcher->CancelJob("q2");
+  EXPECT_TRUE(c.accepted) << (c.error ? c.error->ToString() : "");
+  // Its reply comes at once, while the first job still holds the worker.
+  auto ended = queued.get_future();
+  ASSERT_EQ(ended.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  const JobAnswer q2 = ended.get();
+  go.set_value();
+  d.dispatcher->WaitIdle();
+  ExpectCancelled(d, q2, "q2");
+  EXPECT_EQ(w.dpi_state.installs.count("q2"), 0U) << "a cancelled queued job never runs";
+  EXPECT_EQ(first.get_future().get().outcome.phase, JobPhase::kCommitted);
+  // Offered again: answered from the record, not run.
+  auto again = d.dispatcher->Run(Spec("q2", "/dpi-20201117_1_0-0.0.2.img"));
+  EXPECT_TRUE(again.known);
+  EXPECT_EQ(again.outcome.error->code(), Errc::kCancelled);
+  EXPECT_EQ(w.dpi_state.installs.count("q2"), 0U);
+  // A second cancel of it, and of the first (ended), are refused.
+  for (const char* id : {"q2", "q1"}) {
+    const CancelAnswer late = d.dispatcher->CancelJob(id);
+    EXPECT_FALSE(late.accepted) << id;
+    ASSERT_TRUE(late.error);
+    EXPECT_EQ(late.error->code(), Errc::kCancelTooLate) << late.error->ToString();
+  }
+}
+
+TEST(DispatcherCancel, ADownloadingJobStopsItsDownloadAndEndsCancelled) {
+  World w;
+  Daemon d(w);
+  std::promise<JobAnswer> reply;
+  d.dispatcher->Submit(Spec("dl", "/slow-dev-1.0.1.img"),
+                       [&](const JobAnswer& a) { reply.set_value(a); });
+  for (int i = 0; i < 10000 && !w.downloading; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(w.downloading);
+  const CancelAnswer c = d.dispatcher->CancelJob("dl");
+  EXPECT_TRUE(c.accepted) << (c.error ? c.error->ToString() : "");
+  auto f = reply.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  d.dispatcher->WaitIdle();
+  ExpectCancelled(d, f.get(), "dl");
+  EXPECT_TRUE(w.download_stopped) << "the job's cancel reaches its download";
+  EXPECT_EQ(w.device_state.installs.count("dl"), 0U);
+}
+
+// Through the engine (fake_engine.h: it checks the cancel at its step
+// boundary and crosses its point of no return under the cancel's lock).
+struct CancelAt {
+  const char* point;
+  JobType type;
+  bool accepted;
+};
+
+TEST(DispatcherCancel, ARunningJobIsCancelledBeforeItsPointOfNoReturnOnly) {
+  for (const CancelAt& c : {CancelAt{"Writing", JobType::kDevice, true},
+                            CancelAt{"BeforeNoReturn", JobType::kDevice, true},
+                            CancelAt{"AfterNoReturn", JobType::kDevice, false},
+                            CancelAt{"Writing", JobType::kDpi, true},
+                            CancelAt{"AfterNoReturn", JobType::kDpi, false}}) {
+    SCOPED_TRACE(std::string(c.point) + " " + std::string(JobTypeName(c.type)));
+    World w;
+    Daemon d(w);
+    std::optional<CancelAnswer> answer;
+    bool durable_when_answered = false;
+    FakeEngineState& engine = c.type == JobType::kDevice ? w.device_state : w.dpi_state;
+    engine.at_point = [&](const std::string& point) {
+      if (point != c.point) return;
+      answer = d.dispatcher->CancelJob("r");
+      durable_when_answered = std::filesystem::exists(w.dir / "cancel-r.json");
+    };
+    const auto a = d.dispatcher->Run(
+        Spec("r", c.type == JobType::kDevice ? "/dev-1.0.1.img" : "/dpi-20201117_1_0-0.0.1.img"));
+    ASSERT_TRUE(answer);
+    EXPECT_EQ(answer->accepted, c.accepted);
+    EXPECT_EQ(durable_when_answered, c.accepted) << "an accepted cancel is on disk when answered";
+    EXPECT_FALSE(std::filesystem::exists(w.dir / "cancel-r.json")) << "removed once the job ended";
+    if (c.accepted) {
+      ExpectCancelled(d, a, "r");
+      if (c.type == JobType::kDevice) {
+        EXPECT_FALSE(w.device_state.unfinished);
+      }
+    } else {
+      ASSERT_TRUE(answer->error);
+      EXPECT_EQ(answer->error->code(), Errc::kCancelTooLate) << answer->error->ToString();
+      EXPECT_EQ(a.outcome.phase,
+                c.type == JobType::kDevice ? JobPhase::kRebooting : JobPhase::kCommitted);
+      EXPECT_FALSE(a.outcome.error);
+      // Past its point of no return in the registry too.
+      const CancelAnswer again = d.dispatcher->CancelJob("r");
+      EXPECT_FALSE(again.accepted);
+      EXPECT_EQ(again.error->code(), Errc::kCancelTooLate);
+    }
+  }
+}
+
+// The agent killed after it accepted a cancel and before the job ended: the
+// next start ends the job Cancelled instead of resuming it.
+TEST(DispatcherCancel, AnAcceptedCancelOutlivesAKilledAgent) {
+  World w;
+  w.device_state.jobs["k"] =
+      EngineJob{"k", JobPhase::kRunning, "Writing", std::nullopt, "1.0.0", "1.0.1", "B"};
+  w.device_state.unfinished = "k";
+  {
+    Daemon d(w);
+    JobOutcome o;
+    o.id = "k";
+    o.type = JobType::kDevice;
+    o.phase = JobPhase::kRunning;
+    o.state = "Writing";
+    ASSERT_TRUE(d.registry.Put(o));
+  }
+  ASSERT_TRUE(WriteFileAtomic(w.dir / "cancel-k.json", "{}\n"));
+  Daemon d(w);  // the restart
+  d.dispatcher->RecoverNow();
+  EXPECT_EQ(w.device_state.abandons, 1);
+  EXPECT_FALSE(w.device_state.unfinished) << "not resumed";
+  auto rec = d.registry.Find("k");
+  ASSERT_TRUE(rec);
+  EXPECT_EQ(rec->phase, JobPhase::kFailed);
+  ASSERT_TRUE(rec->error);
+  EXPECT_EQ(rec->error->code(), Errc::kCancelled);
+  EXPECT_EQ(ResultError(d, "k"), "Cancelled");
+  EXPECT_FALSE(std::filesystem::exists(w.dir / "cancel-k.json"));
+}
+
+TEST(DispatcherCancel, AnUnknownJobIsRefused) {
+  World w;
+  Daemon d(w);
+  const CancelAnswer c = d.dispatcher->CancelJob("nobody");
+  EXPECT_FALSE(c.accepted);
+  ASSERT_TRUE(c.error);
+  EXPECT_EQ(c.error->code(), Errc::kJobUnknown);
+}
+
+// The daemon's own queue (cloud jobs waiting for the worker): ended by
+// CancelWaiting, unless the registry knows the id as started or ended.
+TEST(DispatcherCancel, AJobWaitingInTheDaemonsQueueIsEndedUnlessKnown) {
+  World w;
+  Daemon d(w);
+  JobSpec spec = Spec("w", "/dev-1.0.1.img");
+  spec.type = JobType::kDevice;
+  JobAnswer ended;
+  const CancelAnswer c = d.dispatcher->CancelWaiting(spec, &ended);
+  EXPECT_TRUE(c.accepted);
+  ExpectCancelled(d, ended, "w");
+  EXPECT_EQ(w.opens, 0);
+  (void)d.dispatcher->Run(Spec("done", "/dpi-20201117_1_0-0.0.1.img"));
+  JobAnswer unused;
+  const CancelAnswer late = d.dispatcher->CancelWaiting(Spec("done", "/x"), &unused);
+  EXPECT_FALSE(late.accepted);
+  EXPECT_EQ(late.error->code(), Errc::kCancelTooLate);
 }
 
 TEST(StepGuard, CountsEntriesOfOneStepAndStartsAgainForAnother) {

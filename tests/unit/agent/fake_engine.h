@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -34,6 +35,10 @@ struct FakeEngineState {
   // process would die here): the job stays unfinished.
   std::string crash_step;
   std::string version = "1.0.0";
+  // Called by Install() as the job reaches "Writing" (before the cancel is
+  // checked), "BeforeNoReturn" (before it crosses its point of no return)
+  // and "AfterNoReturn": a test cancels there.
+  std::function<void(const std::string& point)> at_point;
 };
 
 class FakeEngine final : public InstallEngine {
@@ -67,7 +72,8 @@ class FakeEngine final : public InstallEngine {
     return std::optional<EngineJob>(it->second);
   }
 
-  Expected<EngineJob> Install(const JobSpec& spec, VerifiedImage image) override {
+  Expected<EngineJob> Install(const JobSpec& spec, VerifiedImage image,
+                              JobCancel& cancel) override {
     if (auto it = s_.jobs.find(spec.id); it != s_.jobs.end()) return it->second;
     if (s_.refuse_next) {
       Error e = *s_.refuse_next;
@@ -91,9 +97,16 @@ class FakeEngine final : public InstallEngine {
     }
     if (on_step_) on_step_(spec.id, "Writing");
     Change(s_.jobs[spec.id], JobPhase::kRunning, "Writing");
+    if (s_.at_point) s_.at_point("Writing");
     if (progress_) {
       for (std::uint64_t i = 1; i <= 4; ++i) progress_(s_.jobs[spec.id], i * 25, 100);
     }
+    // As the real engines: a cancel is checked at a step boundary, and the
+    // point of no return is crossed under the cancel point's lock.
+    if (cancel.requested()) return Cancelled(s_.jobs[spec.id], cancel);
+    if (s_.at_point) s_.at_point("BeforeNoReturn");
+    if (!cancel.TryCross()) return Cancelled(s_.jobs[spec.id], cancel);
+    if (s_.at_point) s_.at_point("AfterNoReturn");
     if (type_ == JobType::kDevice) {
       s_.jobs[spec.id].target_slot = "B";
       Change(s_.jobs[spec.id], JobPhase::kRebooting, "Rebooting");
@@ -119,6 +132,13 @@ class FakeEngine final : public InstallEngine {
   }
 
  private:
+  EngineJob Cancelled(EngineJob& j, JobCancel& cancel) {
+    (void)cancel.EndFailed();
+    j.error = Error(Errc::kCancelled, "cancelled before the point of no return");
+    Change(j, JobPhase::kFailed, "Failed");
+    return j;
+  }
+
   void Change(EngineJob& j, JobPhase phase, std::string state) {
     j.phase = phase;
     j.state = std::move(state);

@@ -119,7 +119,11 @@ class FakeHost : public agent::ChannelHost {
   }
   void OnCancel(const proto::Cancel& cancel, std::function<void(proto::CancelAck)> reply) override {
     cancels.push_back(cancel.job_id);
-    reply(proto::CancelAck{cancel.job_id, true, std::nullopt});
+    if (cancel_refusal) {
+      reply(proto::CancelAck{cancel.job_id, false, cancel_refusal});
+    } else {
+      reply(proto::CancelAck{cancel.job_id, true, std::nullopt});
+    }
   }
   std::vector<OutgoingReport> Pending() override { return pending; }
   void Acked(std::uint64_t seq) override {
@@ -147,6 +151,7 @@ class FakeHost : public agent::ChannelHost {
   std::vector<bool> changes;
   std::vector<std::pair<milliseconds, agent::ChannelStatus>> retries;
   bool answer_jobs = true;
+  std::optional<proto::ErrorInfo> cancel_refusal;  // set: cancels are refused with it
   int hellos = 0;
 };
 
@@ -614,6 +619,97 @@ TEST_F(ChannelTest, CancelReachesTheDevice) {
   ASSERT_TRUE(RunUntil([&] { return host_.cancels.size() == 1; }));
   EXPECT_TRUE(store_->FindJob("j-c")->cancel_requested);
   EXPECT_EQ(gw_->Cancel("nope").error().code(), Errc::kJobUnknown);
+}
+
+// An accepted cancel: its cancel.ack is recorded, and the device's result
+// (failed, Cancelled) makes the job Cancelled, which is final.
+TEST_F(ChannelTest, AnAcceptedCancelEndsTheJobCancelledByItsResult) {
+  StartGateway();
+  StartChannel(ChOptions());
+  ASSERT_TRUE(RunUntil([&] { return Online(); }));
+  ASSERT_TRUE(gw_->Push(MakeJob("j-a")));
+  ASSERT_TRUE(RunUntil([&] { return store_->FindJob("j-a")->state == JobState::kAccepted; }));
+  ASSERT_TRUE(gw_->Cancel("j-a"));
+  ASSERT_TRUE(RunUntil([&] { return store_->FindJob("j-a")->cancel_answer == "accepted"; }));
+  EXPECT_EQ(store_->FindJob("j-a")->state, JobState::kAccepted) << "ended by the result only";
+  proto::Result r = MakeResult(1, "j-a", "failed", "1.0.0");
+  r.error = proto::ErrorInfo{115, "Cancelled", "cancelled on request while Writing"};
+  host_.Add(r);
+  ch_->ReportsAvailable();
+  ASSERT_TRUE(RunUntil([&] { return store_->FindJob("j-a")->state == JobState::kCancelled; }));
+  const auto job = *store_->FindJob("j-a");
+  ASSERT_TRUE(job.error);
+  EXPECT_EQ(job.error->name, "Cancelled");
+  EXPECT_EQ(job.outcome, "failed");
+  EXPECT_TRUE(IsFinal(JobState::kCancelled));
+  EXPECT_EQ(gw_->Cancel("j-a").error().code(), Errc::kInvalidArgument)
+      << "final: nothing to cancel";
+  // Kept across a restart of the store (migration 3's columns).
+  RestartGateway();
+  EXPECT_EQ(store_->FindJob("j-a")->state, JobState::kCancelled);
+  EXPECT_EQ(store_->FindJob("j-a")->cancel_answer, "accepted");
+}
+
+// A refused cancel is recorded with its reason, the job goes on, and the
+// cancel is not sent again on the next hello.
+TEST_F(ChannelTest, ARefusedCancelIsRecordedAndNotSentAgain) {
+  StartGateway();
+  host_.cancel_refusal = proto::ErrorInfo{417, "CancelTooLate", "past its point of no return"};
+  StartChannel(ChOptions());
+  ASSERT_TRUE(RunUntil([&] { return Online(); }));
+  ASSERT_TRUE(gw_->Push(MakeJob("j-r")));
+  ASSERT_TRUE(RunUntil([&] { return store_->FindJob("j-r")->state == JobState::kAccepted; }));
+  ASSERT_TRUE(gw_->Cancel("j-r"));
+  ASSERT_TRUE(RunUntil([&] { return store_->FindJob("j-r")->cancel_answer == "refused"; }));
+  auto job = *store_->FindJob("j-r");
+  EXPECT_EQ(job.state, JobState::kAccepted);
+  EXPECT_NE(job.cancel_reason.find("CancelTooLate"), std::string::npos) << job.cancel_reason;
+  host_.hello.jobs = {{"j-r", "Device", "1.0.1", "Rebooting", "", std::nullopt}};
+  const int hellos = host_.hellos;
+  RestartGateway();
+  ASSERT_TRUE(RunUntil([&] { return host_.hellos > hellos && Online(); }));
+  RunFor(milliseconds(300));
+  EXPECT_EQ(host_.cancels.size(), 1U) << "a refusal is final";
+  host_.Add(MakeResult(1, "j-r", "committed", "1.0.1"));
+  ch_->ReportsAvailable();
+  ASSERT_TRUE(RunUntil([&] { return store_->FindJob("j-r")->state == JobState::kCommitted; }));
+}
+
+// A job that never left the cloud is cancelled there, and never offered.
+TEST_F(ChannelTest, APendingJobIsCancelledInTheCloudAndNeverOffered) {
+  StartGateway();
+  ASSERT_TRUE(gw_->Push(MakeJob("j-p")));
+  ASSERT_EQ(store_->FindJob("j-p")->state, JobState::kPending);
+  ASSERT_TRUE(gw_->Cancel("j-p"));
+  auto job = *store_->FindJob("j-p");
+  EXPECT_EQ(job.state, JobState::kCancelled);
+  ASSERT_TRUE(job.error);
+  EXPECT_EQ(job.error->name, "Cancelled");
+  StartChannel(ChOptions());
+  ASSERT_TRUE(RunUntil([&] { return Online(); }));
+  RunFor(milliseconds(300));
+  EXPECT_TRUE(host_.jobs.empty());
+  EXPECT_TRUE(host_.cancels.empty());
+}
+
+// An offered job the device does not know (it never got it): its cancel is
+// refused JobUnknown and the job is not offered again: Cancelled.
+TEST_F(ChannelTest, AnOfferedJobTheDeviceDoesNotKnowIsCancelled) {
+  StartGateway();
+  host_.answer_jobs = false;
+  host_.cancel_refusal = proto::ErrorInfo{409, "JobUnknown", "this agent has no job j-u"};
+  StartChannel(ChOptions());
+  ASSERT_TRUE(RunUntil([&] { return Online(); }));
+  ASSERT_TRUE(gw_->Push(MakeJob("j-u")));
+  ASSERT_TRUE(RunUntil([&] { return host_.jobs.size() == 1; }));
+  ASSERT_EQ(store_->FindJob("j-u")->state, JobState::kOffered);
+  ASSERT_TRUE(gw_->Cancel("j-u"));
+  ASSERT_TRUE(RunUntil([&] { return store_->FindJob("j-u")->state == JobState::kCancelled; }));
+  const int hellos = host_.hellos;
+  RestartGateway();
+  ASSERT_TRUE(RunUntil([&] { return host_.hellos > hellos && Online(); }));
+  RunFor(milliseconds(300));
+  EXPECT_EQ(host_.jobs.size(), 1U) << "not offered again";
 }
 
 TEST_F(ChannelTest, SecondConnectionOfADeviceReplacesTheFirst) {

@@ -13,6 +13,7 @@ namespace sag::dpi {
 namespace {
 
 namespace fs = std::filesystem;
+using test::BufferSource;
 using test::DpiEnv;
 using test::DpiVersion;
 using test::IsCompleteDb;
@@ -446,6 +447,87 @@ TEST_F(InstallerTest, AJournalWithTheOldNameOfCheckingResumes) {
   ASSERT_TRUE((*r)->error);
   EXPECT_EQ((*r)->error->code(), Errc::kDpiInterrupted);
   EXPECT_EQ((*r)->failed_in, JobState::kChecking);
+}
+
+// A cancel (common/job_cancel.h) before the swap ends the job Failed with
+// Cancelled, the staging removed and v1 active; at and after the swap it is
+// refused and the job commits.
+class CancelTest : public InstallerTest {
+ protected:
+  // Installs v2 with `cancel`, which the test requests at step `at`
+  // ("chunk:N" = after N payload chunks of staging; else a state name).
+  Expected<JobResult> InstallV2(JobCancel& cancel, const std::string& at) {
+    env_.options().on_step = [&](const std::string&, std::string_view step) {
+      if (step == at) answer_ = cancel.Request();
+    };
+    const std::string db = MakeDb(kV2);
+    BufferSource src(db, 4096);
+    int chunks = 0;
+    src.OnChunk([&] {
+      if (at == "chunk:" + std::to_string(++chunks)) answer_ = cancel.Request();
+    });
+    auto installer = env_.MakeInstaller();
+    auto r = installer.Install(
+        {"job-2", kV2, false},
+        {image::ImageType::kDpi, kV2, db.size(), {std::string(test::kModel)}}, src, &cancel);
+    env_.options().on_step = nullptr;
+    payload_calls_ = src.calls();
+    payload_chunks_ = static_cast<int>((db.size() + 4095) / 4096);
+    return r;
+  }
+
+  void ExpectCancelled(const Expected<JobResult>& r) {
+    ASSERT_TRUE(r) << r.error().ToString();
+    EXPECT_EQ(answer_, JobCancel::Answer::kAccepted);
+    EXPECT_EQ(r->state, JobState::kFailed);
+    ASSERT_TRUE(r->error);
+    EXPECT_EQ(r->error->code(), Errc::kCancelled) << r->error->ToString();
+    ExpectPreviousActive();
+    EXPECT_FALSE(fs::exists(env_.store() / "versions" / kV2));
+    // Answered from the journal afterwards, and a late cancel is refused.
+    auto again = env_.MakeInstaller().Lookup("job-2");
+    ASSERT_TRUE(again && *again);
+    EXPECT_EQ((*again)->error->code(), Errc::kCancelled);
+  }
+
+  std::optional<JobCancel::Answer> answer_;
+  int payload_calls_ = 0;   // Next() calls that reached the payload
+  int payload_chunks_ = 0;  // chunks the payload has
+};
+
+TEST_F(CancelTest, MidStagingEndsCancelledWithTheOldDatabaseActive) {
+  InstallV1();
+  JobCancel cancel;
+  auto r = InstallV2(cancel, "chunk:3");
+  ExpectCancelled(r);
+  EXPECT_EQ(r->failed_in, JobState::kStaging);
+  EXPECT_LT(payload_calls_, payload_chunks_) << "staging stopped between chunks";
+  EXPECT_EQ(cancel.Request(), JobCancel::Answer::kAccepted) << "asking twice answers the same";
+}
+
+TEST_F(CancelTest, AtValidatingEndsCancelled) {
+  InstallV1();
+  JobCancel cancel;
+  auto r = InstallV2(cancel, "Validating");
+  ExpectCancelled(r);
+}
+
+TEST_F(CancelTest, AtTheSwapIsRefusedAndTheJobCommits) {
+  InstallV1();
+  JobCancel cancel;
+  auto r = InstallV2(cancel, "Swapping");
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(answer_, JobCancel::Answer::kPastNoReturn);
+  EXPECT_EQ(r->state, JobState::kCommitted) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(env_.EngineLoaded(), kV2);
+}
+
+TEST_F(CancelTest, AfterTheJobEndedIsRefused) {
+  InstallV1();
+  JobCancel cancel;
+  auto r = InstallV2(cancel, "none");
+  ASSERT_TRUE(r && r->state == JobState::kCommitted);
+  EXPECT_EQ(cancel.Request(), JobCancel::Answer::kPastNoReturn);
 }
 
 TEST_F(InstallerTest, ResumeWithNoJobIsNothing) {
