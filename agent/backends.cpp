@@ -36,6 +36,7 @@ firmware::InstallerOptions DeviceOptions(const Config& c) {
                                          : firmware::InstallerOptions::ReadBack::kCache;
   io.checkpoint_bytes = c.download.checkpoint_bytes;
   io.checkpoint_interval = c.download.checkpoint_interval;
+  io.delta.full_fallback = c.download.delta_fallback_full;
   if (c.health.require_cloud) {
     // After the command checks: the new OS must reach the control channel's
     // endpoint with this device's certificate within cloud_timeout.
