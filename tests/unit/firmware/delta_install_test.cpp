@@ -276,6 +276,27 @@ TEST_F(DeltaInstallTest, BitRotInTheActiveSlotIsFetchedInstead) {
   EXPECT_LT(r->delta->fetched_bytes, FullBytes("v3") / 4);
 }
 
+// The target slot is a source and the destination: a block that only the
+// target holds, at an offset the writer passes before the frame that needs
+// it is assembled, is not used (it would read new data by then); that frame
+// is planned as a download, not assembled and rejected at write time.
+TEST_F(DeltaInstallTest, TargetBlocksOverwrittenBeforeUseAreNotUsed) {
+  {
+    // v2's block 60 is new (not in slot A); put it at block 0 of slot B,
+    // which the first frame overwrites.
+    std::fstream b(dir_ / "slot-b", std::ios::binary | std::ios::in | std::ios::out);
+    b.write(g_images->payloads.v2.data() + 60 * kBlock, kBlock);
+  }
+  test::TestHttpServer server(g_images->Bytes("v2"), g_images->Tls());
+  auto r = MakeInstaller()->Start(JobSpec{"d-t", server.Url("/v2.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  ASSERT_TRUE(r->delta);
+  EXPECT_EQ(r->delta->frames_rejected, 0U) << "a frame was assembled from overwritten blocks";
+  EXPECT_EQ(r->delta->fetched_bytes, r->delta->planned_bytes);
+}
+
 TEST_F(DeltaInstallTest, ServerWithoutRangeFailsClearlyByDefault) {
   test::TestHttpServer server(g_images->Bytes("v2"), g_images->Tls());
   test::Faults faults;
