@@ -61,6 +61,7 @@ struct Payloads {
   Payloads() {
     std::mt19937 rng(2020);
     std::vector<std::string> blocks;
+    blocks.reserve(256);
     for (int i = 0; i < 256; ++i) {
       blocks.push_back(i >= 200 && i < 216 ? std::string(kBlock, '\0') : RandomBlock(rng));
     }
