@@ -65,10 +65,12 @@ std::string RandomBytes(std::size_t n, unsigned seed) {
 // inserted near the start (every later block moves by 12 KiB), a few
 // blocks changed, cut to the same size.
 std::string DeltaPayload(const std::string& old) {
-  std::string s = old.substr(0, 10 * 4096) + RandomBytes(3 * 4096, 102) + old.substr(10 * 4096);
+  constexpr std::size_t kBlock = 4096;
+  std::string s =
+      old.substr(0, 10 * kBlock) + RandomBytes(3 * kBlock, 102) + old.substr(10 * kBlock);
   for (const std::size_t block : {40U, 41U, 150U, 222U}) {
-    const std::string fresh = RandomBytes(4096, 1000 + block);
-    s.replace(block * 4096, 4096, fresh);
+    const std::string fresh = RandomBytes(kBlock, 1000 + block);
+    s.replace(block * kBlock, kBlock, fresh);
   }
   s.resize(old.size());
   return s;
