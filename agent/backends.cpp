@@ -37,6 +37,7 @@ firmware::InstallerOptions DeviceOptions(const Config& c,
                                          : firmware::InstallerOptions::ReadBack::kCache;
   io.checkpoint_bytes = c.download.checkpoint_bytes;
   io.checkpoint_interval = c.download.checkpoint_interval;
+  io.delta.full_fallback = c.download.delta_fallback_full;
   if (hello_gate) {
     // After the command checks: the new OS's control channel must come up
     // and the cloud answer its hello within cloud_timeout (a server that

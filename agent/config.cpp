@@ -326,7 +326,7 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
   SAG_TRY_STATUS(Optional(
       root, r, "download",
       {"bandwidth_limit", "stall_timeout_s", "max_retries", "checkpoint_bytes",
-       "checkpoint_interval_ms", "deadline_s", "min_rate", "min_rate_window_s"},
+       "checkpoint_interval_ms", "deadline_s", "min_rate", "min_rate_window_s", "delta_fallback"},
       [&](const YAML::Node& n) -> Status {
         SAG_TRY_STATUS(r.Integer(n, "download", "bandwidth_limit", c.download.bandwidth_limit, 0,
                                  10'000'000'000LL));
@@ -343,6 +343,17 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
             r.Integer(n, "download", "min_rate", c.download.min_rate, 0, 10'000'000'000LL));
         SAG_TRY_STATUS(
             r.Seconds(n, "download", "min_rate_window_s", c.download.min_rate_window, 1, 86400));
+        std::string fallback = c.download.delta_fallback_full ? "full" : "fail";
+        SAG_TRY_STATUS(r.String(n, "download", "delta_fallback", fallback));
+        if (fallback == "full" || fallback == "fail") {
+          c.download.delta_fallback_full = fallback == "full";
+        } else {
+          return r.At(n["delta_fallback"].Mark(), Errc::kConfigRange,
+                      "'download.delta_fallback' must be 'fail' (a delta install from a server "
+                      "without Range support fails) or 'full' (it downloads the whole image), "
+                      "got '" +
+                          fallback + "'");
+        }
         return r.Integer(n, "download", "max_retries", c.download.max_retries, 0, 1000);
       }));
 

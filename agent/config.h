@@ -108,6 +108,10 @@ struct DownloadConfig {
   std::chrono::seconds deadline{86400};
   std::uint64_t min_rate = 512;
   std::chrono::seconds min_rate_window{300};
+  // A delta install (docs/delta.md) from a server that ignores Range:
+  // false = fail the job (default), true = install the whole image instead
+  // (`delta_fallback: full`).
+  bool delta_fallback_full = false;
 };
 
 // The simulated appliance's stand-ins for hardware that a test machine lacks

@@ -43,10 +43,13 @@ class UrlSource final : public image::ByteSource {
     });
   }
 
-  ~UrlSource() override {
+  ~UrlSource() override { UrlSource::Stop(); }
+
+  // Ends the fetch (its connection closes) and drops what it read ahead.
+  void Stop() override {
     cancel_ = true;
     queue_.Close();
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
   }
   UrlSource(const UrlSource&) = delete;
   UrlSource& operator=(const UrlSource&) = delete;

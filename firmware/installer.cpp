@@ -615,6 +615,7 @@ Expected<JobRecord> DeviceInstaller::Start(const JobSpec& spec, image::ImageRead
     record.chunks_total = h.manifest.chunks.size();
     record.payload_size = h.manifest.payload_size;
     record.payload_sha256 = ToHex(h.manifest.payload_sha256);
+    if (UsesDelta(spec.source, h.manifest)) record.delta = DeltaRecord{};
     // The header first: a journal record always has its header beside it.
     SAG_TRY_STATUS(SaveHeader(h));
     SAG_TRY_STATUS(journal_.Save(record.ToJson()));
@@ -649,6 +650,10 @@ Status DeviceInstaller::StepPrepare(JobRecord& record) {
   SAG_TRY_STATUS(platform_.boot->MarkBad(target));
   JobRecord cleared;  // the target no longer holds what slots.json said
   SAG_TRY_STATUS(RecordSlot(target, cleared));
+  // Nor what its block-hash index describes (kept for delta installs).
+  std::error_code ec;
+  if (std::filesystem::remove(SlotIndexPath(target), ec))
+    SAG_TRY_STATUS(FsyncDir(options_.state_dir));
   return Save(record, JobEvent::kSlotPrepared);
 }
 
@@ -821,6 +826,17 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // Cut after the last checkpoint but before the transition was recorded:
   // every chunk is already durable in the slot.
   if (record.next_chunk == record.chunks_total) return Save(record, JobEvent::kWritten);
+  // A format 2 image from a URL: a delta install (delta_install.cpp), unless
+  // the server turned out not to honour Range and a full one is configured.
+  if (record.delta && !record.delta->full_fallback) {
+    if (fresh_reader_ != nullptr) {
+      // Only the header was needed from that stream: stop its read-ahead.
+      fresh_reader_->StopSource();
+      fresh_reader_ = nullptr;
+    }
+    SAG_TRY(const bool done, StepWriteDelta(record));
+    if (done) return Ok();
+  }
   platform::SlotDevice* slot = platform_.slots.at(target);
   SAG_TRY(auto writer, slot->OpenWriter());
 

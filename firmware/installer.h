@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/image/delta.h"
 #include "common/image/image.h"
 #include "common/job_cancel.h"
 #include "common/journal.h"
@@ -65,6 +66,19 @@ struct InstallerOptions {
   // Rebooting and RollingBack, which end in a reboot on purpose, nor for
   // Committing. Null = none.
   std::function<void(const std::string& job, std::string_view step)> on_step;
+  // Delta installs (docs/delta.md): a format 2 image fetched from a URL is
+  // installed from local blocks plus Range requests for the rest.
+  struct Delta {
+    bool enabled = true;
+    // A server that answers a Range request with the whole file (200):
+    // false (the default) fails the job with kNetRangeUnsupported, naming
+    // the setting; true installs the whole image instead (config
+    // download.delta_fallback: full). docs/delta.md says why it is off.
+    bool full_fallback = false;
+    // Local frames between two downloads bridged by one request (bytes).
+    std::uint64_t max_gap = 16U << 10U;
+  };
+  Delta delta;
 };
 
 struct JobSpec {
@@ -175,6 +189,16 @@ class DeviceInstaller {
   Status Fail(JobRecord& record, Error error);
   Status StepPrepare(JobRecord& record);
   Status StepWrite(JobRecord& record);
+  // The delta install of a format 2 image (delta_install.cpp): writes the
+  // slot from local blocks and Range requests, checkpointed like StepWrite.
+  // False: the server ignores Range and a full download is configured
+  // (StepWrite goes on with it).
+  Expected<bool> StepWriteDelta(JobRecord& record);
+  [[nodiscard]] bool UsesDelta(const std::string& source, const image::Manifest& manifest) const;
+  [[nodiscard]] std::filesystem::path SlotIndexPath(platform::Slot slot) const;
+  Status KeepSlotIndex(platform::Slot slot, const Digest& payload_sha256,
+                       std::span<const image::BlockHash> hashes);
+  std::optional<std::vector<image::BlockHash>> LoadSlotIndex(platform::Slot slot);
   Status StepVerify(JobRecord& record);
   Status StepActivate(JobRecord& record);
   Status StepReboot(JobRecord& record);

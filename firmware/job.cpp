@@ -102,6 +102,15 @@ nlohmann::json JobRecord::ToJson() const {
       {"updated_at", updated_at},
       {"history", history},
   };
+  if (delta) {
+    j["delta"] = {{"planned_bytes", delta->planned_bytes},
+                  {"fetched_bytes", delta->fetched_bytes},
+                  {"requests", delta->requests},
+                  {"frames_local", delta->frames_local},
+                  {"frames_download", delta->frames_download},
+                  {"frames_rejected", delta->frames_rejected},
+                  {"full_fallback", delta->full_fallback}};
+  }
   if (error) {
     j["error"] = {{"code", error->number()},
                   {"name", ErrcName(error->code())},
@@ -130,6 +139,18 @@ Expected<JobRecord> JobRecord::FromJson(const nlohmann::json& j) {
     r.payload_sha256 = j.at("payload_sha256").get<std::string>();
     r.header_sha256 = j.value("header_sha256", std::string());
     r.payload_offset = j.at("payload_offset").get<std::uint64_t>();
+    if (j.contains("delta")) {
+      const auto& d = j.at("delta");
+      DeltaRecord dr;
+      dr.planned_bytes = d.value("planned_bytes", std::uint64_t{0});
+      dr.fetched_bytes = d.value("fetched_bytes", std::uint64_t{0});
+      dr.requests = d.value("requests", std::uint64_t{0});
+      dr.frames_local = d.value("frames_local", std::uint64_t{0});
+      dr.frames_download = d.value("frames_download", std::uint64_t{0});
+      dr.frames_rejected = d.value("frames_rejected", std::uint64_t{0});
+      dr.full_fallback = d.value("full_fallback", false);
+      r.delta = dr;
+    }
     r.boot_id = j.at("boot_id").get<std::string>();
     r.started_at = j.at("started_at").get<std::string>();
     r.updated_at = j.at("updated_at").get<std::string>();

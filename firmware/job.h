@@ -62,6 +62,18 @@ Expected<JobState> ParseJobState(std::string_view name);
 // is not allowed in `from` (a bug, never a runtime condition).
 Expected<JobState> Transition(JobState from, JobEvent event);
 
+// What a delta install (docs/delta.md) planned and fetched, for status and
+// tests. Byte counts are of payload.zst ranges (the reuse index included).
+struct DeltaRecord {
+  std::uint64_t planned_bytes = 0;    // index + requests, as planned by the last run
+  std::uint64_t fetched_bytes = 0;    // fetched so far, over every run of the job
+  std::uint64_t requests = 0;         // range requests made, over every run
+  std::uint64_t frames_local = 0;     // last plan: frames assembled from local blocks
+  std::uint64_t frames_download = 0;  // last plan: frames fetched
+  std::uint64_t frames_rejected = 0;  // last plan: located but failed their signed SHA-256
+  bool full_fallback = false;         // the server ignored Range; installed in full instead
+};
+
 // Everything the job needs to resume after a power cut.
 struct JobRecord {
   std::string id;
@@ -88,8 +100,9 @@ struct JobRecord {
   // journal (device-job.header.json), which is verified again on resume.
   std::string header_sha256;
   std::uint64_t payload_offset = 0;
-  std::string boot_id;         // of the boot that requested the reboot
-  std::optional<Error> error;  // why it failed or rolled back
+  std::optional<DeltaRecord> delta;  // set once a delta install began
+  std::string boot_id;               // of the boot that requested the reboot
+  std::optional<Error> error;        // why it failed or rolled back
   std::string started_at;
   std::string updated_at;
   std::vector<std::string> history;  // "time state" lines, one per transition

@@ -698,6 +698,7 @@ std::uint64_t Padded(std::uint64_t n) { return (n + kBlock - 1) / kBlock * kBloc
 class Input {
  public:
   explicit Input(ByteSource& source) : source_(source) {}
+  ByteSource& source() { return source_; }
   Status Read(std::span<std::uint8_t> buf, std::string_view what) {
     std::size_t got = 0;
     while (got < buf.size()) {
@@ -1304,6 +1305,8 @@ Expected<const VerifiedHeader*> ImageReader::ReadHeader() {
   if (!r) impl_->failed = r.error();
   return r;
 }
+
+void ImageReader::StopSource() { impl_->in.source().Stop(); }
 
 void ImageReader::ReleaseHeaderText() {
   if (!impl_->header) return;

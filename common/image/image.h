@@ -160,6 +160,10 @@ class ByteSource {
   virtual ~ByteSource() = default;
   // Fills up to buf.size() bytes; returns 0 only at the end of the data.
   virtual Expected<std::size_t> Read(std::span<std::uint8_t> buf) = 0;
+  // No more bytes will be read: a download stops fetching ahead (a delta
+  // install reads only the header from the stream, docs/delta.md). Reads
+  // after it fail. Default: nothing to stop.
+  virtual void Stop() {}
 };
 
 // One verified chunk. `data` stays valid until `buffers - 1` more chunks were
@@ -211,6 +215,9 @@ class ImageReader {
   // Frees the header's manifest_json and signature_der (the parsed manifest
   // stays): for a caller that stored them already and streams a large image.
   void ReleaseHeaderText();
+  // The payload will not be read from this reader (a delta install fetches
+  // ranges instead): stops the source's read-ahead (ByteSource::Stop).
+  void StopSource();
   // Chooses how chunks are read (as the constructor's `buffers` and `check`)
   // for a reader that one party opened and verified and another streams (the
   // agent's dispatcher, then an installer). No effect after the first

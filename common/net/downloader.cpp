@@ -298,8 +298,10 @@ Step Failed(Failure f) { return {Step::Kind::kFailed, {}, std::move(f)}; }
 class Fetcher {
  public:
   Fetcher(asio::io_context& io, Url origin, std::uint64_t offset, const Sink& sink,
-          const DownloadOptions& options, ssl::context* tls)
+          const DownloadOptions& options, ssl::context* tls,
+          std::optional<std::uint64_t> end = std::nullopt)
       : origin_(std::move(origin)),
+        end_(end),
         sink_(sink),
         options_(options),
         tls_(tls),
@@ -351,6 +353,9 @@ class Fetcher {
                                          Errc timeout_code) const;
 
   const Url origin_;
+  // FetchRange: the byte after the last one wanted. Every request then asks
+  // for a closed range and the server must answer 206 with exactly it.
+  const std::optional<std::uint64_t> end_;
   const Sink& sink_;
   const DownloadOptions& options_;
   ssl::context* tls_;  // null for http://
@@ -515,15 +520,16 @@ asio::awaitable<void> Fetcher::Run() {
     MaybeFailure failure = co_await Attempt();
     const bool progress = info_.bytes > before;
     if (!failure) {
-      if (!info_.total_size || pos_ >= *info_.total_size) break;  // done
+      if (end_ ? pos_ >= *end_ : (!info_.total_size || pos_ >= *info_.total_size)) break;  // done
       // The server sent less than asked (a shorter range): ask for the rest.
       if (progress) {
         failures = 0;
         continue;
       }
-      failure = Transient(Errc::kNetProtocol,
-                          "GET " + origin_.ToString() + ": response ended at byte " +
-                              std::to_string(pos_) + " of " + std::to_string(*info_.total_size));
+      failure =
+          Transient(Errc::kNetProtocol, "GET " + origin_.ToString() + ": response ended at byte " +
+                                            std::to_string(pos_) + " of " +
+                                            std::to_string(end_ ? *end_ : *info_.total_size));
     }
     if (failure->error.code() == Errc::kCancelled || CancelRequested()) {
       result_ = CancelledFailure().error;
@@ -727,12 +733,29 @@ MaybeFailure Fetcher::CheckPayloadHeaders(const http::response_parser<http::buff
                        " but the server sent Content-Range '" +
                        std::string(Field(res, http::field::content_range)) +
                        "'; the server does not serve byte ranges correctly");
+    } else if (end_ && cr->last >= *end_) {
+      return Fatal(Errc::kNetRangeUnsupported,
+                   where + ": asked for bytes " + std::to_string(pos_) + "-" +
+                       std::to_string(*end_ - 1) + " but the server sent Content-Range '" +
+                       std::string(Field(res, http::field::content_range)) +
+                       "'; the server does not serve byte ranges correctly");
     } else if (const auto len = parser.content_length(); len && *len != cr->last - *cr->first + 1) {
       return Fatal(Errc::kNetProtocol, where + ": Content-Length " + std::to_string(*len) +
                                            " does not match Content-Range '" +
                                            std::string(Field(res, http::field::content_range)) +
                                            "'");
     }
+  } else if (end_) {
+    // A range fetch (a delta download) that got the whole file: reading it
+    // to the wanted bytes could cost the whole image per request. The
+    // caller decides (docs/delta.md: download.delta_fallback).
+    return Fatal(Errc::kNetRangeUnsupported,
+                 where + ": asked for bytes " + std::to_string(pos_) + "-" +
+                     std::to_string(*end_ - 1) + " and the server answered HTTP " +
+                     std::to_string(status) +
+                     " with the whole file: it does not support Range requests, which delta "
+                     "downloads need; serve the image from a server that honours Range, or set "
+                     "download.delta_fallback: full");
   } else {  // 200: the whole file
     if (const auto len = parser.content_length()) total = *len;
     if (total && *total < pos_) {
@@ -776,7 +799,11 @@ asio::awaitable<Step> Fetcher::Exchange(Stream& stream, const Url& url) {
   // compressed transfer encoding.
   req.set(http::field::accept_encoding, "identity");
   req.set(http::field::connection, "close");
-  if (pos_ > 0) req.set(http::field::range, "bytes=" + std::to_string(pos_) + "-");
+  if (end_) {
+    req.set(http::field::range, "bytes=" + std::to_string(pos_) + "-" + std::to_string(*end_ - 1));
+  } else if (pos_ > 0) {
+    req.set(http::field::range, "bytes=" + std::to_string(pos_) + "-");
+  }
 
   ErrorCode ec;
   lowest.expires_after(options_.stall_timeout);
@@ -919,7 +946,8 @@ asio::awaitable<MaybeFailure> Fetcher::ReadBody(Stream& stream, beast::flat_buff
 }
 
 Expected<DownloadInfo> FetchImpl(const std::string& url_text, std::uint64_t offset,
-                                 const Sink& sink, const DownloadOptions& options) {
+                                 const Sink& sink, const DownloadOptions& options,
+                                 std::optional<std::uint64_t> end = std::nullopt) {
   SAG_TRY(Url url, ParseUrl(url_text));
   if (url.https && options.ca_file.empty()) {
     return Error(Errc::kInvalidArgument, "refusing " + url.ToString() +
@@ -942,7 +970,7 @@ Expected<DownloadInfo> FetchImpl(const std::string& url_text, std::uint64_t offs
     SAG_TRY(tls, MakeTlsClientContext({options.ca_file, options.client_cert, options.client_key}));
   }
   asio::io_context io(1);
-  Fetcher fetcher(io, std::move(url), offset, sink, options, tls.get());
+  Fetcher fetcher(io, std::move(url), offset, sink, options, tls.get(), end);
   std::exception_ptr failure;
   asio::co_spawn(io, fetcher.Run(), [&failure](std::exception_ptr e) { failure = std::move(e); });
   // The watcher also keeps the deadline and the minimum rate, so it runs
@@ -964,6 +992,19 @@ Expected<DownloadInfo> Fetch(const std::string& url, std::uint64_t offset, const
   // string is a credential.
   try {
     auto result = FetchImpl(url, offset, sink, options);
+    if (result) return result;
+    return Error(result.error().code(), RedactUrls(result.error().message()));
+  } catch (const std::exception& e) {
+    return Error(Errc::kInternal, "downloading " + RedactUrl(url) + ": " + e.what());
+  }
+}
+
+Expected<DownloadInfo> FetchRange(const std::string& url, std::uint64_t offset,
+                                  std::uint64_t length, const Sink& sink,
+                                  const DownloadOptions& options) {
+  if (length == 0) return DownloadInfo{};
+  try {
+    auto result = FetchImpl(url, offset, sink, options, offset + length);
     if (result) return result;
     return Error(result.error().code(), RedactUrls(result.error().message()));
   } catch (const std::exception& e) {

@@ -82,4 +82,15 @@ using Sink = std::function<Status(std::uint64_t offset, std::span<const std::uin
 Expected<DownloadInfo> Fetch(const std::string& url, std::uint64_t offset, const Sink& sink,
                              const DownloadOptions& options);
 
+// Downloads bytes [offset, offset + length) of `url` and nothing else: every
+// request asks for that closed range (what is left of it after a drop), and
+// the server must answer 206 with exactly those bytes. A server that answers
+// 200 (it ignores Range) fails with kNetRangeUnsupported before any byte of
+// the body is read: for a delta download (docs/delta.md) reading on to the
+// wanted bytes would cost up to the whole file per request. Otherwise as
+// Fetch (retries, deadline, cancel, errors).
+Expected<DownloadInfo> FetchRange(const std::string& url, std::uint64_t offset,
+                                  std::uint64_t length, const Sink& sink,
+                                  const DownloadOptions& options);
+
 }  // namespace sag::net

@@ -53,13 +53,14 @@ commands:
       DPI hooks on the fake engine PATH when --dpi-engine PATH is given,
       the device channel to --endpoint when given (none otherwise),
       BOOT_A_LEFT=3, BOOT_B_LEFT=0
-  boot DIR [--agent PATH] [--max-boots N] [--cut-after-ms MS | --cut-random MAXMS]
+  boot DIR [--agent PATH] [--max-boots N] [--cut-after-ms MS | --cut-random MAXMS [--cut-min MS]]
            [--seed S] [--cuts K] [--powerloss BIN [--torn 1]] [-- AGENT ARGS...]
       power on: run the boot script (platform/bootloader/boot.cmd), write the
       command line and a new boot id, start the agent (default: sag-agent run
       --config DIR/agent.yaml); reboot when it asks to (marker
       run/reboot-requested), stop when it exits without asking. A power cut
-      SIGKILLs the agent after MS (or a random time below MAXMS) on each of
+      SIGKILLs the agent after MS (or a random time below MAXMS, at least
+      --cut-min MS, default 0) on each of
       the first K boots that start it (default 1), then powers on again.
       --powerloss BIN (sag-powerloss): the appliance's storage (slots, state/,
       run/, the environment) runs on a medium with a volatile write cache,
@@ -302,6 +303,10 @@ Expected<int> CmdBoot(const Args& a) {
   SAG_TRY(const auto max_boots, Number(a, "max-boots", 10));
   SAG_TRY(const auto cut_after, Number(a, "cut-after-ms", 0));
   SAG_TRY(const auto cut_random, Number(a, "cut-random", 0));
+  SAG_TRY(const auto cut_min, Number(a, "cut-min", 0));
+  if (a.opts.count("cut-min") != 0 && cut_min >= cut_random) {
+    return Error(Errc::kInvalidArgument, "--cut-min must be below --cut-random (a time window)");
+  }
   SAG_TRY(const auto seed, Number(a, "seed", 1));
   SAG_TRY(std::uint64_t cuts_left, Number(a, "cuts", 1));
   if (a.opts.count("cut-after-ms") != 0 && a.opts.count("cut-random") != 0) {
@@ -402,9 +407,10 @@ Expected<int> CmdBoot(const Args& a) {
     if (pid < 0) return sag::MakeErrno(Errc::kIo, "fork for " + argv[0]);
     std::optional<std::chrono::milliseconds> cut_in;
     if (cuts_left > 0) {
-      cut_in = std::chrono::milliseconds(
-          cut_random > 0 ? std::uniform_int_distribution<std::uint64_t>(0, cut_random - 1)(rng)
-                         : cut_after);
+      cut_in =
+          std::chrono::milliseconds(cut_random > 0 ? std::uniform_int_distribution<std::uint64_t>(
+                                                         cut_min, cut_random - 1)(rng)
+                                                   : cut_after);
       --cuts_left;
     }
     const auto started = Clock::now();
@@ -714,8 +720,8 @@ int main(int argc, char** argv) {
              "version", "dpi-engine"},
             CmdInit}},
           {"boot",
-           {{"agent", "max-boots", "cut-after-ms", "cut-random", "seed", "cuts", "powerloss",
-             "torn"},
+           {{"agent", "max-boots", "cut-after-ms", "cut-random", "cut-min", "seed", "cuts",
+             "powerloss", "torn"},
             CmdBoot}},
           {"env", {{}, CmdEnv}},
           {"fault", {{"slot"}, CmdFault}},

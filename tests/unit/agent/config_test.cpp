@@ -76,6 +76,21 @@ TEST(Config, SimulatorSectionIsStrict) {
   }
 }
 
+TEST(Config, DeltaFallbackIsFailUnlessFull) {
+  const std::string head =
+      "identity: {smartag_id: sag-1, serial_number: s, model: m}\npki: {root_ca: /r}\n"
+      "boot: {slots: {A: {device: /a}, B: {device: /b}}}\n";
+  auto dflt = ParseConfig(head, "d.yaml");
+  ASSERT_TRUE(dflt) << dflt.error().ToString();
+  EXPECT_FALSE(dflt->download.delta_fallback_full);
+  auto full = ParseConfig(head + "download: {delta_fallback: full}\n", "f.yaml");
+  ASSERT_TRUE(full) << full.error().ToString();
+  EXPECT_TRUE(full->download.delta_fallback_full);
+  auto fail = ParseConfig(head + "download: {delta_fallback: fail}\n", "x.yaml");
+  ASSERT_TRUE(fail) << fail.error().ToString();
+  EXPECT_FALSE(fail->download.delta_fallback_full);
+}
+
 TEST(Config, ReadBackIsMediumOrCache) {
   const std::string head =
       "identity: {smartag_id: sag-1, serial_number: s, model: m}\npki: {root_ca: /r}\n";
@@ -214,6 +229,7 @@ TEST(Config, InlineBadCases) {
       {ok + "download: {bandwidth_limit: -1}\n", Errc::kConfigRange},
       {ok + "download: {checkpoint_interval_ms: 60001}\n", Errc::kConfigRange},
       {ok + "download: {checkpoint_interval_ms: soon}\n", Errc::kConfigType},
+      {ok + "download: {delta_fallback: maybe}\n", Errc::kConfigRange},
       {ok + "health: {require_cloud: maybe}\n", Errc::kConfigType},
       {ok + "health: {checks: [{name: x, command: []}]}\n", Errc::kConfigType},
       {ok + "health: {checks: [{name: x}]}\n", Errc::kConfigMissingKey},

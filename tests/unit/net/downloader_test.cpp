@@ -141,6 +141,35 @@ TEST(Downloader, ServerIgnoringRangeIsSkippedNotDuplicated) {
   EXPECT_EQ(server.ranges(), (std::vector<std::string>{"bytes=100000-", "bytes=300000-"}));
 }
 
+// FetchRange: a closed range, resumed after a drop with what is left of it.
+TEST(Downloader, RangeFetchAsksForExactlyItsBytes) {
+  const std::string content = MakeContent(1U << 20U);
+  TestHttpServer server(content);
+  server.SetFaults({.drop_after = 100000, .drop_times = 1});
+  Collected got;
+  auto info = FetchRange(server.Url(), 5000, 300000, CollectInto(got, 5000), Fast());
+  ASSERT_TRUE(info) << info.error().ToString();
+  EXPECT_EQ(Hex(got.data), Hex(content.substr(5000, 300000)));
+  EXPECT_TRUE(got.in_order);
+  EXPECT_EQ(server.ranges(),
+            (std::vector<std::string>{"bytes=5000-304999", "bytes=105000-304999"}));
+}
+
+// A server that answers a range with 200 and the whole file: refused before
+// the body is read (a delta would download the whole file per request).
+TEST(Downloader, RangeFetchRefusesAServerIgnoringRange) {
+  const std::string content = MakeContent(500000);
+  TestHttpServer server(content);
+  server.SetFaults({.ignore_range = true});
+  Collected got;
+  auto info = FetchRange(server.Url(), 1000, 2000, CollectInto(got, 1000), Fast());
+  ASSERT_FALSE(info);
+  EXPECT_EQ(info.error().code(), Errc::kNetRangeUnsupported) << info.error().ToString();
+  EXPECT_TRUE(Contains(info.error().message(), "does not support Range")) << info.error().message();
+  EXPECT_TRUE(got.data.empty());
+  EXPECT_EQ(server.requests(), 1);  // not retried
+}
+
 TEST(Downloader, StallTimesOutAndRetries) {
   const std::string content = MakeContent(400000);
   TestHttpServer server(content);

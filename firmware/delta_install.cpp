@@ -1,0 +1,421 @@
+// The delta install of a format 2 Device image (docs/delta.md, "The device
+// install"): the slot is written frame by frame, in order, from blocks the
+// appliance already holds where they can be found and verified, and from
+// coalesced single-range GETs for the rest. Checkpoints, read-back and resume
+// follow the full install's rules (installer.cpp, StepWrite): the journal's
+// next_chunk counts frames that are synced and read back from the slot.
+#include <spdlog/spdlog.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <system_error>
+
+#include "common/atomic_file.h"
+#include "common/json_reader.h"
+#include "common/redact.h"
+#include "common/stream_source.h"
+#include "firmware/installer.h"
+
+namespace sag::firmware {
+
+namespace {
+
+using platform::Slot;
+
+// The block-hash index kept beside an installed slot (state_dir/
+// slot-X.blockhashes): magic, the SHA-256 of the payload it describes, the
+// block count (u64 LE), the hashes (u64 LE each), and a SHA-256 of all of
+// that, so that a torn or damaged file is never taken for an index.
+constexpr std::array<std::uint8_t, 8> kIndexMagic{'S', 'A', 'G', 'B', 'I', 'X', '1', '\n'};
+constexpr std::size_t kIndexHead = kIndexMagic.size() + 32 + 8;
+// Slot read-back in pieces of this size.
+constexpr std::size_t kReadPiece = 256U << 10U;
+
+void PutU64(std::string& out, std::uint64_t v) {
+  for (unsigned i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8U * i)) & 0xFFU));
+}
+
+std::uint64_t GetU64(const char* p) {
+  std::uint64_t v = 0;
+  for (unsigned i = 0; i < 8; ++i) {
+    v |= std::uint64_t{static_cast<std::uint8_t>(p[i])} << (8U * i);
+  }
+  return v;
+}
+
+std::uint64_t BlockCount(std::uint64_t bytes) {
+  return (bytes + image::kReuseBlockSize - 1) / image::kReuseBlockSize;
+}
+
+// Checks a downloaded frame against its signed hashes (the compressed bytes
+// before they are decompressed, then the content) and decompresses it.
+Status DecodeFrame(const image::Manifest& m, std::size_t f, std::span<const std::uint8_t> z,
+                   std::vector<std::uint8_t>& out) {
+  const auto& c = m.chunks[f];
+  if (z.size() != c.length || Sha256::Of(z) != c.zsha256) {
+    return Error(Errc::kChunkHashMismatch,
+                 "frame " + std::to_string(f) +
+                     " as downloaded does not match its signed SHA-256; the file on the server "
+                     "is damaged or is not this image");
+  }
+  out.resize(c.size);
+  const std::size_t n = ZSTD_decompress(out.data(), out.size(), z.data(), z.size());
+  if (ZSTD_isError(n) != 0U || n != c.size) {
+    return Error(Errc::kDecompress,
+                 "frame " + std::to_string(f) + " is signed but does not decompress to " +
+                     std::to_string(c.size) + " bytes; rebuild the image with sag-image");
+  }
+  if (Sha256::Of(std::span<const std::uint8_t>(out)) != c.sha256) {
+    return Error(Errc::kChunkHashMismatch,
+                 "frame " + std::to_string(f) + " decompressed does not match its signed SHA-256");
+  }
+  return Ok();
+}
+
+// Reads frame `f` back from the slot (from the medium after a sync, or the
+// cache) and checks it against the signed manifest.
+Status ReadBackFrame(const JobRecord& record, platform::SlotDevice& slot, const image::Manifest& m,
+                     std::uint64_t f, bool medium, std::vector<std::uint8_t>& piece) {
+  const auto& c = m.chunks[f];
+  const std::uint64_t offset = f * m.chunk_size;
+  Sha256 sha;
+  for (std::uint64_t done = 0; done < c.size;) {
+    const auto want =
+        static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), c.size - done));
+    const auto buf = std::span(piece).first(want);
+    SAG_TRY(const std::size_t got,
+            medium ? slot.ReadMediumAt(offset + done, buf) : slot.ReadAt(offset + done, buf));
+    if (got == 0) break;
+    sha.Update(buf.first(got));
+    done += got;
+  }
+  if (sha.Final() != c.sha256) {
+    return Error(Errc::kReadBackMismatch,
+                 "slot " + record.target_slot + " (" + slot.path().string() + ") chunk " +
+                     std::to_string(f) + " at offset " + std::to_string(offset) +
+                     " reads back different from what was written; the storage may be failing");
+  }
+  return Ok();
+}
+
+}  // namespace
+
+bool DeviceInstaller::UsesDelta(const std::string& source, const image::Manifest& m) const {
+  return options_.delta.enabled && m.reuse.has_value() && IsUrl(source);
+}
+
+std::filesystem::path DeviceInstaller::SlotIndexPath(Slot slot) const {
+  return options_.state_dir / ("slot-" + std::string(platform::SlotName(slot)) + ".blockhashes");
+}
+
+Status DeviceInstaller::KeepSlotIndex(Slot slot, const Digest& payload_sha256,
+                                      std::span<const image::BlockHash> hashes) {
+  std::string out;
+  out.reserve(kIndexHead + hashes.size() * 8 + 32);
+  out.append(kIndexMagic.begin(), kIndexMagic.end());
+  out.append(payload_sha256.begin(), payload_sha256.end());
+  PutU64(out, hashes.size());
+  for (const auto h : hashes) PutU64(out, h);
+  const Digest sum = Sha256::Of(std::string_view(out));
+  out.append(sum.begin(), sum.end());
+  // Atomic and durable (file and directory fsynced): a cut leaves the old
+  // index or the new one, and either is checked before it is used.
+  return WriteFileAtomic(SlotIndexPath(slot), out, 0644);
+}
+
+// The index kept beside `slot`, if it describes what slots.json says the
+// slot holds; otherwise nullopt and the plan reads the slot instead.
+std::optional<std::vector<image::BlockHash>> DeviceInstaller::LoadSlotIndex(Slot slot) {
+  const std::string name(platform::SlotName(slot));
+  const auto path = SlotIndexPath(slot);
+  auto why_not = [&](const std::string& why) {
+    spdlog::info("slot {}: {}; the delta plan reads the slot instead", name, why);
+    return std::nullopt;
+  };
+  auto text = ReadFile(options_.state_dir / "slots.json", 1U << 20U);
+  if (!text) return why_not("no slot record");
+  const auto doc = nlohmann::json::parse(*text, nullptr, false);
+  if (!doc.is_object() || !doc.contains(name) || !doc[name].is_object()) {
+    return why_not("no committed image recorded");
+  }
+  const auto& rec = doc[name];
+  if (!rec.contains("payload_sha256") || !rec["payload_sha256"].is_string() ||
+      !rec.contains("payload_size") || !rec["payload_size"].is_number_unsigned()) {
+    return why_not("its record names no payload");
+  }
+  const auto sha = DigestFromHex(rec["payload_sha256"].get<std::string>());
+  const auto blocks = BlockCount(rec["payload_size"].get<std::uint64_t>());
+  if (!sha) return why_not("its record's payload_sha256 is not a SHA-256");
+  const std::size_t expect = kIndexHead + blocks * 8 + 32;
+  auto file = ReadFile(path, expect);
+  if (!file) return why_not("no block-hash index (" + file.error().message() + ")");
+  const std::string& f = *file;
+  if (f.size() != expect ||
+      !std::equal(kIndexMagic.begin(), kIndexMagic.end(), f.begin(),
+                  [](std::uint8_t a, char b) { return a == static_cast<std::uint8_t>(b); })) {
+    return why_not("block-hash index " + path.string() + " is not one for this payload size");
+  }
+  Digest stored{};
+  std::memcpy(stored.data(), f.data() + kIndexMagic.size(), stored.size());
+  Digest sum{};
+  std::memcpy(sum.data(), f.data() + f.size() - 32, sum.size());
+  if (Sha256::Of(std::string_view(f).substr(0, f.size() - 32)) != sum) {
+    return why_not("block-hash index " + path.string() + " is damaged");
+  }
+  if (stored != *sha || GetU64(f.data() + kIndexMagic.size() + 32) != blocks) {
+    return why_not("block-hash index " + path.string() + " is of another image");
+  }
+  std::vector<image::BlockHash> hashes(blocks);
+  for (std::uint64_t b = 0; b < blocks; ++b) hashes[b] = GetU64(f.data() + kIndexHead + b * 8);
+  return hashes;
+}
+
+Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
+  SAG_TRY(const Slot target, platform::ParseSlot(record.target_slot));
+  SAG_TRY(const Slot from, platform::ParseSlot(record.from_slot));
+  SAG_TRY(const auto header, LoadHeader(record));
+  const image::Manifest& m = header.manifest;
+  if (m.chunks.size() != record.chunks_total || !m.reuse || m.chunk_size == 0 ||
+      m.chunk_size % image::kReuseBlockSize != 0) {
+    return Error(Errc::kJournalCorrupt, "the stored header of job " + record.id +
+                                            " does not describe the delta install it records");
+  }
+  platform::SlotDevice* slot = platform_.slots.at(target);
+  const std::string& url = record.source;
+  // The container offset of payload.zst, recorded at the start (a header
+  // verified again from the journal does not know it).
+  const std::uint64_t base = record.payload_offset;
+  const std::uint64_t start = record.next_chunk;
+  const bool medium = options_.read_back == InstallerOptions::ReadBack::kMedium;
+  if (!record.delta) record.delta = DeltaRecord{};
+  DeltaRecord& stats = *record.delta;
+  const auto wall0 = std::chrono::steady_clock::now();
+
+  // A server that ignores Range: a full install if configured, else a clear
+  // error (the downloader's names what to do).
+  auto range_failure = [&](Error e) -> Expected<bool> {
+    if (e.code() != Errc::kNetRangeUnsupported || !options_.delta.full_fallback) {
+      return std::move(e).WithContext("delta download of " + RedactUrl(url));
+    }
+    spdlog::warn("job {}: {}; installing the whole image instead (download.delta_fallback: full)",
+                 record.id, e.message());
+    stats.full_fallback = true;
+    SAG_TRY_STATUS(SaveProgress(record));
+    return false;
+  };
+
+  // 1. The reuse index: one range, checked against its signed SHA-256
+  // before a byte of it is decompressed.
+  std::vector<std::uint8_t> stored;
+  stored.reserve(m.reuse->length);
+  std::uint64_t fetched_now = 0;
+  std::uint64_t planned_now = m.reuse->length;
+  auto report = [&] { Report(record, fetched_now, planned_now); };
+  {
+    ++stats.requests;
+    auto got = net::FetchRange(
+        url, base + m.reuse->offset, m.reuse->length,
+        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
+          if (stored.size() + data.size() > m.reuse->length) {
+            return Error(Errc::kNetProtocol, "the server sent more than the reuse index");
+          }
+          stored.insert(stored.end(), data.begin(), data.end());
+          return Ok();
+        },
+        options_.download);
+    stats.fetched_bytes += stored.size();
+    fetched_now += stored.size();
+    if (!got) return range_failure(std::move(got).error());
+  }
+  SAG_TRY(const auto index, image::DecodeReuseIndex(stored, m));
+  std::vector<std::uint8_t>().swap(stored);
+
+  // 2. The plan. Sources in order, the first that offers a hash wins: zero
+  // blocks, the running slot (by the index kept beside it when it matches
+  // the slot's record, else read and hashed), then the target slot itself
+  // (an older version or an interrupted attempt, read and hashed).
+  std::vector<image::LocalSource> sources;
+  sources.push_back({platform_.slots.at(from)->path(), LoadSlotIndex(from)});
+  sources.push_back({slot->path(), std::nullopt});
+  constexpr std::size_t kTargetSource = 1;
+  image::DeltaOptions dopt;
+  dopt.max_gap = options_.delta.max_gap;
+  SAG_TRY(auto plan, image::PlanDelta(m, index, sources, dopt));
+  SAG_TRY(auto local, image::LocalBlocks::Open(sources));
+
+  // The target is a source and the destination. Frames are written in
+  // order, so when frame k is assembled the target holds, below k's offset,
+  // what this run wrote since the plan (and, below the resume point, what
+  // earlier runs wrote and checkpointed: stable since the plan read it);
+  // from k's offset on, what the plan read. A target block is used for
+  // frame k only where it is still what the plan saw: below the resume
+  // point or at or after frame k. Other frames are downloaded.
+  const std::uint64_t per_frame = m.chunk_size / image::kReuseBlockSize;
+  const std::uint64_t resume_block = start * per_frame;
+  std::vector<std::uint8_t> use_local(plan.frame_local);
+  std::uint64_t overwritten = 0;
+  for (std::size_t f = 0; f < use_local.size(); ++f) {
+    if (f < start) {
+      use_local[f] = 1;  // written already: nothing to fetch
+      continue;
+    }
+    if (use_local[f] == 0) continue;
+    const std::uint64_t first = f * per_frame;
+    const std::uint64_t end = std::min<std::uint64_t>(first + per_frame, plan.blocks.size());
+    for (std::uint64_t b = first; b < end; ++b) {
+      const auto& at = plan.blocks[b];
+      if (at.source == kTargetSource && at.block >= resume_block && at.block < first) {
+        use_local[f] = 0;
+        ++overwritten;
+        break;
+      }
+    }
+  }
+  const auto requests = image::PlanRequests(m, use_local, dopt);
+  std::uint64_t request_bytes = 0;
+  for (const auto& r : requests) request_bytes += r.length;
+  planned_now += request_bytes;
+  stats.planned_bytes = planned_now;
+  stats.frames_local = 0;
+  stats.frames_download = 0;
+  for (std::size_t f = start; f < use_local.size(); ++f) {
+    ++(use_local[f] != 0 ? stats.frames_local : stats.frames_download);
+  }
+  stats.frames_rejected = plan.frames_rejected;
+  spdlog::info(
+      "job {}: delta from frame {} of {}: {} local, {} to fetch ({} rejected by their SHA-256, "
+      "{} whose target blocks are overwritten first) in {} requests, {} of {} bytes "
+      "(index {}); {} blocks of {} found locally",
+      record.id, start, m.chunks.size(), stats.frames_local, stats.frames_download,
+      plan.frames_rejected, overwritten, requests.size(), request_bytes, plan.full_bytes,
+      m.reuse->length, plan.blocks_found, plan.blocks_total);
+  SAG_TRY_STATUS(SaveProgress(record));
+  report();
+
+  // 3. Write frame by frame, in order.
+  SAG_TRY(auto writer, slot->OpenWriter());
+  std::vector<std::uint8_t> frame;
+  std::vector<std::uint8_t> piece(std::min<std::uint64_t>(kReadPiece, m.chunk_size));
+  std::uint64_t since_checkpoint = 0;
+  auto last_checkpoint = std::chrono::steady_clock::now();
+  // Syncs the slot, reads back the frames written since the last checkpoint
+  // and records them: next_chunk counts only synced, read-back frames.
+  auto checkpoint = [&](std::uint64_t upto) -> Status {
+    SAG_TRY_STATUS(writer->Sync());
+    for (std::uint64_t f = record.verified_chunk; f < upto; ++f) {
+      SAG_TRY_STATUS(ReadBackFrame(record, *slot, m, f, medium, piece));
+    }
+    record.next_chunk = upto;
+    record.verified_chunk = upto;
+    record.verified_medium = medium;
+    since_checkpoint = 0;
+    last_checkpoint = std::chrono::steady_clock::now();
+    return SaveProgress(record);
+  };
+  // Frames read back before a cut count only if read as this run reads
+  // (from the medium when configured); the first checkpoint reads back the
+  // rest from verified_chunk on.
+  if (medium && !record.verified_medium) record.verified_chunk = 0;
+  auto put = [&](std::size_t f, std::span<const std::uint8_t> data) -> Status {
+    if (cancel_) return Error(Errc::kCancelled, "stopped");
+    if (auto st = writer->WriteAt(f * m.chunk_size, data); !st) {
+      return std::move(st).error().WithContext("writing slot " + record.target_slot);
+    }
+    since_checkpoint += data.size();
+    const bool last = f + 1 == m.chunks.size();
+    if (last ||
+        (since_checkpoint >= options_.checkpoint_bytes &&
+         std::chrono::steady_clock::now() - last_checkpoint >= options_.checkpoint_interval)) {
+      SAG_TRY_STATUS(checkpoint(f + 1));
+    }
+    report();
+    return Ok();
+  };
+  // Fetches frames [first, end) (one range) and writes each as it arrives.
+  auto fetch = [&](std::size_t first, std::size_t end) -> Status {
+    const auto& c0 = m.chunks[first];
+    const auto& cl = m.chunks[end - 1];
+    const std::uint64_t length = cl.offset + cl.length - c0.offset;
+    std::vector<std::uint8_t> pending;
+    std::size_t next = first;
+    ++stats.requests;
+    auto got = net::FetchRange(
+        url, base + c0.offset, length,
+        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
+          stats.fetched_bytes += data.size();
+          fetched_now += data.size();
+          while (!data.empty()) {
+            if (next >= end) return Error(Errc::kNetProtocol, "the server sent more than asked");
+            const std::size_t want = m.chunks[next].length - pending.size();
+            const std::size_t n = std::min(want, data.size());
+            pending.insert(pending.end(), data.begin(),
+                           data.begin() + static_cast<std::ptrdiff_t>(n));
+            data = data.subspan(n);
+            if (pending.size() == m.chunks[next].length) {
+              SAG_TRY_STATUS(DecodeFrame(m, next, pending, frame));
+              pending.clear();
+              SAG_TRY_STATUS(put(next, frame));
+              ++next;
+            }
+          }
+          return Ok();
+        },
+        options_.download);
+    if (!got) return std::move(got).error();
+    if (next != end) {
+      return Error(Errc::kNetProtocol, "range of frames " + std::to_string(first) + "-" +
+                                           std::to_string(end - 1) + " ended early");
+    }
+    return Ok();
+  };
+
+  // A stop passes as it is (the job resumes); a server that stopped
+  // honouring Range, as for the index; anything else names the download.
+  auto failed = [&](Error e) -> Expected<bool> {
+    if (e.code() == Errc::kCancelled) return e;
+    if (e.code() == Errc::kNetRangeUnsupported) return range_failure(std::move(e));
+    return std::move(e).WithContext("delta download of " + RedactUrl(url));
+  };
+  std::size_t r = 0;
+  for (std::size_t f = start; f < m.chunks.size();) {
+    if (cancel_) return Error(Errc::kCancelled, "stopped");
+    if (r < requests.size() && requests[r].first_frame == f) {
+      if (auto st = fetch(f, requests[r].end_frame); !st) return failed(std::move(st).error());
+      f = requests[r].end_frame;
+      ++r;
+      continue;
+    }
+    // A local frame, checked against its signed SHA-256 as it is assembled
+    // (the slot may have changed since the plan read it): on a mismatch it
+    // is fetched instead.
+    auto st = image::AssembleFrame(m, plan.blocks, f, local, frame);
+    if (!st) {
+      if (st.error().code() != Errc::kChunkHashMismatch) return std::move(st).error();
+      spdlog::warn("job {}: {}; fetching it", record.id, st.error().message());
+      ++stats.frames_rejected;
+      if (auto fs = fetch(f, f + 1); !fs) return failed(std::move(fs).error());
+      ++f;
+      continue;
+    }
+    SAG_TRY_STATUS(put(f, frame));
+    ++f;
+  }
+  if (record.next_chunk != m.chunks.size()) {
+    return Error(Errc::kInternal, "the delta install ended at frame " +
+                                      std::to_string(record.next_chunk) + " of " +
+                                      std::to_string(m.chunks.size()));
+  }
+  // The index of what the slot now holds, for the next delta from it.
+  SAG_TRY_STATUS(KeepSlotIndex(target, m.payload_sha256, index));
+  spdlog::info("job {}: delta written in {:.3f} s: {} bytes fetched in {} requests (planned {})",
+               record.id,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(),
+               fetched_now, stats.requests, planned_now);
+  SAG_TRY_STATUS(Save(record, JobEvent::kWritten));
+  return true;
+}
+
+}  // namespace sag::firmware

@@ -1,0 +1,370 @@
+// Delta installs of format 2 Device images (docs/delta.md) through
+// DeviceInstaller, against file-backed slots and a loopback HTTPS server:
+// what is fetched, what is assembled locally, bit rot, servers without Range,
+// old-format images and a stopped job that resumes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <random>
+
+#include "common/atomic_file.h"
+#include "common/image/image_writer.h"
+#include "common/image/pki.h"
+#include "firmware/installer.h"
+#include "platform/fake_boot_control.h"
+#include "platform/file_slot_device.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/test_http_server.h"
+
+namespace sag::firmware {
+namespace {
+
+namespace fs = std::filesystem;
+using platform::Slot;
+
+constexpr std::uint64_t kSlotSize = 4U << 20U;
+constexpr std::uint64_t kBlock = image::kReuseBlockSize;
+constexpr std::uint64_t kFrame = 16U << 10U;  // 4 blocks
+
+class FakeSystem final : public platform::SystemInfo {
+ public:
+  Expected<std::string> SerialNumber() override { return std::string("sag-test-1"); }
+  Expected<std::string> HardwareModel() override { return std::string("sag-1000"); }
+  Expected<std::string> BootId() override { return "boot-" + std::to_string(boot); }
+  Expected<std::uint64_t> FreeSpace(const fs::path& /*dir*/) override { return 1U << 30U; }
+  int boot = 1;
+};
+
+class FakeRebooter final : public platform::Rebooter {
+ public:
+  Status Reboot() override {
+    ++requests;
+    return Ok();
+  }
+  int requests = 0;
+};
+
+std::string RandomBlock(std::mt19937& rng) {
+  std::string s(kBlock, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// Three payloads of 4 KiB blocks, as a file system's minor updates look to a
+// block device: v1 is random blocks and a run of zero blocks; v2 is v1 with
+// 3 blocks inserted near the start (every later block moves by 3 blocks, so
+// no frame of v2 is at the same offset in v1), a run of blocks moved, 2
+// blocks changed and one removed; v3 is v2 with 2 more blocks changed.
+struct Payloads {
+  std::string v1, v2, v3;
+  Payloads() {
+    std::mt19937 rng(2020);
+    std::vector<std::string> blocks;
+    blocks.reserve(256);
+    for (int i = 0; i < 256; ++i) {
+      blocks.push_back(i >= 200 && i < 216 ? std::string(kBlock, '\0') : RandomBlock(rng));
+    }
+    for (const auto& b : blocks) v1 += b;
+    auto b2 = blocks;
+    b2.insert(b2.begin() + 10, {RandomBlock(rng), RandomBlock(rng), RandomBlock(rng)});
+    std::rotate(b2.begin() + 100, b2.begin() + 120, b2.begin() + 140);
+    b2[60] = RandomBlock(rng);
+    b2[170] = RandomBlock(rng);
+    b2.erase(b2.begin() + 230);
+    for (const auto& b : b2) v2 += b;
+    v2 += "a short tail";  // the last block is partial
+    auto b3 = b2;
+    b3[30] = RandomBlock(rng);
+    b3[150] = RandomBlock(rng);
+    for (const auto& b : b3) v3 += b;
+    v3 += "a short tail";
+  }
+};
+
+class Images {
+ public:
+  Images() {
+    EXPECT_TRUE(image::pki::InitDevPki(dir_.path()));
+    Make("1.0.1", payloads.v2, 2, "v2");
+    Make("1.0.2", payloads.v3, 2, "v3");
+    Make("1.0.1", payloads.v2, 1, "v2-format1");
+  }
+  void Make(const std::string& version, const std::string& payload, int format,
+            const std::string& name) {
+    const auto p = dir_ / (name + ".bin");
+    std::ofstream(p, std::ios::binary) << payload;
+    image::CreateParams cp;
+    cp.version = version;
+    cp.compatible = {"sag-1000"};
+    cp.payload = p;
+    cp.key = dir_ / "signer.key";
+    cp.cert = dir_ / "signer.pem";
+    cp.chain = dir_ / "signer-chain.pem";
+    cp.format = format;
+    cp.chunk_size = format == 2 ? kFrame : 64U << 10U;
+    cp.output = dir_ / (name + ".sagimg");
+    auto st = image::CreateImage(cp);
+    EXPECT_TRUE(st) << st.error().ToString();
+  }
+  [[nodiscard]] std::string Bytes(const std::string& name) const {
+    return *ReadFile(dir_ / (name + ".sagimg"), 64U << 20U);
+  }
+  [[nodiscard]] fs::path Root() const { return dir_ / "root-ca.pem"; }
+  [[nodiscard]] test::ServerTls Tls() const {
+    return {dir_ / "server-chain.pem", dir_ / "server.key", {}};
+  }
+  Payloads payloads;
+
+ private:
+  test::TempDir dir_;
+};
+
+Images* g_images = nullptr;
+
+// The compressed size of every frame of a format 2 image: what a full
+// download of its payload fetches.
+std::uint64_t FullBytes(const std::string& name) {
+  const auto bytes = g_images->Bytes(name);
+  // manifest.json is the first entry: its JSON runs from offset 512 to the
+  // first NUL.
+  const auto json = std::string_view(bytes).substr(512, bytes.find('\0', 512) - 512);
+  auto m = image::ParseManifest(json);
+  EXPECT_TRUE(m) << m.error().ToString();
+  std::uint64_t sum = 0;
+  for (const auto& c : m->chunks) sum += c.length;
+  return sum;
+}
+
+class DeltaInstallTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { g_images = new Images(); }
+  static void TearDownTestSuite() {
+    delete g_images;
+    g_images = nullptr;
+  }
+
+  void SetUp() override {
+    // Slot A runs 1.0.0 (v1, no slot record: a factory image), B is empty.
+    std::string a = g_images->payloads.v1;
+    a.resize(kSlotSize, '\0');
+    std::ofstream(dir_ / "slot-a", std::ios::binary) << a;
+    std::ofstream(dir_ / "slot-b", std::ios::binary) << std::string(kSlotSize, '\0');
+    ASSERT_TRUE(WriteFileAtomic(dir_ / "os-release", "NAME=SAG\nVERSION_ID=\"1.0.0\"\n"));
+    fs::create_directories(dir_ / "state");
+    slot_a_ = std::move(*platform::OpenSlotDevice("A", dir_ / "slot-a"));
+    slot_b_ = std::move(*platform::OpenSlotDevice("B", dir_ / "slot-b"));
+    boot_.Boot();  // power-on: A
+  }
+
+  std::unique_ptr<DeviceInstaller> MakeInstaller() {
+    InstallerOptions o;
+    o.download.ca_file = g_images->Root();
+    o.download.stall_timeout = std::chrono::milliseconds(2000);
+    o.download.initial_backoff = std::chrono::milliseconds(20);
+    o.download.max_retries = 2;
+    o.state_dir = dir_ / "state";
+    o.model = "sag-1000";
+    o.trust.root_ca = g_images->Root();
+    o.checkpoint_bytes = 4 * kFrame;
+    o.os_release = dir_ / "os-release";
+    o.delta.full_fallback = full_fallback_;
+    Platform p{
+        &boot_, {{Slot::kA, slot_a_.get()}, {Slot::kB, slot_b_.get()}}, &rebooter_, &system_};
+    return std::make_unique<DeviceInstaller>(
+        std::move(o), p, [this](const JobRecord& r, const Progress& pr) {
+          if (r.state != JobState::kWriting) return;
+          last_progress_ = pr;
+          if (stop_after_reports_ > 0 && ++reports_ == stop_after_reports_ && current_ != nullptr) {
+            current_->Cancel();
+          }
+        });
+  }
+
+  std::string SlotContent(const char* name, std::size_t n) {
+    std::ifstream in(dir_ / name, std::ios::binary);
+    std::string s(n, '\0');
+    in.read(s.data(), static_cast<std::streamsize>(n));
+    return s;
+  }
+
+  // Power cycle into whatever the bootloader picks, and let the agent finish
+  // the job it finds (health checks: none, so a trial boot commits).
+  Expected<std::optional<JobRecord>> RebootAndResume() {
+    ++system_.boot;
+    boot_.Boot();
+    return MakeInstaller()->Resume();
+  }
+
+  test::TempDir dir_;
+  platform::FakeBootControl boot_;
+  std::unique_ptr<platform::SlotDevice> slot_a_;
+  std::unique_ptr<platform::SlotDevice> slot_b_;
+  FakeRebooter rebooter_;
+  FakeSystem system_;
+  bool full_fallback_ = false;
+  Progress last_progress_{JobState::kPending};
+  int stop_after_reports_ = 0;
+  int reports_ = 0;
+  DeviceInstaller* current_ = nullptr;
+};
+
+// Every request after the header's is one closed range.
+void ExpectOnlyClosedRanges(const test::TestHttpServer& server) {
+  const auto ranges = server.ranges();
+  ASSERT_GE(ranges.size(), 2U);
+  EXPECT_EQ(ranges[0], "") << "the header is read from the start";
+  for (std::size_t i = 1; i < ranges.size(); ++i) {
+    const auto& r = ranges[i];
+    EXPECT_TRUE(r.starts_with("bytes=") && r.back() != '-') << "request " << i << ": " << r;
+  }
+}
+
+TEST_F(DeltaInstallTest, FetchesOnlyTheFramesNotFoundLocally) {
+  test::TestHttpServer server(g_images->Bytes("v2"), g_images->Tls());
+  auto inst = MakeInstaller();
+  auto r = inst->Start(JobSpec{"d1", server.Url("/v2.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  ASSERT_TRUE(r->delta);
+  const auto full = FullBytes("v2");
+  // 7 frames of 65 hold a new block (3 inserted, 2 changed, the partial
+  // tail, the one before the removed block's gap): index + those frames.
+  EXPECT_GT(r->delta->fetched_bytes, 0U);
+  EXPECT_LT(r->delta->fetched_bytes, full / 5) << "of " << full;
+  EXPECT_EQ(r->delta->fetched_bytes, r->delta->planned_bytes);
+  EXPECT_GT(r->delta->frames_local, 50U);
+  EXPECT_EQ(r->delta->frames_rejected, 0U);
+  EXPECT_FALSE(r->delta->full_fallback);
+  ExpectOnlyClosedRanges(server);
+  EXPECT_EQ(server.ranges().size(), 1 + r->delta->requests);
+  // Progress counts bytes to download, not the image.
+  EXPECT_EQ(last_progress_.total, r->delta->planned_bytes);
+  EXPECT_EQ(last_progress_.done, r->delta->planned_bytes);
+  // The index of what slot B holds now is kept for the next delta.
+  EXPECT_TRUE(fs::exists(dir_ / "state" / "slot-B.blockhashes"));
+}
+
+// After the first delta commits, slot B runs v2 with its index kept beside
+// it. Bits flipped in B since (bit rot, a writable root) are not in the
+// index: the frames holding them fail their signed SHA-256 when assembled
+// and are fetched instead, and slot A still ends up with exactly v3.
+TEST_F(DeltaInstallTest, BitRotInTheActiveSlotIsFetchedInstead) {
+  test::TestHttpServer server2(g_images->Bytes("v2"), g_images->Tls());
+  ASSERT_EQ(MakeInstaller()->Start(JobSpec{"d1", server2.Url("/v2.sagimg"), false, true})->state,
+            JobState::kRebooting);
+  auto committed = RebootAndResume();
+  ASSERT_TRUE(committed && *committed) << (committed ? "" : committed.error().ToString());
+  ASSERT_EQ((*committed)->state, JobState::kCommitted);
+  ASSERT_EQ(*boot_.BootedSlot(), Slot::kB);
+
+  {
+    std::fstream b(dir_ / "slot-b", std::ios::binary | std::ios::in | std::ios::out);
+    for (const std::uint64_t at : {5 * kBlock + 100, 77 * kBlock + 1, 180 * kBlock + 4000}) {
+      b.seekp(static_cast<std::streamoff>(at));
+      b.put('\x5a');
+    }
+  }
+  test::TestHttpServer server3(g_images->Bytes("v3"), g_images->Tls());
+  auto r = MakeInstaller()->Start(JobSpec{"d2", server3.Url("/v3.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  ASSERT_EQ(r->target_slot, "A");
+  EXPECT_EQ(SlotContent("slot-a", g_images->payloads.v3.size()), g_images->payloads.v3);
+  ASSERT_TRUE(r->delta);
+  EXPECT_EQ(r->delta->frames_rejected, 3U);
+  EXPECT_LT(r->delta->fetched_bytes, FullBytes("v3") / 4);
+}
+
+// The target slot is a source and the destination: a block that only the
+// target holds, at an offset the writer passes before the frame that needs
+// it is assembled, is not used (it would read new data by then); that frame
+// is planned as a download, not assembled and rejected at write time.
+TEST_F(DeltaInstallTest, TargetBlocksOverwrittenBeforeUseAreNotUsed) {
+  {
+    // v2's block 60 is new (not in slot A); put it at block 0 of slot B,
+    // which the first frame overwrites.
+    std::fstream b(dir_ / "slot-b", std::ios::binary | std::ios::in | std::ios::out);
+    b.write(g_images->payloads.v2.data() + 60 * kBlock, kBlock);
+  }
+  test::TestHttpServer server(g_images->Bytes("v2"), g_images->Tls());
+  auto r = MakeInstaller()->Start(JobSpec{"d-t", server.Url("/v2.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  ASSERT_TRUE(r->delta);
+  EXPECT_EQ(r->delta->frames_rejected, 0U) << "a frame was assembled from overwritten blocks";
+  EXPECT_EQ(r->delta->fetched_bytes, r->delta->planned_bytes);
+}
+
+TEST_F(DeltaInstallTest, ServerWithoutRangeFailsClearlyByDefault) {
+  test::TestHttpServer server(g_images->Bytes("v2"), g_images->Tls());
+  test::Faults faults;
+  faults.ignore_range = true;
+  server.SetFaults(faults);
+  auto r = MakeInstaller()->Start(JobSpec{"d-norange", server.Url("/v2.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->code(), Errc::kNetRangeUnsupported) << r->error->ToString();
+  EXPECT_NE(r->error->message().find("delta_fallback: full"), std::string::npos)
+      << r->error->message();
+  EXPECT_EQ(rebooter_.requests, 0);
+  EXPECT_EQ(*boot_.BootedSlot(), Slot::kA);
+}
+
+TEST_F(DeltaInstallTest, ServerWithoutRangeInstallsInFullWhenConfigured) {
+  full_fallback_ = true;
+  test::TestHttpServer server(g_images->Bytes("v2"), g_images->Tls());
+  test::Faults faults;
+  faults.ignore_range = true;
+  server.SetFaults(faults);
+  auto r = MakeInstaller()->Start(JobSpec{"d-full", server.Url("/v2.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  ASSERT_TRUE(r->delta);
+  EXPECT_TRUE(r->delta->full_fallback);
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+}
+
+TEST_F(DeltaInstallTest, OldFormatImageInstallsInFullAsBefore) {
+  test::TestHttpServer server(g_images->Bytes("v2-format1"), g_images->Tls());
+  auto r = MakeInstaller()->Start(JobSpec{"f1", server.Url("/v2.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_FALSE(r->delta);
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  EXPECT_EQ(server.ranges(), std::vector<std::string>{""}) << "one plain GET";
+  EXPECT_FALSE(fs::exists(dir_ / "state" / "slot-B.blockhashes"));
+}
+
+// A delta stopped mid-write (as SIGTERM does) resumes at its last checkpoint:
+// the plan is made again and only frames from the checkpoint on are written;
+// what the first run wrote into the target is itself a source.
+TEST_F(DeltaInstallTest, StoppedDeltaResumesFromItsCheckpoint) {
+  test::TestHttpServer server(g_images->Bytes("v2"), g_images->Tls());
+  auto inst = MakeInstaller();
+  current_ = inst.get();
+  stop_after_reports_ = 40;  // of 65 frames
+  auto r = inst->Start(JobSpec{"d-stop", server.Url("/v2.sagimg"), false, true});
+  current_ = nullptr;
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kWriting);
+  ASSERT_GT(r->next_chunk, 0U);
+  ASSERT_LT(r->next_chunk, r->chunks_total);
+  const auto resumed_at = r->next_chunk;
+  auto done = MakeInstaller()->Resume();
+  ASSERT_TRUE(done && *done) << (done ? "" : done.error().ToString());
+  EXPECT_EQ((*done)->state, JobState::kRebooting)
+      << ((*done)->error ? (*done)->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  ASSERT_TRUE((*done)->delta);
+  // The second plan counts only the frames from the checkpoint on.
+  EXPECT_EQ((*done)->delta->frames_local + (*done)->delta->frames_download,
+            (*done)->chunks_total - resumed_at);
+  ExpectOnlyClosedRanges(server);
+}
+
+}  // namespace
+}  // namespace sag::firmware
