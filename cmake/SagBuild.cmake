@@ -16,6 +16,16 @@ if(SAG_SANITIZE)
   target_compile_options(sag_build_flags INTERFACE -fsanitize=address,undefined
                          -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
   target_link_options(sag_build_flags INTERFACE -fsanitize=address,undefined)
+  # The sanitizers' metadata makes millions of relative relocations (sag-agent:
+  # 2.7 million, 66 MB of .rela.dyn), which ld.so applies at every exec and
+  # dpkg-shlibdeps reads one objdump line at a time. Packed (DT_RELR, glibc
+  # 2.36 and binutils 2.38 on): 1.1 MB, and `sag-agent --version` starts in
+  # half the time, for every test that runs a binary.
+  include(CheckLinkerFlag)
+  check_linker_flag(CXX -Wl,-z,pack-relative-relocs SAG_HAVE_RELR)
+  if(SAG_HAVE_RELR)
+    target_link_options(sag_build_flags INTERFACE -Wl,-z,pack-relative-relocs)
+  endif()
 else()
   # The binaries keep only the code they call: the agent's text shrinks by a
   # fifth (2.56 -> 2.07 MB), and its peak RSS during an install, of which the

@@ -320,7 +320,7 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
   // rest from verified_chunk on.
   if (medium && !record.verified_medium) record.verified_chunk = 0;
   auto put = [&](std::size_t f, std::span<const std::uint8_t> data) -> Status {
-    if (cancel_) return Error(Errc::kCancelled, "stopped");
+    if (Stopping()) return Error(Errc::kCancelled, "stopped");
     if (auto st = writer->WriteAt(f * m.chunk_size, data); !st) {
       return std::move(st).error().WithContext("writing slot " + record.target_slot);
     }
@@ -381,7 +381,7 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
   };
   std::size_t r = 0;
   for (std::size_t f = start; f < m.chunks.size();) {
-    if (cancel_) return Error(Errc::kCancelled, "stopped");
+    if (Stopping()) return Error(Errc::kCancelled, "stopped");
     if (r < requests.size() && requests[r].first_frame == f) {
       if (auto st = fetch(f, requests[r].end_frame); !st) return failed(std::move(st).error());
       f = requests[r].end_frame;
