@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cancelling an UpdateSmartAccessGatewayVersion job, end to end (issue 15):
 # sag-cloud and a simulated appliance running the real sag-agent on loopback.
-#   1. a Device upgrade whose download is slow (300 kB/s) is cancelled with
+#   1. a Device upgrade whose download is slow (60 kB/s, 20 s) is cancelled with
 #      `sag-cloud job cancel` while the image is written: the job ends
 #      Cancelled (failed, error Cancelled) with the device's cancel.ack
 #      recorded as accepted; the appliance never rebooted (same boot id),
@@ -38,7 +38,7 @@ for v in 1.0.0 1.0.1; do sign Device "$v" "$tmp/rootfs-$v.img"; done
 : >"$tmp/cloud.log"
 cloud_start
 device_init "$dev" "$serial"
-printf 'download:\n  bandwidth_limit: 300000\n' >>"$dev/agent.yaml"
+printf 'download:\n  bandwidth_limit: 60000\n' >>"$dev/agent.yaml"
 device_on "$dev"
 wait_attr "a['Status'] == 'Active' and dev['$serial']['SoftwareVersion'] == '1.0.0'" 60 \
   || die "the appliance did not come online with 1.0.0"
@@ -99,7 +99,7 @@ echo "second cancel of $job: $out"
 # ---- 2: a cancel after the trial boot was set is refused; the job commits
 trial=$(grep -c 'trial boot of slot' "$dev.log")
 job2=$(update VersionCode=1.0.1) || die "the second update call failed"
-wait_log 'trial boot of slot' "$trial" 30 || die "job $job2 never set its trial boot"
+wait_log 'trial boot of slot' "$trial" 90 || die "job $job2 never set its trial boot"
 out=$(cancel "$job2") || bad "job cancel $job2: rc=$? $out"
 echo "job cancel $job2 after its trial boot was set: $out"
 wait_job "$job2" Committed 60 || die "job $job2: $(job_state "$job2")"
