@@ -43,14 +43,6 @@ device_on "$dev"
 wait_attr "a['Status'] == 'Active' and dev['$serial']['SoftwareVersion'] == '1.0.0'" 60 \
   || die "the appliance did not come online with 1.0.0"
 
-wait_log() {  # PATTERN N SECONDS: more than N lines of the device log match
-  local end=$((SECONDS + $3))
-  while ((SECONDS < end)); do
-    (($(grep -c -- "$1" "$dev.log") > $2)) && return 0
-    sleep 0.05
-  done
-  return 1
-}
 # job_field JOB_ID FIELD: a field of the job as the store has it.
 job_field() {
   dump_store || return 1

@@ -77,14 +77,6 @@ boot_opts=()
 device_on "$dev" "${boot_opts[@]}"
 wait_attr "a['Status'] == 'Active' and dev['$serial']['SoftwareVersion'] == '1.0.0'" 60 \
   || die "the appliance did not come online with 1.0.0"
-wait_log() {  # PATTERN N SECONDS: more than N lines of the device log match
-  local end=$((SECONDS + $3))
-  while ((SECONDS < end)); do
-    (($(grep -c -- "$1" "$dev.log") > $2)) && return 0
-    sleep 0.05
-  done
-  return 1
-}
 # arm PATTERN SECONDS SIGNAL: in the background, as soon as the device log
 # shows PATTERN once more, wait SECONDS and send SIGNAL to the running agent;
 # $tmp/fired.SIGNAL tells when it was done. Independent of how long the

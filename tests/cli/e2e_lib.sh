@@ -103,6 +103,17 @@ sys.exit(0 if ($expr) else 1)" 2>/dev/null; then return 0; fi
   return 1
 }
 
+# wait_log PATTERN N SECONDS: more than N lines of the device log ($dev.log)
+# match PATTERN within SECONDS.
+wait_log() {
+  local end=$((SECONDS + $3))
+  while ((SECONDS < end)); do
+    (($(grep -c -- "$1" "$dev.log") > $2)) && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
 # cloud_jobs: the cloud's jobs, oldest first, one line each:
 # JOB_ID SERIAL TYPE VERSION STATE ERROR-NAME TIMED_OUT(yes|no). These
 # helpers read the store through `sag-cloud store dump` (dump_store).
