@@ -15,7 +15,6 @@
 //
 // Usage: bench_fleet [--devices N=10000] [--procs P=2] [--heartbeat-s S=10]
 //                    [--hold S=20] [--api S=10] [--conns C=4] [--connect-s S=600]
-//                    [--rate R=0: channels started per second, 0 = all at once]
 //                    [--rate R=0 (channels started per second; 0: all at once)]
 //                    [--sag-cloud PATH (default: ../cloud/sag-cloud next to this binary)]
 #include <utility>
