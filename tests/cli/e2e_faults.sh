@@ -10,6 +10,17 @@
 #            (sag-powerloss: unsynced data lost at a cut): power cut while
 #            the image is written, and again during the trial boot; after
 #            power returns the job commits and the API shows the version;
+#   dpi-netcut   the same cuts under a DPI job (VersionType=Dpi, a 1.5 MB
+#            database of incompressible files streamed into its staging):
+#            the download resumes, the job commits, the API shows the new
+#            DpiSignatureDbVersion and the database is byte-exact;
+#   dpi-powercut the powercut medium under DPI jobs: a first database is
+#            installed, then power is cut while the next one is staged
+#            (the job fails DpiInterrupted), again after its swap while the
+#            engine reloads (the job rolls back), the call is issued again
+#            and commits, and power is cut once more after the commit. At
+#            every cut `current` names the old or the new database, each
+#            whole and byte-exact, and the engine loads it;
 #   dupjob   the same job offered twice: the API call repeated while the job
 #            runs (IncorrectStatus, no second job), and, once it committed,
 #            the job message sent again twice by a stand-in for the gateway:
@@ -41,16 +52,33 @@ die() {
   echo "--- device log"; tail -40 "$dev.log"; exit 1
 }
 serial=sag000e2ef0001; id=sag-e2ef000000000001
-case "$mode" in netcut|powercut|dupjob|silent) ;; *) echo "unknown mode $mode"; exit 2 ;; esac
-[[ "$mode" != powercut || -x "$powerloss" ]] || { echo "powercut needs SAG_POWERLOSS"; exit 2; }
+case "$mode" in netcut|powercut|dupjob|silent|dpi-netcut|dpi-powercut) ;; *) echo "unknown mode $mode"; exit 2 ;; esac
+[[ "$mode" != *powercut || -x "$powerloss" ]] || { echo "$mode needs SAG_POWERLOSS"; exit 2; }
 
 lab_init
 size=1500000; [[ $mode == netcut ]] || size=3000000  # 3 MB: 3 chunks of 1 MiB
 for v in 1.0.0 1.0.1; do head -c $size /dev/urandom >"$tmp/rootfs-$v.img"; done
 for v in 1.0.0 1.0.1; do sign Device "$v" "$tmp/rootfs-$v.img"; done
 img_size=$(stat -c %s "$lab/images/Device-1.0.1.sagimg")
+# DPI databases: dpi_db VERSION FILES: FILES files of 64 KiB of random bytes
+# (zstd leaves them as they are: the package is as large as the database),
+# a MANIFEST the fake engine checks the sizes against, and the version file;
+# kept in $tmp/dpi-VERSION to compare the store with, byte for byte.
+dpi_old=20201201_1_0-0.0.1; dpi_new=20201201_1_0-0.0.2
+dpi_db() {
+  local d="$tmp/dpi-$1" i
+  mkdir -p "$d/rules"; echo "$1" >"$d/version"
+  for i in $(seq "$2"); do head -c 65536 /dev/urandom >"$d/rules/r$i"; echo "65536 rules/r$i" >>"$d/MANIFEST"; done
+  tar --zstd -C "$d" -cf "$tmp/dpi-$1.tar.zst" . && sign Dpi "$1" "$tmp/dpi-$1.tar.zst"
+}
+case "$mode" in
+  dpi-netcut) dpi_db "$dpi_new" 24  # 1.5 MiB
+    img_size=$(stat -c %s "$lab/images/Dpi-$dpi_new.sagimg") ;;
+  # 2.5 MiB: 2.5 s of staging at 1 MB/s; the first database small.
+  dpi-powercut) dpi_db "$dpi_old" 2; dpi_db "$dpi_new" 40 ;;
+esac
 
-if [[ $mode == netcut ]]; then
+if [[ $mode == *netcut ]]; then
   repo_port=$(sed -n '/^repository:/,$ s/^  listen: 127.0.0.1:\([0-9]*\)$/\1/p' "$lab/cloud.yaml")
   python3 "$here/e2e_proxy.py" "$tmp/proxy.port" "$repo_port" "$tmp/proxy.json" \
     reset@400000 stall@900000 &
@@ -64,16 +92,16 @@ fi
 cloud_start
 device_init "$dev" "$serial"
 case "$mode" in
-  netcut) printf 'download:\n  stall_timeout_s: 2\n' >>"$dev/agent.yaml" ;;
+  *netcut) printf 'download:\n  stall_timeout_s: 2\n' >>"$dev/agent.yaml" ;;
   # Writes of about 3 s (1 MB/s) with a checkpoint every 256 KiB: a cut lands
   # mid-install and leaves something to resume from.
-  powercut) printf 'download:\n  bandwidth_limit: 1000000\n  checkpoint_bytes: 262144\n' >>"$dev/agent.yaml" ;;
+  *powercut) printf 'download:\n  bandwidth_limit: 1000000\n  checkpoint_bytes: 262144\n' >>"$dev/agent.yaml" ;;
   # About 10 s of download (300 kB/s), a progress report per 1 MiB chunk
   # (3.5 s), under the 10 s silence limit while the agent runs.
   dupjob|silent) printf 'download:\n  bandwidth_limit: 300000\n' >>"$dev/agent.yaml" ;;
 esac
 boot_opts=()
-[[ $mode == powercut ]] && boot_opts=(--powerloss "$powerloss")
+[[ $mode == *powercut ]] && boot_opts=(--powerloss "$powerloss")
 device_on "$dev" "${boot_opts[@]}"
 wait_attr "a['Status'] == 'Active' and dev['$serial']['SoftwareVersion'] == '1.0.0'" 60 \
   || die "the appliance did not come online with 1.0.0"
@@ -99,17 +127,68 @@ fired() {  # SIGNAL SECONDS: until the armed signal was sent
   while ((SECONDS < end)); do [[ -s "$tmp/fired.$1" ]] && return 0; sleep 0.05; done
   return 1
 }
+# The armed SIGKILL took the agent down; the simulator then cuts the
+# medium's power (unsynced data lost) and stops; power comes back.
+powered() {  # WHY
+  fired KILL 120 || die "no power cut ($1)"
+  for _ in $(seq 100); do kill -0 "${simpids[$dev]}" 2>/dev/null || break; sleep 0.1; done
+  wait "${simpids[$dev]}" 2>/dev/null; unset "simpids[$dev]"
+  echo "power cut ($1), in job state $(grep -oE 'job [^ ]+: [A-Za-z]+ -> [A-Za-z]+( \(version [^)]*\))?$' "$dev.log" | tail -1 | sed 's/ (version.*//' | awk '{ print $NF }'): $(grep 'medium after' "$dev.log" | tail -1)"
+  # Off: $dev is what the medium kept.
+  [[ $mode == dpi-powercut ]] && dpi_store "$1"
+  device_on "$dev" "${boot_opts[@]}"
+}
+# dpi_whole VERSION: versions/VERSION in the store is the database as
+# packaged, byte for byte (diff -r: every file, no file more or less).
+dpi_whole() { diff -r "$tmp/dpi-$1" "$dev/state/dpi/versions/$1" >/dev/null 2>&1; }
+# dpi_store WHEN: `current` names the old or the new database and that one
+# is whole; the old one is whole as long as it is kept.
+dpi_store() {
+  local cur
+  cur=$(readlink "$dev/state/dpi/current")
+  case "$cur" in
+    "versions/$dpi_old" | "versions/$dpi_new") ;;
+    *) bad "$1: current -> '$cur', neither the old nor the new database"; return ;;
+  esac
+  dpi_whole "${cur#versions/}" || bad "$1: the active database ${cur#versions/} is not whole: $(
+    diff -r "$tmp/dpi-${cur#versions/}" "$dev/state/dpi/$cur" 2>&1 | head -3 | paste -sd ';')"
+  [[ ! -e "$dev/state/dpi/versions/$dpi_old" ]] || dpi_whole "$dpi_old" \
+    || bad "$1: the old database $dpi_old is damaged"
+  echo "the store after the cut ($1): current -> ${cur#versions/}, whole"
+}
+# engine_loaded VERSION: the fake engine's record of what it loaded.
+engine_loaded() {
+  [[ $(head -1 "$dev/dpi-engine/loaded" 2>/dev/null) == "$1" ]] \
+    || bad "the engine loaded '$(head -1 "$dev/dpi-engine/loaded" 2>/dev/null)', $1 expected"
+}
 case "$mode" in
   # While the image is written (3 s at 1 MB/s), past the first checkpoint.
   powercut) arm 'into slot' "1.$((RANDOM % 9 + 1))" KILL ;;
   silent) arm 'into slot' 0 STOP ;;
 esac
 
-job=$(update VersionCode=1.0.1) || die "the update call failed"
+case "$mode" in
+  dpi-netcut) job=$(update VersionType=Dpi VersionCode="$dpi_new") || die "the update call failed" ;;
+  dpi-powercut)
+    # dpi_update VERSION: the call, and the id of the job it made, the
+    # newest (one store read less than `update`: each takes a second or
+    # more on a loaded machine).
+    dpi_update() {
+      local out
+      out=$(api UpdateSmartAccessGatewayVersion VersionType=Dpi VersionCode="$1") \
+        || die "the update call failed: $out"
+      cloud_jobs | tail -1 | awk '{ print $1 }'
+    }
+    # The first database, without a fault: the old one the cuts must leave whole.
+    job=$(dpi_update "$dpi_old")
+    wait_job "$job" Committed 60 || die "job $job ($dpi_old): $(job_state "$job")"
+    ;;
+  *) job=$(update VersionCode=1.0.1) || die "the update call failed" ;;
+esac
 [[ $(wc -w <<<"$job") -eq 1 ]] || die "one job expected: $job"
 
 case "$mode" in
-netcut)
+netcut | dpi-netcut)
   wait_job "$job" Committed 120 || die "job $job: $(job_state "$job")"
   python3 - "$tmp/proxy.json" "$img_size" <<'PY' || fail=1
 import json, sys
@@ -127,20 +206,43 @@ PY
   ((resumed >= 2)) || bad "the device log shows $resumed resumed retries, 2 expected"
   ;;
 powercut)
-  # The armed SIGKILL took the agent down; the simulator then cuts the
-  # medium's power (unsynced data lost) and stops; power comes back.
-  powered() {  # WHY
-    fired KILL 120 || die "no power cut ($1)"
-    for _ in $(seq 100); do kill -0 "${simpids[$dev]}" 2>/dev/null || break; sleep 0.1; done
-    wait "${simpids[$dev]}" 2>/dev/null; unset "simpids[$dev]"
-    echo "power cut ($1), in job state $(grep -oE 'job [^ ]+: [A-Za-z]+ -> [A-Za-z]+$' "$dev.log" | tail -1 | awk '{ print $NF }'): $(grep 'medium after' "$dev.log" | tail -1)"
-    device_on "$dev" "${boot_opts[@]}"
-  }
   powered "while the image is written"
   arm 'resuming in state Rebooting' 0.3 KILL
   powered "during the trial boot"
   wait_job "$job" Committed 120 || die "job $job: $(job_state "$job")"
   grep -q 'medium after the cut\|medium after power-off' "$dev.log" || bad "no cut of the medium was logged"
+  ;;
+dpi-powercut)
+  # 1. While the new database is staged: its download streams into
+  # staging/ (2.5 s at 1 MB/s). Before the swap: the job fails
+  # DpiInterrupted, the old database stays active.
+  arm "dpi job [^ ]*: Checking -> Staging" "1.$((RANDOM % 5))" KILL
+  job=$(dpi_update "$dpi_new")
+  powered "while the DPI database is staged"
+  wait_job "$job" Failed 60 || die "job $job after the cut while staged: $(job_state "$job")"
+  engine_loaded "$dpi_old"
+  # 2. After the swap, while the engine loads the new database (its reload
+  # hangs on it: an engine that takes the box down): the job rolls back.
+  # The control file made durable, so that the cut does not take it away.
+  echo "$dpi_new" >"$dev/dpi-engine/hang-on-reload"; echo sync >"$dev/.sag-powerloss"
+  arm "dpi job [^ ]*: Swapping -> Reloading" 0.5 KILL
+  job=$(dpi_update "$dpi_new")
+  powered "after the swap, while the engine reloads"
+  wait_job "$job" RolledBack 60 || die "job $job after the cut after the swap: $(job_state "$job")"
+  engine_loaded "$dpi_old"
+  # 3. The call issued again, the engine healthy: the job commits. Then
+  # power is cut after the commit: the new database must be on the medium.
+  rm -f "$dev/dpi-engine/hang-on-reload"; echo sync >"$dev/.sag-powerloss"
+  job=$(dpi_update "$dpi_new")
+  wait_job "$job" Committed 60 || die "job $job ($dpi_new, issued again): $(job_state "$job")"
+  rm -f "$tmp/fired.KILL"
+  kill -KILL "$(cat "$dev/run/agent.pid")" && date +%s >"$tmp/fired.KILL"
+  powered "after the commit"
+  [[ $(readlink "$dev/state/dpi/current") == "versions/$dpi_new" ]] || bad "the commit was lost by the cut"
+  engine_loaded "$dpi_new"
+  outcomes=$(cloud_jobs | awk '{ print $3, $5, $6 }' | paste -sd ,)
+  [[ $outcomes == "Dpi Committed -,Dpi Failed DpiInterrupted,Dpi RolledBack DpiInterrupted,Dpi Committed -" ]] \
+    || bad "the jobs' outcomes: $outcomes"
   ;;
 dupjob)
   # The call repeated (a client retrying): while its job runs the box is
@@ -198,11 +300,23 @@ silent)
   ;;
 esac
 
-wait_attr "a['Status'] == 'Active' and dev['$serial']['SoftwareVersion'] == '1.0.1'" 30 \
-  || bad "the API does not show 1.0.1 at the end"
-[[ $(installs_of "$dev" "$job") -eq 1 ]] || bad "job $job: the install started $(installs_of "$dev" "$job") times"
+if [[ $mode == dpi-* ]]; then
+  wait_attr "a['Status'] == 'Active' and dev['$serial']['SoftwareVersion'] == '1.0.0' and dev['$serial']['DpiSignatureDbVersion'] == '$dpi_new'" 30 \
+    || bad "the API does not show $dpi_new at the end"
+  dpi_whole "$dpi_new" || bad "the store's $dpi_new is not the database as packaged"
+  [[ $(readlink "$dev/state/dpi/current") == "versions/$dpi_new" ]] || bad "current does not name $dpi_new"
+  # Each job's install started once: its first state logged once.
+  for j in $(cloud_jobs | awk '{ print $1 }'); do
+    n=$(grep -c "dpi job $j: Checking (version" "$dev.log")
+    ((n == 1)) || bad "job $j: the install started $n times"
+  done
+else
+  wait_attr "a['Status'] == 'Active' and dev['$serial']['SoftwareVersion'] == '1.0.1'" 30 \
+    || bad "the API does not show 1.0.1 at the end"
+  [[ $(installs_of "$dev" "$job") -eq 1 ]] || bad "job $job: the install started $(installs_of "$dev" "$job") times"
+fi
 reports_once || fail=1
-[[ $mode == powercut ]] && device_off "$dev"  # powered off cleanly: the medium unmounted
+[[ $mode == *powercut ]] && device_off "$dev"  # powered off cleanly: the medium unmounted
 echo "jobs: $(cloud_jobs | awk '{ print $1, $4, $5, $6 }' | paste -sd, -); reports: $(cloud_reports | wc -l)"
 ((fail == 0)) && echo "ok: $mode"
 exit $fail

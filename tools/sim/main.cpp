@@ -2,17 +2,20 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <random>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -296,6 +299,38 @@ std::string ExitText(int status) {
   return "status " + std::to_string(status);
 }
 
+// Power goes away for every program of the appliance, not only for the
+// agent's process group: its hooks run in groups of their own (a DPI engine
+// reload, a health check) and would live on, holding the medium. The
+// simulator is their subreaper (PR_SET_CHILD_SUBREAPER at boot), so once the
+// agent is gone they are its children: all of them but `keep` (the medium's
+// server) are killed and reaped, as long as new orphans appear (bounded).
+void KillStrays(pid_t keep) {
+  for (int round = 0; round < 50; ++round) {
+    std::vector<pid_t> strays;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc", ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::ifstream in(e.path() / "stat");
+      std::string stat;
+      std::getline(in, stat);
+      // pid (comm) state ppid ...: comm may hold spaces, it ends at the last ')'.
+      const auto close = stat.rfind(')');
+      if (close == std::string::npos) continue;
+      std::istringstream rest(stat.substr(close + 1));
+      std::string state;
+      pid_t ppid = 0;
+      if (!(rest >> state >> ppid) || ppid != ::getpid()) continue;
+      const auto pid = static_cast<pid_t>(std::stol(name));
+      if (pid != keep) strays.push_back(pid);
+    }
+    if (strays.empty()) return;
+    for (const pid_t p : strays) ::kill(p, SIGKILL);
+    for (const pid_t p : strays) ::waitpid(p, nullptr, 0);
+  }
+}
+
 Expected<int> CmdBoot(const Args& a) {
   if (a.positional.size() != 1) return Error(Errc::kInvalidArgument, "boot needs exactly one DIR");
   Appliance app(a.positional[0]);
@@ -321,13 +356,30 @@ Expected<int> CmdBoot(const Args& a) {
     SAG_TRY(auto dev, sag::platform::OpenSlotDevice(sag::platform::SlotName(s), app.SlotPath(s),
                                                     app.slot_size()));
   }
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1);  // the agent's orphans: see KillStrays
   std::unique_ptr<sag::sim::PowerLossMedium> medium;
+  std::vector<std::string> agent_env;  // added to the agent's environment
   if (a.opts.count("powerloss") != 0) {
     SAG_TRY(const auto torn, Number(a, "torn", 0));
     SAG_TRY(medium,
             sag::sim::PowerLossMedium::Mount(Get(a, "powerloss"), app.dir(), torn != 0, seed));
     Say("storage on " + Get(a, "powerloss") + ": a cut loses unsynced data and directory entries" +
         (torn != 0 ? ", tears writes" : ""));
+    // syncfs(2) does not reach a FUSE server: the shim built next to
+    // sag-powerloss forwards it to the medium as a `sync`, as a disk keeps
+    // what syncfs flushed (the DPI staging's one sync; docs/power-loss.md).
+    const fs::path shim = fs::path(Get(a, "powerloss")).parent_path() / "sag-powerloss-syncfs.so";
+    std::error_code ec;
+    if (fs::exists(shim, ec)) {
+      const char* asan = std::getenv("ASAN_OPTIONS");
+      agent_env = {"LD_PRELOAD=" + fs::absolute(shim).string(),
+                   "SAG_POWERLOSS_CONTROL=" + fs::absolute(app.dir() / ".sag-powerloss").string(),
+                   // A sanitized agent: its runtime no longer comes first.
+                   std::string("ASAN_OPTIONS=") + (asan != nullptr ? asan : "") +
+                       (asan != nullptr && *asan != '\0' ? ":" : "") + "verify_asan_link_order=0"};
+    } else {
+      Say("no " + shim.string() + ": a syncfs(2) does not reach the medium");
+    }
   }
   const auto power_off = [&medium](const std::string& why) -> Status {
     if (!medium) return sag::Ok();
@@ -395,15 +447,18 @@ Expected<int> CmdBoot(const Args& a) {
     fs::remove(flag, ec);
     if (medium) SAG_TRY_STATUS(medium->Sync());  // U-Boot writes the flash directly
 
-    const pid_t pid = Spawn(
-        argv,
-        // sag-agent reads both paths from its configuration (`simulator:`,
-        // written by `sag-sim init`); the environment tells them to other
-        // programs booted in its place (test scripts).
-        {std::string("SAG_SIM_REBOOT_FLAG=") + flag.string(),
-         std::string("SAG_SIM_BOOT_ID_FILE=") + app.Path("boot_id").string(),
-         "SAG_SIM_DIR=" + app.dir().string(), "SAG_SIM_SLOT=" + name,
-         "SAG_SIM_BOOT=" + std::to_string(n), "SAG_SIM_CONFIG=" + app.Path("agent.yaml").string()});
+    // sag-agent reads both paths from its configuration (`simulator:`,
+    // written by `sag-sim init`); the environment tells them to other
+    // programs booted in its place (test scripts).
+    std::vector<std::string> env_add{
+        std::string("SAG_SIM_REBOOT_FLAG=") + flag.string(),
+        std::string("SAG_SIM_BOOT_ID_FILE=") + app.Path("boot_id").string(),
+        "SAG_SIM_DIR=" + app.dir().string(),
+        "SAG_SIM_SLOT=" + name,
+        "SAG_SIM_BOOT=" + std::to_string(n),
+        "SAG_SIM_CONFIG=" + app.Path("agent.yaml").string()};
+    env_add.insert(env_add.end(), agent_env.begin(), agent_env.end());
+    const pid_t pid = Spawn(argv, env_add);
     if (pid < 0) return sag::MakeErrno(Errc::kIo, "fork for " + argv[0]);
     std::optional<std::chrono::milliseconds> cut_in;
     if (cuts_left > 0) {
@@ -435,10 +490,12 @@ Expected<int> CmdBoot(const Args& a) {
       Say("power cut " + std::to_string(ms) + " ms after slot " + name +
           " started (agent killed with SIGKILL)");
       ::kill(-pid, SIGKILL);  // anything the agent left behind in its group
+      KillStrays(medium ? medium->pid() : 0);
       SAG_TRY_STATUS(power_off("the cut"));
       continue;
     }
     ::kill(-pid, SIGKILL);  // power goes away for the agent's children too
+    KillStrays(medium ? medium->pid() : 0);
     if (fs::exists(flag, ec)) {
       Say("agent asked for a reboot (" + ExitText(status) + ")");
       continue;

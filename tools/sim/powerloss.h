@@ -41,6 +41,8 @@ class PowerLossMedium {
   // straight to flash; a clean reboot syncs).
   Status Sync();
   [[nodiscard]] const PowerLossFigures& figures() const { return figures_; }
+  // The file system's server (a child of the simulator).
+  [[nodiscard]] pid_t pid() const { return pid_; }
 
  private:
   PowerLossMedium(std::filesystem::path dir, pid_t pid, bool torn)
