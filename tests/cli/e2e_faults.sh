@@ -8,8 +8,11 @@
 #            (fewer bytes than a restart would take), the job commits;
 #   powercut the appliance's storage on the simulator's power-loss medium
 #            (sag-powerloss: unsynced data lost at a cut): power cut while
-#            the image is written, and again during the trial boot; after
-#            power returns the job commits and the API shows the version;
+#            the image is written, once half of it was checkpointed (the
+#            write resumes at a checkpoint), and again during the trial
+#            boot; after power returns the job commits, the API shows the
+#            version and the slot holds the image byte for byte (a
+#            checkpoint recorded before its chunks were synced loses them);
 #   dpi-netcut   the same cuts under a DPI job (VersionType=Dpi, a 1.5 MB
 #            database of incompressible files streamed into its staging):
 #            the download resumes, the job commits, the API shows the new
@@ -57,8 +60,11 @@ case "$mode" in netcut|powercut|dupjob|silent|dpi-netcut|dpi-powercut) ;; *) ech
 
 lab_init
 size=1500000; [[ $mode == netcut ]] || size=3000000  # 3 MB: 3 chunks of 1 MiB
+# powercut: 10 chunks of 256 KiB, a checkpoint after each (the agent's
+# checkpoints fall on chunk ends), each chunk's write logged (10 %).
+chunk=(); [[ $mode == powercut ]] && size=2621440 chunk=(--chunk-size 262144)
 for v in 1.0.0 1.0.1; do head -c $size /dev/urandom >"$tmp/rootfs-$v.img"; done
-for v in 1.0.0 1.0.1; do sign Device "$v" "$tmp/rootfs-$v.img"; done
+for v in 1.0.0 1.0.1; do sign Device "$v" "$tmp/rootfs-$v.img" "${chunk[@]}"; done
 img_size=$(stat -c %s "$lab/images/Device-1.0.1.sagimg")
 # DPI databases: dpi_db VERSION FILES: FILES files of 64 KiB of random bytes
 # (zstd leaves them as they are: the package is as large as the database),
@@ -144,7 +150,8 @@ dpi_whole() { diff -r "$tmp/dpi-$1" "$dev/state/dpi/versions/$1" >/dev/null 2>&1
 # dpi_store WHEN: `current` names the old or the new database and that one
 # is whole; the old one is whole as long as it is kept.
 dpi_store() {
-  local cur
+  local cur was=$fail
+  fail=0
   cur=$(readlink "$dev/state/dpi/current")
   case "$cur" in
     "versions/$dpi_old" | "versions/$dpi_new") ;;
@@ -154,7 +161,8 @@ dpi_store() {
     diff -r "$tmp/dpi-${cur#versions/}" "$dev/state/dpi/$cur" 2>&1 | head -3 | paste -sd ';')"
   [[ ! -e "$dev/state/dpi/versions/$dpi_old" ]] || dpi_whole "$dpi_old" \
     || bad "$1: the old database $dpi_old is damaged"
-  echo "the store after the cut ($1): current -> ${cur#versions/}, whole"
+  ((fail == 0)) && echo "the store after the cut ($1): current -> ${cur#versions/}, whole"
+  ((fail |= was))
 }
 # engine_loaded VERSION: the fake engine's record of what it loaded.
 engine_loaded() {
@@ -162,8 +170,9 @@ engine_loaded() {
     || bad "the engine loaded '$(head -1 "$dev/dpi-engine/loaded" 2>/dev/null)', $1 expected"
 }
 case "$mode" in
-  # While the image is written (3 s at 1 MB/s), past the first checkpoint.
-  powercut) arm 'into slot' "1.$((RANDOM % 9 + 1))" KILL ;;
+  # While the image is written (2.6 s at 1 MB/s), half of it written and
+  # checkpointed (the checkpoint of chunk k is taken while k+1 is written).
+  powercut) arm 'Writing 50% (5/10)' "0.$((RANDOM % 5))" KILL ;;
   silent) arm 'into slot' 0 STOP ;;
 esac
 
@@ -207,6 +216,12 @@ PY
   ;;
 powercut)
   powered "while the image is written"
+  # Something to resume from: the write goes on at a checkpoint, whose
+  # chunks were synced before it was recorded (read back from the medium
+  # sees unsynced data too: only the slot compared at the end catches a
+  # checkpoint recorded over data the cut took away).
+  wait_log 'resuming the write at chunk' 0 60 || bad "the write did not resume at a checkpoint"
+  echo "$(grep -o 'resuming the write at chunk .*' "$dev.log" | head -1)"
   arm 'resuming in state Rebooting' 0.3 KILL
   powered "during the trial boot"
   wait_job "$job" Committed 120 || die "job $job: $(job_state "$job")"
@@ -317,6 +332,12 @@ else
 fi
 reports_once || fail=1
 [[ $mode == *powercut ]] && device_off "$dev"  # powered off cleanly: the medium unmounted
+if [[ $mode == powercut ]]; then
+  # The slot as the medium kept it, through the cuts: the image, byte for byte.
+  target=$(grep -oE 'into slot [AB]' "$dev.log" | head -1 | awk '{ print tolower($3) }')
+  cmp -n "$size" "$tmp/rootfs-1.0.1.img" "$dev/slot-$target.img" \
+    || bad "slot $target does not hold the image the job committed"
+fi
 echo "jobs: $(cloud_jobs | awk '{ print $1, $4, $5, $6 }' | paste -sd, -); reports: $(cloud_reports | wc -l)"
 ((fail == 0)) && echo "ok: $mode"
 exit $fail

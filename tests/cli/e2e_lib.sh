@@ -15,9 +15,10 @@ dump_store() {
     && mv "$lab/store.json.tmp" "$lab/store.json"
 }
 
-# sign TYPE VERSION PAYLOAD: a signed image in the lab's repository.
+# sign TYPE VERSION PAYLOAD [sag-image create options]: a signed image in
+# the lab's repository.
 sign() {
-  "$image" create --type "$1" --version "$2" --compatible sag-1000 --payload "$3" \
+  "$image" create --type "$1" --version "$2" --compatible sag-1000 --payload "$3" "${@:4}" \
     --key "$lab/pki/signer.key" --cert "$lab/pki/signer.pem" --chain "$lab/pki/signer-chain.pem" \
     --output "$lab/images/$1-$2.sagimg" >/dev/null || die "sign $1 $2"
 }
