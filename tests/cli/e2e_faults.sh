@@ -10,7 +10,8 @@
 #            (sag-powerloss: unsynced data lost at a cut): power cut while
 #            the image is written, once half of it was checkpointed (the
 #            write resumes at a checkpoint), and again during the trial
-#            boot; after power returns the job commits, the API shows the
+#            boot's health check (1 s); after power returns the job
+#            commits, the API shows the
 #            version and the slot holds the image byte for byte (a
 #            checkpoint recorded before its chunks were synced loses them);
 #   dpi-netcut   the same cuts under a DPI job (VersionType=Dpi, a 1.5 MB
@@ -106,6 +107,9 @@ case "$mode" in
   # (3.5 s), under the 10 s silence limit while the agent runs.
   dupjob|silent) printf 'download:\n  bandwidth_limit: 300000\n' >>"$dev/agent.yaml" ;;
 esac
+# powercut: a health check of 1 s, so that the cut during the trial boot
+# lands in it (written before power-on: on the medium and durable).
+[[ $mode == powercut ]] && sed -i '1a sleep 1' "$dev/health-check"
 boot_opts=()
 [[ $mode == *powercut ]] && boot_opts=(--powerloss "$powerloss")
 device_on "$dev" "${boot_opts[@]}"
@@ -139,7 +143,8 @@ powered() {  # WHY
   fired KILL 120 || die "no power cut ($1)"
   for _ in $(seq 100); do kill -0 "${simpids[$dev]}" 2>/dev/null || break; sleep 0.1; done
   wait "${simpids[$dev]}" 2>/dev/null; unset "simpids[$dev]"
-  echo "power cut ($1), in job state $(grep -oE 'job [^ ]+: [A-Za-z]+ -> [A-Za-z]+( \(version [^)]*\))?$' "$dev.log" | tail -1 | sed 's/ (version.*//' | awk '{ print $NF }'): $(grep 'medium after' "$dev.log" | tail -1)"
+  cut_state=$(grep -oE 'job [^ ]+: [A-Za-z]+ -> [A-Za-z]+( \(version [^)]*\))?$' "$dev.log" | tail -1 | sed 's/ (version.*//' | awk '{ print $NF }')
+  echo "power cut ($1), in job state $cut_state: $(grep 'medium after' "$dev.log" | tail -1)"
   # Off: $dev is what the medium kept.
   [[ $mode == dpi-powercut ]] && dpi_store "$1"
   device_on "$dev" "${boot_opts[@]}"
@@ -224,6 +229,7 @@ powercut)
   echo "$(grep -o 'resuming the write at chunk .*' "$dev.log" | head -1)"
   arm 'resuming in state Rebooting' 0.3 KILL
   powered "during the trial boot"
+  [[ $cut_state =~ ^(Rebooting|HealthChecking)$ ]] || bad "the cut missed the trial boot: job state $cut_state"
   wait_job "$job" Committed 120 || die "job $job: $(job_state "$job")"
   grep -q 'medium after the cut\|medium after power-off' "$dev.log" || bad "no cut of the medium was logged"
   ;;
