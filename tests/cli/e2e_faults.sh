@@ -11,9 +11,9 @@
 #            the image is written, once half of it was checkpointed (the
 #            write resumes at a checkpoint), and again during the trial
 #            boot's health check (1 s); after power returns the job
-#            commits, the API shows the
-#            version and the slot holds the image byte for byte (a
-#            checkpoint recorded before its chunks were synced loses them);
+#            commits, the API shows the version and the slot holds the
+#            image byte for byte (a checkpoint recorded before its chunks
+#            were synced loses them);
 #   dpi-netcut   the same cuts under a DPI job (VersionType=Dpi, a 1.5 MB
 #            database of incompressible files streamed into its staging):
 #            the download resumes, the job commits, the API shows the new
