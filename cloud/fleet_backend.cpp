@@ -68,17 +68,20 @@ rpc::InstanceState FleetBackend::Live(rpc::InstanceState instance, const DeviceM
   return instance;
 }
 
-std::vector<rpc::InstanceState> FleetBackend::ListInstances(const std::string& region_id) {
-  // One read of every device instead of one per box (a fleet lists them all).
-  DeviceMap devices;
-  for (DeviceRecord& d : store_.Devices()) {
-    std::string serial = d.serial;
-    devices.emplace(std::move(serial), std::move(d));
-  }
+std::vector<rpc::InstanceState> FleetBackend::ListInstances(const std::string& region_id,
+                                                            bool live) {
   std::vector<rpc::InstanceState> out;
+  // Live: one read of every device instead of one per box.
+  DeviceMap devices;
+  if (live) {
+    for (DeviceRecord& d : store_.Devices()) {
+      std::string serial = d.serial;
+      devices.emplace(std::move(serial), std::move(d));
+    }
+  }
   for (const auto& instance : options_.instances) {
     if (!region_id.empty() && instance.region_id != region_id) continue;
-    out.push_back(Live(instance, &devices));
+    out.push_back(live ? Live(instance, &devices) : instance);
   }
   return out;
 }

@@ -41,7 +41,10 @@ class FleetBackend final : public rpc::ApiBackend {
   // must be registered before the gateway lets it connect).
   Status RegisterDevices();
 
-  std::vector<rpc::InstanceState> ListInstances(const std::string& region_id) override;
+  std::vector<rpc::InstanceState> ListInstances(const std::string& region_id, bool live) override;
+  rpc::InstanceState MakeLive(rpc::InstanceState instance) override {
+    return Live(std::move(instance));
+  }
   std::optional<rpc::InstanceState> FindInstance(const std::string& smartag_id) override;
   std::vector<rpc::CatalogEntry> Catalog(rpc::VersionType type) override;
   // All or nothing (rpc::ApiBackend): every order is checked (image held,

@@ -247,7 +247,12 @@ ActionResult SmartagActions::DescribeGateways(const CallContext& ctx, const Para
     return v == nullptr || v->empty() || *v == value;
   };
   const auto* region = Find(params, "RegionId");
-  auto instances = backend_.ListInstances(region == nullptr ? std::string() : *region);
+  // Status and SoftwareVersion filter on the boxes' live state; without
+  // them, the list is filtered on the configured state and only the page
+  // answered is made live (a call costs its page, not the fleet).
+  const auto* status_filter = Find(params, "Status");
+  const bool live = wanted_version || (status_filter != nullptr && !status_filter->empty());
+  auto instances = backend_.ListInstances(region == nullptr ? std::string() : *region, live);
   std::sort(instances.begin(), instances.end(), [](const InstanceState& a, const InstanceState& b) {
     return a.smartag_id < b.smartag_id;
   });
@@ -285,7 +290,7 @@ ActionResult SmartagActions::DescribeGateways(const CallContext& ctx, const Para
   json list = json::array();
   const auto first = static_cast<std::size_t>((*page_number - 1) * *page_size);
   for (std::size_t i = first; i < selected.size() && i < first + *page_size; ++i) {
-    const InstanceState& inst = *selected[i];
+    const InstanceState inst = live ? *selected[i] : backend_.MakeLive(*selected[i]);
     const DeviceState* master = MasterDevice(inst);
     json g = json::object();
     g["SmartAGId"] = inst.smartag_id;

@@ -94,8 +94,13 @@ class ApiBackend {
   virtual ~ApiBackend() = default;
 
   // Every instance of the region ("" = all regions), of every account; the
-  // API filters by the caller's account.
-  virtual std::vector<InstanceState> ListInstances(const std::string& region_id) = 0;
+  // API filters by the caller's account. With `live`, each box carries its
+  // reported versions and online state; without, only what is configured
+  // (a fleet's list is filtered on that, and only the page answered is
+  // made live: reading every device for each call is O(fleet) per call).
+  virtual std::vector<InstanceState> ListInstances(const std::string& region_id, bool live) = 0;
+  // The instance with its boxes' reported versions and online state.
+  virtual InstanceState MakeLive(InstanceState instance) = 0;
   // nullopt: no instance has this id.
   virtual std::optional<InstanceState> FindInstance(const std::string& smartag_id) = 0;
   // The verified images of one type.

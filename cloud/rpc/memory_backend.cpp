@@ -4,13 +4,35 @@
 
 namespace sag::cloud::rpc {
 
-std::vector<InstanceState> MemoryBackend::ListInstances(const std::string& region_id) {
+std::vector<InstanceState> MemoryBackend::ListInstances(const std::string& region_id, bool live) {
   const std::lock_guard lock(mu_);
   std::vector<InstanceState> out;
   for (const auto& i : instances_) {
-    if (region_id.empty() || i.region_id == region_id) out.push_back(i);
+    if (!region_id.empty() && i.region_id != region_id) continue;
+    out.push_back(i);
+    if (live) continue;
+    for (auto& d : out.back().devices) {
+      d.software_version.clear();
+      d.dpi_signature_db_version.clear();
+      d.online = false;
+      d.state_reported_at.reset();
+    }
   }
   return out;
+}
+
+InstanceState MemoryBackend::MakeLive(InstanceState instance) {
+  const std::lock_guard lock(mu_);
+  ++live_reads_;
+  const auto it = std::find_if(instances_.begin(), instances_.end(), [&](const InstanceState& i) {
+    return i.smartag_id == instance.smartag_id;
+  });
+  return it == instances_.end() ? instance : *it;
+}
+
+std::size_t MemoryBackend::LiveReads() const {
+  const std::lock_guard lock(mu_);
+  return live_reads_;
 }
 
 std::optional<InstanceState> MemoryBackend::FindInstance(const std::string& smartag_id) {

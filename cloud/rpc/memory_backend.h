@@ -15,7 +15,10 @@ namespace sag::cloud::rpc {
 
 class MemoryBackend final : public ApiBackend {
  public:
-  std::vector<InstanceState> ListInstances(const std::string& region_id) override;
+  // As the real backend: without `live`, the boxes' reported versions and
+  // online state are left empty, and MakeLive fills them in.
+  std::vector<InstanceState> ListInstances(const std::string& region_id, bool live) override;
+  InstanceState MakeLive(InstanceState instance) override;
   std::optional<InstanceState> FindInstance(const std::string& smartag_id) override;
   std::vector<CatalogEntry> Catalog(VersionType type) override;
   DispatchResult DispatchUpgrades(const std::vector<UpgradeOrder>& orders) override;
@@ -32,6 +35,8 @@ class MemoryBackend final : public ApiBackend {
   void FailNextDispatch(DispatchResult result);
 
   [[nodiscard]] std::vector<UpgradeOrder> Orders() const;
+  // Instances made live one by one (MakeLive) so far.
+  [[nodiscard]] std::size_t LiveReads() const;
 
  private:
   DeviceState* FindDevice(const std::string& serial);
@@ -41,6 +46,7 @@ class MemoryBackend final : public ApiBackend {
   std::vector<CatalogEntry> catalog_;
   std::vector<UpgradeOrder> orders_;
   DispatchResult next_dispatch_ = DispatchResult::kDispatched;
+  std::size_t live_reads_ = 0;
 };
 
 }  // namespace sag::cloud::rpc

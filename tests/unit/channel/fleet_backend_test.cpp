@@ -180,8 +180,8 @@ TEST_F(FleetBackendTest, AnOfflineBoxShowsNoVersionsAndTakesNoJob) {
   EXPECT_EQ(instance->devices[0].software_version, "");
   EXPECT_FALSE(instance->devices[0].state_reported_at);
   EXPECT_FALSE(backend_->FindInstance("sag-other"));
-  EXPECT_EQ(backend_->ListInstances("cn-beijing").size(), 0U);
-  EXPECT_EQ(backend_->ListInstances("").size(), 2U);
+  EXPECT_EQ(backend_->ListInstances("cn-beijing", true).size(), 0U);
+  EXPECT_EQ(backend_->ListInstances("", true).size(), 2U);
   EXPECT_EQ(Dispatch(Order(rpc::VersionType::kDevice, "1.0.1", "r1")),
             rpc::DispatchResult::kOffline);
   EXPECT_FALSE(store_->FindJob("upg-r1-sag000fleet1"));
