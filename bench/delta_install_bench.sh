@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): real delta installs on the simulator (docs/delta.md,
+# issue 20's "Must show"). For each pair of ext4 images of bench/delta_lib.sh
+# (a tree before and after a minor update, built with and without the build
+# hygiene):
+#   1. a simulated appliance (sag-sim) gets the OLD image installed by the real
+#      sag-agent (format 1, from a file), reboots into it and commits it;
+#   2. the agent installs the NEW image, format 2, as a delta from an HTTPS
+#      server on 127.0.0.1 that sends at most RATE bytes/s (bench/delta_http.py:
+#      one link for all connections), into the other slot (`sag-agent install
+#      URL --no-reboot`);
+#   3. a second appliance running the OLD image installs the NEW image in full,
+#      as today (format 1, 1 MiB chunks, zstd 3), over the same kind of link;
+#   4. casync extracts the NEW image from a casync store (64 KiB average
+#      chunks, zstd) on the same kind of link (plain HTTP), with the OLD image
+#      as seed (skipped when casync is not installed).
+# Each installed slot (and casync's output) is compared byte for byte with the
+# new ext4 image. Printed per pair and method: the bytes the server sent
+# (status lines, headers and bodies: signed header + reuse index + frames for
+# the delta; TLS not counted) as a share of the full format 2 image and of
+# today's format 1 image, the requests the server answered, the install's wall
+# time, the installer's CPU time (user and sys, from /usr/bin/time: sag-agent,
+# or casync with its HTTP helper) and peak RSS, and the 1-minute load average
+# at the end.
+#
+#   nice -n 19 ionice -c3 bench/delta_install_bench.sh
+# Environment: SAG_BUILD (a build directory holding agent/sag-agent,
+# tools/sim/sag-sim and tools/image/sag-image; default: build/release,
+# RelWithDebInfo, built), FRAME (the new image's frames: KIB[:LEVEL] or
+# "default" for sag-image's own; default 32:19), CREATE_OPTS (more options
+# for the format 2 image's `sag-image create`), RATE (bytes/s, default
+# 1048576), TREE_MIB (default 160), IMAGE_MIB (default 256), TREE_DIRS,
+# KEEP_WORK=1. With the defaults one run takes about 8 minutes on 2 cores
+# (most of it building the images at zstd level 19 and the two full installs
+# at 1 MiB/s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+delta_repo=$PWD
+# shellcheck source=bench/delta_lib.sh
+source bench/delta_lib.sh
+if [[ -n "${SAG_BUILD:-}" ]]; then
+  delta_build_dir=$(cd "$SAG_BUILD" && pwd)
+else
+  delta_build sag-agent sag-sim sag-image
+fi
+agent="$delta_build_dir/agent/sag-agent"
+sim="$delta_build_dir/tools/sim/sag-sim"
+image="$delta_build_dir/tools/image/sag-image"
+for b in "$agent" "$sim" "$image"; do [[ -x $b ]] || { echo "missing $b" >&2; exit 1; }; done
+[[ -x /usr/bin/time ]] || { echo "/usr/bin/time (package time) is needed" >&2; exit 1; }
+frame=${FRAME:-32:19}
+frame_opts=$(delta_frame_opts "$frame")
+read -r -a create_opts <<<"${CREATE_OPTS:-}"
+rate=${RATE:-1048576}
+[[ $rate =~ ^[0-9]+$ ]] || { echo "RATE must be bytes per second" >&2; exit 1; }
+have_casync=0
+command -v casync >/dev/null && have_casync=1
+
+server_pid=
+delta_cleanup_hook() {
+  [[ -z "$server_pid" ]] || kill "$server_pid" 2>/dev/null
+}
+delta_setup "$image"
+die() { echo "FAIL: $*" >&2; exit 1; }
+
+echo "== $(date -u +%FT%TZ): $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== tree ${tree_mib} MiB in ext4 images of ${image_mib} MiB; new image: format 2 ($frame:" \
+  "$frame_opts${CREATE_OPTS:+ $CREATE_OPTS}); link $rate B/s; $("$agent" --version 2>&1 | head -1);" \
+  "$([[ $have_casync == 1 ]] && casync --version 2>&1 | head -1 || echo 'casync not installed')"
+delta_pairs
+
+# serve DIR tls|plain: delta_http.py on DIR at the rate; sets server_port,
+# server_pid and server_stats.
+serve() {
+  local tls=()
+  [[ $2 == tls ]] && tls=("$work/pki/server-chain.pem" "$work/pki/server.key")
+  rm -f "$work/port"
+  server_stats="$work/stats.json"
+  python3 "$delta_repo/bench/delta_http.py" "$1" "$work/port" "$server_stats" "$rate" "${tls[@]}" &
+  server_pid=$!
+  for _ in $(seq 200); do [[ -s "$work/port" ]] && break; sleep 0.05; done
+  [[ -s "$work/port" ]] || die "the HTTP server did not start"
+  server_port=$(cat "$work/port")
+}
+unserve() {
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=
+}
+# measure NAME EXPECTED SLOT_FILE COMMAND...: runs COMMAND under /usr/bin/time
+# (output $work/NAME.out, log $work/NAME.log), then compares SLOT_FILE with
+# EXPECTED; appends to $work/rows: NAME bytes requests wall user sys rss_kib
+# exact load1.
+measure() {
+  local name=$1 expected=$2 slot=$3 rc=0 exact=no
+  shift 3
+  /usr/bin/time -f '%e %U %S %M' -o "$work/time" "$@" >"$work/$name.out" 2>"$work/$name.log" || rc=$?
+  unserve
+  cp "$server_stats" "$work/$name.stats.json"
+  if [[ $rc != 0 ]]; then
+    echo "$name failed (exit $rc):" >&2
+    tail -n 5 "$work/$name.out" "$work/$name.log" >&2
+  fi
+  cmp -s -n "$(delta_size "$expected")" "$slot" "$expected" && exact=yes
+  read -r wall user sys rss < <(tail -1 "$work/time")
+  read -r bytes requests < <(python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(s["bytes"], s["requests"])' "$server_stats")
+  echo "$name $bytes $requests $wall $user $sys $rss $exact $(cut -d' ' -f1 /proc/loadavg)" >>"$work/rows"
+}
+# device NAME [sim init options]: a simulated appliance $work/NAME with the
+# test PKI's device identity, logging at info.
+device() {
+  local dev="$work/$1"
+  shift
+  "$sim" init "$dev" --slot-size $((image_mib << 20)) --root-ca "$work/pki/root-ca.pem" "$@" >/dev/null
+  cp "$work/pki/device-sag-sim-0001-chain.pem" "$dev/pki/device.pem"
+  cp "$work/pki/device-sag-sim-0001.key" "$dev/pki/device.key"
+  sed -i 's/level: debug/level: info/' "$dev/agent.yaml"
+}
+
+: >"$work/rows"
+for h in hygiene plain; do
+  mkdir -p "$work/srv"
+  delta_create 1.1.0 "$work/old-$h.ext4" "$work/old-$h.img" --format 1 --chunk-size 1048576 --level 3
+  start=$EPOCHREALTIME
+  # shellcheck disable=SC2086  # frame_opts are words
+  delta_create 1.2.0 "$work/new-$h.ext4" "$work/srv/new2.img" $frame_opts "${create_opts[@]}"
+  build_s=$(python3 -c "print(f'{$EPOCHREALTIME - $start:.0f}')")
+  delta_create 1.2.0 "$work/new-$h.ext4" "$work/srv/new1.img" --format 1 --chunk-size 1048576 --level 3
+  full2=$(delta_size "$work/srv/new2.img")
+  today=$(delta_size "$work/srv/new1.img")
+
+  # 1. The OLD image installed by the agent, booted and committed (slot B).
+  device "dev-$h"
+  dev="$work/dev-$h"
+  mkdir -p "$dev/state/inbox"
+  printf '{"id": "old", "source": "%s"}\n' "$work/old-$h.img" >"$dev/state/inbox/old.json"
+  "$sim" boot "$dev" --agent "$agent" --max-boots 3 -- run --once --config "$dev/agent.yaml" \
+    >"$work/boot-$h.log" 2>&1 || true
+  grep -q 'committed: slot B runs 1.1.0' "$work/boot-$h.log" \
+    || { tail -20 "$work/boot-$h.log" >&2; die "the old image was not installed and committed"; }
+  # 2. The NEW image as a delta into slot A.
+  serve "$work/srv" tls
+  measure "delta-$h" "$work/new-$h.ext4" "$dev/slot-a.img" "$agent" install \
+    "https://127.0.0.1:$server_port/new2.img" --config "$dev/agent.yaml" --no-reboot --id "delta-$h"
+  # 3. The NEW image in full (today's format 1) on an appliance running OLD.
+  device "full-$h" --slot-a "$work/old-$h.ext4" --version 1.1.0
+  echo "console=ttyS0 sag.slot=A" >"$work/full-$h/cmdline"  # booted from A (no sag-sim boot)
+  serve "$work/srv" tls
+  measure "full-$h" "$work/new-$h.ext4" "$work/full-$h/slot-b.img" "$agent" install \
+    "https://127.0.0.1:$server_port/new1.img" --config "$work/full-$h/agent.yaml" --no-reboot \
+    --id "full-$h"
+  rm -rf "$work/full-$h"
+  # 4. casync, the OLD image as seed.
+  store_bytes=-
+  if [[ $have_casync == 1 ]]; then
+    mkdir -p "$work/cas"
+    casync make --compression=zstd --store="$work/cas/store" "$work/cas/new.caibx" \
+      "$work/new-$h.ext4" >/dev/null
+    store_bytes=$(find "$work/cas/store" -name '*.cacnk' -printf '%s\n' | awk '{s += $1} END {print s}')
+    serve "$work/cas" plain
+    measure "casync-$h" "$work/new-$h.ext4" "$work/cas/out.ext4" casync extract \
+      --store="http://127.0.0.1:$server_port/store" --seed="$work/old-$h.ext4" \
+      "http://127.0.0.1:$server_port/new.caibx" "$work/cas/out.ext4"
+    rm -rf "$work/cas"
+  fi
+
+  echo
+  echo "== pair built with$([[ $h == plain ]] && echo "out") hygiene: new image format 2 ($frame)" \
+    "$full2 bytes (built in $build_s s), today's format 1 $today bytes, casync store $store_bytes bytes"
+  printf '%-26s %11s %8s %8s %8s %8s %7s %7s %8s %5s %5s\n' method downloaded of_full of_today \
+    requests wall_s user_s sys_s rss_MiB exact load1
+  declare -A walls=()
+  for m in delta full casync; do
+    read -r _ bytes requests wall user sys rss exact load < <(grep "^$m-$h " "$work/rows") || continue
+    case $m in
+      delta) label="delta, format 2 $frame" ;;
+      full) label="full, format 1 (today)" ;;
+      casync) label="casync extract --seed" ;;
+    esac
+    printf '%-26s %11d %7s%% %7s%% %8d %8.1f %7.2f %7.2f %8d %5s %5s\n' "$label" "$bytes" \
+      "$(delta_pct "$bytes" "$full2")" "$(delta_pct "$bytes" "$today")" "$requests" "$wall" "$user" \
+      "$sys" $((rss / 1024)) "$exact" "$load"
+    walls[$m]=$wall
+  done
+  echo "delta install time: $(delta_pct "${walls[delta]}" "${walls[full]}")% of the full install's at $rate B/s"
+  # What the delta's requests were: the header GET (a stream stopped once the
+  # signed header is verified; what it read ahead is counted), then the index
+  # and the planned ranges.
+  python3 - "$work/delta-$h.stats.json" "$("$image" inspect --json "$work/srv/new2.img" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["payload_offset"])')" <<'PY'
+import json, sys
+s, header = json.load(open(sys.argv[1])), int(sys.argv[2])
+first, rest = s["log"][0], s["log"][1:]
+print(f"delta at the server: header GET {first[4]} bytes (signed header {header}, so "
+      f"{first[4] - header} bytes of HTTP headers and read-ahead), index + frames "
+      f"{sum(r[4] for r in rest)} bytes in {len(rest)} range requests")
+PY
+  sed -n -E 's/.*job delta-[a-z]+: ((delta from frame|delta written).*)$/agent: \1/p' "$work/delta-$h.log"
+  rm -rf "$work/srv" "$dev" "$work/old-$h.img"
+done
+awk '$8 != "yes" { bad = 1; print "NOT EXACT: " $1 } END { exit bad }' "$work/rows"
+echo "== load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
