@@ -4,14 +4,17 @@
 # (a tree before and after a minor update, built with and without the build
 # hygiene):
 #   1. a simulated appliance (sag-sim) gets the OLD image installed by the real
-#      sag-agent (format 1, from a file), reboots into it and commits it;
-#   2. the agent installs the NEW image, format 2, as a delta from an HTTPS
-#      server on 127.0.0.1 that sends at most RATE bytes/s (bench/delta_http.py:
-#      one link for all connections), into the other slot (`sag-agent install
-#      URL --no-reboot`);
-#   3. a second appliance running the OLD image installs the NEW image in full,
-#      as today (format 1, 1 MiB chunks, zstd 3), over the same kind of link;
-#   4. casync extracts the NEW image from a casync store (64 KiB average
+#      sag-agent as a delta (format 2, from the factory image, no rate limit),
+#      reboots into it and commits it: slot B, its block-hash index kept;
+#   2. the agent installs the NEW image, format 2, as a delta ("index kept")
+#      from an HTTPS server on 127.0.0.1 that sends at most RATE bytes/s
+#      (bench/delta_http.py: one link for all connections), into the other
+#      slot (`sag-agent install URL --no-reboot`);
+#   3. the same on an appliance running OLD from a full install ("slot read":
+#      no index, the plan reads and hashes the running slot);
+#   4. an appliance running OLD installs the NEW image in full, as today
+#      (format 1, 1 MiB chunks, zstd 3), over the same kind of link;
+#   5. casync extracts the NEW image from a casync store (64 KiB average
 #      chunks, zstd) on the same kind of link (plain HTTP), with the OLD image
 #      as seed (skipped when casync is not installed).
 # Each installed slot (and casync's output) is compared byte for byte with the
@@ -30,9 +33,9 @@
 # "default" for sag-image's own; default 32:19), CREATE_OPTS (more options
 # for the format 2 image's `sag-image create`), RATE (bytes/s, default
 # 1048576), TREE_MIB (default 160), IMAGE_MIB (default 256), TREE_DIRS,
-# KEEP_WORK=1. With the defaults one run takes about 8 minutes on 2 cores
-# (most of it building the images at zstd level 19 and the two full installs
-# at 1 MiB/s).
+# KEEP_WORK=1. With the defaults one run takes about 10 minutes on a loaded
+# 2-core machine (most of it building the two new images at zstd level 19 and
+# the two full installs at 1 MiB/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 delta_repo=$PWD
@@ -69,14 +72,15 @@ echo "== tree ${tree_mib} MiB in ext4 images of ${image_mib} MiB; new image: for
   "$([[ $have_casync == 1 ]] && casync --version 2>&1 | head -1 || echo 'casync not installed')"
 delta_pairs
 
-# serve DIR tls|plain: delta_http.py on DIR at the rate; sets server_port,
-# server_pid and server_stats.
+# serve DIR tls|plain [RATE]: delta_http.py on DIR at RATE (default $rate)
+# bytes/s; sets server_port, server_pid and server_stats.
 serve() {
   local tls=()
   [[ $2 == tls ]] && tls=("$work/pki/server-chain.pem" "$work/pki/server.key")
   rm -f "$work/port"
   server_stats="$work/stats.json"
-  python3 "$delta_repo/bench/delta_http.py" "$1" "$work/port" "$server_stats" "$rate" "${tls[@]}" &
+  python3 "$delta_repo/bench/delta_http.py" "$1" "$work/port" "$server_stats" "${3:-$rate}" \
+    "${tls[@]}" &
   server_pid=$!
   for _ in $(seq 200); do [[ -s "$work/port" ]] && break; sleep 0.05; done
   [[ -s "$work/port" ]] || die "the HTTP server did not start"
@@ -94,7 +98,10 @@ unserve() {
 measure() {
   local name=$1 expected=$2 slot=$3 rc=0 exact=no
   shift 3
-  /usr/bin/time -f '%e %U %S %M' -o "$work/time" "$@" >"$work/$name.out" 2>"$work/$name.log" || rc=$?
+  # timeout's own few hundred KiB aside, time reports the command's rusage
+  # (the children's maximum RSS and summed CPU reach it through timeout).
+  /usr/bin/time -f '%e %U %S %M' -o "$work/time" timeout 1800 "$@" >"$work/$name.out" \
+    2>"$work/$name.log" || rc=$?
   unserve
   cp "$server_stats" "$work/$name.stats.json"
   if [[ $rc != 0 ]]; then
@@ -123,7 +130,7 @@ device() {
 : >"$work/rows"
 for h in hygiene plain; do
   mkdir -p "$work/srv"
-  delta_create 1.1.0 "$work/old-$h.ext4" "$work/old-$h.img" --format 1 --chunk-size 1048576 --level 3
+  delta_create 1.1.0 "$work/old-$h.ext4" "$work/srv/old2.img" --format 2 --frame-size 32768 --level 3
   start=$EPOCHREALTIME
   # shellcheck disable=SC2086  # frame_opts are words
   delta_create 1.2.0 "$work/new-$h.ext4" "$work/srv/new2.img" $frame_opts "${create_opts[@]}"
@@ -132,28 +139,45 @@ for h in hygiene plain; do
   full2=$(delta_size "$work/srv/new2.img")
   today=$(delta_size "$work/srv/new1.img")
 
-  # 1. The OLD image installed by the agent, booted and committed (slot B).
-  device "dev-$h"
-  dev="$work/dev-$h"
+  # 1. The OLD image installed by the agent as a delta (from the factory
+  # image: zeros; no rate limit), booted and committed: slot B, with its
+  # block-hash index kept beside it.
+  device "kept-$h"
+  dev="$work/kept-$h"
   mkdir -p "$dev/state/inbox"
-  printf '{"id": "old", "source": "%s"}\n' "$work/old-$h.img" >"$dev/state/inbox/old.json"
-  "$sim" boot "$dev" --agent "$agent" --max-boots 3 -- run --once --config "$dev/agent.yaml" \
-    >"$work/boot-$h.log" 2>&1 || true
+  serve "$work/srv" tls 0
+  printf '{"id": "old", "source": "https://127.0.0.1:%s/old2.img"}\n' "$server_port" \
+    >"$dev/state/inbox/old.json"
+  timeout 900 "$sim" boot "$dev" --agent "$agent" --max-boots 3 -- run --once \
+    --config "$dev/agent.yaml" >"$work/boot-$h.log" 2>&1 || true
+  unserve
   grep -q 'committed: slot B runs 1.1.0' "$work/boot-$h.log" \
     || { tail -20 "$work/boot-$h.log" >&2; die "the old image was not installed and committed"; }
-  # 2. The NEW image as a delta into slot A.
+  [[ -s "$dev/state/slot-B.blockhashes" ]] || die "no block-hash index kept beside slot B"
+  # 2. The NEW image as a delta into slot A, the running slot looked up by its
+  # index (every install a delta).
   serve "$work/srv" tls
-  measure "delta-$h" "$work/new-$h.ext4" "$dev/slot-a.img" "$agent" install \
-    "https://127.0.0.1:$server_port/new2.img" --config "$dev/agent.yaml" --no-reboot --id "delta-$h"
-  # 3. The NEW image in full (today's format 1) on an appliance running OLD.
+  measure "kept-$h" "$work/new-$h.ext4" "$dev/slot-a.img" "$agent" install \
+    "https://127.0.0.1:$server_port/new2.img" --config "$dev/agent.yaml" --no-reboot --id "kept-$h"
+  rm -rf "$dev"
+  # 3. The same on an appliance that runs OLD from a full install (no index:
+  # the plan reads and hashes the running slot).
+  device "read-$h" --slot-a "$work/old-$h.ext4" --version 1.1.0
+  echo "console=ttyS0 sag.slot=A" >"$work/read-$h/cmdline"  # booted from A (no sag-sim boot)
+  serve "$work/srv" tls
+  measure "read-$h" "$work/new-$h.ext4" "$work/read-$h/slot-b.img" "$agent" install \
+    "https://127.0.0.1:$server_port/new2.img" --config "$work/read-$h/agent.yaml" --no-reboot \
+    --id "read-$h"
+  rm -rf "$work/read-$h"
+  # 4. The NEW image in full (today's format 1) on an appliance running OLD.
   device "full-$h" --slot-a "$work/old-$h.ext4" --version 1.1.0
-  echo "console=ttyS0 sag.slot=A" >"$work/full-$h/cmdline"  # booted from A (no sag-sim boot)
+  echo "console=ttyS0 sag.slot=A" >"$work/full-$h/cmdline"
   serve "$work/srv" tls
   measure "full-$h" "$work/new-$h.ext4" "$work/full-$h/slot-b.img" "$agent" install \
     "https://127.0.0.1:$server_port/new1.img" --config "$work/full-$h/agent.yaml" --no-reboot \
     --id "full-$h"
   rm -rf "$work/full-$h"
-  # 4. casync, the OLD image as seed.
+  # 5. casync, the OLD image as seed.
   store_bytes=-
   if [[ $have_casync == 1 ]]; then
     mkdir -p "$work/cas"
@@ -173,10 +197,11 @@ for h in hygiene plain; do
   printf '%-26s %11s %8s %8s %8s %8s %7s %7s %8s %5s %5s\n' method downloaded of_full of_today \
     requests wall_s user_s sys_s rss_MiB exact load1
   declare -A walls=()
-  for m in delta full casync; do
+  for m in kept read full casync; do
     read -r _ bytes requests wall user sys rss exact load < <(grep "^$m-$h " "$work/rows") || continue
     case $m in
-      delta) label="delta, format 2 $frame" ;;
+      kept) label="delta $frame, index kept" ;;
+      read) label="delta $frame, slot read" ;;
       full) label="full, format 1 (today)" ;;
       casync) label="casync extract --seed" ;;
     esac
@@ -185,11 +210,12 @@ for h in hygiene plain; do
       "$sys" $((rss / 1024)) "$exact" "$load"
     walls[$m]=$wall
   done
-  echo "delta install time: $(delta_pct "${walls[delta]}" "${walls[full]}")% of the full install's at $rate B/s"
+  echo "delta install time: $(delta_pct "${walls[kept]}" "${walls[full]}")% (index kept)," \
+    "$(delta_pct "${walls[read]}" "${walls[full]}")% (slot read) of the full install's at $rate B/s"
   # What the delta's requests were: the header GET (a stream stopped once the
   # signed header is verified; what it read ahead is counted), then the index
   # and the planned ranges.
-  python3 - "$work/delta-$h.stats.json" "$("$image" inspect --json "$work/srv/new2.img" |
+  python3 - "$work/kept-$h.stats.json" "$("$image" inspect --json "$work/srv/new2.img" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["payload_offset"])')" <<'PY'
 import json, sys
 s, header = json.load(open(sys.argv[1])), int(sys.argv[2])
@@ -198,8 +224,11 @@ print(f"delta at the server: header GET {first[4]} bytes (signed header {header}
       f"{first[4] - header} bytes of HTTP headers and read-ahead), index + frames "
       f"{sum(r[4] for r in rest)} bytes in {len(rest)} range requests")
 PY
-  sed -n -E 's/.*job delta-[a-z]+: ((delta from frame|delta written).*)$/agent: \1/p' "$work/delta-$h.log"
-  rm -rf "$work/srv" "$dev" "$work/old-$h.img"
+  for m in kept read; do
+    grep -E "job $m-$h: (delta from frame|delta written)|the delta plan reads the slot" "$work/$m-$h.log" |
+      sed -E "s/^<[0-9]>/agent ($m): /" || true
+  done
+  rm -rf "$work/srv"
 done
 awk '$8 != "yes" { bad = 1; print "NOT EXACT: " $1 } END { exit bad }' "$work/rows"
 echo "== load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
