@@ -10,8 +10,9 @@ KEY are given. RATE (bytes per second, 0: none) limits everything it sends,
 over all connections together, as one link would: each write of at most
 16 KiB waits for its turn on a shared clock. After each request STATS_FILE
 gets {"requests": N, "bytes": B, "body_bytes": BB, "log": [[method, path,
-range, status, bytes], ...]}, bytes counting the status line, headers and body
-as sent (TLS records and handshakes not counted).
+range, status, bytes, start_s, end_s], ...]}: bytes count the status line,
+headers and body as sent (TLS records and handshakes not counted), start_s
+and end_s are seconds since the server started.
 """
 import json
 import os
@@ -28,6 +29,7 @@ tls = sys.argv[5:7] if len(sys.argv) >= 7 else None
 
 lock = threading.Lock()
 state = {"requests": 0, "bytes": 0, "body_bytes": 0, "log": []}
+t0 = time.monotonic()
 link = {"free_at": 0.0}  # when the link has sent everything queued so far
 STEP = 16 << 10
 
@@ -81,6 +83,7 @@ class Handler(BaseHTTPRequestHandler):
     def serve(self, body):
         path = os.path.normpath(os.path.join(root, self.path.split("?")[0].lstrip("/")))
         sent = [0]
+        began = time.monotonic()
         rng_header = self.headers.get("Range", "")
         if not path.startswith(root + os.sep) or not os.path.isfile(path):
             status, first, last, size = 404, 0, -1, 0
@@ -89,8 +92,8 @@ class Handler(BaseHTTPRequestHandler):
             rng = parse_range(rng_header, size)
             status, (first, last) = (206, rng) if rng else (200, (0, size - 1))
         length = last - first + 1
-        head = [f"HTTP/1.1 {status} {'Partial Content' if status == 206 else 'OK' if status == 200 else 'Not Found'}",
-                f"Content-Length: {length}", "Accept-Ranges: bytes",
+        reason = {200: "OK", 206: "Partial Content", 404: "Not Found"}[status]
+        head = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {length}", "Accept-Ranges: bytes",
                 "Content-Type: application/octet-stream"]
         if status == 206:
             head.append(f"Content-Range: bytes {first}-{last}/{size}")
@@ -115,7 +118,8 @@ class Handler(BaseHTTPRequestHandler):
                 state["requests"] += 1
                 state["bytes"] += sent[0]
                 state["body_bytes"] += max(0, sent[0] - len(raw))
-                state["log"].append([self.command, self.path, rng_header, status, sent[0]])
+                state["log"].append([self.command, self.path, rng_header, status, sent[0],
+                                     round(began - t0, 3), round(time.monotonic() - t0, 3)])
                 save()
 
     def do_GET(self):
