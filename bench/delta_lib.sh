@@ -32,11 +32,8 @@ delta_setup() {
   image_mib=${IMAGE_MIB:-256}
   command -v mkfs.ext4 >/dev/null || { echo "mkfs.ext4 (e2fsprogs) is needed" >&2; exit 1; }
   work=$(mktemp -d "${TMPDIR:-/tmp}/sag-delta-bench-XXXXXX")
-  if [[ -n "${KEEP_WORK:-}" ]]; then
-    echo "work directory: $work"
-  else
-    trap 'delta_cleanup' EXIT
-  fi
+  [[ -z "${KEEP_WORK:-}" ]] || echo "work directory: $work"
+  trap 'delta_cleanup' EXIT
   "$delta_image_bin" pki init "$work/pki" >/dev/null
 }
 
