@@ -15,7 +15,8 @@
 # build/release), TREE_DIRS (source directories, default below), TREE_MIB
 # (how much of them to copy, default 160), IMAGE_MIB (ext4 size, default 256),
 # FRAMES (frame sizes in KiB, each optionally :LEVEL for zstd, default
-# "4 16 32 64 1024 32:9 64:9 16:19 32:19 64:19"), GAP (--max-gap, bytes), KEEP_WORK=1 (keep the images).
+# "4 16 32 64 1024 32:9 64:9 16:19 32:19 64:19"), GAP (--max-gap, bytes), KEEP_WORK=1 (keep the images),
+# FORMAT (the delta format, 2 or 3; default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -31,6 +32,7 @@ tree_mib=${TREE_MIB:-160}
 image_mib=${IMAGE_MIB:-256}
 frames=${FRAMES:-"4 16 32 64 1024 32:9 64:9 16:19 32:19 64:19"}
 gap=${GAP:-16384}
+format=${FORMAT:-3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/sag-delta-bench-XXXXXX")
 [[ -n "${KEEP_WORK:-}" ]] && echo "work directory: $work" || trap 'rm -rf "$work"' EXIT
 "$bin" pki init "$work/pki" >/dev/null
@@ -139,7 +141,7 @@ for h in hygiene plain; do
     f=${fl%%:*}
     level=3
     [[ $fl == *:* ]] && level=${fl##*:}
-    create "$work/new-$h.ext4" "$work/v2.img" --format 2 --frame-size $((f * 1024)) --level "$level"
+    create "$work/new-$h.ext4" "$work/v2.img" --format "$format" --frame-size $((f * 1024)) --level "$level"
     full=$(size "$work/v2.img")
     "$bin" delta-plan --ca "$work/pki/root-ca.pem" "$work/v2.img" \
       --local "$work/old-$h.ext4" --max-gap "$gap" --json >"$work/plan.json"
