@@ -143,6 +143,11 @@ inline constexpr std::uint64_t kReuseBlockSize = 4096;
 // 1 MiB chunks at level 3 (level 3: +18 %). Measurements in docs/delta.md.
 inline constexpr std::uint64_t kDefaultFrameSize = 32U << 10U;
 inline constexpr int kDefaultFrameLevel = 19;
+// sag-image create --format 3's frame size unless told otherwise: with
+// format 3's smaller header, 16 KiB frames download less than 32 KiB ones
+// (9.2 % of today's image against 10.8 %) and the full image stays within
+// 10 % of format 1's (+8.3 %); a 4 GiB image's manifest stays under 12.6 MiB.
+inline constexpr std::uint64_t kDefaultCompactFrameSize = 16U << 10U;
 inline constexpr std::uint64_t kReuseHashBytes = 8;
 // Bytes per frame in format 2's binary frame table (before base64): the
 // compressed length (u32 LE), the SHA-256 of the content, of the compressed bytes.

@@ -154,7 +154,7 @@ int Create(const Args& a) {
   }
   const bool delta = p.format == kFormatDelta || p.format == kFormatCompact;
   if (delta) {
-    p.chunk_size = kDefaultFrameSize;
+    p.chunk_size = p.format == kFormatCompact ? kDefaultCompactFrameSize : kDefaultFrameSize;
     p.zstd_level = kDefaultFrameLevel;  // small frames need it (docs/delta.md); slower builds
   }
   const auto cs = a.Get("chunk-size");

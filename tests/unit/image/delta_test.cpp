@@ -612,7 +612,8 @@ TEST_F(DeltaTest, MalformedOrHostileFormat3ManifestsAreRefused) {
     EXPECT_EQ(m.error().code(), code) << what << ": " << m.error().ToString();
   };
   // The table as a zstd frame of `raw` (declared content size as given).
-  const auto table = [](const std::string& raw, bool with_size = true, std::string tail = "") {
+  const auto table = [](const std::string& raw, bool with_size = true,
+                        const std::string& tail = "") {
     ZSTD_CCtx* cctx = ZSTD_createCCtx();
     ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, with_size ? 1 : 0);
     std::string z(ZSTD_compressBound(raw.size()), '\0');
