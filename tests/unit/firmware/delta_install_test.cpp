@@ -199,6 +199,21 @@ class DeltaInstallTest : public ::testing::Test {
     return MakeInstaller()->Resume();
   }
 
+  // Installs image `name` (v2's payload) from a server that ignores Range,
+  // with the full fallback configured.
+  void InstallsInFull(const std::string& name) {
+    test::TestHttpServer server(g_images->Bytes(name), g_images->Tls());
+    test::Faults faults;
+    faults.ignore_range = true;
+    server.SetFaults(faults);
+    auto r = MakeInstaller()->Start(JobSpec{"d-full", server.Url("/v2.sagimg"), false, true});
+    ASSERT_TRUE(r) << r.error().ToString();
+    ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+    ASSERT_TRUE(r->delta);
+    EXPECT_TRUE(r->delta->full_fallback);
+    EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  }
+
   test::TempDir dir_;
   platform::FakeBootControl boot_;
   std::unique_ptr<platform::SlotDevice> slot_a_;
@@ -319,16 +334,12 @@ TEST_F(DeltaInstallTest, ServerWithoutRangeFailsClearlyByDefault) {
 
 TEST_F(DeltaInstallTest, ServerWithoutRangeInstallsInFullWhenConfigured) {
   full_fallback_ = true;
-  test::TestHttpServer server(g_images->Bytes("v2"), g_images->Tls());
-  test::Faults faults;
-  faults.ignore_range = true;
-  server.SetFaults(faults);
-  auto r = MakeInstaller()->Start(JobSpec{"d-full", server.Url("/v2.sagimg"), false, true});
-  ASSERT_TRUE(r) << r.error().ToString();
-  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
-  ASSERT_TRUE(r->delta);
-  EXPECT_TRUE(r->delta->full_fallback);
-  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  InstallsInFull("v2");
+}
+
+TEST_F(DeltaInstallTest, ServerWithoutRangeInstallsFormat3InFullWhenConfigured) {
+  full_fallback_ = true;
+  InstallsInFull("v2-f3");
 }
 
 // Format 3 (compact frame table, 5-byte index hashes): a delta from a slot
