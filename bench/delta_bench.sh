@@ -15,7 +15,8 @@
 # build/release), TREE_DIRS (source directories, default below), TREE_MIB
 # (how much of them to copy, default 160), IMAGE_MIB (ext4 size, default 256),
 # FRAMES (frame sizes in KiB, each optionally :LEVEL for zstd, default
-# "4 16 32 64 1024 32:9 64:9 16:19 32:19 64:19"), GAP (--max-gap, bytes), KEEP_WORK=1 (keep the images).
+# "4 16 32 64 1024 32:9 64:9 16:19 32:19 64:19"), GAP (--max-gap, bytes), KEEP_WORK=1 (keep the images),
+# FORMAT (the delta format, 2 or 3; default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 delta_repo=$PWD

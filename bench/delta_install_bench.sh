@@ -30,8 +30,8 @@
 # Environment: SAG_BUILD (a build directory holding agent/sag-agent,
 # tools/sim/sag-sim and tools/image/sag-image; default: build/release,
 # RelWithDebInfo, built), FRAME (the new image's frames: KIB[:LEVEL] or
-# "default" for sag-image's own; default 32:19), CREATE_OPTS (more options
-# for the format 2 image's `sag-image create`), RATE (bytes/s, default
+# "default" for sag-image's own; default 16:19), FORMAT (default 3), CREATE_OPTS (more options
+# for the new image's `sag-image create`), RATE (bytes/s, default
 # 1048576), PAIRS (default "hygiene plain"; one of them halves the time),
 # TREE_MIB (default 160), IMAGE_MIB (default 256), TREE_DIRS, KEEP_WORK=1.
 # With the defaults one run took 10 minutes on a 2-core machine at a load
@@ -52,7 +52,7 @@ sim="$delta_build_dir/tools/sim/sag-sim"
 image="$delta_build_dir/tools/image/sag-image"
 for b in "$agent" "$sim" "$image"; do [[ -x $b ]] || { echo "missing $b" >&2; exit 1; }; done
 [[ -x /usr/bin/time ]] || { echo "/usr/bin/time (package time) is needed" >&2; exit 1; }
-frame=${FRAME:-32:19}
+frame=${FRAME:-16:19}
 frame_opts=$(delta_frame_opts "$frame")
 read -r -a create_opts <<<"${CREATE_OPTS:-}"
 rate=${RATE:-1048576}

@@ -28,8 +28,16 @@ using platform::Slot;
 // The block-hash index kept beside an installed slot (state_dir/
 // slot-X.blockhashes): magic, the SHA-256 of the payload it describes, the
 // block count (u64 LE), the hashes (u64 LE each), and a SHA-256 of all of
-// that, so that a torn or damaged file is never taken for an index.
+// that, so that a torn or damaged file is never taken for an index. The
+// magic's 7th byte says how many bytes of each hash are meaningful: '1' for
+// 8 (format 2's index, the first version of the file), '5' to '7' for that
+// many (format 3's).
 constexpr std::array<std::uint8_t, 8> kIndexMagic{'S', 'A', 'G', 'B', 'I', 'X', '1', '\n'};
+constexpr std::size_t kIndexMagicHashBytes = 6;  // the byte of kIndexMagic that varies
+
+char MagicHashByte(std::uint64_t hash_bytes) {
+  return hash_bytes >= image::kReuseHashBytes ? '1' : static_cast<char>('0' + hash_bytes);
+}
 constexpr std::size_t kIndexHead = kIndexMagic.size() + 32 + 8;
 // Slot read-back in pieces of this size.
 constexpr std::size_t kReadPiece = 256U << 10U;
@@ -50,20 +58,36 @@ std::uint64_t BlockCount(std::uint64_t bytes) {
   return (bytes + image::kReuseBlockSize - 1) / image::kReuseBlockSize;
 }
 
-// Checks a downloaded frame against its signed hashes (the compressed bytes
-// before they are decompressed, then the content) and decompresses it.
+// Checks a downloaded frame against its signed hashes (format 2: the
+// compressed bytes before they are decompressed; format 3, which signs no
+// per-frame compressed hash: one zstd frame of exactly the frame's size,
+// decompressed into a buffer of that size) and its content.
 Status DecodeFrame(const image::Manifest& m, std::size_t f, std::span<const std::uint8_t> z,
                    std::vector<std::uint8_t>& out) {
   const auto& c = m.chunks[f];
-  if (z.size() != c.length || Sha256::Of(z) != c.zsha256) {
+  const bool zsha = image::HasChunkZsha(m);
+  if (z.size() != c.length || (zsha && Sha256::Of(z) != c.zsha256)) {
     return Error(Errc::kChunkHashMismatch,
                  "frame " + std::to_string(f) +
                      " as downloaded does not match its signed SHA-256; the file on the server "
                      "is damaged or is not this image");
   }
+  if (!zsha && (ZSTD_getFrameContentSize(z.data(), z.size()) != c.size ||
+                ZSTD_findFrameCompressedSize(z.data(), z.size()) != z.size())) {
+    return Error(Errc::kChunkHashMismatch,
+                 "frame " + std::to_string(f) + " as downloaded is not one zstd frame of " +
+                     std::to_string(c.size) +
+                     " bytes; the file on the server is damaged or is not this image");
+  }
   out.resize(c.size);
   const std::size_t n = ZSTD_decompress(out.data(), out.size(), z.data(), z.size());
   if (ZSTD_isError(n) != 0U || n != c.size) {
+    if (!zsha) {
+      return Error(Errc::kChunkHashMismatch,
+                   "frame " + std::to_string(f) + " as downloaded does not decompress to " +
+                       std::to_string(c.size) +
+                       " bytes; the file on the server is damaged or is not this image");
+    }
     return Error(Errc::kDecompress,
                  "frame " + std::to_string(f) + " is signed but does not decompress to " +
                      std::to_string(c.size) + " bytes; rebuild the image with sag-image");
@@ -112,10 +136,12 @@ std::filesystem::path DeviceInstaller::SlotIndexPath(Slot slot) const {
 }
 
 Status DeviceInstaller::KeepSlotIndex(Slot slot, const Digest& payload_sha256,
-                                      std::span<const image::BlockHash> hashes) {
+                                      std::span<const image::BlockHash> hashes,
+                                      std::uint64_t hash_bytes) {
   std::string out;
   out.reserve(kIndexHead + hashes.size() * 8 + 32);
   out.append(kIndexMagic.begin(), kIndexMagic.end());
+  out[kIndexMagicHashBytes] = MagicHashByte(hash_bytes);
   out.append(payload_sha256.begin(), payload_sha256.end());
   PutU64(out, hashes.size());
   for (const auto h : hashes) PutU64(out, h);
@@ -128,7 +154,7 @@ Status DeviceInstaller::KeepSlotIndex(Slot slot, const Digest& payload_sha256,
 
 // The index kept beside `slot`, if it describes what slots.json says the
 // slot holds; otherwise nullopt and the plan reads the slot instead.
-std::optional<std::vector<image::BlockHash>> DeviceInstaller::LoadSlotIndex(Slot slot) {
+std::optional<DeviceInstaller::KeptIndex> DeviceInstaller::LoadSlotIndex(Slot slot) {
   const std::string name(platform::SlotName(slot));
   const auto path = SlotIndexPath(slot);
   auto why_not = [&](const std::string& why) {
@@ -153,9 +179,17 @@ std::optional<std::vector<image::BlockHash>> DeviceInstaller::LoadSlotIndex(Slot
   auto file = ReadFile(path, expect);
   if (!file) return why_not("no block-hash index (" + file.error().message() + ")");
   const std::string& f = *file;
-  if (f.size() != expect ||
-      !std::equal(kIndexMagic.begin(), kIndexMagic.end(), f.begin(),
-                  [](std::uint8_t a, char b) { return a == static_cast<std::uint8_t>(b); })) {
+  std::uint64_t hash_bytes = 0;
+  for (std::uint64_t n = image::kMinReuseHashBytes; n <= image::kReuseHashBytes; ++n) {
+    if (f.size() > kIndexMagicHashBytes && f[kIndexMagicHashBytes] == MagicHashByte(n)) {
+      hash_bytes = n;
+    }
+  }
+  bool magic = f.size() == expect;
+  for (std::size_t i = 0; magic && i < kIndexMagic.size(); ++i) {
+    magic = i == kIndexMagicHashBytes || kIndexMagic[i] == static_cast<std::uint8_t>(f[i]);
+  }
+  if (!magic || hash_bytes == 0) {
     return why_not("block-hash index " + path.string() + " is not one for this payload size");
   }
   Digest stored{};
@@ -168,9 +202,13 @@ std::optional<std::vector<image::BlockHash>> DeviceInstaller::LoadSlotIndex(Slot
   if (stored != *sha || GetU64(f.data() + kIndexMagic.size() + 32) != blocks) {
     return why_not("block-hash index " + path.string() + " is of another image");
   }
-  std::vector<image::BlockHash> hashes(blocks);
-  for (std::uint64_t b = 0; b < blocks; ++b) hashes[b] = GetU64(f.data() + kIndexHead + b * 8);
-  return hashes;
+  KeptIndex kept;
+  kept.hash_bytes = hash_bytes;
+  kept.hashes.resize(blocks);
+  for (std::uint64_t b = 0; b < blocks; ++b) {
+    kept.hashes[b] = GetU64(f.data() + kIndexHead + b * 8);
+  }
+  return kept;
 }
 
 Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
@@ -238,7 +276,15 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
   // the slot's record, else read and hashed), then the target slot itself
   // (an older version or an interrupted attempt, read and hashed).
   std::vector<image::LocalSource> sources;
-  sources.push_back({platform_.slots.at(from)->path(), LoadSlotIndex(from)});
+  {
+    auto kept = LoadSlotIndex(from);
+    image::LocalSource running{platform_.slots.at(from)->path(), std::nullopt};
+    if (kept) {
+      running.hashes = std::move(kept->hashes);
+      running.hash_bytes = kept->hash_bytes;
+    }
+    sources.push_back(std::move(running));
+  }
   sources.push_back({slot->path(), std::nullopt});
   constexpr std::size_t kTargetSource = 1;
   image::DeltaOptions dopt;
@@ -409,7 +455,7 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
                                       std::to_string(m.chunks.size()));
   }
   // The index of what the slot now holds, for the next delta from it.
-  SAG_TRY_STATUS(KeepSlotIndex(target, m.payload_sha256, index));
+  SAG_TRY_STATUS(KeepSlotIndex(target, m.payload_sha256, index, m.reuse->hash_bytes));
   spdlog::info("job {}: delta written in {:.3f} s: {} bytes fetched in {} requests (planned {})",
                record.id,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(),

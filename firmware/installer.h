@@ -197,8 +197,12 @@ class DeviceInstaller {
   [[nodiscard]] bool UsesDelta(const std::string& source, const image::Manifest& manifest) const;
   [[nodiscard]] std::filesystem::path SlotIndexPath(platform::Slot slot) const;
   Status KeepSlotIndex(platform::Slot slot, const Digest& payload_sha256,
-                       std::span<const image::BlockHash> hashes);
-  std::optional<std::vector<image::BlockHash>> LoadSlotIndex(platform::Slot slot);
+                       std::span<const image::BlockHash> hashes, std::uint64_t hash_bytes);
+  struct KeptIndex {
+    std::vector<image::BlockHash> hashes;
+    std::uint64_t hash_bytes = 0;  // meaningful bytes of each (8 or format 3's 5)
+  };
+  std::optional<KeptIndex> LoadSlotIndex(platform::Slot slot);
   Status StepVerify(JobRecord& record);
   Status StepActivate(JobRecord& record);
   Status StepReboot(JobRecord& record);

@@ -54,11 +54,20 @@ BlockHash HashBlock(std::span<const std::uint8_t> block) {
   return Truncate(sha.Final());
 }
 
-Expected<std::string> EncodeReuseIndex(std::span<const BlockHash> hashes, int zstd_level) {
-  std::string raw(hashes.size() * kReuseHashBytes, '\0');
+BlockHash HashMask(std::uint64_t hash_bytes) {
+  return hash_bytes >= 8 ? ~BlockHash{0} : (BlockHash{1} << (8U * hash_bytes)) - 1;
+}
+
+Expected<std::string> EncodeReuseIndex(std::span<const BlockHash> hashes, int zstd_level,
+                                       std::uint64_t hash_bytes) {
+  if (hash_bytes < kMinReuseHashBytes || hash_bytes > kReuseHashBytes) {
+    return Error(Errc::kInvalidArgument,
+                 "reuse index of " + std::to_string(hash_bytes) + "-byte hashes (5 to 8)");
+  }
+  std::string raw(hashes.size() * hash_bytes, '\0');
   for (std::size_t i = 0; i < hashes.size(); ++i) {
-    for (std::size_t b = 0; b < kReuseHashBytes; ++b) {
-      raw[i * kReuseHashBytes + b] = static_cast<char>((hashes[i] >> (8U * b)) & 0xFFU);
+    for (std::size_t b = 0; b < hash_bytes; ++b) {
+      raw[i * hash_bytes + b] = static_cast<char>((hashes[i] >> (8U * b)) & 0xFFU);
     }
   }
   std::string out(8 + ZSTD_compressBound(raw.size()), '\0');
@@ -112,11 +121,15 @@ Expected<std::vector<BlockHash>> DecodeReuseIndex(std::span<const std::uint8_t> 
   std::vector<std::uint8_t> raw(r.size);
   const std::size_t n = ZSTD_decompress(raw.data(), raw.size(), frame.data(), frame.size());
   if (ZSTD_isError(n) != 0U || n != r.size) return bad("does not decompress");
-  std::vector<BlockHash> hashes(r.size / kReuseHashBytes);
+  const std::uint64_t hb = r.hash_bytes;
+  if (hb < kMinReuseHashBytes || hb > kReuseHashBytes || r.size % hb != 0) {
+    return bad("hashes of " + std::to_string(hb) + " bytes");
+  }
+  std::vector<BlockHash> hashes(r.size / hb);
   for (std::size_t i = 0; i < hashes.size(); ++i) {
     BlockHash h = 0;
-    for (std::size_t b = 0; b < kReuseHashBytes; ++b) {
-      h |= BlockHash{raw[i * kReuseHashBytes + b]} << (8U * b);
+    for (std::size_t b = 0; b < hb; ++b) {
+      h |= BlockHash{raw[i * hb + b]} << (8U * b);
     }
     hashes[i] = h;
   }
@@ -240,14 +253,23 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
                                              std::to_string(plan.blocks_total));
   }
   SAG_TRY(auto local, LocalBlocks::Open(sources));
+  // Hashes are compared on the index's length (format 3's are shorter than
+  // those a source may keep from a format 2 image, or that HashBlock gives).
+  std::uint64_t hash_bytes = m.reuse->hash_bytes;
+  for (const auto& s : sources) {
+    if (s.hashes) hash_bytes = std::min(hash_bytes, std::max(s.hash_bytes, kMinReuseHashBytes));
+  }
+  const BlockHash mask = HashMask(hash_bytes);
 
   // The distinct hashes the new payload needs, and where each was found.
   std::vector<BlockHash> wanted(index.begin(), index.end());
+  for (auto& h : wanted) h &= mask;
   std::sort(wanted.begin(), wanted.end());
   wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
   std::vector<BlockLocation> found(wanted.size());
   std::size_t missing = wanted.size();
-  const auto offer = [&](BlockHash h, BlockLocation where) {
+  const auto offer = [&](BlockHash full, BlockLocation where) {
+    const BlockHash h = full & mask;
     const auto it = std::lower_bound(wanted.begin(), wanted.end(), h);
     if (it == wanted.end() || *it != h) return;
     auto& slot = found[static_cast<std::size_t>(it - wanted.begin())];
@@ -286,7 +308,7 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
 
   plan.blocks.resize(plan.blocks_total);
   for (std::size_t b = 0; b < index.size(); ++b) {
-    const auto it = std::lower_bound(wanted.begin(), wanted.end(), index[b]);
+    const auto it = std::lower_bound(wanted.begin(), wanted.end(), index[b] & mask);
     plan.blocks[b] = found[static_cast<std::size_t>(it - wanted.begin())];
     if (plan.blocks[b].source != BlockLocation::kNowhere) ++plan.blocks_found;
   }

@@ -6,13 +6,13 @@
 //
 // Matching and downloading use different units. A block (kReuseBlockSize,
 // 4 KiB, the allocation unit of ext4 and EROFS) is what is looked up: the
-// reuse index holds the first kReuseHashBytes (8) bytes of each block's
-// SHA-256. A frame (the manifest's frame_size, a multiple of the block size)
-// is what is downloaded and what is verified: a frame is assembled locally
-// only if every one of its blocks was found, and it counts as local only
-// once the assembled bytes matched the frame's full signed SHA-256. A
-// truncated hash is a lookup hint, never a proof: a collision or a block
-// that rotted since it was indexed costs a download, not a bad write.
+// reuse index holds the first kReuseHashBytes (8, format 2) or
+// kCompactHashBytes (5, format 3) bytes of each block's SHA-256. A frame (the manifest's
+// frame_size, a multiple of the block size) is what is downloaded and what is verified: a frame is
+// assembled locally only if every one of its blocks was found, and it counts as local only once the
+// assembled bytes matched the frame's full signed SHA-256. A truncated hash is a lookup hint, never
+// a proof: a collision or a block that rotted since it was indexed costs a download, not a bad
+// write.
 #pragma once
 
 #include <cstdint>
@@ -37,7 +37,12 @@ BlockHash HashBlock(std::span<const std::uint8_t> block);
 // The stored form of a reuse index (what the manifest's reuse.sha256 covers):
 // a zstd skippable frame (magic kReuseIndexMagic, u32 LE length) holding one
 // zstd frame of the hashes, kReuseHashBytes each, in block order.
-Expected<std::string> EncodeReuseIndex(std::span<const BlockHash> hashes, int zstd_level);
+// `hash_bytes` (5 to 8) of each hash are stored: kReuseHashBytes in format
+// 2, kCompactHashBytes in format 3.
+Expected<std::string> EncodeReuseIndex(std::span<const BlockHash> hashes, int zstd_level,
+                                       std::uint64_t hash_bytes = kReuseHashBytes);
+// The bits of a BlockHash that an index of `hash_bytes`-byte hashes keeps.
+BlockHash HashMask(std::uint64_t hash_bytes);
 
 // Checks stored bytes against the manifest's reuse entry (SHA-256 first,
 // then the frame shape and the decompressed size) and returns one hash per
@@ -59,6 +64,10 @@ struct LocalSource {
   // index): used instead of reading and hashing the source. A hint only: a
   // block that changed since is caught by the frame's full hash.
   std::optional<std::vector<BlockHash>> hashes;
+  // How many bytes of each of `hashes` are meaningful (the index it came from:
+  // 8 for format 2, 5 for format 3). Hashes are compared on the shorter of
+  // this and the new image's.
+  std::uint64_t hash_bytes = kReuseHashBytes;
 };
 
 // Where a block of the new payload was found. 8 bytes: one per payload block

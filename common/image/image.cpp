@@ -127,6 +127,52 @@ Status ParseFrames(const json& j, std::uint64_t count, Manifest& m) {
   return Ok();
 }
 
+// Format 3's frame table: base64 of one zstd frame that holds
+// kCompactFrameRecordBytes per frame (length, content SHA-256). The decoded
+// size follows from the payload size and frame size, both bounded, so the
+// decompression writes into a buffer of exactly that size (a signed table that
+// says otherwise is refused, never followed).
+Status ParseCompactFrames(const json& j, std::uint64_t count, Manifest& m) {
+  SAG_TRY(const auto text, GetString(j, "frames"));
+  const std::uint64_t raw_size = count * kCompactFrameRecordBytes;
+  // base64 of at most one zstd frame of raw_size bytes.
+  if (text.empty() || text.size() > (ZSTD_compressBound(raw_size) + 2) / 3 * 4) {
+    return TooLarge("frame table of " + std::to_string(text.size()) + " base64 characters for " +
+                    std::to_string(count) + " frames");
+  }
+  auto z = Base64Decode(text);
+  if (!z) return Malformed("frames: " + z.error().message());
+  if (ZSTD_getFrameContentSize(z->data(), z->size()) != raw_size ||
+      ZSTD_findFrameCompressedSize(z->data(), z->size()) != z->size()) {
+    return Malformed("frames: not one zstd frame of " + std::to_string(raw_size) + " bytes (" +
+                     std::to_string(count) + " frames)");
+  }
+  std::vector<std::uint8_t> table(raw_size);
+  const std::size_t n = ZSTD_decompress(table.data(), table.size(), z->data(), z->size());
+  if (ZSTD_isError(n) != 0U || n != raw_size) {
+    return Malformed("frames: the zstd frame does not decompress to " + std::to_string(raw_size) +
+                     " bytes");
+  }
+  const std::uint8_t* p = table.data();
+  m.chunks.reserve(count);
+  std::uint64_t offset = 0;
+  for (std::uint64_t i = 0; i < count; ++i, p += kCompactFrameRecordBytes) {
+    Chunk c;
+    c.offset = offset;
+    c.length = std::uint64_t{p[0]} | (std::uint64_t{p[1]} << 8U) | (std::uint64_t{p[2]} << 16U) |
+               (std::uint64_t{p[3]} << 24U);
+    std::memcpy(c.sha256.data(), p + 4, 32);
+    c.size = i + 1 < count ? m.chunk_size : m.payload_size - (count - 1) * m.chunk_size;
+    if (c.length == 0 || c.length > ZSTD_compressBound(c.size)) {
+      return TooLarge("frame " + std::to_string(i) + " length " + std::to_string(c.length) +
+                      " is not a zstd frame of " + std::to_string(c.size) + " bytes");
+    }
+    offset += c.length;
+    m.chunks.push_back(c);
+  }
+  return Ok();
+}
+
 Status ParseReuse(const json& j, Manifest& m) {
   const auto r = j.find("reuse");
   if (r == j.end() || !r->is_object()) return Malformed("missing \"reuse\" object");
@@ -142,11 +188,17 @@ Status ParseReuse(const json& j, Manifest& m) {
   auto digest = DigestFromHex(sha);
   if (!digest) return Malformed("reuse.sha256: " + digest.error().message());
   info.sha256 = *digest;
-  if (info.block_size != kReuseBlockSize || info.hash_bytes != kReuseHashBytes) {
+  // Format 2: 8-byte hashes; format 3: 5 to 8 (a shorter hash only costs
+  // false matches, each a frame downloaded: docs/delta.md).
+  const bool hash_ok = m.format == kFormatDelta ? info.hash_bytes == kReuseHashBytes
+                                                : info.hash_bytes >= kMinReuseHashBytes &&
+                                                      info.hash_bytes <= kReuseHashBytes;
+  if (info.block_size != kReuseBlockSize || !hash_ok) {
     return Malformed("reuse index of " + std::to_string(info.hash_bytes) + "-byte hashes of " +
-                     std::to_string(info.block_size) + "-byte blocks (this reader knows " +
-                     std::to_string(kReuseHashBytes) + " of " + std::to_string(kReuseBlockSize) +
-                     ")");
+                     std::to_string(info.block_size) + "-byte blocks (format " +
+                     std::to_string(m.format) + " knows " +
+                     (m.format == kFormatDelta ? std::string("8") : std::string("5 to 8")) +
+                     " of " + std::to_string(kReuseBlockSize) + ")");
   }
   if (m.chunk_size % kReuseBlockSize != 0) {
     return Malformed("frame_size " + std::to_string(m.chunk_size) + " is not a multiple of " +
@@ -159,10 +211,10 @@ Status ParseReuse(const json& j, Manifest& m) {
                      std::to_string(last.offset + last.length));
   }
   const std::uint64_t blocks = (m.payload_size + kReuseBlockSize - 1) / kReuseBlockSize;
-  if (info.size != blocks * kReuseHashBytes) {
+  if (info.size != blocks * info.hash_bytes) {
     return Malformed("reuse index of " + std::to_string(info.size) + " bytes, " +
                      std::to_string(blocks) + " blocks need " +
-                     std::to_string(blocks * kReuseHashBytes));
+                     std::to_string(blocks * info.hash_bytes));
   }
   // 8 bytes of skippable-frame header around one zstd frame.
   if (info.length <= 8 || info.length > 8 + ZSTD_compressBound(info.size)) {
@@ -181,13 +233,14 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
     return Malformed("missing or non-integer \"format\"");
   }
   const auto format = fmt->get<std::int64_t>();
-  if (format != kFormatVersion && format != kFormatDelta) {
+  if (format != kFormatVersion && format != kFormatDelta && format != kFormatCompact) {
     return Error(Errc::kManifestVersion,
                  "manifest: unknown format version " + fmt->dump() + " (this reader knows " +
-                     std::to_string(kFormatVersion) + " and " + std::to_string(kFormatDelta) +
+                     std::to_string(kFormatVersion) + " to " + std::to_string(kFormatCompact) +
                      "); update the agent first");
   }
-  const bool delta = format == kFormatDelta;
+  const bool delta = format == kFormatDelta || format == kFormatCompact;
+  const bool compact = format == kFormatCompact;
   if (delta) {
     SAG_TRY_STATUS(OnlyKeys(
         j, {"format", "type", "version", "compatible", "build_time", "payload", "frames", "reuse"},
@@ -236,7 +289,16 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
   const auto payload = j.find("payload");
   if (payload == j.end() || !payload->is_object()) return Malformed("missing \"payload\" object");
   const char* const size_key = delta ? "frame_size" : "chunk_size";
-  SAG_TRY_STATUS(OnlyKeys(*payload, {"size", "sha256", size_key, "compression"}, "payload"));
+  if (compact) {
+    SAG_TRY_STATUS(
+        OnlyKeys(*payload, {"size", "sha256", size_key, "compression", "zsha256"}, "payload"));
+    SAG_TRY(const auto zsha, GetString(*payload, "zsha256"));
+    auto zd = DigestFromHex(zsha);
+    if (!zd) return Malformed("payload.zsha256: " + zd.error().message());
+    m.frames_zsha256 = *zd;
+  } else {
+    SAG_TRY_STATUS(OnlyKeys(*payload, {"size", "sha256", size_key, "compression"}, "payload"));
+  }
   SAG_TRY(m.payload_size, GetU64(*payload, "size"));
   SAG_TRY(m.chunk_size, GetU64(*payload, size_key));
   SAG_TRY(const auto sha, GetString(*payload, "sha256"));
@@ -264,7 +326,7 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
                     ")");
   }
   if (delta) {
-    SAG_TRY_STATUS(ParseFrames(j, count, m));
+    SAG_TRY_STATUS(compact ? ParseCompactFrames(j, count, m) : ParseFrames(j, count, m));
     SAG_TRY_STATUS(ParseReuse(j, m));
     return m;
   }
@@ -333,21 +395,33 @@ std::string SerializeManifest(const Manifest& m) {
       {"format", m.format},         {"type", ImageTypeName(m.type)}, {"version", m.version},
       {"compatible", m.compatible}, {"build_time", m.build_time},
   };
-  if (m.format == kFormatDelta && m.reuse) {
+  if ((m.format == kFormatDelta || m.format == kFormatCompact) && m.reuse) {
+    const bool compact = m.format == kFormatCompact;
     std::string table;
-    table.reserve(m.chunks.size() * kFrameRecordBytes);
+    table.reserve(m.chunks.size() * (compact ? kCompactFrameRecordBytes : kFrameRecordBytes));
     for (const auto& c : m.chunks) {
       for (unsigned shift = 0; shift < 32; shift += 8) {
         table.push_back(static_cast<char>((c.length >> shift) & 0xFFU));
       }
       table.append(reinterpret_cast<const char*>(c.sha256.data()), c.sha256.size());
-      table.append(reinterpret_cast<const char*>(c.zsha256.data()), c.zsha256.size());
+      if (!compact) {
+        table.append(reinterpret_cast<const char*>(c.zsha256.data()), c.zsha256.size());
+      }
     }
     j["payload"] = {{"size", m.payload_size},
                     {"sha256", ToHex(m.payload_sha256)},
                     {"frame_size", m.chunk_size},
                     {"compression", "zstd"}};
-    j["frames"] = Base64Encode(table);
+    if (compact) {
+      // Zero frames (free space) repeat one record: zstd takes them out.
+      std::string z(ZSTD_compressBound(table.size()), '\0');
+      const std::size_t n = ZSTD_compress(z.data(), z.size(), table.data(), table.size(), 19);
+      if (ZSTD_isError(n) == 0U) z.resize(n);
+      j["payload"]["zsha256"] = ToHex(m.frames_zsha256.value_or(Digest{}));
+      j["frames"] = Base64Encode(ZSTD_isError(n) == 0U ? z : std::string());
+    } else {
+      j["frames"] = Base64Encode(table);
+    }
     const auto& r = *m.reuse;
     j["reuse"] = {{"block_size", r.block_size},
                   {"hash_bytes", r.hash_bytes},
@@ -974,7 +1048,10 @@ class ChunkDecoder {
   // Decoded chunks go to `buffers` buffers in turn: chunk i stays valid
   // while chunks i+1 .. i+buffers-1 are decoded.
   ChunkDecoder(const Manifest& m, std::size_t buffers)
-      : dctx_(ZSTD_createDCtx()), in_(ZSTD_compressBound(m.chunk_size)), out_(buffers) {
+      : dctx_(ZSTD_createDCtx()),
+        zsha_(HasChunkZsha(m)),
+        in_(ZSTD_compressBound(m.chunk_size)),
+        out_(buffers) {
     for (auto& o : out_) o.resize(m.chunk_size);
   }
   ~ChunkDecoder() { ZSTD_freeDCtx(dctx_); }
@@ -994,7 +1071,10 @@ class ChunkDecoder {
 
   struct Unpacked {
     std::span<const std::uint8_t> data;
-    bool compressed = false;  // held a compressed block: zsha256 was checked
+    // Held a compressed block and zsha256 was checked: the content is
+    // authenticated already. Always false in format 3 (no per-frame
+    // zsha256): the caller checks every frame's content.
+    bool compressed = false;
   };
 
   // Checks the frame in InputFor(c) and decompresses it into buffer
@@ -1002,7 +1082,11 @@ class ChunkDecoder {
   Expected<Unpacked> Unpack(const Chunk& c, std::size_t index) {
     const auto where = "chunk " + std::to_string(index);
     const auto src = std::span<const std::uint8_t>(in_).first(c.length);
-    SAG_TRY(const bool compressed, CheckFrame(src, c, where));
+    SAG_TRY(bool compressed, CheckFrame(src, c, where));
+    // Format 3: zstd decodes the unauthenticated frame into the bounded
+    // buffer (CheckFrame pinned down its header and size), and the content's
+    // signed SHA-256 decides (docs/delta.md, "Format 3").
+    compressed = compressed && zsha_;
     if (compressed) {
       if (const auto z = Sha256::Of(src); z != c.zsha256) {
         return Error(Errc::kChunkHashMismatch, where + ": compressed SHA-256 " + ToHex(z) +
@@ -1063,6 +1147,7 @@ class ChunkDecoder {
   }
 
   ZSTD_DCtx* dctx_;
+  bool zsha_;
   std::vector<std::uint8_t> in_;
   std::vector<std::vector<std::uint8_t>> out_;
 };
@@ -1152,9 +1237,11 @@ class ChunkHasher {
 // chunk i+1 is reported when chunk i+1 is asked for.
 class ChunkPipeline {
  public:
+  // `stored` (optional) is fed every chunk's compressed bytes in order.
   ChunkPipeline(Input& in, const Manifest& m, std::size_t first, std::size_t buffers,
-                ContentCheck check, StageTimes* times)
+                ContentCheck check, StageTimes* times, Sha256* stored = nullptr)
       : in_(in),
+        stored_(stored),
         m_(m),
         decoder_(m, std::clamp(buffers, kMinChunkBuffers, kMaxChunkBuffers)),
         hasher_(m.chunks.size() - first > 1 && m.chunk_size >= kParallelMin, times),
@@ -1200,6 +1287,7 @@ class ChunkPipeline {
       const StageTimer timer(times_, Stage::kRead);
       return in_.Read(buf, "chunk " + std::to_string(i));
     }());
+    if (stored_ != nullptr) stored_->Update(buf);
     SAG_TRY(const auto unpacked, [&] {
       const StageTimer timer(times_, Stage::kDecompress);
       return decoder_.Unpack(c, i);
@@ -1210,6 +1298,7 @@ class ChunkPipeline {
   }
 
   Input& in_;
+  Sha256* stored_;
   const Manifest& m_;
   ChunkDecoder decoder_;
   ChunkHasher hasher_;
@@ -1234,6 +1323,7 @@ struct ImageReader::Impl {
   ContentCheck check;
   std::optional<VerifiedHeader> header;
   std::unique_ptr<ChunkPipeline> pipeline;
+  Sha256 frames_sha;  // format 3: the frames' compressed bytes (frames_zsha256)
   StageTimes* times = nullptr;
   bool done = false;
   std::optional<Error> failed;  // sticky: a reader that failed stays failed
@@ -1271,21 +1361,29 @@ struct ImageReader::Impl {
     const auto& m = header->manifest;
     if (done) return std::optional<ChunkView>();
     // The chunk buffers are allocated only by a reader that reads chunks.
-    if (!pipeline) pipeline = std::make_unique<ChunkPipeline>(in, m, 0, buffers, check, times);
+    if (!pipeline) {
+      pipeline = std::make_unique<ChunkPipeline>(in, m, 0, buffers, check, times,
+                                                 m.frames_zsha256 ? &frames_sha : nullptr);
+    }
     SAG_TRY(const auto view, pipeline->Next());
     if (pipeline->next() == m.chunks.size()) {
       // The last chunk is released only once the end of the container
       // checked out. The whole-payload SHA-256 is not computed again: the
       // signed chunk hashes cover every byte (docs/image-format.md).
       const auto& last = m.chunks.back();
-      std::uint64_t stored = last.offset + last.length;
+      if (m.frames_zsha256 && frames_sha.Final() != *m.frames_zsha256) {
+        return Error(Errc::kChunkHashMismatch,
+                     "the frames as stored do not match their signed SHA-256 (payload.zsha256): "
+                     "the image was altered");
+      }
+      std::uint64_t stored_bytes = last.offset + last.length;
       if (m.reuse) {
         // Format 2: the reuse index follows the frames; a full install does
         // not use it, but the image is accepted only whole.
         SAG_TRY_STATUS(CheckReuseIndex(in, *m.reuse));
-        stored += m.reuse->length;
+        stored_bytes += m.reuse->length;
       }
-      SAG_TRY_STATUS(ReadPadding(in, stored, kPayloadName));
+      SAG_TRY_STATUS(ReadPadding(in, stored_bytes, kPayloadName));
       SAG_TRY_STATUS(ReadTrailer(in));
       done = true;
     }

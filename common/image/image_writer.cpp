@@ -278,11 +278,12 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
                std::to_string(limits.min_chunk_size) + ", " +
                std::to_string(limits.max_chunk_size) + "]");
   }
-  if (p.format != kFormatVersion && p.format != kFormatDelta) {
+  if (p.format != kFormatVersion && p.format != kFormatDelta && p.format != kFormatCompact) {
     return bad("format " + std::to_string(p.format) + " is not " + std::to_string(kFormatVersion) +
-               " or " + std::to_string(kFormatDelta));
+               ", " + std::to_string(kFormatDelta) + " or " + std::to_string(kFormatCompact));
   }
-  const bool delta = p.format == kFormatDelta;
+  const bool delta = p.format == kFormatDelta || p.format == kFormatCompact;
+  const std::uint64_t hash_bytes = p.format == kFormatCompact ? kCompactHashBytes : kReuseHashBytes;
   if (delta && p.chunk_size % kReuseBlockSize != 0) {
     return bad("frame size " + std::to_string(p.chunk_size) + " is not a multiple of " +
                std::to_string(kReuseBlockSize) + " (the reuse index's block size)");
@@ -317,7 +318,8 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
   std::vector<std::uint8_t> raw(p.chunk_size);
   std::vector<std::uint8_t> packed(ZSTD_compressBound(p.chunk_size));
   Sha256 whole;
-  std::vector<BlockHash> block_hashes;  // format 2: 8 bytes per 4 KiB of payload
+  Sha256 frames_stored;                 // format 3: payload.zsha256
+  std::vector<BlockHash> block_hashes;  // formats 2 and 3: one per 4 KiB of payload
   std::uint64_t offset = 0;
   for (;;) {
     SAG_TRY(const auto n, ReadFull(in.get(), raw, p.payload.string()));
@@ -331,6 +333,7 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
     }
     SAG_TRY_STATUS(WriteAll(zst.get(), std::span(packed).first(z), zst_tmp.path().string()));
     whole.Update(data);
+    frames_stored.Update(std::span(packed).first(z));
     if (delta) {
       for (std::size_t at = 0; at < n; at += kReuseBlockSize) {
         block_hashes.push_back(
@@ -347,15 +350,19 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
     if (n < raw.size()) break;
   }
   m.payload_sha256 = whole.Final();
+  if (p.format == kFormatCompact) {
+    m.frames_zsha256 = frames_stored.Final();
+    for (auto& c : m.chunks) c.zsha256 = Digest{};  // not in format 3's table
+  }
   if (delta && !m.chunks.empty()) {
     // The reuse index goes after the last frame, inside payload.zst.
-    SAG_TRY(const auto stored, EncodeReuseIndex(block_hashes, p.zstd_level));
+    SAG_TRY(const auto stored, EncodeReuseIndex(block_hashes, p.zstd_level, hash_bytes));
     SAG_TRY_STATUS(WriteAll(zst.get(), Bytes(stored), zst_tmp.path().string()));
     m.reuse = ReuseIndexInfo{kReuseBlockSize,
-                             kReuseHashBytes,
+                             hash_bytes,
                              offset,
                              stored.size(),
-                             block_hashes.size() * kReuseHashBytes,
+                             block_hashes.size() * hash_bytes,
                              Sha256::Of(std::string_view(stored))};
     offset += stored.size();
   }

@@ -25,8 +25,10 @@ struct CreateParams {
   std::filesystem::path key;    // PEM private key of the signer
   std::filesystem::path cert;   // PEM signer certificate
   std::filesystem::path chain;  // optional PEM intermediates, carried in the signature
-  // kFormatVersion (1), or kFormatDelta (2: frames plus a reuse index for
-  // delta downloads, docs/delta.md). Format 2 needs agents that read it.
+  // kFormatVersion (1), kFormatDelta (2: frames plus a reuse index for
+  // delta downloads, docs/delta.md) or kFormatCompact (3: format 2 with a
+  // compact frame table and 5-byte index hashes). Formats 2 and 3 need
+  // agents that read them.
   int format = kFormatVersion;
   std::uint64_t chunk_size = kDefaultChunkSize;  // the frame size in format 2
   int zstd_level = 3;

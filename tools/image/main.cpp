@@ -33,7 +33,7 @@ constexpr const char* kUsage = R"(usage:
   sag-image create --type Device|Dpi --version V --compatible MODEL [--compatible MODEL...]
                    --payload FILE --key KEY.pem --cert CERT.pem [--chain CHAIN.pem]
                    [--chunk-size BYTES] [--level N] [--build-time YYYY-MM-DDTHH:MM:SSZ] --output FILE
-                   [--format 1|2] [--frame-size BYTES]   (format 2: delta-ready, docs/delta.md)
+                   [--format 1|2|3] [--frame-size BYTES]   (formats 2, 3: delta-ready, docs/delta.md)
   sag-image verify --ca ROOT.pem [--now EPOCH] FILE
   sag-image inspect FILE [--json]
   sag-image delta-plan --ca ROOT.pem [--now EPOCH] FILE --local SOURCE [--local SOURCE...]
@@ -150,15 +150,16 @@ int Create(const Args& a) {
     if (!v) return Fail(v.error());
     p.format = static_cast<int>(std::min<std::uint64_t>(*v, 1000));
   } else if (!fs.empty()) {
-    p.format = kFormatDelta;
+    p.format = kFormatCompact;  // the newest delta format
   }
-  if (p.format == kFormatDelta) {
-    p.chunk_size = kDefaultFrameSize;
+  const bool delta = p.format == kFormatDelta || p.format == kFormatCompact;
+  if (delta) {
+    p.chunk_size = p.format == kFormatCompact ? kDefaultCompactFrameSize : kDefaultFrameSize;
     p.zstd_level = kDefaultFrameLevel;  // small frames need it (docs/delta.md); slower builds
   }
   const auto cs = a.Get("chunk-size");
   if (!cs.empty() && !fs.empty()) return Usage("give --chunk-size or --frame-size, not both");
-  if (!fs.empty() && p.format != kFormatDelta) return Usage("--frame-size needs --format 2");
+  if (!fs.empty() && !delta) return Usage("--frame-size needs --format 2 or 3");
   if (!cs.empty() || !fs.empty()) {
     auto v = ParseU64(cs.empty() ? fs : cs, cs.empty() ? "--frame-size" : "--chunk-size");
     if (!v) return Fail(v.error());
@@ -206,7 +207,8 @@ int Verify(const Args& a) {
     // that it decodes to one hash per block.
     auto index = ReadReuseIndex(a.positional[0], **header);
     if (!index) return Fail(index.error());
-    reuse = " (format 2, reuse index of " + std::to_string(index->size()) + " blocks)";
+    reuse = " (format " + std::to_string(m.format) + ", reuse index of " +
+            std::to_string(index->size()) + " blocks)";
   }
   const double mib = static_cast<double>(m.payload_size) / (1024.0 * 1024.0);
   std::printf(
@@ -270,9 +272,9 @@ int Inspect(const Args& a) {
       static_cast<unsigned long long>(total));
   if (m->reuse) {
     std::printf(
-        "format:       2 (frames of %llu bytes)\nreuse index:  %llu hashes of %llu bytes "
+        "format:       %d (frames of %llu bytes)\nreuse index:  %llu hashes of %llu bytes "
         "per %llu-byte block, stored in %llu bytes at payload offset %llu\n",
-        static_cast<unsigned long long>(m->chunk_size),
+        m->format, static_cast<unsigned long long>(m->chunk_size),
         static_cast<unsigned long long>(m->reuse->size / m->reuse->hash_bytes),
         static_cast<unsigned long long>(m->reuse->hash_bytes),
         static_cast<unsigned long long>(m->reuse->block_size),

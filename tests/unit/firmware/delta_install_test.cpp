@@ -89,6 +89,8 @@ class Images {
     Make("1.0.1", payloads.v2, 2, "v2");
     Make("1.0.2", payloads.v3, 2, "v3");
     Make("1.0.1", payloads.v2, 1, "v2-format1");
+    Make("1.0.1", payloads.v2, image::kFormatCompact, "v2-f3");
+    Make("1.0.2", payloads.v3, image::kFormatCompact, "v3-f3");
   }
   void Make(const std::string& version, const std::string& payload, int format,
             const std::string& name) {
@@ -102,7 +104,7 @@ class Images {
     cp.cert = dir_ / "signer.pem";
     cp.chain = dir_ / "signer-chain.pem";
     cp.format = format;
-    cp.chunk_size = format == 2 ? kFrame : 64U << 10U;
+    cp.chunk_size = format >= 2 ? kFrame : 64U << 10U;
     cp.output = dir_ / (name + ".sagimg");
     auto st = image::CreateImage(cp);
     EXPECT_TRUE(st) << st.error().ToString();
@@ -111,6 +113,7 @@ class Images {
     return *ReadFile(dir_ / (name + ".sagimg"), 64U << 20U);
   }
   [[nodiscard]] fs::path Root() const { return dir_ / "root-ca.pem"; }
+  [[nodiscard]] fs::path Path(const std::string& name) const { return dir_ / (name + ".sagimg"); }
   [[nodiscard]] test::ServerTls Tls() const {
     return {dir_ / "server-chain.pem", dir_ / "server.key", {}};
   }
@@ -194,6 +197,21 @@ class DeltaInstallTest : public ::testing::Test {
     ++system_.boot;
     boot_.Boot();
     return MakeInstaller()->Resume();
+  }
+
+  // Installs image `name` (v2's payload) from a server that ignores Range,
+  // with the full fallback configured.
+  void InstallsInFull(const std::string& name) {
+    test::TestHttpServer server(g_images->Bytes(name), g_images->Tls());
+    test::Faults faults;
+    faults.ignore_range = true;
+    server.SetFaults(faults);
+    auto r = MakeInstaller()->Start(JobSpec{"d-full", server.Url("/v2.sagimg"), false, true});
+    ASSERT_TRUE(r) << r.error().ToString();
+    ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+    ASSERT_TRUE(r->delta);
+    EXPECT_TRUE(r->delta->full_fallback);
+    EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
   }
 
   test::TempDir dir_;
@@ -316,16 +334,63 @@ TEST_F(DeltaInstallTest, ServerWithoutRangeFailsClearlyByDefault) {
 
 TEST_F(DeltaInstallTest, ServerWithoutRangeInstallsInFullWhenConfigured) {
   full_fallback_ = true;
-  test::TestHttpServer server(g_images->Bytes("v2"), g_images->Tls());
-  test::Faults faults;
-  faults.ignore_range = true;
-  server.SetFaults(faults);
-  auto r = MakeInstaller()->Start(JobSpec{"d-full", server.Url("/v2.sagimg"), false, true});
+  InstallsInFull("v2");
+}
+
+TEST_F(DeltaInstallTest, ServerWithoutRangeInstallsFormat3InFullWhenConfigured) {
+  full_fallback_ = true;
+  InstallsInFull("v2-f3");
+}
+
+// Format 3 (compact frame table, 5-byte index hashes): a delta from a slot
+// whose kept index came from a format 2 image (8-byte hashes) finds its
+// blocks without reading it, checks each frame by its content hash alone,
+// and keeps a 5-byte index beside the new slot.
+TEST_F(DeltaInstallTest, Format3DeltaUsesAKeptFormat2Index) {
+  test::TestHttpServer server2(g_images->Bytes("v2"), g_images->Tls());
+  ASSERT_EQ(MakeInstaller()->Start(JobSpec{"d1", server2.Url("/v2.sagimg"), false, true})->state,
+            JobState::kRebooting);
+  auto committed = RebootAndResume();
+  ASSERT_TRUE(committed && *committed) << (committed ? "" : committed.error().ToString());
+  ASSERT_EQ((*committed)->state, JobState::kCommitted);
+  test::TestHttpServer server3(g_images->Bytes("v3-f3"), g_images->Tls());
+  auto r = MakeInstaller()->Start(JobSpec{"d3", server3.Url("/v3.sagimg"), false, true});
   ASSERT_TRUE(r) << r.error().ToString();
   ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-a", g_images->payloads.v3.size()), g_images->payloads.v3);
   ASSERT_TRUE(r->delta);
-  EXPECT_TRUE(r->delta->full_fallback);
-  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  EXPECT_EQ(r->delta->frames_rejected, 0U);
+  // v3 = v2 with 2 blocks changed: the index and 2 frames.
+  EXPECT_EQ(r->delta->frames_download, 2U);
+  EXPECT_LT(r->delta->fetched_bytes, FullBytes("v3-f3") / 10);
+  ExpectOnlyClosedRanges(server3);
+  const auto kept = ReadFile(dir_ / "state" / "slot-A.blockhashes", 1U << 20U);
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->substr(0, 8), "SAGBIX5\n") << "a 5-byte index";
+}
+
+// Format 3 signs no per-frame compressed hash: a frame altered on the server
+// is decompressed into its bounded buffer and refused by its content hash;
+// nothing of it reaches the slot as verified.
+TEST_F(DeltaInstallTest, Format3FrameAlteredOnTheServerIsRefused) {
+  auto bytes = g_images->Bytes("v2-f3");
+  auto src = image::FileSource::Open(g_images->Path("v2-f3"));
+  ASSERT_TRUE(src);
+  const auto h = image::ReadUnverifiedHeader(**src);
+  ASSERT_TRUE(h);
+  const auto m = image::ParseManifest(h->manifest_json);
+  ASSERT_TRUE(m);
+  const auto& c = m->chunks[2];  // holds the blocks inserted at 10: fetched
+  const std::size_t at = h->payload_offset + c.offset + c.length / 2;
+  bytes[at] = static_cast<char>(bytes[at] ^ 0x10);
+  test::TestHttpServer server(bytes, g_images->Tls());
+  auto r = MakeInstaller()->Start(JobSpec{"d-bad", server.Url("/v2.sagimg"), false, true});
+  const auto code = r ? (r->error ? r->error->code() : Errc::kOk) : r.error().code();
+  EXPECT_TRUE(code == Errc::kChunkHashMismatch || code == Errc::kDecompress)
+      << (r ? (r->error ? r->error->ToString() : "no error") : r.error().ToString());
+  if (r) {
+    EXPECT_NE(r->state, JobState::kRebooting);
+  }
 }
 
 TEST_F(DeltaInstallTest, OldFormatImageInstallsInFullAsBefore) {

@@ -5,12 +5,14 @@
 #include "common/image/delta.h"
 
 #include <gtest/gtest.h>
+#include <zstd.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
 #include "common/atomic_file.h"
+#include "common/base64.h"
 #include "common/image/image_writer.h"
 #include "common/image/pki.h"
 #include "tests/support/temp_dir.h"
@@ -253,7 +255,7 @@ TEST_F(DeltaTest, MalformedFormat2ManifestsAreRefused) {
     ASSERT_FALSE(m) << what;
     EXPECT_EQ(m.error().code(), code) << what << ": " << m.error().ToString();
   };
-  refused([](auto& j) { j["format"] = 3; }, Errc::kManifestVersion, "format 3");
+  refused([](auto& j) { j["format"] = 4; }, Errc::kManifestVersion, "format 4");
   refused([](auto& j) { j.erase("reuse"); }, Errc::kManifestMalformed, "no reuse");
   refused([](auto& j) { j["format"] = 1; }, Errc::kManifestMalformed, "format 1 with reuse");
   refused([](auto& j) { j["payload"]["frame_size"] = 16384 + 512; }, Errc::kManifestMalformed,
@@ -289,7 +291,7 @@ TEST_F(DeltaTest, MalformedFormat2ManifestsAreRefused) {
   p.output = Dir() / "never.img";
   EXPECT_EQ(CreateImage(p).error().code(), Errc::kInvalidArgument);
   p.chunk_size = kFrame;
-  p.format = 3;
+  p.format = 4;
   EXPECT_EQ(CreateImage(p).error().code(), Errc::kInvalidArgument);
   EXPECT_FALSE(std::filesystem::exists(p.output));
 }
@@ -439,6 +441,227 @@ TEST_F(DeltaTest, ZeroBlocksNeedNoSourceAndOtherSourcesAreSearchedInOrder) {
   EXPECT_EQ(without.plan.frame_bytes, without.plan.full_bytes);
   ASSERT_EQ(without.plan.requests.size(), 1U);  // adjacent frames merge
   EXPECT_EQ(without.plan.requests[0].length, without.plan.full_bytes);
+}
+
+// Format 3: the compact frame table (length and content SHA-256, zstd in
+// the manifest), payload.zsha256 instead of per-frame compressed hashes, and
+// 5-byte index hashes.
+TEST_F(DeltaTest, Format3RoundTripsWithACompactTableAndShortHashes) {
+  const std::string payload = Blocks(Range(0, 11)) + std::string(1234, 'x');
+  const auto image = Make("rt3", payload, kFrame, kFormatCompact);
+  const auto got = ReadAll(Slurp(image));
+  ASSERT_TRUE(got) << got.error().ToString();
+  EXPECT_EQ(*got, payload);
+  const auto h = HeaderOf(image);
+  const auto& m = h.manifest;
+  EXPECT_EQ(m.format, kFormatCompact);
+  ASSERT_TRUE(m.frames_zsha256);
+  EXPECT_FALSE(HasChunkZsha(m));
+  ASSERT_EQ(m.chunks.size(), 3U);
+  EXPECT_EQ(m.chunks[1].offset, m.chunks[0].length);
+  ASSERT_TRUE(m.reuse);
+  EXPECT_EQ(m.reuse->hash_bytes, kCompactHashBytes);
+  EXPECT_EQ(m.reuse->size, 12 * kCompactHashBytes);
+  const auto again = ParseManifest(SerializeManifest(m));
+  ASSERT_TRUE(again) << again.error().ToString();
+  EXPECT_EQ(SerializeManifest(*again), h.manifest_json);
+  // Smaller than format 2's manifest of the same payload.
+  EXPECT_LT(h.manifest_json.size(), HeaderOf(Make("rt2", payload)).manifest_json.size());
+
+  const auto index = ReadReuseIndex(image, h);
+  ASSERT_TRUE(index) << index.error().ToString();
+  ASSERT_EQ(index->size(), 12U);
+  for (std::size_t b = 0; b < 11; ++b) {
+    EXPECT_EQ((*index)[b],
+              HashBlock(std::span(
+                  reinterpret_cast<const std::uint8_t*>(payload.data() + b * kBlock), kBlock)) &
+                  HashMask(kCompactHashBytes))
+        << b;
+  }
+  // A resumed download reads frames by their content hash alone.
+  const std::string bytes = Slurp(image);
+  MemSource from1(bytes.substr(h.payload_offset + m.chunks[1].offset));
+  ChunkReader resumed(from1, m, 1);
+  for (std::size_t k = 1; k < 3; ++k) {
+    const auto c = resumed.Next();
+    ASSERT_TRUE(c && *c) << (c ? "" : c.error().ToString());
+    EXPECT_TRUE((*c)->content_checked);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>((*c)->data.data()), (*c)->data.size()),
+              payload.substr(k * kFrame, (*c)->data.size()));
+  }
+}
+
+// The plan compares hashes on the shorter length: a format 3 image (5-byte
+// hashes) against a source whose kept index came from a format 2 image (8),
+// and a format 2 image against a kept format 3 index.
+TEST_F(DeltaTest, HashesOfDifferentLengthsAreComparedOnTheShorter) {
+  const std::string old_payload = Blocks(Range(0, 16));
+  Spit(Dir() / "old-mixed", old_payload);
+  const auto new_payload = Blocks(Concat({{3000}, Range(1, 16)}));
+  const auto old2 = HeaderOf(Make("old-mixed-2", old_payload));
+  const auto old3 = HeaderOf(Make("old-mixed-3", old_payload, kFrame, kFormatCompact));
+  auto kept8 = ReadReuseIndex(Dir() / "old-mixed-2.img", old2);
+  auto kept5 = ReadReuseIndex(Dir() / "old-mixed-3.img", old3);
+  ASSERT_TRUE(kept8 && kept5);
+  for (const int format : {kFormatDelta, kFormatCompact}) {
+    const auto image = Make("new-mixed", new_payload, kFrame, format);
+    for (const auto& [kept, bytes] :
+         {std::pair{*kept8, kReuseHashBytes}, std::pair{*kept5, kCompactHashBytes}}) {
+      const auto r = Plan(image, {LocalSource{Dir() / "old-mixed", kept, bytes}});
+      EXPECT_EQ(Downloaded(r.plan), (std::vector<std::size_t>{0}))
+          << "format " << format << ", kept " << bytes;
+      EXPECT_EQ(r.plan.frames_rejected, 0U);
+      EXPECT_EQ(r.plan.local_read_bytes, 3 * kFrame);  // read only to assemble
+    }
+  }
+}
+
+// Format 3 has no per-frame compressed hash: every bit of a compressed frame,
+// flipped alone, is refused by the whole-image reader (the content hash, or
+// payload.zsha256 for a bit zstd ignores), and a resumed reader, which
+// cannot check payload.zsha256, either refuses it or yields exactly the
+// signed content.
+TEST_F(DeltaTest, Format3RefusesEveryFlippedBitOfAFrame) {
+  const std::string payload = Blocks(Range(0, 12));
+  const auto image = Make("flip3", payload, kFrame, kFormatCompact);
+  const std::string bytes = Slurp(image);
+  const auto h = HeaderOf(image);
+  const std::size_t k = 1;
+  const auto& c = h.manifest.chunks[k];
+  ASSERT_LT(c.length, c.size) << "frame " << k << " is expected to be compressed";
+  // Every bit of the frame's first 1 KiB (frame and block headers, entropy
+  // tables: where zstd ignores bits) and every 13th bit after it through the
+  // resumed reader; through the whole-image reader (a signature check each,
+  // slow) those that the resumed reader took and every 97th.
+  int resumed_ok = 0;
+  int checked = 0;
+  for (std::size_t bit = 0; bit < c.length * 8; bit += bit < 8192 ? 1 : 13) {
+    std::string bad = bytes;
+    const std::size_t at = h.payload_offset + c.offset + bit / 8;
+    bad[at] = static_cast<char>(bad[at] ^ (1U << (bit % 8)));
+    MemSource from(bad.substr(h.payload_offset + c.offset));
+    ChunkReader resumed(from, h.manifest, k);
+    const auto r = resumed.Next();
+    ++checked;
+    if (r) {
+      ASSERT_TRUE(*r);
+      EXPECT_EQ(std::string(reinterpret_cast<const char*>((*r)->data.data()), (*r)->data.size()),
+                payload.substr(k * kFrame, kFrame))
+          << bit;
+      ++resumed_ok;
+    } else {
+      EXPECT_TRUE(r.error().code() == Errc::kChunkHashMismatch ||
+                  r.error().code() == Errc::kDecompress)
+          << r.error().ToString();
+    }
+    if (r || bit % 97 == 0) {
+      const auto got = ReadAll(bad);
+      ASSERT_FALSE(got) << "bit " << bit << " flipped and accepted";
+      EXPECT_TRUE(got.error().code() == Errc::kChunkHashMismatch ||
+                  got.error().code() == Errc::kDecompress)
+          << got.error().ToString();
+    }
+  }
+  std::printf(
+      "frame of %llu compressed bytes: %d of %d flipped bits decode to the signed "
+      "content (caught by payload.zsha256 only)\n",
+      static_cast<unsigned long long>(c.length), resumed_ok, checked);
+}
+
+// Each signed part of format 3, re-signed with a wrong value: the whole
+// image is refused.
+TEST_F(DeltaTest, Format3RefusesEachSignedPartThatDoesNotMatch) {
+  const std::string payload = Blocks(Range(0, 12));
+  const auto image = Make("parts3", payload, kFrame, kFormatCompact);
+  const std::string bytes = Slurp(image);
+  const auto h = HeaderOf(image);
+  const auto zst = Dir() / "parts3.zst";
+  Spit(zst, bytes.substr(h.payload_offset, h.manifest.reuse->offset + h.manifest.reuse->length));
+  const auto resigned = [&](const std::function<void(Manifest&)>& edit) {
+    Manifest m = h.manifest;
+    edit(m);
+    const auto json = SerializeManifest(m);
+    auto sig = SignManifest(json, Dir() / "pki" / "signer.key", Dir() / "pki" / "signer.pem",
+                            Dir() / "pki" / "signer-chain.pem");
+    EXPECT_TRUE(sig);
+    EXPECT_TRUE(WriteContainer(Dir() / "parts3-bad.img", json, sig ? *sig : "", zst));
+    return ReadAll(Slurp(Dir() / "parts3-bad.img"));
+  };
+  ASSERT_TRUE(resigned([](Manifest&) {})) << "the unedited parts must verify";
+  const auto frame_hash = resigned([](Manifest& m) { m.chunks[1].sha256[0] ^= 1U; });
+  ASSERT_FALSE(frame_hash);
+  EXPECT_EQ(frame_hash.error().code(), Errc::kChunkHashMismatch) << frame_hash.error().ToString();
+  const auto zsha = resigned([](Manifest& m) { (*m.frames_zsha256)[0] ^= 1U; });
+  ASSERT_FALSE(zsha);
+  EXPECT_EQ(zsha.error().code(), Errc::kChunkHashMismatch) << zsha.error().ToString();
+  EXPECT_NE(zsha.error().message().find("zsha256"), std::string::npos);
+  const auto index = resigned([](Manifest& m) { m.reuse->sha256[0] ^= 1U; });
+  ASSERT_FALSE(index);
+  EXPECT_EQ(index.error().code(), Errc::kChunkHashMismatch) << index.error().ToString();
+}
+
+TEST_F(DeltaTest, MalformedOrHostileFormat3ManifestsAreRefused) {
+  const auto h = HeaderOf(Make("manifest3", Blocks(Range(0, 9)), kFrame, kFormatCompact));
+  const auto base = nlohmann::json::parse(h.manifest_json);
+  const auto refused = [&](const std::function<void(nlohmann::json&)>& edit, Errc code,
+                           const std::string& what) {
+    auto j = base;
+    edit(j);
+    const auto m = ParseManifest(j.dump());
+    ASSERT_FALSE(m) << what;
+    EXPECT_EQ(m.error().code(), code) << what << ": " << m.error().ToString();
+  };
+  // The table as a zstd frame of `raw` (declared content size as given).
+  const auto table = [](const std::string& raw, bool with_size = true,
+                        const std::string& tail = "") {
+    ZSTD_CCtx* cctx = ZSTD_createCCtx();
+    ZSTD_CCtx_setParameter(cctx, ZSTD_c_contentSizeFlag, with_size ? 1 : 0);
+    std::string z(ZSTD_compressBound(raw.size()), '\0');
+    const std::size_t n = ZSTD_compress2(cctx, z.data(), z.size(), raw.data(), raw.size());
+    ZSTD_freeCCtx(cctx);
+    z.resize(n);
+    return Base64Encode(z + tail);
+  };
+  const std::string record(kCompactFrameRecordBytes, '\x01');  // length 0x01010101: too long
+  std::string good_raw;
+  for (const auto& c : h.manifest.chunks) {
+    for (unsigned s = 0; s < 32; s += 8) good_raw.push_back(static_cast<char>(c.length >> s));
+    good_raw.append(reinterpret_cast<const char*>(c.sha256.data()), 32);
+  }
+  ASSERT_TRUE(ParseManifest(base.dump()));
+  {
+    auto j = base;
+    j["frames"] = table(good_raw);
+    ASSERT_TRUE(ParseManifest(j.dump())) << "a table built here must parse";
+  }
+  refused([&](auto& j) { j["frames"] = table(good_raw + record); }, Errc::kManifestMalformed,
+          "one record too many");
+  refused([&](auto& j) { j["frames"] = table(good_raw.substr(36)); }, Errc::kManifestMalformed,
+          "one record short");
+  refused([&](auto& j) { j["frames"] = table(good_raw, false); }, Errc::kManifestMalformed,
+          "no declared size");
+  refused([&](auto& j) { j["frames"] = table(good_raw, true, "x"); }, Errc::kManifestMalformed,
+          "bytes after the frame");
+  refused([&](auto& j) { j["frames"] = table(std::string(3 * kCompactFrameRecordBytes, '\x01')); },
+          Errc::kManifestLimits, "frame lengths above the zstd bound");
+  refused([&](auto& j) { j["frames"] = std::string(1U << 20U, 'A'); }, Errc::kManifestLimits,
+          "a table larger than its zstd bound");
+  refused([&](auto& j) { j["frames"] = ""; }, Errc::kManifestLimits, "empty table");
+  refused([](auto& j) { j["payload"].erase("zsha256"); }, Errc::kManifestMalformed,
+          "no payload.zsha256");
+  refused([](auto& j) { j["payload"]["zsha256"] = "00"; }, Errc::kManifestMalformed,
+          "payload.zsha256 not a SHA-256");
+  refused([](auto& j) { j["reuse"]["hash_bytes"] = 4; }, Errc::kManifestMalformed, "4-byte hashes");
+  refused([](auto& j) { j["reuse"]["hash_bytes"] = 9; }, Errc::kManifestMalformed, "9-byte hashes");
+  refused([](auto& j) { j["reuse"]["size"] = 8 * 9; }, Errc::kManifestMalformed,
+          "index size of 8-byte hashes");
+  refused([](auto& j) { j["format"] = kFormatDelta; }, Errc::kManifestMalformed,
+          "format 2 with format 3's parts");
+  // Format 2 knows neither payload.zsha256 nor short hashes.
+  const auto h2 = HeaderOf(Make("manifest2", Blocks(Range(0, 9))));
+  auto j2 = nlohmann::json::parse(h2.manifest_json);
+  j2["payload"]["zsha256"] = base["payload"]["zsha256"];
+  EXPECT_EQ(ParseManifest(j2.dump()).error().code(), Errc::kManifestMalformed);
 }
 
 TEST(DeltaRequests, AdjacentFramesMergeAndGapsAreBridgedUpToTheLimit) {

@@ -122,6 +122,16 @@ assert "frames" not in j["manifest"] and j["manifest"]["reuse"]["block_size"] ==
 '
 "$bin" extract --ca pki/root-ca.pem v2.img --output v2.bin >/dev/null
 cmp v2.bin payload.bin || fail "extract of a format 2 image changed the payload"
+# Format 3: its defaults (16 KiB frames), 5-byte hashes, and the same payload.
+"$bin" create --type Device --version 2.4.0 --compatible sag-1000 --payload payload.bin \
+  --key pki/signer.key --cert pki/signer.pem --chain pki/signer-chain.pem \
+  --format 3 --level 3 --output v3.img >/dev/null
+"$bin" verify --ca pki/root-ca.pem v3.img | grep -q '^OK v3.img: Device 2.4.0, 36 frames (format 3, reuse index of 144 blocks)' \
+  || fail "verify of a format 3 image: $("$bin" verify --ca pki/root-ca.pem v3.img 2>&1)"
+"$bin" inspect v3.img | grep -q '^reuse index:  144 hashes of 5 bytes per 4096-byte block' \
+  || fail "inspect of a format 3 image: $("$bin" inspect v3.img 2>&1)"
+"$bin" extract --ca pki/root-ca.pem v3.img --output v3.bin >/dev/null
+cmp v3.bin payload.bin || fail "extract of a format 3 image changed the payload"
 "$bin" delta-plan --ca pki/root-ca.pem v2.img --local payload.bin --json | python3 -c '
 import json, sys
 p = json.load(sys.stdin)
