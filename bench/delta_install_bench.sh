@@ -6,7 +6,7 @@
 #   1. a simulated appliance (sag-sim) gets the OLD image installed by the real
 #      sag-agent as a delta (format 2, from the factory image, no rate limit),
 #      reboots into it and commits it: slot B, its block-hash index kept;
-#   2. the agent installs the NEW image, format 2, as a delta ("index kept")
+#   2. the agent installs the NEW image (format $FORMAT, default 3) as a delta ("index kept")
 #      from an HTTPS server on 127.0.0.1 that sends at most RATE bytes/s
 #      (bench/delta_http.py: one link for all connections), into the other
 #      slot (`sag-agent install URL --no-reboot`);
@@ -20,7 +20,7 @@
 # Each installed slot (and casync's output) is compared byte for byte with the
 # new ext4 image. Printed per pair and method: the bytes the server sent
 # (status lines, headers and bodies: signed header + reuse index + frames for
-# the delta; TLS not counted) as a share of the full format 2 image and of
+# the delta; TLS not counted) as a share of the full delta-format image and of
 # today's format 1 image, the requests the server answered, the install's wall
 # time, the installer's CPU time (user and sys, from /usr/bin/time: sag-agent,
 # or casync with its HTTP helper) and peak RSS, and the 1-minute load average
@@ -72,7 +72,7 @@ delta_setup "$image"
 die() { echo "FAIL: $*" >&2; exit 1; }
 
 echo "== $(date -u +%FT%TZ): $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== tree ${tree_mib} MiB in ext4 images of ${image_mib} MiB; new image: format 2 ($frame:" \
+echo "== tree ${tree_mib} MiB in ext4 images of ${image_mib} MiB; new image: format ${FORMAT:-3} ($frame:" \
   "$frame_opts${CREATE_OPTS:+ $CREATE_OPTS}); link $rate B/s; $("$agent" --version 2>&1 | head -1);" \
   "$([[ $have_casync == 1 ]] && casync --version 2>&1 | head -1 || echo 'casync not installed')"
 delta_pairs
@@ -197,7 +197,7 @@ for h in $pairs; do
   fi
 
   echo
-  echo "== pair built with$([[ $h == plain ]] && echo "out") hygiene: new image format 2 ($frame)" \
+  echo "== pair built with$([[ $h == plain ]] && echo "out") hygiene: new image format ${FORMAT:-3} ($frame)" \
     "$full2 bytes (built in $build_s s), today's format 1 $today bytes, casync store $store_bytes bytes"
   printf '%-26s %11s %8s %8s %8s %8s %7s %7s %8s %5s %5s\n' method downloaded of_full of_today \
     requests wall_s user_s sys_s rss_MiB exact load1
