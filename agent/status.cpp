@@ -450,12 +450,14 @@ json NormalizeStatus(const json& doc) {
 
 Liveness CheckDaemon(const json& status) {
   const json* agent = Obj(status, "agent");
-  const auto pid = agent != nullptr ? Int(*agent, "pid") : std::nullopt;
+  // 0 for none: a plain integer, not an optional (GCC 12 -O2 warns of a
+  // maybe-uninitialized optional here).
+  const auto pid = agent != nullptr ? Int(*agent, "pid").value_or(0) : 0;
   const std::string state = agent != nullptr ? Or(Str(*agent, "state"), "") : "";
-  if (!pid || *pid <= 0 || *pid > std::numeric_limits<pid_t>::max()) {
+  if (pid <= 0 || pid > std::numeric_limits<pid_t>::max()) {
     return {false, "status.json names no daemon pid"};
   }
-  const auto p = static_cast<pid_t>(*pid);
+  const auto p = static_cast<pid_t>(pid);
   if (state == "stopped") return {false, "pid " + std::to_string(p) + " stopped"};
   if (!ProcessIsAlive(p)) return {false, "no process " + std::to_string(p)};
   if (auto name = ProcessName(p); name && *name != "sag-agent") {

@@ -89,6 +89,32 @@ Status OnlyKeys(const json& obj, std::initializer_list<std::string_view> keys,
   return Ok();
 }
 
+// The frame records of formats 2 and 3, `record_bytes` each, in order: the
+// compressed length (u32 little-endian), the content SHA-256 and, in format
+// 2's 68-byte records, the compressed bytes' SHA-256. Offsets are implied
+// (frames back to back); every length must fit a zstd frame of its size.
+Status TakeFrameRecords(const std::uint8_t* p, std::uint64_t count, std::size_t record_bytes,
+                        Manifest& m) {
+  m.chunks.reserve(count);
+  std::uint64_t offset = 0;
+  for (std::uint64_t i = 0; i < count; ++i, p += record_bytes) {
+    Chunk c;
+    c.offset = offset;
+    c.length = std::uint64_t{p[0]} | (std::uint64_t{p[1]} << 8U) | (std::uint64_t{p[2]} << 16U) |
+               (std::uint64_t{p[3]} << 24U);
+    std::memcpy(c.sha256.data(), p + 4, 32);
+    if (record_bytes == kFrameRecordBytes) std::memcpy(c.zsha256.data(), p + 36, 32);
+    c.size = i + 1 < count ? m.chunk_size : m.payload_size - (count - 1) * m.chunk_size;
+    if (c.length == 0 || c.length > ZSTD_compressBound(c.size)) {
+      return TooLarge("frame " + std::to_string(i) + " length " + std::to_string(c.length) +
+                      " is not a zstd frame of " + std::to_string(c.size) + " bytes");
+    }
+    offset += c.length;
+    m.chunks.push_back(c);
+  }
+  return Ok();
+}
+
 // Format 2's frame table: one base64 string of kFrameRecordBytes per frame
 // (about 91 bytes of JSON per frame instead of 170 for format 1's objects:
 // the manifest of a 4 GiB image in 64 KiB frames stays under 6 MiB).
@@ -106,25 +132,8 @@ Status ParseFrames(const json& j, std::uint64_t count, Manifest& m) {
     return Malformed("frames: " + std::to_string(table->size()) + " bytes, expected " +
                      std::to_string(count * kFrameRecordBytes));
   }
-  const auto* p = reinterpret_cast<const std::uint8_t*>(table->data());
-  m.chunks.reserve(count);
-  std::uint64_t offset = 0;
-  for (std::uint64_t i = 0; i < count; ++i, p += kFrameRecordBytes) {
-    Chunk c;
-    c.offset = offset;
-    c.length = std::uint64_t{p[0]} | (std::uint64_t{p[1]} << 8U) | (std::uint64_t{p[2]} << 16U) |
-               (std::uint64_t{p[3]} << 24U);
-    std::memcpy(c.sha256.data(), p + 4, 32);
-    std::memcpy(c.zsha256.data(), p + 36, 32);
-    c.size = i + 1 < count ? m.chunk_size : m.payload_size - (count - 1) * m.chunk_size;
-    if (c.length == 0 || c.length > ZSTD_compressBound(c.size)) {
-      return TooLarge("frame " + std::to_string(i) + " length " + std::to_string(c.length) +
-                      " is not a zstd frame of " + std::to_string(c.size) + " bytes");
-    }
-    offset += c.length;
-    m.chunks.push_back(c);
-  }
-  return Ok();
+  return TakeFrameRecords(reinterpret_cast<const std::uint8_t*>(table->data()), count,
+                          kFrameRecordBytes, m);
 }
 
 // Format 3's frame table: base64 of one zstd frame that holds
@@ -153,24 +162,7 @@ Status ParseCompactFrames(const json& j, std::uint64_t count, Manifest& m) {
     return Malformed("frames: the zstd frame does not decompress to " + std::to_string(raw_size) +
                      " bytes");
   }
-  const std::uint8_t* p = table.data();
-  m.chunks.reserve(count);
-  std::uint64_t offset = 0;
-  for (std::uint64_t i = 0; i < count; ++i, p += kCompactFrameRecordBytes) {
-    Chunk c;
-    c.offset = offset;
-    c.length = std::uint64_t{p[0]} | (std::uint64_t{p[1]} << 8U) | (std::uint64_t{p[2]} << 16U) |
-               (std::uint64_t{p[3]} << 24U);
-    std::memcpy(c.sha256.data(), p + 4, 32);
-    c.size = i + 1 < count ? m.chunk_size : m.payload_size - (count - 1) * m.chunk_size;
-    if (c.length == 0 || c.length > ZSTD_compressBound(c.size)) {
-      return TooLarge("frame " + std::to_string(i) + " length " + std::to_string(c.length) +
-                      " is not a zstd frame of " + std::to_string(c.size) + " bytes");
-    }
-    offset += c.length;
-    m.chunks.push_back(c);
-  }
-  return Ok();
+  return TakeFrameRecords(table.data(), count, kCompactFrameRecordBytes, m);
 }
 
 Status ParseReuse(const json& j, Manifest& m) {
