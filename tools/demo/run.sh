@@ -123,27 +123,37 @@ print(f\"   DescribeSmartAccessGatewayAttribute: Status={a['Status']} SoftwareVe
 }
 # Follows the newest job as the device reports it over the channel (the
 # cloud's record in its store, read with `sag-cloud store dump`), until it
-# ends; prints every stage change and every 25 %.
+# ends: prints every progress report the cloud recorded for it (each stage the
+# appliance went through, even those shorter than a poll), then the outcome.
 follow() {
   python3 - "$cloud" "$lab/cloud.yaml" "${1:-180}" <<'PY'
 import json, subprocess, sys, time
 cloud, config, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
-seen, start, job = None, time.time(), None
+shown, start = set(), time.time()
 while time.time() - start < limit:
     try:
         out = subprocess.run([cloud, "store", "dump", "--config", config], capture_output=True,
                              check=True, timeout=10).stdout
-        jobs = json.loads(out).get("jobs", [])
+        dump = json.loads(out)
     except (OSError, ValueError, subprocess.SubprocessError):
-        jobs = []
+        dump = {}
+    jobs = dump.get("jobs", [])
     if jobs:
         j = jobs[-1]
-        stage, pct, state = j.get("device_state") or j.get("state"), j.get("percent", 0), j.get("state")
-        key = (stage, pct // 25, state)
-        if key != seen:
-            seen = key
-            print(f"   [{time.time() - start:5.1f} s] {j['job_id'][:24]}…  {state:<10} {stage or '':<15} {pct:3d} %", flush=True)
+        for r in sorted((r for r in dump.get("reports", [])
+                         if r.get("job_id") == j["job_id"] and r.get("type") == "progress"),
+                        key=lambda r: r.get("seq", 0)):
+            key = (r.get("epoch"), r.get("seq"))
+            if key in shown:
+                continue
+            shown.add(key)
+            at = (r.get("received") or "")[11:19]  # HH:MM:SS, when the cloud recorded it
+            detail = r.get("detail", "").removesuffix(" 0%")
+            print(f"   [{at}] {j['job_id'][:24]}…  the appliance reports {detail}", flush=True)
+        state = j.get("state")
         if state in ("Committed", "RolledBack", "Failed", "Rejected"):
+            print(f"   {j['job_id'][:24]}…  the cloud records the job {state} after {time.time() - start:.1f} s"
+                  f" (outcome {j.get('outcome') or '-'})", flush=True)
             e = j.get("error") or {}
             if e:
                 print(f"   cause reported by the appliance: E{e.get('code')} {e.get('name')}: {e.get('message')}")
