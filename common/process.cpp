@@ -74,6 +74,11 @@ Expected<CommandResult> RunCommand(const std::vector<std::string>& argv,
     ::dup2(pipefd[1], STDERR_FILENO);
     const int devnull = ::open("/dev/null", O_RDONLY);
     if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
+    // Nothing else of ours: Asio's sockets, the slot, the journal and the
+    // signalfd are not all close-on-exec, and an engine a hook starts may
+    // outlive the daemon (it would hold the channel's connection open, or
+    // the slot). close_range(2) is a system call: async-signal-safe.
+    (void)::close_range(3, ~0U, 0);
     ::execvpe(args[0], args.data(), envp.data());
     const char msg[] = "exec failed: ";
     (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);

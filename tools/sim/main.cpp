@@ -285,6 +285,7 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::vector<std::string>
   const pid_t pid = ::fork();
   if (pid == 0) {
     ::setpgid(0, 0);
+    (void)::close_range(3, ~0U, 0);  // the agent starts as systemd starts it: 0-2 only
     ::execvpe(args[0], args.data(), envp.data());
     std::fprintf(stderr, "sag-sim: cannot start %s\n", args[0]);
     ::_exit(127);

@@ -1,7 +1,9 @@
 #include "common/process.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <string>
@@ -75,6 +77,18 @@ TEST(Process, ChildStartsWithDefaultSignalMaskAndDispositions) {
   ASSERT_EQ(r->exit_code, 0) << r->output;
   EXPECT_NE(r->output.find("SigBlk:\t0000000000000000\n"), std::string::npos) << r->output;
   EXPECT_NE(r->output.find("SigIgn:\t0000000000000000\n"), std::string::npos) << r->output;
+}
+
+// A hook must not inherit the daemon's descriptors (its channel socket, the
+// slot): an engine the hook starts would keep them open after the daemon.
+TEST(Process, ChildInheritsOnlyStandardDescriptors) {
+  const int fd = ::open("/dev/null", O_RDONLY);  // not close-on-exec
+  ASSERT_GE(fd, 3);
+  auto r = RunCommand({"sh", "-c", "ls /proc/$$/fd"});
+  ::close(fd);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->exit_code, 0) << r->output;
+  EXPECT_EQ(r->output, "0\n1\n2\n");
 }
 
 TEST(Process, EmptyArgvIsAnError) { EXPECT_FALSE(RunCommand({})); }
