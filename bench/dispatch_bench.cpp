@@ -219,6 +219,7 @@ std::string LargestMappings(pid_t pid, std::size_t n) {
     }
   }
   std::vector<std::pair<long, std::string>> v;
+  v.reserve(rss.size());
   for (const auto& [k, kib] : rss) v.emplace_back(kib, k);
   std::sort(v.rbegin(), v.rend());
   std::string out;
@@ -427,7 +428,7 @@ int main(int argc, char** argv) {
   RunFor(io, std::chrono::seconds(args->idle_s));
   const long c1 = CpuTicks(pid);
   const double wall = std::chrono::duration<double>(Clock::now() - w0).count();
-  const double tck = static_cast<double>(sysconf(_SC_CLK_TCK));
+  const auto tck = static_cast<double>(sysconf(_SC_CLK_TCK));
   std::printf("idle, channel up (heartbeat %s s): %s (target: RSS < 8192 KiB)\n",
               setting("heartbeat_s").c_str(), Memory(pid).c_str());
   std::printf("  largest mappings (KiB): %s\n", LargestMappings(pid, 7).c_str());
