@@ -219,7 +219,7 @@ TEST_F(SimTest, BadInputsGiveClearErrors) {
 // until the power is cut, and starts again on the next boot.
 TEST_F(SimTest, RealAgentRunsUnderTheSimulator) {
   const Out o =
-      Sim({"boot", dev_.string(), "--max-boots", "2", "--cuts", "2", "--cut-after-ms", "1500"});
+      Sim({"boot", dev_.string(), "--max-boots", "2", "--cuts", "2", "--cut-after-ms", "3000"});
   ASSERT_EQ(o.code, 0) << o.text;
   EXPECT_EQ(Count(o.text, "power cut"), 2) << o.text;
   EXPECT_NE(o.text.find("stopping after 2 boots"), std::string::npos) << o.text;
