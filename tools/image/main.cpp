@@ -33,7 +33,8 @@ constexpr const char* kUsage = R"(usage:
   sag-image create --type Device|Dpi --version V --compatible MODEL [--compatible MODEL...]
                    --payload FILE --key KEY.pem --cert CERT.pem [--chain CHAIN.pem]
                    [--chunk-size BYTES] [--level N] [--build-time YYYY-MM-DDTHH:MM:SSZ] --output FILE
-                   [--format 1|2|3] [--frame-size BYTES]   (formats 2, 3: delta-ready, docs/delta.md)
+                   [--format 1|2|3|4] [--frame-size BYTES]   (formats 2-4: delta-ready, docs/delta.md)
+                   [--group-frames N] [--dict-size BYTES]   (format 4: frames per SHA-256, dictionary)
   sag-image verify --ca ROOT.pem [--now EPOCH] FILE
   sag-image inspect FILE [--json]
   sag-image delta-plan --ca ROOT.pem [--now EPOCH] FILE --local SOURCE [--local SOURCE...]
@@ -152,14 +153,26 @@ int Create(const Args& a) {
   } else if (!fs.empty()) {
     p.format = kFormatCompact;  // the newest delta format
   }
-  const bool delta = p.format == kFormatDelta || p.format == kFormatCompact;
+  const bool delta =
+      p.format == kFormatDelta || p.format == kFormatCompact || p.format == kFormatGrouped;
   if (delta) {
-    p.chunk_size = p.format == kFormatCompact ? kDefaultCompactFrameSize : kDefaultFrameSize;
+    p.chunk_size = p.format == kFormatGrouped   ? kDefaultGroupedFrameSize
+                   : p.format == kFormatCompact ? kDefaultCompactFrameSize
+                                                : kDefaultFrameSize;
     p.zstd_level = kDefaultFrameLevel;  // small frames need it (docs/delta.md); slower builds
+  }
+  for (const auto& [name, field] : {std::pair{"group-frames", &p.group_frames},
+                                    std::pair{"dict-size", &p.dict_bytes}}) {
+    const auto v = a.Get(name);
+    if (v.empty()) continue;
+    if (p.format != kFormatGrouped) return Usage(std::string("--") + name + " needs --format 4");
+    auto n = ParseU64(v, (std::string("--") + name).c_str());
+    if (!n) return Fail(n.error());
+    *field = *n;
   }
   const auto cs = a.Get("chunk-size");
   if (!cs.empty() && !fs.empty()) return Usage("give --chunk-size or --frame-size, not both");
-  if (!fs.empty() && !delta) return Usage("--frame-size needs --format 2 or 3");
+  if (!fs.empty() && !delta) return Usage("--frame-size needs --format 2, 3 or 4");
   if (!cs.empty() || !fs.empty()) {
     auto v = ParseU64(cs.empty() ? fs : cs, cs.empty() ? "--frame-size" : "--chunk-size");
     if (!v) return Fail(v.error());
