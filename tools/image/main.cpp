@@ -336,14 +336,14 @@ int DeltaPlanCmd(const Args& a) {
   // What a delta costs beyond the frames: the signed header (one request,
   // the container up to the payload) and the reuse index (one request).
   const std::uint64_t header_bytes = (*header)->payload_offset;
-  const std::uint64_t total = p.request_bytes + p.index_bytes + header_bytes;
+  const std::uint64_t total = p.request_bytes + p.index_bytes + p.dict_bytes + header_bytes;
   const double share = p.full_bytes == 0 ? 0.0
                                          : 100.0 * static_cast<double>(total) /
                                                static_cast<double>(p.full_bytes + header_bytes);
   if (a.Has("json")) {
     nlohmann::json j = {
-        {"frames", m.chunks.size()},
-        {"frame_size", m.chunk_size},
+        {"frames", FrameCount(m)},
+        {"frame_size", m.frame_lengths.empty() ? m.chunk_size : m.frame_size},
         {"frames_local", p.frames_local},
         {"frames_rejected", p.frames_rejected},
         {"frames_download", p.frames_download},
@@ -353,6 +353,8 @@ int DeltaPlanCmd(const Args& a) {
         {"request_bytes", p.request_bytes},
         {"requests", p.requests.size()},
         {"index_bytes", p.index_bytes},
+        {"dict_bytes", p.dict_bytes},
+        {"groups", m.chunks.size()},
         {"header_bytes", header_bytes},
         {"download_bytes", total},
         {"full_bytes", p.full_bytes + header_bytes},
