@@ -887,11 +887,22 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
             return Ok();
           },
           options_.download);
-      if (!got) {
+      if (got) {
+        SAG_TRY(dictionary, image::DecodeDictionary(bytes, stored->manifest));
+      } else if (got.error().code() == Errc::kNetRangeUnsupported) {
+        // A server without Range (the full fallback): a stream from the
+        // dictionary's offset, stopped once the dictionary is read.
+        SAG_TRY(auto stream,
+                OpenStreamSource(record.source, record.payload_offset + d.offset,
+                                 options_.download));
+        auto read = image::ReadDictionary(*stream, stored->manifest);
+        stream->Stop();
+        if (!read) return std::move(read).error();
+        dictionary = std::move(*read);
+      } else {
         return std::move(got).error().WithContext("fetching the dictionary of " +
                                                   RedactUrl(record.source));
       }
-      SAG_TRY(dictionary, image::DecodeDictionary(bytes, stored->manifest));
     } else {
       SAG_TRY(auto file, image::FileSource::Open(record.source, record.payload_offset + d.offset));
       SAG_TRY(dictionary, image::ReadDictionary(*file, stored->manifest));

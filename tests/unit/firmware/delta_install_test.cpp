@@ -600,6 +600,30 @@ TEST_F(DeltaInstallTest, Format4FullInstallFromAFileResumes) {
   EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
 }
 
+// The full fallback from a server without Range, stopped mid-write and
+// resumed: the resumed full install reads the dictionary from a stream (the
+// server answers its range with 200) and goes on from its checkpoint.
+TEST_F(DeltaInstallTest, Format4FullFallbackResumesFromAServerWithoutRange) {
+  full_fallback_ = true;
+  test::TestHttpServer server(g_images->Bytes("v2-f4"), g_images->Tls());
+  test::Faults faults;
+  faults.ignore_range = true;
+  server.SetFaults(faults);
+  auto inst = MakeInstaller();
+  current_ = inst.get();
+  stop_after_reports_ = 30;
+  auto r = inst->Start(JobSpec{"f4-norange", server.Url("/v2.sagimg"), false, true});
+  current_ = nullptr;
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kWriting) << (r->error ? r->error->ToString() : "");
+  ASSERT_GT(r->next_chunk, 0U);
+  auto done = MakeInstaller()->Resume();
+  ASSERT_TRUE(done && *done) << (done ? "" : done.error().ToString());
+  EXPECT_EQ((*done)->state, JobState::kRebooting)
+      << ((*done)->error ? (*done)->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+}
+
 TEST_F(DeltaInstallTest, OldFormatImageInstallsInFullAsBefore) {
   test::TestHttpServer server(g_images->Bytes("v2-format1"), g_images->Tls());
   auto r = MakeInstaller()->Start(JobSpec{"f1", server.Url("/v2.sagimg"), false, true});
