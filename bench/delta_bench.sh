@@ -16,7 +16,7 @@
 # (how much of them to copy, default 160), IMAGE_MIB (ext4 size, default 256),
 # FRAMES (frame sizes in KiB, each optionally :LEVEL for zstd, default
 # "4 16 32 64 1024 32:9 64:9 16:19 32:19 64:19"), GAP (--max-gap, bytes), KEEP_WORK=1 (keep the images),
-# FORMAT (the delta format, 2, 3 or 4; default 3), CREATE_OPTS (more options for
+# FORMAT (the delta format, 2, 3 or 4; default 4), CREATE_OPTS (more options for
 # each delta image's sag-image create, e.g. "--group-frames 16 --dict-size 65536"),
 # PAIRS (default "hygiene plain").
 set -euo pipefail

@@ -151,7 +151,7 @@ int Create(const Args& a) {
     if (!v) return Fail(v.error());
     p.format = static_cast<int>(std::min<std::uint64_t>(*v, 1000));
   } else if (!fs.empty()) {
-    p.format = kFormatCompact;  // the newest delta format
+    p.format = kFormatGrouped;  // the newest delta format
   }
   const bool delta =
       p.format == kFormatDelta || p.format == kFormatCompact || p.format == kFormatGrouped;
