@@ -201,7 +201,7 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
   };
   std::vector<std::uint8_t> buf(m.chunk_size);
   std::vector<std::uint8_t> fetched(per_group, 0);  // frames of the open group already in buf
-  std::uint64_t cur = start;                         // the open group
+  std::uint64_t cur = start;                        // the open group
   std::optional<std::uint64_t> bad_group;
   std::uint64_t replans = 0;
   auto frame_place = [&](std::uint64_t f) {
@@ -222,17 +222,17 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
         const auto n = std::min<std::uint64_t>(image::kReuseBlockSize, place.size() - at);
         if (b >= blocks.size() || blocks[b].source == image::BlockLocation::kNowhere) {
           bad_group = g;
-          return Error(Errc::kChunkHashMismatch,
-                       "group " + std::to_string(g) + ": block " + std::to_string(b) +
-                           " was neither found locally nor fetched");
+          return Error(Errc::kChunkHashMismatch, "group " + std::to_string(g) + ": block " +
+                                                     std::to_string(b) +
+                                                     " was neither found locally nor fetched");
         }
         SAG_TRY_STATUS(local.Read(blocks[b], place.subspan(at, n)));
       }
     }
     if (Sha256::Of(std::span<const std::uint8_t>(buf).first(c.size)) != c.sha256) {
       bad_group = g;
-      return Error(Errc::kChunkHashMismatch, "group " + std::to_string(g) +
-                                                 " assembled does not match its signed SHA-256");
+      return Error(Errc::kChunkHashMismatch,
+                   "group " + std::to_string(g) + " assembled does not match its signed SHA-256");
     }
     std::fill(fetched.begin(), fetched.end(), std::uint8_t{0});
     SAG_TRY_STATUS(put(g, std::span<const std::uint8_t>(buf).first(c.size)));
@@ -263,8 +263,8 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
             if (pending.size() == m.frame_lengths[next]) {
               const std::uint64_t g = next / per_group;
               while (cur < g) SAG_TRY_STATUS(complete(cur));
-              SAG_TRY_STATUS(DecodeGroupedFrame(m, next, pending, frame_place(next), dctx.get(),
-                                                ddict.get()));
+              SAG_TRY_STATUS(
+                  DecodeGroupedFrame(m, next, pending, frame_place(next), dctx.get(), ddict.get()));
               fetched[next % per_group] = 1;
               pending.clear();
               ++next;
@@ -285,9 +285,10 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
   auto refetch = [&](std::uint64_t g) -> Status {
     bad_group.reset();
     ++stats.frames_rejected;
-    spdlog::warn("group {} assembled from local blocks did not match its signed SHA-256; "
-                 "fetching it whole",
-                 g);
+    spdlog::warn(
+        "group {} assembled from local blocks did not match its signed SHA-256; "
+        "fetching it whole",
+        g);
     std::fill(fetched.begin(), fetched.end(), std::uint8_t{0});
     cur = g;
     const std::uint64_t first = g * per_group;

@@ -892,9 +892,8 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
       } else if (got.error().code() == Errc::kNetRangeUnsupported) {
         // A server without Range (the full fallback): a stream from the
         // dictionary's offset, stopped once the dictionary is read.
-        SAG_TRY(auto stream,
-                OpenStreamSource(record.source, record.payload_offset + d.offset,
-                                 options_.download));
+        SAG_TRY(auto stream, OpenStreamSource(record.source, record.payload_offset + d.offset,
+                                              options_.download));
         auto read = image::ReadDictionary(*stream, stored->manifest);
         stream->Stop();
         if (!read) return std::move(read).error();

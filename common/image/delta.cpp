@@ -365,10 +365,10 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
       if (!have && !plan.group_rejected[g]) {
         const auto first = f * per_frame_blocks;
         const auto end = std::min<std::uint64_t>(first + per_frame_blocks, plan.blocks_total);
-        have = std::all_of(
-            plan.blocks.begin() + static_cast<std::ptrdiff_t>(first),
-            plan.blocks.begin() + static_cast<std::ptrdiff_t>(end),
-            [](const BlockLocation& l) { return l.source != BlockLocation::kNowhere; });
+        have =
+            std::all_of(plan.blocks.begin() + static_cast<std::ptrdiff_t>(first),
+                        plan.blocks.begin() + static_cast<std::ptrdiff_t>(end),
+                        [](const BlockLocation& l) { return l.source != BlockLocation::kNowhere; });
       }
       plan.frame_have[f] = have ? 1 : 0;
       if (!have) {

@@ -111,8 +111,8 @@ struct DeltaPlan {
   // Format 4, per frame: 1 = not downloaded (its group verified locally, or
   // every block found in a group to be checked once the rest is fetched).
   std::vector<std::uint8_t> frame_have;
-  std::vector<BlockLocation> blocks;      // per payload block: where it was found
-  std::vector<RangeRequest> requests;     // in payload order
+  std::vector<BlockLocation> blocks;   // per payload block: where it was found
+  std::vector<RangeRequest> requests;  // in payload order
   std::uint64_t blocks_total = 0;
   std::uint64_t blocks_found = 0;     // by the truncated-hash lookup
   std::uint64_t frames_local = 0;     // verified against their full SHA-256

@@ -374,9 +374,9 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
   if (payload == j.end() || !payload->is_object()) return Malformed("missing \"payload\" object");
   const char* const size_key = delta ? "frame_size" : "chunk_size";
   if (grouped) {
-    SAG_TRY_STATUS(OnlyKeys(
-        *payload, {"size", "sha256", size_key, "group_frames", "compression", "zsha256"},
-        "payload"));
+    SAG_TRY_STATUS(OnlyKeys(*payload,
+                            {"size", "sha256", size_key, "group_frames", "compression", "zsha256"},
+                            "payload"));
     SAG_TRY(m.group_frames, GetU64(*payload, "group_frames"));
     if (m.group_frames == 0 || m.group_frames > kMaxGroupFrames) {
       return TooLarge("group of " + std::to_string(m.group_frames) + " frames (1 to " +
@@ -527,12 +527,10 @@ std::string SerializeManifest(const Manifest& m) {
     std::string z(ZSTD_compressBound(table.size()), '\0');
     const std::size_t n = ZSTD_compress(z.data(), z.size(), table.data(), table.size(), 19);
     if (ZSTD_isError(n) == 0U) z.resize(n);
-    j["payload"] = {{"size", m.payload_size},
-                    {"sha256", ToHex(m.payload_sha256)},
-                    {"frame_size", m.frame_size},
-                    {"group_frames", m.group_frames},
-                    {"compression", "zstd"},
-                    {"zsha256", ToHex(m.frames_zsha256.value_or(Digest{}))}};
+    j["payload"] = {
+        {"size", m.payload_size},     {"sha256", ToHex(m.payload_sha256)},
+        {"frame_size", m.frame_size}, {"group_frames", m.group_frames},
+        {"compression", "zstd"},      {"zsha256", ToHex(m.frames_zsha256.value_or(Digest{}))}};
     j["frames"] = Base64Encode(ZSTD_isError(n) == 0U ? z : std::string());
     if (m.dict) {
       j["dict"] = {{"offset", m.dict->offset},
@@ -611,8 +609,7 @@ FrameRef FrameAt(const Manifest& m, std::size_t f) {
   const std::size_t g = f / m.group_frames;
   FrameRef r{m.chunks[g].offset, m.frame_lengths[f], 0};
   for (std::size_t i = g * m.group_frames; i < f; ++i) r.offset += m.frame_lengths[i];
-  r.size = f + 1 < m.frame_lengths.size() ? m.frame_size
-                                           : m.payload_size - f * m.frame_size;
+  r.size = f + 1 < m.frame_lengths.size() ? m.frame_size : m.payload_size - f * m.frame_size;
   return r;
 }
 
@@ -1328,8 +1325,8 @@ class ChunkDecoder {
       at += size;
     }
     if (pos != c.length || at != c.size) {
-      return Error(Errc::kManifestLimits, "chunk " + std::to_string(index) +
-                                              ": its frames do not add up to the group");
+      return Error(Errc::kManifestLimits,
+                   "chunk " + std::to_string(index) + ": its frames do not add up to the group");
     }
     return Unpacked{std::span<const std::uint8_t>(out).first(c.size), false};
   }
@@ -1347,7 +1344,7 @@ class ChunkDecoder {
     const std::size_t fcs_bytes = size < 256            ? 1
                                   : size < 65536 + 256  ? 2
                                   : size <= 0xFFFFFFFFU ? 4
-                                                          : 8;
+                                                        : 8;
     const std::uint8_t fcs_flag = fcs_bytes == 1 ? 0 : fcs_bytes == 2 ? 1 : fcs_bytes == 4 ? 2 : 3;
     const bool ok = r == 0 && fh.frameType == ZSTD_frame && fh.frameContentSize == size &&
                     fh.dictID == 0 && fh.checksumFlag == 0 && src.size() > 4 &&
@@ -1553,7 +1550,7 @@ struct ImageReader::Impl {
   ContentCheck check;
   std::optional<VerifiedHeader> header;
   std::unique_ptr<ChunkPipeline> pipeline;
-  Sha256 frames_sha;  // format 3: the frames' compressed bytes (frames_zsha256)
+  Sha256 frames_sha;                     // format 3: the frames' compressed bytes (frames_zsha256)
   std::vector<std::uint8_t> dictionary;  // format 4, once checked
   StageTimes* times = nullptr;
   bool done = false;
@@ -1600,9 +1597,8 @@ struct ImageReader::Impl {
         SAG_TRY_STATUS(in.Read(stored, "the zstd dictionary"));
         SAG_TRY(dictionary, DecodeDictionary(stored, m));
       }
-      pipeline = std::make_unique<ChunkPipeline>(in, m, 0, buffers, check, times,
-                                                 m.frames_zsha256 ? &frames_sha : nullptr,
-                                                 dictionary);
+      pipeline = std::make_unique<ChunkPipeline>(
+          in, m, 0, buffers, check, times, m.frames_zsha256 ? &frames_sha : nullptr, dictionary);
     }
     SAG_TRY(const auto view, pipeline->Next());
     if (pipeline->next() == m.chunks.size()) {
@@ -1689,8 +1685,9 @@ ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size
     impl_->failed =
         Error(Errc::kInvalidArgument, "ChunkReader: chunk size or first chunk out of range");
   } else if (manifest.dict && dictionary.empty()) {
-    impl_->failed = Error(Errc::kInvalidArgument, "ChunkReader: a format 4 image's dictionary "
-                                                  "is needed to read its frames");
+    impl_->failed = Error(Errc::kInvalidArgument,
+                          "ChunkReader: a format 4 image's dictionary "
+                          "is needed to read its frames");
   } else {
     impl_->chunks = std::make_unique<ChunkPipeline>(impl_->in, manifest, first_chunk, buffers,
                                                     check, times, nullptr, dictionary);

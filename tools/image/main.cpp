@@ -161,8 +161,8 @@ int Create(const Args& a) {
                                                 : kDefaultFrameSize;
     p.zstd_level = kDefaultFrameLevel;  // small frames need it (docs/delta.md); slower builds
   }
-  for (const auto& [name, field] : {std::pair{"group-frames", &p.group_frames},
-                                    std::pair{"dict-size", &p.dict_bytes}}) {
+  for (const auto& [name, field] :
+       {std::pair{"group-frames", &p.group_frames}, std::pair{"dict-size", &p.dict_bytes}}) {
     const auto v = a.Get(name);
     if (v.empty()) continue;
     if (p.format != kFormatGrouped) return Usage(std::string("--") + name + " needs --format 4");

@@ -726,8 +726,7 @@ TEST_F(DeltaTest, Format4RefusesATamperedDictionary) {
   const auto got = ReadAll(bytes);
   ASSERT_FALSE(got);
   EXPECT_EQ(got.error().code(), Errc::kChunkHashMismatch) << got.error().ToString();
-  EXPECT_NE(got.error().message().find("dictionary"), std::string::npos)
-      << got.error().ToString();
+  EXPECT_NE(got.error().message().find("dictionary"), std::string::npos) << got.error().ToString();
   MemSource src(bytes.substr(h.payload_offset));
   const auto dict = ReadDictionary(src, h.manifest);
   ASSERT_FALSE(dict);
@@ -820,11 +819,12 @@ TEST_F(DeltaTest, Format4RefusesWrongFrameLengthsAndOversizedFrames) {
   const auto oversized = resigned([&](Manifest& m) {
     const auto delta = static_cast<std::int64_t>(z.size()) - static_cast<std::int64_t>(f4.length);
     m.frame_lengths[4] = static_cast<std::uint32_t>(z.size());
-    m.chunks[1].length = static_cast<std::uint64_t>(static_cast<std::int64_t>(m.chunks[1].length) +
-                                                    delta);
-    m.chunks[2].offset = static_cast<std::uint64_t>(static_cast<std::int64_t>(m.chunks[2].offset) +
-                                                    delta);
-    m.reuse->offset = static_cast<std::uint64_t>(static_cast<std::int64_t>(m.reuse->offset) + delta);
+    m.chunks[1].length =
+        static_cast<std::uint64_t>(static_cast<std::int64_t>(m.chunks[1].length) + delta);
+    m.chunks[2].offset =
+        static_cast<std::uint64_t>(static_cast<std::int64_t>(m.chunks[2].offset) + delta);
+    m.reuse->offset =
+        static_cast<std::uint64_t>(static_cast<std::int64_t>(m.reuse->offset) + delta);
     // The group's content if frame 4 were allowed to spill over frame 5.
     std::string content = big + payload.substr(6 * kBlock, 2 * kBlock);
     m.chunks[1].sha256 = Sha256::Of(content);
