@@ -148,7 +148,7 @@ struct VerifiedHeader {
 };
 
 // Parses and checks a manifest's shape and limits (no signature check):
-// known format version (1, or 2 with a reuse index and a compact frame table), type, a version
+// known format version (1; 2 to 4 with a reuse index: docs/delta.md), type, a version
 // valid for that type, compatible models, sizes within `limits`, a chunk table that tiles the
 // payload (contiguous offsets from 0, chunk_size bytes each but the last, lengths no larger than
 // zstd's bound). Errors: kManifestMalformed, kManifestVersion, kManifestLimits.
