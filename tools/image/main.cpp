@@ -229,7 +229,7 @@ int Verify(const Args& a) {
       "KiB\n"
       "signer: %s\n",
       a.positional[0].c_str(), std::string(ImageTypeName(m.type)).c_str(), m.version.c_str(),
-      m.chunks.size(), m.reuse ? "frames" : "chunks", reuse.c_str(), mib, secs,
+      FrameCount(m), m.reuse ? "frames" : "chunks", reuse.c_str(), mib, secs,
       secs > 0 ? mib / secs : 0.0, PeakRssKib(), (*header)->signer.subject.c_str());
   return 0;
 }
@@ -287,12 +287,18 @@ int Inspect(const Args& a) {
     std::printf(
         "format:       %d (frames of %llu bytes)\nreuse index:  %llu hashes of %llu bytes "
         "per %llu-byte block, stored in %llu bytes at payload offset %llu\n",
-        m->format, static_cast<unsigned long long>(m->chunk_size),
+        m->format,
+        static_cast<unsigned long long>(m->frame_lengths.empty() ? m->chunk_size : m->frame_size),
         static_cast<unsigned long long>(m->reuse->size / m->reuse->hash_bytes),
         static_cast<unsigned long long>(m->reuse->hash_bytes),
         static_cast<unsigned long long>(m->reuse->block_size),
         static_cast<unsigned long long>(m->reuse->length),
         static_cast<unsigned long long>(m->reuse->offset));
+    if (!m->frame_lengths.empty()) {
+      std::printf("groups:       %zu of %llu frames, one SHA-256 each\ndictionary:   %llu bytes\n",
+                  m->chunks.size(), static_cast<unsigned long long>(m->group_frames),
+                  static_cast<unsigned long long>(m->dict ? m->dict->length : 0));
+    }
   } else {
     std::printf("format:       %d\n", m->format);
   }
