@@ -58,7 +58,7 @@ for h in ${PAIRS:-hygiene plain}; do
     f=${fl%%:*}
     level=3
     [[ $fl == *:* ]] && level=${fl##*:}
-    # shellcheck disable=SC2046  # the options are words
+    # shellcheck disable=SC2046,SC2086  # the options are words
     create "$work/new-$h.ext4" "$work/v2.img" $(delta_frame_opts "$fl") ${CREATE_OPTS:-}
     full=$(size "$work/v2.img")
     "$bin" delta-plan --ca "$work/pki/root-ca.pem" "$work/v2.img" \
