@@ -16,7 +16,9 @@
 # (how much of them to copy, default 160), IMAGE_MIB (ext4 size, default 256),
 # FRAMES (frame sizes in KiB, each optionally :LEVEL for zstd, default
 # "4 16 32 64 1024 32:9 64:9 16:19 32:19 64:19"), GAP (--max-gap, bytes), KEEP_WORK=1 (keep the images),
-# FORMAT (the delta format, 2 or 3; default 3).
+# FORMAT (the delta format, 2, 3 or 4; default 4), CREATE_OPTS (more options for
+# each delta image's sag-image create, e.g. "--group-frames 16 --dict-size 65536"),
+# PAIRS (default "hygiene plain").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 delta_repo=$PWD
@@ -44,32 +46,32 @@ create() {  # create PAYLOAD OUT [create options...]
 size() { delta_size "$1"; }
 pct() { delta_pct "$1" "$2"; }
 
-for h in hygiene plain; do
+for h in ${PAIRS:-hygiene plain}; do
   create "$work/new-$h.ext4" "$work/v1-$h.img" --format 1 --chunk-size 1048576 --level 3
   today=$(size "$work/v1-$h.img")
   echo
   echo "== pair built with$([[ $h == plain ]] && echo "out") hygiene: new image ${image_mib} MiB," \
     "today's format 1 image (1 MiB chunks, zstd 3): $today bytes"
-  printf '%-13s %11s %8s %12s %9s %8s %8s %10s %9s %9s %7s %7s\n' frame:level full_bytes \
-    vs_today download of_today of_full requests frames header index blocks% rss_MiB
+  printf '%-13s %11s %8s %12s %9s %8s %8s %10s %9s %9s %8s %7s %7s\n' frame:level full_bytes \
+    vs_today download of_today of_full requests frames header index dict blocks% rss_MiB
   for fl in $frames; do
     f=${fl%%:*}
     level=3
     [[ $fl == *:* ]] && level=${fl##*:}
-    # shellcheck disable=SC2046  # the options are words
-    create "$work/new-$h.ext4" "$work/v2.img" $(delta_frame_opts "$fl")
+    # shellcheck disable=SC2046,SC2086  # the options are words
+    create "$work/new-$h.ext4" "$work/v2.img" $(delta_frame_opts "$fl") ${CREATE_OPTS:-}
     full=$(size "$work/v2.img")
     "$bin" delta-plan --ca "$work/pki/root-ca.pem" "$work/v2.img" \
       --local "$work/old-$h.ext4" --max-gap "$gap" --json >"$work/plan.json"
-    read -r dl req fb hb idx found rss < <(python3 -c '
+    read -r dl req fb hb idx dict found rss < <(python3 -c '
 import json, sys
 p = json.load(open(sys.argv[1]))
-print(p["download_bytes"], p["requests"] + 2, p["request_bytes"], p["header_bytes"],
-      p["index_bytes"], "%.1f" % (100 * p["blocks_found"] / p["blocks"]), p["peak_rss_kib"] // 1024)' \
+print(p["download_bytes"], p["requests"] + 2 + (1 if p.get("dict_bytes", 0) else 0), p["request_bytes"], p["header_bytes"],
+      p["index_bytes"], p.get("dict_bytes", 0), "%.1f" % (100 * p["blocks_found"] / p["blocks"]), p["peak_rss_kib"] // 1024)' \
       "$work/plan.json")
-    printf '%-13s %11d %7s%% %12d %8s%% %7s%% %8d %10d %9d %9d %7s %7d\n' "${f}K:$level" "$full" \
+    printf '%-13s %11d %7s%% %12d %8s%% %7s%% %8d %10d %9d %9d %8d %7s %7d\n' "${f}K:$level" "$full" \
       "$(pct $((full - today)) "$today")" "$dl" "$(pct "$dl" "$today")" "$(pct "$dl" "$full")" \
-      "$req" "$fb" "$hb" "$idx" "$found" "$rss"
+      "$req" "$fb" "$hb" "$idx" "$dict" "$found" "$rss"
   done
   if command -v casync >/dev/null; then
     casync make --compression=zstd --store="$work/store-old" "$work/old.caibx" "$work/old-$h.ext4" >/dev/null

@@ -6,7 +6,7 @@
 #   1. a simulated appliance (sag-sim) gets the OLD image installed by the real
 #      sag-agent as a delta (format 2, from the factory image, no rate limit),
 #      reboots into it and commits it: slot B, its block-hash index kept;
-#   2. the agent installs the NEW image (format $FORMAT, default 3) as a delta ("index kept")
+#   2. the agent installs the NEW image (format $FORMAT, default 4) as a delta ("index kept")
 #      from an HTTPS server on 127.0.0.1 that sends at most RATE bytes/s
 #      (bench/delta_http.py: one link for all connections), into the other
 #      slot (`sag-agent install URL --no-reboot`);
@@ -30,7 +30,7 @@
 # Environment: SAG_BUILD (a build directory holding agent/sag-agent,
 # tools/sim/sag-sim and tools/image/sag-image; default: build/release,
 # RelWithDebInfo, built), FRAME (the new image's frames: KIB[:LEVEL] or
-# "default" for sag-image's own; default 16:19), FORMAT (default 3), CREATE_OPTS (more options
+# "default" for sag-image's own; default 8:19), FORMAT (default 4), CREATE_OPTS (more options
 # for the new image's `sag-image create`), RATE (bytes/s, default
 # 1048576), PAIRS (default "hygiene plain"; one of them halves the time),
 # TREE_MIB (default 160), IMAGE_MIB (default 256), TREE_DIRS, KEEP_WORK=1.
@@ -52,7 +52,7 @@ sim="$delta_build_dir/tools/sim/sag-sim"
 image="$delta_build_dir/tools/image/sag-image"
 for b in "$agent" "$sim" "$image"; do [[ -x $b ]] || { echo "missing $b" >&2; exit 1; }; done
 [[ -x /usr/bin/time ]] || { echo "/usr/bin/time (package time) is needed" >&2; exit 1; }
-frame=${FRAME:-16:19}
+frame=${FRAME:-8:19}
 frame_opts=$(delta_frame_opts "$frame")
 read -r -a create_opts <<<"${CREATE_OPTS:-}"
 rate=${RATE:-1048576}
@@ -72,7 +72,7 @@ delta_setup "$image"
 die() { echo "FAIL: $*" >&2; exit 1; }
 
 echo "== $(date -u +%FT%TZ): $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== tree ${tree_mib} MiB in ext4 images of ${image_mib} MiB; new image: format ${FORMAT:-3} ($frame:" \
+echo "== tree ${tree_mib} MiB in ext4 images of ${image_mib} MiB; new image: format ${FORMAT:-4} ($frame:" \
   "$frame_opts${CREATE_OPTS:+ $CREATE_OPTS}); link $rate B/s; $("$agent" --version 2>&1 | head -1);" \
   "$([[ $have_casync == 1 ]] && casync --version 2>&1 | head -1 || echo 'casync not installed')"
 delta_pairs
@@ -197,7 +197,7 @@ for h in $pairs; do
   fi
 
   echo
-  echo "== pair built with$([[ $h == plain ]] && echo "out") hygiene: new image format ${FORMAT:-3} ($frame)" \
+  echo "== pair built with$([[ $h == plain ]] && echo "out") hygiene: new image format ${FORMAT:-4} ($frame)" \
     "$full2 bytes (built in $build_s s), today's format 1 $today bytes, casync store $store_bytes bytes"
   printf '%-26s %11s %8s %8s %8s %8s %7s %7s %8s %5s %5s\n' method downloaded of_full of_today \
     requests wall_s user_s sys_s rss_MiB exact load1

@@ -144,17 +144,17 @@ delta_create() {
 }
 
 # delta_frame_opts KIB[:LEVEL] | default: the create options of a delta image
-# (format $FORMAT, default 3) with frames of KIB KiB at zstd LEVEL (3 when not
+# (format $FORMAT, default 4) with frames of KIB KiB at zstd LEVEL (3 when not
 # given); "default": --format alone (whatever sag-image's defaults are).
 delta_frame_opts() {
   if [[ $1 == default ]]; then
-    echo "--format ${FORMAT:-3}"
+    echo "--format ${FORMAT:-4}"
     return
   fi
   local f=${1%%:*} level=3
   [[ $1 == *:* ]] && level=${1##*:}
   [[ $f =~ ^[0-9]+$ && $level =~ ^[0-9]+$ ]] || { echo "bad frame spec '$1' (KIB[:LEVEL])" >&2; return 1; }
-  echo "--format ${FORMAT:-3} --frame-size $((f * 1024)) --level $level"
+  echo "--format ${FORMAT:-4} --frame-size $((f * 1024)) --level $level"
 }
 
 delta_size() { stat -c %s "$1"; }

@@ -11,6 +11,8 @@
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <memory>
+#include <optional>
 #include <system_error>
 
 #include "common/atomic_file.h"
@@ -122,6 +124,218 @@ Status ReadBackFrame(const JobRecord& record, platform::SlotDevice& slot, const 
                      std::to_string(f) + " at offset " + std::to_string(offset) +
                      " reads back different from what was written; the storage may be failing");
   }
+  return Ok();
+}
+
+using DDictPtr = std::unique_ptr<ZSTD_DDict, decltype(&ZSTD_freeDDict)>;
+using DCtxPtr = std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)>;
+
+// Format 4: checks that a downloaded frame is one zstd frame of exactly its
+// signed size and decodes it (with the verified dictionary) into `out`,
+// which is exactly that size: a frame that would decode to more is refused.
+// Its content is checked with its group's.
+Status DecodeGroupedFrame(const image::Manifest& m, std::size_t f, std::span<const std::uint8_t> z,
+                          std::span<std::uint8_t> out, ZSTD_DCtx* dctx, const ZSTD_DDict* ddict) {
+  const auto bad = [&](const std::string& what) {
+    return Error(Errc::kChunkHashMismatch,
+                 "frame " + std::to_string(f) + " as downloaded " + what +
+                     "; the file on the server is damaged or is not this image");
+  };
+  if (z.size() != m.frame_lengths[f]) return bad("is not its signed length");
+  if (ZSTD_getFrameContentSize(z.data(), z.size()) != out.size() ||
+      ZSTD_findFrameCompressedSize(z.data(), z.size()) != z.size()) {
+    return bad("is not one zstd frame of " + std::to_string(out.size()) + " bytes");
+  }
+  const std::size_t n =
+      ddict != nullptr
+          ? ZSTD_decompress_usingDDict(dctx, out.data(), out.size(), z.data(), z.size(), ddict)
+          : ZSTD_decompressDCtx(dctx, out.data(), out.size(), z.data(), z.size());
+  if (ZSTD_isError(n) != 0U || n != out.size()) {
+    return bad("does not decompress to " + std::to_string(out.size()) + " bytes");
+  }
+  return Ok();
+}
+
+// Format 4's write loop (docs/delta.md, "Format 4"): groups are assembled in
+// order in one buffer, from fetched frames (coalesced requests, which may
+// span groups) and local blocks for the others, checked against the group's
+// signed SHA-256, and only then handed to `put`. A group that fails (a local
+// block changed, a truncated-hash collision) is fetched whole and checked
+// again; the requests after it are planned again.
+template <typename Put>
+Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocation> blocks,
+                   std::vector<std::uint8_t> have, std::vector<image::RangeRequest> requests,
+                   image::LocalBlocks& local, std::uint64_t start, const std::string& url,
+                   std::uint64_t base, DeltaRecord& stats, std::uint64_t& fetched_now,
+                   const net::DownloadOptions& download, const image::DeltaOptions& dopt,
+                   Put&& put) {
+  const std::uint64_t per_group = m.group_frames;
+  const std::uint64_t frames = m.frame_lengths.size();
+  DDictPtr ddict(nullptr, ZSTD_freeDDict);
+  DCtxPtr dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
+  if (!dctx) return Error(Errc::kInternal, "zstd: no decompression context");
+  // The dictionary, fetched once before the first frame and checked against
+  // its signed SHA-256 before zstd sees it.
+  auto ensure_dict = [&]() -> Status {
+    if (!m.dict || ddict) return Ok();
+    std::vector<std::uint8_t> stored;
+    stored.reserve(m.dict->length);
+    ++stats.requests;
+    auto got = net::FetchRange(
+        url, base + m.dict->offset, m.dict->length,
+        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
+          if (stored.size() + data.size() > m.dict->length) {
+            return Error(Errc::kNetProtocol, "the server sent more than the dictionary");
+          }
+          stored.insert(stored.end(), data.begin(), data.end());
+          return Ok();
+        },
+        download);
+    stats.fetched_bytes += stored.size();
+    fetched_now += stored.size();
+    if (!got) return std::move(got).error();
+    SAG_TRY(const auto dict, image::DecodeDictionary(stored, m));
+    ddict.reset(ZSTD_createDDict(dict.data(), dict.size()));
+    if (!ddict) return Error(Errc::kDecompress, "the image's zstd dictionary is not usable");
+    return Ok();
+  };
+  std::vector<std::uint8_t> buf(m.chunk_size);
+  std::vector<std::uint8_t> fetched(per_group, 0);  // frames of the open group already in buf
+  std::uint64_t cur = start;                        // the open group
+  std::optional<std::uint64_t> bad_group;
+  std::uint64_t replans = 0;
+  auto frame_place = [&](std::uint64_t f) {
+    const std::uint64_t at = (f % per_group) * m.frame_size;
+    const std::uint64_t size = f + 1 < frames ? m.frame_size : m.payload_size - f * m.frame_size;
+    return std::span(buf).subspan(at, size);
+  };
+  // Completes group g (the open one): the frames not fetched come from local
+  // blocks; then the group's hash decides.
+  auto complete = [&](std::uint64_t g) -> Status {
+    const auto& c = m.chunks[g];
+    for (std::uint64_t f = g * per_group; f < std::min(frames, (g + 1) * per_group); ++f) {
+      if (fetched[f % per_group] != 0) continue;
+      const auto place = frame_place(f);
+      const std::uint64_t first = f * (m.frame_size / image::kReuseBlockSize);
+      for (std::uint64_t at = 0; at < place.size(); at += image::kReuseBlockSize) {
+        const std::uint64_t b = first + at / image::kReuseBlockSize;
+        const auto n = std::min<std::uint64_t>(image::kReuseBlockSize, place.size() - at);
+        if (b >= blocks.size() || blocks[b].source == image::BlockLocation::kNowhere) {
+          bad_group = g;
+          return Error(Errc::kChunkHashMismatch, "group " + std::to_string(g) + ": block " +
+                                                     std::to_string(b) +
+                                                     " was neither found locally nor fetched");
+        }
+        SAG_TRY_STATUS(local.Read(blocks[b], place.subspan(at, n)));
+      }
+    }
+    if (Sha256::Of(std::span<const std::uint8_t>(buf).first(c.size)) != c.sha256) {
+      bad_group = g;
+      return Error(Errc::kChunkHashMismatch,
+                   "group " + std::to_string(g) + " assembled does not match its signed SHA-256");
+    }
+    std::fill(fetched.begin(), fetched.end(), std::uint8_t{0});
+    SAG_TRY_STATUS(put(g, std::span<const std::uint8_t>(buf).first(c.size)));
+    ++cur;
+    return Ok();
+  };
+  // Fetches frames [first, end) in one range; each is decoded into its
+  // place as it arrives, and groups before its own are completed first.
+  auto fetch = [&](std::uint64_t first, std::uint64_t end) -> Status {
+    SAG_TRY_STATUS(ensure_dict());
+    const auto r0 = image::FrameAt(m, first);
+    const auto rl = image::FrameAt(m, end - 1);
+    std::vector<std::uint8_t> pending;
+    std::uint64_t next = first;
+    ++stats.requests;
+    auto got = net::FetchRange(
+        url, base + r0.offset, rl.offset + rl.length - r0.offset,
+        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
+          stats.fetched_bytes += data.size();
+          fetched_now += data.size();
+          while (!data.empty()) {
+            if (next >= end) return Error(Errc::kNetProtocol, "the server sent more than asked");
+            const std::size_t want = m.frame_lengths[next] - pending.size();
+            const std::size_t n = std::min(want, data.size());
+            pending.insert(pending.end(), data.begin(),
+                           data.begin() + static_cast<std::ptrdiff_t>(n));
+            data = data.subspan(n);
+            if (pending.size() == m.frame_lengths[next]) {
+              const std::uint64_t g = next / per_group;
+              while (cur < g) SAG_TRY_STATUS(complete(cur));
+              SAG_TRY_STATUS(
+                  DecodeGroupedFrame(m, next, pending, frame_place(next), dctx.get(), ddict.get()));
+              fetched[next % per_group] = 1;
+              pending.clear();
+              ++next;
+            }
+          }
+          return Ok();
+        },
+        download);
+    if (!got) return std::move(got).error();
+    if (next != end) {
+      return Error(Errc::kNetProtocol, "range of frames " + std::to_string(first) + "-" +
+                                           std::to_string(end - 1) + " ended early");
+    }
+    return Ok();
+  };
+  // A group that failed: fetched whole (every frame from the server), and
+  // the requests after it planned again from its end.
+  auto refetch = [&](std::uint64_t g) -> Status {
+    bad_group.reset();
+    ++stats.frames_rejected;
+    spdlog::warn(
+        "group {} assembled from local blocks did not match its signed SHA-256; "
+        "fetching it whole",
+        g);
+    std::fill(fetched.begin(), fetched.end(), std::uint8_t{0});
+    cur = g;
+    const std::uint64_t first = g * per_group;
+    const std::uint64_t end = std::min(frames, first + per_group);
+    SAG_TRY_STATUS(fetch(first, end));
+    for (std::uint64_t f = first; f < end; ++f) have[f] = 1;
+    if (auto st = complete(g); !st) {
+      bad_group.reset();
+      return Error(Errc::kChunkHashMismatch,
+                   "group " + std::to_string(g) +
+                       " as downloaded does not match its signed SHA-256; the file on the server "
+                       "is damaged or is not this image");
+    }
+    for (std::uint64_t f = 0; f < end; ++f) have[f] = 1;
+    requests = image::PlanRequests(m, have, dopt);
+    ++replans;
+    return Ok();
+  };
+  auto complete_or_refetch = [&](std::uint64_t g) -> Status {
+    if (auto st = complete(g); !st) {
+      if (!bad_group) return st;
+      SAG_TRY_STATUS(refetch(g));
+    }
+    return Ok();
+  };
+  // After a refetch the requests are planned again from the refetched
+  // group's end: start over from the first of them.
+  std::size_t r = 0;
+  while (r < requests.size()) {
+    const auto req = requests[r];
+    const std::uint64_t plans = replans;
+    while (cur < req.first_frame / per_group && plans == replans) {
+      SAG_TRY_STATUS(complete_or_refetch(cur));
+    }
+    if (plans != replans) {
+      r = 0;
+      continue;
+    }
+    if (auto st = fetch(req.first_frame, req.end_frame); !st) {
+      if (!bad_group) return st;
+      SAG_TRY_STATUS(refetch(*bad_group));
+      r = 0;
+      continue;
+    }
+    ++r;
+  }
+  while (cur < m.chunks.size()) SAG_TRY_STATUS(complete_or_refetch(cur));
   return Ok();
 }
 
@@ -320,15 +534,52 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
       }
     }
   }
-  const auto requests = image::PlanRequests(m, use_local, dopt);
+  // Format 4: frames are fetched, groups verified (delta.h, frame_have). The
+  // same rule per frame: a frame that would need a target block that the
+  // writer overwrites before its group is fetched; its group is checked once
+  // assembled from local and fetched frames.
+  const bool grouped = !m.frame_lengths.empty();
+  std::vector<std::uint8_t> have;
+  if (grouped) {
+    overwritten = 0;
+    have = plan.frame_have;
+    const std::uint64_t frame_blocks = m.frame_size / image::kReuseBlockSize;
+    for (std::size_t f = 0; f < have.size(); ++f) {
+      const std::size_t g = f / m.group_frames;
+      if (g < start) {
+        have[f] = 1;
+        continue;
+      }
+      if (have[f] == 0) continue;
+      const std::uint64_t group_first = g * per_frame;
+      const std::uint64_t first = f * frame_blocks;
+      const std::uint64_t end = std::min<std::uint64_t>(first + frame_blocks, plan.blocks.size());
+      for (std::uint64_t b = first; b < end; ++b) {
+        const auto& at = plan.blocks[b];
+        if (at.source == kTargetSource && at.block >= resume_block && at.block < group_first) {
+          have[f] = 0;
+          ++overwritten;
+          break;
+        }
+      }
+    }
+  }
+  auto requests = image::PlanRequests(m, grouped ? have : use_local, dopt);
   std::uint64_t request_bytes = 0;
   for (const auto& r : requests) request_bytes += r.length;
   planned_now += request_bytes;
+  if (grouped && m.dict && !requests.empty()) planned_now += m.dict->length;
   stats.planned_bytes = planned_now;
   stats.frames_local = 0;
   stats.frames_download = 0;
-  for (std::size_t f = start; f < use_local.size(); ++f) {
-    ++(use_local[f] != 0 ? stats.frames_local : stats.frames_download);
+  if (grouped) {
+    for (std::size_t f = start * m.group_frames; f < have.size(); ++f) {
+      ++(have[f] != 0 ? stats.frames_local : stats.frames_download);
+    }
+  } else {
+    for (std::size_t f = start; f < use_local.size(); ++f) {
+      ++(use_local[f] != 0 ? stats.frames_local : stats.frames_download);
+    }
   }
   stats.frames_rejected = plan.frames_rejected;
   spdlog::info(
@@ -425,8 +676,15 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
     if (e.code() == Errc::kNetRangeUnsupported) return range_failure(std::move(e));
     return std::move(e).WithContext("delta download of " + RedactUrl(url));
   };
+  if (grouped) {
+    if (auto st = WriteGroups(m, plan.blocks, have, requests, local, start, url, base, stats,
+                              fetched_now, options_.download, dopt, put);
+        !st) {
+      return failed(std::move(st).error());
+    }
+  }
   std::size_t r = 0;
-  for (std::size_t f = start; f < m.chunks.size();) {
+  for (std::size_t f = grouped ? m.chunks.size() : start; f < m.chunks.size();) {
     if (Stopping()) return Error(Errc::kCancelled, "stopped");
     if (r < requests.size() && requests[r].first_frame == f) {
       if (auto st = fetch(f, requests[r].end_frame); !st) return failed(std::move(st).error());

@@ -869,6 +869,44 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
                                       std::string(JobStateName(record.state))] { return context; };
     SAG_TRY(source, OpenStreamSource(record.source, offset, download));
   }
+  // Format 4, resumed: the frames need the image's dictionary, which lies
+  // before the first frame. Fetched alone (one range, or read from the file)
+  // and checked against its signed SHA-256 before use.
+  std::vector<std::uint8_t> dictionary;
+  if (start_chunk > 0 && stored->manifest.dict) {
+    const auto& d = *stored->manifest.dict;
+    if (IsUrl(record.source)) {
+      std::vector<std::uint8_t> bytes;
+      auto got = net::FetchRange(
+          record.source, record.payload_offset + d.offset, d.length,
+          [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
+            if (bytes.size() + data.size() > d.length) {
+              return Error(Errc::kNetProtocol, "the server sent more than the dictionary");
+            }
+            bytes.insert(bytes.end(), data.begin(), data.end());
+            return Ok();
+          },
+          options_.download);
+      if (got) {
+        SAG_TRY(dictionary, image::DecodeDictionary(bytes, stored->manifest));
+      } else if (got.error().code() == Errc::kNetRangeUnsupported) {
+        // A server without Range (the full fallback): a stream from the
+        // dictionary's offset, stopped once the dictionary is read.
+        SAG_TRY(auto stream, OpenStreamSource(record.source, record.payload_offset + d.offset,
+                                              options_.download));
+        auto read = image::ReadDictionary(*stream, stored->manifest);
+        stream->Stop();
+        if (!read) return std::move(read).error();
+        dictionary = std::move(*read);
+      } else {
+        return std::move(got).error().WithContext("fetching the dictionary of " +
+                                                  RedactUrl(record.source));
+      }
+    } else {
+      SAG_TRY(auto file, image::FileSource::Open(record.source, record.payload_offset + d.offset));
+      SAG_TRY(dictionary, image::ReadDictionary(*file, stored->manifest));
+    }
+  }
 
   // Decoded-chunk buffers (see the stages below). Two: on a two-core
   // appliance the stages share the cores, and a third buffer (letting the
@@ -911,7 +949,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     std::string().swap(stored->manifest_json);  // stored; only the table is needed
     std::string().swap(stored->signature_der);
     chunk_reader.emplace(*source, *manifest, start_chunk, options_.limits, kBuffers, kContentCheck,
-                         &times);
+                         &times, dictionary);
   }
   // Parsing the manifest left its JSON tree's pages free but resident; give
   // them back before the chunk buffers are allocated, so that the parse's

@@ -222,13 +222,21 @@ std::vector<RangeRequest> PlanRequests(const Manifest& m, std::span<const std::u
                                        const DeltaOptions& options) {
   std::vector<RangeRequest> out;
   std::optional<RangeRequest> cur;
-  for (std::size_t i = 0; i < m.chunks.size() && i < frame_local.size(); ++i) {
+  const std::size_t frames = FrameCount(m);
+  const std::uint64_t per_chunk = FramesPerChunk(m);
+  std::uint64_t offset = m.chunks.empty() ? 0 : m.chunks.front().offset;
+  for (std::size_t i = 0; i < frames && i < frame_local.size(); ++i) {
+    // Frames are stored back to back (format 4: from the end of the
+    // dictionary): the running offset is each frame's.
+    if (i % per_chunk == 0) offset = m.chunks[i / per_chunk].offset;
+    const std::uint64_t length = m.frame_lengths.empty() ? m.chunks[i].length : m.frame_lengths[i];
+    const std::uint64_t at = offset;
+    offset += length;
     if (frame_local[i] != 0) continue;
-    const auto& c = m.chunks[i];
     if (cur) {
       const std::uint64_t end = cur->offset + cur->length;
-      const std::uint64_t merged = c.offset + c.length - cur->offset;
-      if (c.offset - end <= options.max_gap &&
+      const std::uint64_t merged = at + length - cur->offset;
+      if (at - end <= options.max_gap &&
           (options.max_request == 0 || merged <= options.max_request)) {
         cur->length = merged;
         cur->end_frame = i + 1;
@@ -236,7 +244,7 @@ std::vector<RangeRequest> PlanRequests(const Manifest& m, std::span<const std::u
       }
       out.push_back(*cur);
     }
-    cur = RangeRequest{c.offset, c.length, i, i + 1};
+    cur = RangeRequest{at, length, i, i + 1};
   }
   if (cur) out.push_back(*cur);
   return out;
@@ -315,6 +323,7 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
 
   // A frame is local only once its assembled bytes matched the signed hash.
   plan.frame_local.assign(m.chunks.size(), 0);
+  plan.group_rejected.assign(m.chunks.size(), 0);
   const std::uint64_t per_frame = m.chunk_size / kReuseBlockSize;
   std::vector<std::uint8_t> frame;
   for (std::size_t f = 0; f < m.chunks.size(); ++f) {
@@ -335,11 +344,44 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
       }
       if (st.error().code() != Errc::kChunkHashMismatch) return st.error();
       ++plan.frames_rejected;
+      plan.group_rejected[f] = 1;
     }
     ++plan.frames_download;
     plan.frame_bytes += m.chunks[f].length;
   }
-  plan.requests = PlanRequests(m, plan.frame_local, options);
+  if (!m.frame_lengths.empty()) {
+    // Format 4: a group that did not verify locally is fetched frame by
+    // frame: the frames some block of which was not found, or every frame
+    // of a group that was rejected (which frame is wrong is not known). The
+    // group is checked again once assembled from both (delta_install.cpp).
+    const std::size_t frames = m.frame_lengths.size();
+    const std::uint64_t per_frame_blocks = m.frame_size / kReuseBlockSize;
+    plan.frame_have.assign(frames, 0);
+    plan.frames_download = 0;
+    plan.frame_bytes = 0;
+    for (std::size_t f = 0; f < frames; ++f) {
+      const std::size_t g = f / m.group_frames;
+      bool have = plan.frame_local[g] != 0;
+      if (!have && !plan.group_rejected[g]) {
+        const auto first = f * per_frame_blocks;
+        const auto end = std::min<std::uint64_t>(first + per_frame_blocks, plan.blocks_total);
+        have =
+            std::all_of(plan.blocks.begin() + static_cast<std::ptrdiff_t>(first),
+                        plan.blocks.begin() + static_cast<std::ptrdiff_t>(end),
+                        [](const BlockLocation& l) { return l.source != BlockLocation::kNowhere; });
+      }
+      plan.frame_have[f] = have ? 1 : 0;
+      if (!have) {
+        ++plan.frames_download;
+        plan.frame_bytes += m.frame_lengths[f];
+      }
+    }
+    plan.frames_local = frames - plan.frames_download;
+    plan.requests = PlanRequests(m, plan.frame_have, options);
+    if (m.dict && plan.frames_download > 0) plan.dict_bytes = m.dict->length;
+  } else {
+    plan.requests = PlanRequests(m, plan.frame_local, options);
+  }
   for (const auto& r : plan.requests) plan.request_bytes += r.length;
   plan.index_bytes = m.reuse->length;
   return plan;

@@ -102,10 +102,17 @@ struct RangeRequest {
   std::size_t end_frame = 0;
 };
 
+// Format 4: "frame" in frame_local and frames_rejected means a verification
+// group (a Chunk); frame_have, frames_local, frames_download, frame_bytes and
+// the requests' frame numbers count the frames (the unit of download).
 struct DeltaPlan {
-  std::vector<std::uint8_t> frame_local;  // per frame: 1 = assembled locally and verified
-  std::vector<BlockLocation> blocks;      // per payload block: where it was found
-  std::vector<RangeRequest> requests;     // in payload order
+  std::vector<std::uint8_t> frame_local;  // per frame (group): 1 = assembled locally and verified
+  std::vector<std::uint8_t> group_rejected;  // per frame (group): 1 = every block found, hash wrong
+  // Format 4, per frame: 1 = not downloaded (its group verified locally, or
+  // every block found in a group to be checked once the rest is fetched).
+  std::vector<std::uint8_t> frame_have;
+  std::vector<BlockLocation> blocks;   // per payload block: where it was found
+  std::vector<RangeRequest> requests;  // in payload order
   std::uint64_t blocks_total = 0;
   std::uint64_t blocks_found = 0;     // by the truncated-hash lookup
   std::uint64_t frames_local = 0;     // verified against their full SHA-256
@@ -114,6 +121,7 @@ struct DeltaPlan {
   std::uint64_t frame_bytes = 0;       // compressed bytes of the frames to download
   std::uint64_t request_bytes = 0;     // bytes the requests fetch (frames and bridged gaps)
   std::uint64_t index_bytes = 0;       // the stored reuse index (one more request)
+  std::uint64_t dict_bytes = 0;        // format 4: the dictionary, if any frame is fetched
   std::uint64_t full_bytes = 0;        // every frame: what a full download fetches
   std::uint64_t local_read_bytes = 0;  // bytes read from the sources (scan and verification)
 };
@@ -156,7 +164,8 @@ Expected<DeltaPlan> PlanDelta(const Manifest& manifest, std::span<const BlockHas
                               std::span<const LocalSource> sources,
                               const DeltaOptions& options = {});
 
-// Requests for downloading exactly the frames marked 0 in `frame_local`,
+// Requests for downloading exactly the frames marked 0 in `frame_local` (one
+// entry per frame: FrameCount, format 4's frames rather than its groups),
 // coalesced by `options` (PlanDelta calls this; exposed for tests and for a
 // caller that marks frames itself).
 std::vector<RangeRequest> PlanRequests(const Manifest& manifest,

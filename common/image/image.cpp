@@ -165,6 +165,90 @@ Status ParseCompactFrames(const json& j, std::uint64_t count, Manifest& m) {
   return TakeFrameRecords(table.data(), count, kCompactFrameRecordBytes, m);
 }
 
+// Format 4's frame table: base64 of one zstd frame that holds, for every
+// frame, its compressed length (u32 LE), then, for every group of
+// group_frames frames, the SHA-256 of the group's content. Decoded into a
+// buffer of exactly the size the payload, frame and group sizes imply.
+// Groups become Chunks (offset and length of their frames as stored, from
+// `first_offset`: right after the dictionary).
+Status ParseGroupedFrames(const json& j, std::uint64_t frames, std::uint64_t first_offset,
+                          Manifest& m) {
+  SAG_TRY(const auto text, GetString(j, "frames"));
+  const std::uint64_t groups = (frames + m.group_frames - 1) / m.group_frames;
+  const std::uint64_t raw_size = frames * 4 + groups * 32;
+  if (text.empty() || text.size() > (ZSTD_compressBound(raw_size) + 2) / 3 * 4) {
+    return TooLarge("frame table of " + std::to_string(text.size()) + " base64 characters for " +
+                    std::to_string(frames) + " frames");
+  }
+  auto z = Base64Decode(text);
+  if (!z) return Malformed("frames: " + z.error().message());
+  if (ZSTD_getFrameContentSize(z->data(), z->size()) != raw_size ||
+      ZSTD_findFrameCompressedSize(z->data(), z->size()) != z->size()) {
+    return Malformed("frames: not one zstd frame of " + std::to_string(raw_size) + " bytes (" +
+                     std::to_string(frames) + " frames in " + std::to_string(groups) + " groups)");
+  }
+  std::vector<std::uint8_t> table(raw_size);
+  const std::size_t n = ZSTD_decompress(table.data(), table.size(), z->data(), z->size());
+  if (ZSTD_isError(n) != 0U || n != raw_size) {
+    return Malformed("frames: the zstd frame does not decompress to " + std::to_string(raw_size) +
+                     " bytes");
+  }
+  m.frame_lengths.reserve(frames);
+  m.chunks.reserve(groups);
+  const std::uint8_t* p = table.data();
+  const std::uint8_t* hashes = table.data() + frames * 4;
+  std::uint64_t offset = first_offset;
+  for (std::uint64_t g = 0; g < groups; ++g) {
+    Chunk c;
+    c.offset = offset;
+    const std::uint64_t first = g * m.group_frames;
+    const std::uint64_t end = std::min(first + m.group_frames, frames);
+    for (std::uint64_t f = first; f < end; ++f, p += 4) {
+      const std::uint64_t length = std::uint64_t{p[0]} | (std::uint64_t{p[1]} << 8U) |
+                                   (std::uint64_t{p[2]} << 16U) | (std::uint64_t{p[3]} << 24U);
+      const std::uint64_t size =
+          f + 1 < frames ? m.frame_size : m.payload_size - (frames - 1) * m.frame_size;
+      if (length == 0 || length > ZSTD_compressBound(size)) {
+        return TooLarge("frame " + std::to_string(f) + " length " + std::to_string(length) +
+                        " is not a zstd frame of " + std::to_string(size) + " bytes");
+      }
+      m.frame_lengths.push_back(static_cast<std::uint32_t>(length));
+      c.length += length;
+      c.size += size;
+    }
+    std::memcpy(c.sha256.data(), hashes + g * 32, 32);
+    offset += c.length;
+    m.chunks.push_back(c);
+  }
+  return Ok();
+}
+
+// Format 4's dictionary entry: at offset 0 of payload.zst, a skippable frame
+// of at most kMaxDictBytes of dictionary.
+Status ParseDict(const json& j, Manifest& m) {
+  const auto d = j.find("dict");
+  if (d == j.end()) return Ok();
+  if (!d->is_object()) return Malformed("\"dict\" must be an object");
+  SAG_TRY_STATUS(OnlyKeys(*d, {"offset", "length", "sha256"}, "dict"));
+  DictInfo info;
+  SAG_TRY(info.offset, GetU64(*d, "offset"));
+  SAG_TRY(info.length, GetU64(*d, "length"));
+  SAG_TRY(const auto sha, GetString(*d, "sha256"));
+  auto digest = DigestFromHex(sha);
+  if (!digest) return Malformed("dict.sha256: " + digest.error().message());
+  info.sha256 = *digest;
+  if (info.offset != 0) {
+    return Malformed("dictionary at " + std::to_string(info.offset) +
+                     ", expected at the start of payload.zst (0)");
+  }
+  if (info.length <= 8 || info.length > 8 + kMaxDictBytes) {
+    return TooLarge("dictionary of " + std::to_string(info.length) + " bytes (at most " +
+                    std::to_string(8 + kMaxDictBytes) + " stored)");
+  }
+  m.dict = info;
+  return Ok();
+}
+
 Status ParseReuse(const json& j, Manifest& m) {
   const auto r = j.find("reuse");
   if (r == j.end() || !r->is_object()) return Malformed("missing \"reuse\" object");
@@ -192,8 +276,9 @@ Status ParseReuse(const json& j, Manifest& m) {
                      (m.format == kFormatDelta ? std::string("8") : std::string("5 to 8")) +
                      " of " + std::to_string(kReuseBlockSize) + ")");
   }
-  if (m.chunk_size % kReuseBlockSize != 0) {
-    return Malformed("frame_size " + std::to_string(m.chunk_size) + " is not a multiple of " +
+  const std::uint64_t frame_size = m.frame_lengths.empty() ? m.chunk_size : m.frame_size;
+  if (frame_size % kReuseBlockSize != 0) {
+    return Malformed("frame_size " + std::to_string(frame_size) + " is not a multiple of " +
                      std::to_string(kReuseBlockSize));
   }
   const auto& last = m.chunks.back();
@@ -225,15 +310,22 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
     return Malformed("missing or non-integer \"format\"");
   }
   const auto format = fmt->get<std::int64_t>();
-  if (format != kFormatVersion && format != kFormatDelta && format != kFormatCompact) {
+  if (format != kFormatVersion && format != kFormatDelta && format != kFormatCompact &&
+      format != kFormatGrouped) {
     return Error(Errc::kManifestVersion,
                  "manifest: unknown format version " + fmt->dump() + " (this reader knows " +
-                     std::to_string(kFormatVersion) + " to " + std::to_string(kFormatCompact) +
+                     std::to_string(kFormatVersion) + " to " + std::to_string(kFormatGrouped) +
                      "); update the agent first");
   }
-  const bool delta = format == kFormatDelta || format == kFormatCompact;
-  const bool compact = format == kFormatCompact;
-  if (delta) {
+  const bool grouped = format == kFormatGrouped;
+  const bool delta = format == kFormatDelta || format == kFormatCompact || grouped;
+  const bool compact = format == kFormatCompact || grouped;
+  if (grouped) {
+    SAG_TRY_STATUS(OnlyKeys(j,
+                            {"format", "type", "version", "compatible", "build_time", "payload",
+                             "frames", "reuse", "dict"},
+                            "manifest"));
+  } else if (delta) {
     SAG_TRY_STATUS(OnlyKeys(
         j, {"format", "type", "version", "compatible", "build_time", "payload", "frames", "reuse"},
         "manifest"));
@@ -281,9 +373,21 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
   const auto payload = j.find("payload");
   if (payload == j.end() || !payload->is_object()) return Malformed("missing \"payload\" object");
   const char* const size_key = delta ? "frame_size" : "chunk_size";
+  if (grouped) {
+    SAG_TRY_STATUS(OnlyKeys(*payload,
+                            {"size", "sha256", size_key, "group_frames", "compression", "zsha256"},
+                            "payload"));
+    SAG_TRY(m.group_frames, GetU64(*payload, "group_frames"));
+    if (m.group_frames == 0 || m.group_frames > kMaxGroupFrames) {
+      return TooLarge("group of " + std::to_string(m.group_frames) + " frames (1 to " +
+                      std::to_string(kMaxGroupFrames) + ")");
+    }
+  }
   if (compact) {
-    SAG_TRY_STATUS(
-        OnlyKeys(*payload, {"size", "sha256", size_key, "compression", "zsha256"}, "payload"));
+    if (!grouped) {
+      SAG_TRY_STATUS(
+          OnlyKeys(*payload, {"size", "sha256", size_key, "compression", "zsha256"}, "payload"));
+    }
     SAG_TRY(const auto zsha, GetString(*payload, "zsha256"));
     auto zd = DigestFromHex(zsha);
     if (!zd) return Malformed("payload.zsha256: " + zd.error().message());
@@ -306,6 +410,28 @@ Expected<Manifest> ParseManifestJson(const json& j, const Limits& limits) {
   if (m.payload_size > limits.max_payload_bytes) {
     return TooLarge("payload of " + std::to_string(m.payload_size) + " bytes (limit " +
                     std::to_string(limits.max_payload_bytes) + ")");
+  }
+  if (grouped) {
+    // The frame is the unit of download, the group (chunk_size) the unit
+    // of verification and of every chunk buffer.
+    m.frame_size = m.chunk_size;
+    if (m.frame_size < limits.min_chunk_size ||
+        m.frame_size > limits.max_chunk_size / m.group_frames) {
+      return TooLarge("groups of " + std::to_string(m.group_frames) + " frames of " +
+                      std::to_string(m.frame_size) + " bytes outside [" +
+                      std::to_string(limits.min_chunk_size) + ", " +
+                      std::to_string(limits.max_chunk_size) + "]");
+    }
+    m.chunk_size = m.frame_size * m.group_frames;
+    const std::uint64_t frames = (m.payload_size + m.frame_size - 1) / m.frame_size;
+    if (frames > limits.max_chunks) {
+      return TooLarge(std::to_string(frames) + " frames (limit " +
+                      std::to_string(limits.max_chunks) + ")");
+    }
+    SAG_TRY_STATUS(ParseDict(j, m));
+    SAG_TRY_STATUS(ParseGroupedFrames(j, frames, m.dict ? m.dict->length : 0, m));
+    SAG_TRY_STATUS(ParseReuse(j, m));
+    return m;
   }
   if (m.chunk_size < limits.min_chunk_size || m.chunk_size > limits.max_chunk_size) {
     return TooLarge("chunk_size " + std::to_string(m.chunk_size) + " outside [" +
@@ -387,6 +513,39 @@ std::string SerializeManifest(const Manifest& m) {
       {"format", m.format},         {"type", ImageTypeName(m.type)}, {"version", m.version},
       {"compatible", m.compatible}, {"build_time", m.build_time},
   };
+  if (m.format == kFormatGrouped && m.reuse) {
+    std::string table;
+    table.reserve(m.frame_lengths.size() * 4 + m.chunks.size() * 32);
+    for (const auto len : m.frame_lengths) {
+      for (unsigned shift = 0; shift < 32; shift += 8) {
+        table.push_back(static_cast<char>((len >> shift) & 0xFFU));
+      }
+    }
+    for (const auto& c : m.chunks) {
+      table.append(reinterpret_cast<const char*>(c.sha256.data()), c.sha256.size());
+    }
+    std::string z(ZSTD_compressBound(table.size()), '\0');
+    const std::size_t n = ZSTD_compress(z.data(), z.size(), table.data(), table.size(), 19);
+    if (ZSTD_isError(n) == 0U) z.resize(n);
+    j["payload"] = {
+        {"size", m.payload_size},     {"sha256", ToHex(m.payload_sha256)},
+        {"frame_size", m.frame_size}, {"group_frames", m.group_frames},
+        {"compression", "zstd"},      {"zsha256", ToHex(m.frames_zsha256.value_or(Digest{}))}};
+    j["frames"] = Base64Encode(ZSTD_isError(n) == 0U ? z : std::string());
+    if (m.dict) {
+      j["dict"] = {{"offset", m.dict->offset},
+                   {"length", m.dict->length},
+                   {"sha256", ToHex(m.dict->sha256)}};
+    }
+    const auto& r = *m.reuse;
+    j["reuse"] = {{"block_size", r.block_size},
+                  {"hash_bytes", r.hash_bytes},
+                  {"offset", r.offset},
+                  {"length", r.length},
+                  {"size", r.size},
+                  {"sha256", ToHex(r.sha256)}};
+    return j.dump(1) + "\n";
+  }
   if ((m.format == kFormatDelta || m.format == kFormatCompact) && m.reuse) {
     const bool compact = m.format == kFormatCompact;
     std::string table;
@@ -436,6 +595,27 @@ std::string SerializeManifest(const Manifest& m) {
                   {"compression", "zstd"}};
   j["chunks"] = chunks;
   return j.dump(1) + "\n";
+}
+
+std::size_t FrameCount(const Manifest& m) {
+  return m.frame_lengths.empty() ? m.chunks.size() : m.frame_lengths.size();
+}
+
+FrameRef FrameAt(const Manifest& m, std::size_t f) {
+  if (m.frame_lengths.empty()) {
+    const auto& c = m.chunks[f];
+    return FrameRef{c.offset, c.length, c.size};
+  }
+  const std::size_t g = f / m.group_frames;
+  FrameRef r{m.chunks[g].offset, m.frame_lengths[f], 0};
+  for (std::size_t i = g * m.group_frames; i < f; ++i) r.offset += m.frame_lengths[i];
+  r.size = f + 1 < m.frame_lengths.size() ? m.frame_size : m.payload_size - f * m.frame_size;
+  return r;
+}
+
+std::uint64_t MaxStoredChunk(const Manifest& m) {
+  if (m.frame_lengths.empty()) return ZSTD_compressBound(m.chunk_size);
+  return m.group_frames * ZSTD_compressBound(m.frame_size);
 }
 
 // ---------------------------------------------------------------------------
@@ -1039,14 +1219,20 @@ class ChunkDecoder {
  public:
   // Decoded chunks go to `buffers` buffers in turn: chunk i stays valid
   // while chunks i+1 .. i+buffers-1 are decoded.
-  ChunkDecoder(const Manifest& m, std::size_t buffers)
+  ChunkDecoder(const Manifest& m, std::size_t buffers, std::span<const std::uint8_t> dictionary)
       : dctx_(ZSTD_createDCtx()),
+        ddict_(dictionary.empty() ? nullptr
+                                  : ZSTD_createDDict(dictionary.data(), dictionary.size())),
+        m_(m),
         zsha_(HasChunkZsha(m)),
-        in_(ZSTD_compressBound(m.chunk_size)),
+        in_(MaxStoredChunk(m)),
         out_(buffers) {
     for (auto& o : out_) o.resize(m.chunk_size);
   }
-  ~ChunkDecoder() { ZSTD_freeDCtx(dctx_); }
+  ~ChunkDecoder() {
+    ZSTD_freeDDict(ddict_);
+    ZSTD_freeDCtx(dctx_);
+  }
   ChunkDecoder(const ChunkDecoder&) = delete;
   ChunkDecoder& operator=(const ChunkDecoder&) = delete;
 
@@ -1074,7 +1260,8 @@ class ChunkDecoder {
   Expected<Unpacked> Unpack(const Chunk& c, std::size_t index) {
     const auto where = "chunk " + std::to_string(index);
     const auto src = std::span<const std::uint8_t>(in_).first(c.length);
-    SAG_TRY(bool compressed, CheckFrame(src, c, where));
+    if (!m_.frame_lengths.empty()) return UnpackGroup(c, index, src);
+    SAG_TRY(bool compressed, CheckFrame(src, c.size, where));
     // Format 3: zstd decodes the unauthenticated frame into the bounded
     // buffer (CheckFrame pinned down its header and size), and the content's
     // signed SHA-256 decides (docs/delta.md, "Format 3").
@@ -1099,29 +1286,74 @@ class ChunkDecoder {
   }
 
  private:
+  // Format 4: a group's frames, each one canonical zstd frame of exactly its
+  // size, decoded with the (verified) dictionary into the group's buffer at
+  // its place, bounded by its size. The caller checks the group's content.
+  Expected<Unpacked> UnpackGroup(const Chunk& c, std::size_t index,
+                                 std::span<const std::uint8_t> src) {
+    if (m_.dict && ddict_ == nullptr) {
+      return Error(Errc::kDecompress, "chunk " + std::to_string(index) +
+                                          ": the image's zstd dictionary is not usable");
+    }
+    auto& out = out_[index % out_.size()];
+    const std::size_t first = index * m_.group_frames;
+    const std::size_t end = std::min<std::size_t>(first + m_.group_frames, m_.frame_lengths.size());
+    std::uint64_t pos = 0;
+    std::uint64_t at = 0;
+    for (std::size_t f = first; f < end; ++f) {
+      const auto where = "frame " + std::to_string(f);
+      const std::uint64_t len = m_.frame_lengths[f];
+      const std::uint64_t size =
+          f + 1 < m_.frame_lengths.size() ? m_.frame_size : m_.payload_size - f * m_.frame_size;
+      if (pos + len > src.size() || at + size > c.size) {
+        return Error(Errc::kManifestLimits, where + " does not fit its group");
+      }
+      const auto z = src.subspan(pos, len);
+      SAG_TRY_STATUS(CheckFrame(z, size, where));
+      const std::size_t n =
+          ddict_ != nullptr
+              ? ZSTD_decompress_usingDDict(dctx_, out.data() + at, size, z.data(), z.size(), ddict_)
+              : ZSTD_decompressDCtx(dctx_, out.data() + at, size, z.data(), z.size());
+      if (ZSTD_isError(n) != 0U || n != size) {
+        return Error(Errc::kDecompress,
+                     where + ": zstd frame does not decompress to " + std::to_string(size) +
+                         " bytes (" +
+                         (ZSTD_isError(n) != 0U ? ZSTD_getErrorName(n) : std::to_string(n)) +
+                         "); the image is corrupt");
+      }
+      pos += len;
+      at += size;
+    }
+    if (pos != c.length || at != c.size) {
+      return Error(Errc::kManifestLimits,
+                   "chunk " + std::to_string(index) + ": its frames do not add up to the group");
+    }
+    return Unpacked{std::span<const std::uint8_t>(out).first(c.size), false};
+  }
+
   // One zstd frame exactly as sag-image writes it: single segment, content
   // size equal to the chunk size in its shortest encoding, no dictionary,
   // no checksum, reserved bits clear, nothing after the frame. zstd itself
   // ignores some of these bits; checking them means a changed byte there is
   // refused too instead of passing unnoticed.
   // Returns whether the frame holds a compressed (entropy-coded) block.
-  static Expected<bool> CheckFrame(std::span<const std::uint8_t> src, const Chunk& c,
+  static Expected<bool> CheckFrame(std::span<const std::uint8_t> src, std::uint64_t size,
                                    const std::string& where) {
     ZSTD_frameHeader fh{};
     const std::size_t r = ZSTD_getFrameHeader(&fh, src.data(), src.size());
-    const std::size_t fcs_bytes = c.size < 256            ? 1
-                                  : c.size < 65536 + 256  ? 2
-                                  : c.size <= 0xFFFFFFFFU ? 4
-                                                          : 8;
+    const std::size_t fcs_bytes = size < 256            ? 1
+                                  : size < 65536 + 256  ? 2
+                                  : size <= 0xFFFFFFFFU ? 4
+                                                        : 8;
     const std::uint8_t fcs_flag = fcs_bytes == 1 ? 0 : fcs_bytes == 2 ? 1 : fcs_bytes == 4 ? 2 : 3;
-    const bool ok = r == 0 && fh.frameType == ZSTD_frame && fh.frameContentSize == c.size &&
+    const bool ok = r == 0 && fh.frameType == ZSTD_frame && fh.frameContentSize == size &&
                     fh.dictID == 0 && fh.checksumFlag == 0 && src.size() > 4 &&
                     src[4] == static_cast<std::uint8_t>((fcs_flag << 6U) | 0x20U) &&
                     fh.headerSize == 5 + fcs_bytes &&
                     ZSTD_findFrameCompressedSize(src.data(), src.size()) == src.size();
     if (!ok) {
       return Error(Errc::kDecompress, where + ": not a single canonical zstd frame of " +
-                                          std::to_string(c.size) + " bytes; the image is corrupt");
+                                          std::to_string(size) + " bytes; the image is corrupt");
     }
     // Walk the block headers (3 bytes, little endian: last, type, size).
     std::size_t pos = fh.headerSize;
@@ -1130,15 +1362,17 @@ class ChunkDecoder {
       if (pos + 3 > src.size()) break;  // cannot happen after findFrameCompressedSize
       const std::uint32_t bh = src[pos] | (src[pos + 1] << 8U) | (src[pos + 2] << 16U);
       const std::uint32_t type = (bh >> 1U) & 3U;
-      const std::uint32_t size = bh >> 3U;
+      const std::uint32_t block_size = bh >> 3U;
       compressed = compressed || type == 2;
-      pos += 3 + (type == 1 ? 1 : size);
+      pos += 3 + (type == 1 ? 1 : block_size);
       if ((bh & 1U) != 0) break;
     }
     return compressed;
   }
 
   ZSTD_DCtx* dctx_;
+  ZSTD_DDict* ddict_;
+  const Manifest& m_;
   bool zsha_;
   std::vector<std::uint8_t> in_;
   std::vector<std::vector<std::uint8_t>> out_;
@@ -1231,11 +1465,12 @@ class ChunkPipeline {
  public:
   // `stored` (optional) is fed every chunk's compressed bytes in order.
   ChunkPipeline(Input& in, const Manifest& m, std::size_t first, std::size_t buffers,
-                ContentCheck check, StageTimes* times, Sha256* stored = nullptr)
+                ContentCheck check, StageTimes* times, Sha256* stored = nullptr,
+                std::span<const std::uint8_t> dictionary = {})
       : in_(in),
         stored_(stored),
         m_(m),
-        decoder_(m, std::clamp(buffers, kMinChunkBuffers, kMaxChunkBuffers)),
+        decoder_(m, std::clamp(buffers, kMinChunkBuffers, kMaxChunkBuffers), dictionary),
         hasher_(m.chunks.size() - first > 1 && m.chunk_size >= kParallelMin, times),
         times_(times),
         check_(check),
@@ -1315,7 +1550,8 @@ struct ImageReader::Impl {
   ContentCheck check;
   std::optional<VerifiedHeader> header;
   std::unique_ptr<ChunkPipeline> pipeline;
-  Sha256 frames_sha;  // format 3: the frames' compressed bytes (frames_zsha256)
+  Sha256 frames_sha;                     // format 3: the frames' compressed bytes (frames_zsha256)
+  std::vector<std::uint8_t> dictionary;  // format 4, once checked
   StageTimes* times = nullptr;
   bool done = false;
   std::optional<Error> failed;  // sticky: a reader that failed stays failed
@@ -1354,8 +1590,15 @@ struct ImageReader::Impl {
     if (done) return std::optional<ChunkView>();
     // The chunk buffers are allocated only by a reader that reads chunks.
     if (!pipeline) {
-      pipeline = std::make_unique<ChunkPipeline>(in, m, 0, buffers, check, times,
-                                                 m.frames_zsha256 ? &frames_sha : nullptr);
+      // Format 4: the dictionary comes first and is checked against its
+      // signed SHA-256 before zstd sees it.
+      if (m.dict) {
+        std::vector<std::uint8_t> stored(m.dict->length);
+        SAG_TRY_STATUS(in.Read(stored, "the zstd dictionary"));
+        SAG_TRY(dictionary, DecodeDictionary(stored, m));
+      }
+      pipeline = std::make_unique<ChunkPipeline>(
+          in, m, 0, buffers, check, times, m.frames_zsha256 ? &frames_sha : nullptr, dictionary);
     }
     SAG_TRY(const auto view, pipeline->Next());
     if (pipeline->next() == m.chunks.size()) {
@@ -1432,7 +1675,8 @@ struct ChunkReader::Impl {
 };
 
 ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size_t first_chunk,
-                         Limits limits, std::size_t buffers, ContentCheck check, StageTimes* times)
+                         Limits limits, std::size_t buffers, ContentCheck check, StageTimes* times,
+                         std::span<const std::uint8_t> dictionary)
     : impl_(std::make_unique<Impl>(source)) {
   // The manifest was verified by VerifyHeader with these limits; checking the
   // chunk size again keeps a caller's mistake from becoming a huge buffer.
@@ -1440,9 +1684,13 @@ ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size
       first_chunk > manifest.chunks.size()) {
     impl_->failed =
         Error(Errc::kInvalidArgument, "ChunkReader: chunk size or first chunk out of range");
+  } else if (manifest.dict && dictionary.empty()) {
+    impl_->failed = Error(Errc::kInvalidArgument,
+                          "ChunkReader: a format 4 image's dictionary "
+                          "is needed to read its frames");
   } else {
-    impl_->chunks =
-        std::make_unique<ChunkPipeline>(impl_->in, manifest, first_chunk, buffers, check, times);
+    impl_->chunks = std::make_unique<ChunkPipeline>(impl_->in, manifest, first_chunk, buffers,
+                                                    check, times, nullptr, dictionary);
   }
 }
 ChunkReader::~ChunkReader() = default;
@@ -1453,6 +1701,38 @@ Expected<std::optional<ChunkView>> ChunkReader::Next() {
   auto r = s.chunks->Next();
   if (!r) s.failed = r.error();
   return r;
+}
+
+// ---------------------------------------------------------------------------
+// Format 4's dictionary
+
+Expected<std::vector<std::uint8_t>> DecodeDictionary(std::span<const std::uint8_t> stored,
+                                                     const Manifest& m) {
+  if (!m.dict) return Error(Errc::kInvalidArgument, "the image has no zstd dictionary");
+  // The signed hash first: nothing else looks at unauthenticated bytes.
+  if (stored.size() != m.dict->length || Sha256::Of(stored) != m.dict->sha256) {
+    return Error(Errc::kChunkHashMismatch,
+                 "the zstd dictionary does not match its signed SHA-256; download the image "
+                 "again");
+  }
+  const auto u32 = [&](std::size_t at) {
+    return std::uint32_t{stored[at]} | (std::uint32_t{stored[at + 1]} << 8U) |
+           (std::uint32_t{stored[at + 2]} << 16U) | (std::uint32_t{stored[at + 3]} << 24U);
+  };
+  if (stored.size() <= 8 || u32(0) != kDictMagic || u32(4) != stored.size() - 8) {
+    return Error(Errc::kDecompress,
+                 "the zstd dictionary is signed but not a skippable frame of its length; "
+                 "rebuild the image with sag-image");
+  }
+  return std::vector<std::uint8_t>(stored.begin() + 8, stored.end());
+}
+
+Expected<std::vector<std::uint8_t>> ReadDictionary(ByteSource& source, const Manifest& m) {
+  if (!m.dict) return Error(Errc::kInvalidArgument, "the image has no zstd dictionary");
+  Input in(source);
+  std::vector<std::uint8_t> stored(m.dict->length);
+  SAG_TRY_STATUS(in.Read(stored, "the zstd dictionary"));
+  return DecodeDictionary(stored, m);
 }
 
 // ---------------------------------------------------------------------------

@@ -54,6 +54,15 @@ struct ReuseIndexInfo {
   Digest sha256{};               // of the `length` stored bytes
 };
 
+// Format 4: where the compression dictionary is and what it must hash to.
+// Stored as a zstd skippable frame (magic kDictMagic, u32 LE length) holding
+// the dictionary as ZDICT_trainFromBuffer makes it.
+struct DictInfo {
+  std::uint64_t offset = 0;  // within payload.zst's data: 0 (before the first frame)
+  std::uint64_t length = 0;  // stored bytes, the 8-byte skippable header included
+  Digest sha256{};           // of the `length` stored bytes
+};
+
 struct Manifest {
   int format = 1;
   ImageType type = ImageType::kDevice;
@@ -71,7 +80,37 @@ struct Manifest {
   // before it yields the last frame, so that the file stays the one file of
   // its signed manifest (docs/delta.md, "Format 3").
   std::optional<Digest> frames_zsha256;
+  // Format 4 only (docs/delta.md, "Format 4"): frames of `frame_size` bytes
+  // are the unit of download, verified in groups of `group_frames`
+  // consecutive frames. In memory a group is a Chunk (its content SHA-256, its
+  // frames' compressed bytes back to back), so chunk_size is group_frames x
+  // frame_size and every reader of chunks (installers, read-back, resume)
+  // works on groups; `frame_lengths` holds each frame's compressed length.
+  std::uint64_t frame_size = 0;
+  std::uint64_t group_frames = 1;
+  std::vector<std::uint32_t> frame_lengths;
+  // Format 4: the zstd dictionary every frame is compressed with, stored at
+  // the start of payload.zst, its SHA-256 signed here. Absent: no dictionary.
+  std::optional<DictInfo> dict;
 };
+
+// Frames (the unit of download) of a manifest: format 4's frames, or the
+// chunks of formats 1 to 3 (one frame per chunk).
+std::size_t FrameCount(const Manifest& m);
+// Frames per chunk (format 4's group size; 1 before).
+inline std::uint64_t FramesPerChunk(const Manifest& m) {
+  return m.frame_lengths.empty() ? 1 : m.group_frames;
+}
+struct FrameRef {
+  std::uint64_t offset = 0;  // compressed, within payload.zst's data
+  std::uint64_t length = 0;  // compressed
+  std::uint64_t size = 0;    // uncompressed
+};
+// Frame f (f < FrameCount(m)): O(group_frames).
+FrameRef FrameAt(const Manifest& m, std::size_t f);
+// The largest compressed chunk (group) a manifest allows: the buffer a
+// reader needs.
+std::uint64_t MaxStoredChunk(const Manifest& m);
 
 // True for a manifest whose chunks carry a signed SHA-256 of their compressed
 // bytes (formats 1 and 2).
@@ -109,7 +148,7 @@ struct VerifiedHeader {
 };
 
 // Parses and checks a manifest's shape and limits (no signature check):
-// known format version (1, or 2 with a reuse index and a compact frame table), type, a version
+// known format version (1; 2 to 4 with a reuse index: docs/delta.md), type, a version
 // valid for that type, compatible models, sizes within `limits`, a chunk table that tiles the
 // payload (contiguous offsets from 0, chunk_size bytes each but the last, lengths no larger than
 // zstd's bound). Errors: kManifestMalformed, kManifestVersion, kManifestLimits.
@@ -149,6 +188,17 @@ inline constexpr int kDefaultFrameLevel = 19;
 // 10 % of format 1's (+8.3 %); a 4 GiB image's manifest stays under 12.6 MiB.
 inline constexpr std::uint64_t kDefaultCompactFrameSize = 16U << 10U;
 inline constexpr std::uint64_t kReuseHashBytes = 8;
+// Format 4 (docs/delta.md, "Format 4"): format 3 with a zstd dictionary
+// (a signed part of payload.zst) and one content SHA-256 per group of
+// frames instead of per frame.
+inline constexpr int kFormatGrouped = 4;
+inline constexpr std::uint32_t kDictMagic = 0x184D2A5EU;
+inline constexpr std::uint64_t kMaxDictBytes = 1U << 20U;
+inline constexpr std::uint64_t kMaxGroupFrames = 64;
+// sag-image create --format 4's defaults (measured: docs/delta.md).
+inline constexpr std::uint64_t kDefaultGroupedFrameSize = 8U << 10U;
+inline constexpr std::uint64_t kDefaultGroupFrames = 8;
+inline constexpr std::uint64_t kDefaultDictBytes = 112640;
 // Bytes per frame in format 2's binary frame table (before base64): the
 // compressed length (u32 LE), the SHA-256 of the content, of the compressed bytes.
 inline constexpr std::uint64_t kFrameRecordBytes = 4 + 32 + 32;
@@ -265,11 +315,14 @@ class ImageReader {
 // Reads chunks first_chunk.. of an already verified header from a source
 // positioned at header.payload_offset + manifest.chunks[first_chunk].offset
 // (a resumed download). Each chunk is hash-checked, as by ImageReader.
+// A format 4 image's dictionary (`dictionary`: its content, from
+// DecodeDictionary) is required; without one the reader fails.
 class ChunkReader {
  public:
   ChunkReader(ByteSource& source, const Manifest& manifest, std::size_t first_chunk,
               Limits limits = {}, std::size_t buffers = kMinChunkBuffers,
-              ContentCheck check = ContentCheck::kEveryChunk, StageTimes* times = nullptr);
+              ContentCheck check = ContentCheck::kEveryChunk, StageTimes* times = nullptr,
+              std::span<const std::uint8_t> dictionary = {});
   ~ChunkReader();
   ChunkReader(const ChunkReader&) = delete;
   ChunkReader& operator=(const ChunkReader&) = delete;
@@ -279,6 +332,17 @@ class ChunkReader {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Format 4: checks a dictionary's stored bytes against the manifest's
+// signed SHA-256 (before anything else), then its skippable frame, and
+// returns the dictionary itself. Errors: kChunkHashMismatch (not the signed
+// bytes), kDecompress (signed but malformed), kInvalidArgument (no dictionary
+// in the manifest).
+Expected<std::vector<std::uint8_t>> DecodeDictionary(std::span<const std::uint8_t> stored,
+                                                     const Manifest& manifest);
+// Reads exactly the dictionary's stored bytes from `source` (positioned at
+// payload_offset + dict.offset) and decodes them as above.
+Expected<std::vector<std::uint8_t>> ReadDictionary(ByteSource& source, const Manifest& manifest);
 
 // A ByteSource over a file (sag-image verify, sag-agent install FILE).
 class FileSource final : public ByteSource {

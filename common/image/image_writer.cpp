@@ -6,8 +6,10 @@
 #include <openssl/pem.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zdict.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <ctime>
 #include <nlohmann/json.hpp>
@@ -270,6 +272,173 @@ Status WriteContainer(const std::filesystem::path& output, std::string_view mani
   return Commit(out, tmp, output);
 }
 
+namespace {
+
+bool IsZero(std::span<const std::uint8_t> b) {
+  return std::all_of(b.begin(), b.end(), [](std::uint8_t x) { return x == 0; });
+}
+
+// Format 4's dictionary: trained (ZDICT_trainFromBuffer) on an even sample of
+// the payload's non-zero frames, at most kSampleBudget bytes of them. If
+// training fails (too few samples: a tiny payload) the samples themselves
+// become a raw-content dictionary. Empty: no dictionary (no non-zero frame,
+// or none asked for).
+Expected<std::vector<std::uint8_t>> TrainDictionary(int fd, const CreateParams& p) {
+  std::vector<std::uint8_t> dict;
+  if (p.dict_bytes == 0) return dict;
+  constexpr std::uint64_t kSampleBudget = 16U << 20U;
+  std::vector<std::uint8_t> raw(p.chunk_size);
+  const auto frames = [&](const auto& each) -> Status {
+    if (::lseek(fd, 0, SEEK_SET) != 0) return MakeErrno(Errc::kIo, "rewind the payload");
+    for (std::uint64_t i = 0;; ++i) {
+      SAG_TRY(const auto n, ReadFull(fd, raw, p.payload.string()));
+      if (n == 0) break;
+      const auto data = std::span<const std::uint8_t>(raw).first(n);
+      if (!IsZero(data)) each(data);
+      if (n < raw.size()) break;
+    }
+    return Ok();
+  };
+  std::uint64_t nonzero = 0;
+  SAG_TRY_STATUS(frames([&](std::span<const std::uint8_t>) { ++nonzero; }));
+  if (nonzero == 0) return dict;
+  const std::uint64_t stride =
+      std::max<std::uint64_t>(1, (nonzero * p.chunk_size + kSampleBudget - 1) / kSampleBudget);
+  std::vector<std::uint8_t> samples;
+  std::vector<std::size_t> sizes;
+  std::uint64_t k = 0;
+  SAG_TRY_STATUS(frames([&](std::span<const std::uint8_t> data) {
+    if (k++ % stride != 0) return;
+    samples.insert(samples.end(), data.begin(), data.end());
+    sizes.push_back(data.size());
+  }));
+  dict.resize(p.dict_bytes);
+  const std::size_t n = ZDICT_trainFromBuffer(dict.data(), dict.size(), samples.data(),
+                                              sizes.data(), static_cast<unsigned>(sizes.size()));
+  if (ZDICT_isError(n) != 0U) {
+    dict.assign(samples.begin(),
+                samples.begin() + static_cast<std::ptrdiff_t>(
+                                      std::min<std::size_t>(samples.size(), p.dict_bytes)));
+  } else {
+    dict.resize(n);
+  }
+  return dict;
+}
+
+// Format 4 (docs/delta.md, "Format 4"): the dictionary as a skippable frame at
+// the start of payload.zst, then every frame compressed alone with it (no
+// dictionary ID in the frame: the manifest names the dictionary), the
+// content hashed per group of group_frames frames, then the reuse index.
+Status CreateGrouped(const CreateParams& p, const Limits& limits, UniqueFd in, Manifest m) {
+  m.frame_size = p.chunk_size;
+  m.group_frames = p.group_frames;
+  m.chunk_size = p.chunk_size * p.group_frames;
+  SAG_TRY(const auto dict, TrainDictionary(in.get(), p));
+  if (::lseek(in.get(), 0, SEEK_SET) != 0) return MakeErrno(Errc::kIo, "rewind the payload");
+
+  TempFile zst_tmp(TempNameFor(p.output, "zst"));
+  Fd zst(::open(zst_tmp.path().c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (zst.get() < 0) return MakeErrno(Errc::kIo, "create " + zst_tmp.path().string());
+  std::uint64_t offset = 0;
+  std::unique_ptr<ZSTD_CDict, decltype(&ZSTD_freeCDict)> cdict(nullptr, ZSTD_freeCDict);
+  if (!dict.empty()) {
+    std::string stored;
+    const auto put32 = [&stored](std::uint32_t v) {
+      for (unsigned shift = 0; shift < 32; shift += 8) {
+        stored.push_back(static_cast<char>((v >> shift) & 0xFFU));
+      }
+    };
+    put32(kDictMagic);
+    put32(static_cast<std::uint32_t>(dict.size()));
+    stored.append(reinterpret_cast<const char*>(dict.data()), dict.size());
+    SAG_TRY_STATUS(WriteAll(zst.get(), Bytes(stored), zst_tmp.path().string()));
+    m.dict = DictInfo{0, stored.size(), Sha256::Of(std::string_view(stored))};
+    offset = stored.size();
+    cdict.reset(ZSTD_createCDict(dict.data(), dict.size(), p.zstd_level));
+    if (!cdict) return Error(Errc::kInternal, "zstd could not load the trained dictionary");
+  }
+  std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), ZSTD_freeCCtx);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, p.zstd_level);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_checksumFlag, 0);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_contentSizeFlag, 1);
+  // No dictionary ID in the frames: the reader's frame check requires none,
+  // and the signed manifest says which dictionary (4 bytes a frame saved).
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_dictIDFlag, 0);
+  if (cdict) ZSTD_CCtx_refCDict(cctx.get(), cdict.get());
+  std::vector<std::uint8_t> raw(p.chunk_size);
+  std::vector<std::uint8_t> packed(ZSTD_compressBound(p.chunk_size));
+  Sha256 whole;
+  Sha256 frames_stored;
+  Sha256 group_sha;
+  std::vector<BlockHash> block_hashes;
+  Chunk group{offset, 0, 0, {}, {}};
+  std::uint64_t in_group = 0;
+  const auto close_group = [&] {
+    group.sha256 = group_sha.Final();
+    group_sha = Sha256();
+    m.chunks.push_back(group);
+    group = Chunk{offset, 0, 0, {}, {}};
+    in_group = 0;
+  };
+  for (;;) {
+    SAG_TRY(const auto n, ReadFull(in.get(), raw, p.payload.string()));
+    if (n == 0) break;
+    const auto data = std::span<const std::uint8_t>(raw).first(n);
+    const std::size_t z =
+        ZSTD_compress2(cctx.get(), packed.data(), packed.size(), data.data(), data.size());
+    if (ZSTD_isError(z) != 0U) {
+      return Error(Errc::kInternal,
+                   std::string("zstd compression failed: ") + ZSTD_getErrorName(z));
+    }
+    SAG_TRY_STATUS(WriteAll(zst.get(), std::span(packed).first(z), zst_tmp.path().string()));
+    whole.Update(data);
+    group_sha.Update(data);
+    frames_stored.Update(std::span(packed).first(z));
+    for (std::size_t at = 0; at < n; at += kReuseBlockSize) {
+      block_hashes.push_back(
+          HashBlock(data.subspan(at, std::min<std::size_t>(kReuseBlockSize, n - at))));
+    }
+    m.frame_lengths.push_back(static_cast<std::uint32_t>(z));
+    offset += z;
+    group.length += z;
+    group.size += n;
+    m.payload_size += n;
+    if (++in_group == p.group_frames) close_group();
+    if (m.frame_lengths.size() > limits.max_chunks || m.payload_size > limits.max_payload_bytes) {
+      return Error(Errc::kImageTooLarge, "payload " + p.payload.string() + " exceeds the limits");
+    }
+    if (n < raw.size()) break;
+  }
+  if (in_group > 0) close_group();
+  if (m.chunks.empty()) return Error(Errc::kInvalidArgument, "empty payload " + p.payload.string());
+  m.payload_sha256 = whole.Final();
+  m.frames_zsha256 = frames_stored.Final();
+  SAG_TRY(const auto stored, EncodeReuseIndex(block_hashes, p.zstd_level, kCompactHashBytes));
+  SAG_TRY_STATUS(WriteAll(zst.get(), Bytes(stored), zst_tmp.path().string()));
+  m.reuse = ReuseIndexInfo{kReuseBlockSize,
+                           kCompactHashBytes,
+                           offset,
+                           stored.size(),
+                           block_hashes.size() * kCompactHashBytes,
+                           Sha256::Of(std::string_view(stored))};
+  offset += stored.size();
+
+  const std::string json = SerializeManifest(m);
+  if (auto check = ParseManifest(json, limits); !check) {
+    return Error(Errc::kInvalidArgument, check.error().message());
+  }
+  SAG_TRY(const auto sig, SignManifest(json, p.key, p.cert, p.chain));
+  if (::lseek(zst.get(), 0, SEEK_SET) != 0) return MakeErrno(Errc::kIo, "rewind payload.zst");
+  TempFile out_tmp(TempNameFor(p.output, "tmp"));
+  Fd out(::open(out_tmp.path().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (out.get() < 0) return MakeErrno(Errc::kIo, "create " + out_tmp.path().string());
+  SAG_TRY_STATUS(WriteContainerAt(out.get(), p.output.string(), json, sig, zst.get(), offset,
+                                  ParseIso(m.build_time)));
+  return Commit(out, out_tmp, p.output);
+}
+
+}  // namespace
+
 Status CreateImage(const CreateParams& p, const Limits& limits) {
   const auto bad = [](const std::string& what) { return Error(Errc::kInvalidArgument, what); };
   if (p.output.empty()) return bad("no output file given");
@@ -278,12 +447,25 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
                std::to_string(limits.min_chunk_size) + ", " +
                std::to_string(limits.max_chunk_size) + "]");
   }
-  if (p.format != kFormatVersion && p.format != kFormatDelta && p.format != kFormatCompact) {
+  if (p.format != kFormatVersion && p.format != kFormatDelta && p.format != kFormatCompact &&
+      p.format != kFormatGrouped) {
     return bad("format " + std::to_string(p.format) + " is not " + std::to_string(kFormatVersion) +
-               ", " + std::to_string(kFormatDelta) + " or " + std::to_string(kFormatCompact));
+               ", " + std::to_string(kFormatDelta) + ", " + std::to_string(kFormatCompact) +
+               " or " + std::to_string(kFormatGrouped));
   }
-  const bool delta = p.format == kFormatDelta || p.format == kFormatCompact;
-  const std::uint64_t hash_bytes = p.format == kFormatCompact ? kCompactHashBytes : kReuseHashBytes;
+  const bool grouped = p.format == kFormatGrouped;
+  const bool delta = p.format == kFormatDelta || p.format == kFormatCompact || grouped;
+  const std::uint64_t hash_bytes = p.format == kFormatDelta ? kReuseHashBytes : kCompactHashBytes;
+  if (grouped && (p.group_frames == 0 || p.group_frames > kMaxGroupFrames ||
+                  p.chunk_size > limits.max_chunk_size / p.group_frames)) {
+    return bad("groups of " + std::to_string(p.group_frames) + " frames of " +
+               std::to_string(p.chunk_size) + " bytes: 1 to " + std::to_string(kMaxGroupFrames) +
+               " frames, at most " + std::to_string(limits.max_chunk_size) + " bytes a group");
+  }
+  if (grouped && p.dict_bytes > kMaxDictBytes) {
+    return bad("dictionary of " + std::to_string(p.dict_bytes) + " bytes (at most " +
+               std::to_string(kMaxDictBytes) + ")");
+  }
   if (delta && p.chunk_size % kReuseBlockSize != 0) {
     return bad("frame size " + std::to_string(p.chunk_size) + " is not a multiple of " +
                std::to_string(kReuseBlockSize) + " (the reuse index's block size)");
@@ -306,6 +488,8 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
   m.compatible = p.compatible;
   m.build_time = p.build_time.value_or(NowIso());
   m.chunk_size = p.chunk_size;
+
+  if (grouped) return CreateGrouped(p, limits, std::move(in), std::move(m));
 
   // Pass 1: compress chunk by chunk into a temporary payload.zst.
   TempFile zst_tmp(TempNameFor(p.output, "zst"));

@@ -27,10 +27,15 @@ struct CreateParams {
   std::filesystem::path chain;  // optional PEM intermediates, carried in the signature
   // kFormatVersion (1), kFormatDelta (2: frames plus a reuse index for
   // delta downloads, docs/delta.md) or kFormatCompact (3: format 2 with a
-  // compact frame table and 5-byte index hashes). Formats 2 and 3 need
-  // agents that read them.
+  // compact frame table and 5-byte index hashes) or kFormatGrouped (4:
+  // format 3 with a trained zstd dictionary and one SHA-256 per group of
+  // frames). Formats 2 to 4 need agents that read them.
   int format = kFormatVersion;
-  std::uint64_t chunk_size = kDefaultChunkSize;  // the frame size in format 2
+  std::uint64_t chunk_size = kDefaultChunkSize;  // the frame size in formats 2 to 4
+  // Format 4: frames per verification group, and the size of the zstd
+  // dictionary trained on the payload (0: none).
+  std::uint64_t group_frames = kDefaultGroupFrames;
+  std::uint64_t dict_bytes = kDefaultDictBytes;
   int zstd_level = 3;
   std::optional<std::string> build_time;  // default: now, ISO 8601 UTC
   std::filesystem::path output;

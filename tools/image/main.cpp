@@ -33,7 +33,8 @@ constexpr const char* kUsage = R"(usage:
   sag-image create --type Device|Dpi --version V --compatible MODEL [--compatible MODEL...]
                    --payload FILE --key KEY.pem --cert CERT.pem [--chain CHAIN.pem]
                    [--chunk-size BYTES] [--level N] [--build-time YYYY-MM-DDTHH:MM:SSZ] --output FILE
-                   [--format 1|2|3] [--frame-size BYTES]   (formats 2, 3: delta-ready, docs/delta.md)
+                   [--format 1|2|3|4] [--frame-size BYTES]   (formats 2-4: delta-ready, docs/delta.md)
+                   [--group-frames N] [--dict-size BYTES]   (format 4: frames per SHA-256, dictionary)
   sag-image verify --ca ROOT.pem [--now EPOCH] FILE
   sag-image inspect FILE [--json]
   sag-image delta-plan --ca ROOT.pem [--now EPOCH] FILE --local SOURCE [--local SOURCE...]
@@ -150,16 +151,28 @@ int Create(const Args& a) {
     if (!v) return Fail(v.error());
     p.format = static_cast<int>(std::min<std::uint64_t>(*v, 1000));
   } else if (!fs.empty()) {
-    p.format = kFormatCompact;  // the newest delta format
+    p.format = kFormatGrouped;  // the newest delta format
   }
-  const bool delta = p.format == kFormatDelta || p.format == kFormatCompact;
+  const bool delta =
+      p.format == kFormatDelta || p.format == kFormatCompact || p.format == kFormatGrouped;
   if (delta) {
-    p.chunk_size = p.format == kFormatCompact ? kDefaultCompactFrameSize : kDefaultFrameSize;
+    p.chunk_size = p.format == kFormatGrouped   ? kDefaultGroupedFrameSize
+                   : p.format == kFormatCompact ? kDefaultCompactFrameSize
+                                                : kDefaultFrameSize;
     p.zstd_level = kDefaultFrameLevel;  // small frames need it (docs/delta.md); slower builds
+  }
+  for (const auto& [name, field] :
+       {std::pair{"group-frames", &p.group_frames}, std::pair{"dict-size", &p.dict_bytes}}) {
+    const auto v = a.Get(name);
+    if (v.empty()) continue;
+    if (p.format != kFormatGrouped) return Usage(std::string("--") + name + " needs --format 4");
+    auto n = ParseU64(v, (std::string("--") + name).c_str());
+    if (!n) return Fail(n.error());
+    *field = *n;
   }
   const auto cs = a.Get("chunk-size");
   if (!cs.empty() && !fs.empty()) return Usage("give --chunk-size or --frame-size, not both");
-  if (!fs.empty() && !delta) return Usage("--frame-size needs --format 2 or 3");
+  if (!fs.empty() && !delta) return Usage("--frame-size needs --format 2, 3 or 4");
   if (!cs.empty() || !fs.empty()) {
     auto v = ParseU64(cs.empty() ? fs : cs, cs.empty() ? "--frame-size" : "--chunk-size");
     if (!v) return Fail(v.error());
@@ -216,7 +229,7 @@ int Verify(const Args& a) {
       "KiB\n"
       "signer: %s\n",
       a.positional[0].c_str(), std::string(ImageTypeName(m.type)).c_str(), m.version.c_str(),
-      m.chunks.size(), m.reuse ? "frames" : "chunks", reuse.c_str(), mib, secs,
+      FrameCount(m), m.reuse ? "frames" : "chunks", reuse.c_str(), mib, secs,
       secs > 0 ? mib / secs : 0.0, PeakRssKib(), (*header)->signer.subject.c_str());
   return 0;
 }
@@ -274,12 +287,18 @@ int Inspect(const Args& a) {
     std::printf(
         "format:       %d (frames of %llu bytes)\nreuse index:  %llu hashes of %llu bytes "
         "per %llu-byte block, stored in %llu bytes at payload offset %llu\n",
-        m->format, static_cast<unsigned long long>(m->chunk_size),
+        m->format,
+        static_cast<unsigned long long>(m->frame_lengths.empty() ? m->chunk_size : m->frame_size),
         static_cast<unsigned long long>(m->reuse->size / m->reuse->hash_bytes),
         static_cast<unsigned long long>(m->reuse->hash_bytes),
         static_cast<unsigned long long>(m->reuse->block_size),
         static_cast<unsigned long long>(m->reuse->length),
         static_cast<unsigned long long>(m->reuse->offset));
+    if (!m->frame_lengths.empty()) {
+      std::printf("groups:       %zu of %llu frames, one SHA-256 each\ndictionary:   %llu bytes\n",
+                  m->chunks.size(), static_cast<unsigned long long>(m->group_frames),
+                  static_cast<unsigned long long>(m->dict ? m->dict->length : 0));
+    }
   } else {
     std::printf("format:       %d\n", m->format);
   }
@@ -323,14 +342,14 @@ int DeltaPlanCmd(const Args& a) {
   // What a delta costs beyond the frames: the signed header (one request,
   // the container up to the payload) and the reuse index (one request).
   const std::uint64_t header_bytes = (*header)->payload_offset;
-  const std::uint64_t total = p.request_bytes + p.index_bytes + header_bytes;
+  const std::uint64_t total = p.request_bytes + p.index_bytes + p.dict_bytes + header_bytes;
   const double share = p.full_bytes == 0 ? 0.0
                                          : 100.0 * static_cast<double>(total) /
                                                static_cast<double>(p.full_bytes + header_bytes);
   if (a.Has("json")) {
     nlohmann::json j = {
-        {"frames", m.chunks.size()},
-        {"frame_size", m.chunk_size},
+        {"frames", FrameCount(m)},
+        {"frame_size", m.frame_lengths.empty() ? m.chunk_size : m.frame_size},
         {"frames_local", p.frames_local},
         {"frames_rejected", p.frames_rejected},
         {"frames_download", p.frames_download},
@@ -340,6 +359,8 @@ int DeltaPlanCmd(const Args& a) {
         {"request_bytes", p.request_bytes},
         {"requests", p.requests.size()},
         {"index_bytes", p.index_bytes},
+        {"dict_bytes", p.dict_bytes},
+        {"groups", m.chunks.size()},
         {"header_bytes", header_bytes},
         {"download_bytes", total},
         {"full_bytes", p.full_bytes + header_bytes},

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <random>
 
 #include "common/atomic_file.h"
@@ -91,6 +92,8 @@ class Images {
     Make("1.0.1", payloads.v2, 1, "v2-format1");
     Make("1.0.1", payloads.v2, image::kFormatCompact, "v2-f3");
     Make("1.0.2", payloads.v3, image::kFormatCompact, "v3-f3");
+    Make("1.0.1", payloads.v2, image::kFormatGrouped, "v2-f4");
+    Make("1.0.2", payloads.v3, image::kFormatGrouped, "v3-f4");
   }
   void Make(const std::string& version, const std::string& payload, int format,
             const std::string& name) {
@@ -105,6 +108,14 @@ class Images {
     cp.chain = dir_ / "signer-chain.pem";
     cp.format = format;
     cp.chunk_size = format >= 2 ? kFrame : 64U << 10U;
+    if (format == image::kFormatGrouped) {
+      // Format 4: 4 KiB frames in groups of 4 (a group is format 3's
+      // 16 KiB frame), and a dictionary (a raw one: random blocks train
+      // none).
+      cp.chunk_size = kBlock;
+      cp.group_frames = 4;
+      cp.dict_bytes = 8192;
+    }
     cp.output = dir_ / (name + ".sagimg");
     auto st = image::CreateImage(cp);
     EXPECT_TRUE(st) << st.error().ToString();
@@ -178,6 +189,12 @@ class DeltaInstallTest : public ::testing::Test {
         std::move(o), p, [this](const JobRecord& r, const Progress& pr) {
           if (r.state != JobState::kWriting) return;
           last_progress_ = pr;
+          // The first report after the delta plan (planned bytes known).
+          if (on_first_writing_report_ && r.delta && r.delta->planned_bytes > 0) {
+            auto hook = std::move(on_first_writing_report_);
+            on_first_writing_report_ = nullptr;
+            hook();
+          }
           if (stop_after_reports_ > 0 && ++reports_ == stop_after_reports_ && current_ != nullptr) {
             current_->Cancel();
           }
@@ -225,6 +242,7 @@ class DeltaInstallTest : public ::testing::Test {
   int stop_after_reports_ = 0;
   int reports_ = 0;
   DeviceInstaller* current_ = nullptr;
+  std::function<void()> on_first_writing_report_;
 };
 
 // Every request after the header's is one closed range.
@@ -391,6 +409,219 @@ TEST_F(DeltaInstallTest, Format3FrameAlteredOnTheServerIsRefused) {
   if (r) {
     EXPECT_NE(r->state, JobState::kRebooting);
   }
+}
+
+// Format 4: frames of one block are fetched, groups of 4 verified. Only the
+// frames holding a new block are fetched (fewer bytes than format 3's 16 KiB
+// frames), the dictionary once; the slot ends up exact.
+TEST_F(DeltaInstallTest, Format4FetchesFramesAndVerifiesGroups) {
+  test::TestHttpServer server(g_images->Bytes("v2-f4"), g_images->Tls());
+  auto r = MakeInstaller()->Start(JobSpec{"d4", server.Url("/v2.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  ASSERT_TRUE(r->delta);
+  EXPECT_EQ(r->delta->fetched_bytes, r->delta->planned_bytes);
+  EXPECT_EQ(r->delta->frames_rejected, 0U);
+  EXPECT_GT(r->delta->frames_local, 200U) << "frames of one block";
+  EXPECT_LT(r->delta->frames_download, 20U);
+  ExpectOnlyClosedRanges(server);
+  EXPECT_EQ(server.ranges().size(), 1 + r->delta->requests);
+  // Index + dictionary (8 KiB here) + the frames of one block that hold a
+  // new block (format 3 fetches 16 KiB frames for them).
+  EXPECT_LT(r->delta->fetched_bytes, FullBytes("v2-f4") / 5);
+  const auto kept = ReadFile(dir_ / "state" / "slot-B.blockhashes", 1U << 20U);
+  ASSERT_TRUE(kept);
+  EXPECT_EQ(kept->substr(0, 8), "SAGBIX5\n");
+}
+
+// Bit rot in the running slot after its index was kept: each group holding a
+// flipped byte fails its signed SHA-256 when assembled and is fetched whole;
+// the slot is still exact.
+TEST_F(DeltaInstallTest, Format4BitRotInTheActiveSlotIsFetchedInstead) {
+  test::TestHttpServer server2(g_images->Bytes("v2-f4"), g_images->Tls());
+  ASSERT_EQ(MakeInstaller()->Start(JobSpec{"d1", server2.Url("/v2.sagimg"), false, true})->state,
+            JobState::kRebooting);
+  auto committed = RebootAndResume();
+  ASSERT_TRUE(committed && *committed) << (committed ? "" : committed.error().ToString());
+  ASSERT_EQ((*committed)->state, JobState::kCommitted);
+  ASSERT_EQ(*boot_.BootedSlot(), Slot::kB);
+  {
+    std::fstream b(dir_ / "slot-b", std::ios::binary | std::ios::in | std::ios::out);
+    for (const std::uint64_t at : {5 * kBlock + 100, 77 * kBlock + 1, 180 * kBlock + 4000}) {
+      b.seekp(static_cast<std::streamoff>(at));
+      b.put('\x5a');
+    }
+  }
+  test::TestHttpServer server3(g_images->Bytes("v3-f4"), g_images->Tls());
+  auto r = MakeInstaller()->Start(JobSpec{"d2", server3.Url("/v3.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  ASSERT_EQ(r->target_slot, "A");
+  EXPECT_EQ(SlotContent("slot-a", g_images->payloads.v3.size()), g_images->payloads.v3);
+  ASSERT_TRUE(r->delta);
+  EXPECT_EQ(r->delta->frames_rejected, 3U);
+  EXPECT_LT(r->delta->fetched_bytes, FullBytes("v3-f4") / 4);
+}
+
+// A local block that changes between the plan and the write (a byte of the
+// running slot flipped right after the plan read it): its group fails its
+// signed SHA-256 when assembled, is fetched whole instead, and the install
+// stays exact.
+TEST_F(DeltaInstallTest, Format4GroupThatFailsAtWriteTimeIsFetchedWhole) {
+  test::TestHttpServer server(g_images->Bytes("v2-f4"), g_images->Tls());
+  // v1's block 150 is v2's block 153: group 38, assembled from slot A.
+  on_first_writing_report_ = [this] {
+    std::fstream a(dir_ / "slot-a", std::ios::binary | std::ios::in | std::ios::out);
+    a.seekp(static_cast<std::streamoff>(150 * kBlock + 7));
+    a.put('\x5a');
+  };
+  auto r = MakeInstaller()->Start(JobSpec{"d-late", server.Url("/v2.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  ASSERT_TRUE(r->delta);
+  EXPECT_EQ(r->delta->frames_rejected, 1U);
+}
+
+TEST_F(DeltaInstallTest, Format4ServerWithoutRangeFailsClearlyByDefault) {
+  test::TestHttpServer server(g_images->Bytes("v2-f4"), g_images->Tls());
+  test::Faults faults;
+  faults.ignore_range = true;
+  server.SetFaults(faults);
+  auto r = MakeInstaller()->Start(JobSpec{"d-norange", server.Url("/v2.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->code(), Errc::kNetRangeUnsupported) << r->error->ToString();
+  EXPECT_EQ(*boot_.BootedSlot(), Slot::kA);
+}
+
+// A server that answers ranges with 200: the full install (StepWrite's
+// pipeline) of a format 4 image, groups checked before they are written.
+TEST_F(DeltaInstallTest, ServerWithoutRangeInstallsFormat4InFullWhenConfigured) {
+  full_fallback_ = true;
+  InstallsInFull("v2-f4");
+}
+
+// The image's dictionary altered on the server: refused by its signed
+// SHA-256 before zstd sees it; nothing is written as verified.
+TEST_F(DeltaInstallTest, Format4DictionaryAlteredOnTheServerIsRefused) {
+  auto bytes = g_images->Bytes("v2-f4");
+  auto src = image::FileSource::Open(g_images->Path("v2-f4"));
+  ASSERT_TRUE(src);
+  const auto h = image::ReadUnverifiedHeader(**src);
+  ASSERT_TRUE(h);
+  const auto m = image::ParseManifest(h->manifest_json);
+  ASSERT_TRUE(m && m->dict);
+  const std::size_t at = h->payload_offset + m->dict->offset + m->dict->length / 2;
+  bytes[at] = static_cast<char>(bytes[at] ^ 0x10);
+  test::TestHttpServer server(bytes, g_images->Tls());
+  auto r = MakeInstaller()->Start(JobSpec{"d-dict", server.Url("/v2.sagimg"), false, true});
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->state, JobState::kFailed);
+  ASSERT_TRUE(r->error);
+  EXPECT_EQ(r->error->code(), Errc::kChunkHashMismatch) << r->error->ToString();
+  EXPECT_NE(r->error->message().find("dictionary"), std::string::npos) << r->error->message();
+}
+
+// A fetched frame altered on the server: its group fails, is fetched whole,
+// fails again and the job fails; the group never reaches the slot.
+TEST_F(DeltaInstallTest, Format4FrameAlteredOnTheServerIsRefused) {
+  auto bytes = g_images->Bytes("v2-f4");
+  auto src = image::FileSource::Open(g_images->Path("v2-f4"));
+  ASSERT_TRUE(src);
+  const auto h = image::ReadUnverifiedHeader(**src);
+  ASSERT_TRUE(h);
+  const auto m = image::ParseManifest(h->manifest_json);
+  ASSERT_TRUE(m);
+  // Frame 11 holds a block inserted at 10..12: fetched. Its group is 2.
+  const auto f = image::FrameAt(*m, 11);
+  const std::size_t at = h->payload_offset + f.offset + f.length / 2;
+  bytes[at] = static_cast<char>(bytes[at] ^ 0x10);
+  test::TestHttpServer server(bytes, g_images->Tls());
+  auto r = MakeInstaller()->Start(JobSpec{"d-bad4", server.Url("/v2.sagimg"), false, true});
+  const auto code = r ? (r->error ? r->error->code() : Errc::kOk) : r.error().code();
+  EXPECT_TRUE(code == Errc::kChunkHashMismatch || code == Errc::kDecompress)
+      << (r ? (r->error ? r->error->ToString() : "no error") : r.error().ToString());
+  ASSERT_TRUE(r);
+  EXPECT_NE(r->state, JobState::kRebooting);
+  // Groups before the altered one were written and checkpointed at most;
+  // nothing at or after group 2 counts as written.
+  EXPECT_LE(r->next_chunk, 2U);
+}
+
+// A format 4 delta stopped mid-write resumes at its last checkpoint (a group
+// boundary) with a new plan of the remaining frames.
+TEST_F(DeltaInstallTest, Format4StoppedDeltaResumesFromItsCheckpoint) {
+  test::TestHttpServer server(g_images->Bytes("v2-f4"), g_images->Tls());
+  auto inst = MakeInstaller();
+  current_ = inst.get();
+  stop_after_reports_ = 40;  // of 65 groups
+  auto r = inst->Start(JobSpec{"d-stop4", server.Url("/v2.sagimg"), false, true});
+  current_ = nullptr;
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kWriting);
+  ASSERT_GT(r->next_chunk, 0U);
+  ASSERT_LT(r->next_chunk, r->chunks_total);
+  const auto resumed_at = r->next_chunk;
+  auto done = MakeInstaller()->Resume();
+  ASSERT_TRUE(done && *done) << (done ? "" : done.error().ToString());
+  EXPECT_EQ((*done)->state, JobState::kRebooting)
+      << ((*done)->error ? (*done)->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  ASSERT_TRUE((*done)->delta);
+  // v2 is 259 blocks: 259 frames of one block in 65 groups of 4.
+  EXPECT_EQ((*done)->delta->frames_local + (*done)->delta->frames_download, 259 - 4 * resumed_at)
+      << "frames from the checkpoint's group on";
+  ExpectOnlyClosedRanges(server);
+}
+
+// The full install of a format 4 image from a file (no delta), stopped and
+// resumed: the resumed reader reads the dictionary alone, checks it and
+// reads on from the checkpoint's group.
+TEST_F(DeltaInstallTest, Format4FullInstallFromAFileResumes) {
+  auto inst = MakeInstaller();
+  current_ = inst.get();
+  stop_after_reports_ = 30;
+  auto r = inst->Start(JobSpec{"f4-file", g_images->Path("v2-f4").string(), false, true});
+  current_ = nullptr;
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_FALSE(r->delta);
+  if (r->state == JobState::kWriting) {
+    EXPECT_GT(r->next_chunk, 0U);
+    auto done = MakeInstaller()->Resume();
+    ASSERT_TRUE(done && *done) << (done ? "" : done.error().ToString());
+    EXPECT_EQ((*done)->state, JobState::kRebooting)
+        << ((*done)->error ? (*done)->error->ToString() : "");
+  } else {
+    ADD_FAILURE() << "the job was not stopped mid-write: " << JobStateName(r->state);
+  }
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+}
+
+// The full fallback from a server without Range, stopped mid-write and
+// resumed: the resumed full install reads the dictionary from a stream (the
+// server answers its range with 200) and goes on from its checkpoint.
+TEST_F(DeltaInstallTest, Format4FullFallbackResumesFromAServerWithoutRange) {
+  full_fallback_ = true;
+  test::TestHttpServer server(g_images->Bytes("v2-f4"), g_images->Tls());
+  test::Faults faults;
+  faults.ignore_range = true;
+  server.SetFaults(faults);
+  auto inst = MakeInstaller();
+  current_ = inst.get();
+  stop_after_reports_ = 30;
+  auto r = inst->Start(JobSpec{"f4-norange", server.Url("/v2.sagimg"), false, true});
+  current_ = nullptr;
+  ASSERT_TRUE(r) << r.error().ToString();
+  ASSERT_EQ(r->state, JobState::kWriting) << (r->error ? r->error->ToString() : "");
+  ASSERT_GT(r->next_chunk, 0U);
+  auto done = MakeInstaller()->Resume();
+  ASSERT_TRUE(done && *done) << (done ? "" : done.error().ToString());
+  EXPECT_EQ((*done)->state, JobState::kRebooting)
+      << ((*done)->error ? (*done)->error->ToString() : "");
+  EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
 }
 
 TEST_F(DeltaInstallTest, OldFormatImageInstallsInFullAsBefore) {

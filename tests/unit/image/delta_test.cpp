@@ -103,6 +103,8 @@ class DeltaTest : public ::testing::Test {
     p.chain = pki / "signer-chain.pem";
     p.format = format;
     p.chunk_size = frame;
+    p.group_frames = 4;    // format 4
+    p.dict_bytes = 16384;  // format 4
     p.build_time = "2026-12-01T12:00:00Z";
     p.output = Dir() / (name + ".img");
     EXPECT_TRUE(CreateImage(p));
@@ -255,7 +257,7 @@ TEST_F(DeltaTest, MalformedFormat2ManifestsAreRefused) {
     ASSERT_FALSE(m) << what;
     EXPECT_EQ(m.error().code(), code) << what << ": " << m.error().ToString();
   };
-  refused([](auto& j) { j["format"] = 4; }, Errc::kManifestVersion, "format 4");
+  refused([](auto& j) { j["format"] = 5; }, Errc::kManifestVersion, "format 5");
   refused([](auto& j) { j.erase("reuse"); }, Errc::kManifestMalformed, "no reuse");
   refused([](auto& j) { j["format"] = 1; }, Errc::kManifestMalformed, "format 1 with reuse");
   refused([](auto& j) { j["payload"]["frame_size"] = 16384 + 512; }, Errc::kManifestMalformed,
@@ -291,7 +293,7 @@ TEST_F(DeltaTest, MalformedFormat2ManifestsAreRefused) {
   p.output = Dir() / "never.img";
   EXPECT_EQ(CreateImage(p).error().code(), Errc::kInvalidArgument);
   p.chunk_size = kFrame;
-  p.format = 4;
+  p.format = 5;
   EXPECT_EQ(CreateImage(p).error().code(), Errc::kInvalidArgument);
   EXPECT_FALSE(std::filesystem::exists(p.output));
 }
@@ -662,6 +664,173 @@ TEST_F(DeltaTest, MalformedOrHostileFormat3ManifestsAreRefused) {
   auto j2 = nlohmann::json::parse(h2.manifest_json);
   j2["payload"]["zsha256"] = base["payload"]["zsha256"];
   EXPECT_EQ(ParseManifest(j2.dump()).error().code(), Errc::kManifestMalformed);
+}
+
+// Format 4: 4 KiB frames in groups of 4, one SHA-256 per group, every frame
+// compressed with a dictionary that is a signed part of payload.zst.
+TEST_F(DeltaTest, Format4RoundTripsInGroupsWithADictionary) {
+  const std::string payload = Blocks(Range(0, 11)) + std::string(1234, 'x');
+  const auto image = Make("rt4", payload, kBlock, kFormatGrouped);
+  const auto got = ReadAll(Slurp(image));
+  ASSERT_TRUE(got) << got.error().ToString();
+  EXPECT_EQ(*got, payload);
+  const auto h = HeaderOf(image);
+  const auto& m = h.manifest;
+  EXPECT_EQ(m.format, kFormatGrouped);
+  EXPECT_EQ(m.frame_size, kBlock);
+  EXPECT_EQ(m.group_frames, 4U);
+  EXPECT_EQ(m.chunk_size, 4 * kBlock);
+  ASSERT_EQ(m.frame_lengths.size(), 12U);
+  ASSERT_EQ(m.chunks.size(), 3U);
+  EXPECT_EQ(m.chunks[2].size, 3 * kBlock + 1234);
+  ASSERT_TRUE(m.dict);
+  EXPECT_EQ(m.chunks[0].offset, m.dict->length) << "frames follow the dictionary";
+  EXPECT_EQ(FrameAt(m, 5).offset, m.chunks[1].offset + m.frame_lengths[4]);
+  const auto again = ParseManifest(SerializeManifest(m));
+  ASSERT_TRUE(again) << again.error().ToString();
+  EXPECT_EQ(SerializeManifest(*again), h.manifest_json);
+
+  // A resumed read (ChunkReader from group 1) needs the dictionary, which it
+  // gets checked; without one it refuses to start.
+  const std::string bytes = Slurp(image);
+  MemSource dict_src(bytes.substr(h.payload_offset + m.dict->offset));
+  const auto dict = ReadDictionary(dict_src, m);
+  ASSERT_TRUE(dict) << dict.error().ToString();
+  MemSource from1(bytes.substr(h.payload_offset + m.chunks[1].offset));
+  ChunkReader resumed(from1, m, 1, {}, kMinChunkBuffers, ContentCheck::kDeferCompressed, nullptr,
+                      *dict);
+  for (std::size_t k = 1; k < 3; ++k) {
+    const auto c = resumed.Next();
+    ASSERT_TRUE(c && *c) << (c ? "" : c.error().ToString());
+    EXPECT_TRUE((*c)->content_checked);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>((*c)->data.data()), (*c)->data.size()),
+              payload.substr(k * 4 * kBlock, (*c)->data.size()));
+  }
+  MemSource again1(bytes.substr(h.payload_offset + m.chunks[1].offset));
+  ChunkReader no_dict(again1, m, 1);
+  const auto refused = no_dict.Next();
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code(), Errc::kInvalidArgument);
+}
+
+// The dictionary is checked against its signed SHA-256 before zstd sees it:
+// one changed byte is refused as the dictionary (not later, by a group).
+TEST_F(DeltaTest, Format4RefusesATamperedDictionary) {
+  const std::string payload = Blocks(Range(0, 12));
+  const auto image = Make("dict4", payload, kBlock, kFormatGrouped);
+  const auto h = HeaderOf(image);
+  ASSERT_TRUE(h.manifest.dict);
+  std::string bytes = Slurp(image);
+  const std::size_t at = h.payload_offset + h.manifest.dict->length - 100;
+  bytes[at] = static_cast<char>(bytes[at] ^ 1);
+  const auto got = ReadAll(bytes);
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code(), Errc::kChunkHashMismatch) << got.error().ToString();
+  EXPECT_NE(got.error().message().find("dictionary"), std::string::npos) << got.error().ToString();
+  MemSource src(bytes.substr(h.payload_offset));
+  const auto dict = ReadDictionary(src, h.manifest);
+  ASSERT_FALSE(dict);
+  EXPECT_EQ(dict.error().code(), Errc::kChunkHashMismatch);
+}
+
+// A changed frame inside a group: refused by the group's content hash, also
+// by a resumed reader in the installer's mode (kDeferCompressed), which has
+// no payload.zsha256 to lean on. Truncated inside a group: refused too.
+TEST_F(DeltaTest, Format4RefusesATamperedFrameOrATruncatedGroup) {
+  const std::string payload = Blocks(Range(0, 12));
+  const auto image = Make("frame4", payload, kBlock, kFormatGrouped);
+  const auto h = HeaderOf(image);
+  const auto& m = h.manifest;
+  const std::string bytes = Slurp(image);
+  const auto dict = [&] {
+    MemSource src(bytes.substr(h.payload_offset));
+    return *ReadDictionary(src, m);
+  }();
+  // Every 7th byte of frame 5 (group 1) changed, one at a time.
+  const auto f5 = FrameAt(m, 5);
+  int refused = 0;
+  int tried = 0;
+  for (std::uint64_t i = 0; i < f5.length; i += 7) {
+    std::string bad = bytes;
+    bad[h.payload_offset + f5.offset + i] ^= 0x40;
+    MemSource from1(bad.substr(h.payload_offset + m.chunks[1].offset));
+    ChunkReader resumed(from1, m, 1, {}, kMinChunkBuffers, ContentCheck::kDeferCompressed, nullptr,
+                        dict);
+    const auto c = resumed.Next();
+    ++tried;
+    if (!c) {
+      ++refused;
+      EXPECT_TRUE(c.error().code() == Errc::kChunkHashMismatch ||
+                  c.error().code() == Errc::kDecompress)
+          << c.error().ToString();
+    } else {
+      // A bit zstd ignores: the content must still be the signed one.
+      ASSERT_TRUE(*c);
+      EXPECT_EQ(std::string(reinterpret_cast<const char*>((*c)->data.data()), (*c)->data.size()),
+                payload.substr(4 * kBlock, 4 * kBlock));
+    }
+  }
+  EXPECT_GT(refused, tried / 2);
+  // Truncated in the middle of group 1.
+  const auto cut = ReadAll(bytes.substr(0, h.payload_offset + f5.offset + f5.length / 2));
+  ASSERT_FALSE(cut);
+  EXPECT_EQ(cut.error().code(), Errc::kImageTruncated) << cut.error().ToString();
+}
+
+// Signed frame lengths that do not match the frames (two lengths of one
+// group shifted by a byte, the group's total unchanged) and a frame that
+// would decode to more than its signed size: refused, never decoded past
+// the frame's place.
+TEST_F(DeltaTest, Format4RefusesWrongFrameLengthsAndOversizedFrames) {
+  const std::string payload = Blocks(Range(0, 12));
+  const auto image = Make("len4", payload, kBlock, kFormatGrouped);
+  const std::string bytes = Slurp(image);
+  const auto h = HeaderOf(image);
+  const auto zst = Dir() / "len4.zst";
+  std::string stored =
+      bytes.substr(h.payload_offset, h.manifest.reuse->offset + h.manifest.reuse->length);
+  const auto resigned = [&](const std::function<void(Manifest&)>& edit) {
+    Manifest m = h.manifest;
+    edit(m);
+    Spit(zst, stored);
+    const auto json = SerializeManifest(m);
+    auto sig = SignManifest(json, Dir() / "pki" / "signer.key", Dir() / "pki" / "signer.pem",
+                            Dir() / "pki" / "signer-chain.pem");
+    EXPECT_TRUE(sig);
+    EXPECT_TRUE(WriteContainer(Dir() / "len4-bad.img", json, sig ? *sig : "", zst));
+    return ReadAll(Slurp(Dir() / "len4-bad.img"));
+  };
+  ASSERT_TRUE(resigned([](Manifest&) {})) << "the unedited parts must verify";
+  const auto shifted = resigned([](Manifest& m) {
+    m.frame_lengths[4] += 1;
+    m.frame_lengths[5] -= 1;
+  });
+  ASSERT_FALSE(shifted);
+  EXPECT_EQ(shifted.error().code(), Errc::kDecompress) << shifted.error().ToString();
+
+  // Frame 4 replaced by a zstd frame of 8 KiB (two frames' worth), with the
+  // lengths and the group hash signed as if that were right.
+  const auto f4 = FrameAt(h.manifest, 4);
+  const std::string big(2 * kBlock, 'B');
+  std::string z(ZSTD_compressBound(big.size()), '\0');
+  z.resize(ZSTD_compress(z.data(), z.size(), big.data(), big.size(), 3));
+  const std::uint64_t rel = f4.offset;
+  stored = stored.substr(0, rel) + z + stored.substr(rel + f4.length);
+  const auto oversized = resigned([&](Manifest& m) {
+    const auto delta = static_cast<std::int64_t>(z.size()) - static_cast<std::int64_t>(f4.length);
+    m.frame_lengths[4] = static_cast<std::uint32_t>(z.size());
+    m.chunks[1].length =
+        static_cast<std::uint64_t>(static_cast<std::int64_t>(m.chunks[1].length) + delta);
+    m.chunks[2].offset =
+        static_cast<std::uint64_t>(static_cast<std::int64_t>(m.chunks[2].offset) + delta);
+    m.reuse->offset =
+        static_cast<std::uint64_t>(static_cast<std::int64_t>(m.reuse->offset) + delta);
+    // The group's content if frame 4 were allowed to spill over frame 5.
+    std::string content = big + payload.substr(6 * kBlock, 2 * kBlock);
+    m.chunks[1].sha256 = Sha256::Of(content);
+  });
+  ASSERT_FALSE(oversized);
+  EXPECT_EQ(oversized.error().code(), Errc::kDecompress) << oversized.error().ToString();
 }
 
 TEST(DeltaRequests, AdjacentFramesMergeAndGapsAreBridgedUpToTheLimit) {

@@ -671,7 +671,7 @@ TEST_F(ImageTest, SignedButAbsurdManifestsAreRefused) {
        Errc::kManifestLimits},
       {"a chunk missing", [](auto& j) { j["chunks"].erase(j["chunks"].size() - 1); },
        Errc::kManifestLimits},
-      {"format 4", [](auto& j) { j["format"] = 4; }, Errc::kManifestVersion},
+      {"format 5", [](auto& j) { j["format"] = 5; }, Errc::kManifestVersion},
       // Format 2 is known (docs/delta.md): a format 1 body under its number is malformed.
       {"format 2 with a format 1 body", [](auto& j) { j["format"] = 2; }, Errc::kManifestMalformed},
       {"type Bios", [](auto& j) { j["type"] = "Bios"; }, Errc::kManifestMalformed},
