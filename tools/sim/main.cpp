@@ -57,7 +57,8 @@ commands:
       the device channel to --endpoint when given (none otherwise),
       BOOT_A_LEFT=3, BOOT_B_LEFT=0
   boot DIR [--agent PATH] [--max-boots N] [--cut-after-ms MS | --cut-random MAXMS [--cut-min MS]]
-           [--seed S] [--cuts K] [--powerloss BIN [--torn 1]] [-- AGENT ARGS...]
+           [--seed S] [--cuts K] [--cut-from start|ready] [--powerloss BIN [--torn 1]]
+           [-- AGENT ARGS...]
       power on: run the boot script (platform/bootloader/boot.cmd), write the
       command line and a new boot id, start the agent (default: sag-agent run
       --config DIR/agent.yaml); reboot when it asks to (marker
@@ -65,6 +66,9 @@ commands:
       SIGKILLs the agent after MS (or a random time below MAXMS, at least
       --cut-min MS, default 0) on each of
       the first K boots that start it (default 1), then powers on again.
+      --cut-from ready counts the time from when the agent's pid file
+      (run/agent.pid) names it, not from its start: a slow start (a loaded
+      machine, a sanitizer build) then still runs the agent for MS.
       --powerloss BIN (sag-powerloss): the appliance's storage (slots, state/,
       run/, the environment) runs on a medium with a volatile write cache,
       mounted over DIR for the run: a cut loses what was not made durable by
@@ -350,6 +354,10 @@ Expected<int> CmdBoot(const Args& a) {
   }
   const bool cutting = a.opts.count("cut-after-ms") != 0 || cut_random > 0;
   if (!cutting) cuts_left = 0;
+  const std::string cut_from = a.opts.count("cut-from") != 0 ? a.opts.at("cut-from") : "start";
+  if (cut_from != "start" && cut_from != "ready") {
+    return Error(Errc::kInvalidArgument, "--cut-from is start or ready, not '" + cut_from + "'");
+  }
   std::mt19937_64 rng(seed);
 
   // The hardware must be what the simulator created: same slot sizes.
@@ -469,14 +477,24 @@ Expected<int> CmdBoot(const Args& a) {
                                                    : cut_after);
       --cuts_left;
     }
-    const auto started = Clock::now();
+    auto started = Clock::now();
+    // --cut-from ready: the clock starts when run/agent.pid names this agent
+    // (bounded: after 60 s without it, the cut counts from then).
+    bool ready = cut_from == "start";
+    const auto spawned = started;
+    const std::string own_pid = std::to_string(pid) + "\n";
     int status = 0;
     bool cut = false;
     for (;;) {
       const pid_t w = ::waitpid(pid, &status, WNOHANG);
       if (w == pid) break;
       if (w < 0 && errno != EINTR) return sag::MakeErrno(Errc::kIo, "waitpid for the agent");
-      if (cut_in && Clock::now() - started >= *cut_in) {
+      if (cut_in && !ready) {
+        auto text = sag::ReadFile(app.Path("run/agent.pid"), 64);
+        ready = (text && *text == own_pid) || Clock::now() - spawned >= std::chrono::seconds(60);
+        if (ready) started = Clock::now();
+      }
+      if (cut_in && ready && Clock::now() - started >= *cut_in) {
         ::kill(-pid, SIGKILL);
         while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
         }
@@ -489,7 +507,7 @@ Expected<int> CmdBoot(const Args& a) {
       const auto ms =
           std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
       Say("power cut " + std::to_string(ms) + " ms after slot " + name +
-          " started (agent killed with SIGKILL)");
+          (cut_from == "ready" ? " was ready" : " started") + " (agent killed with SIGKILL)");
       ::kill(-pid, SIGKILL);  // anything the agent left behind in its group
       KillStrays(medium ? medium->pid() : 0);
       SAG_TRY_STATUS(power_off("the cut"));
@@ -674,6 +692,7 @@ Expected<int> CmdCutEnv(const Args& a) {
     if (pid < 0) return sag::MakeErrno(Errc::kIo, "fork");
     if (pid == 0) {
       ::dup2(pipefd[1], STDOUT_FILENO);
+      (void)::close_range(3, ~0U, 0);  // the pipe is on stdout now; the writer needs no other fd
       const std::string self = SelfExe().string();
       const std::string dir = app.dir().string();
       ::execl(self.c_str(), self.c_str(), "env-writer", dir.c_str(), "--backend", backend.c_str(),
@@ -779,7 +798,7 @@ int main(int argc, char** argv) {
             CmdInit}},
           {"boot",
            {{"agent", "max-boots", "cut-after-ms", "cut-random", "cut-min", "seed", "cuts",
-             "powerloss", "torn"},
+             "cut-from", "powerloss", "torn"},
             CmdBoot}},
           {"env", {{}, CmdEnv}},
           {"fault", {{"slot"}, CmdFault}},

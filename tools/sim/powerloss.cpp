@@ -39,6 +39,7 @@ Expected<std::unique_ptr<PowerLossMedium>> PowerLossMedium::Mount(const std::fil
   const pid_t pid = ::fork();
   if (pid < 0) return MakeErrno(Errc::kIo, "fork for " + bin.string());
   if (pid == 0) {
+    (void)::close_range(3, ~0U, 0);  // the medium's process holds no descriptor of ours
     ::execv(argv[0], argv.data());
     std::fprintf(stderr, "sag-sim: cannot start %s\n", argv[0]);
     ::_exit(127);
