@@ -20,62 +20,17 @@
 #include <vector>
 
 #include "agent/channel.h"
+#include "bench/bench_util.h"
+#include "bench/fake_host.h"
 #include "cloud/gateway.h"
 #include "cloud/sqlite_store.h"
 #include "common/process.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/test_http_server.h"
 
-namespace {
-
 using namespace sag;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-long RssKiB() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.starts_with("VmRSS:")) return std::stol(line.substr(6));
-  }
-  return -1;
-}
-
-class Host : public agent::ChannelHost {
- public:
-  explicit Host(std::string serial) : serial_(std::move(serial)) {}
-  proto::Hello MakeHello() override {
-    proto::Hello h;
-    h.serial = serial_;
-    h.model = "sag-1000";
-    h.versions = {"1.0.0", ""};
-    h.outbox_epoch = "e";
-    return h;
-  }
-  void OnJob(const proto::Job& job, std::function<void(proto::JobAck)> reply) override {
-    got.push_back(Clock::now());
-    reply(proto::JobAck{job.job_id, true, false, "Downloading", "", std::nullopt});
-  }
-  void OnCancel(const proto::Cancel&, std::function<void(proto::CancelAck)>) override {}
-  std::vector<agent::OutgoingReport> Pending() override { return {}; }
-  void Acked(std::uint64_t) override {}
-  std::vector<Clock::time_point> got;
-
- private:
-  std::string serial_;
-};
-
-bool RunUntil(boost::asio::io_context& io, const std::function<bool()>& pred, milliseconds limit) {
-  const auto deadline = Clock::now() + limit;
-  while (!pred()) {
-    if (Clock::now() >= deadline) return false;
-    if (io.stopped()) io.restart();
-    io.run_for(milliseconds(5));
-  }
-  return true;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
@@ -137,10 +92,10 @@ int main(int argc, char** argv) {
   };
 
   // 1. Dispatch latency on one channel.
-  Host host("dev-0");
+  bench::FakeHost host("dev-0");
   agent::Channel ch(io, options(0), host);
   (void)ch.Start();
-  if (!RunUntil(
+  if (!bench::RunUntil(
           io, [&] { return ch.status().online; }, milliseconds(10000)))
     return 1;
   std::vector<double> ms;
@@ -150,7 +105,7 @@ int main(int argc, char** argv) {
     job.spec = {"j-" + std::to_string(i), "Device", "1.0.1", "https://r/x", 1, "", "", false};
     const auto t0 = Clock::now();
     if (!gw.Push(job)) return 1;
-    if (!RunUntil(
+    if (!bench::RunUntil(
             io, [&] { return host.got.size() == static_cast<std::size_t>(i) + 1; },
             milliseconds(5000))) {
       return 1;
@@ -162,31 +117,31 @@ int main(int argc, char** argv) {
               ms[ms.size() / 2], ms[ms.size() * 99 / 100], ms.back());
 
   // 2. Idle channels from a child process.
-  RunUntil(
+  bench::RunUntil(
       io, [] { return false; }, milliseconds(300));
-  const long before = RssKiB();
+  const long before = bench::StatusKiB(0, "VmRSS");
   const pid_t child = fork();
   if (child == 0) {
     boost::asio::io_context cio(1);
-    std::vector<std::unique_ptr<Host>> hosts;
+    std::vector<std::unique_ptr<bench::FakeHost>> hosts;
     std::vector<std::unique_ptr<agent::Channel>> chans;
     for (int i = 1; i <= devices; ++i) {
-      hosts.push_back(std::make_unique<Host>("dev-" + std::to_string(i)));
+      hosts.push_back(std::make_unique<bench::FakeHost>("dev-" + std::to_string(i)));
       chans.push_back(std::make_unique<agent::Channel>(cio, options(i), *hosts.back()));
       (void)chans.back()->Start();
     }
-    RunUntil(
+    bench::RunUntil(
         cio, [] { return false; }, milliseconds(120000));
     _exit(0);
   }
   const auto t0 = Clock::now();
-  const bool up = RunUntil(
+  const bool up = bench::RunUntil(
       io, [&] { return gw.stats().channels == static_cast<std::size_t>(devices) + 1; },
       milliseconds(90000));
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  RunUntil(
+  bench::RunUntil(
       io, [] { return false; }, milliseconds(1000));
-  const long after = RssKiB();
+  const long after = bench::StatusKiB(0, "VmRSS");
   std::printf("%d idle channels %s in %.1f s; gateway RSS %ld -> %ld KiB: %.1f KiB per channel\n",
               devices, up ? "up" : "NOT all up", secs, before, after,
               static_cast<double>(after - before) / devices);
@@ -194,7 +149,7 @@ int main(int argc, char** argv) {
   waitpid(child, nullptr, 0);
   ch.Stop();
   gw.Stop();
-  RunUntil(
+  bench::RunUntil(
       io, [] { return false; }, milliseconds(200));
   return up ? 0 : 1;
 }

@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "cloud/gateway.h"
 #include "cloud/http_server.h"
 #include "cloud/lab.h"
@@ -56,7 +57,13 @@ namespace {
 
 using namespace sag;
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::CpuTicks;
+using bench::Ms;
+using bench::Percentiles;
+using bench::RunFor;
+using bench::RunUntil;
+using bench::StatusKiB;
 using std::chrono::milliseconds;
 
 constexpr const char* kSerial = "sagbench0001";
@@ -120,66 +127,6 @@ class TimingStore : public cloud::Store {
  private:
   cloud::Store& inner_;
 };
-
-bool RunUntil(boost::asio::io_context& io, const std::function<bool()>& pred, milliseconds limit) {
-  const auto deadline = Clock::now() + limit;
-  while (!pred()) {
-    if (Clock::now() >= deadline) return false;
-    if (io.stopped()) io.restart();
-    // One handler at a time: the predicate is checked right after the
-    // handler that made it true, so the times below are not rounded up to
-    // a polling period.
-    io.run_one_for(milliseconds(2));
-  }
-  return true;
-}
-
-void RunFor(boost::asio::io_context& io, milliseconds span) {
-  RunUntil(
-      io, [] { return false; }, span);
-}
-
-double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-std::string Percentiles(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const auto at = [&](double q) {
-    return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())))];
-  };
-  std::ostringstream o;
-  o.setf(std::ios::fixed);
-  o.precision(1);
-  o << "p50 " << at(0.5) << " ms, p99 " << at(0.99) << " ms, max " << v.back() << " ms ("
-    << v.size() << " samples)";
-  return o.str();
-}
-
-// /proc/PID/status field in KiB; -1 when unreadable.
-long StatusKiB(pid_t pid, const std::string& field) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.starts_with(field + ":")) return std::stol(line.substr(field.size() + 1));
-  }
-  return -1;
-}
-
-// utime + stime of a process, in clock ticks; -1 when unreadable.
-long CpuTicks(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const auto paren = stat.rfind(')');
-  if (paren == std::string::npos) return -1;
-  std::istringstream rest(stat.substr(paren + 2));
-  std::string field;
-  long utime = 0;
-  long stime = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14) utime = std::stol(field);
-    if (i == 15) stime = std::stol(field);
-  }
-  return utime + stime;
-}
 
 // "RSS N KiB (anonymous N, file-backed N), PSS N KiB" of a process: the
 // file-backed part is mapped code, mostly shared libraries every process on

@@ -45,6 +45,8 @@
 #include <vector>
 
 #include "agent/channel.h"
+#include "bench/bench_util.h"
+#include "bench/fake_host.h"
 #include "cloud/lab.h"
 #include "cloud/rpc/client.h"
 #include "common/image/pki.h"
@@ -54,7 +56,11 @@ namespace {
 using namespace sag;
 namespace fs = std::filesystem;
 namespace rpc = sag::cloud::rpc;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::CpuTicks;
+using bench::Percentile;
+using bench::Secs;
+using bench::StatusKiB;
 using std::chrono::milliseconds;
 
 struct Args {
@@ -80,59 +86,6 @@ std::string SmartagId(int i) {
   return b;
 }
 
-double Secs(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-// VmRSS / VmHWM (KiB) of a process, -1 when gone.
-long StatusKiB(pid_t pid, const char* key) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.starts_with(key)) return std::stol(line.substr(std::string(key).size()));
-  }
-  return -1;
-}
-
-// utime + stime of a process, in clock ticks.
-long CpuTicks(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const auto rp = all.rfind(')');
-  if (rp == std::string::npos) return -1;
-  std::istringstream in(all.substr(rp + 2));
-  std::string field;
-  long utime = 0;
-  long stime = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14) utime = std::stol(field);
-    if (i == 15) stime = std::stol(field);
-  }
-  return utime + stime;
-}
-
-class Host : public agent::ChannelHost {
- public:
-  explicit Host(std::string serial) : serial_(std::move(serial)) {}
-  proto::Hello MakeHello() override {
-    proto::Hello h;
-    h.serial = serial_;
-    h.model = "sag-1000";
-    h.versions = {"1.0.0", ""};
-    h.outbox_epoch = "e";
-    return h;
-  }
-  void OnJob(const proto::Job& job, std::function<void(proto::JobAck)> reply) override {
-    reply(proto::JobAck{job.job_id, true, false, "Downloading", "", std::nullopt});
-  }
-  void OnCancel(const proto::Cancel&, std::function<void(proto::CancelAck)>) override {}
-  std::vector<agent::OutgoingReport> Pending() override { return {}; }
-  void Acked(std::uint64_t) override {}
-
- private:
-  std::string serial_;
-};
-
 // A device child: channels [first, last), one io thread. Writes
 // "up <n> <secs>" when all are online (or "partial <n> <secs>" at the
 // connect deadline), then "online <n>" every second, until killed (at most
@@ -141,7 +94,7 @@ class Host : public agent::ChannelHost {
                               int first, int last, int out, std::chrono::seconds life) {
   spdlog::set_level(spdlog::level::err);  // reconnects are counted, not logged
   boost::asio::io_context io(1);
-  std::vector<std::unique_ptr<Host>> hosts;
+  std::vector<std::unique_ptr<bench::FakeHost>> hosts;
   std::vector<std::unique_ptr<agent::Channel>> chans;
   const auto t0 = Clock::now();
   for (int i = first; i < last; ++i) {
@@ -154,7 +107,7 @@ class Host : public agent::ChannelHost {
     o.connect_timeout = milliseconds(30000);
     o.initial_backoff = milliseconds(500);
     o.max_backoff = milliseconds(5000);
-    hosts.push_back(std::make_unique<Host>(Serial(i)));
+    hosts.push_back(std::make_unique<bench::FakeHost>(Serial(i)));
     chans.push_back(std::make_unique<agent::Channel>(io, o, *hosts.back()));
   }
   // --rate: channels started at that many per second (over all children);
@@ -235,10 +188,6 @@ void ReadLines(const std::vector<int>& fds, std::vector<std::string>& buf,
 int Fail(const std::string& why) {
   std::fprintf(stderr, "bench_fleet: %s\n", why.c_str());
   return 1;
-}
-
-double Pct(const std::vector<double>& v, int p) {
-  return v.empty() ? 0.0 : v[std::min(v.size() - 1, v.size() * static_cast<std::size_t>(p) / 100)];
 }
 
 }  // namespace
@@ -425,7 +374,7 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(milliseconds(100));
   }
   if (!ready) return finish(Fail("sag-cloud serve did not answer within 120 s"));
-  const long base_rss = StatusKiB(serve, "VmRSS:");
+  const long base_rss = StatusKiB(serve, "VmRSS");
   std::printf(
       "sag-cloud serve (pid %d): API answering after %.1f s; RSS %ld KiB (%d devices "
       "registered, no channel yet)\n",
@@ -477,7 +426,7 @@ int main(int argc, char** argv) {
     }
   };
   long peak_rss = 0;
-  const auto sample = [&] { peak_rss = std::max(peak_rss, StatusKiB(serve, "VmRSS:")); };
+  const auto sample = [&] { peak_rss = std::max(peak_rss, StatusKiB(serve, "VmRSS")); };
   ReadLines(
       fds, buf, on_line,
       [&] {
@@ -490,7 +439,7 @@ int main(int argc, char** argv) {
   for (long n : up) total_up += std::max(0L, n);
   std::printf("1. %ld/%d channels online in %.1f s%s; sag-cloud RSS now %ld KiB\n", total_up,
               a.devices, connect_s, partial || total_up < a.devices ? " (NOT all)" : "",
-              StatusKiB(serve, "VmRSS:"));
+              StatusKiB(serve, "VmRSS"));
   std::fflush(stdout);
   if (total_up == 0) return finish(Fail("no channel came up"));
 
@@ -517,7 +466,7 @@ int main(int argc, char** argv) {
   double wall = Secs(t0);
   const double hold_cpu =
       100.0 * static_cast<double>(CpuTicks(serve) - c0) / static_cast<double>(ticks) / wall;
-  const long hold_rss = StatusKiB(serve, "VmRSS:");
+  const long hold_rss = StatusKiB(serve, "VmRSS");
   std::printf(
       "   heartbeating %.0f s: sag-cloud RSS %ld KiB (+%.1f KiB per channel over the "
       "registered-only baseline), CPU %.1f%% of one core; fewest online seen %ld\n",
@@ -571,11 +520,11 @@ int main(int argc, char** argv) {
       "%.0f requests/s; latency p50 %.2f ms, p99 %.2f ms, max %.2f ms; sag-cloud CPU "
       "%.1f%%\n",
       a.conns, wall, all.size(), errors.load(), static_cast<double>(all.size()) / wall,
-      Pct(all, 50), Pct(all, 99), all.empty() ? 0.0 : all.back(), api_cpu);
+      Percentile(all, 50), Percentile(all, 99), all.empty() ? 0.0 : all.back(), api_cpu);
   std::printf(
       "   sag-cloud peak RSS: VmHWM %ld KiB (sampled max VmRSS %ld KiB); fewest channels "
       "online seen during hold+API %ld/%d\n",
-      StatusKiB(serve, "VmHWM:"), peak_rss, min_online, a.devices);
+      StatusKiB(serve, "VmHWM"), peak_rss, min_online, a.devices);
   std::fflush(stdout);
   for (int fd : fds) close(fd);
   return finish(total_up == a.devices && errors.load() == 0 ? 0 : 1);
