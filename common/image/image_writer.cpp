@@ -325,6 +325,42 @@ Expected<std::vector<std::uint8_t>> TrainDictionary(int fd, const CreateParams& 
   return dict;
 }
 
+// Appends the reuse index of `block_hashes` to payload.zst at `offset` (after
+// the last frame) and records it in the manifest; returns the new end.
+Expected<std::uint64_t> AppendReuseIndex(const Fd& zst, const TempFile& zst_tmp,
+                                         const std::vector<BlockHash>& block_hashes, int level,
+                                         std::uint64_t hash_bytes, std::uint64_t offset,
+                                         Manifest& m) {
+  SAG_TRY(const auto stored, EncodeReuseIndex(block_hashes, level, hash_bytes));
+  SAG_TRY_STATUS(WriteAll(zst.get(), Bytes(stored), zst_tmp.path().string()));
+  m.reuse = ReuseIndexInfo{kReuseBlockSize,
+                           hash_bytes,
+                           offset,
+                           stored.size(),
+                           block_hashes.size() * hash_bytes,
+                           Sha256::Of(std::string_view(stored))};
+  return offset + stored.size();
+}
+
+// Pass 2: the manifest, checked by the reader's own parser before it is
+// signed, the signature and payload.zst (its first `payload_size` bytes) in
+// the container, committed to p.output.
+Status SignAndWrite(const CreateParams& p, const Limits& limits, const Manifest& m, Fd& zst,
+                    std::uint64_t payload_size) {
+  const std::string json = SerializeManifest(m);
+  if (auto check = ParseManifest(json, limits); !check) {
+    return Error(Errc::kInvalidArgument, check.error().message());
+  }
+  SAG_TRY(const auto sig, SignManifest(json, p.key, p.cert, p.chain));
+  if (::lseek(zst.get(), 0, SEEK_SET) != 0) return MakeErrno(Errc::kIo, "rewind payload.zst");
+  TempFile out_tmp(TempNameFor(p.output, "tmp"));
+  Fd out(::open(out_tmp.path().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (out.get() < 0) return MakeErrno(Errc::kIo, "create " + out_tmp.path().string());
+  SAG_TRY_STATUS(WriteContainerAt(out.get(), p.output.string(), json, sig, zst.get(), payload_size,
+                                  ParseIso(m.build_time)));
+  return Commit(out, out_tmp, p.output);
+}
+
 // Format 4 (docs/delta.md, "Format 4"): the dictionary as a skippable frame at
 // the start of payload.zst, then every frame compressed alone with it (no
 // dictionary ID in the frame: the manifest names the dictionary), the
@@ -413,28 +449,9 @@ Status CreateGrouped(const CreateParams& p, const Limits& limits, UniqueFd in, M
   if (m.chunks.empty()) return Error(Errc::kInvalidArgument, "empty payload " + p.payload.string());
   m.payload_sha256 = whole.Final();
   m.frames_zsha256 = frames_stored.Final();
-  SAG_TRY(const auto stored, EncodeReuseIndex(block_hashes, p.zstd_level, kCompactHashBytes));
-  SAG_TRY_STATUS(WriteAll(zst.get(), Bytes(stored), zst_tmp.path().string()));
-  m.reuse = ReuseIndexInfo{kReuseBlockSize,
-                           kCompactHashBytes,
-                           offset,
-                           stored.size(),
-                           block_hashes.size() * kCompactHashBytes,
-                           Sha256::Of(std::string_view(stored))};
-  offset += stored.size();
-
-  const std::string json = SerializeManifest(m);
-  if (auto check = ParseManifest(json, limits); !check) {
-    return Error(Errc::kInvalidArgument, check.error().message());
-  }
-  SAG_TRY(const auto sig, SignManifest(json, p.key, p.cert, p.chain));
-  if (::lseek(zst.get(), 0, SEEK_SET) != 0) return MakeErrno(Errc::kIo, "rewind payload.zst");
-  TempFile out_tmp(TempNameFor(p.output, "tmp"));
-  Fd out(::open(out_tmp.path().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (out.get() < 0) return MakeErrno(Errc::kIo, "create " + out_tmp.path().string());
-  SAG_TRY_STATUS(WriteContainerAt(out.get(), p.output.string(), json, sig, zst.get(), offset,
-                                  ParseIso(m.build_time)));
-  return Commit(out, out_tmp, p.output);
+  SAG_TRY(offset,
+          AppendReuseIndex(zst, zst_tmp, block_hashes, p.zstd_level, kCompactHashBytes, offset, m));
+  return SignAndWrite(p, limits, m, zst, offset);
 }
 
 }  // namespace
@@ -540,32 +557,10 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
   }
   if (delta && !m.chunks.empty()) {
     // The reuse index goes after the last frame, inside payload.zst.
-    SAG_TRY(const auto stored, EncodeReuseIndex(block_hashes, p.zstd_level, hash_bytes));
-    SAG_TRY_STATUS(WriteAll(zst.get(), Bytes(stored), zst_tmp.path().string()));
-    m.reuse = ReuseIndexInfo{kReuseBlockSize,
-                             hash_bytes,
-                             offset,
-                             stored.size(),
-                             block_hashes.size() * hash_bytes,
-                             Sha256::Of(std::string_view(stored))};
-    offset += stored.size();
+    SAG_TRY(offset,
+            AppendReuseIndex(zst, zst_tmp, block_hashes, p.zstd_level, hash_bytes, offset, m));
   }
-
-  // The manifest must pass the reader's own checks before it is signed.
-  const std::string json = SerializeManifest(m);
-  if (auto check = ParseManifest(json, limits); !check) {
-    return Error(Errc::kInvalidArgument, check.error().message());
-  }
-  SAG_TRY(const auto sig, SignManifest(json, p.key, p.cert, p.chain));
-
-  // Pass 2: the container.
-  if (::lseek(zst.get(), 0, SEEK_SET) != 0) return MakeErrno(Errc::kIo, "rewind payload.zst");
-  TempFile out_tmp(TempNameFor(p.output, "tmp"));
-  Fd out(::open(out_tmp.path().c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (out.get() < 0) return MakeErrno(Errc::kIo, "create " + out_tmp.path().string());
-  SAG_TRY_STATUS(WriteContainerAt(out.get(), p.output.string(), json, sig, zst.get(), offset,
-                                  ParseIso(m.build_time)));
-  return Commit(out, out_tmp, p.output);
+  return SignAndWrite(p, limits, m, zst, offset);
 }
 
 }  // namespace sag::image
