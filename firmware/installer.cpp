@@ -17,6 +17,7 @@
 #include <system_error>
 #include <thread>
 
+#include "common/aligned_buffer.h"
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/bounded_queue.h"
@@ -48,25 +49,6 @@ constexpr std::size_t kReadBackLag = 32;
 // Threads that read the slot back from the medium: while one waits for the
 // device, the other hashes.
 constexpr std::size_t kMediumThreads = 2;
-
-// A buffer aligned for O_DIRECT: SlotDevice::ReadMediumAt reads into it
-// without a bounce buffer (an allocation and a copy per read).
-class AlignedBuffer {
- public:
-  explicit AlignedBuffer(std::size_t size)
-      : data_(static_cast<std::uint8_t*>(std::aligned_alloc(
-                  kAlign, (std::max<std::size_t>(size, 1) + kAlign - 1) / kAlign * kAlign)),
-              &std::free),
-        size_(size) {
-    if (data_ == nullptr) throw std::bad_alloc();
-  }
-  std::span<std::uint8_t> span() { return {data_.get(), size_}; }
-
- private:
-  static constexpr std::size_t kAlign = 4096;
-  std::unique_ptr<std::uint8_t, decltype(&std::free)> data_;
-  std::size_t size_;
-};
 
 Expected<Slot> SlotOf(const std::string& name) { return platform::ParseSlot(name); }
 

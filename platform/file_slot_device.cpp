@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/aligned_buffer.h"
+
 namespace sag::platform {
 
 namespace {
@@ -33,9 +35,12 @@ Expected<std::uint64_t> SizeOf(int fd, const std::filesystem::path& path) {
 
 class FileSlotWriter : public SlotWriter {
  public:
-  FileSlotWriter(int fd, std::uint64_t size, std::filesystem::path path)
-      : fd_(fd), size_(size), path_(std::move(path)) {}
-  ~FileSlotWriter() override { ::close(fd_); }
+  FileSlotWriter(int fd, int direct_fd, std::uint64_t size, std::filesystem::path path)
+      : fd_(fd), direct_fd_(direct_fd), size_(size), path_(std::move(path)) {}
+  ~FileSlotWriter() override {
+    ::close(fd_);
+    if (direct_fd_ >= 0) ::close(direct_fd_);
+  }
   FileSlotWriter(const FileSlotWriter&) = delete;
   FileSlotWriter& operator=(const FileSlotWriter&) = delete;
 
@@ -46,17 +51,31 @@ class FileSlotWriter : public SlotWriter {
                                         path_.string() + " (" + std::to_string(size_) +
                                         " bytes); nothing written");
     }
+    // Aligned data goes to the medium directly (O_DIRECT): no copy into the
+    // page cache, which on a loop or virtual disk costs more CPU than the
+    // rest of the install (docs/device-upgrade.md, "Writes"); Sync() still flushes
+    // the device's cache. Anything else (a chunk's unaligned tail, a delta
+    // install's frames) goes through the page cache.
+    const bool direct = direct_fd_ >= 0 && DirectAligned(data.data(), offset, data.size());
     while (!data.empty()) {
-      const ssize_t n = ::pwrite(fd_, data.data(), data.size(), static_cast<off_t>(offset));
+      const ssize_t n =
+          ::pwrite(direct ? direct_fd_ : fd_, data.data(), data.size(), static_cast<off_t>(offset));
       if (n < 0) {
         if (errno == EINTR) continue;
+        if (direct && errno == EINVAL) {
+          // A device whose logical blocks are larger than 4 KiB: the page
+          // cache from now on.
+          ::close(direct_fd_);
+          direct_fd_ = -1;
+          return WriteAt(offset, data);
+        }
         return MakeErrno(Errc::kSlotIo,
                          "write to slot " + path_.string() + " at " + std::to_string(offset));
       }
       data = data.subspan(static_cast<std::size_t>(n));
       offset += static_cast<std::uint64_t>(n);
     }
-    return WriteBehind(offset);
+    return direct ? Ok() : WriteBehind(offset);
   }
 
   Status Sync() override {
@@ -133,6 +152,7 @@ class FileSlotWriter : public SlotWriter {
   std::uint64_t waited_ = 0;    // writeback waited for up to here
   std::atomic<int> failed_{0};  // first write-back error seen (errno), for Sync()
   int fd_;
+  int direct_fd_;  // O_DIRECT, -1 where the file system refuses it
   std::uint64_t size_;
   std::filesystem::path path_;
 };
@@ -190,7 +210,10 @@ Expected<std::unique_ptr<SlotWriter>> FileSlotDevice::OpenWriter() {
     ::close(fd);
     return std::move(size).error();
   }
-  return std::unique_ptr<SlotWriter>(std::make_unique<FileSlotWriter>(fd, *size, path_));
+  // The same file for direct writes; none where O_DIRECT is refused (tmpfs
+  // before Linux 6.6, some FUSE file systems).
+  const int direct_fd = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT);
+  return std::unique_ptr<SlotWriter>(std::make_unique<FileSlotWriter>(fd, direct_fd, *size, path_));
 }
 
 Expected<int> FileSlotDevice::ReadFd() {

@@ -16,6 +16,7 @@
 #include <system_error>
 #include <thread>
 
+#include "common/aligned_buffer.h"
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/image/ossl.h"
@@ -1225,9 +1226,10 @@ class ChunkDecoder {
                                   : ZSTD_createDDict(dictionary.data(), dictionary.size())),
         m_(m),
         zsha_(HasChunkZsha(m)),
-        in_(MaxStoredChunk(m)),
-        out_(buffers) {
-    for (auto& o : out_) o.resize(m.chunk_size);
+        in_(MaxStoredChunk(m)) {
+    // Aligned: the installer writes a chunk from here with O_DIRECT.
+    out_.reserve(buffers);
+    for (std::size_t i = 0; i < buffers; ++i) out_.emplace_back(m.chunk_size);
   }
   ~ChunkDecoder() {
     ZSTD_freeDDict(ddict_);
@@ -1282,7 +1284,7 @@ class ChunkDecoder {
                        (ZSTD_isError(n) != 0U ? ZSTD_getErrorName(n) : std::to_string(n)) +
                        "); the image is corrupt");
     }
-    return Unpacked{std::span<const std::uint8_t>(out).first(c.size), compressed};
+    return Unpacked{std::span<const std::uint8_t>(out.span()).first(c.size), compressed};
   }
 
  private:
@@ -1328,7 +1330,7 @@ class ChunkDecoder {
       return Error(Errc::kManifestLimits,
                    "chunk " + std::to_string(index) + ": its frames do not add up to the group");
     }
-    return Unpacked{std::span<const std::uint8_t>(out).first(c.size), false};
+    return Unpacked{std::span<const std::uint8_t>(out.span()).first(c.size), false};
   }
 
   // One zstd frame exactly as sag-image writes it: single segment, content
@@ -1375,7 +1377,7 @@ class ChunkDecoder {
   const Manifest& m_;
   bool zsha_;
   std::vector<std::uint8_t> in_;
-  std::vector<std::vector<std::uint8_t>> out_;
+  std::vector<AlignedBuffer> out_;
 };
 
 // Hashes decoded chunks on a second core, in the order they are submitted,

@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 
+#include "common/aligned_buffer.h"
 #include "platform/file_slot_device.h"
 #include "tests/support/powerloss_mount.h"
 #include "tests/support/temp_dir.h"
@@ -125,6 +126,41 @@ TEST_F(MediumTest, LyingMediumIsSeenFromTheMediumOnly) {
       std::all_of(raw, raw + (3U * 4096U + 500U), [](std::uint8_t b) { return b == 0xa7; }));
   EXPECT_EQ(buf[3 * 4096 + 500], 0x55) << "wrote past the span it was given";
   ASSERT_EQ(*(*dev)->ReadMediumAt((1U << 20U) - 8192, buf.first(8192 + 100)), 8192U);
+}
+
+// An aligned chunk (the image reader's buffers) is written with O_DIRECT:
+// the medium gets it at once, not the page cache. So a lie over its range
+// shows even through the page cache, while an unaligned write still goes
+// through the cache (and reads back from there). Both read right where the
+// medium keeps them, and a write error of a direct write is the write's.
+TEST_F(MediumTest, AlignedWritesGoToTheMediumDirectly) {
+  Mount("kernel", 1U << 20U);
+  if (IsSkipped()) return;
+  ASSERT_FALSE(mount_->Control("lie slot-b.img 131072 65536").empty());
+  ASSERT_FALSE(mount_->Control("fail slot-b.img 524288 4096 5").empty());
+  auto dev = OpenSlotDevice("B", Slot());
+  ASSERT_TRUE(dev) << dev.error().ToString();
+  auto w = (*dev)->OpenWriter();
+  ASSERT_TRUE(w) << w.error().ToString();
+  AlignedBuffer chunk(256U << 10U);
+  std::fill(chunk.data(), chunk.data() + chunk.size(), 0xa7);
+  ASSERT_TRUE((*w)->WriteAt(0, chunk.span()));
+  std::vector<std::uint8_t> got(4096);
+  ASSERT_EQ(*(*dev)->ReadAt(131072 + 4096, got), got.size());
+  EXPECT_EQ(got[0], 0) << "an aligned write went through the page cache";
+  ASSERT_EQ(*(*dev)->ReadAt(4096, got), got.size());
+  EXPECT_EQ(got[0], 0xa7);
+  // Unaligned (a tail, a delta frame in a vector): through the cache.
+  const std::vector<std::uint8_t> odd(8192 + 100, 0x3c);
+  ASSERT_TRUE((*w)->WriteAt(262144, odd));
+  ASSERT_EQ(*(*dev)->ReadAt(262144 + 8192, std::span(got).first(100)), 100U);
+  EXPECT_EQ(got[0], 0x3c);
+  // The medium refuses a direct write: its error, at once.
+  auto st = (*w)->WriteAt(524288, chunk.span().first(65536));
+  ASSERT_FALSE(st) << "a direct write over a failing range succeeded";
+  EXPECT_NE(st.error().ToString().find(std::strerror(EIO)), std::string::npos)
+      << st.error().ToString();
+  ASSERT_TRUE((*w)->Sync());
 }
 
 }  // namespace
