@@ -25,6 +25,11 @@
 // trial boot. Besides the above, every trial must end with slot A intact
 // (the old payload, byte for byte) and every kept block-hash index
 // (state/slot-X.blockhashes) either absent or describing its slot exactly.
+// In every other three trials the agent's fsync of a slot file waits 200 ms
+// (slow_slot_sync.c, a slow flash): the delta syncs the target slot at each
+// checkpoint before it records the checkpoint in the journal, and with an
+// instant flush no cut landed between the two (an agent that recorded first
+// went unnoticed).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -86,6 +91,9 @@ struct Fixture {
   // The format 2 image of p102, served with Range (206) for delta installs.
   std::unique_ptr<test::TestHttpServer> delta_server;
   std::unique_ptr<test::TestHttpServer> delta4_server;  // format 4 of p102
+  // sag-agent with slow_slot_sync.c preloaded (200 ms per slot fsync): a
+  // script that adds it to the LD_PRELOAD sag-sim sets, then runs the agent.
+  fs::path slow_agent;
 
   Fixture() {
     EXPECT_TRUE(image::pki::InitDevPki(dir.path()));
@@ -133,10 +141,20 @@ struct Fixture {
     delta4_server = std::make_unique<test::TestHttpServer>(
         f4_bytes ? *f4_bytes : std::string(),
         test::ServerTls{dir / "server-chain.pem", dir / "server.key", {}});
+    slow_agent = dir / "slow-sync-agent";
+    EXPECT_TRUE(WriteFileAtomic(slow_agent,
+                                std::string("#!/bin/sh\n"
+                                            "LD_PRELOAD=\"${LD_PRELOAD:+$LD_PRELOAD:}") +
+                                    SAG_SLOW_SLOT_SYNC_LIB +
+                                    "\" SAG_SLOW_SYNC_MS=200 exec " SAG_AGENT_BIN " \"$@\"\n",
+                                0755));
   }
 };
 
 Fixture* g_fixture = nullptr;
+// The agent the trials run: sag-agent, or in the delta campaigns the wrapper
+// that preloads the slow slot flush (Fixture::slow_agent).
+std::string g_agent = SAG_AGENT_BIN;
 
 std::string Run(const std::vector<std::string>& argv, int* exit_code = nullptr) {
   CommandOptions opt;
@@ -273,9 +291,9 @@ int FirstBootMs(bool download, bool delta = false) {
   const fs::path dev = t / "dev";
   Prepare(dev, "calibrate", Fault::kNone, download, delta);
   const auto start = std::chrono::steady_clock::now();
-  const std::string out = Run({SAG_SIM_BIN, "boot", dev.string(), "--agent", SAG_AGENT_BIN,
-                               "--max-boots", "1", "--powerloss", SAG_POWERLOSS_BIN, "--", "run",
-                               "--once", "--config", (dev / "agent.yaml").string()});
+  const std::string out =
+      Run({SAG_SIM_BIN, "boot", dev.string(), "--agent", g_agent, "--max-boots", "1", "--powerloss",
+           SAG_POWERLOSS_BIN, "--", "run", "--once", "--config", (dev / "agent.yaml").string()});
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::steady_clock::now() - start)
                       .count();
@@ -339,9 +357,9 @@ int IdleBootMs() {
   Prepare(dev, "calibrate", Fault::kNone, false);
   fs::remove_all(dev / "state" / "inbox");
   const auto start = std::chrono::steady_clock::now();
-  const std::string out = Run({SAG_SIM_BIN, "boot", dev.string(), "--agent", SAG_AGENT_BIN,
-                               "--max-boots", "1", "--powerloss", SAG_POWERLOSS_BIN, "--", "run",
-                               "--once", "--config", (dev / "agent.yaml").string()});
+  const std::string out =
+      Run({SAG_SIM_BIN, "boot", dev.string(), "--agent", g_agent, "--max-boots", "1", "--powerloss",
+           SAG_POWERLOSS_BIN, "--", "run", "--once", "--config", (dev / "agent.yaml").string()});
   EXPECT_NE(out.find("without asking for a reboot"), std::string::npos) << out;
   return static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
                               std::chrono::steady_clock::now() - start)
@@ -361,7 +379,7 @@ TrialResult RunTrial(int trial, Fault fault, bool download, int max_cut_ms, bool
                                "boot",
                                dev.string(),
                                "--agent",
-                               SAG_AGENT_BIN,
+                               g_agent,
                                "--max-boots",
                                "40",
                                "--cut-random",
@@ -570,6 +588,9 @@ TEST_F(PowerCutDelta, Format4EveryCutEndsCommittedOrRolledBack) {
 }
 
 void DeltaCampaign() {
+  struct Restore {
+    ~Restore() { g_agent = SAG_AGENT_BIN; }
+  } restore;
   const char* c = std::getenv("SAG_POWERCUT_CUTS");
   const int target = c != nullptr && std::atoi(c) > 0 ? std::atoi(c) : SAG_POWERCUT_DELTA_CUTS;
   const std::size_t requests_before = g_fixture->delta_server->ranges().size();
@@ -581,6 +602,7 @@ void DeltaCampaign() {
   std::printf("delta: a first boot takes %d ms, an idle boot %d ms\n", delta_ms, idle_ms);
   std::fflush(stdout);
   int cuts = 0;
+  int slow_cuts = 0;  // in trials with the slow slot flush
   int trials = 0;
   std::map<std::string, int> by_stage;
   std::map<std::string, int> outcomes;
@@ -588,9 +610,15 @@ void DeltaCampaign() {
   for (int i = 0; cuts < target && i < 3 * target; ++i) {
     const int trial = 900000 + i;
     const auto fault = static_cast<Fault>(i % 3);
+    // Every other three trials with the slow slot flush: their cuts land in
+    // the checkpoints' syncs; the others keep the calibrated spread (trial
+    // boot, commit).
+    const bool slow = (i / 3) % 2 == 0;
+    g_agent = slow ? g_fixture->slow_agent.string() : std::string(SAG_AGENT_BIN);
     const auto r = RunTrial(trial, fault, true, delta_ms * 13 / 10, true, min_cut_ms);
     if (::testing::Test::HasFailure()) break;
     cuts += r.cuts;
+    slow_cuts += slow ? r.cuts : 0;
     for (const auto& [stage, n] : r.by_stage) by_stage[stage] += n;
     ++outcomes[r.state];
     bytes_lost += r.bytes_lost;
@@ -608,12 +636,12 @@ void DeltaCampaign() {
     closed += static_cast<int>(ranges[r].starts_with("bytes=") && !ranges[r].ends_with("-"));
   }
   std::printf(
-      "delta: %d power cuts in %d trials; cut during:%s; outcomes:%s; %zu requests, %d of them "
-      "closed ranges; the medium lost %llu unsynced bytes and %llu directory entries, %llu "
-      "writes torn (final power-offs included)\n",
-      cuts, trials, stages.c_str(), ends.c_str(), ranges.size() - requests_before, closed,
-      static_cast<unsigned long long>(bytes_lost), static_cast<unsigned long long>(entries_lost),
-      static_cast<unsigned long long>(torn));
+      "delta: %d power cuts in %d trials (%d with the slow slot flush); cut during:%s; "
+      "outcomes:%s; %zu requests, %d of them closed ranges; the medium lost %llu unsynced bytes "
+      "and %llu directory entries, %llu writes torn (final power-offs included)\n",
+      cuts, trials, slow_cuts, stages.c_str(), ends.c_str(), ranges.size() - requests_before,
+      closed, static_cast<unsigned long long>(bytes_lost),
+      static_cast<unsigned long long>(entries_lost), static_cast<unsigned long long>(torn));
   EXPECT_GE(cuts, target);
 }
 
