@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): what a delta download of a format 2 image costs
+# Benchmark (not a test): what a delta download of a format 2-4 image costs
 # (docs/delta.md). Builds, from a real file tree, a pair of ext4 images before
 # and after a "minor update" (3 % of the files edited, half of them in place
 # and half with bytes inserted, 10 removed, 10 added of 1-256 KiB), once with the build
