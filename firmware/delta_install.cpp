@@ -178,23 +178,14 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
   // its signed SHA-256 before zstd sees it.
   auto ensure_dict = [&]() -> Status {
     if (!m.dict || ddict) return Ok();
-    std::vector<std::uint8_t> stored;
-    stored.reserve(m.dict->length);
     ++stats.requests;
-    auto got = net::FetchRange(
-        url, base + m.dict->offset, m.dict->length,
-        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
-          if (stored.size() + data.size() > m.dict->length) {
-            return Error(Errc::kNetProtocol, "the server sent more than the dictionary");
-          }
-          stored.insert(stored.end(), data.begin(), data.end());
-          return Ok();
-        },
-        download);
-    stats.fetched_bytes += stored.size();
-    fetched_now += stored.size();
-    if (!got) return std::move(got).error();
-    SAG_TRY(const auto dict, image::DecodeDictionary(stored, m));
+    std::uint64_t received = 0;
+    auto stored = net::FetchRangeExact(url, base + m.dict->offset, m.dict->length, "the dictionary",
+                                       download, &received);
+    stats.fetched_bytes += received;
+    fetched_now += received;
+    if (!stored) return std::move(stored).error();
+    SAG_TRY(const auto dict, image::DecodeDictionary(*stored, m));
     ddict.reset(ZSTD_createDDict(dict.data(), dict.size()));
     if (!ddict) return Error(Errc::kDecompress, "the image's zstd dictionary is not usable");
     return Ok();
@@ -461,29 +452,18 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
 
   // 1. The reuse index: one range, checked against its signed SHA-256
   // before a byte of it is decompressed.
-  std::vector<std::uint8_t> stored;
-  stored.reserve(m.reuse->length);
   std::uint64_t fetched_now = 0;
   std::uint64_t planned_now = m.reuse->length;
   auto report = [&] { Report(record, fetched_now, planned_now); };
-  {
-    ++stats.requests;
-    auto got = net::FetchRange(
-        url, base + m.reuse->offset, m.reuse->length,
-        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
-          if (stored.size() + data.size() > m.reuse->length) {
-            return Error(Errc::kNetProtocol, "the server sent more than the reuse index");
-          }
-          stored.insert(stored.end(), data.begin(), data.end());
-          return Ok();
-        },
-        options_.download);
-    stats.fetched_bytes += stored.size();
-    fetched_now += stored.size();
-    if (!got) return range_failure(std::move(got).error());
-  }
-  SAG_TRY(const auto index, image::DecodeReuseIndex(stored, m));
-  std::vector<std::uint8_t>().swap(stored);
+  std::uint64_t received = 0;
+  ++stats.requests;
+  auto stored = net::FetchRangeExact(url, base + m.reuse->offset, m.reuse->length,
+                                     "the reuse index", options_.download, &received);
+  stats.fetched_bytes += received;
+  fetched_now += received;
+  if (!stored) return range_failure(std::move(stored).error());
+  SAG_TRY(const auto index, image::DecodeReuseIndex(*stored, m));
+  std::vector<std::uint8_t>().swap(*stored);
 
   // 2. The plan. Sources in order, the first that offers a hash wins: zero
   // blocks, the running slot (by the index kept beside it when it matches

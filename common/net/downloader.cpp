@@ -1012,4 +1012,31 @@ Expected<DownloadInfo> FetchRange(const std::string& url, std::uint64_t offset,
   }
 }
 
+Expected<std::vector<std::uint8_t>> FetchRangeExact(const std::string& url, std::uint64_t offset,
+                                                    std::uint64_t length, std::string_view what,
+                                                    const DownloadOptions& options,
+                                                    std::uint64_t* received) {
+  std::vector<std::uint8_t> bytes;
+  bytes.reserve(length);
+  auto got = FetchRange(
+      url, offset, length,
+      [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
+        if (received != nullptr) *received += data.size();
+        if (bytes.size() + data.size() > length) {
+          return Error(Errc::kNetProtocol, "the server sent more than the " +
+                                               std::to_string(length) + " bytes asked for");
+        }
+        bytes.insert(bytes.end(), data.begin(), data.end());
+        return Ok();
+      },
+      options);
+  if (!got) return std::move(got).error().WithContext("fetching " + std::string(what));
+  if (bytes.size() != length) {
+    return Error(Errc::kNetProtocol, "fetching " + std::string(what) + ": the server sent " +
+                                         std::to_string(bytes.size()) + " of " +
+                                         std::to_string(length) + " bytes");
+  }
+  return bytes;
+}
+
 }  // namespace sag::net

@@ -16,6 +16,8 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/error.h"
 
@@ -92,5 +94,17 @@ Expected<DownloadInfo> Fetch(const std::string& url, std::uint64_t offset, const
 Expected<DownloadInfo> FetchRange(const std::string& url, std::uint64_t offset,
                                   std::uint64_t length, const Sink& sink,
                                   const DownloadOptions& options);
+
+// FetchRange of bytes [offset, offset + length) into memory, for the small
+// pieces a delta install reads whole (the reuse index, the dictionary):
+// exactly `length` bytes, or an error with the context "fetching <what>"
+// (a server that sends more than asked is refused; the codes are
+// FetchRange's, kNetRangeUnsupported for a server that answers 200).
+// `received`, if not null, is increased by the bytes that arrived, also
+// when the fetch fails (byte accounting).
+Expected<std::vector<std::uint8_t>> FetchRangeExact(const std::string& url, std::uint64_t offset,
+                                                    std::uint64_t length, std::string_view what,
+                                                    const DownloadOptions& options,
+                                                    std::uint64_t* received = nullptr);
 
 }  // namespace sag::net

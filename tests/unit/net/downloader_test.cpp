@@ -170,6 +170,46 @@ TEST(Downloader, RangeFetchRefusesAServerIgnoringRange) {
   EXPECT_EQ(server.requests(), 1);  // not retried
 }
 
+// FetchRangeExact: one range into memory, exactly its length.
+TEST(Downloader, RangeFetchExactReturnsExactlyTheRange) {
+  const std::string content = MakeContent(500000);
+  TestHttpServer server(content);
+  server.SetFaults({.drop_after = 1000, .drop_times = 1});
+  std::uint64_t received = 0;
+  auto got = FetchRangeExact(server.Url(), 7000, 20000, "the test piece", Fast(), &received);
+  ASSERT_TRUE(got) << got.error().ToString();
+  EXPECT_EQ(Hex(std::string(got->begin(), got->end())), Hex(content.substr(7000, 20000)));
+  EXPECT_EQ(received, 20000U);
+  EXPECT_EQ(server.ranges(), (std::vector<std::string>{"bytes=7000-26999", "bytes=8000-26999"}));
+}
+
+// A server that answers with more than asked: refused, naming the piece.
+TEST(Downloader, RangeFetchExactRefusesMoreThanAsked) {
+  const std::string content = MakeContent(500000);
+  TestHttpServer server(content);
+  server.SetFaults({.range_extra = 100});
+  std::uint64_t received = 0;
+  auto got = FetchRangeExact(server.Url(), 7000, 20000, "the test piece", Fast(), &received);
+  ASSERT_FALSE(got);
+  EXPECT_TRUE(Contains(got.error().message(), "fetching the test piece")) << got.error().message();
+  EXPECT_TRUE(Contains(got.error().message(), "7000-26999")) << got.error().message();
+  EXPECT_EQ(received, 0U);
+}
+
+// A server that ignores Range: kNetRangeUnsupported as from FetchRange (the
+// delta install's fallback decides on that code), naming the piece.
+TEST(Downloader, RangeFetchExactKeepsRangeUnsupported) {
+  const std::string content = MakeContent(500000);
+  TestHttpServer server(content);
+  server.SetFaults({.ignore_range = true});
+  auto got = FetchRangeExact(server.Url(), 1000, 2000, "the dictionary", Fast());
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code(), Errc::kNetRangeUnsupported) << got.error().ToString();
+  EXPECT_TRUE(Contains(got.error().message(), "fetching the dictionary")) << got.error().message();
+  EXPECT_TRUE(Contains(got.error().message(), "does not support Range")) << got.error().message();
+  EXPECT_EQ(server.requests(), 1);
+}
+
 TEST(Downloader, StallTimesOutAndRetries) {
   const std::string content = MakeContent(400000);
   TestHttpServer server(content);
