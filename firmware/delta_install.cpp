@@ -263,11 +263,12 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
     return net::RangePrefetcher::Range{base + r0.offset, rl.offset + rl.length - r0.offset};
   };
   auto start_prefetch = [&]() -> Status {
-    if (!requests.empty()) SAG_TRY_STATUS(ensure_dict());
     std::vector<net::RangePrefetcher::Range> ranges;
     ranges.reserve(requests.size());
     for (const auto& q : requests) ranges.push_back(range_of(q.first_frame, q.end_frame));
     pf.emplace(url, std::move(ranges), parallel, kAheadBytes, download, stopping);
+    // The dictionary while the first requests are in flight.
+    if (!requests.empty()) SAG_TRY_STATUS(ensure_dict());
     return Ok();
   };
   // Fetches frames [first, end) in one range (request `planned` of the plan
