@@ -5,6 +5,7 @@
 // follow the full install's rules (installer.cpp, StepWrite): the journal's
 // next_chunk counts frames that are synced and read back from the slot.
 #include <spdlog/spdlog.h>
+#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_createDDict_byReference: no copy of the dictionary
 #include <zstd.h>
 
 #include <algorithm>
@@ -190,6 +191,7 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
                    std::size_t parallel, const std::function<bool()>& stopping, Put&& put) {
   const std::uint64_t per_group = m.group_frames;
   const std::uint64_t frames = m.frame_lengths.size();
+  std::vector<std::uint8_t> dict;  // referenced by ddict (no copy): outlives it
   DDictPtr ddict(nullptr, ZSTD_freeDDict);
   DCtxPtr dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
   if (!dctx) return Error(Errc::kInternal, "zstd: no decompression context");
@@ -204,8 +206,9 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
     stats.fetched_bytes += received;
     fetched_now += received;
     if (!stored) return std::move(stored).error();
-    SAG_TRY(const auto dict, image::DecodeDictionary(*stored, m));
-    ddict.reset(ZSTD_createDDict(dict.data(), dict.size()));
+    SAG_TRY(dict, image::DecodeDictionary(*stored, m));
+    std::vector<std::uint8_t>().swap(*stored);
+    ddict.reset(ZSTD_createDDict_byReference(dict.data(), dict.size()));
     if (!ddict) return Error(Errc::kDecompress, "the image's zstd dictionary is not usable");
     return Ok();
   };
