@@ -38,6 +38,7 @@ firmware::InstallerOptions DeviceOptions(const Config& c,
   io.checkpoint_bytes = c.download.checkpoint_bytes;
   io.checkpoint_interval = c.download.checkpoint_interval;
   io.delta.full_fallback = c.download.delta_fallback_full;
+  io.delta.parallel = static_cast<std::size_t>(c.download.delta_parallel);
   if (hello_gate) {
     // After the command checks: the new OS's control channel must come up
     // and the cloud answer its hello within cloud_timeout (a server that

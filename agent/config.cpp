@@ -326,7 +326,8 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
   SAG_TRY_STATUS(Optional(
       root, r, "download",
       {"bandwidth_limit", "stall_timeout_s", "max_retries", "checkpoint_bytes",
-       "checkpoint_interval_ms", "deadline_s", "min_rate", "min_rate_window_s", "delta_fallback"},
+       "checkpoint_interval_ms", "deadline_s", "min_rate", "min_rate_window_s", "delta_fallback",
+       "delta_parallel"},
       [&](const YAML::Node& n) -> Status {
         SAG_TRY_STATUS(r.Integer(n, "download", "bandwidth_limit", c.download.bandwidth_limit, 0,
                                  10'000'000'000LL));
@@ -354,6 +355,8 @@ Expected<Config> ParseTree(const YAML::Node& root, const Reader& r) {
                       "got '" +
                           fallback + "'");
         }
+        SAG_TRY_STATUS(
+            r.Integer(n, "download", "delta_parallel", c.download.delta_parallel, 1, 16));
         return r.Integer(n, "download", "max_retries", c.download.max_retries, 0, 1000);
       }));
 

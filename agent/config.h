@@ -112,6 +112,9 @@ struct DownloadConfig {
   // false = fail the job (default), true = install the whole image instead
   // (`delta_fallback: full`).
   bool delta_fallback_full = false;
+  // Range requests of a delta install kept in flight at once (1 = one after
+  // another): docs/delta.md, "Requests in flight".
+  std::int64_t delta_parallel = 3;
 };
 
 // The simulated appliance's stand-ins for hardware that a test machine lacks

@@ -25,6 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 root, port_file, stats_file = os.path.abspath(sys.argv[1]), sys.argv[2], sys.argv[3]
 rate = int(sys.argv[4])
+# Each response waits this long first (a link's latency, for the delta
+# install's requests in flight): environment SAG_HTTP_DELAY_MS, default 0.
+delay_s = float(os.environ.get("SAG_HTTP_DELAY_MS", "0")) / 1000
 tls = sys.argv[5:7] if len(sys.argv) >= 7 else None
 
 lock = threading.Lock()
@@ -84,6 +87,8 @@ class Handler(BaseHTTPRequestHandler):
         path = os.path.normpath(os.path.join(root, self.path.split("?")[0].lstrip("/")))
         sent = [0]
         began = time.monotonic()
+        if delay_s > 0:
+            time.sleep(delay_s)
         rng_header = self.headers.get("Range", "")
         if not path.startswith(root + os.sep) or not os.path.isfile(path):
             status, first, last, size = 404, 0, -1, 0

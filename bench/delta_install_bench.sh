@@ -33,7 +33,10 @@
 # "default" for sag-image's own; default 8:19), FORMAT (default 4), CREATE_OPTS (more options
 # for the new image's `sag-image create`), RATE (bytes/s, default
 # 1048576), PAIRS (default "hygiene plain"; one of them halves the time),
-# TREE_MIB (default 160), IMAGE_MIB (default 256), TREE_DIRS, KEEP_WORK=1.
+# TREE_MIB (default 160), IMAGE_MIB (default 256), TREE_DIRS, KEEP_WORK=1,
+# PARALLEL (the agents' download.delta_parallel; default: the agent's, 3),
+# DELAY_MS (the server waits this long before each response, as a link's
+# latency would; default 0).
 # With the defaults one run took 10 minutes on a 2-core machine at a load
 # average of 5-7 (half of it building the two new images at zstd level 19 and
 # the two full installs at 1 MiB/s).
@@ -84,7 +87,8 @@ serve() {
   [[ $2 == tls ]] && tls=("$work/pki/server-chain.pem" "$work/pki/server.key")
   rm -f "$work/port"
   server_stats="$work/stats.json"
-  python3 "$delta_repo/bench/delta_http.py" "$1" "$work/port" "$server_stats" "${3:-$rate}" \
+  SAG_HTTP_DELAY_MS=${DELAY_MS:-0} \
+    python3 "$delta_repo/bench/delta_http.py" "$1" "$work/port" "$server_stats" "${3:-$rate}" \
     "${tls[@]}" &
   server_pid=$!
   for _ in $(seq 200); do [[ -s "$work/port" ]] && break; sleep 0.05; done
@@ -130,6 +134,13 @@ device() {
   cp "$work/pki/device-sag-sim-0001-chain.pem" "$dev/pki/device.pem"
   cp "$work/pki/device-sag-sim-0001.key" "$dev/pki/device.key"
   sed -i 's/level: debug/level: info/' "$dev/agent.yaml"
+  if [[ -n "${PARALLEL:-}" ]]; then
+    if grep -q '^download:' "$dev/agent.yaml"; then
+      sed -i "/^download:/a\\  delta_parallel: $PARALLEL" "$dev/agent.yaml"
+    else
+      printf 'download:\n  delta_parallel: %s\n' "$PARALLEL" >>"$dev/agent.yaml"
+    fi
+  fi
 }
 
 : >"$work/rows"

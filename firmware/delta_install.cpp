@@ -5,12 +5,14 @@
 // follow the full install's rules (installer.cpp, StepWrite): the journal's
 // next_chunk counts frames that are synced and read back from the slot.
 #include <spdlog/spdlog.h>
+#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_createDDict_byReference: no copy of the dictionary
 #include <zstd.h>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <system_error>
@@ -43,6 +45,24 @@ char MagicHashByte(std::uint64_t hash_bytes) {
 constexpr std::size_t kIndexHead = kIndexMagic.size() + 32 + 8;
 // Slot read-back in pieces of this size.
 constexpr std::size_t kReadPiece = 256U << 10U;
+// Bytes a range request in flight buffers ahead of the writer
+// (net::RangePrefetcher; docs/delta.md, "Requests in flight").
+constexpr std::size_t kAheadBytes = 256U << 10U;
+
+// Byte accounting of a prefetcher's bytes that were received but never
+// written (requests ahead of a failure or a replan), when it ends.
+struct EndPrefetch {
+  std::optional<net::RangePrefetcher>& pf;
+  DeltaRecord& stats;
+  std::uint64_t& fetched_now;
+  void operator()() const {
+    if (!pf) return;
+    const std::uint64_t discarded = pf->Finish();
+    stats.fetched_bytes += discarded;
+    fetched_now += discarded;
+    pf.reset();
+  }
+};
 
 void PutU64(std::string& out, std::uint64_t v) {
   for (unsigned i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8U * i)) & 0xFFU));
@@ -168,9 +188,10 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
                    image::LocalBlocks& local, std::uint64_t start, const std::string& url,
                    std::uint64_t base, DeltaRecord& stats, std::uint64_t& fetched_now,
                    const net::DownloadOptions& download, const image::DeltaOptions& dopt,
-                   Put&& put) {
+                   std::size_t parallel, const std::function<bool()>& stopping, Put&& put) {
   const std::uint64_t per_group = m.group_frames;
   const std::uint64_t frames = m.frame_lengths.size();
+  std::vector<std::uint8_t> dict;  // referenced by ddict (no copy): outlives it
   DDictPtr ddict(nullptr, ZSTD_freeDDict);
   DCtxPtr dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
   if (!dctx) return Error(Errc::kInternal, "zstd: no decompression context");
@@ -178,24 +199,16 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
   // its signed SHA-256 before zstd sees it.
   auto ensure_dict = [&]() -> Status {
     if (!m.dict || ddict) return Ok();
-    std::vector<std::uint8_t> stored;
-    stored.reserve(m.dict->length);
     ++stats.requests;
-    auto got = net::FetchRange(
-        url, base + m.dict->offset, m.dict->length,
-        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
-          if (stored.size() + data.size() > m.dict->length) {
-            return Error(Errc::kNetProtocol, "the server sent more than the dictionary");
-          }
-          stored.insert(stored.end(), data.begin(), data.end());
-          return Ok();
-        },
-        download);
-    stats.fetched_bytes += stored.size();
-    fetched_now += stored.size();
-    if (!got) return std::move(got).error();
-    SAG_TRY(const auto dict, image::DecodeDictionary(stored, m));
-    ddict.reset(ZSTD_createDDict(dict.data(), dict.size()));
+    std::uint64_t received = 0;
+    auto stored = net::FetchRangeExact(url, base + m.dict->offset, m.dict->length, "the dictionary",
+                                       download, &received);
+    stats.fetched_bytes += received;
+    fetched_now += received;
+    if (!stored) return std::move(stored).error();
+    SAG_TRY(dict, image::DecodeDictionary(*stored, m));
+    std::vector<std::uint8_t>().swap(*stored);
+    ddict.reset(ZSTD_createDDict_byReference(dict.data(), dict.size()));
     if (!ddict) return Error(Errc::kDecompress, "the image's zstd dictionary is not usable");
     return Ok();
   };
@@ -239,41 +252,66 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
     ++cur;
     return Ok();
   };
-  // Fetches frames [first, end) in one range; each is decoded into its
-  // place as it arrives, and groups before its own are completed first.
-  auto fetch = [&](std::uint64_t first, std::uint64_t end) -> Status {
-    SAG_TRY_STATUS(ensure_dict());
+  // The planned requests, up to `parallel` in flight (made again after a
+  // replan); a group's refetch is one request of its own.
+  std::optional<net::RangePrefetcher> pf;
+  const EndPrefetch end_prefetch{pf, stats, fetched_now};
+  struct Ender {
+    const EndPrefetch& end;
+    ~Ender() { end(); }
+  } const ender{end_prefetch};
+  auto range_of = [&](std::uint64_t first, std::uint64_t end) {
     const auto r0 = image::FrameAt(m, first);
     const auto rl = image::FrameAt(m, end - 1);
+    return net::RangePrefetcher::Range{base + r0.offset, rl.offset + rl.length - r0.offset};
+  };
+  auto start_prefetch = [&]() -> Status {
+    std::vector<net::RangePrefetcher::Range> ranges;
+    ranges.reserve(requests.size());
+    for (const auto& q : requests) ranges.push_back(range_of(q.first_frame, q.end_frame));
+    pf.emplace(url, std::move(ranges), parallel, kAheadBytes, download, stopping);
+    // The dictionary while the first requests are in flight.
+    if (!requests.empty()) SAG_TRY_STATUS(ensure_dict());
+    return Ok();
+  };
+  // Fetches frames [first, end) in one range (request `planned` of the plan
+  // if set); each frame is decoded into its place as it arrives, and groups
+  // before its own are completed first.
+  auto fetch = [&](std::uint64_t first, std::uint64_t end,
+                   std::optional<std::size_t> planned) -> Status {
+    SAG_TRY_STATUS(ensure_dict());
+    const auto range = range_of(first, end);
     std::vector<std::uint8_t> pending;
     std::uint64_t next = first;
     ++stats.requests;
-    auto got = net::FetchRange(
-        url, base + r0.offset, rl.offset + rl.length - r0.offset,
-        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
-          stats.fetched_bytes += data.size();
-          fetched_now += data.size();
-          while (!data.empty()) {
-            if (next >= end) return Error(Errc::kNetProtocol, "the server sent more than asked");
-            const std::size_t want = m.frame_lengths[next] - pending.size();
-            const std::size_t n = std::min(want, data.size());
-            pending.insert(pending.end(), data.begin(),
-                           data.begin() + static_cast<std::ptrdiff_t>(n));
-            data = data.subspan(n);
-            if (pending.size() == m.frame_lengths[next]) {
-              const std::uint64_t g = next / per_group;
-              while (cur < g) SAG_TRY_STATUS(complete(cur));
-              SAG_TRY_STATUS(
-                  DecodeGroupedFrame(m, next, pending, frame_place(next), dctx.get(), ddict.get()));
-              fetched[next % per_group] = 1;
-              pending.clear();
-              ++next;
-            }
-          }
-          return Ok();
-        },
-        download);
-    if (!got) return std::move(got).error();
+    const net::Sink sink = [&](std::uint64_t /*offset*/,
+                               std::span<const std::uint8_t> data) -> Status {
+      stats.fetched_bytes += data.size();
+      fetched_now += data.size();
+      while (!data.empty()) {
+        if (next >= end) return Error(Errc::kNetProtocol, "the server sent more than asked");
+        const std::size_t want = m.frame_lengths[next] - pending.size();
+        const std::size_t n = std::min(want, data.size());
+        pending.insert(pending.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(n));
+        data = data.subspan(n);
+        if (pending.size() == m.frame_lengths[next]) {
+          const std::uint64_t g = next / per_group;
+          while (cur < g) SAG_TRY_STATUS(complete(cur));
+          SAG_TRY_STATUS(
+              DecodeGroupedFrame(m, next, pending, frame_place(next), dctx.get(), ddict.get()));
+          fetched[next % per_group] = 1;
+          pending.clear();
+          ++next;
+        }
+      }
+      return Ok();
+    };
+    if (planned) {
+      SAG_TRY_STATUS(pf->Consume(*planned, sink));
+    } else {
+      auto got = net::FetchRange(url, range.offset, range.length, sink, download);
+      if (!got) return std::move(got).error();
+    }
     if (next != end) {
       return Error(Errc::kNetProtocol, "range of frames " + std::to_string(first) + "-" +
                                            std::to_string(end - 1) + " ended early");
@@ -284,6 +322,7 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
   // the requests after it planned again from its end.
   auto refetch = [&](std::uint64_t g) -> Status {
     bad_group.reset();
+    end_prefetch();  // the requests in flight are planned again below
     ++stats.frames_rejected;
     spdlog::warn(
         "group {} assembled from local blocks did not match its signed SHA-256; "
@@ -293,7 +332,7 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
     cur = g;
     const std::uint64_t first = g * per_group;
     const std::uint64_t end = std::min(frames, first + per_group);
-    SAG_TRY_STATUS(fetch(first, end));
+    SAG_TRY_STATUS(fetch(first, end, std::nullopt));
     for (std::uint64_t f = first; f < end; ++f) have[f] = 1;
     if (auto st = complete(g); !st) {
       bad_group.reset();
@@ -327,7 +366,8 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
       r = 0;
       continue;
     }
-    if (auto st = fetch(req.first_frame, req.end_frame); !st) {
+    if (!pf) SAG_TRY_STATUS(start_prefetch());
+    if (auto st = fetch(req.first_frame, req.end_frame, r); !st) {
       if (!bad_group) return st;
       SAG_TRY_STATUS(refetch(*bad_group));
       r = 0;
@@ -461,29 +501,18 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
 
   // 1. The reuse index: one range, checked against its signed SHA-256
   // before a byte of it is decompressed.
-  std::vector<std::uint8_t> stored;
-  stored.reserve(m.reuse->length);
   std::uint64_t fetched_now = 0;
   std::uint64_t planned_now = m.reuse->length;
   auto report = [&] { Report(record, fetched_now, planned_now); };
-  {
-    ++stats.requests;
-    auto got = net::FetchRange(
-        url, base + m.reuse->offset, m.reuse->length,
-        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
-          if (stored.size() + data.size() > m.reuse->length) {
-            return Error(Errc::kNetProtocol, "the server sent more than the reuse index");
-          }
-          stored.insert(stored.end(), data.begin(), data.end());
-          return Ok();
-        },
-        options_.download);
-    stats.fetched_bytes += stored.size();
-    fetched_now += stored.size();
-    if (!got) return range_failure(std::move(got).error());
-  }
-  SAG_TRY(const auto index, image::DecodeReuseIndex(stored, m));
-  std::vector<std::uint8_t>().swap(stored);
+  std::uint64_t received = 0;
+  ++stats.requests;
+  auto stored = net::FetchRangeExact(url, base + m.reuse->offset, m.reuse->length,
+                                     "the reuse index", options_.download, &received);
+  stats.fetched_bytes += received;
+  fetched_now += received;
+  if (!stored) return range_failure(std::move(stored).error());
+  SAG_TRY(const auto index, image::DecodeReuseIndex(*stored, m));
+  std::vector<std::uint8_t>().swap(*stored);
 
   // 2. The plan. Sources in order, the first that offers a hash wins: zero
   // blocks, the running slot (by the index kept beside it when it matches
@@ -631,37 +660,60 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
     report();
     return Ok();
   };
-  // Fetches frames [first, end) (one range) and writes each as it arrives.
-  auto fetch = [&](std::size_t first, std::size_t end) -> Status {
+  // The planned requests, up to delta.parallel in flight (format 2 and 3;
+  // format 4's are WriteGroups').
+  const auto stopping = [this] { return Stopping(); };
+  std::optional<net::RangePrefetcher> pf;
+  const EndPrefetch end_prefetch{pf, stats, fetched_now};
+  struct Ender {
+    const EndPrefetch& end;
+    ~Ender() { end(); }
+  } const ender{end_prefetch};
+  auto range_of = [&](std::size_t first, std::size_t end) {
     const auto& c0 = m.chunks[first];
     const auto& cl = m.chunks[end - 1];
-    const std::uint64_t length = cl.offset + cl.length - c0.offset;
+    return net::RangePrefetcher::Range{base + c0.offset, cl.offset + cl.length - c0.offset};
+  };
+  if (!grouped) {
+    std::vector<net::RangePrefetcher::Range> ranges;
+    ranges.reserve(requests.size());
+    for (const auto& q : requests) ranges.push_back(range_of(q.first_frame, q.end_frame));
+    pf.emplace(url, std::move(ranges), options_.delta.parallel, kAheadBytes, options_.download,
+               stopping);
+  }
+  // Fetches frames [first, end) (one range: request `planned` of the plan if
+  // set) and writes each as it arrives.
+  auto fetch = [&](std::size_t first, std::size_t end,
+                   std::optional<std::size_t> planned) -> Status {
+    const auto range = range_of(first, end);
     std::vector<std::uint8_t> pending;
     std::size_t next = first;
     ++stats.requests;
-    auto got = net::FetchRange(
-        url, base + c0.offset, length,
-        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
-          stats.fetched_bytes += data.size();
-          fetched_now += data.size();
-          while (!data.empty()) {
-            if (next >= end) return Error(Errc::kNetProtocol, "the server sent more than asked");
-            const std::size_t want = m.chunks[next].length - pending.size();
-            const std::size_t n = std::min(want, data.size());
-            pending.insert(pending.end(), data.begin(),
-                           data.begin() + static_cast<std::ptrdiff_t>(n));
-            data = data.subspan(n);
-            if (pending.size() == m.chunks[next].length) {
-              SAG_TRY_STATUS(DecodeFrame(m, next, pending, frame));
-              pending.clear();
-              SAG_TRY_STATUS(put(next, frame));
-              ++next;
-            }
-          }
-          return Ok();
-        },
-        options_.download);
-    if (!got) return std::move(got).error();
+    const net::Sink sink = [&](std::uint64_t /*offset*/,
+                               std::span<const std::uint8_t> data) -> Status {
+      stats.fetched_bytes += data.size();
+      fetched_now += data.size();
+      while (!data.empty()) {
+        if (next >= end) return Error(Errc::kNetProtocol, "the server sent more than asked");
+        const std::size_t want = m.chunks[next].length - pending.size();
+        const std::size_t n = std::min(want, data.size());
+        pending.insert(pending.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(n));
+        data = data.subspan(n);
+        if (pending.size() == m.chunks[next].length) {
+          SAG_TRY_STATUS(DecodeFrame(m, next, pending, frame));
+          pending.clear();
+          SAG_TRY_STATUS(put(next, frame));
+          ++next;
+        }
+      }
+      return Ok();
+    };
+    if (planned) {
+      SAG_TRY_STATUS(pf->Consume(*planned, sink));
+    } else {
+      auto got = net::FetchRange(url, range.offset, range.length, sink, options_.download);
+      if (!got) return std::move(got).error();
+    }
     if (next != end) {
       return Error(Errc::kNetProtocol, "range of frames " + std::to_string(first) + "-" +
                                            std::to_string(end - 1) + " ended early");
@@ -677,8 +729,9 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
     return std::move(e).WithContext("delta download of " + RedactUrl(url));
   };
   if (grouped) {
-    if (auto st = WriteGroups(m, plan.blocks, have, requests, local, start, url, base, stats,
-                              fetched_now, options_.download, dopt, put);
+    if (auto st =
+            WriteGroups(m, plan.blocks, have, requests, local, start, url, base, stats, fetched_now,
+                        options_.download, dopt, options_.delta.parallel, stopping, put);
         !st) {
       return failed(std::move(st).error());
     }
@@ -687,7 +740,9 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
   for (std::size_t f = grouped ? m.chunks.size() : start; f < m.chunks.size();) {
     if (Stopping()) return Error(Errc::kCancelled, "stopped");
     if (r < requests.size() && requests[r].first_frame == f) {
-      if (auto st = fetch(f, requests[r].end_frame); !st) return failed(std::move(st).error());
+      if (auto st = fetch(f, requests[r].end_frame, r); !st) {
+        return failed(std::move(st).error());
+      }
       f = requests[r].end_frame;
       ++r;
       continue;
@@ -700,7 +755,7 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
       if (st.error().code() != Errc::kChunkHashMismatch) return std::move(st).error();
       spdlog::warn("job {}: {}; fetching it", record.id, st.error().message());
       ++stats.frames_rejected;
-      if (auto fs = fetch(f, f + 1); !fs) return failed(std::move(fs).error());
+      if (auto fs = fetch(f, f + 1, std::nullopt); !fs) return failed(std::move(fs).error());
       ++f;
       continue;
     }

@@ -858,19 +858,10 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   if (start_chunk > 0 && stored->manifest.dict) {
     const auto& d = *stored->manifest.dict;
     if (IsUrl(record.source)) {
-      std::vector<std::uint8_t> bytes;
-      auto got = net::FetchRange(
-          record.source, record.payload_offset + d.offset, d.length,
-          [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
-            if (bytes.size() + data.size() > d.length) {
-              return Error(Errc::kNetProtocol, "the server sent more than the dictionary");
-            }
-            bytes.insert(bytes.end(), data.begin(), data.end());
-            return Ok();
-          },
-          options_.download);
+      auto got = net::FetchRangeExact(record.source, record.payload_offset + d.offset, d.length,
+                                      "the dictionary", options_.download);
       if (got) {
-        SAG_TRY(dictionary, image::DecodeDictionary(bytes, stored->manifest));
+        SAG_TRY(dictionary, image::DecodeDictionary(*got, stored->manifest));
       } else if (got.error().code() == Errc::kNetRangeUnsupported) {
         // A server without Range (the full fallback): a stream from the
         // dictionary's offset, stopped once the dictionary is read.
@@ -881,8 +872,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         if (!read) return std::move(read).error();
         dictionary = std::move(*read);
       } else {
-        return std::move(got).error().WithContext("fetching the dictionary of " +
-                                                  RedactUrl(record.source));
+        return std::move(got).error().WithContext(RedactUrl(record.source));
       }
     } else {
       SAG_TRY(auto file, image::FileSource::Open(record.source, record.payload_offset + d.offset));

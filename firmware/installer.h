@@ -77,6 +77,10 @@ struct InstallerOptions {
     bool full_fallback = false;
     // Local frames between two downloads bridged by one request (bytes).
     std::uint64_t max_gap = 16U << 10U;
+    // Range requests in flight at once (config download.delta_parallel;
+    // 1 = one after another), each buffering at most 256 KiB ahead of the
+    // writer (docs/delta.md, "Requests in flight").
+    std::size_t parallel = 3;
   };
   Delta delta;
 };

@@ -1012,4 +1012,192 @@ Expected<DownloadInfo> FetchRange(const std::string& url, std::uint64_t offset,
   }
 }
 
+Expected<std::vector<std::uint8_t>> FetchRangeExact(const std::string& url, std::uint64_t offset,
+                                                    std::uint64_t length, std::string_view what,
+                                                    const DownloadOptions& options,
+                                                    std::uint64_t* received) {
+  std::vector<std::uint8_t> bytes;
+  bytes.reserve(length);
+  auto got = FetchRange(
+      url, offset, length,
+      [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
+        if (received != nullptr) *received += data.size();
+        if (bytes.size() + data.size() > length) {
+          return Error(Errc::kNetProtocol, "the server sent more than the " +
+                                               std::to_string(length) + " bytes asked for");
+        }
+        bytes.insert(bytes.end(), data.begin(), data.end());
+        return Ok();
+      },
+      options);
+  if (!got) return std::move(got).error().WithContext("fetching " + std::string(what));
+  if (bytes.size() != length) {
+    return Error(Errc::kNetProtocol, "fetching " + std::string(what) + ": the server sent " +
+                                         std::to_string(bytes.size()) + " of " +
+                                         std::to_string(length) + " bytes");
+  }
+  return bytes;
+}
+
+struct RangePrefetcher::Slot {
+  std::vector<std::uint8_t> buf;  // received, not yet consumed
+  bool done = false;
+  Status status = Ok();
+};
+
+RangePrefetcher::RangePrefetcher(std::string url, std::vector<Range> ranges, std::size_t parallel,
+                                 std::size_t buffer_bytes, DownloadOptions options,
+                                 std::function<bool()> stopping)
+    : url_(std::move(url)),
+      ranges_(std::move(ranges)),
+      parallel_(std::max<std::size_t>(parallel, 1)),
+      buffer_bytes_(std::max<std::size_t>(buffer_bytes, 1)),
+      options_(std::move(options)),
+      worker_options_(options_),
+      stopping_(std::move(stopping)) {
+  if (parallel_ == 1 || ranges_.empty()) return;
+  worker_options_.cancel = &cancel_;
+  slots_.reserve(ranges_.size());
+  for (std::size_t i = 0; i < ranges_.size(); ++i) slots_.push_back(std::make_unique<Slot>());
+  const std::size_t n = std::min(parallel_, ranges_.size());
+  try {
+    for (std::size_t w = 0; w < n; ++w) workers_.emplace_back([this] { Work(); });
+  } catch (const std::system_error& e) {
+    // Fewer workers (none: every range is fetched when consumed).
+    spdlog::warn("range requests: {} of {} worker threads started ({})", workers_.size(), n,
+                 e.what());
+    if (workers_.empty()) slots_.clear();
+  }
+}
+
+RangePrefetcher::~RangePrefetcher() { Finish(); }
+
+std::uint64_t RangePrefetcher::Finish() {
+  {
+    const std::lock_guard lock(mu_);
+    closed_ = true;
+    cancel_ = true;
+  }
+  cv_.notify_all();
+  for (auto& w : workers_) {
+    if (w.joinable()) w.join();
+  }
+  const std::lock_guard lock(mu_);
+  const std::uint64_t discarded = received_ - delivered_;
+  received_ = delivered_;
+  return discarded;
+}
+
+void RangePrefetcher::Work() {
+  for (;;) {
+    std::size_t i = 0;
+    {
+      std::unique_lock lock(mu_);
+      // Range i starts once the consumer is within `parallel` of it.
+      cv_.wait(lock, [&] {
+        return closed_ || next_start_ >= ranges_.size() || next_start_ < head_ + parallel_;
+      });
+      if (closed_ || next_start_ >= ranges_.size()) return;
+      i = next_start_++;
+    }
+    Slot& slot = *slots_[i];
+    const Range r = ranges_[i];
+    auto got = FetchRange(
+        url_, r.offset, r.length,
+        [&](std::uint64_t /*offset*/, std::span<const std::uint8_t> data) -> Status {
+          std::unique_lock lock(mu_);
+          // Full: wait for the consumer (TCP flow control holds the server).
+          cv_.wait(lock, [&] {
+            return closed_ || slot.buf.empty() || slot.buf.size() + data.size() <= buffer_bytes_;
+          });
+          if (closed_) return Error(Errc::kCancelled, "stopped");
+          slot.buf.insert(slot.buf.end(), data.begin(), data.end());
+          received_ += data.size();
+          cv_.notify_all();
+          return Ok();
+        },
+        worker_options_);
+    {
+      const std::lock_guard lock(mu_);
+      slot.status = got ? Ok() : Status(std::move(got).error());
+      slot.done = true;
+    }
+    cv_.notify_all();
+  }
+}
+
+Status RangePrefetcher::Consume(std::size_t i, const Sink& sink) {
+  if (i >= ranges_.size()) {
+    return Error(Errc::kInternal, "range " + std::to_string(i) + " of " +
+                                      std::to_string(ranges_.size()) + " consumed");
+  }
+  const Range r = ranges_[i];
+  if (slots_.empty()) {
+    std::uint64_t delivered = 0;
+    auto got = FetchRange(
+        url_, r.offset, r.length,
+        [&](std::uint64_t offset, std::span<const std::uint8_t> data) -> Status {
+          delivered += data.size();
+          return sink(offset, data);
+        },
+        options_);
+    const std::lock_guard lock(mu_);
+    head_ = i + 1;
+    received_ += delivered;
+    delivered_ += delivered;
+    if (!got) return std::move(got).error();
+    return Ok();
+  }
+  {
+    const std::lock_guard lock(mu_);
+    if (i != head_) {
+      return Error(Errc::kInternal, "range " + std::to_string(i) + " consumed before range " +
+                                        std::to_string(head_));
+    }
+  }
+  constexpr std::chrono::milliseconds kPoll{20};
+  const auto stop = [&] {
+    return (stopping_ && stopping_()) || (options_.cancel != nullptr && options_.cancel->load());
+  };
+  Slot& slot = *slots_[i];
+  std::vector<std::uint8_t> take;
+  std::uint64_t at = r.offset;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      while (slot.buf.empty() && !slot.done && !closed_) {
+        if (stop()) break;
+        cv_.wait_for(lock, kPoll);
+      }
+      if (closed_ || (slot.buf.empty() && !slot.done)) {
+        closed_ = true;
+        cancel_ = true;
+        cv_.notify_all();
+        return Error(Errc::kCancelled, "stopped");
+      }
+      if (slot.buf.empty()) {  // done
+        head_ = i + 1;
+        cv_.notify_all();
+        return slot.status;
+      }
+      take.swap(slot.buf);
+      slot.buf.clear();
+      delivered_ += take.size();
+    }
+    cv_.notify_all();
+    if (stop()) {
+      {
+        const std::lock_guard lock(mu_);
+        closed_ = true;
+        cancel_ = true;
+      }
+      cv_.notify_all();
+      return Error(Errc::kCancelled, "stopped");
+    }
+    SAG_TRY_STATUS(sink(at, take));
+    at += take.size();
+    take.clear();
+  }
+}
+
 }  // namespace sag::net

@@ -10,12 +10,19 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
 
 #include "common/error.h"
 
@@ -92,5 +99,82 @@ Expected<DownloadInfo> Fetch(const std::string& url, std::uint64_t offset, const
 Expected<DownloadInfo> FetchRange(const std::string& url, std::uint64_t offset,
                                   std::uint64_t length, const Sink& sink,
                                   const DownloadOptions& options);
+
+// FetchRange of bytes [offset, offset + length) into memory, for the small
+// pieces a delta install reads whole (the reuse index, the dictionary):
+// exactly `length` bytes, or an error with the context "fetching <what>"
+// (a server that sends more than asked is refused; the codes are
+// FetchRange's, kNetRangeUnsupported for a server that answers 200).
+// `received`, if not null, is increased by the bytes that arrived, also
+// when the fetch fails (byte accounting).
+Expected<std::vector<std::uint8_t>> FetchRangeExact(const std::string& url, std::uint64_t offset,
+                                                    std::uint64_t length, std::string_view what,
+                                                    const DownloadOptions& options,
+                                                    std::uint64_t* received = nullptr);
+
+// A list of closed ranges of one URL fetched with up to `parallel` requests
+// in flight and consumed strictly in order (docs/delta.md, "Requests in
+// flight"). Range i is fetched (FetchRange) by a worker thread once the
+// consumer has reached range i - parallel + 1 or further; its bytes wait in
+// a buffer of at most `buffer_bytes` (one piece more when the buffer is
+// empty) until Consume(i) takes them, and while its buffer is full the
+// worker's sink blocks, so TCP flow control pauses the server. Memory:
+// about parallel * buffer_bytes of buffered bytes, plus one buffer's worth
+// being consumed, whatever the ranges' lengths.
+//
+// parallel == 1 fetches each range on the consumer's thread when it is
+// consumed (no thread, no buffer: a plain FetchRange).
+//
+// The workers' fetches use `options` with their own cancel flag, set when
+// the consumer stops: Finish(), the destructor, or `stopping` returning
+// true while Consume waits (it is polled every few tens of ms; it should
+// also cover options.cancel). No worker outlives Finish or the destructor.
+class RangePrefetcher {
+ public:
+  struct Range {
+    std::uint64_t offset = 0;
+    std::uint64_t length = 0;
+  };
+  RangePrefetcher(std::string url, std::vector<Range> ranges, std::size_t parallel,
+                  std::size_t buffer_bytes, DownloadOptions options,
+                  std::function<bool()> stopping);
+  ~RangePrefetcher();
+  RangePrefetcher(const RangePrefetcher&) = delete;
+  RangePrefetcher& operator=(const RangePrefetcher&) = delete;
+
+  // Delivers range i's bytes to `sink`, in order, and returns its fetch's
+  // result (or the sink's error, or kCancelled when `stopping`). Ranges must
+  // be consumed in order, each once: i is the next one.
+  Status Consume(std::size_t i, const Sink& sink);
+
+  // Stops and joins the workers; returns the bytes they received that no
+  // Consume delivered (for byte accounting). Idempotent.
+  std::uint64_t Finish();
+
+  [[nodiscard]] std::size_t size() const { return ranges_.size(); }
+
+ private:
+  struct Slot;
+  void Work();
+
+  const std::string url_;
+  const std::vector<Range> ranges_;
+  const std::size_t parallel_;
+  const std::size_t buffer_bytes_;
+  const DownloadOptions options_;   // as given: the fetches on the consumer's thread
+  DownloadOptions worker_options_;  // with cancel = &cancel_
+  const std::function<bool()> stopping_;
+  std::atomic<bool> cancel_{false};
+
+  std::mutex mu_;
+  std::condition_variable cv_;  // any change below
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::size_t head_ = 0;        // the range being (or next to be) consumed
+  std::size_t next_start_ = 0;  // the next range a worker takes
+  bool closed_ = false;
+  std::uint64_t received_ = 0;   // by the workers' sinks
+  std::uint64_t delivered_ = 0;  // by Consume
+  std::vector<std::thread> workers_;
+};
 
 }  // namespace sag::net

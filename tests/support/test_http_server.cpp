@@ -78,6 +78,7 @@ struct Plan {
   milliseconds stall_for{0};
   std::uint64_t trickle_bytes = 0;
   milliseconds trickle_every{0};
+  milliseconds respond_after{0};
 };
 
 }  // namespace
@@ -103,7 +104,10 @@ struct TestHttpServer::Impl {
   int drops_done = 0;
   int stalls_done = 0;
   int fails_done = 0;
+  int fails_skipped = 0;
   int connections = 0;
+  int open_now = 0;
+  int max_open = 0;
   int requests = 0;
   std::vector<std::string> ranges;
   std::string sni;
@@ -138,7 +142,7 @@ TestHttpServer::~TestHttpServer() {
 void TestHttpServer::SetFaults(Faults faults) {
   const std::lock_guard lock(impl_->mu);
   impl_->faults = std::move(faults);
-  impl_->drops_done = impl_->stalls_done = impl_->fails_done = 0;
+  impl_->drops_done = impl_->stalls_done = impl_->fails_done = impl_->fails_skipped = 0;
 }
 
 std::uint16_t TestHttpServer::port() const { return impl_->port; }
@@ -151,6 +155,11 @@ std::string TestHttpServer::Url(std::string_view target, std::string_view host) 
 int TestHttpServer::connections() const {
   const std::lock_guard lock(impl_->mu);
   return impl_->connections;
+}
+
+int TestHttpServer::max_concurrent() const {
+  const std::lock_guard lock(impl_->mu);
+  return impl_->max_open;
 }
 
 int TestHttpServer::requests() const {
@@ -177,8 +186,12 @@ asio::awaitable<void> TestHttpServer::Impl::Accept() {
     {
       const std::lock_guard lock(mu);
       ++connections;
+      max_open = std::max(max_open, ++open_now);
     }
-    asio::co_spawn(io, Session(std::move(socket)), asio::detached);
+    asio::co_spawn(io, Session(std::move(socket)), [this](const std::exception_ptr&) {
+      const std::lock_guard lock(mu);
+      --open_now;
+    });
   }
 }
 
@@ -219,7 +232,9 @@ Plan TestHttpServer::Impl::Decide(const http::request<http::empty_body>& req) {
         StatusLine(302) + "Location: " + it->second + "\r\nContent-Length: 0\r\n" + common + "\r\n";
     return plan;
   }
-  if (faults.fail_status != 0 && (faults.fail_times < 0 || fails_done < faults.fail_times)) {
+  if (faults.fail_status != 0 && fails_skipped < faults.fail_skip) {
+    ++fails_skipped;
+  } else if (faults.fail_status != 0 && (faults.fail_times < 0 || fails_done < faults.fail_times)) {
     ++fails_done;
     const std::string body = "failing on purpose\n";
     plan.header =
@@ -238,7 +253,8 @@ Plan TestHttpServer::Impl::Decide(const http::request<http::empty_body>& req) {
     return plan;
   }
   if (range) {
-    const std::uint64_t last = std::min(range->second.value_or(size - 1), size - 1);
+    const std::uint64_t last =
+        std::min(range->second.value_or(size - 1) + faults.range_extra, size - 1);
     plan.body_first = range->first;
     plan.body_size = last - range->first + 1;
     const auto shown_first = static_cast<std::uint64_t>(static_cast<std::int64_t>(range->first) +
@@ -256,6 +272,7 @@ Plan TestHttpServer::Impl::Decide(const http::request<http::empty_body>& req) {
     plan.drop_after = faults.drop_after;
   }
   plan.trickle_bytes = faults.trickle_bytes;
+  plan.respond_after = faults.respond_after;
   plan.trickle_every = faults.trickle_every;
   if (stalls_done < faults.stall_times) {
     ++stalls_done;
@@ -275,6 +292,11 @@ asio::awaitable<void> TestHttpServer::Impl::Serve(Stream& stream) {
   co_await http::async_read(stream, buffer, req, asio::redirect_error(asio::use_awaitable, ec));
   if (ec) co_return;
   const Plan plan = Decide(req);
+  if (plan.respond_after.count() > 0) {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    timer.expires_after(plan.respond_after);
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
 
   lowest.expires_after(kIoTimeout);
   co_await asio::async_write(stream, asio::buffer(plan.header),

@@ -36,6 +36,7 @@ struct Faults {
   int stall_times = 0;
   int fail_status = 0;                  // answer fail_status to the next fail_times requests
   int fail_times = 0;                   // (-1: to all of them)
+  int fail_skip = 0;                    // after serving this many requests normally
   std::string retry_after{};            // Retry-After header on those failures, if not empty
   bool ignore_range = false;            // answer Range requests with 200 and the whole file
   std::int64_t range_start_shift = 0;   // report start+shift in Content-Range (a lying server)
@@ -43,6 +44,8 @@ struct Faults {
   std::map<std::string, std::string> redirects{};  // target -> Location (302)
   std::uint64_t trickle_bytes = 0;                 // > 0: send the body this many bytes at a
   std::chrono::milliseconds trickle_every{0};      // time, waiting this long before each
+  std::uint64_t range_extra = 0;  // a range answer covers this many bytes past the asked end
+  std::chrono::milliseconds respond_after{0};  // wait this long before each response
 };
 
 class TestHttpServer {
@@ -64,6 +67,7 @@ class TestHttpServer {
 
   [[nodiscard]] int connections() const;                  // TCP connections accepted
   [[nodiscard]] int requests() const;                     // HTTP requests read
+  [[nodiscard]] int max_concurrent() const;               // most connections open at the same time
   [[nodiscard]] std::vector<std::string> ranges() const;  // Range header per request, "" if none
   [[nodiscard]] std::string last_sni() const;             // server name of the last handshake
 

@@ -76,7 +76,7 @@ TEST(Config, SimulatorSectionIsStrict) {
   }
 }
 
-TEST(Config, DeltaFallbackIsFailUnlessFull) {
+TEST(Config, DeltaFallbackIsFailUnlessFullAndParallelIsBounded) {
   const std::string head =
       "identity: {smartag_id: sag-1, serial_number: s, model: m}\npki: {root_ca: /r}\n"
       "boot: {slots: {A: {device: /a}, B: {device: /b}}}\n";
@@ -89,6 +89,19 @@ TEST(Config, DeltaFallbackIsFailUnlessFull) {
   auto fail = ParseConfig(head + "download: {delta_fallback: fail}\n", "x.yaml");
   ASSERT_TRUE(fail) << fail.error().ToString();
   EXPECT_FALSE(fail->download.delta_fallback_full);
+  EXPECT_EQ(dflt->download.delta_parallel, 3);
+  auto one = ParseConfig(head + "download: {delta_parallel: 1}\n", "p.yaml");
+  ASSERT_TRUE(one) << one.error().ToString();
+  EXPECT_EQ(one->download.delta_parallel, 1);
+  for (const char* bad : {"0", "17", "-1"}) {
+    auto r = ParseConfig(head + "download: {delta_parallel: " + bad + "}\n", "b.yaml");
+    ASSERT_FALSE(r) << bad;
+    EXPECT_EQ(r.error().code(), Errc::kConfigRange) << r.error().ToString();
+    EXPECT_NE(r.error().message().find("delta_parallel"), std::string::npos) << r.error().message();
+  }
+  auto word = ParseConfig(head + "download: {delta_parallel: many}\n", "w.yaml");
+  ASSERT_FALSE(word);
+  EXPECT_EQ(word.error().code(), Errc::kConfigType) << word.error().ToString();
 }
 
 TEST(Config, ReadBackIsMediumOrCache) {

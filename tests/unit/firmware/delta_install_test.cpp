@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <functional>
 #include <random>
+#include <thread>
 
 #include "common/atomic_file.h"
 #include "common/image/image_writer.h"
@@ -183,6 +185,7 @@ class DeltaInstallTest : public ::testing::Test {
     o.checkpoint_bytes = 4 * kFrame;
     o.os_release = dir_ / "os-release";
     o.delta.full_fallback = full_fallback_;
+    o.delta.parallel = parallel_;
     Platform p{
         &boot_, {{Slot::kA, slot_a_.get()}, {Slot::kB, slot_b_.get()}}, &rebooter_, &system_};
     return std::make_unique<DeviceInstaller>(
@@ -238,6 +241,7 @@ class DeltaInstallTest : public ::testing::Test {
   FakeRebooter rebooter_;
   FakeSystem system_;
   bool full_fallback_ = false;
+  std::size_t parallel_ = 3;  // the default of download.delta_parallel
   Progress last_progress_{JobState::kPending};
   int stop_after_reports_ = 0;
   int reports_ = 0;
@@ -661,6 +665,106 @@ TEST_F(DeltaInstallTest, StoppedDeltaResumesFromItsCheckpoint) {
             (*done)->chunks_total - resumed_at);
   ExpectOnlyClosedRanges(server);
 }
+
+// Requests in flight (download.delta_parallel): K = 3 writes the same slot
+// as K = 1, with requests overlapping in time at the server (each answer
+// waits 30 ms, as on a link with latency); K = 1 never has two open.
+class DeltaInFlightTest : public DeltaInstallTest {
+ protected:
+  void InstallsWith(const std::string& name, std::size_t parallel) {
+    parallel_ = parallel;
+    test::TestHttpServer server(g_images->Bytes(name), g_images->Tls());
+    on_first_writing_report_ = [&] {
+      test::Faults f;
+      f.respond_after = std::chrono::milliseconds(30);
+      server.SetFaults(f);
+    };
+    auto r = MakeInstaller()->Start(JobSpec{"d-k", server.Url("/v2.sagimg"), false, true});
+    ASSERT_TRUE(r) << r.error().ToString();
+    ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+    EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+    ASSERT_TRUE(r->delta);
+    ASSERT_GE(r->delta->requests, 3U) << "too few requests to overlap";
+    EXPECT_EQ(r->delta->fetched_bytes, r->delta->planned_bytes);
+    EXPECT_EQ(server.ranges().size(), 1 + r->delta->requests);
+    ExpectOnlyClosedRanges(server);
+    if (parallel == 1) {
+      EXPECT_EQ(server.max_concurrent(), 1);
+    } else {
+      EXPECT_GT(server.max_concurrent(), 1);
+      EXPECT_LE(server.max_concurrent(), static_cast<int>(parallel) + 1);  // + the dictionary
+    }
+  }
+
+  // Stops the job 300 ms into the write while every request waits 10 s for
+  // its answer: Start returns promptly (the workers see the stop), and the
+  // job resumes to the right bytes.
+  void StopsPromptlyWhileRequestsWait(const std::string& name) {
+    test::TestHttpServer server(g_images->Bytes(name), g_images->Tls());
+    auto inst = MakeInstaller();
+    std::thread stopper;
+    std::chrono::steady_clock::time_point stopped_at;
+    on_first_writing_report_ = [&] {
+      test::Faults f;
+      f.respond_after = std::chrono::milliseconds(10000);
+      server.SetFaults(f);
+      stopper = std::thread([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        stopped_at = std::chrono::steady_clock::now();
+        inst->Cancel();
+      });
+    };
+    auto r = inst->Start(JobSpec{"d-s", server.Url("/v2.sagimg"), false, true});
+    const auto returned_at = std::chrono::steady_clock::now();
+    ASSERT_TRUE(stopper.joinable());
+    stopper.join();
+    ASSERT_TRUE(r) << r.error().ToString();
+    EXPECT_EQ(r->state, JobState::kWriting) << (r->error ? r->error->ToString() : "");
+    EXPECT_LT(returned_at - stopped_at, std::chrono::milliseconds(1500))
+        << "the stop waited for the requests in flight";
+    server.SetFaults({});
+    auto done = MakeInstaller()->Resume();
+    ASSERT_TRUE(done && *done) << (done ? "" : done.error().ToString());
+    EXPECT_EQ((*done)->state, JobState::kRebooting)
+        << ((*done)->error ? (*done)->error->ToString() : "");
+    EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+  }
+
+  // One request in the middle answered 500 twice, then served (retried by
+  // its worker): the install completes with the right bytes.
+  void SurvivesA500InTheMiddle(const std::string& name) {
+    test::TestHttpServer server(g_images->Bytes(name), g_images->Tls());
+    on_first_writing_report_ = [&] {
+      test::Faults f;
+      f.fail_status = 500;
+      f.fail_skip = 2;
+      f.fail_times = 2;
+      f.respond_after = std::chrono::milliseconds(20);
+      server.SetFaults(f);
+    };
+    auto r = MakeInstaller()->Start(JobSpec{"d-5", server.Url("/v2.sagimg"), false, true});
+    ASSERT_TRUE(r) << r.error().ToString();
+    ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+    EXPECT_EQ(SlotContent("slot-b", g_images->payloads.v2.size()), g_images->payloads.v2);
+    ASSERT_TRUE(r->delta);
+    EXPECT_EQ(server.ranges().size(), 1 + r->delta->requests + 2) << "two answers were 500s";
+  }
+};
+
+TEST_F(DeltaInFlightTest, OneRequestAtATime) { InstallsWith("v2", 1); }
+TEST_F(DeltaInFlightTest, ThreeRequestsInFlightWriteTheSameSlot) { InstallsWith("v2", 3); }
+TEST_F(DeltaInFlightTest, Format4OneRequestAtATime) { InstallsWith("v2-f4", 1); }
+TEST_F(DeltaInFlightTest, Format4ThreeRequestsInFlightWriteTheSameSlot) {
+  InstallsWith("v2-f4", 3);
+}
+TEST_F(DeltaInFlightTest, StopWhileRequestsWaitReturnsPromptly) {
+  StopsPromptlyWhileRequestsWait("v2");
+}
+TEST_F(DeltaInFlightTest, Format4StopWhileRequestsWaitReturnsPromptly) {
+  StopsPromptlyWhileRequestsWait("v2-f4");
+}
+TEST_F(DeltaInFlightTest, A500InTheMiddleIsRetried) { SurvivesA500InTheMiddle("v2"); }
+TEST_F(DeltaInFlightTest, Format4A500InTheMiddleIsRetried) { SurvivesA500InTheMiddle("v2-f4"); }
 
 }  // namespace
 }  // namespace sag::firmware

@@ -170,6 +170,143 @@ TEST(Downloader, RangeFetchRefusesAServerIgnoringRange) {
   EXPECT_EQ(server.requests(), 1);  // not retried
 }
 
+// FetchRangeExact: one range into memory, exactly its length.
+TEST(Downloader, RangeFetchExactReturnsExactlyTheRange) {
+  const std::string content = MakeContent(500000);
+  TestHttpServer server(content);
+  server.SetFaults({.drop_after = 1000, .drop_times = 1});
+  std::uint64_t received = 0;
+  auto got = FetchRangeExact(server.Url(), 7000, 20000, "the test piece", Fast(), &received);
+  ASSERT_TRUE(got) << got.error().ToString();
+  EXPECT_EQ(Hex(std::string(got->begin(), got->end())), Hex(content.substr(7000, 20000)));
+  EXPECT_EQ(received, 20000U);
+  EXPECT_EQ(server.ranges(), (std::vector<std::string>{"bytes=7000-26999", "bytes=8000-26999"}));
+}
+
+// A server that answers with more than asked: refused, naming the piece.
+TEST(Downloader, RangeFetchExactRefusesMoreThanAsked) {
+  const std::string content = MakeContent(500000);
+  TestHttpServer server(content);
+  server.SetFaults({.range_extra = 100});
+  std::uint64_t received = 0;
+  auto got = FetchRangeExact(server.Url(), 7000, 20000, "the test piece", Fast(), &received);
+  ASSERT_FALSE(got);
+  EXPECT_TRUE(Contains(got.error().message(), "fetching the test piece")) << got.error().message();
+  EXPECT_TRUE(Contains(got.error().message(), "7000-26999")) << got.error().message();
+  EXPECT_EQ(received, 0U);
+}
+
+// A server that ignores Range: kNetRangeUnsupported as from FetchRange (the
+// delta install's fallback decides on that code), naming the piece.
+TEST(Downloader, RangeFetchExactKeepsRangeUnsupported) {
+  const std::string content = MakeContent(500000);
+  TestHttpServer server(content);
+  server.SetFaults({.ignore_range = true});
+  auto got = FetchRangeExact(server.Url(), 1000, 2000, "the dictionary", Fast());
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code(), Errc::kNetRangeUnsupported) << got.error().ToString();
+  EXPECT_TRUE(Contains(got.error().message(), "fetching the dictionary")) << got.error().message();
+  EXPECT_TRUE(Contains(got.error().message(), "does not support Range")) << got.error().message();
+  EXPECT_EQ(server.requests(), 1);
+}
+
+// RangePrefetcher: ranges consumed in order, the next ones fetched ahead.
+std::vector<RangePrefetcher::Range> TestRanges() {
+  // Lengths below, at and far above the 64 KiB buffer of the tests.
+  return {{1000, 300000}, {400000, 5}, {500000, 65536},   {10, 200000},    {700000, 90000},
+          {900000, 1},    {0, 150000}, {1200000, 400000}, {1700000, 7777}, {1800000, 100}};
+}
+
+std::string ConsumeAll(RangePrefetcher& p, Status& status) {
+  std::string out;
+  for (std::size_t i = 0; i < p.size() && status; ++i) {
+    status = p.Consume(i, [&](std::uint64_t, std::span<const std::uint8_t> d) -> Status {
+      out.append(reinterpret_cast<const char*>(d.data()), d.size());
+      return Ok();
+    });
+  }
+  return out;
+}
+
+TEST(Downloader, PrefetcherDeliversRangesInOrderWithRequestsInFlight) {
+  const std::string content = MakeContent(2U << 20U);
+  std::string want;
+  for (const auto& r : TestRanges()) want += content.substr(r.offset, r.length);
+  for (const std::size_t k : {1U, 3U}) {
+    TestHttpServer server(content);
+    server.SetFaults({.respond_after = milliseconds(30)});
+    RangePrefetcher p(server.Url(), TestRanges(), k, 64U << 10U, Fast(), nullptr);
+    Status st = Ok();
+    const std::string got = ConsumeAll(p, st);
+    ASSERT_TRUE(st) << st.error().ToString();
+    EXPECT_EQ(Hex(got), Hex(want)) << "K=" << k;
+    EXPECT_EQ(p.Finish(), 0U);
+    EXPECT_EQ(server.requests(), static_cast<int>(TestRanges().size()));
+    if (k == 1) {
+      EXPECT_EQ(server.max_concurrent(), 1);
+    } else {
+      EXPECT_GT(server.max_concurrent(), 1);
+      EXPECT_LE(server.max_concurrent(), 3);
+    }
+  }
+}
+
+// The error of a range is returned when that range is consumed: the ranges
+// before it are delivered whole.
+TEST(Downloader, PrefetcherReturnsAnErrorInOrder) {
+  const std::string content = MakeContent(1U << 20U);
+  TestHttpServer server(content);
+  RangePrefetcher p(server.Url(), {{0, 100000}, {200000, 300000}, {5000000, 10}, {0, 10}}, 3,
+                    16U << 10U, Fast(), nullptr);
+  std::string got;
+  const auto into = [&](std::uint64_t, std::span<const std::uint8_t> d) -> Status {
+    got.append(reinterpret_cast<const char*>(d.data()), d.size());
+    return Ok();
+  };
+  ASSERT_TRUE(p.Consume(0, into));
+  ASSERT_TRUE(p.Consume(1, into));
+  EXPECT_EQ(Hex(got), Hex(content.substr(0, 100000) + content.substr(200000, 300000)));
+  const auto st = p.Consume(2, into);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kNetRangeUnsupported) << st.error().ToString();
+}
+
+// A consumer that stops (its sink fails, or `stopping` turns true) while
+// the workers block on full buffers: they end promptly, nothing hangs.
+TEST(Downloader, PrefetcherStopsPromptlyWhileWorkersBlock) {
+  const std::string content = MakeContent(4U << 20U);
+  TestHttpServer server(content);
+  const std::vector<RangePrefetcher::Range> big{
+      {0, 1U << 20U}, {1U << 20U, 1U << 20U}, {2U << 20U, 1U << 20U}};
+  {
+    RangePrefetcher p(server.Url(), big, 3, 16U << 10U, Fast(), nullptr);
+    std::this_thread::sleep_for(milliseconds(200));  // the workers fill their buffers
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto st = p.Consume(0, [](std::uint64_t, std::span<const std::uint8_t>) -> Status {
+      return Error(Errc::kIo, "the writer failed");
+    });
+    ASSERT_FALSE(st);
+    EXPECT_EQ(st.error().code(), Errc::kIo);
+    const std::uint64_t discarded = p.Finish();
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+    EXPECT_GT(discarded, 0U);
+    // Bounded: at most a buffer (and one piece) per worker was received.
+    EXPECT_LT(discarded, 3U * ((16U << 10U) + (64U << 10U)));
+  }
+  std::atomic<bool> stop{false};
+  RangePrefetcher p(server.Url(), big, 3, 16U << 10U, Fast(), [&] { return stop.load(); });
+  std::this_thread::sleep_for(milliseconds(200));
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto st = p.Consume(0, [&](std::uint64_t, std::span<const std::uint8_t>) -> Status {
+    stop = true;
+    return Ok();
+  });
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code(), Errc::kCancelled);
+  p.Finish();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+}
+
 TEST(Downloader, StallTimesOutAndRetries) {
   const std::string content = MakeContent(400000);
   TestHttpServer server(content);
