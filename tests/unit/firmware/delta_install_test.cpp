@@ -720,7 +720,9 @@ class DeltaInFlightTest : public DeltaInstallTest {
     stopper.join();
     ASSERT_TRUE(r) << r.error().ToString();
     EXPECT_EQ(r->state, JobState::kWriting) << (r->error ? r->error->ToString() : "");
-    EXPECT_LT(returned_at - stopped_at, std::chrono::milliseconds(1500))
+    // Well before the answers (10 s): a loaded machine still passes, a stop
+    // that waits for the requests in flight does not.
+    EXPECT_LT(returned_at - stopped_at, std::chrono::milliseconds(5000))
         << "the stop waited for the requests in flight";
     server.SetFaults({});
     auto done = MakeInstaller()->Resume();
