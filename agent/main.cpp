@@ -1,6 +1,8 @@
 // sag-agent: the upgrade daemon of a Smart Access Gateway appliance, and its
 // local subcommands. This file is the composition root: the only place that
 // picks real backends.
+#include <malloc.h>
+
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -88,9 +90,22 @@ std::optional<sag::agent::Config> Load(const std::string& path) {
   return std::move(*config);
 }
 
+// glibc's allocator, set for a daemon whose memory is a bound (16 MiB peak
+// RSS in an install): at most two arenas, not eight per core (a delta
+// install's download threads each kept an arena of freed buffers, about
+// 1 MiB), and a fixed mmap threshold, so that a buffer of 128 KiB or more
+// (the chunk buffers, a request's buffer, the plan's tables) is mapped on
+// its own and unmapped when freed, instead of raising the threshold on its
+// first free and staying in the heap (docs/delta.md, "Memory").
+void TuneAllocator() {
+  (void)::mallopt(M_ARENA_MAX, 2);
+  (void)::mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  TuneAllocator();
   const std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty()) return Usage("missing command");
   const auto& cmd = args[0];

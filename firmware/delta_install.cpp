@@ -47,7 +47,7 @@ constexpr std::size_t kIndexHead = kIndexMagic.size() + 32 + 8;
 constexpr std::size_t kReadPiece = 256U << 10U;
 // Bytes a range request in flight buffers ahead of the writer
 // (net::RangePrefetcher; docs/delta.md, "Requests in flight").
-constexpr std::size_t kAheadBytes = 256U << 10U;
+constexpr std::size_t kAheadBytes = 128U << 10U;
 
 // Byte accounting of a prefetcher's bytes that were received but never
 // written (requests ahead of a failure or a replan), when it ends.
@@ -534,6 +534,9 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
   dopt.max_gap = options_.delta.max_gap;
   SAG_TRY(auto plan, image::PlanDelta(m, index, sources, dopt));
   SAG_TRY(auto local, image::LocalBlocks::Open(sources));
+  // The kept index served the plan; the writes need only the plan's block
+  // locations (8 bytes a block less while the requests are in flight).
+  std::vector<image::LocalSource>().swap(sources);
 
   // The target is a source and the destination. Frames are written in
   // order, so when frame k is assembled the target holds, below k's offset,
