@@ -221,9 +221,9 @@ for h in $pairs; do
       full) label="full, format 1 (today)" ;;
       casync) label="casync extract --seed" ;;
     esac
-    printf '%-26s %11d %7s%% %7s%% %8d %8.1f %7.2f %7.2f %8d %5s %5s\n' "$label" "$bytes" \
+    printf '%-26s %11d %7s%% %7s%% %8d %8.1f %7.2f %7.2f %8s %5s %5s\n' "$label" "$bytes" \
       "$(delta_pct "$bytes" "$full2")" "$(delta_pct "$bytes" "$today")" "$requests" "$wall" "$user" \
-      "$sys" $((rss / 1024)) "$exact" "$load"
+      "$sys" "$(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }')" "$exact" "$load"
     walls[$m]=$wall
   done
   echo "delta install time: $(delta_pct "${walls[kept]}" "${walls[full]}")% (index kept)," \

@@ -50,6 +50,12 @@ class UrlSource final : public image::ByteSource {
     cancel_ = true;
     queue_.Close();
     if (thread_.joinable()) thread_.join();
+    // Nothing more is read: what was read ahead goes now, not when the
+    // reader goes (a delta install keeps the reader of its header).
+    while (queue_.Pop()) {
+    }
+    std::vector<std::uint8_t>().swap(current_);
+    pos_ = 0;
   }
   UrlSource(const UrlSource&) = delete;
   UrlSource& operator=(const UrlSource&) = delete;

@@ -14,7 +14,7 @@ namespace sag::image {
 
 namespace {
 
-constexpr std::size_t kScanBytes = 1U << 20U;  // one read of a source during the scan
+constexpr std::size_t kScanBytes = 256U << 10U;  // one read of a source during the scan
 
 std::uint64_t BlockCount(std::uint64_t bytes) {
   return (bytes + kReuseBlockSize - 1) / kReuseBlockSize;
@@ -313,6 +313,10 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
       if (n < want) break;
     }
   }
+  // The plan's peak is here (docs/delta.md, "Memory bounds"): the index, the
+  // wanted hashes, where each was found and now the blocks' locations; the
+  // scan's buffer is not needed any more.
+  std::vector<std::uint8_t>().swap(buf);
 
   plan.blocks.resize(plan.blocks_total);
   for (std::size_t b = 0; b < index.size(); ++b) {
