@@ -50,11 +50,13 @@ constexpr std::size_t kReadPiece = 256U << 10U;
 constexpr std::size_t kAheadBytes = 128U << 10U;
 
 // Byte accounting of a prefetcher's bytes that were received but never
-// written (requests ahead of a failure or a replan), when it ends.
+// written (requests ahead of a failure or a replan), when it ends: when
+// called (a replan) and when the write step leaves, however it leaves.
 struct EndPrefetch {
   std::optional<net::RangePrefetcher>& pf;
   DeltaRecord& stats;
   std::uint64_t& fetched_now;
+  ~EndPrefetch() { (*this)(); }
   void operator()() const {
     if (!pf) return;
     const std::uint64_t discarded = pf->Finish();
@@ -256,10 +258,6 @@ Status WriteGroups(const image::Manifest& m, std::span<const image::BlockLocatio
   // replan); a group's refetch is one request of its own.
   std::optional<net::RangePrefetcher> pf;
   const EndPrefetch end_prefetch{pf, stats, fetched_now};
-  struct Ender {
-    const EndPrefetch& end;
-    ~Ender() { end(); }
-  } const ender{end_prefetch};
   auto range_of = [&](std::uint64_t first, std::uint64_t end) {
     const auto r0 = image::FrameAt(m, first);
     const auto rl = image::FrameAt(m, end - 1);
@@ -668,10 +666,6 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
   const auto stopping = [this] { return Stopping(); };
   std::optional<net::RangePrefetcher> pf;
   const EndPrefetch end_prefetch{pf, stats, fetched_now};
-  struct Ender {
-    const EndPrefetch& end;
-    ~Ender() { end(); }
-  } const ender{end_prefetch};
   auto range_of = [&](std::size_t first, std::size_t end) {
     const auto& c0 = m.chunks[first];
     const auto& cl = m.chunks[end - 1];
