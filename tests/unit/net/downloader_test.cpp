@@ -234,7 +234,9 @@ TEST(Downloader, PrefetcherDeliversRangesInOrderWithRequestsInFlight) {
   for (const auto& r : TestRanges()) want += content.substr(r.offset, r.length);
   for (const std::size_t k : {1U, 3U}) {
     TestHttpServer server(content);
-    server.SetFaults({.respond_after = milliseconds(30)});
+    // Each answer waits 200 ms: the workers' requests overlap on the server
+    // even when a loaded machine is slow to run their threads.
+    server.SetFaults({.respond_after = milliseconds(200)});
     RangePrefetcher p(server.Url(), TestRanges(), k, 64U << 10U, Fast(), nullptr);
     Status st = Ok();
     const std::string got = ConsumeAll(p, st);
