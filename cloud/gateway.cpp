@@ -459,7 +459,12 @@ void Session::Handle(std::string_view text) {
                        d.snapshot_seq = body.seq;
                      }
                      if (!job) return;
-                     if (StampNewer(*job, d.epoch, body.seq)) {
+                     // A result ends its job on the device: a newer report
+                     // can say no more of it unless it was final already. (A
+                     // hello stamps the jobs it lists, also one listed in its
+                     // last state without the outcome whose result is replayed
+                     // after it: dropping that result left the job open.)
+                     if (IsFinal(job->state) && StampNewer(*job, d.epoch, body.seq)) {
                        spdlog::info(
                            "gateway: job {}: result '{}' (#{}) is older than the state "
                            "recorded (#{}); kept",
