@@ -19,7 +19,9 @@
 # SAG_KILL_SEED=N replays the random instants.
 # Usage: e2e_kill.sh SAG_CLOUD SAG_AGENT SAG_SIM SAG_IMAGE FAKE_DPI_ENGINE
 set -uo pipefail
-cloud="$1"; agent="$2"; sim="$3"; image="$4"; engine="$5"
+cloud="$1"; agent="$2"; sim="$3"; engine="$5"
+# shellcheck disable=SC2034  # used by e2e_lib.sh's sign
+image="$4"
 seed="${SAG_KILL_SEED:-$(( $(date +%s) % 100000 ))}"; RANDOM=$seed
 tmp=$(mktemp -d); lab="$tmp/lab"; dev="$tmp/dev"; cloudpid=; simpid=
 cloud_kills=0; agent_kills=0
