@@ -575,6 +575,30 @@ TEST_F(ChannelTest, StaleSuccessResentAfterARollbackDoesNotOverwrite) {
   EXPECT_EQ(store_->Reports().size(), 1U);  // recorded, but it changed nothing
 }
 
+// After a reboot into the old slot, the device's hello lists j-1 still
+// rolling back, with no outcome, as of #38, while its result (#37, whose ack
+// was lost) waits in the outbox. The hello stamps j-1 with #38, but the
+// older result still ends the job: nothing newer can say more of a job that
+// is not final. (Dropping it left the cloud's job in RollingBack for good.)
+TEST_F(ChannelTest, AResultOlderThanAHelloThatListsItsJobUnfinishedEndsTheJob) {
+  ASSERT_TRUE(store_->AddJob(MakeJob("j-1")));
+  StartGateway();
+  auto rolled_back = MakeResult(37, "j-1", "rolled_back", "1.0.1");
+  rolled_back.versions = {"1.0.0", ""};
+  rolled_back.error = proto::ErrorInfo{406, "RolledBack", "fell back to slot A"};
+  host_.Add(rolled_back);
+  host_.last_seq = 38;
+  host_.hello.versions = {"1.0.0", ""};
+  host_.hello.jobs.push_back({"j-1", "Device", "1.0.1", "RollingBack", "", std::nullopt});
+  StartChannel(ChOptions());
+  ASSERT_TRUE(RunUntil([&] { return host_.acked == 37; }));
+  const auto job = store_->FindJob("j-1");
+  EXPECT_EQ(job->state, JobState::kRolledBack);
+  EXPECT_EQ(job->outcome, "rolled_back");
+  EXPECT_EQ(store_->FindDevice(kSerial)->versions.device, "1.0.0");
+  EXPECT_EQ(store_->Reports().size(), 1U);
+}
+
 TEST_F(ChannelTest, SilentDeviceGoesOfflineAfterThreeHeartbeats) {
   auto o = GwOptions();
   o.heartbeat = milliseconds(200);
