@@ -965,12 +965,14 @@ Expected<DownloadInfo> FetchImpl(const std::string& url_text, std::uint64_t offs
                  "download options out of range: retries and redirects must be >= 0, timeouts > 0, "
                  "the deadline and the rate window >= 0");
   }
-  std::unique_ptr<ssl::context> tls;
-  if (url.https) {
-    SAG_TRY(tls, MakeTlsClientContext({options.ca_file, options.client_cert, options.client_key}));
+  std::unique_ptr<ssl::context> own_tls;
+  if (url.https && !options.tls) {
+    SAG_TRY(own_tls,
+            MakeTlsClientContext({options.ca_file, options.client_cert, options.client_key}));
   }
+  ssl::context* tls = url.https ? (options.tls ? options.tls.get() : own_tls.get()) : nullptr;
   asio::io_context io(1);
-  Fetcher fetcher(io, std::move(url), offset, sink, options, tls.get(), end);
+  Fetcher fetcher(io, std::move(url), offset, sink, options, tls, end);
   std::exception_ptr failure;
   asio::co_spawn(io, fetcher.Run(), [&failure](std::exception_ptr e) { failure = std::move(e); });
   // The watcher also keeps the deadline and the minimum rate, so it runs
@@ -1045,6 +1047,20 @@ struct RangePrefetcher::Slot {
   Status status = Ok();
 };
 
+namespace {
+
+// `options` with one TLS context for all of the prefetcher's requests (made
+// here unless given; if it cannot be made, each fetch makes its own and
+// reports why).
+DownloadOptions WithSharedTls(const std::string& url, DownloadOptions options) {
+  if (options.tls || !url.starts_with("https://") || options.ca_file.empty()) return options;
+  auto ctx = MakeTlsClientContext({options.ca_file, options.client_cert, options.client_key});
+  if (ctx) options.tls = std::shared_ptr<ssl::context>(std::move(*ctx));
+  return options;
+}
+
+}  // namespace
+
 RangePrefetcher::RangePrefetcher(std::string url, std::vector<Range> ranges, std::size_t parallel,
                                  std::size_t buffer_bytes, DownloadOptions options,
                                  std::function<bool()> stopping)
@@ -1052,7 +1068,7 @@ RangePrefetcher::RangePrefetcher(std::string url, std::vector<Range> ranges, std
       ranges_(std::move(ranges)),
       parallel_(std::max<std::size_t>(parallel, 1)),
       buffer_bytes_(std::max<std::size_t>(buffer_bytes, 1)),
-      options_(std::move(options)),
+      options_(WithSharedTls(url_, std::move(options))),
       worker_options_(options_),
       stopping_(std::move(stopping)) {
   if (parallel_ == 1 || ranges_.empty()) return;
@@ -1175,7 +1191,10 @@ Status RangePrefetcher::Consume(std::size_t i, const Sink& sink) {
         cv_.notify_all();
         return Error(Errc::kCancelled, "stopped");
       }
-      if (slot.buf.empty()) {  // done
+      if (slot.buf.empty()) {
+        // Done: the buffer goes too, not only its bytes (a slot is kept per
+        // range until the prefetcher ends).
+        std::vector<std::uint8_t>().swap(slot.buf);
         head_ = i + 1;
         cv_.notify_all();
         return slot.status;

@@ -26,6 +26,10 @@
 
 #include "common/error.h"
 
+namespace boost::asio::ssl {
+class context;
+}  // namespace boost::asio::ssl
+
 namespace sag::net {
 
 struct DownloadOptions {
@@ -52,6 +56,11 @@ struct DownloadOptions {
   // per line, each naming its job: docs/status.md, Logs). Called on the
   // fetch's thread; null = the lines name the download only.
   std::function<std::string()> log_context;
+  // A TLS context made once (from ca_file and the client identity) for many
+  // fetches of one server, used instead of one per fetch: the range requests
+  // of a delta install share it (RangePrefetcher). Null: each fetch makes
+  // its own.
+  std::shared_ptr<boost::asio::ssl::context> tls;
 };
 
 struct DownloadInfo {

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <filesystem>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -818,6 +819,37 @@ TEST_F(DownloaderTls, MutualTls) {
   auto info = Fetch(server.Url(), 0, CollectInto(got, 0), o);
   ASSERT_TRUE(info) << info.error().ToString();
   EXPECT_EQ(got.data, content);
+}
+
+// The prefetcher's requests share one TLS context, made when it starts:
+// they still work once the CA file is gone (each fetch making its own would
+// fail to load it), and every connection still checks the pinned CA, the
+// host name and sends SNI.
+TEST_F(DownloaderTls, PrefetcherRequestsShareOneContextAndEachIsVerified) {
+  const std::string content = MakeContent(2U << 20U);
+  std::string want;
+  for (const auto& r : TestRanges()) want += content.substr(r.offset, r.length);
+  const auto ca = dir_ / "ca-copy.pem";
+  std::filesystem::copy_file(pki_.ca_cert, ca);
+  auto o = Options();
+  o.ca_file = ca;
+  TestHttpServer server(content, test::ServerTls{pki_.server_cert, pki_.server_key, {}});
+  RangePrefetcher p(server.Url("/file", "localhost"), TestRanges(), 3, 64U << 10U, o, nullptr);
+  std::filesystem::remove(ca);
+  Status st = Ok();
+  const std::string got = ConsumeAll(p, st);
+  ASSERT_TRUE(st) << st.error().ToString();
+  EXPECT_EQ(Hex(got), Hex(want));
+  EXPECT_EQ(server.requests(), static_cast<int>(TestRanges().size()));
+  EXPECT_EQ(server.last_sni(), "localhost");
+
+  TestHttpServer wrong(content, test::ServerTls{pki_.wrong_host_cert, pki_.wrong_host_key, {}});
+  RangePrefetcher q(wrong.Url(), TestRanges(), 3, 64U << 10U, Options(), nullptr);
+  Status refused = Ok();
+  (void)ConsumeAll(q, refused);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code(), Errc::kNetTls) << refused.error().ToString();
+  EXPECT_EQ(wrong.requests(), 0);
 }
 
 TEST_F(DownloaderTls, StallOverTlsTimesOutAndResumes) {
