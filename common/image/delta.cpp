@@ -9,6 +9,8 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <limits>
+#include <numeric>
 
 namespace sag::image {
 
@@ -269,21 +271,34 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
   }
   const BlockHash mask = HashMask(hash_bytes);
 
-  // The distinct hashes the new payload needs, and where each was found.
-  std::vector<BlockHash> wanted(index.begin(), index.end());
-  for (auto& h : wanted) h &= mask;
-  std::sort(wanted.begin(), wanted.end());
-  wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
-  std::vector<BlockLocation> found(wanted.size());
-  std::size_t missing = wanted.size();
+  // The payload's blocks ordered by their (masked) hash, 4 bytes a block:
+  // a found hash fills the location of every block that wants it at once, so
+  // no table of distinct hashes and of where each was found is kept beside
+  // the locations (docs/delta.md, "Memory bounds").
+  if (plan.blocks_total > std::numeric_limits<std::uint32_t>::max()) {
+    return Error(Errc::kInvalidArgument, "payload of more than 2^32 blocks");
+  }
+  std::vector<std::uint32_t> order(plan.blocks_total);
+  std::iota(order.begin(), order.end(), std::uint32_t{0});
+  const auto key = [&](std::uint32_t b) { return index[b] & mask; };
+  std::sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) {
+    const BlockHash ka = key(a);
+    const BlockHash kb = key(b);
+    return ka != kb ? ka < kb : a < b;
+  });
+  plan.blocks.resize(plan.blocks_total);
+  std::uint64_t missing = plan.blocks_total;
   const auto offer = [&](BlockHash full, BlockLocation where) {
     const BlockHash h = full & mask;
-    const auto it = std::lower_bound(wanted.begin(), wanted.end(), h);
-    if (it == wanted.end() || *it != h) return;
-    auto& slot = found[static_cast<std::size_t>(it - wanted.begin())];
-    if (slot.source != BlockLocation::kNowhere) return;  // the first source wins
-    slot = where;
-    --missing;
+    const auto lo = std::lower_bound(order.begin(), order.end(), h,
+                                     [&](std::uint32_t b, BlockHash v) { return key(b) < v; });
+    if (lo == order.end() || key(*lo) != h) return;
+    // The first source wins: every block of this hash was filled together.
+    if (plan.blocks[*lo].source != BlockLocation::kNowhere) return;
+    for (auto it = lo; it != order.end() && key(*it) == h; ++it) {
+      plan.blocks[*it] = where;
+      --missing;
+    }
   };
   if (options.zero_blocks) {
     static const std::array<std::uint8_t, kReuseBlockSize> kZeros{};
@@ -313,17 +328,9 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
       if (n < want) break;
     }
   }
-  // The plan's peak is here (docs/delta.md, "Memory bounds"): the index, the
-  // wanted hashes, where each was found and now the blocks' locations; the
-  // scan's buffer is not needed any more.
   std::vector<std::uint8_t>().swap(buf);
-
-  plan.blocks.resize(plan.blocks_total);
-  for (std::size_t b = 0; b < index.size(); ++b) {
-    const auto it = std::lower_bound(wanted.begin(), wanted.end(), index[b] & mask);
-    plan.blocks[b] = found[static_cast<std::size_t>(it - wanted.begin())];
-    if (plan.blocks[b].source != BlockLocation::kNowhere) ++plan.blocks_found;
-  }
+  std::vector<std::uint32_t>().swap(order);
+  plan.blocks_found = plan.blocks_total - missing;
 
   // A frame is local only once its assembled bytes matched the signed hash.
   plan.frame_local.assign(m.chunks.size(), 0);

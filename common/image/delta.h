@@ -157,9 +157,10 @@ Status AssembleFrame(const Manifest& manifest, std::span<const BlockLocation> bl
 // the order given: put the active slot first), assembles and verifies each
 // frame whose blocks were all found, and plans coalesced requests for the
 // rest. `index` is the new image's decoded reuse index. Memory besides the
-// index (8 bytes per payload block): 16 bytes per distinct block hash and 8
-// per payload block (at most 24 MiB for a 4 GiB image), one frame buffer, one
-// 1 MiB read buffer.
+// index (8 bytes per payload block): the blocks' locations (8 bytes a block,
+// kept in the plan) and, while the sources are looked up, the blocks ordered
+// by hash (4 bytes a block): 12 MiB for a 4 GiB image; one frame buffer, one
+// 256 KiB read buffer.
 Expected<DeltaPlan> PlanDelta(const Manifest& manifest, std::span<const BlockHash> index,
                               std::span<const LocalSource> sources,
                               const DeltaOptions& options = {});
