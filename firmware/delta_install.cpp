@@ -509,7 +509,7 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
   stats.fetched_bytes += received;
   fetched_now += received;
   if (!stored) return range_failure(std::move(stored).error());
-  SAG_TRY(const auto index, image::DecodeReuseIndex(*stored, m));
+  SAG_TRY(auto index, image::DecodeReuseIndex(*stored, m));
   std::vector<std::uint8_t>().swap(*stored);
 
   // 2. The plan. Sources in order, the first that offers a hash wins: zero
@@ -535,6 +535,13 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
   // The kept index served the plan; the writes need only the plan's block
   // locations (8 bytes a block less while the requests are in flight).
   std::vector<image::LocalSource>().swap(sources);
+  // The index of what the slot is to hold, for the next delta from it: kept
+  // now, so that it is not held while the frames download (8 bytes a
+  // block). It is used only once slots.json names the same payload for the
+  // slot, which is recorded after the install; until then the job's start
+  // cleared the slot's record.
+  SAG_TRY_STATUS(KeepSlotIndex(target, m.payload_sha256, index, m.reuse->hash_bytes));
+  std::vector<image::BlockHash>().swap(index);
 
   // The target is a source and the destination. Frames are written in
   // order, so when frame k is assembled the target holds, below k's offset,
@@ -764,8 +771,6 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
                                       std::to_string(record.next_chunk) + " of " +
                                       std::to_string(m.chunks.size()));
   }
-  // The index of what the slot now holds, for the next delta from it.
-  SAG_TRY_STATUS(KeepSlotIndex(target, m.payload_sha256, index, m.reuse->hash_bytes));
   spdlog::info("job {}: delta written in {:.3f} s: {} bytes fetched in {} requests (planned {})",
                record.id,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - wall0).count(),
