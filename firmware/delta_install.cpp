@@ -530,11 +530,10 @@ Expected<bool> DeviceInstaller::StepWriteDelta(JobRecord& record) {
   constexpr std::size_t kTargetSource = 1;
   image::DeltaOptions dopt;
   dopt.max_gap = options_.delta.max_gap;
-  SAG_TRY(auto plan, image::PlanDelta(m, index, sources, dopt));
   SAG_TRY(auto local, image::LocalBlocks::Open(sources));
-  // The kept index served the plan; the writes need only the plan's block
-  // locations (8 bytes a block less while the requests are in flight).
-  std::vector<image::LocalSource>().swap(sources);
+  // The plan takes the sources: the kept index is freed once looked up, and
+  // the writes need only the plan's block locations.
+  SAG_TRY(auto plan, image::PlanDelta(m, index, std::move(sources), dopt));
   // The index of what the slot is to hold, for the next delta from it: kept
   // now, so that it is not held while the frames download (8 bytes a
   // block). It is used only once slots.json names the same payload for the

@@ -252,8 +252,13 @@ std::vector<RangeRequest> PlanRequests(const Manifest& m, std::span<const std::u
   return out;
 }
 
-Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> index,
-                              std::span<const LocalSource> sources, const DeltaOptions& options) {
+namespace {
+
+// PlanDelta; with `owned` (the vector `sources` views), each source's hashes
+// are freed once they were looked up.
+Expected<DeltaPlan> Plan(const Manifest& m, std::span<const BlockHash> index,
+                         std::span<const LocalSource> sources, std::vector<LocalSource>* owned,
+                         const DeltaOptions& options) {
   if (!m.reuse) return DecodeReuseIndex({}, m).error();
   DeltaPlan plan;
   plan.blocks_total = BlockCount(m.payload_size);
@@ -312,6 +317,7 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
       for (std::uint64_t b = 0; b < hashes.size() && missing > 0; ++b) {
         offer(hashes[b], BlockLocation{src, b});
       }
+      if (owned != nullptr) std::vector<BlockHash>().swap(*(*owned)[s].hashes);
       continue;
     }
     buf.resize(kScanBytes);
@@ -396,6 +402,19 @@ Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> inde
   for (const auto& r : plan.requests) plan.request_bytes += r.length;
   plan.index_bytes = m.reuse->length;
   return plan;
+}
+
+}  // namespace
+
+Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> index,
+                              std::span<const LocalSource> sources, const DeltaOptions& options) {
+  return Plan(m, index, sources, nullptr, options);
+}
+
+Expected<DeltaPlan> PlanDelta(const Manifest& m, std::span<const BlockHash> index,
+                              std::vector<LocalSource>&& sources, const DeltaOptions& options) {
+  std::vector<LocalSource> owned = std::move(sources);
+  return Plan(m, index, owned, &owned, options);
 }
 
 }  // namespace sag::image

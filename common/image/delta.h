@@ -164,6 +164,11 @@ Status AssembleFrame(const Manifest& manifest, std::span<const BlockLocation> bl
 Expected<DeltaPlan> PlanDelta(const Manifest& manifest, std::span<const BlockHash> index,
                               std::span<const LocalSource> sources,
                               const DeltaOptions& options = {});
+// The same, taking the sources: each one's hashes are freed as soon as they
+// were looked up (an install's kept index is not held while the plan reads
+// the next source).
+Expected<DeltaPlan> PlanDelta(const Manifest& manifest, std::span<const BlockHash> index,
+                              std::vector<LocalSource>&& sources, const DeltaOptions& options = {});
 
 // Requests for downloading exactly the frames marked 0 in `frame_local` (one
 // entry per frame: FrameCount, format 4's frames rather than its groups),

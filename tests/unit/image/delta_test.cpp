@@ -146,6 +146,17 @@ class DeltaTest : public ::testing::Test {
     if (index) out.index = *index;
     auto plan = PlanDelta(out.header.manifest, out.index, sources, options);
     EXPECT_TRUE(plan) << plan.error().ToString();
+    // The overload that takes the sources (freeing each one's hashes once
+    // looked up, as an install does) plans the same.
+    auto taken =
+        PlanDelta(out.header.manifest, out.index, std::vector<LocalSource>(sources), options);
+    EXPECT_TRUE(taken) << taken.error().ToString();
+    if (plan && taken) {
+      EXPECT_EQ(taken->frame_local, plan->frame_local);
+      EXPECT_EQ(taken->blocks_found, plan->blocks_found);
+      EXPECT_EQ(taken->frames_rejected, plan->frames_rejected);
+      EXPECT_EQ(taken->requests.size(), plan->requests.size());
+    }
     if (plan) out.plan = *plan;
     return out;
   }
