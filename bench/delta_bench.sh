@@ -30,7 +30,7 @@ if [[ -z "${SAG_IMAGE:-}" ]]; then
 fi
 bin=$SAG_IMAGE
 frames=${FRAMES:-"4 16 32 64 1024 32:9 64:9 16:19 32:19 64:19"}
-gap=${GAP:-16384}
+gap=${GAP:-4096}  # the agent's default (image::DeltaOptions::max_gap)
 delta_setup "$bin"
 
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); machine: $(nproc) cores;" \

@@ -75,8 +75,9 @@ struct InstallerOptions {
     // the setting; true installs the whole image instead (config
     // download.delta_fallback: full). docs/delta.md says why it is off.
     bool full_fallback = false;
-    // Local frames between two downloads bridged by one request (bytes).
-    std::uint64_t max_gap = 16U << 10U;
+    // Local frames between two downloads bridged by one request (bytes;
+    // image::DeltaOptions::max_gap says why 4 KiB).
+    std::uint64_t max_gap = 4U << 10U;
     // Range requests in flight at once (config download.delta_parallel;
     // 1 = one after another), each buffering at most 256 KiB ahead of the
     // writer (docs/delta.md, "Requests in flight").

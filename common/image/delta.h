@@ -83,8 +83,10 @@ struct BlockLocation {
 struct DeltaOptions {
   // Two downloads separated by at most this many compressed bytes of local
   // frames become one request (the local frames are fetched and discarded):
-  // a request costs a round trip and a few hundred bytes of headers.
-  std::uint64_t max_gap = 16U << 10U;
+  // a request costs a round trip, a few hundred bytes of headers and (no
+  // keep-alive yet) a TLS handshake of a few KiB. 4 KiB: about two 8 KiB
+  // frames of format 4 (docs/delta.md, "The request plan").
+  std::uint64_t max_gap = 4U << 10U;
   // A request is not extended past this many bytes (0: no cap), so that a
   // resumed download loses little.
   std::uint64_t max_request = 0;
