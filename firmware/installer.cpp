@@ -883,7 +883,9 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // Decoded-chunk buffers (see the stages below). Two: on a two-core
   // appliance the stages share the cores, and a third buffer (letting the
   // write of chunk i overlap the reader's next call) measured no faster
-  // (1 GiB: 1.84 s with three, 1.76 s with two) for 1 MiB more memory.
+  // (1 GiB: 1.84 s with three, 1.76 s with two) for 1 MiB more memory. A
+  // decompressed chunk needs no third: it comes without a read-ahead, and is
+  // written while the next is decompressed into the other buffer.
   constexpr std::size_t kBuffers = 2;
   // A chunk that holds a compressed block is refused unless its compressed
   // bytes match their signed hash (before it is decompressed or written), but
@@ -930,23 +932,30 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   const image::Manifest& m = *manifest;
 
   // The stages overlap: the source (a fetch thread for URLs), this thread
-  // reading and decompressing chunk i+1 while the reader hashes chunk i on
-  // another core, a writer thread, a read-back thread and a checkpoint
-  // thread. The writer writes straight from the reader's chunk buffers: of
-  // its kBuffers decoded chunks the reader needs two during a call (the one
-  // it returns, the one it reads ahead), so the writer may hold kBuffers - 2
-  // meanwhile. It holds one token per chunk, and this thread takes a token
-  // before each call: kBuffers - 1 tokens. Memory: one compressed and
+  // reading and decompressing, the reader hashing a raw chunk on another core
+  // while this thread reads the next, a writer thread, read-back threads and
+  // a checkpoint thread. The writer writes straight from the reader's chunk
+  // buffers: before the reader decodes chunk j into the buffer chunk
+  // j - kBuffers was in, its gate waits until the writer released that chunk
+  // (wrote it, and with boot.read_back: cache compared it). A decompressed
+  // chunk is yielded without a read-ahead (image::ChunkPipeline), so it is
+  // written while the next one is decompressed. Memory: one compressed and
   // kBuffers decoded chunks, and two read-back pieces.
-  constexpr std::size_t kTokens = kBuffers - 1;
   struct Block {
     std::size_t index = 0;
     std::span<const std::uint8_t> data;
     bool content_checked = true;
   };
-  BoundedQueue<char> tokens(kTokens);
-  BoundedQueue<Block> full_blocks(kTokens);
-  for (std::size_t i = 0; i < kTokens; ++i) (void)tokens.Push('t');
+  BoundedQueue<Block> full_blocks(kBuffers - 1);
+  std::mutex released_mu;
+  std::condition_variable released_cv;
+  std::uint64_t released = start_chunk;  // guarded by released_mu: the writer is done below
+  bool released_stop = false;            // guarded by released_mu
+  const image::BufferGate gate = [&](std::size_t index) {
+    std::unique_lock lock(released_mu);
+    released_cv.wait(lock, [&] { return released_stop || released + kBuffers > index; });
+    return released + kBuffers > index;
+  };
   // Every chunk is read back from the slot before the journal counts it.
   // A chunk whose content the reader checked (every raw chunk) the writer
   // reads back at once and compares with the buffer it wrote from. A chunk
@@ -991,7 +1000,11 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   bool stopped = false;  // guarded by verified_mu
   std::mutex record_mu;  // the checkpoint thread updates the record; Report reads it
   auto stop_all = [&] {
-    tokens.Close();
+    {
+      const std::lock_guard lock(released_mu);
+      released_stop = true;
+    }
+    released_cv.notify_all();
     full_blocks.Close();
     written.Close();
     checkpoints.Close();
@@ -1144,7 +1157,11 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         const std::lock_guard lock(record_mu);
         Report(record, block->index + 1, m.chunks.size());
       }
-      (void)tokens.Push('t');
+      {
+        const std::lock_guard lock(released_mu);
+        released = block->index + 1;
+      }
+      released_cv.notify_all();
     }
   });
 
@@ -1155,9 +1172,6 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         read_error = Error(Errc::kCancelled, "stopped");
         return;
       }
-      // A token first: then the writer holds at most kBuffers - 2 chunks,
-      // the newest ones, whose buffers Next() does not reuse.
-      if (!tokens.Pop()) return;  // the writer failed
       auto chunk = reader.Next();
       if (!chunk) {
         read_error = std::move(chunk).error();
@@ -1173,12 +1187,14 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // reader goes away. The last checkpoint is taken before this step ends.
   const auto wall0 = ClockNs(CLOCK_MONOTONIC);
   if (stream != nullptr) {
+    stream->SetBufferGate(gate);
     struct Adapter {
       image::ImageReader& r;
       auto Next() { return r.NextChunk(); }
     } adapter{*stream};
     produce(adapter);
   } else {
+    chunk_reader->SetBufferGate(gate);
     produce(*chunk_reader);
   }
   full_blocks.Close();

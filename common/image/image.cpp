@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include "common/aligned_buffer.h"
 #include "common/atomic_file.h"
@@ -1462,7 +1463,9 @@ class ChunkHasher {
 // compressed block once its compressed bytes' SHA-256 matched). While chunk i
 // is hashed on the second core, chunk i+1 is read and decompressed on this
 // one, so verifying runs at about the speed of one SHA-256 pass. A fault in
-// chunk i+1 is reported when chunk i+1 is asked for.
+// chunk i+1 is reported when chunk i+1 is asked for. A chunk not hashed here
+// (deferred) has nothing to wait for: it is yielded without reading ahead,
+// so that the caller can use it (write it) while the next one is decoded.
 class ChunkPipeline {
  public:
   // `stored` (optional) is fed every chunk's compressed bytes in order.
@@ -1479,6 +1482,7 @@ class ChunkPipeline {
         next_(first) {}
 
   [[nodiscard]] std::size_t next() const { return next_; }
+  void SetGate(BufferGate gate) { gate_ = std::move(gate); }
 
   Expected<std::optional<ChunkView>> Next() {
     if (next_ >= m_.chunks.size()) return std::optional<ChunkView>();
@@ -1486,7 +1490,7 @@ class ChunkPipeline {
     auto loaded = ahead_ ? std::move(*ahead_) : Load(i);
     ahead_.reset();
     if (!loaded) return loaded.error();
-    if (i + 1 < m_.chunks.size()) ahead_ = Load(i + 1);
+    if (loaded->hashed && i + 1 < m_.chunks.size()) ahead_ = Load(i + 1);
     const Chunk& c = m_.chunks[i];
     if (loaded->hashed) {
       if (const auto digest = hasher_.Take(); digest != c.sha256) {
@@ -1517,6 +1521,8 @@ class ChunkPipeline {
       return in_.Read(buf, "chunk " + std::to_string(i));
     }());
     if (stored_ != nullptr) stored_->Update(buf);
+    // Unpack reuses the buffer of chunk i - buffers.
+    if (gate_ && !gate_(i)) return Error(Errc::kCancelled, "stopped");
     SAG_TRY(const auto unpacked, [&] {
       const StageTimer timer(times_, Stage::kDecompress);
       return decoder_.Unpack(c, i);
@@ -1535,6 +1541,7 @@ class ChunkPipeline {
   ContentCheck check_;
   std::size_t next_;
   std::optional<Expected<Loaded>> ahead_;
+  BufferGate gate_;
 };
 
 }  // namespace
@@ -1555,6 +1562,7 @@ struct ImageReader::Impl {
   Sha256 frames_sha;                     // format 3: the frames' compressed bytes (frames_zsha256)
   std::vector<std::uint8_t> dictionary;  // format 4, once checked
   StageTimes* times = nullptr;
+  BufferGate gate;
   bool done = false;
   std::optional<Error> failed;  // sticky: a reader that failed stays failed
 
@@ -1601,6 +1609,7 @@ struct ImageReader::Impl {
       }
       pipeline = std::make_unique<ChunkPipeline>(
           in, m, 0, buffers, check, times, m.frames_zsha256 ? &frames_sha : nullptr, dictionary);
+      pipeline->SetGate(std::move(gate));
     }
     SAG_TRY(const auto view, pipeline->Next());
     if (pipeline->next() == m.chunks.size()) {
@@ -1659,6 +1668,10 @@ void ImageReader::SetStageTimes(StageTimes* times) {
   if (!impl_->pipeline) impl_->times = times;
 }
 
+void ImageReader::SetBufferGate(BufferGate gate) {
+  if (!impl_->pipeline) impl_->gate = std::move(gate);
+}
+
 Expected<std::optional<ChunkView>> ImageReader::NextChunk() {
   if (impl_->failed) return *impl_->failed;
   auto r = impl_->Next();
@@ -1696,6 +1709,10 @@ ChunkReader::ChunkReader(ByteSource& source, const Manifest& manifest, std::size
   }
 }
 ChunkReader::~ChunkReader() = default;
+
+void ChunkReader::SetBufferGate(BufferGate gate) {
+  if (impl_->chunks) impl_->chunks->SetGate(std::move(gate));
+}
 
 Expected<std::optional<ChunkView>> ChunkReader::Next() {
   auto& s = *impl_;

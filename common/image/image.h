@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <ctime>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -272,6 +273,15 @@ enum class ContentCheck {
 inline constexpr std::size_t kMinChunkBuffers = 2;
 inline constexpr std::size_t kMaxChunkBuffers = 8;
 
+// For a caller that keeps yielded chunks longer than ChunkView promises (the
+// Device installer writes a chunk on another thread while the next one is
+// decoded): called before the reader decodes chunk `index` into the buffer
+// chunk `index - buffers` was yielded in. It returns true once the caller is
+// done with that chunk (at once for index < first + buffers), or false to
+// stop reading: the read then fails with kCancelled. Without a gate, a
+// chunk's data stays valid as ChunkView says.
+using BufferGate = std::function<bool(std::size_t index)>;
+
 // Reads a container from the start. Nothing is yielded before the signature
 // verified; a chunk is yielded only after its hash matched. Memory is one
 // compressed and `buffers` uncompressed chunk buffers (bounded by the limits),
@@ -303,6 +313,8 @@ class ImageReader {
   // `times` (which outlives the reader); null = not measured. No effect
   // after the first NextChunk().
   void SetStageTimes(StageTimes* times);
+  // See BufferGate. No effect after the first NextChunk().
+  void SetBufferGate(BufferGate gate);
   // The next verified chunk, or nullopt after the last one; the last one
   // only once the end of the container was checked.
   Expected<std::optional<ChunkView>> NextChunk();
@@ -326,6 +338,8 @@ class ChunkReader {
   ~ChunkReader();
   ChunkReader(const ChunkReader&) = delete;
   ChunkReader& operator=(const ChunkReader&) = delete;
+  // See BufferGate. Before the first Next().
+  void SetBufferGate(BufferGate gate);
   Expected<std::optional<ChunkView>> Next();
 
  private:

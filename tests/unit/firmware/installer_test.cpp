@@ -98,6 +98,31 @@ class CountingSlot final : public ForwardingSlot {
   std::atomic<std::uint64_t> medium_bytes{0};
 };
 
+// A slot whose writes take 5 ms before they read the caller's data: a
+// writer still busy with a chunk while the reader goes on decoding.
+class SlowWriteSlot final : public ForwardingSlot {
+ public:
+  explicit SlowWriteSlot(platform::SlotDevice& inner) : ForwardingSlot(inner) {}
+  Expected<std::unique_ptr<platform::SlotWriter>> OpenWriter() override {
+    SAG_TRY(auto w, inner_.OpenWriter());
+    return std::unique_ptr<platform::SlotWriter>(std::make_unique<Writer>(std::move(w)));
+  }
+
+ private:
+  class Writer final : public platform::SlotWriter {
+   public:
+    explicit Writer(std::unique_ptr<platform::SlotWriter> inner) : inner_(std::move(inner)) {}
+    Status WriteAt(std::uint64_t offset, std::span<const std::uint8_t> data) override {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return inner_->WriteAt(offset, data);
+    }
+    Status Sync() override { return inner_->Sync(); }
+
+   private:
+    std::unique_ptr<platform::SlotWriter> inner_;
+  };
+};
+
 // A slot whose first flush takes until the writer has written `end` bytes
 // (10 s at most): a disk busy with a large backlog. Says whether the writer
 // got there while the flush was held.
@@ -198,11 +223,11 @@ class Images {
     Make("1.0.3", payload_102_, image::ImageType::kDevice, {"sag-100wm"}, "wrong-model");
     Make("20201117_1_0-0.0.1", payload_102_, image::ImageType::kDpi, {"sag-1000"}, "dpi");
     Make("1.1.0", RandomBytes(kSlotSize + 1, 7), image::ImageType::kDevice, {"sag-1000"}, "huge");
-    std::string text;  // every chunk of it holds a compressed block
-    for (int i = 0; text.size() < 400'000; ++i) {
-      text += "line " + std::to_string(i) + " of a compressible root file system\n";
+    // every chunk of it holds a compressed block
+    for (int i = 0; text_.size() < 400'000; ++i) {
+      text_ += "line " + std::to_string(i) + " of a compressible root file system\n";
     }
-    Make("1.0.5", text, image::ImageType::kDevice, {"sag-1000"}, "text");
+    Make("1.0.5", text_, image::ImageType::kDevice, {"sag-1000"}, "text");
     // v102 with another, intact tar header (mode 0755, checksum recomputed):
     // the same signed content in another file (ImageNonCanonical).
     std::string bytes = *ReadFile(Image("v102"));
@@ -240,11 +265,13 @@ class Images {
   }
   const std::string& payload_101() const { return payload_101_; }
   const std::string& payload_102() const { return payload_102_; }
+  const std::string& text() const { return text_; }
 
  private:
   test::TempDir dir_;
   std::string payload_101_;
   std::string payload_102_;
+  std::string text_;
 };
 
 Images* g_images = nullptr;
@@ -328,6 +355,17 @@ class DeviceInstallerTest : public ::testing::Test {
     std::string s(n, '\0');
     in.read(s.data(), static_cast<std::streamsize>(n));
     return s;
+  }
+
+  // Installs `image` into slot B behind a SlowWriteSlot; B holds `payload`.
+  void InstallThroughSlowWrites(const std::string& image, const std::string& payload) {
+    SlowWriteSlot slow(*slot_b_);
+    slot_b_override_ = &slow;
+    auto r = MakeInstaller()->Start(Spec("slow-" + image, image));
+    slot_b_override_ = nullptr;
+    ASSERT_TRUE(r) << r.error().ToString();
+    EXPECT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+    EXPECT_TRUE(SlotContent("slot-b", payload.size()) == payload) << "slot B is not the payload";
   }
 
   JobSpec Spec(const std::string& id, const std::string& image) {
@@ -787,6 +825,20 @@ TEST_F(DeviceInstallerTest, ASlowFlushDoesNotHoldUpTheWriter) {
   EXPECT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
   EXPECT_EQ(r->verified_chunk, r->chunks_total);
   EXPECT_EQ(SlotContent("slot-b", g_images->payload_101().size()), g_images->payload_101());
+}
+
+// The writer writes from the reader's buffers while the reader decodes the
+// next chunks: the reader must not decode into a buffer the writer still
+// holds. With a slow writer, a chunk overwritten before it was written
+// reaches the slot with another chunk's bytes (for a compressed chunk, caught
+// by the read-back; for a raw one, written as it was compared). Red when the
+// installer's buffer gate lets the reader go on at once.
+TEST_F(DeviceInstallerTest, ASlowWriteKeepsItsCompressedChunkWhileTheNextIsDecoded) {
+  InstallThroughSlowWrites("text", g_images->text());
+}
+
+TEST_F(DeviceInstallerTest, ASlowWriteKeepsItsRawChunkWhileTheNextIsRead) {
+  InstallThroughSlowWrites("v101", g_images->payload_101());
 }
 
 // Every chunk is read back beside the writer: a slot that does not return

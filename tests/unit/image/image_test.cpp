@@ -18,6 +18,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/atomic_file.h"
 #include "common/image/image_writer.h"
@@ -863,20 +866,27 @@ TEST(ImageWriter, RefusesBadParameters) {
 // Chunks of 64 KiB and more are hashed on a second thread while the next one
 // is read: each chunk's bytes must stay intact for as long as the `buffers`
 // contract says, and a corrupt chunk must still stop the reader exactly there.
-TEST_F(ImageTest, ThreadedReaderKeepsChunksValidForItsBuffers) {
-  constexpr std::uint64_t kBig = 64U << 10U;
+constexpr std::uint64_t kBig = 64U << 10U;
+
+// 21 chunks of kBig: every third (1, 4, 7, ...) one run of 'x' (a compressed
+// block), the others random bytes (raw blocks). Returns {payload, image}.
+std::pair<std::string, std::string> MixedImage(const std::filesystem::path& dir, CreateParams p) {
   std::mt19937 rng(7);
   std::string payload;
   while (payload.size() < 20 * kBig + 1000) {
-    payload += (payload.size() / kBig) % 3 == 1 ? std::string(kBig, 'x')  // compressed
+    payload += (payload.size() / kBig) % 3 == 1 ? std::string(kBig, 'x')
                                                 : std::string(1, static_cast<char>(rng()));
   }
-  Spit(Dir() / "big-payload.bin", payload);
-  auto p = Params("signer", Dir() / "big.img");
-  p.payload = Dir() / "big-payload.bin";
+  Spit(dir / "big-payload.bin", payload);
+  p.output = dir / "big.img";
+  p.payload = dir / "big-payload.bin";
   p.chunk_size = kBig;
-  ASSERT_TRUE(CreateImage(p));
-  const auto image = Slurp(Dir() / "big.img");
+  EXPECT_TRUE(CreateImage(p));
+  return {payload, Slurp(dir / "big.img")};
+}
+
+TEST_F(ImageTest, ThreadedReaderKeepsChunksValidForItsBuffers) {
+  const auto [payload, image] = MixedImage(Dir(), Params("signer", Dir() / "big.img"));
 
   for (const std::size_t buffers : {kMinChunkBuffers, std::size_t{4}, kMaxChunkBuffers}) {
     MemSource src(image, 100000);
@@ -914,6 +924,58 @@ TEST_F(ImageTest, ThreadedReaderKeepsChunksValidForItsBuffers) {
       << o.error->ToString();
   EXPECT_EQ(o.chunks.size(), 7U);
   EXPECT_EQ(o.payload, payload.substr(0, 7 * kBig));
+}
+
+// The buffer gate (for a caller that writes a chunk on another thread while
+// the next is decoded): asked once for every chunk, in order, before its
+// buffer is reused. A chunk whose content is deferred to the caller comes
+// without a read-ahead: the gate was last asked for it, not for the next
+// one (red with the read-ahead back). A gate that says stop fails the read
+// with kCancelled before that chunk is decoded.
+TEST_F(ImageTest, BufferGateIsAskedBeforeEachDecodeAndDeferredChunksAreNotReadAhead) {
+  const auto [payload, image] = MixedImage(Dir(), Params("signer", Dir() / "big.img"));
+  MemSource src(image, 100000);
+  ImageReader reader(src, GoodTrust(), {}, kMinChunkBuffers, ContentCheck::kDeferCompressed);
+  std::vector<std::size_t> asked;
+  reader.SetBufferGate([&](std::size_t index) {
+    asked.push_back(index);
+    return true;
+  });
+  std::size_t deferred = 0;
+  for (std::size_t i = 0;; ++i) {
+    auto c = reader.NextChunk();
+    ASSERT_TRUE(c) << c.error().ToString();
+    if (!*c) break;
+    ASSERT_EQ((*c)->index, i);
+    EXPECT_EQ(std::string_view(reinterpret_cast<const char*>((*c)->data.data()), (*c)->data.size()),
+              std::string_view(payload).substr(i * kBig, (*c)->data.size()));
+    ASSERT_FALSE(asked.empty());
+    if (!(*c)->content_checked) {
+      ++deferred;
+      EXPECT_EQ(i % 3, 1U);
+      EXPECT_EQ(asked.back(), i) << "chunk " << i << " (deferred) was read ahead of";
+    } else if (i + 1 < 21) {
+      EXPECT_EQ(asked.back(), i + 1) << "raw chunk " << i << " without a read-ahead";
+    }
+  }
+  EXPECT_EQ(deferred, 7U);
+  ASSERT_EQ(asked.size(), 21U);
+  for (std::size_t i = 0; i < asked.size(); ++i) EXPECT_EQ(asked[i], i);
+
+  MemSource again(image, 100000);
+  ImageReader stopped(again, GoodTrust(), {}, kMinChunkBuffers, ContentCheck::kDeferCompressed);
+  stopped.SetBufferGate([](std::size_t index) { return index < 5; });
+  std::size_t got = 0;
+  for (;;) {
+    auto c = stopped.NextChunk();
+    if (!c) {
+      EXPECT_EQ(c.error().code(), Errc::kCancelled) << c.error().ToString();
+      break;
+    }
+    ASSERT_TRUE(*c) << "read to the end past a gate that said stop";
+    ++got;
+  }
+  EXPECT_EQ(got, 5U) << "chunks 0-4 come out; the gate refused chunk 5";
 }
 
 }  // namespace
