@@ -18,15 +18,16 @@ enum class Stage : std::uint8_t {
   kRead,        // reading the image (a file, the download's queue)
   kDecompress,  // checking frames, the compressed bytes' SHA-256, zstd
   kHash,        // the content's SHA-256 (the reader's second thread)
+  kCrc,         // CRC-32C of a checked chunk before it is written (its read-back)
   kWrite,       // pwrite into the slot (into the page cache)
   kFlush,       // fsync of the slot (wall: waiting for the device)
   kReadBack,    // reading the slot back (from the cache or the medium)
-  kHashBack,    // SHA-256 / compare of what was read back
+  kHashBack,    // SHA-256 / CRC-32C / compare of what was read back
   kCount,
 };
 
 inline constexpr std::array<std::string_view, static_cast<std::size_t>(Stage::kCount)> kStageNames =
-    {"read", "decompress", "hash", "write", "flush", "read-back", "hash-back"};
+    {"read", "decompress", "hash", "crc", "write", "flush", "read-back", "hash-back"};
 
 inline std::int64_t ClockNs(clockid_t clock) {
   timespec ts{};

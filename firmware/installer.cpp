@@ -21,6 +21,7 @@
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/bounded_queue.h"
+#include "common/crc32c.h"
 #include "common/json_reader.h"
 #include "common/process.h"
 #include "common/redact.h"
@@ -102,21 +103,32 @@ Status CompareBack(const JobRecord& record, platform::SlotDevice& slot, std::uin
 
 // Reads chunk `index` back from the slot and checks it against the signed
 // manifest: what boots next is what was verified, not what was sent to the
-// device.
+// device. With `written_crc`, the CRC-32C of the buffer the chunk was written
+// from, whose SHA-256 matched the signed one before the write: a chunk that
+// reads back with that CRC holds those bytes, unless the medium changed them
+// into others with the same CRC (a chance of 2^-32 for random damage, none
+// for a burst of up to 32 bits). Not a defence against someone who can write
+// the slot: they could as well change it after the read-back.
 Status ReadBackChunk(const JobRecord& record, const image::Manifest& m, platform::SlotDevice& slot,
                      std::uint64_t index, std::span<std::uint8_t> piece, bool medium = false,
-                     StageTimes* times = nullptr) {
+                     StageTimes* times = nullptr,
+                     std::optional<std::uint32_t> written_crc = std::nullopt) {
   const auto& c = m.chunks[index];
   const std::uint64_t offset = index * m.chunk_size;
   Sha256 sha;
+  std::uint32_t crc = 0;
   SAG_TRY_STATUS(ReadBack(
       record, slot, index, offset, c.size, piece,
       [&](std::uint64_t /*at*/, std::span<const std::uint8_t> got) {
-        sha.Update(got);
+        if (written_crc) {
+          crc = Crc32c(got, crc);
+        } else {
+          sha.Update(got);
+        }
         return true;
       },
       medium, times));
-  if (sha.Final() != c.sha256) {
+  if (written_crc ? crc != *written_crc : sha.Final() != c.sha256) {
     auto e = ReadBackMismatch(record, slot, index, offset);
     return medium ? e.WithContext("read from the medium after it was synced") : e;
   }
@@ -989,6 +1001,13 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   const std::uint64_t first_unverified =
       medium && !record.verified_medium ? 0 : record.verified_chunk;
   BoundedQueue<Written> written(kReadBackLag);
+  // With medium: the CRC-32C of each chunk this run wrote whose content the
+  // reader checked (every raw chunk), taken by the writer from the buffer it
+  // writes; its read-back checks that CRC instead of a second SHA-256 pass
+  // (ReadBackChunk). Other chunks (decompressed, written before a cut) are
+  // hashed against the manifest. Set before the checkpoint that covers the
+  // chunk is queued, read once a sync covered it.
+  std::vector<std::optional<std::uint32_t>> written_crc(medium ? m.chunks.size() : 0);
   BoundedQueue<std::uint64_t> checkpoints(2);  // chunk counts
   std::mutex verified_mu;
   std::condition_variable verified_cv;
@@ -1056,7 +1075,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
             verified_cv.wait(lock, [&] { return stopped || synced > i; });
             if (stopped) return;
           }
-          auto st = ReadBackChunk(record, m, *slot, i, piece.span(), true, &times);
+          auto st = ReadBackChunk(record, m, *slot, i, piece.span(), true, &times, written_crc[i]);
           const bool ok = static_cast<bool>(st);
           {
             const std::lock_guard lock(verified_mu);
@@ -1122,6 +1141,10 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     auto last_checkpoint = std::chrono::steady_clock::now();
     while (auto block = full_blocks.Pop()) {
       const std::uint64_t at = block->index * m.chunk_size;
+      if (medium && block->content_checked) {
+        const StageTimer timer(&times, Stage::kCrc);
+        written_crc[block->index] = Crc32c(block->data);
+      }
       if (auto st =
               [&] {
                 const StageTimer timer(&times, Stage::kWrite);
