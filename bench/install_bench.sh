@@ -29,10 +29,15 @@
 #             -sha256` of the payload and `zstd -d` of the payload (-3) to
 #             /dev/null, each from the same input (cold or warm)
 #   x SWU   = SWUpdate (+ sync) / sag-agent
+#   w+r     = the I/O of an install with the read-back from the medium on,
+#             as its limit on a disk: `dd conv=fsync` of the payload to the
+#             slot with `dd iflag=direct` reading the slot beside it, and
+#             that time / sag-agent (where the disk is slower than the CPU
+#             work, this, not dd alone, is the slowest the install can be)
 # The agent's time includes its start; the start alone (`sag-agent
 # --version`, the shared libraries loaded) is printed separately, with the
 # share without it ("job"). The agent's own per-stage log line (wall/CPU of
-# read, decompress, hash, write, flush, read-back, hash-back) is printed for
+# read, decompress, hash, crc, write, flush, read-back, hash-back) is printed for
 # the last round of each case.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
@@ -181,13 +186,19 @@ SWD
     rm -f "$dev/slot-b.img"
 
     for input in "${inputs[@]}"; do
-      t_dd=(); t_sha=(); t_zstd=(); t_start=(); t_sag=(); t_swu=(); rss_sag=(); rss_swu=()
-      share=(); share_job=(); factor=(); loads=()
+      t_dd=(); t_io=(); t_sha=(); t_zstd=(); t_start=(); t_sag=(); t_swu=(); rss_sag=(); rss_swu=()
+      share=(); share_job=(); share_io=(); factor=(); loads=()
       for ((rep = 1; rep <= REPS; rep++)); do
         loads+=("$(cut -d' ' -f1 /proc/loadavg)")
         prepare "$input" "$payload"
         a=$(now); dd if="$payload" of="$tgt" bs=1M conv=fsync,notrunc status=none; b=$(now)
         t_dd+=("$(secs "$a" "$b")")
+        prepare "$input" "$payload"
+        a=$(now)
+        dd if="$payload" of="$tgt" bs=1M conv=fsync,notrunc status=none &
+        dd if="$tgt" of=/dev/null bs=512k iflag=direct status=none 2>/dev/null ||
+          dd if="$tgt" of=/dev/null bs=512k status=none  # no O_DIRECT there
+        wait; b=$(now); t_io+=("$(secs "$a" "$b")")
         prepare "$input" "$payload"
         a=$(now); openssl dgst -sha256 "$payload" >/dev/null; b=$(now); t_sha+=("$(secs "$a" "$b")")
         prepare "$input" "$payload.zst"
@@ -216,21 +227,24 @@ SWD
         slow=$(python3 -c "print(max($w_dd, $w_sha, $w_zstd))")
         share+=("$(python3 -c "print($slow / $w_sag)")")
         share_job+=("$(python3 -c "print($slow / max($w_sag - $w_start, 1e-3))")")
+        share_io+=("$(python3 -c "print(${t_io[-1]} / $w_sag)")")
         [[ $have_swu == 0 ]] || factor+=("$(python3 -c "print(${t_swu[-1]} / $w_sag)")")
       done
       rate=$(python3 -c "print(f'{$mib / $(median "${t_sag[@]}"):.0f}')")
       printf '%-6s %-5s %-4s sag-agent %s s (%s MiB/s), start %s s, peak RSS %s KiB\n' "$kind" "$s" \
         "$input" "$(stats "${t_sag[@]}")" "$rate" "$(stats "${t_start[@]}")" \
         "$(printf '%s\n' "${rss_sag[@]}" | sort -n | tail -1)"
-      printf '%17s stages: dd+fsync %s, sha256 %s, zstd -d %s s\n' "" "$(stats "${t_dd[@]}")" \
-        "$(stats "${t_sha[@]}")" "$(stats "${t_zstd[@]}")"
+      printf '%17s stages: dd+fsync %s, sha256 %s, zstd -d %s s; w+r %s s\n' "" \
+        "$(stats "${t_dd[@]}")" "$(stats "${t_sha[@]}")" "$(stats "${t_zstd[@]}")" \
+        "$(stats "${t_io[@]}")"
       if [[ ${#t_swu[@]} -gt 0 ]]; then
         printf '%17s SWUpdate+sync %s s, peak RSS %s KiB\n' "" "$(stats "${t_swu[@]}")" \
           "$(printf '%s\n' "${rss_swu[@]}" | sort -n | tail -1)"
       fi
-      printf '%17s share of the slowest stage %s (%s), job only %s (%s); x SWUpdate %s (%s); load %s\n' "" \
+      printf '%17s share of the slowest stage %s (%s), job only %s (%s), of w+r %s; x SWUpdate %s (%s); load %s\n' "" \
         "$(median "${share[@]}")" "$(spread "${share[@]}")" "$(median "${share_job[@]}")" \
-        "$(spread "${share_job[@]}")" "$( ((${#factor[@]})) && median "${factor[@]}" || echo -)" \
+        "$(spread "${share_job[@]}")" "$(median "${share_io[@]}")" \
+        "$( ((${#factor[@]})) && median "${factor[@]}" || echo -)" \
         "$( ((${#factor[@]})) && spread "${factor[@]}" || echo -)" "$(spread "${loads[@]}")"
       sed -n -E 's/.*: ((Writing [0-9]+ chunks|Verifying chunks) .*)$/                  agent: \1/p' "$work/agent.log"
     done
