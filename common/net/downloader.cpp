@@ -945,6 +945,12 @@ asio::awaitable<MaybeFailure> Fetcher::ReadBody(Stream& stream, beast::flat_buff
   co_return std::nullopt;
 }
 
+// The client context the options ask for (their CA, client certificate and
+// key), for a fetch or for all of a prefetcher's requests.
+Expected<std::unique_ptr<ssl::context>> TlsContextFor(const DownloadOptions& options) {
+  return MakeTlsClientContext({options.ca_file, options.client_cert, options.client_key});
+}
+
 Expected<DownloadInfo> FetchImpl(const std::string& url_text, std::uint64_t offset,
                                  const Sink& sink, const DownloadOptions& options,
                                  std::optional<std::uint64_t> end = std::nullopt) {
@@ -967,8 +973,7 @@ Expected<DownloadInfo> FetchImpl(const std::string& url_text, std::uint64_t offs
   }
   std::unique_ptr<ssl::context> own_tls;
   if (url.https && !options.tls) {
-    SAG_TRY(own_tls,
-            MakeTlsClientContext({options.ca_file, options.client_cert, options.client_key}));
+    SAG_TRY(own_tls, TlsContextFor(options));
   }
   ssl::context* tls = url.https ? (options.tls ? options.tls.get() : own_tls.get()) : nullptr;
   asio::io_context io(1);
@@ -1054,7 +1059,7 @@ namespace {
 // reports why).
 DownloadOptions WithSharedTls(const std::string& url, DownloadOptions options) {
   if (options.tls || !url.starts_with("https://") || options.ca_file.empty()) return options;
-  auto ctx = MakeTlsClientContext({options.ca_file, options.client_cert, options.client_key});
+  auto ctx = TlsContextFor(options);
   if (ctx) options.tls = std::shared_ptr<ssl::context>(std::move(*ctx));
   return options;
 }
