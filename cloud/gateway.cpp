@@ -52,7 +52,7 @@ namespace http = beast::http;
 namespace websocket = beast::websocket;
 namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 using ErrorCode = boost::system::error_code;
 using Ws = websocket::stream<beast::ssl_stream<beast::tcp_stream>>;
 
@@ -177,11 +177,11 @@ class Session : public std::enable_shared_from_this<Session> {
   bool seen_ = false;  // a message came since the last FlushLastSeen
   std::size_t malformed_ = 0;
   std::uint64_t next_id_ = 1;
-  std::optional<Clock::time_point> handshake_deadline_;
-  std::optional<Clock::time_point> write_started_;
-  std::optional<Clock::time_point> close_started_;
-  Clock::time_point last_rx_ = Clock::now();
-  Clock::time_point last_tx_ = Clock::now();
+  std::optional<SteadyClock::time_point> handshake_deadline_;
+  std::optional<SteadyClock::time_point> write_started_;
+  std::optional<SteadyClock::time_point> close_started_;
+  SteadyClock::time_point last_rx_ = SteadyClock::now();
+  SteadyClock::time_point last_tx_ = SteadyClock::now();
 };
 
 std::shared_ptr<Session> Gateway::Impl::Channel(std::string_view serial) const {
@@ -217,7 +217,7 @@ void Session::Send(proto::Body body, std::string re) {
   }
   queue_.push_back(
       proto::Encode({"g" + std::to_string(next_id_++), std::move(re), std::move(body)}));
-  last_tx_ = Clock::now();
+  last_tx_ = SteadyClock::now();
   signal_.cancel();
 }
 
@@ -300,13 +300,13 @@ asio::awaitable<bool> Session::Upgrade() {
 
 asio::awaitable<void> Session::Run() {
   auto self = shared_from_this();
-  handshake_deadline_ = Clock::now() + gw_->options.handshake_timeout;
+  handshake_deadline_ = SteadyClock::now() + gw_->options.handshake_timeout;
   asio::co_spawn(gw_->io, Watchdog(), [self](const std::exception_ptr&) {});
   const bool upgraded = co_await Upgrade();
   handshake_deadline_.reset();
   if (upgraded && !dead_) {
     upgraded_ = true;
-    last_rx_ = Clock::now();
+    last_rx_ = SteadyClock::now();
     Rearm();
     asio::co_spawn(gw_->io, Writer(), [self](const std::exception_ptr&) {});
     beast::flat_buffer buffer;
@@ -321,7 +321,7 @@ asio::awaitable<void> Session::Run() {
         }
         break;
       }
-      last_rx_ = Clock::now();
+      last_rx_ = SteadyClock::now();
       if (!ws_.got_text()) {
         Send(proto::ProtocolError{"Malformed", "binary frames are not accepted; send text"});
         Close(websocket::close_code::bad_payload, "binary frame");
@@ -340,7 +340,7 @@ asio::awaitable<void> Session::Writer() {
   while (!dead_) {
     ErrorCode ec;
     if (!queue_.empty()) {
-      write_started_ = Clock::now();
+      write_started_ = SteadyClock::now();
       Rearm();
       co_await ws_.async_write(asio::buffer(queue_.front()),
                                asio::redirect_error(asio::use_awaitable, ec));
@@ -353,14 +353,14 @@ asio::awaitable<void> Session::Writer() {
       continue;
     }
     if (close_) {
-      close_started_ = Clock::now();
+      close_started_ = SteadyClock::now();
       Rearm();
       co_await ws_.async_close(websocket::close_reason(close_->first, close_->second),
                                asio::redirect_error(asio::use_awaitable, ec));
       Kill({});
       break;
     }
-    signal_.expires_at(Clock::time_point::max());
+    signal_.expires_at(SteadyClock::time_point::max());
     co_await signal_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
 }
@@ -369,9 +369,9 @@ asio::awaitable<void> Session::Watchdog() {
   auto self = shared_from_this();
   const auto hb = gw_->options.heartbeat;
   while (!dead_) {
-    const auto now = Clock::now();
-    auto next = Clock::time_point::max();
-    const auto due = [&](std::optional<Clock::time_point> at) {
+    const auto now = SteadyClock::now();
+    auto next = SteadyClock::time_point::max();
+    const auto due = [&](std::optional<SteadyClock::time_point> at) {
       if (at) next = std::min(next, *at);
       return at && now >= *at;
     };

@@ -251,7 +251,7 @@ asio::awaitable<void> ServeHttp(std::shared_ptr<Impl> self, Stream& stream, std:
   }
 }
 
-asio::awaitable<void> Session(std::shared_ptr<Impl> self, tcp::socket socket) {
+asio::awaitable<void> ServeConnection(std::shared_ptr<Impl> self, tcp::socket socket) {
   ErrorCode ec;
   const auto ep = socket.remote_endpoint(ec);
   const std::string remote =
@@ -298,7 +298,7 @@ asio::awaitable<void> AcceptLoop(std::shared_ptr<Impl> self) {
       socket.close(ec);
       continue;
     }
-    asio::co_spawn(self->io, Session(self, std::move(socket)), asio::detached);
+    asio::co_spawn(self->io, ServeConnection(self, std::move(socket)), asio::detached);
   }
 }
 

@@ -33,6 +33,13 @@ else()
   target_compile_options(sag_build_flags INTERFACE -ffunction-sections -fdata-sections)
   target_link_options(sag_build_flags INTERFACE -Wl,--gc-sections)
 endif()
+# A unity build (tools/test.sh configures the test build with
+# -DCMAKE_UNITY_BUILD=ON: 17.5 -> 14.5 min cold, clang-tidy 1241 -> 804 s)
+# includes .cpp files into one source, so GCC takes each for a header and
+# warns of its anonymous-namespace types in coroutine frames and members.
+if(CMAKE_UNITY_BUILD)
+  target_compile_options(sag_build_flags INTERFACE -Wno-subobject-linkage)
+endif()
 # Boost 1.74's asio/awaitable.hpp uses std::exchange without <utility>; every
 # translation unit gets <utility> first so GCC 12 in C++20 mode compiles it.
 target_compile_options(sag_build_flags INTERFACE -include utility)

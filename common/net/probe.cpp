@@ -21,7 +21,7 @@ std::string HttpUrl(const std::string& endpoint) {
 
 Status ProbeEndpoint(const std::string& endpoint, const DownloadOptions& options,
                      std::chrono::milliseconds deadline) {
-  using Clock = std::chrono::steady_clock;
+  using SteadyClock = std::chrono::steady_clock;
   using std::chrono::milliseconds;
   if (endpoint.empty()) {
     return Error(Errc::kHealthCheckFailed,
@@ -29,13 +29,13 @@ Status ProbeEndpoint(const std::string& endpoint, const DownloadOptions& options
                  "cloud.endpoint is configured; set cloud.endpoint or health.require_cloud: false");
   }
   const std::string url = HttpUrl(endpoint);
-  const auto end = Clock::now() + deadline;
+  const auto end = SteadyClock::now() + deadline;
   constexpr std::uint64_t kEnough = 64U << 10U;  // a body this long is an answer too
   constexpr milliseconds kPerAttempt{5000};
   constexpr milliseconds kPause{1000};
   Error last(Errc::kTimeout, "no attempt made");
   for (int attempt = 1;; ++attempt) {
-    const auto left = std::chrono::duration_cast<milliseconds>(end - Clock::now());
+    const auto left = std::chrono::duration_cast<milliseconds>(end - SteadyClock::now());
     DownloadOptions o = options;
     o.max_retries = 0;  // the retries are this loop's, bounded by the deadline
     o.max_redirects = 0;
@@ -62,7 +62,7 @@ Status ProbeEndpoint(const std::string& endpoint, const DownloadOptions& options
     if (last.code() == Errc::kInvalidArgument || (options.cancel != nullptr && *options.cancel)) {
       break;  // a configuration error does not heal by waiting
     }
-    if (Clock::now() + kPause >= end) break;
+    if (SteadyClock::now() + kPause >= end) break;
     spdlog::warn("control channel {} not reachable yet: {}", endpoint, last.message());
     std::this_thread::sleep_for(kPause);
   }

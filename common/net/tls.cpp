@@ -6,10 +6,10 @@
 
 namespace sag::net {
 
+namespace {
+
 namespace ssl = boost::asio::ssl;
 using ErrorCode = boost::system::error_code;
-
-namespace {
 
 Status RestrictToTls12(ssl::context& ctx) {
   if (SSL_CTX_set_min_proto_version(ctx.native_handle(), TLS1_2_VERSION) != 1) {

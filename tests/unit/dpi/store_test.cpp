@@ -13,9 +13,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::string kV1 = "20260101_1_0-1.0";
-const std::string kV2 = "20260102_1_0-1.0";
-const std::string kV3 = "20260103_1_0-1.0";
+const std::string kStoreV1 = "20260101_1_0-1.0";
+const std::string kStoreV2 = "20260102_1_0-1.0";
+const std::string kStoreV3 = "20260103_1_0-1.0";
 
 void Stage(const Store& store, const std::string& v) {
   auto dir = store.PrepareStaging(v);
@@ -37,15 +37,15 @@ TEST(DpiStore, ActivateSwapsARelativeSymlink) {
   sag::test::TempDir dir;
   Store store(dir / "dpi");
   ASSERT_TRUE(store.Init());
-  Stage(store, kV1);
-  ASSERT_TRUE(store.Activate(kV1));
-  EXPECT_EQ(fs::read_symlink(store.CurrentLink()), fs::path("versions") / kV1);
-  Stage(store, kV2);
-  ASSERT_TRUE(store.Activate(kV2));
-  EXPECT_EQ(**store.Current(), kV2);
-  EXPECT_EQ(*ReadFile(store.CurrentLink() / "version"), kV2 + "\n");
+  Stage(store, kStoreV1);
+  ASSERT_TRUE(store.Activate(kStoreV1));
+  EXPECT_EQ(fs::read_symlink(store.CurrentLink()), fs::path("versions") / kStoreV1);
+  Stage(store, kStoreV2);
+  ASSERT_TRUE(store.Activate(kStoreV2));
+  EXPECT_EQ(**store.Current(), kStoreV2);
+  EXPECT_EQ(*ReadFile(store.CurrentLink() / "version"), kStoreV2 + "\n");
   EXPECT_FALSE(fs::exists(store.root() / "current.tmp"));
-  EXPECT_EQ(store.Remove(kV2).error().code(), Errc::kDpiStore);  // active: refused
+  EXPECT_EQ(store.Remove(kStoreV2).error().code(), Errc::kDpiStore);  // active: refused
   ASSERT_TRUE(store.Activate(std::nullopt));
   EXPECT_FALSE(store.Current()->has_value());
 }
@@ -54,7 +54,7 @@ TEST(DpiStore, ActivateRefusesAMissingVersion) {
   sag::test::TempDir dir;
   Store store(dir / "dpi");
   ASSERT_TRUE(store.Init());
-  EXPECT_EQ(store.Activate(kV1).error().code(), Errc::kDpiStore);
+  EXPECT_EQ(store.Activate(kStoreV1).error().code(), Errc::kDpiStore);
   EXPECT_FALSE(fs::exists(fs::symlink_status(store.CurrentLink())));
 }
 
@@ -79,31 +79,32 @@ TEST(DpiStore, PromoteIsIdempotentAndReplacesStaleCopies) {
   sag::test::TempDir dir;
   Store store(dir / "dpi");
   ASSERT_TRUE(store.Init());
-  Stage(store, kV1);
-  ASSERT_TRUE(store.Promote(kV1));  // already promoted: nothing to do
-  auto staged = store.PrepareStaging(kV1);
+  Stage(store, kStoreV1);
+  ASSERT_TRUE(store.Promote(kStoreV1));  // already promoted: nothing to do
+  auto staged = store.PrepareStaging(kStoreV1);
   ASSERT_TRUE(staged);
   ASSERT_TRUE(WriteFileAtomic(*staged / "version", "fresh\n"));
-  ASSERT_TRUE(store.Promote(kV1));
-  EXPECT_EQ(*ReadFile(store.VersionDir(kV1) / "version"), "fresh\n");
-  ASSERT_TRUE(store.Activate(kV1));
-  ASSERT_TRUE(store.PrepareStaging(kV1));
-  EXPECT_EQ(store.Promote(kV1).error().code(), Errc::kDpiStore);  // never replace the active one
+  ASSERT_TRUE(store.Promote(kStoreV1));
+  EXPECT_EQ(*ReadFile(store.VersionDir(kStoreV1) / "version"), "fresh\n");
+  ASSERT_TRUE(store.Activate(kStoreV1));
+  ASSERT_TRUE(store.PrepareStaging(kStoreV1));
+  EXPECT_EQ(store.Promote(kStoreV1).error().code(),
+            Errc::kDpiStore);  // never replace the active one
 }
 
 TEST(DpiStore, PruneKeepsCurrentPreviousAndNewest) {
   sag::test::TempDir dir;
   Store store(dir / "dpi");
   ASSERT_TRUE(store.Init());
-  for (const auto& v : {kV1, kV2, kV3}) Stage(store, v);
+  for (const auto& v : {kStoreV1, kStoreV2, kStoreV3}) Stage(store, v);
   fs::create_directories(store.root() / "versions/garbage");
-  ASSERT_TRUE(store.Activate(kV2));
-  ASSERT_TRUE(store.Prune(2, kV1));
+  ASSERT_TRUE(store.Activate(kStoreV2));
+  ASSERT_TRUE(store.Prune(2, kStoreV1));
   auto list = *store.List();
   std::sort(list.begin(), list.end());
-  EXPECT_EQ(list, (std::vector<std::string>{kV1, kV2}));
-  ASSERT_TRUE(store.Prune(1, kV1));
-  EXPECT_EQ(*store.List(), std::vector<std::string>{kV2});
+  EXPECT_EQ(list, (std::vector<std::string>{kStoreV1, kStoreV2}));
+  ASSERT_TRUE(store.Prune(1, kStoreV1));
+  EXPECT_EQ(*store.List(), std::vector<std::string>{kStoreV2});
 }
 
 std::string CurrentOf(const Store& store) {
@@ -127,23 +128,23 @@ TEST(DpiStore, EveryStepIsDurableWhenItReturns) {
   // Init makes no promise (it runs at every start and creates what is
   // missing): the test starts from a store on the medium.
   ASSERT_FALSE(mount.Control("sync").empty());
-  ASSERT_NO_FATAL_FAILURE(Stage(store, kV1));
+  ASSERT_NO_FATAL_FAILURE(Stage(store, kStoreV1));
   ASSERT_TRUE(cut());
-  auto promoted = ReadFile(store.root() / "versions" / kV1 / "version");
+  auto promoted = ReadFile(store.root() / "versions" / kStoreV1 / "version");
   ASSERT_TRUE(promoted) << "the promoted version was lost by the cut: "
                         << promoted.error().ToString();
-  EXPECT_EQ(*promoted, kV1 + "\n");
+  EXPECT_EQ(*promoted, kStoreV1 + "\n");
   EXPECT_TRUE(fs::is_empty(store.root() / "staging"));
-  ASSERT_TRUE(store.Activate(kV1));
+  ASSERT_TRUE(store.Activate(kStoreV1));
   ASSERT_TRUE(cut());
-  EXPECT_EQ(CurrentOf(store), kV1) << "the first activation was lost by the cut";
-  ASSERT_NO_FATAL_FAILURE(Stage(store, kV2));
-  ASSERT_TRUE(store.Activate(kV2));
+  EXPECT_EQ(CurrentOf(store), kStoreV1) << "the first activation was lost by the cut";
+  ASSERT_NO_FATAL_FAILURE(Stage(store, kStoreV2));
+  ASSERT_TRUE(store.Activate(kStoreV2));
   ASSERT_TRUE(cut());
-  EXPECT_EQ(CurrentOf(store), kV2) << "the swap to " << kV2 << " was lost by the cut";
-  ASSERT_TRUE(store.Remove(kV1));
+  EXPECT_EQ(CurrentOf(store), kStoreV2) << "the swap to " << kStoreV2 << " was lost by the cut";
+  ASSERT_TRUE(store.Remove(kStoreV1));
   ASSERT_TRUE(cut());
-  EXPECT_FALSE(fs::exists(store.root() / "versions" / kV1)) << "the removal came back";
+  EXPECT_FALSE(fs::exists(store.root() / "versions" / kStoreV1)) << "the removal came back";
   ASSERT_TRUE(store.Activate(std::nullopt));
   ASSERT_TRUE(cut());
   EXPECT_EQ(CurrentOf(store), "(none)") << "the deactivation was lost by the cut";

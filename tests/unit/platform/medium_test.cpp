@@ -28,16 +28,16 @@ class MediumTest : public ::testing::Test {
     fs::create_directories(dir_ / "mnt");
     { std::ofstream f(dir_ / "backing" / "slot-b.img", std::ios::binary); }
     fs::resize_file(dir_ / "backing" / "slot-b.img", slot_size);  // sparse
-    mount_ = std::make_unique<test::PowerLossMount>(SAG_POWERLOSS_BIN, dir_ / "backing",
-                                                    dir_ / "mnt", cache);
+    mount_ = std::make_unique<sag::test::PowerLossMount>(SAG_POWERLOSS_BIN, dir_ / "backing",
+                                                         dir_ / "mnt", cache);
     if (!mount_->Available()) GTEST_SKIP() << "no FUSE here (needs /dev/fuse and root)";
   }
   void TearDown() override { mount_.reset(); }
 
   fs::path Slot() const { return dir_ / "mnt" / "slot-b.img"; }
 
-  test::TempDir dir_;
-  std::unique_ptr<test::PowerLossMount> mount_;
+  sag::test::TempDir dir_;
+  std::unique_ptr<sag::test::PowerLossMount> mount_;
 };
 
 // Finding 1 of issue 13: the kernel writes the slot back in the background,
