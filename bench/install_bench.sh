@@ -72,11 +72,15 @@ secs() { python3 -c "print(f'{$2 - $1:.4f}')"; }
 # Prepares the page cache for the next command: cold drops it (the input is
 # read from disk), then loads the programs again (an appliance runs the agent
 # as a daemon; a cold start of its shared libraries is not part of writing a
-# slot, and is measured on its own); warm reads the input into it.
+# slot, and is measured on its own); warm reads the input into it. Both first
+# write out what the previous command and the bench itself left dirty (the
+# state directory it just emptied, the files it made), so that no command's
+# first fsync pays for another's writes.
 prepare() {
   local input=$1; shift
+  sync
   if [[ $input == cold ]]; then
-    sync; echo 3 > /proc/sys/vm/drop_caches
+    echo 3 > /proc/sys/vm/drop_caches
     dd --version >/dev/null; "$agent" --version >/dev/null; openssl version >/dev/null
     zstd --version >/dev/null; [[ $have_swu == 0 ]] || swupdate -h >/dev/null 2>&1 || true
   else
