@@ -89,11 +89,22 @@ if out=$(cancel "$job" 2>&1); then bad "a cancel of the cancelled job was accept
 echo "second cancel of $job: $out"
 
 # ---- 2: a cancel after the trial boot was set is refused; the job commits
+# The trial boot's health check waits for the cancel to be sent (at most 8 s,
+# within its 10 s timeout): otherwise a fast reboot can commit the job before
+# the cancel reaches the cloud, which then refuses it itself.
+mv "$dev/health-check" "$dev/health-check.sim"
+cat >"$dev/health-check" <<EOF
+#!/bin/sh
+for i in \$(seq 80); do [ -e '$tmp/cancel-sent' ] && break; sleep 0.1; done
+exec '$dev/health-check.sim'
+EOF
+chmod +x "$dev/health-check"
 trial=$(grep -c 'trial boot of slot' "$dev.log")
 job2=$(update VersionCode=1.0.1) || die "the second update call failed"
 wait_log 'trial boot of slot' "$trial" 90 || die "job $job2 never set its trial boot"
 out=$(cancel "$job2") || bad "job cancel $job2: rc=$? $out"
 echo "job cancel $job2 after its trial boot was set: $out"
+touch "$tmp/cancel-sent"
 wait_job "$job2" Committed 60 || die "job $job2: $(job_state "$job2")"
 end=$((SECONDS + 20))
 while ((SECONDS < end)) && [[ $(job_field "$job2" cancel_answer) != refused ]]; do sleep 0.2; done
