@@ -89,13 +89,16 @@ if out=$(cancel "$job" 2>&1); then bad "a cancel of the cancelled job was accept
 echo "second cancel of $job: $out"
 
 # ---- 2: a cancel after the trial boot was set is refused; the job commits
-# The trial boot's health check waits for the cancel to be sent (at most 8 s,
-# within its 10 s timeout): otherwise a fast reboot can commit the job before
-# the cancel reaches the cloud, which then refuses it itself.
+# The trial boot's health check waits for the cancel to be sent (at most 50 s;
+# its timeout raised to 60 s for it, read by the agent at the trial boot):
+# otherwise a fast reboot can commit the job before the cancel reaches the
+# cloud, which then refuses it itself.
+sed -i 's/^      timeout_s: 10$/      timeout_s: 60/' "$dev/agent.yaml"
+grep -q '^      timeout_s: 60$' "$dev/agent.yaml" || die "could not raise the health check's timeout"
 mv "$dev/health-check" "$dev/health-check.sim"
 cat >"$dev/health-check" <<EOF
 #!/bin/sh
-for i in \$(seq 80); do [ -e '$tmp/cancel-sent' ] && break; sleep 0.1; done
+for i in \$(seq 500); do [ -e '$tmp/cancel-sent' ] && break; sleep 0.1; done
 exec '$dev/health-check.sim'
 EOF
 chmod +x "$dev/health-check"
