@@ -286,11 +286,21 @@ class TreeWriter {
   // every entry exists, let the kernel resolve each symlink beneath the
   // staging root. RESOLVE_BENEATH fails with EXDEV on any escape, absolute
   // targets included; a dangling link (ENOENT) stays inside and is allowed.
+  static constexpr int kResolveAttempts = 1000;
+
   Status CheckResolvesInside(const std::string& link) {
     open_how how{};
     how.flags = O_PATH | O_CLOEXEC;
     how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
-    const long fd = ::syscall(SYS_openat2, root_.get(), link.c_str(), &how, sizeof how);
+    // EAGAIN: a rename or mount anywhere on the system raced with a '..' of
+    // the walk, and the kernel cannot tell whether it stayed beneath the
+    // root; openat2(2) says to retry. Renames are frequent on a device (every
+    // atomic file write is one), a lasting race is not.
+    long fd = -1;
+    for (int attempt = 0; attempt < kResolveAttempts; ++attempt) {
+      fd = ::syscall(SYS_openat2, root_.get(), link.c_str(), &how, sizeof how);
+      if (fd >= 0 || errno != EAGAIN) break;
+    }
     if (fd >= 0) {
       ::close(static_cast<int>(fd));
       return Ok();
@@ -301,6 +311,12 @@ class TreeWriter {
       return Error(Errc::kArchiveUnsafeLink,
                    "symlink '" + link +
                        "' resolves outside the staging directory (through other links) or loops");
+    }
+    if (err == EAGAIN) {
+      return Error(Errc::kIo,
+                   "resolve symlink " + link + ": renames elsewhere on the system raced " +
+                       "with every one of " + std::to_string(kResolveAttempts) +
+                       " attempts; install the package again when the system is quieter");
     }
     return MakeErrno(Errc::kIo, "resolve symlink " + link, err);
   }

@@ -6,10 +6,12 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <functional>
 #include <set>
+#include <thread>
 
 #include "common/atomic_file.h"
 #include "tests/support/temp_dir.h"
@@ -256,6 +258,60 @@ TEST_F(ExtractTest, SourceIsReadToItsEnd) {
   auto r = ExtractPayload(src, staging_, {});
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code(), Errc::kChunkHashMismatch);
+}
+
+TEST_F(ExtractTest, LinksResolveWhileOtherProcessesRename) {
+  // openat2(RESOLVE_BENEATH) answers EAGAIN when any rename on the system
+  // (not only under the staging directory) races with a '..' it resolves;
+  // the man page says to retry. A device renames files all the time (the
+  // agent's own atomic writes), so a package with '..' in its links must not
+  // fail with an I/O error because of them, and an escape must still be
+  // refused as one.
+  const fs::path churn = dir_ / "churn";
+  fs::create_directories(churn);
+  ASSERT_TRUE(WriteFileAtomic(churn / "x", "x"));
+  std::atomic<bool> stop{false};
+  std::thread renamer([&] {
+    for (int i = 0; i < 50'000'000 && !stop.load(std::memory_order_relaxed); ++i) {
+      fs::rename(churn / (i % 2 == 0 ? "x" : "y"), churn / (i % 2 == 0 ? "y" : "x"));
+    }
+  });
+  const auto escape = TarBuilder().Symlink("d/up", "..").Symlink("e/esc", "../d/up/..").Finish();
+  const auto inside = TarBuilder()
+                          .File("deep/er/b.dat", "bbb")
+                          .Symlink("d/up", "..")
+                          .Symlink("e/in", "../d/up/deep/er/../er/b.dat")
+                          .Finish();
+  int refused = 0;
+  int extracted = 0;
+  std::string unexpected;
+  for (int i = 0; i < 300 && unexpected.empty(); ++i) {
+    const fs::path s1 = dir_ / "a/b" / ("esc" + std::to_string(i));
+    const fs::path s2 = dir_ / "a/b" / ("in" + std::to_string(i));
+    fs::create_directories(s1);
+    fs::create_directories(s2);
+    BufferSource bad(escape, 4096);
+    auto r = ExtractPayload(bad, s1, {});
+    if (!r && r.error().code() == Errc::kArchiveUnsafeLink) {
+      ++refused;
+    } else {
+      unexpected = r ? "escape accepted" : r.error().ToString();
+    }
+    BufferSource good(inside, 4096);
+    auto g = ExtractPayload(good, s2, {});
+    if (g) {
+      ++extracted;
+    } else if (unexpected.empty()) {
+      unexpected = g.error().ToString();
+    }
+    fs::remove_all(s1);
+    fs::remove_all(s2);
+  }
+  stop = true;
+  renamer.join();
+  EXPECT_EQ(unexpected, "");
+  EXPECT_EQ(refused, 300);
+  EXPECT_EQ(extracted, 300);
 }
 
 TEST_F(ExtractTest, FilesAreWrittenWithoutFollowingPreexistingLinks) {
