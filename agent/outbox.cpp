@@ -1,6 +1,7 @@
 #include "agent/outbox.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -54,6 +55,52 @@ json Report::ToJson() const {
 
 Outbox::Outbox(fs::path dir, std::size_t max_pending)
     : dir_(std::move(dir)), max_pending_(std::max<std::size_t>(max_pending, 1)) {}
+
+Outbox::~Outbox() {
+  {
+    const std::lock_guard lock(post_mu_);
+    post_stop_ = true;
+  }
+  post_cv_.notify_all();
+  if (post_thread_.joinable()) post_thread_.join();
+}
+
+void Outbox::Post(std::string kind, std::string job, json body) {
+  {
+    const std::lock_guard lock(post_mu_);
+    posted_.push_back(Posted{std::move(kind), std::move(job), std::move(body)});
+    if (!post_thread_.joinable()) post_thread_ = std::thread([this] { RunPosted(); });
+  }
+  post_cv_.notify_all();
+}
+
+void Outbox::RunPosted() {
+  for (;;) {
+    {
+      std::unique_lock lock(post_mu_);
+      post_cv_.wait(lock, [&] { return post_stop_ || !posted_.empty(); });
+      if (posted_.empty()) return;  // stopped, nothing left
+    }
+    const std::lock_guard lock(mu_);
+    AppendPostedLocked();
+  }
+}
+
+void Outbox::AppendPostedLocked() {
+  std::vector<Posted> posted;
+  {
+    const std::lock_guard lock(post_mu_);
+    posted.swap(posted_);
+  }
+  for (auto& p : posted) {
+    const std::string job = p.job;
+    const std::string kind = p.kind;
+    if (auto seq = AppendLocked(std::move(p.kind), std::move(p.job), std::move(p.body)); !seq) {
+      spdlog::error("job {}: the {} report is not in the outbox: {}", job, kind,
+                    seq.error().ToString());
+    }
+  }
+}
 
 Status Outbox::Load() {
   const std::lock_guard lock(mu_);
@@ -140,6 +187,11 @@ Status Outbox::OpenForAppend() {
 
 Expected<std::uint64_t> Outbox::Append(std::string kind, std::string job, json body) {
   const std::lock_guard lock(mu_);
+  AppendPostedLocked();
+  return AppendLocked(std::move(kind), std::move(job), std::move(body));
+}
+
+Expected<std::uint64_t> Outbox::AppendLocked(std::string kind, std::string job, json body) {
   if (fd_.get() < 0) return Error(Errc::kInternal, "the outbox was not loaded");
   Report rep;
   rep.seq = last_seq_ + 1;

@@ -11,7 +11,10 @@
 //               Each append is written and fdatasync'ed before Append()
 //               returns: a report that was appended survives SIGKILL and a
 //               power cut. A torn last line (cut mid-append) is cut off on
-//               Load(); it was never acknowledged as appended.
+//               Load(); it was never acknowledged as appended. Post() hands
+//               a report to the outbox's own thread instead, which appends
+//               it the same way; Append() appends what was posted first, so
+//               the log keeps the order of the calls.
 //   outbox.ack  {"acked": N, "epoch": E}, replaced atomically by Ack().
 //               The epoch names this outbox's sequence: made at the first
 //               Load() (random), it changes only when the files are started
@@ -26,6 +29,7 @@
 // ones). A damaged line before the last is kOutboxCorrupt (416).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -33,6 +37,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "common/error.h"
@@ -55,13 +60,25 @@ class Outbox {
   static constexpr std::size_t kMaxPending = 1024;
 
   explicit Outbox(std::filesystem::path dir, std::size_t max_pending = kMaxPending);
+  // Appends what is still posted.
+  ~Outbox();
+  Outbox(const Outbox&) = delete;
+  Outbox& operator=(const Outbox&) = delete;
 
   // Reads both files, cuts a torn last line off. kOutboxCorrupt when a line
   // before the last is not a report or the sequence numbers do not increase.
   Status Load();
 
   // Appends a report (seq assigned) and makes it durable; returns its seq.
+  // First appends what was posted before (in order).
   Expected<std::uint64_t> Append(std::string kind, std::string job, nlohmann::json body);
+  // Returns at once; the outbox's thread appends the report as Append()
+  // would, after what was posted before it and before anything appended
+  // later. For reports a caller must not wait for the disk for (progress,
+  // from an install's writer thread): one posted but not yet appended is
+  // lost by a kill or a power cut, as if it had not been made. An append
+  // that fails is logged.
+  void Post(std::string kind, std::string job, nlohmann::json body);
 
   // Everything up to `seq` has reached the consumer; persisted atomically.
   Status Ack(std::uint64_t seq);
@@ -84,6 +101,15 @@ class Outbox {
   [[nodiscard]] std::filesystem::path AckPath() const { return dir_ / "outbox.ack"; }
 
  private:
+  struct Posted {
+    std::string kind;
+    std::string job;
+    nlohmann::json body;
+  };
+  // Call with mu_ held.
+  Expected<std::uint64_t> AppendLocked(std::string kind, std::string job, nlohmann::json body);
+  void AppendPostedLocked();
+  void RunPosted();
   Status OpenForAppend();
   Status WriteAck(std::uint64_t seq) const;
   static std::string NewEpoch();
@@ -101,6 +127,12 @@ class Outbox {
   std::size_t lines_in_file_ = 0;  // acknowledged lines included
   std::size_t size_ = 0;           // bytes of whole lines in the log
   UniqueFd fd_;
+
+  std::mutex post_mu_;  // taken after mu_, never before it
+  std::condition_variable post_cv_;
+  std::vector<Posted> posted_;  // guarded by post_mu_
+  bool post_stop_ = false;      // guarded by post_mu_
+  std::thread post_thread_;     // started by the first Post()
 };
 
 }  // namespace sag::agent

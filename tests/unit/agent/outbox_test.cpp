@@ -6,7 +6,12 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
+#include <thread>
 
 #include "common/atomic_file.h"
 #include "tests/support/temp_dir.h"
@@ -146,6 +151,81 @@ TEST(Outbox, TheBoundCoalescesProgressAndNeverDropsStateOrResults) {
   EXPECT_EQ(states, 22U);
   EXPECT_EQ(results, 1U);
   EXPECT_EQ(progress, 0U);  // each superseded by a's next state
+}
+
+// Post() is for the install's writer thread: it returns at once, even while
+// another append holds the outbox (here: a consumer callback that blocks, as
+// a busy disk's fdatasync would), and the posted reports land in the log in
+// the order of the calls, before what is appended after them, durable.
+TEST(Outbox, PostedReportsDoNotWaitAndKeepTheirOrder) {
+  test::TempDir dir;
+  {
+    Outbox o(dir.path());
+    ASSERT_TRUE(o.Load());
+    std::mutex mu;
+    std::condition_variable cv;
+    bool inside = false;
+    bool release = false;
+    o.SetOnAppend([&] {
+      std::unique_lock lock(mu);
+      if (release) return;
+      inside = true;
+      cv.notify_all();
+      cv.wait_for(lock, std::chrono::seconds(10), [&] { return release; });
+    });
+    std::thread first([&] { ASSERT_TRUE(o.Append("state", "j1", {{"state", "Writing"}})); });
+    {
+      std::unique_lock lock(mu);
+      ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return inside; }));
+    }
+    // The outbox is held by the first append: posting must not wait for it.
+    const auto t0 = std::chrono::steady_clock::now();
+    o.Post("progress", "j1", {{"state", "Writing"}, {"percent", 10}});
+    o.Post("progress", "j1", {{"state", "Writing"}, {"percent", 20}});
+    const bool returned_while_held = [&] {
+      const std::lock_guard lock(mu);
+      return !release;
+    }();
+    EXPECT_TRUE(returned_while_held);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5))
+        << "Post() waited for the append that held the outbox";
+    {
+      const std::lock_guard lock(mu);
+      release = true;
+    }
+    cv.notify_all();
+    first.join();
+    ASSERT_TRUE(o.Append("state", "j1", {{"state", "Verifying"}}));
+    // A report posted just before an append goes before it, although the
+    // outbox's thread has hardly had the time to wake up.
+    for (int k = 0; k < 50; ++k) {
+      o.Post("progress", "j2", {{"state", "P" + std::to_string(k)}});
+      ASSERT_TRUE(o.Append("state", "j2", {{"state", "S" + std::to_string(k)}}));
+    }
+    o.Post("progress", "j1", {{"state", "Verifying"}, {"percent", 50}});
+    // Destroyed with a report still posted: it is appended first.
+  }
+  Outbox again(dir.path());
+  ASSERT_TRUE(again.Load());
+  auto pending = again.Pending();
+  ASSERT_EQ(pending.size(), 105U);
+  for (std::size_t k = 0; k < 50; ++k) {
+    const auto& posted = pending.at(4 + 2 * k);
+    const auto& appended = pending.at(5 + 2 * k);
+    ASSERT_EQ(posted.body["state"], "P" + std::to_string(k)) << "report " << posted.seq;
+    ASSERT_EQ(appended.body["state"], "S" + std::to_string(k)) << "report " << appended.seq;
+  }
+  pending.erase(pending.begin() + 4, pending.begin() + 104);
+  std::vector<std::string> got;
+  got.reserve(pending.size());
+  for (const auto& r : pending) {
+    got.push_back(r.kind + " " + r.body["state"].get<std::string>() +
+                  (r.body.contains("percent") ? " " + r.body["percent"].dump() : ""));
+  }
+  EXPECT_EQ(got,
+            (std::vector<std::string>{"state Writing", "progress Writing 10", "progress Writing 20",
+                                      "state Verifying", "progress Verifying 50"}));
+  EXPECT_EQ(pending.back().seq, 105U);
 }
 
 }  // namespace
