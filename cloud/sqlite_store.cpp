@@ -700,7 +700,7 @@ Expected<WriteResult> SqliteStore::Write(const StoreWrite& write) {
         return Error(Errc::kJobUnknown, "no job " + j.spec.job_id);
       }
     }
-    if (const auto& r = write.report; r && r->seq % 256 == 0) {
+    if (const auto& r = write.report; r && r->seq % kReportPruneEvery == 0) {
       // Bounded per device: the oldest beyond kMaxReportsPerDevice go.
       sqlite3_stmt* raw = Prepare(
           "DELETE FROM reports WHERE serial = ?1 AND id <= (SELECT id FROM reports WHERE "

@@ -186,8 +186,11 @@ class Store : public rpc::NonceStore {
 
   // --- reports ---------------------------------------------------------
   // The reports recorded, oldest first; of one device when `serial` is not
-  // empty. At most kMaxReportsPerDevice are kept per device.
+  // empty. Every kReportPruneEvery-th report of a device (by seq) prunes
+  // its reports to the newest kMaxReportsPerDevice, so between two prunes a
+  // device holds up to kMaxReportsPerDevice + kReportPruneEvery - 1.
   static constexpr std::size_t kMaxReportsPerDevice = 4096;
+  static constexpr std::uint64_t kReportPruneEvery = 256;
   virtual std::vector<ReportRecord> Reports(std::string_view serial = {}) = 0;
 
   // --- nonces (rpc::NonceStore) -----------------------------------------
