@@ -42,9 +42,12 @@ constexpr std::size_t kReadBackPiece = 64U << 10U;
 // The read-back from the medium (O_DIRECT) reads larger pieces: without the
 // page cache there is no read-ahead, and each read is one request to the
 // device (64 KiB pieces read 256 MiB at a third of the page cache's speed).
-// 512 KiB, not 1 MiB: two read-back threads keep two requests in flight,
-// and each piece is memory held for the whole write (peak RSS: 1 MiB less).
-constexpr std::size_t kMediumPiece = 512U << 10U;
+// 256 KiB: two read-back threads keep two requests in flight, and each
+// piece is memory held for the whole write. 256 KiB pieces read a 256 MiB
+// slot back as fast as 512 KiB ones did (0.14-0.21 s of wall time beside
+// the writes, loop and tmpfs slots), and the 512 KiB they save pays for
+// half of the third chunk buffer (kBuffers in StepWrite).
+constexpr std::size_t kMediumPiece = 256U << 10U;
 // Chunks the read-back may trail the writer by (written, in the page cache).
 constexpr std::size_t kReadBackLag = 32;
 // Threads that read the slot back from the medium: while one waits for the
@@ -892,13 +895,18 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     }
   }
 
-  // Decoded-chunk buffers (see the stages below). Two: on a two-core
-  // appliance the stages share the cores, and a third buffer (letting the
-  // write of chunk i overlap the reader's next call) measured no faster
-  // (1 GiB: 1.84 s with three, 1.76 s with two) for 1 MiB more memory. A
-  // decompressed chunk needs no third: it comes without a read-ahead, and is
-  // written while the next is decompressed into the other buffer.
-  constexpr std::size_t kBuffers = 2;
+  // Decoded-chunk buffers (see the stages below). Three. With two, each
+  // buffer went through decode, hash and write in turn: the reader could
+  // decode chunk i+1 only once the writer had released chunk i-1, so the
+  // hasher, the slowest stage, waited for the writer's write and for two
+  // wake-ups per chunk (perf sched, 256 MiB on a loop slot: the hasher ran
+  // 232 ms and waited 246 ms). With three, the next chunk is decoded while
+  // one is hashed and one written: 256 MiB installs in 0.85-0.90 of the
+  // time on file, loop and tmpfs slots (medians of per-pair ratios against
+  // two buffers, docs/device-upgrade.md). Half of the third buffer's 1 MiB
+  // is paid for by smaller read-back pieces (kMediumPiece): peak RSS stays
+  // under 16 MiB (15.5-15.9 MiB in the benchmark's cases, 15.1-15.4 before).
+  constexpr std::size_t kBuffers = 3;
   // A chunk that holds a compressed block is refused unless its compressed
   // bytes match their signed hash (before it is decompressed or written), but
   // its decompressed content is not hashed here: the read-back below checks
