@@ -274,6 +274,19 @@ Status WriteContainer(const std::filesystem::path& output, std::string_view mani
 
 namespace {
 
+// The reader takes only single-segment frames (content size known, no
+// window descriptor): zstd writes one only when its window covers the
+// frame, which levels choose smaller than a large frame (level 1 has
+// 512 KiB, level 3 2 MiB). So the window is set to cover the frame.
+void CoverFrameWithWindow(ZSTD_CCtx* cctx, std::uint64_t frame_size) {
+  const ZSTD_bounds bounds = ZSTD_cParam_getBounds(ZSTD_c_windowLog);
+  int log = bounds.lowerBound;
+  while (log < bounds.upperBound && (std::uint64_t{1} << static_cast<unsigned>(log)) < frame_size) {
+    ++log;
+  }
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_windowLog, log);
+}
+
 bool IsZero(std::span<const std::uint8_t> b) {
   return std::all_of(b.begin(), b.end(), [](std::uint8_t x) { return x == 0; });
 }
@@ -397,6 +410,7 @@ Status CreateGrouped(const CreateParams& p, const Limits& limits, UniqueFd in, M
   ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, p.zstd_level);
   ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_checksumFlag, 0);
   ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_contentSizeFlag, 1);
+  CoverFrameWithWindow(cctx.get(), p.chunk_size);
   // No dictionary ID in the frames: the reader's frame check requires none,
   // and the signed manifest says which dictionary (4 bytes a frame saved).
   ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_dictIDFlag, 0);
@@ -516,6 +530,7 @@ Status CreateImage(const CreateParams& p, const Limits& limits) {
   ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, p.zstd_level);
   ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_checksumFlag, 0);
   ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_contentSizeFlag, 1);
+  CoverFrameWithWindow(cctx.get(), p.chunk_size);
   std::vector<std::uint8_t> raw(p.chunk_size);
   std::vector<std::uint8_t> packed(ZSTD_compressBound(p.chunk_size));
   Sha256 whole;
