@@ -45,8 +45,9 @@ constexpr std::size_t kReadBackPiece = 64U << 10U;
 // 256 KiB: two read-back threads keep two requests in flight, and each
 // piece is memory held for the whole write. 256 KiB pieces read a 256 MiB
 // slot back as fast as 512 KiB ones did (0.14-0.21 s of wall time beside
-// the writes, loop and tmpfs slots), and the 512 KiB they save pays for
-// half of the third chunk buffer (kBuffers in StepWrite).
+// the writes, loop and tmpfs slots), and the 512 KiB they save paid for
+// half of the third chunk buffer (kBuffers in StepWrite) before chunks
+// were decoded in place.
 constexpr std::size_t kMediumPiece = 256U << 10U;
 // Chunks the read-back may trail the writer by (written, in the page cache).
 constexpr std::size_t kReadBackLag = 32;
@@ -903,9 +904,10 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // 232 ms and waited 246 ms). With three, the next chunk is decoded while
   // one is hashed and one written: 256 MiB installs in 0.85-0.90 of the
   // time on file, loop and tmpfs slots (medians of per-pair ratios against
-  // two buffers, docs/device-upgrade.md). Half of the third buffer's 1 MiB
-  // is paid for by smaller read-back pieces (kMediumPiece): peak RSS stays
-  // under 16 MiB (15.5-15.9 MiB in the benchmark's cases, 15.1-15.4 before).
+  // two buffers, docs/device-upgrade.md). Each buffer is a chunk and the
+  // room to decode one in place (1 MiB + 136 KiB), and no buffer holds
+  // compressed bytes: peak RSS 15.1-15.4 MiB (15.5-15.9 MiB with a separate
+  // compressed buffer).
   constexpr std::size_t kBuffers = 3;
   // A chunk that holds a compressed block is refused unless its compressed
   // bytes match their signed hash (before it is decompressed or written), but
@@ -955,12 +957,12 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // reading and decompressing, the reader hashing a raw chunk on another core
   // while this thread reads the next, a writer thread, read-back threads and
   // a checkpoint thread. The writer writes straight from the reader's chunk
-  // buffers: before the reader decodes chunk j into the buffer chunk
+  // buffers: before the reader reads chunk j into the buffer chunk
   // j - kBuffers was in, its gate waits until the writer released that chunk
   // (wrote it, and with boot.read_back: cache compared it). A decompressed
   // chunk is yielded without a read-ahead (image::ChunkPipeline), so it is
-  // written while the next one is decompressed. Memory: one compressed and
-  // kBuffers decoded chunks, and two read-back pieces.
+  // written while the next one is decompressed. Memory: kBuffers chunk
+  // buffers (each decoded in place), and two read-back pieces.
   struct Block {
     std::size_t index = 0;
     std::span<const std::uint8_t> data;

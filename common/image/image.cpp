@@ -1215,22 +1215,39 @@ Expected<UnverifiedHeader> ReadUnverifiedHeader(ByteSource& source, const Limits
 
 namespace {
 
-// Checks and decompresses one chunk at a time: one buffer for the compressed
-// bytes, a ring of buffers for the decoded ones (hashed by the caller).
+// A decoded-chunk buffer: zstd decodes a chunk in place, from its stored
+// bytes at the end of the buffer towards the start (ZSTD_decompressionMargin),
+// so no separate buffer holds the compressed bytes. Room for the largest
+// chunk, one block of margin, and each frame's header and 3 bytes per block,
+// counted for blocks of 512 bytes (zstd's block splitter makes them smaller
+// than 128 KiB, never that small); and at least the largest stored chunk.
+// For 1 MiB chunks: 1 MiB + 136 KiB.
+std::size_t InPlaceCapacity(const Manifest& m) {
+  static_assert(ZSTD_VERSION_NUMBER >= 10504, "in-place decoding needs zstd 1.5.4");
+  const std::uint64_t frame = m.frame_lengths.empty() ? m.chunk_size : m.frame_size;
+  const std::uint64_t frames = m.frame_lengths.empty() ? 1 : m.group_frames;
+  const std::uint64_t margin = std::min<std::uint64_t>(frame, ZSTD_BLOCKSIZE_MAX) +
+                               frames * (ZSTD_FRAMEHEADERSIZE_MAX + 4 + 3 * (frame / 512 + 1));
+  const std::uint64_t need = std::max<std::uint64_t>(m.chunk_size + margin, MaxStoredChunk(m));
+  return (need + kDirectAlign - 1) / kDirectAlign * kDirectAlign;
+}
+
+// Checks and decompresses one chunk at a time, each in its own buffer of a
+// ring: chunk i's stored bytes are read into the end of buffer i % buffers
+// and decoded in place there, so chunk i stays valid while chunks i+1 ..
+// i+buffers-1 are read and decoded.
 class ChunkDecoder {
  public:
-  // Decoded chunks go to `buffers` buffers in turn: chunk i stays valid
-  // while chunks i+1 .. i+buffers-1 are decoded.
   ChunkDecoder(const Manifest& m, std::size_t buffers, std::span<const std::uint8_t> dictionary)
       : dctx_(ZSTD_createDCtx()),
         ddict_(dictionary.empty() ? nullptr
                                   : ZSTD_createDDict(dictionary.data(), dictionary.size())),
         m_(m),
         zsha_(HasChunkZsha(m)),
-        in_(MaxStoredChunk(m)) {
+        capacity_(InPlaceCapacity(m)) {
     // Aligned: the installer writes a chunk from here with O_DIRECT.
-    out_.reserve(buffers);
-    for (std::size_t i = 0; i < buffers; ++i) out_.emplace_back(m.chunk_size);
+    buffers_.reserve(buffers);
+    for (std::size_t i = 0; i < buffers; ++i) buffers_.emplace_back(capacity_);
   }
   ~ChunkDecoder() {
     ZSTD_freeDDict(ddict_);
@@ -1239,99 +1256,138 @@ class ChunkDecoder {
   ChunkDecoder(const ChunkDecoder&) = delete;
   ChunkDecoder& operator=(const ChunkDecoder&) = delete;
 
-  // The buffer for a chunk's compressed bytes; an error for a chunk that
-  // does not fit the buffers (a manifest that skipped ParseManifest).
-  Expected<std::span<std::uint8_t>> InputFor(const Chunk& c) {
-    if (c.length > in_.size() || c.size > out_[0].size()) {
+  // Where chunk `index`'s stored bytes are to be read: the end of its
+  // buffer. An error for a chunk that does not fit (a manifest that skipped
+  // ParseManifest).
+  Expected<std::span<std::uint8_t>> InputFor(const Chunk& c, std::size_t index) {
+    if (c.length > capacity_ || c.size > m_.chunk_size) {
       return Error(Errc::kManifestLimits, "chunk of " + std::to_string(c.length) + "/" +
                                               std::to_string(c.size) +
                                               " bytes does not fit the chunk buffers");
     }
-    return std::span(in_).first(c.length);
+    return Stored(c, index);
   }
 
   struct Unpacked {
     std::span<const std::uint8_t> data;
     // Held a compressed block and zsha256 was checked: the content is
-    // authenticated already. Always false in format 3 (no per-frame
-    // zsha256): the caller checks every frame's content.
+    // authenticated already. Always false in formats 3 and 4 (no per-frame
+    // zsha256): the caller checks every chunk's content.
     bool compressed = false;
   };
 
-  // Checks the frame in InputFor(c) and decompresses it into buffer
-  // index % buffers. The caller checks the decoded bytes against c.sha256.
+  // Checks the frame(s) read into InputFor(c, index) and decodes them in
+  // place. The caller checks the decoded bytes against c.sha256 unless
+  // `compressed` (their compressed bytes matched the signed zsha256).
   Expected<Unpacked> Unpack(const Chunk& c, std::size_t index) {
     const auto where = "chunk " + std::to_string(index);
-    const auto src = std::span<const std::uint8_t>(in_).first(c.length);
-    if (!m_.frame_lengths.empty()) return UnpackGroup(c, index, src);
-    SAG_TRY(bool compressed, CheckFrame(src, c.size, where));
-    // Format 3: zstd decodes the unauthenticated frame into the bounded
-    // buffer (CheckFrame pinned down its header and size), and the content's
-    // signed SHA-256 decides (docs/delta.md, "Format 3").
-    compressed = compressed && zsha_;
-    if (compressed) {
+    const auto src = Stored(c, index);
+    SAG_TRY(const bool authenticated, Check(c, index));
+    if (authenticated) {
       if (const auto z = Sha256::Of(src); z != c.zsha256) {
         return Error(Errc::kChunkHashMismatch, where + ": compressed SHA-256 " + ToHex(z) +
                                                    " does not match the signed " +
                                                    ToHex(c.zsha256) + "; the image is corrupt");
       }
     }
-    auto& out = out_[index % out_.size()];
-    const std::size_t n = ZSTD_decompressDCtx(dctx_, out.data(), c.size, src.data(), src.size());
-    if (ZSTD_isError(n) != 0U || n != c.size) {
-      return Error(Errc::kDecompress,
-                   where + ": zstd frame does not decompress to " + std::to_string(c.size) +
-                       " bytes (" +
-                       (ZSTD_isError(n) != 0U ? ZSTD_getErrorName(n) : std::to_string(n)) +
-                       "); the image is corrupt");
-    }
-    return Unpacked{std::span<const std::uint8_t>(out.span()).first(c.size), compressed};
-  }
-
- private:
-  // Format 4: a group's frames, each one canonical zstd frame of exactly its
-  // size, decoded with the (verified) dictionary into the group's buffer at
-  // its place, bounded by its size. The caller checks the group's content.
-  Expected<Unpacked> UnpackGroup(const Chunk& c, std::size_t index,
-                                 std::span<const std::uint8_t> src) {
-    if (m_.dict && ddict_ == nullptr) {
-      return Error(Errc::kDecompress, "chunk " + std::to_string(index) +
-                                          ": the image's zstd dictionary is not usable");
-    }
-    auto& out = out_[index % out_.size()];
-    const std::size_t first = index * m_.group_frames;
-    const std::size_t end = std::min<std::size_t>(first + m_.group_frames, m_.frame_lengths.size());
-    std::uint64_t pos = 0;
-    std::uint64_t at = 0;
-    for (std::size_t f = first; f < end; ++f) {
-      const auto where = "frame " + std::to_string(f);
-      const std::uint64_t len = m_.frame_lengths[f];
-      const std::uint64_t size =
-          f + 1 < m_.frame_lengths.size() ? m_.frame_size : m_.payload_size - f * m_.frame_size;
-      if (pos + len > src.size() || at + size > c.size) {
-        return Error(Errc::kManifestLimits, where + " does not fit its group");
-      }
-      const auto z = src.subspan(pos, len);
-      SAG_TRY_STATUS(CheckFrame(z, size, where));
+    auto& buf = buffers_[index % buffers_.size()];
+    // zstd 1.5.4 and later keep a block's output and its literals short of
+    // input not read yet when the whole buffer is given as the output.
+    const auto decode = [&](std::uint64_t at, std::uint64_t size, std::span<const std::uint8_t> z,
+                            const std::string& name) -> Status {
       const std::size_t n =
           ddict_ != nullptr
-              ? ZSTD_decompress_usingDDict(dctx_, out.data() + at, size, z.data(), z.size(), ddict_)
-              : ZSTD_decompressDCtx(dctx_, out.data() + at, size, z.data(), z.size());
+              ? ZSTD_decompress_usingDDict(dctx_, buf.data() + at, capacity_ - at, z.data(),
+                                           z.size(), ddict_)
+              : ZSTD_decompressDCtx(dctx_, buf.data() + at, capacity_ - at, z.data(), z.size());
       if (ZSTD_isError(n) != 0U || n != size) {
         return Error(Errc::kDecompress,
-                     where + ": zstd frame does not decompress to " + std::to_string(size) +
+                     name + ": zstd frame does not decompress to " + std::to_string(size) +
                          " bytes (" +
                          (ZSTD_isError(n) != 0U ? ZSTD_getErrorName(n) : std::to_string(n)) +
                          "); the image is corrupt");
       }
-      pos += len;
-      at += size;
+      return Ok();
+    };
+    if (m_.frame_lengths.empty()) {
+      SAG_TRY_STATUS(decode(0, c.size, src, where));
+    } else {
+      std::uint64_t pos = 0;
+      std::uint64_t at = 0;
+      const std::size_t first = index * m_.group_frames;
+      const std::size_t end =
+          std::min<std::size_t>(first + m_.group_frames, m_.frame_lengths.size());
+      for (std::size_t f = first; f < end; ++f) {
+        const std::uint64_t len = m_.frame_lengths[f];
+        const std::uint64_t size = FrameSize(f);
+        SAG_TRY_STATUS(decode(at, size, src.subspan(pos, len), "frame " + std::to_string(f)));
+        pos += len;
+        at += size;
+      }
     }
-    if (pos != c.length || at != c.size) {
-      return Error(Errc::kManifestLimits,
-                   "chunk " + std::to_string(index) + ": its frames do not add up to the group");
+    return Unpacked{std::span<const std::uint8_t>(buf.span()).first(c.size), authenticated};
+  }
+
+ private:
+  // Chunk `index`'s frame(s), before anything decodes them: each one
+  // canonical zstd frame of exactly its size, that zstd can decode in place
+  // in the buffer. Returns whether the chunk's compressed bytes are to be
+  // checked against its signed zsha256 (a compressed block in a format 1-2
+  // image): then the decoded content is the caller's to check.
+  Expected<bool> Check(const Chunk& c, std::size_t index) {
+    const auto where = "chunk " + std::to_string(index);
+    const auto src = Stored(c, index);
+    bool authenticated = false;
+    if (m_.frame_lengths.empty()) {
+      // Format 3: zstd decodes the unauthenticated frame into the bounded
+      // buffer (CheckFrame pinned down its header and size), and the
+      // content's signed SHA-256 decides (docs/delta.md, "Format 3").
+      SAG_TRY(const bool compressed, CheckFrame(src, c.size, where));
+      authenticated = compressed && zsha_;
+    } else {
+      // Format 4: a group's frames, each decoded with the (verified)
+      // dictionary at its place; the caller checks the group's content.
+      if (m_.dict && ddict_ == nullptr) {
+        return Error(Errc::kDecompress, where + ": the image's zstd dictionary is not usable");
+      }
+      std::uint64_t pos = 0;
+      std::uint64_t at = 0;
+      const std::size_t first = index * m_.group_frames;
+      const std::size_t end =
+          std::min<std::size_t>(first + m_.group_frames, m_.frame_lengths.size());
+      for (std::size_t f = first; f < end; ++f) {
+        const auto frame = "frame " + std::to_string(f);
+        const std::uint64_t len = m_.frame_lengths[f];
+        const std::uint64_t size = FrameSize(f);
+        if (pos + len > src.size() || at + size > c.size) {
+          return Error(Errc::kManifestLimits, frame + " does not fit its group");
+        }
+        SAG_TRY_STATUS(CheckFrame(src.subspan(pos, len), size, frame));
+        pos += len;
+        at += size;
+      }
+      if (pos != c.length || at != c.size) {
+        return Error(Errc::kManifestLimits, where + ": its frames do not add up to the group");
+      }
     }
-    return Unpacked{std::span<const std::uint8_t>(out.span()).first(c.size), false};
+    // Each block may run one block ahead of what it consumed: decoded in
+    // place, the output must never reach input not read yet.
+    const std::size_t margin = ZSTD_decompressionMargin(src.data(), src.size());
+    if (ZSTD_isError(margin) != 0U || c.size + margin > capacity_) {
+      return Error(Errc::kDecompress,
+                   where + ": its zstd frames need more room to decode in place than frames " +
+                       "made by sag-image (" + std::to_string(capacity_ - c.size) +
+                       " bytes); the image is corrupt");
+    }
+    return authenticated;
+  }
+
+  std::span<std::uint8_t> Stored(const Chunk& c, std::size_t index) {
+    return buffers_[index % buffers_.size()].span().subspan(capacity_ - c.length, c.length);
+  }
+
+  [[nodiscard]] std::uint64_t FrameSize(std::size_t f) const {
+    return f + 1 < m_.frame_lengths.size() ? m_.frame_size : m_.payload_size - f * m_.frame_size;
   }
 
   // One zstd frame exactly as sag-image writes it: single segment, content
@@ -1377,8 +1433,8 @@ class ChunkDecoder {
   ZSTD_DDict* ddict_;
   const Manifest& m_;
   bool zsha_;
-  std::vector<std::uint8_t> in_;
-  std::vector<AlignedBuffer> out_;
+  std::size_t capacity_;
+  std::vector<AlignedBuffer> buffers_;
 };
 
 // Hashes decoded chunks on a second core, in the order they are submitted,
@@ -1511,18 +1567,20 @@ class ChunkPipeline {
     bool hashed = true;  // its content's digest is in the hasher's queue
   };
 
-  // Reads and decodes chunk i and hands it to the hasher (unless its
-  // compressed bytes were checked and the caller checks the content).
+  // Reads and decodes chunk i (in place: its compressed bytes are gone
+  // once it is decoded, so the whole-frames hash is fed before) and hands it
+  // to the hasher (unless its compressed bytes were checked and the caller
+  // checks the content).
   Expected<Loaded> Load(std::size_t i) {
     const Chunk& c = m_.chunks[i];
-    SAG_TRY(const auto buf, decoder_.InputFor(c));
+    // Chunk i is read into the buffer chunk i - buffers was yielded in.
+    if (gate_ && !gate_(i)) return Error(Errc::kCancelled, "stopped");
+    SAG_TRY(const auto buf, decoder_.InputFor(c, i));
     SAG_TRY_STATUS([&] {
       const StageTimer timer(times_, Stage::kRead);
       return in_.Read(buf, "chunk " + std::to_string(i));
     }());
     if (stored_ != nullptr) stored_->Update(buf);
-    // Unpack reuses the buffer of chunk i - buffers.
-    if (gate_ && !gate_(i)) return Error(Errc::kCancelled, "stopped");
     SAG_TRY(const auto unpacked, [&] {
       const StageTimer timer(times_, Stage::kDecompress);
       return decoder_.Unpack(c, i);

@@ -275,16 +275,18 @@ inline constexpr std::size_t kMaxChunkBuffers = 8;
 
 // For a caller that keeps yielded chunks longer than ChunkView promises (the
 // Device installer writes a chunk on another thread while the next one is
-// decoded): called before the reader decodes chunk `index` into the buffer
-// chunk `index - buffers` was yielded in. It returns true once the caller is
-// done with that chunk (at once for index < first + buffers), or false to
-// stop reading: the read then fails with kCancelled. Without a gate, a
-// chunk's data stays valid as ChunkView says.
+// decoded): called before the reader reads chunk `index` into the buffer
+// chunk `index - buffers` was yielded in (and decodes it there, in place).
+// It returns true once the caller is done with that chunk (at once for
+// index < first + buffers), or false to stop reading: the read then fails
+// with kCancelled. Without a gate, a chunk's data stays valid as ChunkView
+// says.
 using BufferGate = std::function<bool(std::size_t index)>;
 
 // Reads a container from the start. Nothing is yielded before the signature
-// verified; a chunk is yielded only after its hash matched. Memory is one
-// compressed and `buffers` uncompressed chunk buffers (bounded by the limits),
+// verified; a chunk is yielded only after its hash matched. Memory is
+// `buffers` chunk buffers (bounded by the limits), each a chunk and the room
+// zstd needs to decode one in place (1 MiB + 136 KiB for 1 MiB chunks),
 // whatever the image size; none is allocated before the first chunk. Chunk
 // i is hashed on a second thread while chunk i+1 is read and decompressed.
 class ImageReader {

@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/x509.h>
+#include <zstd.h>
 
 #include <algorithm>
 #include <deque>
@@ -928,8 +929,9 @@ TEST_F(ImageTest, ThreadedReaderKeepsChunksValidForItsBuffers) {
 
 // The buffer gate (for a caller that writes a chunk on another thread while
 // the next is decoded): asked once for every chunk, in order, before its
-// buffer is reused. A chunk whose content is deferred to the caller comes
-// without a read-ahead: the gate was last asked for it, not for the next
+// buffer is reused (before the chunk is read into it: it is decoded in
+// place). A chunk whose content is deferred to the caller comes without a
+// read-ahead: the gate was last asked for it, not for the next
 // one (red with the read-ahead back). A gate that says stop fails the read
 // with kCancelled before that chunk is decoded.
 TEST_F(ImageTest, BufferGateIsAskedBeforeEachDecodeAndDeferredChunksAreNotReadAhead) {
@@ -976,6 +978,115 @@ TEST_F(ImageTest, BufferGateIsAskedBeforeEachDecodeAndDeferredChunksAreNotReadAh
     ++got;
   }
   EXPECT_EQ(got, 5U) << "chunks 0-4 come out; the gate refused chunk 5";
+}
+
+// Chunks are decoded in place: the stored bytes sit at the end of the
+// chunk's buffer and the output grows towards them (zstd's decompression
+// margin). Every kind of block, in 1 and 4 MiB chunks (eight blocks and
+// more, so that the output closes in on the input), at the fastest, the
+// default and the slowest level sag-image offers (whose block splitter
+// makes smaller blocks): literal-heavy text (Huffman-coded literals about
+// as large as a block), repeated text, zeros (RLE), random bytes (raw), and
+// halves of these. Read with every content hashed, and with it deferred to
+// the caller and three buffers (the installer's way): every byte as in the
+// payload. (With buffers one block of margin short, zstd stops at the first
+// block whose output would reach input not read yet: "Destination buffer is
+// too small", red.)
+TEST_F(ImageTest, InPlaceDecodingKeepsEveryKindOfChunk) {
+  constexpr std::size_t kMiB = 1U << 20U;
+  std::mt19937 rng(11);
+  const auto letters = [&](std::size_t n) {
+    std::string s;
+    while (s.size() < n) s.push_back("abcdefghijklmnopqrstuvwxyz  \n"[rng() % 29]);
+    return s;
+  };
+  const auto random = [&](std::size_t n) {
+    std::string s;
+    while (s.size() < n) s.push_back(static_cast<char>(rng()));
+    return s;
+  };
+  std::string text;
+  for (int i = 0; text.size() < kMiB; ++i) {
+    text += "block " + std::to_string(i) + " of the root file system\n";
+  }
+  const std::string payload = letters(kMiB) + text.substr(0, kMiB) + std::string(kMiB, '\0') +
+                              random(kMiB) + letters(kMiB / 2) + random(kMiB / 2) +
+                              random(kMiB / 2) + std::string(kMiB / 2, 'z') + letters(kMiB / 3);
+  Spit(Dir() / "inplace-payload.bin", payload);
+  // Level 1's window is 512 KiB, level 3's 2 MiB: sag-image sets one that
+  // covers the chunk, so that its frames are single-segment ones, which
+  // the reader takes (red without: "not a single canonical zstd frame").
+  for (const auto& [level, chunk] :
+       {std::pair{1, kMiB}, std::pair{3, kMiB}, std::pair{19, kMiB}, std::pair{3, 4 * kMiB}}) {
+    auto p = Params("signer", Dir() / "inplace.img");
+    p.payload = Dir() / "inplace-payload.bin";
+    p.chunk_size = chunk;
+    p.zstd_level = level;
+    ASSERT_TRUE(CreateImage(p));
+    const auto image = Slurp(Dir() / "inplace.img");
+    const auto o = ReadAll(image, GoodTrust());
+    ASSERT_FALSE(o.error) << "level " << level << ": " << o.error->ToString();
+    EXPECT_EQ(o.payload.size(), payload.size());
+    EXPECT_TRUE(o.payload == payload) << "level " << level;
+
+    MemSource src(image, 100000);
+    ImageReader reader(src, GoodTrust(), {}, 3, ContentCheck::kDeferCompressed);
+    std::size_t count = 0;
+    std::size_t deferred = 0;
+    for (;;) {
+      auto c = reader.NextChunk();
+      ASSERT_TRUE(c) << "level " << level << ": " << c.error().ToString();
+      if (!*c) break;
+      const auto& v = **c;
+      EXPECT_TRUE(std::string_view(reinterpret_cast<const char*>(v.data.data()), v.data.size()) ==
+                  std::string_view(payload).substr(v.index * chunk, v.data.size()))
+          << "level " << level << ", chunk " << v.index;
+      deferred += v.content_checked ? 0 : 1;
+      ++count;
+    }
+    EXPECT_EQ(count, (payload.size() + chunk - 1) / chunk);
+    EXPECT_GE(deferred, chunk == kMiB ? 4U : 2U) << "level " << level;
+  }
+}
+
+// A frame that zstd decodes, but not in place in a chunk buffer: 2048 RLE
+// blocks of 32 bytes, whose 6 KiB of block headers need more room than the
+// one block of margin the buffer has (sag-image never makes such a frame).
+// Signed, it is still refused with a clear error before anything decodes it
+// (red without the margin check, which would decode it).
+TEST_F(ImageTest, AFrameThatCannotBeDecodedInPlaceIsRefused) {
+  constexpr std::size_t kSize = 65536;
+  const std::string content(kSize, 'x');
+  // Magic, single segment with a 2-byte content size (65536 - 256).
+  std::string frame = {'\x28', '\xb5', '\x2f', '\xfd', '\x60', '\x00', '\xff'};
+  for (std::uint32_t b = 0; b < 2048; ++b) {
+    const std::uint32_t h = (b == 2047 ? 1U : 0U) | (1U << 1U) | (32U << 3U);
+    for (const std::uint32_t shift : {0U, 8U, 16U}) frame.push_back(static_cast<char>(h >> shift));
+    frame.push_back('x');
+  }
+  std::string out(kSize, '\0');
+  ASSERT_EQ(ZSTD_decompress(out.data(), out.size(), frame.data(), frame.size()), kSize);
+  ASSERT_TRUE(out == content);
+
+  Spit(Dir() / "rle-payload.bin", content);
+  auto p = Params("signer", Dir() / "rle.img");
+  p.payload = Dir() / "rle-payload.bin";
+  p.chunk_size = kSize;
+  ASSERT_TRUE(CreateImage(p));
+  MemSource src(Slurp(Dir() / "rle.img"));
+  ImageReader reader(src, GoodTrust());
+  const auto h = reader.ReadHeader();
+  ASSERT_TRUE(h) << h.error().ToString();
+  auto j = nlohmann::json::parse((*h)->manifest_json);
+  ASSERT_EQ(j["chunks"].size(), 1U);
+  j["chunks"][0]["length"] = frame.size();
+  j["chunks"][0]["zsha256"] = ToHex(
+      Sha256::Of(std::span(reinterpret_cast<const std::uint8_t*>(frame.data()), frame.size())));
+  const auto o = ReadAll(SignedImage(Dir(), j.dump(), frame), GoodTrust());
+  ASSERT_TRUE(o.error.has_value()) << "a frame zstd cannot decode in place was accepted";
+  EXPECT_EQ(o.error->code(), Errc::kDecompress) << o.error->ToString();
+  EXPECT_NE(o.error->message().find("decode in place"), std::string::npos) << o.error->message();
+  EXPECT_TRUE(o.chunks.empty());
 }
 
 }  // namespace
