@@ -1312,18 +1312,10 @@ class ChunkDecoder {
     if (m_.frame_lengths.empty()) {
       SAG_TRY_STATUS(decode(0, c.size, src, where));
     } else {
-      std::uint64_t pos = 0;
-      std::uint64_t at = 0;
-      const std::size_t first = index * m_.group_frames;
-      const std::size_t end =
-          std::min<std::size_t>(first + m_.group_frames, m_.frame_lengths.size());
-      for (std::size_t f = first; f < end; ++f) {
-        const std::uint64_t len = m_.frame_lengths[f];
-        const std::uint64_t size = FrameSize(f);
-        SAG_TRY_STATUS(decode(at, size, src.subspan(pos, len), "frame " + std::to_string(f)));
-        pos += len;
-        at += size;
-      }
+      SAG_TRY_STATUS(ForEachFrame(index, [&](const Frame& f) {
+        return decode(f.at, f.size, src.subspan(f.pos, f.length),
+                      "frame " + std::to_string(f.index));
+      }));
     }
     return Unpacked{std::span<const std::uint8_t>(buf.span()).first(c.size), authenticated};
   }
@@ -1350,22 +1342,18 @@ class ChunkDecoder {
       if (m_.dict && ddict_ == nullptr) {
         return Error(Errc::kDecompress, where + ": the image's zstd dictionary is not usable");
       }
-      std::uint64_t pos = 0;
+      std::uint64_t pos = 0;  // the frames' stored and content bytes so far
       std::uint64_t at = 0;
-      const std::size_t first = index * m_.group_frames;
-      const std::size_t end =
-          std::min<std::size_t>(first + m_.group_frames, m_.frame_lengths.size());
-      for (std::size_t f = first; f < end; ++f) {
-        const auto frame = "frame " + std::to_string(f);
-        const std::uint64_t len = m_.frame_lengths[f];
-        const std::uint64_t size = FrameSize(f);
-        if (pos + len > src.size() || at + size > c.size) {
+      SAG_TRY_STATUS(ForEachFrame(index, [&](const Frame& f) -> Status {
+        const auto frame = "frame " + std::to_string(f.index);
+        if (f.pos + f.length > src.size() || f.at + f.size > c.size) {
           return Error(Errc::kManifestLimits, frame + " does not fit its group");
         }
-        SAG_TRY_STATUS(CheckFrame(src.subspan(pos, len), size, frame));
-        pos += len;
-        at += size;
-      }
+        SAG_TRY_STATUS(CheckFrame(src.subspan(f.pos, f.length), f.size, frame));
+        pos = f.pos + f.length;
+        at = f.at + f.size;
+        return Ok();
+      }));
       if (pos != c.length || at != c.size) {
         return Error(Errc::kManifestLimits, where + ": its frames do not add up to the group");
       }
@@ -1386,8 +1374,32 @@ class ChunkDecoder {
     return buffers_[index % buffers_.size()].span().subspan(capacity_ - c.length, c.length);
   }
 
-  [[nodiscard]] std::uint64_t FrameSize(std::size_t f) const {
-    return f + 1 < m_.frame_lengths.size() ? m_.frame_size : m_.payload_size - f * m_.frame_size;
+  // Format 4: a frame of a group, where it is among the group's stored
+  // bytes (pos, length) and in its content (at, size).
+  struct Frame {
+    std::size_t index = 0;
+    std::uint64_t pos = 0;
+    std::uint64_t length = 0;
+    std::uint64_t at = 0;
+    std::uint64_t size = 0;
+  };
+
+  // Calls `fn` (returning a Status) for each frame of group `index`, in
+  // order, up to the first error.
+  template <typename Fn>
+  Status ForEachFrame(std::size_t index, const Fn& fn) const {
+    Frame f;
+    const std::size_t first = index * m_.group_frames;
+    const std::size_t end = std::min<std::size_t>(first + m_.group_frames, m_.frame_lengths.size());
+    for (f.index = first; f.index < end; ++f.index) {
+      f.length = m_.frame_lengths[f.index];
+      f.size = f.index + 1 < m_.frame_lengths.size() ? m_.frame_size
+                                                     : m_.payload_size - f.index * m_.frame_size;
+      SAG_TRY_STATUS(fn(std::as_const(f)));
+      f.pos += f.length;
+      f.at += f.size;
+    }
+    return Ok();
   }
 
   // One zstd frame exactly as sag-image writes it: single segment, content
