@@ -1219,9 +1219,10 @@ namespace {
 // bytes at the end of the buffer towards the start (ZSTD_decompressionMargin),
 // so no separate buffer holds the compressed bytes. Room for the largest
 // chunk, one block of margin, and each frame's header and 3 bytes per block,
-// counted for blocks of 512 bytes (zstd's block splitter makes them smaller
-// than 128 KiB, never that small); and at least the largest stored chunk.
-// For 1 MiB chunks: 1 MiB + 136 KiB.
+// counted for blocks of 512 bytes (zstd's block splitter makes blocks
+// smaller than 128 KiB; Check refuses a frame that needs more room than
+// this); and at least the largest stored chunk. For 1 MiB chunks:
+// 1 MiB + 136 KiB.
 std::size_t InPlaceCapacity(const Manifest& m) {
   static_assert(ZSTD_VERSION_NUMBER >= 10504, "in-place decoding needs zstd 1.5.4");
   const std::uint64_t frame = m.frame_lengths.empty() ? m.chunk_size : m.frame_size;
