@@ -906,7 +906,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // time on file, loop and tmpfs slots (medians of per-pair ratios against
   // two buffers, docs/device-upgrade.md). Each buffer is a chunk and the
   // room to decode one in place (1 MiB + 136 KiB), and no buffer holds
-  // compressed bytes: peak RSS 15.1-15.4 MiB (15.5-15.9 MiB with a separate
+  // compressed bytes: peak RSS 15.0-15.3 MiB (15.5-15.9 MiB with a separate
   // compressed buffer).
   constexpr std::size_t kBuffers = 3;
   // A chunk that holds a compressed block is refused unless its compressed

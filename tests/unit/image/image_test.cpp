@@ -933,7 +933,7 @@ TEST_F(ImageTest, ThreadedReaderKeepsChunksValidForItsBuffers) {
 // place). A chunk whose content is deferred to the caller comes without a
 // read-ahead: the gate was last asked for it, not for the next
 // one (red with the read-ahead back). A gate that says stop fails the read
-// with kCancelled before that chunk is decoded.
+// with kCancelled before that chunk is read.
 TEST_F(ImageTest, BufferGateIsAskedBeforeEachDecodeAndDeferredChunksAreNotReadAhead) {
   const auto [payload, image] = MixedImage(Dir(), Params("signer", Dir() / "big.img"));
   MemSource src(image, 100000);
