@@ -1269,28 +1269,12 @@ class ChunkDecoder {
     return Stored(c, index);
   }
 
-  struct Unpacked {
-    std::span<const std::uint8_t> data;
-    // Held a compressed block and zsha256 was checked: the content is
-    // authenticated already. Always false in formats 3 and 4 (no per-frame
-    // zsha256): the caller checks every chunk's content.
-    bool compressed = false;
-  };
-
-  // Checks the frame(s) read into InputFor(c, index) and decodes them in
-  // place. The caller checks the decoded bytes against c.sha256 unless
-  // `compressed` (their compressed bytes matched the signed zsha256).
-  Expected<Unpacked> Unpack(const Chunk& c, std::size_t index) {
+  // Decodes chunk `index` in place, from the stored bytes read into
+  // InputFor(c, index), once Check passed (and, if it asked for it, the
+  // stored bytes matched the signed zsha256).
+  Expected<std::span<const std::uint8_t>> Decode(const Chunk& c, std::size_t index) {
     const auto where = "chunk " + std::to_string(index);
     const auto src = Stored(c, index);
-    SAG_TRY(const bool authenticated, Check(c, index));
-    if (authenticated) {
-      if (const auto z = Sha256::Of(src); z != c.zsha256) {
-        return Error(Errc::kChunkHashMismatch, where + ": compressed SHA-256 " + ToHex(z) +
-                                                   " does not match the signed " +
-                                                   ToHex(c.zsha256) + "; the image is corrupt");
-      }
-    }
     auto& buf = buffers_[index % buffers_.size()];
     // zstd 1.5.4 and later keep a block's output and its literals short of
     // input not read yet when the whole buffer is given as the output.
@@ -1318,16 +1302,17 @@ class ChunkDecoder {
                       "frame " + std::to_string(f.index));
       }));
     }
-    return Unpacked{std::span<const std::uint8_t>(buf.span()).first(c.size), authenticated};
+    return std::span<const std::uint8_t>(buf.span()).first(c.size);
   }
 
- private:
-  // Chunk `index`'s frame(s), before anything decodes them: each one
-  // canonical zstd frame of exactly its size, that zstd can decode in place
-  // in the buffer. Returns whether the chunk's compressed bytes are to be
-  // checked against its signed zsha256 (a compressed block in a format 1-2
-  // image): then the decoded content is the caller's to check.
-  Expected<bool> Check(const Chunk& c, std::size_t index) {
+  // Chunk `index`'s frame(s), read into InputFor(c, index), before anything
+  // decodes them: each one canonical zstd frame of exactly its size, that
+  // zstd can decode in place in the buffer. Returns the stored bytes if they
+  // are to be checked against the chunk's signed zsha256 before Decode (a
+  // compressed block in a format 1-2 image: the decoded content is then
+  // authenticated, and the caller's to check), else nothing: the caller
+  // checks the decoded bytes against c.sha256.
+  Expected<std::optional<std::span<const std::uint8_t>>> Check(const Chunk& c, std::size_t index) {
     const auto where = "chunk " + std::to_string(index);
     const auto src = Stored(c, index);
     bool authenticated = false;
@@ -1368,9 +1353,11 @@ class ChunkDecoder {
                        "made by sag-image (" + std::to_string(capacity_ - c.size) +
                        " bytes); the image is corrupt");
     }
-    return authenticated;
+    using Bytes = std::optional<std::span<const std::uint8_t>>;
+    return authenticated ? Bytes(src) : Bytes();
   }
 
+ private:
   std::span<std::uint8_t> Stored(const Chunk& c, std::size_t index) {
     return buffers_[index % buffers_.size()].span().subspan(capacity_ - c.length, c.length);
   }
@@ -1450,9 +1437,11 @@ class ChunkDecoder {
   std::vector<AlignedBuffer> buffers_;
 };
 
-// Hashes decoded chunks on a second core, in the order they are submitted,
-// so that the next chunk is read and decompressed meanwhile. At most two
-// chunks are in flight. Small chunks are hashed inline.
+// Hashes on a second core, in the order submitted, so that this one reads
+// and decodes meanwhile: a chunk's stored bytes before it is decoded, or its
+// decoded content. Each Submit returns a ticket to Take its digest with, in
+// any order; at most kSlots are submitted and not taken (ChunkPipeline has
+// two at most). Small chunks are hashed inline.
 class ChunkHasher {
  public:
   ChunkHasher(bool parallel, StageTimes* times) : inline_(!parallel), times_(times) {}
@@ -1467,8 +1456,10 @@ class ChunkHasher {
   ChunkHasher(const ChunkHasher&) = delete;
   ChunkHasher& operator=(const ChunkHasher&) = delete;
 
+  static constexpr std::size_t kSlots = 4;
+
   // `data` must stay untouched until Take() returned its digest.
-  void Submit(std::span<const std::uint8_t> data) {
+  std::uint64_t Submit(std::span<const std::uint8_t> data) {
     if (!inline_ && !thread_.joinable()) {
       try {
         thread_ = std::thread([this] { Run(); });
@@ -1477,22 +1468,23 @@ class ChunkHasher {
       }
     }
     const std::lock_guard lock(mu_);
+    const std::uint64_t ticket = submitted_++;
     if (inline_) {
       const StageTimer timer(times_, Stage::kHash);
-      digests_[submitted_ % 2] = Sha256::Of(data);
+      digests_[ticket % kSlots] = Sha256::Of(data);
       ++done_;
     } else {
-      pending_[submitted_ % 2] = data;
+      pending_[ticket % kSlots] = data;
     }
-    ++submitted_;
     cv_.notify_all();
+    return ticket;
   }
 
-  // The digest of the oldest submitted chunk not taken yet.
-  Digest Take() {
+  // The digest of what Submit returned `ticket` for.
+  Digest Take(std::uint64_t ticket) {
     std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return done_ > taken_; });
-    return digests_[taken_++ % 2];
+    cv_.wait(lock, [&] { return done_ > ticket; });
+    return digests_[ticket % kSlots];
   }
 
  private:
@@ -1501,7 +1493,7 @@ class ChunkHasher {
     for (;;) {
       cv_.wait(lock, [&] { return stop_ || done_ < submitted_; });
       if (done_ == submitted_) return;  // stopped
-      const auto data = pending_[done_ % 2];
+      const auto data = pending_[done_ % kSlots];
       lock.unlock();
       Digest digest{};
       {
@@ -1509,18 +1501,17 @@ class ChunkHasher {
         digest = Sha256::Of(data);
       }
       lock.lock();
-      digests_[done_++ % 2] = digest;
+      digests_[done_++ % kSlots] = digest;
       cv_.notify_all();
     }
   }
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::array<std::span<const std::uint8_t>, 2> pending_{};
-  std::array<Digest, 2> digests_{};
+  std::array<std::span<const std::uint8_t>, kSlots> pending_{};
+  std::array<Digest, kSlots> digests_{};
   std::uint64_t submitted_ = 0;
   std::uint64_t done_ = 0;
-  std::uint64_t taken_ = 0;
   bool stop_ = false;
   bool inline_;
   StageTimes* times_;
@@ -1529,12 +1520,16 @@ class ChunkHasher {
 
 // Yields the chunks from `first` on, each only once its SHA-256 matched the
 // signed one (with ContentCheck::kDeferCompressed, a chunk holding a
-// compressed block once its compressed bytes' SHA-256 matched). While chunk i
-// is hashed on the second core, chunk i+1 is read and decompressed on this
-// one, so verifying runs at about the speed of one SHA-256 pass. A fault in
-// chunk i+1 is reported when chunk i+1 is asked for. A chunk not hashed here
-// (deferred) has nothing to wait for: it is yielded without reading ahead,
-// so that the caller can use it (write it) while the next one is decoded.
+// compressed block once its compressed bytes' SHA-256 matched). The hashing
+// runs on the second core while this one reads and decodes: while chunk i's
+// content is hashed, chunk i+1 is read and (unless compressed) decoded; while
+// chunk i is decompressed, chunk i+1 is read and its compressed bytes are
+// hashed. So verifying runs at about the speed of one SHA-256 pass, or of
+// zstd alone. A fault in chunk i+1 found while chunk i was asked for is
+// reported when chunk i+1 is asked for. A chunk whose content is not hashed
+// here (deferred) has nothing to wait for once decoded: it is yielded at
+// once, so that the caller can use it (write it) while the next one is
+// decoded.
 class ChunkPipeline {
  public:
   // `stored` (optional) is fed every chunk's compressed bytes in order.
@@ -1556,37 +1551,52 @@ class ChunkPipeline {
   Expected<std::optional<ChunkView>> Next() {
     if (next_ >= m_.chunks.size()) return std::optional<ChunkView>();
     const std::size_t i = next_;
-    auto loaded = ahead_ ? std::move(*ahead_) : Load(i);
-    ahead_.reset();
-    if (!loaded) return loaded.error();
-    if (loaded->hashed && i + 1 < m_.chunks.size()) ahead_ = Load(i + 1);
-    const Chunk& c = m_.chunks[i];
-    if (loaded->hashed) {
-      if (const auto digest = hasher_.Take(); digest != c.sha256) {
+    const bool more = i + 1 < m_.chunks.size();
+    Slot& cur = slots_.at(i % 2);
+    Slot& ahead = slots_.at((i + 1) % 2);
+    if (cur.error) return *cur.error;
+    if (!cur.fetched) SAG_TRY_STATUS(Fetch(i, cur));
+    if (!cur.decoded) {
+      // Compressed: the next chunk's stored bytes are hashed meanwhile.
+      if (cur.stored_ticket && more) Ahead(i + 1, ahead, false);
+      SAG_TRY_STATUS(Decode(i, cur));
+    }
+    if (cur.content_ticket) {
+      if (more) Ahead(i + 1, ahead, true);
+      const Chunk& c = m_.chunks[i];
+      if (const auto digest = hasher_.Take(*cur.content_ticket); digest != c.sha256) {
         return Error(Errc::kChunkHashMismatch, "chunk " + std::to_string(i) + ": SHA-256 " +
                                                    ToHex(digest) + " does not match the signed " +
                                                    ToHex(c.sha256) + "; the image is corrupt");
       }
     }
+    const ChunkView view{i, cur.data, cur.content_ticket.has_value()};
+    cur = Slot{};
     ++next_;
-    return std::optional<ChunkView>(ChunkView{i, loaded->data, loaded->hashed});
+    return std::optional<ChunkView>(view);
   }
 
  private:
   static constexpr std::uint64_t kParallelMin = 64U << 10U;
 
-  struct Loaded {
-    std::span<const std::uint8_t> data;
-    bool hashed = true;  // its content's digest is in the hasher's queue
+  // A chunk on its way: read (its frames checked), then decoded.
+  struct Slot {
+    bool fetched = false;
+    bool decoded = false;
+    // Its stored bytes' digest, to match zsha256 before it is decoded.
+    std::optional<std::uint64_t> stored_ticket;
+    // Its content's digest, to match sha256 before it is yielded.
+    std::optional<std::uint64_t> content_ticket;
+    std::span<const std::uint8_t> data;  // decoded
+    std::optional<Error> error;          // found ahead, reported when it is asked for
   };
 
-  // Reads and decodes chunk i (in place: its compressed bytes are gone
-  // once it is decoded, so the whole-frames hash is fed before) and hands it
-  // to the hasher (unless its compressed bytes were checked and the caller
-  // checks the content).
-  Expected<Loaded> Load(std::size_t i) {
+  // Reads chunk i into the end of its buffer (the buffer chunk i - buffers
+  // was yielded in) and checks its frames; hands its stored bytes to the
+  // hasher if they are to match zsha256. The whole-frames hash is fed here,
+  // in order, as decoding in place overwrites them.
+  Status Fetch(std::size_t i, Slot& slot) {
     const Chunk& c = m_.chunks[i];
-    // Chunk i is read into the buffer chunk i - buffers was yielded in.
     if (gate_ && !gate_(i)) return Error(Errc::kCancelled, "stopped");
     SAG_TRY(const auto buf, decoder_.InputFor(c, i));
     SAG_TRY_STATUS([&] {
@@ -1594,13 +1604,48 @@ class ChunkPipeline {
       return in_.Read(buf, "chunk " + std::to_string(i));
     }());
     if (stored_ != nullptr) stored_->Update(buf);
-    SAG_TRY(const auto unpacked, [&] {
+    SAG_TRY(const auto stored, [&] {
       const StageTimer timer(times_, Stage::kDecompress);
-      return decoder_.Unpack(c, i);
+      return decoder_.Check(c, i);
     }());
-    const bool hash = !unpacked.compressed || check_ == ContentCheck::kEveryChunk;
-    if (hash) hasher_.Submit(unpacked.data);
-    return Loaded{unpacked.data, hash};
+    slot.fetched = true;
+    if (stored) slot.stored_ticket = hasher_.Submit(*stored);
+    return Ok();
+  }
+
+  // Decodes chunk i once its stored bytes matched zsha256 (if they were to),
+  // and hands its content to the hasher unless the caller checks it.
+  Status Decode(std::size_t i, Slot& slot) {
+    const Chunk& c = m_.chunks[i];
+    const bool authenticated = slot.stored_ticket.has_value();
+    if (authenticated) {
+      if (const auto z = hasher_.Take(*slot.stored_ticket); z != c.zsha256) {
+        return Error(Errc::kChunkHashMismatch, "chunk " + std::to_string(i) +
+                                                   ": compressed SHA-256 " + ToHex(z) +
+                                                   " does not match the signed " +
+                                                   ToHex(c.zsha256) + "; the image is corrupt");
+      }
+    }
+    SAG_TRY(slot.data, [&] {
+      const StageTimer timer(times_, Stage::kDecompress);
+      return decoder_.Decode(c, i);
+    }());
+    slot.decoded = true;
+    if (!authenticated || check_ == ContentCheck::kEveryChunk) {
+      slot.content_ticket = hasher_.Submit(slot.data);
+    }
+    return Ok();
+  }
+
+  // Takes chunk i as far as it can go without waiting for the hasher: read,
+  // and with `decode` decoded too unless it is compressed. What fails is
+  // kept for when chunk i is asked for.
+  void Ahead(std::size_t i, Slot& slot, bool decode) {
+    if (slot.error) return;
+    Status st = Ok();
+    if (!slot.fetched) st = Fetch(i, slot);
+    if (st && decode && !slot.decoded && !slot.stored_ticket) st = Decode(i, slot);
+    if (!st) slot.error = std::move(st).error();
   }
 
   Input& in_;
@@ -1611,7 +1656,7 @@ class ChunkPipeline {
   StageTimes* times_;
   ContentCheck check_;
   std::size_t next_;
-  std::optional<Expected<Loaded>> ahead_;
+  std::array<Slot, 2> slots_;
   BufferGate gate_;
 };
 
