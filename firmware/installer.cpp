@@ -134,7 +134,7 @@ Status ReadBackChunk(const JobRecord& record, const image::Manifest& m, platform
       medium, times));
   if (written_crc ? crc != *written_crc : sha.Final() != c.sha256) {
     auto e = ReadBackMismatch(record, slot, index, offset);
-    return medium ? e.WithContext("read from the medium after it was synced") : e;
+    return medium ? e.WithContext("read from the medium") : e;
   }
   return Ok();
 }
@@ -1000,11 +1000,14 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     bool compared = false;  // the writer read it back already
   };
   // boot.read_back: medium reads every chunk back from the medium (O_DIRECT)
-  // once a checkpoint's sync covered it, on kMediumThreads threads beside the
-  // writer, instead of from the page cache: the read-back before the trial
-  // boot (StepVerify) then has nothing left to read, and the install reads
-  // the slot once, not twice. The writer neither compares nor waits for
-  // it; a checkpoint is recorded once the read-back passed it.
+  // as soon as it is written, on kMediumThreads threads beside the writer,
+  // instead of from the page cache: the read-back before the trial boot
+  // (StepVerify) then has nothing left to read, and the install reads the
+  // slot once, not twice. The writer neither compares nor waits for it; a
+  // checkpoint is recorded once its sync returned and the read-back passed
+  // it. (Reading after the sync instead made the last checkpoint's chunks,
+  // up to a third of a 256 MiB slot, wait for the last sync and then be
+  // read back alone: 0.07 s of a 0.3 s install on a loop slot.)
   const bool medium = options_.read_back == InstallerOptions::ReadBack::kMedium;
   // Chunks read back before a cut: from the medium only if the journal says
   // so (a job started with boot.read_back: cache, an older agent's record).
@@ -1015,14 +1018,14 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // reader checked (every raw chunk), taken by the writer from the buffer it
   // writes; its read-back checks that CRC instead of a second SHA-256 pass
   // (ReadBackChunk). Other chunks (decompressed, written before a cut) are
-  // hashed against the manifest. Set before the checkpoint that covers the
-  // chunk is queued, read once a sync covered it.
+  // hashed against the manifest. Set before the writer counts the chunk
+  // in on_slot, read once it is.
   std::vector<std::optional<std::uint32_t>> written_crc(medium ? m.chunks.size() : 0);
   BoundedQueue<std::uint64_t> checkpoints(2);  // chunk counts
   std::mutex verified_mu;
   std::condition_variable verified_cv;
   std::uint64_t verified = first_unverified;  // guarded by verified_mu
-  std::uint64_t synced = record.next_chunk;   // guarded by verified_mu: on stable storage below
+  std::uint64_t on_slot = record.next_chunk;  // guarded by verified_mu: written to the slot below
   // guarded by verified_mu: per medium thread, the first chunk of its share not read back yet
   std::array<std::uint64_t, kMediumThreads> medium_next{};
   for (std::size_t t = 0; t < kMediumThreads; ++t) medium_next.at(t) = first_unverified + t;
@@ -1082,7 +1085,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         for (std::uint64_t i = first_unverified + t; i < total; i += kMediumThreads) {
           {
             std::unique_lock lock(verified_mu);
-            verified_cv.wait(lock, [&] { return stopped || synced > i; });
+            verified_cv.wait(lock, [&] { return stopped || on_slot > i; });
             if (stopped) return;
           }
           auto st = ReadBackChunk(record, m, *slot, i, piece.span(), true, &times, written_crc[i]);
@@ -1120,8 +1123,6 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
       }();
       if (st) {
         std::unique_lock lock(verified_mu);
-        synced = std::max(synced, *upto);
-        verified_cv.notify_all();
         verified_cv.wait(lock, [&] { return stopped || verified >= *upto; });
         if (verified < *upto) return;  // the read-back failed
       }
@@ -1165,7 +1166,13 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         stop_all();
         return;
       }
-      if (!medium) {
+      if (medium) {
+        {
+          const std::lock_guard lock(verified_mu);
+          on_slot = block->index + 1;
+        }
+        verified_cv.notify_all();
+      } else {
         if (block->content_checked) {
           if (auto st = CompareBack(record, *slot, block->index, at, block->data, piece, &times);
               !st) {
