@@ -91,9 +91,9 @@ Status ReadBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64
 }
 
 // Reads a chunk just written back from the slot and compares it with the
-// bytes written, which are the bytes whose hash matched the signed manifest:
-// as good a check as hashing the slot's bytes, for a copy and a compare
-// instead of a SHA-256 pass.
+// bytes written, which were authenticated before the write (see
+// ReadBackChunk): as good a check as hashing the slot's bytes, for a copy
+// and a compare instead of a SHA-256 pass.
 Status CompareBack(const JobRecord& record, platform::SlotDevice& slot, std::uint64_t index,
                    std::uint64_t offset, std::span<const std::uint8_t> data,
                    std::span<std::uint8_t> piece, StageTimes* times) {
@@ -108,11 +108,14 @@ Status CompareBack(const JobRecord& record, platform::SlotDevice& slot, std::uin
 // Reads chunk `index` back from the slot and checks it against the signed
 // manifest: what boots next is what was verified, not what was sent to the
 // device. With `written_crc`, the CRC-32C of the buffer the chunk was written
-// from, whose SHA-256 matched the signed one before the write: a chunk that
-// reads back with that CRC holds those bytes, unless the medium changed them
-// into others with the same CRC (a chance of 2^-32 for random damage, none
-// for a burst of up to 32 bits). Not a defence against someone who can write
-// the slot: they could as well change it after the read-back.
+// from, whose bytes were authenticated before the write: their SHA-256
+// matched the signed sha256 (a raw chunk), or zstd decoded them from stored
+// bytes whose SHA-256 matched the signed zsha256 (a compressed one; zstd's
+// output is a function of its input). A chunk that reads back with that CRC
+// holds those bytes, unless the medium changed them into others with the
+// same CRC (a chance of 2^-32 for random damage, none for a burst of up to
+// 32 bits). Not a defence against someone who can write the slot: they
+// could as well change it after the read-back.
 Status ReadBackChunk(const JobRecord& record, const image::Manifest& m, platform::SlotDevice& slot,
                      std::uint64_t index, std::span<std::uint8_t> piece, bool medium = false,
                      StageTimes* times = nullptr,
@@ -910,11 +913,12 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   // compressed buffer).
   constexpr std::size_t kBuffers = 3;
   // A chunk that holds a compressed block is refused unless its compressed
-  // bytes match their signed hash (before it is decompressed or written), but
-  // its decompressed content is not hashed here: the read-back below checks
-  // every chunk's content against its signed hash, from the slot, before
-  // anything can boot it. Hashing it here too would check the decompressor
-  // twice, for a third of a compressible install's CPU time.
+  // bytes match their signed hash (zsha256, before it is decompressed or
+  // written); its decompressed content, which zstd derives from those
+  // bytes, is not hashed a second time (a third of a compressible install's
+  // CPU time). Every chunk this run writes is thus authenticated in memory
+  // before the write, raw or compressed, and read back against the buffer
+  // it was written from (see the read-back below).
   constexpr auto kContentCheck = image::ContentCheck::kDeferCompressed;
   std::optional<image::ImageReader> image_reader;
   std::optional<image::ChunkReader> chunk_reader;
@@ -966,7 +970,6 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   struct Block {
     std::size_t index = 0;
     std::span<const std::uint8_t> data;
-    bool content_checked = true;
   };
   BoundedQueue<Block> full_blocks(kBuffers - 1);
   std::mutex released_mu;
@@ -978,26 +981,26 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     released_cv.wait(lock, [&] { return released_stop || released + kBuffers > index; });
     return released + kBuffers > index;
   };
-  // Every chunk is read back from the slot before the journal counts it.
-  // A chunk whose content the reader checked (every raw chunk) the writer
-  // reads back at once and compares with the buffer it wrote from. A chunk
-  // whose content is not checked yet (a decompressed one, see kContentCheck)
-  // a read-back thread behind the writer reads back and hashes against the
-  // manifest; so does it every chunk written before a cut but not yet read
-  // back. A checkpoint thread syncs the slot at each checkpoint and records
-  // it in the journal once the read-back passed it too: the journal says
-  // "chunk k is done" only once the slot's bytes below k are on stable
-  // storage and read back right. Neither thread holds a chunk buffer, and a
-  // sync never holds up the read-back. One checkpoint at a time: while one
-  // runs, the writer does not queue another but goes on, and starts the next
-  // with the first chunk after it finished (checkpoint_bytes after the last
-  // one at least). So the writer never waits for a sync, however slow, and
-  // the disk always has writes queued and a flush under way (a virtual
-  // disk's host persists only when flushed). Bounded: the read-back may lag
-  // kReadBackLag chunks; a slower read-back slows the writer.
+  // Every chunk is read back from the slot before the journal counts it,
+  // and checked against the bytes it was written from, which were
+  // authenticated before the write (kContentCheck); a chunk written before a
+  // cut, whose buffer is gone, is hashed against the manifest instead. With
+  // boot.read_back: cache the writer reads each chunk back from the page
+  // cache at once and compares; a read-back thread behind it hashes the
+  // chunks written before a cut. A checkpoint thread syncs the slot at each
+  // checkpoint and records it in the journal once the read-back passed it
+  // too: the journal says "chunk k is done" only once the slot's bytes below
+  // k are on stable storage and read back right. Neither thread holds a
+  // chunk buffer, and a sync never holds up the read-back. One checkpoint at
+  // a time: while one runs, the writer does not queue another but goes on,
+  // and starts the next with the first chunk after it finished
+  // (checkpoint_bytes after the last one at least). So the writer never
+  // waits for a sync, however slow, and the disk always has writes queued
+  // and a flush under way (a virtual disk's host persists only when
+  // flushed). Bounded: the read-back may lag kReadBackLag chunks; a slower
+  // read-back slows the writer.
   struct Written {
     std::uint64_t index = 0;
-    bool compared = false;  // the writer read it back already
   };
   // boot.read_back: medium reads every chunk back from the medium (O_DIRECT)
   // as soon as it is written, on kMediumThreads threads beside the writer,
@@ -1014,11 +1017,10 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
   const std::uint64_t first_unverified =
       medium && !record.verified_medium ? 0 : record.verified_chunk;
   BoundedQueue<Written> written(kReadBackLag);
-  // With medium: the CRC-32C of each chunk this run wrote whose content the
-  // reader checked (every raw chunk), taken by the writer from the buffer it
-  // writes; its read-back checks that CRC instead of a second SHA-256 pass
-  // (ReadBackChunk). Other chunks (decompressed, written before a cut) are
-  // hashed against the manifest. Set before the writer counts the chunk
+  // With medium: the CRC-32C of each chunk this run wrote, taken by the
+  // writer from the buffer it writes; its read-back checks that CRC instead
+  // of a second SHA-256 pass (ReadBackChunk). Chunks written before a cut
+  // are hashed against the manifest. Set before the writer counts the chunk
   // in on_slot, read once it is.
   std::vector<std::optional<std::uint32_t>> written_crc(medium ? m.chunks.size() : 0);
   BoundedQueue<std::uint64_t> checkpoints(2);  // chunk counts
@@ -1058,7 +1060,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
       std::uint64_t next = record.verified_chunk;
       while (auto chunk = written.Pop()) {
         for (; next <= chunk->index; ++next) {
-          const bool compared = next == chunk->index && chunk->compared;  // by the writer
+          const bool compared = next >= start_chunk;  // by the writer
           if (auto st =
                   compared ? Ok() : ReadBackChunk(record, m, *slot, next, piece, false, &times);
               !st) {
@@ -1152,7 +1154,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
     auto last_checkpoint = std::chrono::steady_clock::now();
     while (auto block = full_blocks.Pop()) {
       const std::uint64_t at = block->index * m.chunk_size;
-      if (medium && block->content_checked) {
+      if (medium) {
         const StageTimer timer(&times, Stage::kCrc);
         written_crc[block->index] = Crc32c(block->data);
       }
@@ -1173,15 +1175,13 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         }
         verified_cv.notify_all();
       } else {
-        if (block->content_checked) {
-          if (auto st = CompareBack(record, *slot, block->index, at, block->data, piece, &times);
-              !st) {
-            write_error = std::move(st).error();
-            stop_all();
-            return;
-          }
+        if (auto st = CompareBack(record, *slot, block->index, at, block->data, piece, &times);
+            !st) {
+          write_error = std::move(st).error();
+          stop_all();
+          return;
         }
-        if (!written.Push(Written{block->index, block->content_checked})) return;  // failed
+        if (!written.Push(Written{block->index})) return;  // failed
       }
       since_checkpoint += block->data.size();
       const bool last = block->index + 1 == m.chunks.size();
@@ -1218,7 +1218,7 @@ Status DeviceInstaller::StepWrite(JobRecord& record) {
         return;
       }
       if (!*chunk) return;
-      if (!full_blocks.Push(Block{(*chunk)->index, (*chunk)->data, (*chunk)->content_checked})) {
+      if (!full_blocks.Push(Block{(*chunk)->index, (*chunk)->data})) {
         return;
       }
     }

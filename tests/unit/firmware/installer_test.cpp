@@ -843,8 +843,9 @@ TEST_F(DeviceInstallerTest, ASlowWriteKeepsItsRawChunkWhileTheNextIsRead) {
 
 // Every chunk is read back beside the writer: a slot that does not return
 // what was written fails the job before the trial boot is set, and the slot
-// stays unbootable. Raw chunks (v101, random data) the writer compares with
-// the bytes it wrote; compressed ones (text) the read-back thread hashes.
+// stays unbootable. Raw chunks (v101, random data) and compressed ones
+// (text) alike: read back from the medium and checked against the CRC-32C of
+// the buffer each was written from.
 TEST_F(DeviceInstallerTest, ReadBackMismatchFailsBeforeTheTrialBoot) {
   for (const std::string image : {"v101", "text"}) {
     SCOPED_TRACE(image);
@@ -867,9 +868,9 @@ TEST_F(DeviceInstallerTest, ReadBackMismatchFailsBeforeTheTrialBoot) {
 
 // Slot B on a medium that lies (tools/powerloss, kernel page cache on): it
 // acknowledges the writes to a range of chunk 3 and keeps nothing, while
-// the page cache shows them. The read-back while writing reads the cache and
-// passes; the read-back from the medium after the final sync catches it,
-// before the trial boot is set. Red with boot.read_back: cache.
+// the page cache shows them. A read-back from the page cache passes; the
+// read-back from the medium beside the write catches it, before the trial
+// boot is set. Red with boot.read_back: cache.
 TEST_F(DeviceInstallerTest, LyingMediumIsCaughtBeforeTheTrialBoot) {
   fs::create_directories(dir_ / "medium");
   fs::create_directories(dir_ / "mnt");
@@ -948,11 +949,16 @@ TEST_F(DeviceInstallerTest, ResumeWithMediumRereadsChunksReadFromTheCache) {
   EXPECT_EQ(Reboot(), Slot::kA);
 }
 
-// The reader checks compressed chunks by their compressed bytes only; their
-// content is checked by the read-back. An image whose decompressed chunk does
-// not match its signed content hash (what a decompressor fault would give)
-// fails the job before the trial boot, and nothing boots it.
-TEST_F(DeviceInstallerTest, CompressedChunkWithWrongContentFailsAtReadBack) {
+// A compressed chunk is authenticated by its compressed bytes (zsha256)
+// before zstd decodes it, and read back against the CRC-32C of the buffer it
+// was written from: its content is not hashed again, on the device or on
+// the read-back. A signed manifest whose content hash for such a chunk
+// disagrees with its compressed bytes (a signer's fault) is refused where
+// every content hash is checked, by a reader with ContentCheck::kEveryChunk
+// (the cloud's repository indexes images with one, so no device is sent
+// it); the installer writes what the signed compressed bytes decode to.
+// Red with the read-back hashing decoded chunks again (ReadBackMismatch).
+TEST_F(DeviceInstallerTest, CompressedChunkIsCheckedByItsCompressedBytes) {
   const auto good = g_images->Image("text");
   const auto bytes = *ReadFile(good);
   auto src = image::FileSource::Open(good);
@@ -971,15 +977,30 @@ TEST_F(DeviceInstallerTest, CompressedChunkWithWrongContentFailsAtReadBack) {
   const auto bad = dir_ / "bad-content.sagimg";
   ASSERT_TRUE(image::WriteContainer(bad, j.dump(), *sig, zst));
 
+  {
+    auto whole = image::FileSource::Open(bad);
+    ASSERT_TRUE(whole);
+    image::Trust trust;
+    trust.root_ca = g_images->Root();
+    image::ImageReader reader(**whole, trust);
+    std::size_t chunks = 0;
+    for (;; ++chunks) {
+      auto c = reader.NextChunk();
+      if (!c) {
+        EXPECT_EQ(c.error().code(), Errc::kChunkHashMismatch) << c.error().ToString();
+        break;
+      }
+      ASSERT_TRUE(*c) << "every content hash checked, and the image passed";
+    }
+    EXPECT_EQ(chunks, 2U);
+  }
+
   auto r = MakeInstaller()->Start(JobSpec{"content", bad.string(), false, true});
   ASSERT_TRUE(r) << r.error().ToString();
-  EXPECT_EQ(r->state, JobState::kFailed);
-  ASSERT_TRUE(r->error);
-  EXPECT_EQ(r->error->code(), Errc::kReadBackMismatch) << r->error->ToString();
-  EXPECT_NE(r->error->message().find("chunk 2 "), std::string::npos) << r->error->ToString();
-  EXPECT_EQ(rebooter_.requests, 0);
-  EXPECT_EQ(boot_.ReadState()->b_left, 0);
-  EXPECT_EQ(Reboot(), Slot::kA);
+  ASSERT_EQ(r->state, JobState::kRebooting) << (r->error ? r->error->ToString() : "");
+  const auto slot = ReadFile(dir_ / "slot-b");
+  ASSERT_TRUE(slot);
+  EXPECT_EQ(slot->substr(0, g_images->text().size()), g_images->text());
 }
 
 // A journal without verified_chunk (an older agent's, or one whose read-back
