@@ -126,6 +126,11 @@ std::optional<Clock::time_point> ParseIsoTimestamp(std::string_view text) {
   tm.tm_sec = second;
   const std::time_t t = timegm(&tm);
   if (t == static_cast<std::time_t>(-1) || tm.tm_mday != day) return std::nullopt;  // 31 Feb
+  // The clock counts nanoseconds in 64 bits, up to the year 2262: a later
+  // time does not fit it (converting it would overflow).
+  if (t >= std::chrono::duration_cast<std::chrono::seconds>(Clock::duration::max()).count()) {
+    return std::nullopt;
+  }
   return Clock::from_time_t(t);
 }
 
