@@ -1,11 +1,13 @@
 #include "platform/file_slot_device.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -33,10 +35,20 @@ Expected<std::uint64_t> SizeOf(int fd, const std::filesystem::path& path) {
                "slot device " + path.string() + " is neither a block device nor a regular file");
 }
 
+// True when every byte of `data` is zero: the first 16 bytes, then the rest
+// against the bytes 16 before it (a non-zero chunk is told apart at once).
+bool AllZero(std::span<const std::uint8_t> data) {
+  constexpr std::size_t kHead = 16;
+  if (data.size() < kHead) return false;
+  static constexpr std::array<std::uint8_t, kHead> kZeros{};
+  return std::memcmp(data.data(), kZeros.data(), kHead) == 0 &&
+         std::memcmp(data.data(), data.data() + kHead, data.size() - kHead) == 0;
+}
+
 class FileSlotWriter : public SlotWriter {
  public:
-  FileSlotWriter(int fd, int direct_fd, std::uint64_t size, std::filesystem::path path)
-      : fd_(fd), direct_fd_(direct_fd), size_(size), path_(std::move(path)) {}
+  FileSlotWriter(int fd, int direct_fd, bool block, std::uint64_t size, std::filesystem::path path)
+      : fd_(fd), direct_fd_(direct_fd), block_(block), size_(size), path_(std::move(path)) {}
   ~FileSlotWriter() override {
     ::close(fd_);
     if (direct_fd_ >= 0) ::close(direct_fd_);
@@ -57,6 +69,10 @@ class FileSlotWriter : public SlotWriter {
     // the device's cache. Anything else (a chunk's unaligned tail, a delta
     // install's frames) goes through the page cache.
     const bool direct = direct_fd_ >= 0 && DirectAligned(data.data(), offset, data.size());
+    if (direct && zero_out_ && data.size() >= kZeroOutMin && AllZero(data)) {
+      SAG_TRY(const bool zeroed, ZeroOut(offset, data.size()));
+      if (zeroed) return Ok();
+    }
     while (!data.empty()) {
       const ssize_t n =
           ::pwrite(direct ? direct_fd_ : fd_, data.data(), data.size(), static_cast<off_t>(offset));
@@ -99,6 +115,45 @@ class FileSlotWriter : public SlotWriter {
   }
 
  private:
+  // An aligned chunk of zeros (the free space of a file system image, often
+  // a fifth of it or more) is not sent to the device as data: the range is
+  // zeroed in place, by the file system for a slot file
+  // (FALLOC_FL_ZERO_RANGE: unwritten extents, the blocks stay allocated, so
+  // a later install cannot run out of space where this one did not) or by
+  // the device for a block device (BLKZEROOUT: a write-zeroes command where
+  // the device has one, a loop device passes it to its backing file; the
+  // kernel writes zero pages where it has none). Both are as durable as a
+  // write after Sync()'s fsync, and both drop the range from the page cache,
+  // so the read-back reads the zeros from the file system or the device.
+  // Where neither is supported (tmpfs, a FUSE file system without it) the
+  // zeros are written; the first refusal turns the attempt off. Returns
+  // whether the range was zeroed.
+  static constexpr std::size_t kZeroOutMin = 64U << 10U;
+  Expected<bool> ZeroOut(std::uint64_t offset, std::size_t size) {
+    int rc = 0;
+    if (block_) {
+      std::array<std::uint64_t, 2> range{offset, size};  // start, length
+      rc = ::ioctl(fd_, BLKZEROOUT, range.data());
+    } else {
+      rc = ::fallocate(fd_, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                       static_cast<off_t>(size));
+    }
+    if (rc == 0) return true;
+    const int err = errno;
+    // Refused (no such operation here, a mounted device), interrupted, or
+    // short of space for the extents it splits (a write over allocated
+    // blocks needs none): written as data.
+    if (err == EOPNOTSUPP || err == ENOTTY || err == ENOSYS || err == EINVAL || err == EBUSY ||
+        err == EINTR || err == ENOSPC || err == EDQUOT) {
+      if (err != EINTR) zero_out_ = false;
+      return false;
+    }
+    return MakeErrno(Errc::kSlotIo,
+                     "zero " + std::to_string(size) + " bytes of slot " + path_.string() + " at " +
+                         std::to_string(offset),
+                     err);
+  }
+
   // Sequential writes: the disk starts on the written data early instead of
   // at the next fsync (which then waits for little), in batches of kKick
   // bytes, and the range kBehind bytes back is waited for, so that dirty
@@ -152,7 +207,9 @@ class FileSlotWriter : public SlotWriter {
   std::uint64_t waited_ = 0;    // writeback waited for up to here
   std::atomic<int> failed_{0};  // first write-back error seen (errno), for Sync()
   int fd_;
-  int direct_fd_;  // O_DIRECT, -1 where the file system refuses it
+  int direct_fd_;         // O_DIRECT, -1 where the file system refuses it
+  bool block_;            // a block device, not a slot file
+  bool zero_out_ = true;  // zero ranges in place until refused once
   std::uint64_t size_;
   std::filesystem::path path_;
 };
@@ -213,7 +270,8 @@ Expected<std::unique_ptr<SlotWriter>> FileSlotDevice::OpenWriter() {
   // The same file for direct writes; none where O_DIRECT is refused (tmpfs
   // before Linux 6.6, some FUSE file systems).
   const int direct_fd = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT);
-  return std::unique_ptr<SlotWriter>(std::make_unique<FileSlotWriter>(fd, direct_fd, *size, path_));
+  return std::unique_ptr<SlotWriter>(
+      std::make_unique<FileSlotWriter>(fd, direct_fd, S_ISBLK(st.st_mode), *size, path_));
 }
 
 Expected<int> FileSlotDevice::ReadFd() {

@@ -1,14 +1,20 @@
 // Slot devices, system information and rebooters.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
 
+#include "common/aligned_buffer.h"
 #include "common/atomic_file.h"
 #include "platform/file_slot_device.h"
 #include "platform/linux_rebooter.h"
 #include "platform/linux_system_info.h"
+#include "tests/support/extents.h"
 #include "tests/support/temp_dir.h"
 
 namespace sag::platform {
@@ -79,6 +85,115 @@ TEST_F(SlotDeviceTest, BadSlotsAreNamed) {
   EXPECT_EQ(OpenSlotDevice("A", dir_ / "nope.img").error().code(), Errc::kNotFound);
   EXPECT_EQ(OpenSlotDevice("A", dir_.path()).error().code(), Errc::kSlotIo);  // a directory
   EXPECT_EQ(FileSlotDevice(dir_ / "nope.img").OpenWriter().error().code(), Errc::kNotFound);
+}
+
+// A chunk of zeros over old data (the free space of a file system image) is
+// zeroed in place instead of written: it reads back as zeros, through the
+// page cache and from the medium, the slot file keeps its blocks (no holes:
+// a later install must not run out of space), and a chunk that only starts
+// with zeros is written as it is. Where the file system zeroes ranges
+// (ext4, xfs), the range is left unwritten, which shows the zeroing was not
+// a write of zeros.
+TEST(SlotZeroing, ZeroChunksAreZeroedInPlaceAndKeepTheirBlocks) {
+  const sag::test::TempDir dir;
+  const auto path = dir / "slot-b.img";
+  constexpr std::size_t kChunk = 256U << 10U;
+  std::ofstream(path, std::ios::binary) << std::string(4 * kChunk, 'Z');
+  {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::fsync(fd), 0);  // allocated and written, as a slot is
+    ::close(fd);
+  }
+  struct stat before {};
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+
+  auto dev = OpenSlotDevice("B", path, 4 * kChunk);
+  ASSERT_TRUE(dev) << dev.error().ToString();
+  auto w = (*dev)->OpenWriter();
+  ASSERT_TRUE(w) << w.error().ToString();
+  AlignedBuffer zeros(kChunk);
+  std::fill(zeros.data(), zeros.data() + kChunk, 0);
+  AlignedBuffer late(kChunk);  // zeros up to its last byte
+  std::fill(late.data(), late.data() + kChunk, 0);
+  late.data()[kChunk - 1] = 0x77;
+  ASSERT_TRUE((*w)->WriteAt(kChunk, zeros.span()));
+  ASSERT_TRUE((*w)->WriteAt(2 * kChunk, late.span()));
+  ASSERT_TRUE((*w)->Sync());
+
+  std::vector<std::uint8_t> got(4 * kChunk);
+  ASSERT_EQ(*(*dev)->ReadAt(0, got), got.size());
+  std::vector<std::uint8_t> want(4 * kChunk, 0x5a);
+  std::fill(want.begin() + kChunk, want.begin() + 3 * kChunk, 0);
+  want[3 * kChunk - 1] = 0x77;
+  EXPECT_TRUE(got == want) << "the slot does not read back what was written";
+  AlignedBuffer medium(4 * kChunk);
+  ASSERT_EQ(*(*dev)->ReadMediumAt(0, medium.span()), medium.size());
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), medium.data()))
+      << "the medium does not hold what was written";
+
+  struct stat after {};
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  EXPECT_EQ(after.st_size, before.st_size);
+  EXPECT_GE(after.st_blocks, before.st_blocks) << "zeroing left a hole in the slot file";
+
+  if (!sag::test::ZeroesRanges(dir.path())) {
+    GTEST_SKIP() << "this file system cannot zero a range; the zeros were written";
+  }
+  EXPECT_EQ(sag::test::Unwritten(path, kChunk), std::optional<bool>(true))
+      << "the chunk of zeros was written as data";
+  EXPECT_EQ(sag::test::Unwritten(path, 2 * kChunk), std::optional<bool>(false))
+      << "a chunk that only starts with zeros was zeroed";
+}
+
+// The same on a block device (BLKZEROOUT): a loop device over a slot file,
+// which passes the zeroing on to its backing file. Needs root and losetup.
+TEST(SlotZeroing, ZeroChunksAreZeroedInPlaceOnABlockDevice) {
+  const sag::test::TempDir dir;
+  const auto backing = dir / "slot-b.img";
+  constexpr std::size_t kChunk = 256U << 10U;
+  std::ofstream(backing, std::ios::binary) << std::string(4 * kChunk, '\x5a');
+  const auto out = dir / "losetup.out";
+  const std::string attach =
+      "losetup --find --show " + backing.string() + " > " + out.string() + " 2>/dev/null";
+  if (std::system(attach.c_str()) != 0) GTEST_SKIP() << "no loop device here (needs root)";
+  std::string loop;
+  std::ifstream(out) >> loop;
+  ASSERT_FALSE(loop.empty());
+  struct Detach {
+    std::string dev;
+    ~Detach() { (void)std::system(("losetup -d " + dev).c_str()); }
+  } detach{loop};
+
+  auto dev = OpenSlotDevice("B", loop, 4 * kChunk);
+  ASSERT_TRUE(dev) << dev.error().ToString();
+  auto w = (*dev)->OpenWriter();
+  ASSERT_TRUE(w) << w.error().ToString();
+  AlignedBuffer zeros(kChunk);
+  std::fill(zeros.data(), zeros.data() + kChunk, 0);
+  AlignedBuffer late(kChunk);
+  std::fill(late.data(), late.data() + kChunk, 0);
+  late.data()[kChunk - 1] = 0x77;
+  ASSERT_TRUE((*w)->WriteAt(kChunk, zeros.span()));
+  ASSERT_TRUE((*w)->WriteAt(2 * kChunk, late.span()));
+  ASSERT_TRUE((*w)->Sync());
+
+  std::vector<std::uint8_t> want(4 * kChunk, 0x5a);
+  std::fill(want.begin() + kChunk, want.begin() + 3 * kChunk, 0);
+  want[3 * kChunk - 1] = 0x77;
+  std::vector<std::uint8_t> got(4 * kChunk);
+  ASSERT_EQ(*(*dev)->ReadAt(0, got), got.size());
+  EXPECT_TRUE(got == want) << "the device does not read back what was written";
+  AlignedBuffer medium(4 * kChunk);
+  ASSERT_EQ(*(*dev)->ReadMediumAt(0, medium.span()), medium.size());
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), medium.data()))
+      << "the medium does not hold what was written";
+  if (!sag::test::ZeroesRanges(dir.path())) {
+    GTEST_SKIP() << "this file system cannot zero a range; the loop device wrote zeros";
+  }
+  EXPECT_EQ(sag::test::Unwritten(backing, kChunk), std::optional<bool>(true))
+      << "the chunk of zeros reached the loop device as data";
+  EXPECT_EQ(sag::test::Unwritten(backing, 2 * kChunk), std::optional<bool>(false));
 }
 
 TEST(SystemInfo, ValuesFilesBootIdAndFreeSpace) {

@@ -13,6 +13,7 @@
 
 #include "common/aligned_buffer.h"
 #include "platform/file_slot_device.h"
+#include "tests/support/extents.h"
 #include "tests/support/powerloss_mount.h"
 #include "tests/support/temp_dir.h"
 
@@ -161,6 +162,47 @@ TEST_F(MediumTest, AlignedWritesGoToTheMediumDirectly) {
   EXPECT_NE(st.error().ToString().find(std::strerror(EIO)), std::string::npos)
       << st.error().ToString();
   ASSERT_TRUE((*w)->Sync());
+}
+
+// A chunk of zeros is zeroed in place (fallocate, not a write): a cut before
+// Sync() must bring the old data back, as it would for a written chunk that
+// the device's cache lost, and after Sync() the zeros must survive a cut.
+TEST_F(MediumTest, ZeroedChunkIsDurableOnlyAfterSync) {
+  constexpr std::size_t kChunk = 256U << 10U;
+  Mount("direct", 4 * kChunk);
+  if (IsSkipped()) return;
+  auto dev = OpenSlotDevice("B", Slot());
+  ASSERT_TRUE(dev) << dev.error().ToString();
+  auto w = (*dev)->OpenWriter();
+  ASSERT_TRUE(w) << w.error().ToString();
+  AlignedBuffer old(kChunk);
+  std::fill(old.data(), old.data() + kChunk, 0xa7);
+  ASSERT_TRUE((*w)->WriteAt(kChunk, old.span()));
+  ASSERT_TRUE((*w)->Sync());
+  AlignedBuffer zeros(kChunk);
+  std::fill(zeros.data(), zeros.data() + kChunk, 0);
+  std::vector<std::uint8_t> got(kChunk);
+  const auto all = [&got](std::uint8_t v) {
+    return std::all_of(got.begin(), got.end(), [v](std::uint8_t b) { return b == v; });
+  };
+
+  ASSERT_TRUE((*w)->WriteAt(kChunk, zeros.span()));
+  ASSERT_EQ(*(*dev)->ReadAt(kChunk, got), got.size());
+  EXPECT_TRUE(all(0)) << "the zeroed chunk does not read as zeros";
+  if (sag::test::ZeroesRanges(dir_.path())) {  // the backing file shows how
+    EXPECT_EQ(sag::test::Unwritten(dir_ / "backing" / "slot-b.img", kChunk),
+              std::optional<bool>(true))
+        << "the chunk of zeros was written as data, not zeroed";
+  }
+  ASSERT_FALSE(mount_->Control("cut").empty());
+  ASSERT_EQ(*(*dev)->ReadAt(kChunk, got), got.size());
+  EXPECT_TRUE(all(0xa7)) << "a zeroing that was never synced survived the cut";
+
+  ASSERT_TRUE((*w)->WriteAt(kChunk, zeros.span()));
+  ASSERT_TRUE((*w)->Sync());
+  ASSERT_FALSE(mount_->Control("cut").empty());
+  ASSERT_EQ(*(*dev)->ReadAt(kChunk, got), got.size());
+  EXPECT_TRUE(all(0)) << "a synced zeroing was lost by the cut";
 }
 
 }  // namespace
