@@ -87,6 +87,35 @@ TEST_F(SlotDeviceTest, BadSlotsAreNamed) {
   EXPECT_EQ(FileSlotDevice(dir_ / "nope.img").OpenWriter().error().code(), Errc::kNotFound);
 }
 
+constexpr std::size_t kPiece = 256U << 10U;
+
+// Over a slot of four chunks of 0x5a: writes a chunk of zeros as chunk 1 and
+// a chunk that is zero up to its last byte as chunk 2, syncs, and checks
+// that the slot reads back both, through the page cache and from the medium.
+void WriteZeroChunks(SlotDevice& dev) {
+  auto w = dev.OpenWriter();
+  ASSERT_TRUE(w) << w.error().ToString();
+  AlignedBuffer zeros(kPiece);
+  std::fill(zeros.data(), zeros.data() + kPiece, 0);
+  AlignedBuffer late(kPiece);
+  std::fill(late.data(), late.data() + kPiece, 0);
+  late.data()[kPiece - 1] = 0x77;
+  ASSERT_TRUE((*w)->WriteAt(kPiece, zeros.span()));
+  ASSERT_TRUE((*w)->WriteAt(2 * kPiece, late.span()));
+  ASSERT_TRUE((*w)->Sync());
+
+  std::vector<std::uint8_t> want(4 * kPiece, 0x5a);
+  std::fill(want.begin() + kPiece, want.begin() + 3 * kPiece, 0);
+  want[3 * kPiece - 1] = 0x77;
+  std::vector<std::uint8_t> got(4 * kPiece);
+  ASSERT_EQ(*dev.ReadAt(0, got), got.size());
+  EXPECT_TRUE(got == want) << "the slot does not read back what was written";
+  AlignedBuffer medium(4 * kPiece);
+  ASSERT_EQ(*dev.ReadMediumAt(0, medium.span()), medium.size());
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), medium.data()))
+      << "the medium does not hold what was written";
+}
+
 // A chunk of zeros over old data (the free space of a file system image) is
 // zeroed in place instead of written: it reads back as zeros, through the
 // page cache and from the medium, the slot file keeps its blocks (no holes:
@@ -97,8 +126,7 @@ TEST_F(SlotDeviceTest, BadSlotsAreNamed) {
 TEST(SlotZeroing, ZeroChunksAreZeroedInPlaceAndKeepTheirBlocks) {
   const sag::test::TempDir dir;
   const auto path = dir / "slot-b.img";
-  constexpr std::size_t kChunk = 256U << 10U;
-  std::ofstream(path, std::ios::binary) << std::string(4 * kChunk, 'Z');
+  std::ofstream(path, std::ios::binary) << std::string(4 * kPiece, '\x5a');
   {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     ASSERT_GE(fd, 0);
@@ -108,29 +136,9 @@ TEST(SlotZeroing, ZeroChunksAreZeroedInPlaceAndKeepTheirBlocks) {
   struct stat before {};
   ASSERT_EQ(::stat(path.c_str(), &before), 0);
 
-  auto dev = OpenSlotDevice("B", path, 4 * kChunk);
+  auto dev = OpenSlotDevice("B", path, 4 * kPiece);
   ASSERT_TRUE(dev) << dev.error().ToString();
-  auto w = (*dev)->OpenWriter();
-  ASSERT_TRUE(w) << w.error().ToString();
-  AlignedBuffer zeros(kChunk);
-  std::fill(zeros.data(), zeros.data() + kChunk, 0);
-  AlignedBuffer late(kChunk);  // zeros up to its last byte
-  std::fill(late.data(), late.data() + kChunk, 0);
-  late.data()[kChunk - 1] = 0x77;
-  ASSERT_TRUE((*w)->WriteAt(kChunk, zeros.span()));
-  ASSERT_TRUE((*w)->WriteAt(2 * kChunk, late.span()));
-  ASSERT_TRUE((*w)->Sync());
-
-  std::vector<std::uint8_t> got(4 * kChunk);
-  ASSERT_EQ(*(*dev)->ReadAt(0, got), got.size());
-  std::vector<std::uint8_t> want(4 * kChunk, 0x5a);
-  std::fill(want.begin() + kChunk, want.begin() + 3 * kChunk, 0);
-  want[3 * kChunk - 1] = 0x77;
-  EXPECT_TRUE(got == want) << "the slot does not read back what was written";
-  AlignedBuffer medium(4 * kChunk);
-  ASSERT_EQ(*(*dev)->ReadMediumAt(0, medium.span()), medium.size());
-  EXPECT_TRUE(std::equal(want.begin(), want.end(), medium.data()))
-      << "the medium does not hold what was written";
+  ASSERT_NO_FATAL_FAILURE(WriteZeroChunks(**dev));
 
   struct stat after {};
   ASSERT_EQ(::stat(path.c_str(), &after), 0);
@@ -140,9 +148,9 @@ TEST(SlotZeroing, ZeroChunksAreZeroedInPlaceAndKeepTheirBlocks) {
   if (!sag::test::ZeroesRanges(dir.path())) {
     GTEST_SKIP() << "this file system cannot zero a range; the zeros were written";
   }
-  EXPECT_EQ(sag::test::Unwritten(path, kChunk), std::optional<bool>(true))
+  EXPECT_EQ(sag::test::Unwritten(path, kPiece), std::optional<bool>(true))
       << "the chunk of zeros was written as data";
-  EXPECT_EQ(sag::test::Unwritten(path, 2 * kChunk), std::optional<bool>(false))
+  EXPECT_EQ(sag::test::Unwritten(path, 2 * kPiece), std::optional<bool>(false))
       << "a chunk that only starts with zeros was zeroed";
 }
 
@@ -151,8 +159,7 @@ TEST(SlotZeroing, ZeroChunksAreZeroedInPlaceAndKeepTheirBlocks) {
 TEST(SlotZeroing, ZeroChunksAreZeroedInPlaceOnABlockDevice) {
   const sag::test::TempDir dir;
   const auto backing = dir / "slot-b.img";
-  constexpr std::size_t kChunk = 256U << 10U;
-  std::ofstream(backing, std::ios::binary) << std::string(4 * kChunk, '\x5a');
+  std::ofstream(backing, std::ios::binary) << std::string(4 * kPiece, '\x5a');
   const auto out = dir / "losetup.out";
   const std::string attach =
       "losetup --find --show " + backing.string() + " > " + out.string() + " 2>/dev/null";
@@ -165,35 +172,16 @@ TEST(SlotZeroing, ZeroChunksAreZeroedInPlaceOnABlockDevice) {
     ~Detach() { (void)std::system(("losetup -d " + dev).c_str()); }
   } detach{loop};
 
-  auto dev = OpenSlotDevice("B", loop, 4 * kChunk);
+  auto dev = OpenSlotDevice("B", loop, 4 * kPiece);
   ASSERT_TRUE(dev) << dev.error().ToString();
-  auto w = (*dev)->OpenWriter();
-  ASSERT_TRUE(w) << w.error().ToString();
-  AlignedBuffer zeros(kChunk);
-  std::fill(zeros.data(), zeros.data() + kChunk, 0);
-  AlignedBuffer late(kChunk);
-  std::fill(late.data(), late.data() + kChunk, 0);
-  late.data()[kChunk - 1] = 0x77;
-  ASSERT_TRUE((*w)->WriteAt(kChunk, zeros.span()));
-  ASSERT_TRUE((*w)->WriteAt(2 * kChunk, late.span()));
-  ASSERT_TRUE((*w)->Sync());
-
-  std::vector<std::uint8_t> want(4 * kChunk, 0x5a);
-  std::fill(want.begin() + kChunk, want.begin() + 3 * kChunk, 0);
-  want[3 * kChunk - 1] = 0x77;
-  std::vector<std::uint8_t> got(4 * kChunk);
-  ASSERT_EQ(*(*dev)->ReadAt(0, got), got.size());
-  EXPECT_TRUE(got == want) << "the device does not read back what was written";
-  AlignedBuffer medium(4 * kChunk);
-  ASSERT_EQ(*(*dev)->ReadMediumAt(0, medium.span()), medium.size());
-  EXPECT_TRUE(std::equal(want.begin(), want.end(), medium.data()))
-      << "the medium does not hold what was written";
+  ASSERT_NO_FATAL_FAILURE(WriteZeroChunks(**dev));
   if (!sag::test::ZeroesRanges(dir.path())) {
     GTEST_SKIP() << "this file system cannot zero a range; the loop device wrote zeros";
   }
-  EXPECT_EQ(sag::test::Unwritten(backing, kChunk), std::optional<bool>(true))
+  EXPECT_EQ(sag::test::Unwritten(backing, kPiece), std::optional<bool>(true))
       << "the chunk of zeros reached the loop device as data";
-  EXPECT_EQ(sag::test::Unwritten(backing, 2 * kChunk), std::optional<bool>(false));
+  EXPECT_EQ(sag::test::Unwritten(backing, 2 * kPiece), std::optional<bool>(false))
+      << "a chunk that only starts with zeros was zeroed";
 }
 
 TEST(SystemInfo, ValuesFilesBootIdAndFreeSpace) {
