@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "common/aligned_buffer.h"
+#include "common/all_zero.h"
 
 namespace sag::platform {
 
@@ -33,16 +34,6 @@ Expected<std::uint64_t> SizeOf(int fd, const std::filesystem::path& path) {
   }
   return Error(Errc::kSlotIo,
                "slot device " + path.string() + " is neither a block device nor a regular file");
-}
-
-// True when every byte of `data` is zero: the first 16 bytes, then the rest
-// against the bytes 16 before it (a non-zero chunk is told apart at once).
-bool AllZero(std::span<const std::uint8_t> data) {
-  constexpr std::size_t kHead = 16;
-  if (data.size() < kHead) return false;
-  static constexpr std::array<std::uint8_t, kHead> kZeros{};
-  return std::memcmp(data.data(), kZeros.data(), kHead) == 0 &&
-         std::memcmp(data.data(), data.data() + kHead, data.size() - kHead) == 0;
 }
 
 class FileSlotWriter : public SlotWriter {

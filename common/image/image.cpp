@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "common/aligned_buffer.h"
+#include "common/all_zero.h"
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/image/ossl.h"
@@ -979,10 +980,6 @@ class Input {
 Error ContainerError(std::uint64_t offset, const std::string& what) {
   return {Errc::kImageContainer, "image container at offset " + std::to_string(offset) + ": " +
                                      what + "; it is not an image made by sag-image"};
-}
-
-bool AllZero(std::span<const std::uint8_t> b) {
-  return std::all_of(b.begin(), b.end(), [](std::uint8_t x) { return x == 0; });
 }
 
 // Parses an octal field of exactly `digits` digits.

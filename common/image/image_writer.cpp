@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "common/all_zero.h"
 #include "common/atomic_file.h"
 #include "common/image/delta.h"
 #include "common/image/ossl.h"
@@ -287,10 +288,6 @@ void CoverFrameWithWindow(ZSTD_CCtx* cctx, std::uint64_t frame_size) {
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_windowLog, log);
 }
 
-bool IsZero(std::span<const std::uint8_t> b) {
-  return std::all_of(b.begin(), b.end(), [](std::uint8_t x) { return x == 0; });
-}
-
 // Format 4's dictionary: trained (ZDICT_trainFromBuffer) on an even sample of
 // the payload's non-zero frames, at most kSampleBudget bytes of them. If
 // training fails (too few samples: a tiny payload) the samples themselves
@@ -307,7 +304,7 @@ Expected<std::vector<std::uint8_t>> TrainDictionary(int fd, const CreateParams& 
       SAG_TRY(const auto n, ReadFull(fd, raw, p.payload.string()));
       if (n == 0) break;
       const auto data = std::span<const std::uint8_t>(raw).first(n);
-      if (!IsZero(data)) each(data);
+      if (!AllZero(data)) each(data);
       if (n < raw.size()) break;
     }
     return Ok();
