@@ -117,7 +117,7 @@ void StatusWriter::Run() {
 namespace {
 
 using nlohmann::json;
-using Clock = std::chrono::system_clock;
+using WallClock = std::chrono::system_clock;
 
 const json* Field(const json& obj, const char* key) {
   if (!obj.is_object()) return nullptr;
@@ -172,7 +172,7 @@ std::string OutcomeOf(const std::string& state) {
 }
 
 // "2026-12-01T10:00:00Z" (the only form the daemon writes).
-std::optional<Clock::time_point> ParseUtc(const std::string& text) {
+std::optional<WallClock::time_point> ParseUtc(const std::string& text) {
   std::tm tm{};
   char z = 0;
   int n = 0;
@@ -187,7 +187,7 @@ std::optional<Clock::time_point> ParseUtc(const std::string& text) {
   tm.tm_mon -= 1;
   const std::time_t t = timegm(&tm);
   if (t == static_cast<std::time_t>(-1)) return std::nullopt;
-  return Clock::from_time_t(t);
+  return WallClock::from_time_t(t);
 }
 
 // "3m12s", "2h05m", "4d03h": how long, for people.
@@ -211,7 +211,7 @@ std::string Span(std::chrono::seconds d) {
 
 // "2026-12-01T10:00:00Z (3m12s ago)", or the text as it is when it is not a
 // time the daemon writes.
-std::string When(const std::optional<std::string>& text, Clock::time_point now) {
+std::string When(const std::optional<std::string>& text, WallClock::time_point now) {
   if (!text) return "-";
   auto t = ParseUtc(*text);
   if (!t) return *text;
@@ -259,7 +259,7 @@ void Line(std::ostringstream& out, const char* label, const std::string& text) {
   out << buf << ScrubLogText(text) << "\n";
 }
 
-void FormatChannel(std::ostringstream& out, const json& ch, Clock::time_point now) {
+void FormatChannel(std::ostringstream& out, const json& ch, WallClock::time_point now) {
   const std::string state = Or(Str(ch, "state"), "unknown");
   std::string text = state;
   if (state == "online") {
@@ -316,7 +316,7 @@ void FormatDevice(std::ostringstream& out, const json& dev) {
   }
 }
 
-void FormatJob(std::ostringstream& out, const json& job, Clock::time_point now) {
+void FormatJob(std::ostringstream& out, const json& job, WallClock::time_point now) {
   const std::string type = Or(Str(job, "type"), "");
   std::string head = Or(Str(job, "id")) + "  " + type;
   const auto from = Str(job, "from_version");
@@ -343,7 +343,7 @@ void FormatJob(std::ostringstream& out, const json& job, Clock::time_point now) 
   if (auto source = Str(job, "source")) Line(out, "", "from " + *source);
 }
 
-void FormatLastResult(std::ostringstream& out, const json& r, Clock::time_point now) {
+void FormatLastResult(std::ostringstream& out, const json& r, WallClock::time_point now) {
   std::string head =
       Or(Str(r, "id")) + "  " + Or(Str(r, "type"), "") + " " + Or(Str(r, "version"), "");
   std::string outcome = Or(Str(r, "outcome"), "");

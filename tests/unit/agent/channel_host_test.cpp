@@ -38,7 +38,7 @@ class ChannelHostTest : public ::testing::Test {
     host_ = std::make_unique<DaemonChannelHost>(config_, outbox_, std::move(hooks));
   }
 
-  test::TempDir dir_;
+  sag::test::TempDir dir_;
   Outbox outbox_{dir_.path()};
   Config config_;
   std::unique_ptr<DaemonChannelHost> host_;
@@ -159,7 +159,7 @@ TEST_F(ChannelHostTest, TheEpochIsKeptAcrossLoadsAndChangesWithFreshFiles) {
   Outbox again(dir_.path());
   ASSERT_TRUE(again.Load());
   EXPECT_EQ(again.epoch(), epoch);
-  test::TempDir other;
+  sag::test::TempDir other;
   Outbox fresh(other.path());
   ASSERT_TRUE(fresh.Load());
   EXPECT_NE(fresh.epoch(), epoch);
