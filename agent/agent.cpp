@@ -13,6 +13,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
@@ -22,6 +23,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <string_view>
 
 #include "agent/backends.h"
 #include "agent/channel.h"
@@ -211,7 +213,15 @@ fs::path PidFile(const Config& c) { return c.paths.runtime_dir / "agent.pid"; }
 std::optional<pid_t> RunningDaemon(const Config& c) {
   auto text = ReadFile(PidFile(c), 64);
   if (!text) return std::nullopt;
-  const pid_t pid = std::atoi(text->c_str());
+  // "1234\n", as the daemon writes it; anything else names no daemon.
+  pid_t pid = 0;
+  const char* first = text->data();
+  const char* last = first + text->size();
+  const auto [end, ec] = std::from_chars(first, last, pid);
+  if (ec != std::errc() ||
+      (end != last && std::string_view(end, static_cast<std::size_t>(last - end)) != "\n")) {
+    return std::nullopt;
+  }
   if (pid <= 0 || pid == ::getpid() || ::kill(pid, 0) != 0) return std::nullopt;
   return pid;
 }
@@ -242,8 +252,13 @@ int PrintAnswer(const JobAnswer& a, bool as_json, std::ostream& out) {
 std::optional<std::chrono::microseconds> WatchdogPing() {
   const std::string usec = Getenv("WATCHDOG_USEC");
   if (usec.empty()) return std::nullopt;
-  const long long v = std::atoll(usec.c_str());
-  if (v <= 0) return std::nullopt;
+  long long v = 0;
+  const char* last = usec.data() + usec.size();
+  if (const auto [end, ec] = std::from_chars(usec.data(), last, v);
+      ec != std::errc() || end != last || v <= 0) {
+    spdlog::warn("WATCHDOG_USEC='{}' is not a count of microseconds: no watchdog pings", usec);
+    return std::nullopt;
+  }
   return std::chrono::microseconds(std::max<long long>(v / 3, 100'000));
 }
 

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 
 #include "common/atomic_file.h"
 #include "common/json_reader.h"
@@ -102,7 +103,7 @@ Expected<InboxRequest> Inbox::Read(const std::string& file_name) const {
                "; only root or the agent's user (uid " + std::to_string(options_.agent_uid) +
                ") may hand the agent jobs");
   }
-  if (static_cast<std::uint64_t>(before.st_size) > options_.max_bytes) {
+  if (std::cmp_greater(before.st_size, options_.max_bytes)) {
     return bad(std::to_string(before.st_size) + " bytes, more than the " +
                std::to_string(options_.max_bytes) + " a request may have");
   }

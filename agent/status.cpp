@@ -176,7 +176,8 @@ std::optional<WallClock::time_point> ParseUtc(const std::string& text) {
   std::tm tm{};
   char z = 0;
   int n = 0;
-  // NOLINTNEXTLINE(cert-err34-c): every field is checked below
+  // Every field is checked below.
+  // NOLINTNEXTLINE(cert-err34-c,bugprone-unchecked-string-to-number-conversion)
   if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%c%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
                   &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &z, &n) != 7 ||
       z != 'Z' || static_cast<std::size_t>(n) != text.size() || tm.tm_mon < 1 || tm.tm_mon > 12 ||

@@ -79,8 +79,9 @@ HttpResponse Plain(int status, std::string text) {
 std::optional<std::uint64_t> Number(std::string_view s) {
   if (s.empty() || s.size() > 19) return std::nullopt;
   std::uint64_t v = 0;
-  const auto* end = s.data() + s.size();
-  auto [p, ec] = std::from_chars(s.data(), end, v);
+  const char* first = s.data();
+  const char* end = first + s.size();
+  auto [p, ec] = std::from_chars(first, end, v);
   if (ec != std::errc() || p != end) return std::nullopt;
   return v;
 }
@@ -89,7 +90,7 @@ std::optional<std::uint64_t> Number(std::string_view s) {
 
 Expected<std::optional<ByteRange>> ParseRange(std::string_view header, std::uint64_t size) {
   constexpr std::string_view kUnit = "bytes=";
-  if (header.substr(0, kUnit.size()) != kUnit) return std::optional<ByteRange>();
+  if (!header.starts_with(kUnit)) return std::optional<ByteRange>();
   const std::string_view spec = header.substr(kUnit.size());
   if (spec.find(',') != std::string_view::npos) return std::optional<ByteRange>();
   const auto dash = spec.find('-');

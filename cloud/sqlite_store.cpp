@@ -447,7 +447,8 @@ Status SqliteStore::Setup(const SqliteOptions& options) {
     sqlite3_stmt* raw = nullptr;
     int rc = sqlite3_prepare_v2(db_, "PRAGMA journal_mode=WAL", -1, &raw, nullptr);
     std::string mode;
-    if (rc == SQLITE_OK && (rc = sqlite3_step(raw)) == SQLITE_ROW) {
+    if (rc == SQLITE_OK) rc = sqlite3_step(raw);
+    if (rc == SQLITE_ROW) {
       const auto* p = sqlite3_column_text(raw, 0);
       mode = p == nullptr ? "" : reinterpret_cast<const char*>(p);
     }

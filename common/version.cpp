@@ -12,8 +12,9 @@ Expected<unsigned long> ParseNumber(std::string_view part, std::string_view whol
     return Error(Errc::kInvalidArgument, "bad version '" + std::string(whole) +
                                              "': each part is a number of 1 to 9 digits");
   }
-  const auto* end = part.data() + part.size();
-  auto [ptr, ec] = std::from_chars(part.data(), end, value);
+  const char* first = part.data();
+  const char* end = first + part.size();
+  auto [ptr, ec] = std::from_chars(first, end, value);
   if (ec != std::errc() || ptr != end) {
     return Error(Errc::kInvalidArgument, "bad version '" + std::string(whole) + "': '" +
                                              std::string(part) + "' is not a number");

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/unique_fd.h"
@@ -499,7 +500,7 @@ class Extractor {
       const int r = la_.read_data_block(a, &buf, &size, &offset);
       if (r == ARCHIVE_EOF) break;
       if (r != ARCHIVE_OK && r != ARCHIVE_WARN) return ArchiveError(a, "reading data of " + name);
-      if (static_cast<std::uint64_t>(offset) != written) {
+      if (std::cmp_not_equal(offset, written)) {
         return Error(Errc::kArchiveMalformed, "entry '" + name + "' has holes (sparse data)");
       }
       if (written + size > declared) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <system_error>
+#include <utility>
 
 #include "common/atomic_file.h"
 #include "common/version.h"
@@ -62,7 +63,7 @@ Expected<std::optional<std::string>> Store::Current() const {
   }
   const auto target = fs::read_symlink(link, ec).string();
   if (ec) return Error(Errc::kDpiStore, "readlink " + link.string() + ": " + ec.message());
-  if (target.rfind(kVersionsPrefix, 0) != 0 || target.size() == kVersionsPrefix.size() ||
+  if (!target.starts_with(kVersionsPrefix) || target.size() == kVersionsPrefix.size() ||
       target.find('/', kVersionsPrefix.size()) != std::string::npos) {
     return Error(Errc::kDpiStore, link.string() + " points at '" + target +
                                       "', not at versions/<version>; repair the store by hand");
@@ -203,7 +204,7 @@ Status Store::Prune(int keep, const std::optional<std::string>& previous) const 
   });
   bool removed = false;
   for (const auto& [parsed, name] : others) {
-    if (parsed && static_cast<int>(kept.size()) < keep) {
+    if (parsed && std::cmp_less(kept.size(), keep)) {
       kept.push_back(name);
       continue;
     }

@@ -1312,7 +1312,9 @@ Status DeviceInstaller::StepVerify(JobRecord& record) {
   if (m.chunks.size() > first + 1) {
     try {
       helper.emplace([&] { other = check(first + 1, false); });
-    } catch (const std::system_error&) {  // no thread: this one does all
+    } catch (const std::system_error& e) {  // no thread: this one does all
+      spdlog::debug("job {}: no second read-back thread ({}): one thread reads all", record.id,
+                    e.what());
     }
   }
   Status mine = check(first, true);

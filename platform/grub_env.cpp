@@ -129,7 +129,7 @@ Status GrubEnv::Update(const ChangeFn& change) {
   for (const auto& entry : set) {
     auto it = find(entry.first);
     if (it == next.end()) {
-      next.push_back(entry);
+      next.emplace_back(entry);
     } else {
       it->second = entry.second;
     }

@@ -105,7 +105,9 @@ Expected<std::pair<std::string, std::uint16_t>> SplitListen(const std::string& t
   }
   unsigned port = 0;
   for (const char c : text.substr(colon + 1)) {
-    if (c < '0' || c > '9' || (port = port * 10 + (c - '0')) > 65535) {
+    const bool digit = c >= '0' && c <= '9';
+    if (digit) port = port * 10 + (c - '0');
+    if (!digit || port > 65535) {
       return Error(Errc::kConfigRange, "'listen': bad port in '" + text + "'");
     }
   }

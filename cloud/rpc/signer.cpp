@@ -128,7 +128,9 @@ Expected<Endpoint> ParseEndpoint(std::string_view url) {
     }
     unsigned port = 0;
     for (const char c : url.substr(1)) {
-      if (c < '0' || c > '9' || (port = port * 10 + (c - '0')) > 65535) {
+      const bool digit = c >= '0' && c <= '9';
+      if (digit) port = port * 10 + (c - '0');
+      if (!digit || port > 65535) {
         return Error(Errc::kInvalidArgument, "endpoint: bad port '" + std::string(url) + "'");
       }
     }

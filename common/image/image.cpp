@@ -700,7 +700,7 @@ Status CheckCmsShape(std::string_view der_text, CMS_ContentInfo* cms) {
   unsigned char* re = nullptr;
   const int re_len = i2d_CMS_ContentInfo(cms, &re);
   const bool same =
-      re_len == static_cast<int>(der.size()) && std::memcmp(re, der.data(), der.size()) == 0;
+      std::cmp_equal(re_len, der.size()) && std::memcmp(re, der.data(), der.size()) == 0;
   OPENSSL_free(re);
   if (!same) return bad("not in canonical DER");
   static constexpr std::initializer_list<std::uint8_t> kVersion1 = {0x02, 0x01, 0x01};

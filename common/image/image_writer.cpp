@@ -300,7 +300,7 @@ Expected<std::vector<std::uint8_t>> TrainDictionary(int fd, const CreateParams& 
   std::vector<std::uint8_t> raw(p.chunk_size);
   const auto frames = [&](const auto& each) -> Status {
     if (::lseek(fd, 0, SEEK_SET) != 0) return MakeErrno(Errc::kIo, "rewind the payload");
-    for (std::uint64_t i = 0;; ++i) {
+    for (;;) {
       SAG_TRY(const auto n, ReadFull(fd, raw, p.payload.string()));
       if (n == 0) break;
       const auto data = std::span<const std::uint8_t>(raw).first(n);

@@ -70,7 +70,7 @@ Expected<Args> ParseArgs(int argc, char** argv, int first,
   Args a;
   for (int i = first; i < argc; ++i) {
     std::string s = argv[i];
-    if (s.rfind("--", 0) == 0) {
+    if (s.starts_with("--")) {
       const auto name = s.substr(2);
       if (std::find(bool_flags.begin(), bool_flags.end(), name) != bool_flags.end()) {
         a.flags.push_back(name);
