@@ -44,7 +44,16 @@ bool Measure(const sag::test::TestHttpServer& server, const sag::net::DownloadOp
 }  // namespace
 
 int main(int argc, char** argv) {
-  const double seconds = argc > 1 ? std::atof(argv[1]) : 10.0;
+  double seconds = 10.0;
+  if (argc > 1) {
+    char* end = nullptr;
+    seconds = std::strtod(argv[1], &end);
+    if (end == argv[1] || *end != '\0' || !(seconds > 0)) {
+      std::fprintf(stderr, "usage: download_rate [SECONDS]: '%s' is not a positive number\n",
+                   argv[1]);
+      return 2;
+    }
+  }
   sag::test::TempDir dir;
   auto pki = sag::test::MakeTestPki(dir.path());
   if (!pki) {

@@ -408,6 +408,8 @@ int main(int argc, char** argv) {
     long n = 0;
     double s = 0;
     char word[16] = {};
+    // The children's own lines; the count sscanf returns says what it read.
+    // NOLINTNEXTLINE(cert-err34-c,bugprone-unchecked-string-to-number-conversion)
     if (std::sscanf(l.c_str(), "%15s %ld %lf", word, &n, &s) < 2) return;
     const std::string w = word;
     if (w == "up" || w == "partial") {
@@ -415,6 +417,7 @@ int main(int argc, char** argv) {
       partial = partial || w == "partial";
     } else if (w == "progress") {
       unsigned long long connects = 0;
+      // NOLINTNEXTLINE(cert-err34-c,bugprone-unchecked-string-to-number-conversion)
       (void)std::sscanf(l.c_str(), "%15s %ld %lf %llu", word, &n, &s, &connects);
       std::printf(
           "   child %zu at %.0f s: %ld online, %llu hello.acks so far (reconnects "

@@ -29,6 +29,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -147,7 +148,14 @@ int main(int argc, char** argv) {
     std::perror("fake engine: lock");
     return 70;
   }
-  const int delay = std::atoi(FirstLine(ReadOr(state / "delay-ms", "0")).c_str());
+  const std::string delay_text = FirstLine(ReadOr(state / "delay-ms", "0"));
+  int delay = 0;
+  if (const auto [end, parsed] =
+          std::from_chars(delay_text.data(), delay_text.data() + delay_text.size(), delay);
+      parsed != std::errc() || end != delay_text.data() + delay_text.size()) {
+    std::fprintf(stderr, "fake engine: delay-ms '%s' is not a number\n", delay_text.c_str());
+    return 64;
+  }
   if (delay > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
 
   const std::string& cmd = args[0];

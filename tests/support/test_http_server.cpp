@@ -51,7 +51,8 @@ std::optional<std::pair<std::uint64_t, std::optional<std::uint64_t>>> ParseRange
   const auto dash = v.find('-');
   if (dash == std::string_view::npos || dash == 0) return std::nullopt;
   std::uint64_t first = 0;
-  if (std::from_chars(v.data(), v.data() + dash, first).ptr != v.data() + dash) return std::nullopt;
+  const char* begin = v.data();
+  if (std::from_chars(begin, begin + dash, first).ptr != begin + dash) return std::nullopt;
   const std::string_view rest = v.substr(dash + 1);
   if (rest.empty()) return std::pair{first, std::optional<std::uint64_t>()};
   std::uint64_t last = 0;

@@ -47,6 +47,7 @@
 #include "common/image/pki.h"
 #include "common/process.h"
 #include "common/sha256.h"
+#include "tests/support/env_count.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/test_http_server.h"
 
@@ -329,7 +330,7 @@ std::string KeptIndexProblem(const fs::path& dev, const std::string& slot,
     return path.string() + " names another payload";
   }
   const std::string content = ReadAll(dev / (slot == "A" ? "slot-a.img" : "slot-b.img"));
-  if (content.compare(0, payload.size(), payload) != 0) {
+  if (!content.starts_with(payload)) {
     return path.string() + " is kept but slot " + slot + " does not hold its payload";
   }
   // The magic's 7th byte: '1' for 8-byte hashes (format 2), '5' for 5 (formats 3, 4).
@@ -506,12 +507,7 @@ TEST(PowerCutOracle, ExpectsWhatTheCutsAllow) {
 
 // SAG_POWERCUT_CUTS overrides the campaign's number of cuts (for a quick
 // mutation check); the test command runs SAG_POWERCUT_KILLS.
-int CampaignCuts() {
-  if (const char* c = std::getenv("SAG_POWERCUT_CUTS"); c != nullptr && std::atoi(c) > 0) {
-    return std::atoi(c);
-  }
-  return SAG_POWERCUT_KILLS;
-}
+int CampaignCuts() { return sag::test::EnvCount("SAG_POWERCUT_CUTS", SAG_POWERCUT_KILLS); }
 
 TEST_P(PowerCut, EveryCutEndsCommittedOrRolledBack) {
   const int shard = GetParam();
@@ -591,8 +587,7 @@ void DeltaCampaign() {
   struct Restore {
     ~Restore() { g_agent = SAG_AGENT_BIN; }
   } restore;
-  const char* c = std::getenv("SAG_POWERCUT_CUTS");
-  const int target = c != nullptr && std::atoi(c) > 0 ? std::atoi(c) : SAG_POWERCUT_DELTA_CUTS;
+  const int target = sag::test::EnvCount("SAG_POWERCUT_CUTS", SAG_POWERCUT_DELTA_CUTS);
   const std::size_t requests_before = g_fixture->delta_server->ranges().size();
   const int delta_ms = FirstBootMs(true, true);
   const int idle_ms = IdleBootMs();

@@ -73,9 +73,9 @@ std::string Section(const std::string& text, const std::string& label) {
   std::string out;
   bool inside = false;
   while (std::getline(in, line)) {
-    if (line.rfind(label, 0) == 0 && line.size() > label.size() && line[label.size()] == ' ') {
+    if (line.starts_with(label) && line.size() > label.size() && line[label.size()] == ' ') {
       inside = true;
-    } else if (inside && line.rfind("            ", 0) != 0) {
+    } else if (inside && !line.starts_with("            ")) {
       break;
     }
     if (inside) out += line + "\n";

@@ -33,6 +33,7 @@
 
 #include "common/journal.h"
 #include "common/process.h"
+#include "tests/support/env_count.h"
 #include "tests/support/powerloss_mount.h"
 #include "tests/unit/dpi/dpi_env.h"
 
@@ -120,8 +121,7 @@ std::string JournalState(const DpiEnv& env, const std::string& job) {
 }
 
 TEST(DpiKill, RandomInstantsEndWithOneCompleteDatabaseActive) {
-  int kills = 100;
-  if (const char* k = std::getenv("SAG_DPI_KILLS"); k != nullptr) kills = std::atoi(k);
+  const int kills = sag::test::EnvCount("SAG_DPI_KILLS", 100);
   ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
   sag::test::TempDir scratch;
   const fs::path medium = scratch / "medium";

@@ -382,6 +382,7 @@ TEST_F(DeltaTest, StaleHashesOfALocalSourceAreCaughtByTheFrameHash) {
   // The hashes kept beside the slot say block 10 is intact; it rotted since.
   const std::string old = Blocks(Range(0, 64));
   std::vector<BlockHash> kept;
+  kept.reserve(64);
   for (std::size_t b = 0; b < 64; ++b) {
     kept.push_back(HashBlock(
         std::span(reinterpret_cast<const std::uint8_t*>(old.data() + b * kBlock), kBlock)));

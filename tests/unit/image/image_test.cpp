@@ -318,6 +318,7 @@ TEST_F(ImageTest, OpensslCmsVerifiesTheSignature) {
 TEST_F(ImageTest, FlippedByteAnywhereIsRefused) {
   const auto h = Header();
   std::vector<std::size_t> offsets;
+  offsets.reserve(h.payload_offset + 64 + image_->size() / 97 + 160);
   for (std::size_t i = 0; i < h.payload_offset + 64; ++i) offsets.push_back(i);
   for (std::size_t i = h.payload_offset + 64; i < image_->size(); i += 97) offsets.push_back(i);
   for (std::size_t i = image_->size() - 1100; i < image_->size(); i += 7) offsets.push_back(i);

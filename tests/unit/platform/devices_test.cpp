@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 
 #include "common/aligned_buffer.h"
 #include "common/atomic_file.h"
+#include "common/process.h"
 #include "platform/file_slot_device.h"
 #include "platform/linux_rebooter.h"
 #include "platform/linux_system_info.h"
@@ -167,16 +169,16 @@ TEST(SlotZeroing, ZeroChunksAreZeroedInPlaceOnABlockDevice) {
   const sag::test::TempDir dir;
   const auto backing = dir / "slot-b.img";
   std::ofstream(backing, std::ios::binary) << std::string(4 * kPiece, '\x5a');
-  const auto out = dir / "losetup.out";
-  const std::string attach =
-      "losetup --find --show " + backing.string() + " > " + out.string() + " 2>/dev/null";
-  if (std::system(attach.c_str()) != 0) GTEST_SKIP() << "no loop device here (needs root)";
+  const auto attach = sag::RunCommand({"losetup", "--find", "--show", backing.string()});
+  if (!attach || attach->signal != 0 || attach->exit_code != 0) {
+    GTEST_SKIP() << "no loop device here (needs root)";
+  }
   std::string loop;
-  std::ifstream(out) >> loop;
-  ASSERT_FALSE(loop.empty());
+  std::istringstream(attach->output) >> loop;
+  ASSERT_TRUE(loop.starts_with("/dev/loop")) << attach->output;
   struct Detach {
     std::string dev;
-    ~Detach() { (void)std::system(("losetup -d " + dev).c_str()); }
+    ~Detach() { (void)sag::RunCommand({"losetup", "-d", dev}); }
   } detach{loop};
 
   auto dev = OpenSlotDevice("B", loop, 4 * kPiece);
