@@ -13,7 +13,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
@@ -37,6 +36,7 @@
 #include "common/atomic_file.h"
 #include "common/json_reader.h"
 #include "common/log.h"
+#include "common/parse_decimal.h"
 #include "common/stream_source.h"
 #include "firmware/job.h"
 
@@ -214,14 +214,11 @@ std::optional<pid_t> RunningDaemon(const Config& c) {
   auto text = ReadFile(PidFile(c), 64);
   if (!text) return std::nullopt;
   // "1234\n", as the daemon writes it; anything else names no daemon.
-  pid_t pid = 0;
-  const char* first = text->data();
-  const char* last = first + text->size();
-  const auto [end, ec] = std::from_chars(first, last, pid);
-  if (ec != std::errc() ||
-      (end != last && std::string_view(end, static_cast<std::size_t>(last - end)) != "\n")) {
-    return std::nullopt;
-  }
+  std::string_view digits = *text;
+  if (digits.ends_with('\n')) digits.remove_suffix(1);
+  const auto parsed = ParseDecimal<pid_t>(digits);
+  if (!parsed) return std::nullopt;
+  const pid_t pid = *parsed;
   if (pid <= 0 || pid == ::getpid() || ::kill(pid, 0) != 0) return std::nullopt;
   return pid;
 }
@@ -252,14 +249,12 @@ int PrintAnswer(const JobAnswer& a, bool as_json, std::ostream& out) {
 std::optional<std::chrono::microseconds> WatchdogPing() {
   const std::string usec = Getenv("WATCHDOG_USEC");
   if (usec.empty()) return std::nullopt;
-  long long v = 0;
-  const char* last = usec.data() + usec.size();
-  if (const auto [end, ec] = std::from_chars(usec.data(), last, v);
-      ec != std::errc() || end != last || v <= 0) {
+  const auto v = ParseDecimal<long long>(usec);
+  if (!v || *v <= 0) {
     spdlog::warn("WATCHDOG_USEC='{}' is not a count of microseconds: no watchdog pings", usec);
     return std::nullopt;
   }
-  return std::chrono::microseconds(std::max<long long>(v / 3, 100'000));
+  return std::chrono::microseconds(std::max<long long>(*v / 3, 100'000));
 }
 
 }  // namespace

@@ -39,7 +39,6 @@
 #include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
-#include <charconv>
 #include <ctime>
 #include <deque>
 #include <exception>
@@ -47,6 +46,7 @@
 
 #include "agent/hello_gate.h"
 #include "common/net/tls.h"
+#include "common/parse_decimal.h"
 
 namespace sag::agent {
 
@@ -116,12 +116,9 @@ Expected<Endpoint> ParseEndpoint(std::string_view text) {
   }
   if (ep.host.empty()) return bad("no host");
   if (!port.empty()) {
-    unsigned value = 0;
-    const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-    if (ec != std::errc() || end != port.data() + port.size() || value == 0 || value > 65535) {
-      return bad("port must be 1..65535");
-    }
-    ep.port = static_cast<std::uint16_t>(value);
+    const auto value = ParseDecimal<unsigned>(port);
+    if (!value || *value == 0 || *value > 65535) return bad("port must be 1..65535");
+    ep.port = static_cast<std::uint16_t>(*value);
   }
   ErrorCode ec;
   (void)asio::ip::make_address(ep.host, ec);

@@ -3,7 +3,6 @@
 // picks real backends.
 #include <malloc.h>
 
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -15,6 +14,7 @@
 #include "agent/config.h"
 #include "agent/status.h"
 #include "common/log.h"
+#include "common/parse_decimal.h"
 
 namespace {
 
@@ -49,11 +49,8 @@ status: 0 the daemon runs, 3 it does not, 1 status.json unreadable
 
 // A count or a number of seconds for an option: 1 to 1000000.
 std::optional<int> ParseCount(const std::string& text) {
-  int n = 0;
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-  if (ec != std::errc() || end != text.data() + text.size() || n < 1 || n > 1'000'000) {
-    return std::nullopt;
-  }
+  const auto n = sag::ParseDecimal<int>(text);
+  if (!n || *n < 1 || *n > 1'000'000) return std::nullopt;
   return n;
 }
 

@@ -4,9 +4,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <charconv>
 #include <system_error>
 
+#include "common/parse_decimal.h"
 #include "common/sha256.h"
 
 namespace sag::cloud {
@@ -78,12 +78,7 @@ HttpResponse Plain(int status, std::string text) {
 
 std::optional<std::uint64_t> Number(std::string_view s) {
   if (s.empty() || s.size() > 19) return std::nullopt;
-  std::uint64_t v = 0;
-  const char* first = s.data();
-  const char* end = first + s.size();
-  auto [p, ec] = std::from_chars(first, end, v);
-  if (ec != std::errc() || p != end) return std::nullopt;
-  return v;
+  return ParseDecimal<std::uint64_t>(s);
 }
 
 }  // namespace

@@ -1,25 +1,22 @@
 #include "common/version.h"
 
-#include <charconv>
+#include "common/parse_decimal.h"
 
 namespace sag {
 
 namespace {
 
 Expected<unsigned long> ParseNumber(std::string_view part, std::string_view whole) {
-  unsigned long value = 0;
   if (part.empty() || part.size() > 9) {
     return Error(Errc::kInvalidArgument, "bad version '" + std::string(whole) +
                                              "': each part is a number of 1 to 9 digits");
   }
-  const char* first = part.data();
-  const char* end = first + part.size();
-  auto [ptr, ec] = std::from_chars(first, end, value);
-  if (ec != std::errc() || ptr != end) {
+  const auto value = ParseDecimal<unsigned long>(part);
+  if (!value) {
     return Error(Errc::kInvalidArgument, "bad version '" + std::string(whole) + "': '" +
                                              std::string(part) + "' is not a number");
   }
-  return value;
+  return *value;
 }
 
 std::vector<std::string_view> Split(std::string_view s, char sep) {

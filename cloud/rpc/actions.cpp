@@ -1,8 +1,8 @@
 #include "cloud/rpc/actions.h"
 
 #include <algorithm>
-#include <charconv>
 
+#include "common/parse_decimal.h"
 #include "common/version.h"
 
 namespace sag::cloud::rpc {
@@ -57,9 +57,8 @@ std::optional<long> IntParam(const ParamMap& params, const std::string& name, lo
                              long hi, RpcError& error) {
   const auto* v = Find(params, name);
   if (v == nullptr || v->empty()) return dflt;
-  long n = 0;
-  const auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), n);
-  if (ec != std::errc() || p != v->data() + v->size() || n < lo || n > hi) {
+  const auto n = ParseDecimal<long>(*v);
+  if (!n || *n < lo || *n > hi) {
     error = errors::InvalidParameter(name, "It must be an integer from " + std::to_string(lo) +
                                                " to " + std::to_string(hi) + ".");
     return std::nullopt;

@@ -36,7 +36,6 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <cctype>
-#include <charconv>
 #include <exception>
 #include <limits>
 #include <memory>
@@ -47,6 +46,7 @@
 #include <vector>
 
 #include "common/net/tls.h"
+#include "common/parse_decimal.h"
 #include "common/redact.h"
 
 namespace sag::net {
@@ -98,15 +98,6 @@ template <typename Fields>
 std::string_view Field(const Fields& fields, http::field name) {
   const auto v = fields[name];
   return {v.data(), v.size()};
-}
-
-template <typename T>
-std::optional<T> ParseNumber(std::string_view s) {
-  T value{};
-  if (s.empty()) return std::nullopt;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
-  if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
-  return value;
 }
 
 // ---------------------------------------------------------------------------
@@ -185,7 +176,7 @@ Expected<Url> ParseUrl(std::string_view text) {
   url.host = std::string(host);
   url.port = url.https ? 443 : 80;
   if (!port.empty()) {
-    const auto p = ParseNumber<std::uint16_t>(port);
+    const auto p = ParseDecimal<std::uint16_t>(port);
     if (!p || *p == 0) return bad("port must be 1..65535");
     url.port = *p;
   }
@@ -231,14 +222,14 @@ std::optional<ContentRange> ParseContentRange(std::string_view v) {
   const std::string_view total = v.substr(slash + 1);
   ContentRange out;
   if (total != "*") {
-    out.total = ParseNumber<std::uint64_t>(total);
+    out.total = ParseDecimal<std::uint64_t>(total);
     if (!out.total) return std::nullopt;
   }
   if (range == "*") return out.total ? std::optional(out) : std::nullopt;
   const std::size_t dash = range.find('-');
   if (dash == std::string_view::npos) return std::nullopt;
-  out.first = ParseNumber<std::uint64_t>(range.substr(0, dash));
-  const auto last = ParseNumber<std::uint64_t>(range.substr(dash + 1));
+  out.first = ParseDecimal<std::uint64_t>(range.substr(0, dash));
+  const auto last = ParseDecimal<std::uint64_t>(range.substr(dash + 1));
   if (!out.first || !last || *last < *out.first) return std::nullopt;
   if (out.total && *last >= *out.total) return std::nullopt;
   out.last = *last;
@@ -865,7 +856,7 @@ asio::awaitable<Step> Fetcher::Exchange(Stream& stream, const Url& url) {
         msg += "; the request or URL is not accepted by the server";
       }
       Failure f{Error(Errc::kNetHttpStatus, std::move(msg)), retry};
-      if (const auto secs = ParseNumber<std::uint32_t>(Field(res, http::field::retry_after))) {
+      if (const auto secs = ParseDecimal<std::uint32_t>(Field(res, http::field::retry_after))) {
         f.retry_after = std::chrono::seconds(*secs);
       }
       co_return Failed(std::move(f));

@@ -29,7 +29,6 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -41,6 +40,7 @@
 #include <vector>
 
 #include "common/atomic_file.h"
+#include "common/parse_decimal.h"
 
 namespace {
 
@@ -149,14 +149,12 @@ int main(int argc, char** argv) {
     return 70;
   }
   const std::string delay_text = FirstLine(ReadOr(state / "delay-ms", "0"));
-  int delay = 0;
-  if (const auto [end, parsed] =
-          std::from_chars(delay_text.data(), delay_text.data() + delay_text.size(), delay);
-      parsed != std::errc() || end != delay_text.data() + delay_text.size()) {
+  const auto delay = sag::ParseDecimal<int>(delay_text);
+  if (!delay) {
     std::fprintf(stderr, "fake engine: delay-ms '%s' is not a number\n", delay_text.c_str());
     return 64;
   }
-  if (delay > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+  if (*delay > 0) std::this_thread::sleep_for(std::chrono::milliseconds(*delay));
 
   const std::string& cmd = args[0];
   if (cmd == "validate") {

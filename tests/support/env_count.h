@@ -4,26 +4,23 @@
 // zero trials that pass.
 #pragma once
 
-#include <charconv>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <system_error>
+
+#include "common/parse_decimal.h"
 
 namespace sag::test {
 
 inline int EnvCount(const char* name, int fallback) {
   const char* value = std::getenv(name);
   if (value == nullptr) return fallback;
-  int n = 0;
-  const char* last = value + std::strlen(value);
-  const auto [end, ec] = std::from_chars(value, last, n);
-  if (ec != std::errc() || end != last || n <= 0) {
+  const auto n = ParseDecimal<int>(value);
+  if (!n || *n <= 0) {
     std::fprintf(stderr, "%s='%s' is not a positive count: unset it or give a number\n", name,
                  value);
     std::exit(2);
   }
-  return n;
+  return *n;
 }
 
 }  // namespace sag::test
