@@ -39,12 +39,12 @@ mapfile -t held < <(printf '%s\n' "${units[@]}"
 for f in "${files[@]}"; do
   if [[ "$f" == *.cpp ]] && ! printf '%s\n' "${held[@]}" | grep -qxF "$root/$f"; then units+=("$root/$f"); fi
 done
-# Findings in CMake's unity sources (nothing but #include "x.cpp", which
-# bugprone-suspicious-include names) are not the project's.
-# clang-tidy 22 where tools/deps.sh could install it (a third of clang-tidy
+# clang-tidy 22 where tools/deps.sh could install it (under half of clang-tidy
 # 14's time: it does not match inside system headers); its clang calls
 # __COUNTER__ (GoogleTest's and our macros use it) a C2y extension.
 tidy=$(command -v clang-tidy-22 || command -v clang-tidy)
+# Findings in CMake's unity sources (nothing but #include "x.cpp", which
+# bugprone-suspicious-include names) are not the project's.
 out=$(printf '%s\n' "${units[@]}" | xargs -P "$(nproc)" -n 1 \
   "$tidy" -p "$build" -quiet --extra-arg=-Wno-unknown-warning-option \
   --extra-arg=-Wno-c2y-extensions 2>/dev/null \
