@@ -1354,6 +1354,79 @@ class ChunkDecoder {
     return authenticated ? Bytes(src) : Bytes();
   }
 
+  // Whether ReadRaw may read this image's chunks: one frame each, no
+  // dictionary (formats 1 to 3; the caller leaves out format 3, whose
+  // frames' stored bytes are hashed as a whole).
+  [[nodiscard]] bool CanReadRaw() const { return m_.frame_lengths.empty() && ddict_ == nullptr; }
+
+  // Reads chunk `index` with `read` piece by piece, as far as
+  // it is made of raw blocks the way zstd cuts incompressible data (each a
+  // full block but the last): each block's bytes go straight to where they
+  // decode to, so such a chunk is not copied again once read (zstd would
+  // move every byte from the end of the buffer to its start). Returns its
+  // content, to be checked against c.sha256 as any decoded chunk. At the
+  // first block of another kind, or anything else sag-image does not write
+  // (Check and zstd then judge it), it puts the bytes read so far where
+  // InputFor(c, index) has them, reads the rest there, and returns nothing:
+  // the chunk is then checked and decoded as any other.
+  template <typename Read>
+  Expected<std::optional<std::span<const std::uint8_t>>> ReadRaw(const Chunk& c, std::size_t index,
+                                                                 const Read& read) {
+    using Result = std::optional<std::span<const std::uint8_t>>;
+    auto& buf = buffers_[index % buffers_.size()];
+    const auto stored = Stored(c, index);
+    const std::size_t header = HeaderSize(c.size);
+    const std::uint64_t block = std::min<std::uint64_t>(ZSTD_BLOCKSIZE_MAX, c.size);
+    std::array<std::uint8_t, 5 + 8 + 3> head{};  // the frame header and a block header
+    std::size_t pending = 0;                     // bytes of `head` not placed yet
+    std::uint64_t blocks = 0;                    // raw blocks placed at blocks * block
+    if (c.length >= header + 3) {
+      pending = header + 3;
+      SAG_TRY_STATUS(read(std::span(head).first(pending)));
+      if (CanonicalHeader(std::span(head).first(pending), c.size)) {
+        for (;;) {
+          const std::uint8_t* h = head.data() + pending - 3;
+          const std::uint32_t bh = h[0] | (h[1] << 8U) | (h[2] << 16U);
+          const bool last = (bh & 1U) != 0;
+          const std::uint64_t size = bh >> 3U;
+          const std::uint64_t at = blocks * block;
+          const std::uint64_t end = header + (blocks + 1) * 3 + at + size;  // stored bytes
+          const bool raw = ((bh >> 1U) & 3U) == 0 && size > 0 && size <= block &&
+                           (last ? at + size == c.size && end == c.length
+                                 : size == block && at + size < c.size && end + 3 <= c.length);
+          if (!raw) break;
+          SAG_TRY_STATUS(read(buf.span().subspan(at, size)));
+          ++blocks;
+          if (last) return Result(std::span<const std::uint8_t>(buf.span()).first(c.size));
+          SAG_TRY_STATUS(read(std::span(head).subspan(header, 3)));
+          pending = header + 3;
+        }
+      }
+    }
+    // Put the stored bytes read so far in order at the end of the buffer:
+    // the frame header, each raw block with its header (from the last, as
+    // each moves to a higher address), then the block header just read.
+    std::uint64_t placed = 0;
+    if (blocks > 0) {
+      const auto at_stored = [&](std::uint64_t b) { return header + b * (3 + block); };
+      for (std::uint64_t b = blocks; b-- > 0;) {
+        std::memmove(stored.data() + at_stored(b) + 3, buf.data() + b * block, block);
+        const std::uint32_t bh = static_cast<std::uint32_t>(block) << 3U;  // raw, not last
+        stored[at_stored(b)] = static_cast<std::uint8_t>(bh);
+        stored[at_stored(b) + 1] = static_cast<std::uint8_t>(bh >> 8U);
+        stored[at_stored(b) + 2] = static_cast<std::uint8_t>(bh >> 16U);
+      }
+      std::memcpy(stored.data(), head.data(), header);
+      std::memcpy(stored.data() + at_stored(blocks), head.data() + header, 3);
+      placed = at_stored(blocks) + 3;
+    } else {
+      std::memcpy(stored.data(), head.data(), pending);
+      placed = pending;
+    }
+    SAG_TRY_STATUS(read(stored.subspan(placed)));
+    return Result();
+  }
+
  private:
   std::span<std::uint8_t> Stored(const Chunk& c, std::size_t index) {
     return buffers_[index % buffers_.size()].span().subspan(capacity_ - c.length, c.length);
@@ -1395,24 +1468,13 @@ class ChunkDecoder {
   // Returns whether the frame holds a compressed (entropy-coded) block.
   static Expected<bool> CheckFrame(std::span<const std::uint8_t> src, std::uint64_t size,
                                    const std::string& where) {
-    ZSTD_frameHeader fh{};
-    const std::size_t r = ZSTD_getFrameHeader(&fh, src.data(), src.size());
-    const std::size_t fcs_bytes = size < 256            ? 1
-                                  : size < 65536 + 256  ? 2
-                                  : size <= 0xFFFFFFFFU ? 4
-                                                        : 8;
-    const std::uint8_t fcs_flag = fcs_bytes == 1 ? 0 : fcs_bytes == 2 ? 1 : fcs_bytes == 4 ? 2 : 3;
-    const bool ok = r == 0 && fh.frameType == ZSTD_frame && fh.frameContentSize == size &&
-                    fh.dictID == 0 && fh.checksumFlag == 0 && src.size() > 4 &&
-                    src[4] == static_cast<std::uint8_t>((fcs_flag << 6U) | 0x20U) &&
-                    fh.headerSize == 5 + fcs_bytes &&
-                    ZSTD_findFrameCompressedSize(src.data(), src.size()) == src.size();
-    if (!ok) {
+    if (!CanonicalHeader(src, size) ||
+        ZSTD_findFrameCompressedSize(src.data(), src.size()) != src.size()) {
       return Error(Errc::kDecompress, where + ": not a single canonical zstd frame of " +
                                           std::to_string(size) + " bytes; the image is corrupt");
     }
     // Walk the block headers (3 bytes, little endian: last, type, size).
-    std::size_t pos = fh.headerSize;
+    std::size_t pos = HeaderSize(size);
     bool compressed = false;
     for (;;) {
       if (pos + 3 > src.size()) break;  // cannot happen after findFrameCompressedSize
@@ -1424,6 +1486,25 @@ class ChunkDecoder {
       if ((bh & 1U) != 0) break;
     }
     return compressed;
+  }
+
+  // The size of the frame header sag-image writes for a chunk of `size`
+  // bytes: magic, descriptor, content size in its shortest encoding.
+  static std::size_t HeaderSize(std::uint64_t size) {
+    return 5 + (size < 256 ? 1 : size < 65536 + 256 ? 2 : size <= 0xFFFFFFFFU ? 4 : 8);
+  }
+
+  // Whether `src` starts with that frame header: single segment, content
+  // size `size`, no dictionary, no checksum, reserved bits clear.
+  static bool CanonicalHeader(std::span<const std::uint8_t> src, std::uint64_t size) {
+    ZSTD_frameHeader fh{};
+    const std::size_t r = ZSTD_getFrameHeader(&fh, src.data(), src.size());
+    const std::size_t fcs_bytes = HeaderSize(size) - 5;
+    const std::uint8_t fcs_flag = fcs_bytes == 1 ? 0 : fcs_bytes == 2 ? 1 : fcs_bytes == 4 ? 2 : 3;
+    return r == 0 && fh.frameType == ZSTD_frame && fh.frameContentSize == size && fh.dictID == 0 &&
+           fh.checksumFlag == 0 && src.size() > 4 &&
+           src[4] == static_cast<std::uint8_t>((fcs_flag << 6U) | 0x20U) &&
+           fh.headerSize == HeaderSize(size);
   }
 
   ZSTD_DCtx* dctx_;
@@ -1596,10 +1677,24 @@ class ChunkPipeline {
     const Chunk& c = m_.chunks[i];
     if (gate_ && !gate_(i)) return Error(Errc::kCancelled, "stopped");
     SAG_TRY(const auto buf, decoder_.InputFor(c, i));
-    SAG_TRY_STATUS([&] {
+    const auto what = "chunk " + std::to_string(i);
+    const auto read = [&](std::span<std::uint8_t> to) {
       const StageTimer timer(times_, Stage::kRead);
-      return in_.Read(buf, "chunk " + std::to_string(i));
-    }());
+      return in_.Read(to, what);
+    };
+    if (stored_ == nullptr && decoder_.CanReadRaw()) {
+      // A chunk of raw blocks comes out read: its content is hashed next.
+      SAG_TRY(const auto raw, decoder_.ReadRaw(c, i, read));
+      if (raw) {
+        slot.fetched = true;
+        slot.decoded = true;
+        slot.data = *raw;
+        slot.content_ticket = hasher_.Submit(*raw);
+        return Ok();
+      }
+    } else {
+      SAG_TRY_STATUS(read(buf));
+    }
     if (stored_ != nullptr) stored_->Update(buf);
     SAG_TRY(const auto stored, [&] {
       const StageTimer timer(times_, Stage::kDecompress);

@@ -1091,5 +1091,161 @@ TEST_F(ImageTest, AFrameThatCannotBeDecodedInPlaceIsRefused) {
   EXPECT_TRUE(o.chunks.empty());
 }
 
+// A chunk of raw blocks cut as zstd cuts incompressible data (full 128 KiB
+// blocks, the last one shorter) is read straight to where its blocks decode
+// to; any other frame is put back together as stored and judged as before.
+// Chunk 1 of a three-chunk image (256 KiB chunks) is replaced by a hand-made
+// frame: each must come out exactly as zstd decodes it, or be refused with
+// chunk 0 yielded and nothing of chunk 1. Red checks: the frames that leave
+// the direct path after raw blocks were read in place fail if those are not
+// put back in order, and a direct path that took blocks of any size puts
+// them at the wrong place.
+TEST_F(ImageTest, RawBlocksAreReadInPlaceAndOtherFramesAsStored) {
+  constexpr std::size_t kSize = 256U << 10U;
+  constexpr std::size_t kBlock = 128U << 10U;
+  std::mt19937 rng(5);
+  const auto random = [&](std::size_t n) {
+    std::string r;
+    while (r.size() < n) r.push_back(static_cast<char>(rng()));
+    return r;
+  };
+  std::string text;
+  for (int i = 0; text.size() < kBlock; ++i) text += "line " + std::to_string(i) + " of a file\n";
+  text.resize(kBlock);
+  const std::string first = random(kSize);
+  const std::string last = random(100000);
+  // The image sag-image makes: chunk 1 is a raw block, then a compressed one.
+  const std::string mixed = random(kBlock) + text;
+  const auto whole = [&](std::string_view chunk1) {  // the payload with this chunk 1
+    std::string w = first;
+    w += chunk1;
+    w += last;
+    return w;
+  };
+  Spit(Dir() / "raw-payload.bin", whole(mixed));
+  auto p = Params("signer", Dir() / "raw.img");
+  p.payload = Dir() / "raw-payload.bin";
+  p.chunk_size = kSize;
+  ASSERT_TRUE(CreateImage(p));
+  const auto image = Slurp(Dir() / "raw.img");
+  for (const auto check : {ContentCheck::kEveryChunk, ContentCheck::kDeferCompressed}) {
+    const auto o = ReadAll(image, GoodTrust(), {}, check);
+    ASSERT_FALSE(o.error) << o.error->ToString();
+    EXPECT_TRUE(o.payload == whole(mixed));
+  }
+
+  const auto u = ReadUnverifiedHeader(*std::make_unique<MemSource>(image));
+  ASSERT_TRUE(u);
+  const std::string zst = image.substr(u->payload_offset, u->payload_stored_size);
+  const auto base = nlohmann::json::parse(u->manifest_json);
+  ASSERT_EQ(base["chunks"].size(), 3U);
+  {
+    // sag-image's chunk 1: a full raw block (read in place), then a
+    // compressed one (the rest as stored, hashed before zstd decodes it).
+    const std::uint64_t at = base["chunks"][1]["offset"].get<std::uint64_t>() + 9;
+    const auto block = [&](std::uint64_t pos) {
+      return static_cast<std::uint32_t>(static_cast<std::uint8_t>(zst[pos])) |
+             static_cast<std::uint32_t>(static_cast<std::uint8_t>(zst[pos + 1])) << 8U |
+             static_cast<std::uint32_t>(static_cast<std::uint8_t>(zst[pos + 2])) << 16U;
+    };
+    ASSERT_EQ(block(at), kBlock << 3U) << "not a full raw block first";
+    ASSERT_EQ((block(at + 3 + kBlock) >> 1U) & 3U, 2U) << "not a compressed block next";
+  }
+  const auto sha = [](std::string_view b) {
+    return ToHex(Sha256::Of(std::span(reinterpret_cast<const std::uint8_t*>(b.data()), b.size())));
+  };
+  // Frame pieces: the header sag-image writes for 256 KiB (single segment,
+  // 4-byte content size), and blocks (3-byte header: last, type, size).
+  const std::string header = {'\x28', '\xb5', '\x2f', '\xfd', '\xa0',
+                              '\x00', '\x00', '\x04', '\x00'};
+  const auto bh = [](bool is_last, std::uint32_t type, std::uint32_t size) {
+    const std::uint32_t h = (is_last ? 1U : 0U) | (type << 1U) | (size << 3U);
+    return std::string{static_cast<char>(h), static_cast<char>(h >> 8U),
+                       static_cast<char>(h >> 16U)};
+  };
+  const auto raw = [&](bool is_last, std::string_view b) {
+    return bh(is_last, 0, b.size()) + std::string(b);
+  };
+  const std::string a = random(kSize);
+  const std::string_view a1(a.data(), kBlock);
+  const std::string_view a2(a.data() + kBlock, kBlock);
+  const std::string zs = random(kBlock) + std::string(kBlock, 'z');
+  // `good`: the reader takes the frame (zstd decodes it to `content`, checked
+  // below); the others are refused, as they were before raw blocks were read
+  // in place.
+  struct Case {
+    std::string what;
+    std::string content;
+    std::string frame;
+    bool good;
+  };
+  const std::vector<Case> cases = {
+      {"two full raw blocks (read in place)", a, header + raw(false, a1) + raw(true, a2), true},
+      {"raw blocks of 64 KiB first", a,
+       header + raw(false, a1.substr(0, kBlock / 2)) + raw(false, a1.substr(kBlock / 2)) +
+           raw(true, a2),
+       true},
+      {"a full raw block, then two of 64 KiB", a,
+       header + raw(false, a1) + raw(false, a2.substr(0, kBlock / 2)) +
+           raw(true, a2.substr(kBlock / 2)),
+       true},
+      {"a full raw block, then an RLE block", zs,
+       header + raw(false, std::string_view(zs).substr(0, kBlock)) + bh(true, 1, kBlock) + "z",
+       true},
+      {"two full raw blocks, then an empty last raw block", a,
+       header + raw(false, a1) + raw(false, a2) + raw(true, ""), true},
+      {"a raw block over 128 KiB first (zstd takes it)", a,
+       header + raw(false, std::string_view(a).substr(0, kBlock + 1)) +
+           raw(true, std::string_view(a).substr(kBlock + 1)),
+       true},
+      {"one raw block of 256 KiB (zstd takes it)", a, header + raw(true, a), true},
+      {"the last block not marked last", a, header + raw(false, a1) + raw(false, a2), false},
+      {"the first block marked last", a, header + raw(true, a1) + raw(true, a2), false},
+      {"a reserved block type", a, header + bh(false, 3, kBlock) + std::string(a1) + raw(true, a2),
+       false},
+      {"a frame header with a checksum flag", a,
+       std::string{'\x28', '\xb5', '\x2f', '\xfd', '\xa4', '\x00', '\x00', '\x04', '\x00'} +
+           raw(false, a1) + raw(true, a2),
+       false},
+      {"a flipped content byte", a,
+       header + raw(false, a1) +
+           raw(true, std::string(a2.substr(0, 9)) + "!" + std::string(a2.substr(10))),
+       false},
+      {"content size one short", a, header + raw(false, a1) + raw(true, a2.substr(0, kBlock - 1)),
+       false},
+  };
+  for (const auto& c : cases) {
+    if (c.good) {
+      std::string out(kSize, '\0');
+      const std::size_t n = ZSTD_decompress(out.data(), out.size(), c.frame.data(), c.frame.size());
+      ASSERT_EQ(n, kSize) << c.what << ": zstd does not take it";
+      ASSERT_TRUE(out == c.content) << c.what << ": zstd decodes it to something else";
+    }
+    auto j = base;
+    j["chunks"][1]["length"] = c.frame.size();
+    j["chunks"][1]["sha256"] = sha(c.content);
+    j["chunks"][1]["zsha256"] = sha(c.frame);
+    j["chunks"][2]["offset"] = j["chunks"][1]["offset"].get<std::uint64_t>() + c.frame.size();
+    j["payload"]["sha256"] = sha(whole(c.content));
+    const std::uint64_t len0 = base["chunks"][0]["length"];
+    const std::uint64_t off2 = base["chunks"][2]["offset"];
+    const auto signed_image =
+        SignedImage(Dir(), j.dump(), zst.substr(0, len0) + c.frame + zst.substr(off2));
+    for (const auto check : {ContentCheck::kEveryChunk, ContentCheck::kDeferCompressed}) {
+      const auto o = ReadAll(signed_image, GoodTrust(), {}, check);
+      if (c.good) {
+        ASSERT_FALSE(o.error) << c.what << ": " << o.error->ToString();
+        EXPECT_TRUE(o.payload == whole(c.content)) << c.what;
+      } else {
+        ASSERT_TRUE(o.error) << c.what << ": accepted";
+        EXPECT_TRUE(o.error->code() == Errc::kDecompress ||
+                    o.error->code() == Errc::kChunkHashMismatch)
+            << c.what << ": " << o.error->ToString();
+        EXPECT_EQ(o.chunks, std::vector<std::size_t>{0}) << c.what;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sag::image
