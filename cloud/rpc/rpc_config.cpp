@@ -5,6 +5,9 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <string_view>
+
+#include "common/parse_decimal.h"
 
 namespace sag::cloud::rpc {
 
@@ -103,15 +106,11 @@ Expected<std::pair<std::string, std::uint16_t>> SplitListen(const std::string& t
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
     host = host.substr(1, host.size() - 2);
   }
-  unsigned port = 0;
-  for (const char c : text.substr(colon + 1)) {
-    const bool digit = c >= '0' && c <= '9';
-    if (digit) port = port * 10 + (c - '0');
-    if (!digit || port > 65535) {
-      return Error(Errc::kConfigRange, "'listen': bad port in '" + text + "'");
-    }
+  const auto port = ParseDecimal<unsigned>(std::string_view(text).substr(colon + 1));
+  if (!port || *port > 65535) {
+    return Error(Errc::kConfigRange, "'listen': bad port in '" + text + "'");
   }
-  return std::pair{host, static_cast<std::uint16_t>(port)};
+  return std::pair{host, static_cast<std::uint16_t>(*port)};
 }
 
 // `listen: address:port` of a section, into its two fields.

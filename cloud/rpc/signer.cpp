@@ -6,6 +6,7 @@
 #include "cloud/rpc/client.h"
 #include "cloud/rpc/rpc_service.h"
 #include "cloud/rpc/signature.h"
+#include "common/parse_decimal.h"
 #include "common/sha256.h"
 
 namespace sag::cloud::rpc {
@@ -126,15 +127,11 @@ Expected<Endpoint> ParseEndpoint(std::string_view url) {
     if (url.front() != ':' || url.size() < 2) {
       return Error(Errc::kInvalidArgument, "endpoint: expected ':port' after the host");
     }
-    unsigned port = 0;
-    for (const char c : url.substr(1)) {
-      const bool digit = c >= '0' && c <= '9';
-      if (digit) port = port * 10 + (c - '0');
-      if (!digit || port > 65535) {
-        return Error(Errc::kInvalidArgument, "endpoint: bad port '" + std::string(url) + "'");
-      }
+    const auto port = ParseDecimal<unsigned>(url.substr(1));
+    if (!port || *port > 65535) {
+      return Error(Errc::kInvalidArgument, "endpoint: bad port '" + std::string(url) + "'");
     }
-    e.port = static_cast<std::uint16_t>(port);
+    e.port = static_cast<std::uint16_t>(*port);
   }
   if (e.host.empty()) return Error(Errc::kInvalidArgument, "endpoint: no host");
   return e;

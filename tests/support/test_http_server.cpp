@@ -22,11 +22,11 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
-#include <charconv>
 #include <fstream>
 #include <mutex>
 #include <thread>
 
+#include "common/parse_decimal.h"
 #include "common/process.h"
 
 namespace sag::test {
@@ -50,17 +50,13 @@ std::optional<std::pair<std::uint64_t, std::optional<std::uint64_t>>> ParseRange
   v.remove_prefix(6);
   const auto dash = v.find('-');
   if (dash == std::string_view::npos || dash == 0) return std::nullopt;
-  std::uint64_t first = 0;
-  const char* begin = v.data();
-  if (std::from_chars(begin, begin + dash, first).ptr != begin + dash) return std::nullopt;
+  const auto first = ParseDecimal<std::uint64_t>(v.substr(0, dash));
+  if (!first) return std::nullopt;
   const std::string_view rest = v.substr(dash + 1);
-  if (rest.empty()) return std::pair{first, std::optional<std::uint64_t>()};
-  std::uint64_t last = 0;
-  if (std::from_chars(rest.data(), rest.data() + rest.size(), last).ptr !=
-      rest.data() + rest.size()) {
-    return std::nullopt;
-  }
-  return std::pair{first, std::optional<std::uint64_t>(last)};
+  if (rest.empty()) return std::pair{*first, std::optional<std::uint64_t>()};
+  const auto last = ParseDecimal<std::uint64_t>(rest);
+  if (!last) return std::nullopt;
+  return std::pair{*first, last};
 }
 
 std::string StatusLine(int status) {
